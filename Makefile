@@ -1,0 +1,37 @@
+# Two entry points for a newcomer: `make run` (the gateway on its embedded default)
+# and `make test` (the whole test suite, installing Debian packages first when root).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr
+
+.PHONY: run test deps venv lint clean
+
+$(BIN)/msgw: pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(BIN)/msgw
+
+venv: $(BIN)/msgw
+
+deps:
+	@if [ "$$(id -u)" = "0" ]; then \
+	  missing=""; for p in $(DEB_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || missing="$$missing $$p"; done; \
+	  if [ -n "$$missing" ]; then \
+	    echo "installing Debian packages:$$missing"; \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  fi; \
+	else echo "not root: make sure these Debian packages are installed: $(DEB_PACKAGES)"; fi
+
+run: venv
+	$(BIN)/msgw serve
+
+lint: venv
+	$(BIN)/ruff check gateway tests bench
+
+test: deps venv lint
+	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) var .pytest_cache
