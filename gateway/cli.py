@@ -1,0 +1,46 @@
+"""The `msgw` command: argument parsing and dispatch only (see ../shared/CLI.md).
+
+Each command group lives in `gateway/commands/<name>.py` with a `register(subparsers)`
+function that adds its parser and sets `func`. Exit codes: 0 success, 1 a "no" answer,
+2 bad usage or bad input (with a one-line reason on stderr).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from gateway.errors import GatewayError
+
+COMMAND_MODULES = ("serve", "check", "demo", "send", "queue", "smime", "certs", "tokens")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="msgw", description="Secure health messaging gateway")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"gateway.commands.{name}")
+        except ModuleNotFoundError as exc:
+            if exc.name == f"gateway.commands.{name}":
+                continue  # command group not built yet
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except GatewayError as exc:
+        print(f"msgw: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
