@@ -13,7 +13,7 @@ import sys
 
 from gateway.errors import GatewayError
 
-COMMAND_MODULES = ("serve", "check", "demo", "send", "queue", "smime", "certs", "tokens")
+COMMAND_MODULES = ("serve", "init", "check", "demo", "send", "queue", "passwd", "smime", "certs", "tokens")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -1,0 +1,71 @@
+"""`msgw check --config FILE`: validate the config and what it points to; list every problem."""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import ssl
+import sys
+
+from cryptography import x509
+
+from gateway.commands.common import add_config_option, config_from
+from gateway.errors import ConfigError
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("check", help="validate a configuration file and the files it names")
+    add_config_option(p)
+    p.set_defaults(func=run)
+
+
+def _check_files(config) -> list[tuple[str, str, str]]:
+    problems = []
+    now = dt.datetime.now(dt.UTC)
+    for lc in config.listeners:
+        key = f"listeners.{lc.name}"
+        if lc.tls_cert and lc.tls_key and lc.tls_cert.exists() and lc.tls_key.exists():
+            try:
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+                ctx.load_cert_chain(str(lc.tls_cert), str(lc.tls_key))
+                cert = x509.load_pem_x509_certificate(lc.tls_cert.read_bytes())
+                if cert.not_valid_after_utc < now:
+                    problems.append((config.source, f"{key}.tls_cert", f"certificate expired on "
+                                     f"{cert.not_valid_after_utc:%Y-%m-%d}"))
+                elif (cert.not_valid_after_utc - now).days < 30:
+                    print(f"warning: {config.source}: {key}.tls_cert expires on "
+                          f"{cert.not_valid_after_utc:%Y-%m-%d}", file=sys.stderr)
+            except (ssl.SSLError, ValueError, OSError) as exc:
+                problems.append((config.source, f"{key}.tls_cert", f"unusable certificate/key pair: {exc}"))
+        if lc.client_ca and lc.client_ca.exists():
+            try:
+                ssl.create_default_context(cafile=str(lc.client_ca))
+            except (ssl.SSLError, OSError) as exc:
+                problems.append((config.source, f"{key}.client_ca", f"unusable CA file: {exc}"))
+    try:
+        config.spool.path.mkdir(parents=True, exist_ok=True)
+        probe = config.spool.path / ".check-write"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as exc:
+        problems.append((config.source, "spool.path", f"not writable: {exc.strerror}"))
+    return problems
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        config = config_from(args)
+    except ConfigError as exc:
+        for source, key, message in exc.problems:
+            print(f"{source}: {key}: {message}", file=sys.stderr)
+        print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
+        return 2
+    problems = _check_files(config)
+    for source, key, message in problems:
+        print(f"{source}: {key}: {message}", file=sys.stderr)
+    if problems:
+        print(f"msgw: {len(problems)} problem(s) in the configuration", file=sys.stderr)
+        return 2
+    print(f"{config.source}: OK ({len(config.listeners)} listener(s), {len(config.accounts)} account(s), "
+          f"{len(config.delivery.routes)} route(s))")
+    return 0

@@ -1,0 +1,25 @@
+"""`msgw init`: create the loopback TLS pair and demo account under ./var/default.
+
+The embedded default does this by itself; the example config/gateway.toml points at the
+same files, so `msgw init` makes it usable on a fresh clone.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from gateway.default_setup import DEMO_USER, prepare_default_files
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("init", help="create the TEST loopback certificate and demo account under ./var/default")
+    p.add_argument("--dir", type=Path, default=Path("var/default"))
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    prepare_default_files(args.dir)
+    print(f"{args.dir}: tls-cert.pem, tls-key.pem (self-signed, TEST), demo account {DEMO_USER} "
+          f"(password in {args.dir / 'demo.password'})")
+    return 0

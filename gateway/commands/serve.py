@@ -1,0 +1,48 @@
+"""`msgw serve`: run the gateway until SIGTERM."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+
+from gateway.app import Gateway
+from gateway.commands.common import add_config_option, config_from
+from gateway.logs import setup_logging
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="run the gateway")
+    add_config_option(p)
+    p.add_argument("--log-format", choices=("text", "json"), help="override log.format")
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    config = config_from(args)
+    setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
+    if not args.config:
+        print(_default_banner(config), file=sys.stderr)
+    asyncio.run(Gateway(config).serve_forever())
+    return 0
+
+
+def _default_banner(config) -> str:
+    sub = next((lc for lc in config.listeners if lc.kind == "submission"), None)
+    relay = next((lc for lc in config.listeners if lc.kind == "relay"), None)
+    pw_file = config.spool.path.parent / "default" / "demo.password"
+    lines = ["msgw: embedded default configuration (loopback only, state in ./var)"]
+    if sub:
+        lines.append(f"  submission: {sub.address}:{sub.port} (STARTTLS + AUTH, "
+                     f"account demo@msgw.localhost, password in {pw_file})")
+    if relay:
+        lines.append(f"  relay:      {relay.address}:{relay.port} (mail for @msgw.localhost only)")
+    lines.append(f"  local mail is delivered to the Maildir {config.local.maildir}/<address>/new/")
+    if sub:
+        lines.append(f"  try:  swaks --server {sub.address}:{sub.port} --tls --auth PLAIN "
+                     f"--auth-user demo@msgw.localhost --auth-password \"$(cat {pw_file})\" "
+                     "--from demo@msgw.localhost --to doctor@msgw.localhost")
+    if relay:
+        lines.append(f"  or:   swaks --server {relay.address}:{relay.port} --from lab@example.org "
+                     "--to doctor@msgw.localhost")
+    return "\n".join(lines)

@@ -1,0 +1,529 @@
+"""TOML configuration → typed, validated, immutable objects.
+
+The only place that reads configuration. Validation collects *every* problem (file, key,
+message) before raising `ConfigError`, so `msgw check` can print them all at once.
+Secrets (passwords of outbound connections, PINs) are never written in the TOML: a key
+names a file (`*_file`) or an environment variable (`*_env`) and `Secret.read()` fetches it
+when needed. Relative paths are resolved against the config file's folder (the embedded
+default resolves against the working directory, so `./var` is where you ran `msgw`).
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.errors import ConfigError
+
+TlsPolicy = Literal["required", "opportunistic", "none"]
+LocalMode = Literal["maildir", "lmtp"]
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_DURATION_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+_SIZE = re.compile(r"^\s*(\d+)\s*(B|KB|MB|GB|KiB|MiB|GiB)?\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000**2, "gb": 1000**3, "kib": 1024, "mib": 1024**2,
+               "gib": 1024**3, None: 1}
+_DOMAIN = re.compile(r"^(?=.{1,253}$)([a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)(\.[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?)*$",
+                     re.IGNORECASE)
+
+
+@dataclass(frozen=True)
+class Secret:
+    """A secret referenced by file or environment variable, read only when used."""
+
+    file: Path | None = None
+    env: str | None = None
+
+    def read(self) -> str:
+        if self.file is not None:
+            try:
+                return self.file.read_text(encoding="utf-8").rstrip("\r\n")
+            except OSError as exc:
+                raise ConfigError([(str(self.file), "secret", f"cannot read secret file: {exc.strerror}")]) from None
+        if self.env is not None:
+            value = os.environ.get(self.env)
+            if value is None:
+                raise ConfigError([("environment", self.env, "environment variable is not set")])
+            return value
+        raise ConfigError([("config", "secret", "no secret configured")])
+
+
+@dataclass(frozen=True)
+class Account:
+    username: str
+    password_hash: str
+
+
+@dataclass(frozen=True)
+class ListenerConfig:
+    name: str
+    kind: Literal["submission", "relay"]
+    address: str
+    port: int
+    tls_cert: Path | None
+    tls_key: Path | None
+    client_ca: Path | None
+    allowed_networks: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    allowed_client_subjects: tuple[str, ...]
+    max_message_size: int
+    max_recipients: int
+    timeout: float
+    require_tls: bool
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    domain: str
+    host: str | None
+    port: int
+    tls: TlsPolicy
+    ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost: str | None
+    smarthost_port: int
+    tls: TlsPolicy
+    ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    connect_timeout: float
+    command_timeout: float
+    max_parallel: int
+    per_destination: int
+    dns_nameservers: tuple[str, ...]
+    dns_port: int
+    mx_port: int
+    routes: tuple[RouteConfig, ...]
+
+    def route_for(self, domain: str) -> RouteConfig | None:
+        domain = domain.lower()
+        for route in self.routes:
+            if route.domain == domain or (route.domain.startswith(".") and domain.endswith(route.domain)):
+                return route
+        return None
+
+
+@dataclass(frozen=True)
+class SpoolConfig:
+    path: Path
+    retry_schedule: tuple[float, ...]
+    max_queue_lifetime: float
+    delay_warning: float
+    poll_interval: float
+    shutdown_grace: float
+
+
+@dataclass(frozen=True)
+class LocalConfig:
+    domains: tuple[str, ...]
+    mode: LocalMode
+    maildir: Path
+    lmtp_host: str
+    lmtp_port: int
+
+
+@dataclass(frozen=True)
+class LogConfig:
+    format: Literal["text", "json"]
+    level: str
+    file: Path | None
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: str
+    hostname: str
+    postmaster: str
+    listeners: tuple[ListenerConfig, ...]
+    accounts: tuple[Account, ...]
+    spool: SpoolConfig
+    delivery: DeliveryConfig
+    local: LocalConfig
+    log: LogConfig
+    raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def is_local(self, domain: str) -> bool:
+        return domain.lower() in self.local.domains
+
+    def account(self, username: str) -> Account | None:
+        for acc in self.accounts:
+            if acc.username.lower() == username.lower():
+                return acc
+        return None
+
+
+def parse_duration(value: Any) -> float:
+    """'5d', '30m', '10s', '250ms' or a number of seconds."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as '30m' or a number of seconds")
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError("duration must not be negative")
+        return float(value)
+    if isinstance(value, str):
+        m = _DURATION.match(value)
+        if m:
+            return float(m.group(1)) * _DURATION_UNITS[m.group(2)]
+    raise ValueError(f"not a duration: {value!r} (use e.g. '30s', '15m', '4h', '5d')")
+
+
+def parse_size(value: Any) -> int:
+    """'50MB', '10 MiB', or a number of bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    if isinstance(value, str):
+        m = _SIZE.match(value)
+        if m:
+            unit = m.group(2).lower() if m.group(2) else None
+            return int(m.group(1)) * _SIZE_UNITS[unit]
+    raise ValueError(f"not a size: {value!r} (use e.g. '50MB' or a number of bytes)")
+
+
+def is_domain(name: str) -> bool:
+    return bool(_DOMAIN.match(name))
+
+
+class _Reader:
+    """Typed accessors over a TOML table that record problems instead of raising."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.problems: list[tuple[str, str, str]] = []
+
+    def problem(self, key: str, message: str) -> None:
+        self.problems.append((self.source, key, message))
+
+    def table(self, data: dict[str, Any], key: str, prefix: str = "") -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.problem(prefix + key, "expected a table")
+            return {}
+        return value
+
+    def get(self, data: dict[str, Any], key: str, prefix: str, kind: type | tuple[type, ...], default: Any) -> Any:
+        if key not in data:
+            return default
+        value = data[key]
+        if isinstance(value, bool) and kind is not bool and bool not in (kind if isinstance(kind, tuple) else (kind,)):
+            self.problem(prefix + key, f"expected {_kind_name(kind)}, got a boolean")
+            return default
+        if not isinstance(value, kind):
+            self.problem(prefix + key, f"expected {_kind_name(kind)}, got {type(value).__name__}")
+            return default
+        return value
+
+    def convert(self, data: dict[str, Any], key: str, prefix: str, conv: Any, default: Any) -> Any:
+        if key not in data:
+            return conv(default) if isinstance(default, (str, int)) and not isinstance(default, bool) else default
+        try:
+            return conv(data[key])
+        except ValueError as exc:
+            self.problem(prefix + key, str(exc))
+            return conv(default) if isinstance(default, (str, int)) else default
+
+    def path(self, data: dict[str, Any], key: str, prefix: str, *, must_exist: bool = False) -> Path | None:
+        value = self.get(data, key, prefix, str, None)
+        if value is None:
+            return None
+        p = Path(os.path.expanduser(value))
+        if not p.is_absolute():
+            p = self.base / p
+        if must_exist and not p.exists():
+            self.problem(prefix + key, f"file not found: {p}")
+        return p
+
+    def port(self, data: dict[str, Any], key: str, prefix: str, default: int) -> int:
+        value = self.get(data, key, prefix, int, default)
+        if not 0 <= value <= 65535:
+            self.problem(prefix + key, "port must be between 0 and 65535")
+            return default
+        return value
+
+    def positive(self, data: dict[str, Any], key: str, prefix: str, default: int) -> int:
+        value = self.get(data, key, prefix, int, default)
+        if value < 1:
+            self.problem(prefix + key, "must be at least 1")
+            return default
+        return value
+
+    def choice(self, data: dict[str, Any], key: str, prefix: str, choices: tuple[str, ...], default: str) -> str:
+        value = self.get(data, key, prefix, str, default)
+        if value not in choices:
+            self.problem(prefix + key, f"must be one of {', '.join(choices)}")
+            return default
+        return value
+
+    def unknown(self, data: dict[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.problem(prefix + key, "unknown key")
+
+
+def _kind_name(kind: type | tuple[type, ...]) -> str:
+    kinds = kind if isinstance(kind, tuple) else (kind,)
+    names = {str: "a string", int: "an integer", float: "a number", bool: "true or false", list: "a list",
+             dict: "a table"}
+    return " or ".join(names.get(k, k.__name__) for k in kinds)
+
+
+_LISTENER_KEYS = {"kind", "address", "port", "tls_cert", "tls_key", "client_ca", "allowed_networks",
+                  "allowed_client_subjects", "max_message_size", "max_recipients", "timeout", "require_tls"}
+_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency"}
+
+
+def _listeners(r: _Reader, data: dict[str, Any]) -> tuple[ListenerConfig, ...]:
+    out = []
+    table = r.table(data, "listeners")
+    for name, spec in table.items():
+        prefix = f"listeners.{name}."
+        if not isinstance(spec, dict):
+            r.problem(f"listeners.{name}", "expected a table")
+            continue
+        r.unknown(spec, _LISTENER_KEYS, prefix)
+        kind = r.choice(spec, "kind", prefix, ("submission", "relay"), name if name in ("submission", "relay")
+                        else "relay")
+        nets = []
+        for i, net in enumerate(r.get(spec, "allowed_networks", prefix, list, [])):
+            try:
+                nets.append(ipaddress.ip_network(str(net), strict=False))
+            except ValueError:
+                r.problem(f"{prefix}allowed_networks[{i}]", f"not a network: {net!r}")
+        subjects = tuple(str(s) for s in r.get(spec, "allowed_client_subjects", prefix, list, []))
+        tls_cert = r.path(spec, "tls_cert", prefix, must_exist=True)
+        tls_key = r.path(spec, "tls_key", prefix, must_exist=True)
+        if (tls_cert is None) != (tls_key is None):
+            r.problem(prefix + "tls_key", "tls_cert and tls_key go together")
+        if kind == "submission" and tls_cert is None:
+            r.problem(prefix + "tls_cert", "a submission listener needs TLS (AUTH is only offered over TLS)")
+        client_ca = r.path(spec, "client_ca", prefix, must_exist=True)
+        if subjects and client_ca is None:
+            r.problem(prefix + "client_ca", "allowed_client_subjects needs client_ca to check client certificates")
+        out.append(ListenerConfig(
+            name=name, kind=kind,  # type: ignore[arg-type]
+            address=r.get(spec, "address", prefix, str, "127.0.0.1"),
+            port=r.port(spec, "port", prefix, 587 if kind == "submission" else 25),
+            tls_cert=tls_cert, tls_key=tls_key, client_ca=client_ca,
+            allowed_networks=tuple(nets), allowed_client_subjects=subjects,
+            max_message_size=r.convert(spec, "max_message_size", prefix, parse_size, 50 * 1000**2),
+            max_recipients=r.positive(spec, "max_recipients", prefix, 100),
+            timeout=r.convert(spec, "timeout", prefix, parse_duration, 300),
+            require_tls=r.get(spec, "require_tls", prefix, bool, kind == "submission"),
+        ))
+    ports = [(lc.address, lc.port) for lc in out if lc.port]
+    if len(ports) != len(set(ports)):
+        r.problem("listeners", "two listeners share the same address and port")
+    return tuple(out)
+
+
+def _accounts(r: _Reader, data: dict[str, Any]) -> tuple[Account, ...]:
+    out = []
+    table = r.table(data, "accounts")
+    for username, spec in table.items():
+        prefix = f"accounts.{username}."
+        if not isinstance(spec, dict):
+            r.problem(f"accounts.{username}", "expected a table with password_hash or password_hash_file")
+            continue
+        r.unknown(spec, {"password_hash", "password_hash_file"}, prefix)
+        stored = r.get(spec, "password_hash", prefix, str, None)
+        hash_file = r.path(spec, "password_hash_file", prefix, must_exist=True)
+        if stored is None and hash_file is not None and hash_file.exists():
+            stored = hash_file.read_text(encoding="utf-8").strip()
+        if not stored:
+            r.problem(prefix + "password_hash", "missing (make one with `msgw passwd`)")
+            continue
+        if not (stored.startswith("$scrypt$") or stored.startswith("$argon2")):
+            r.problem(prefix + "password_hash", "must be a $scrypt$ or $argon2 hash, never a clear password")
+            continue
+        out.append(Account(username=username, password_hash=stored))
+    return tuple(out)
+
+
+def _tls_policy(r: _Reader, spec: dict[str, Any], prefix: str, default: str) -> TlsPolicy:
+    return r.choice(spec, "tls", prefix, ("required", "opportunistic", "none"), default)  # type: ignore[return-value]
+
+
+def _delivery(r: _Reader, data: dict[str, Any]) -> DeliveryConfig:
+    spec = r.table(data, "delivery")
+    prefix = "delivery."
+    r.unknown(spec, {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout",
+                     "command_timeout", "max_parallel", "per_destination", "dns_nameservers", "dns_port",
+                     "mx_port", "routes"}, prefix)
+    routes = []
+    raw_routes = r.get(spec, "routes", prefix, dict, {})
+    for domain, rspec in raw_routes.items():
+        rprefix = f"delivery.routes.\"{domain}\"."
+        if not isinstance(rspec, dict):
+            r.problem(rprefix[:-1], "expected a table")
+            continue
+        r.unknown(rspec, _ROUTE_KEYS, rprefix)
+        if not is_domain(domain.lstrip(".")):
+            r.problem(rprefix[:-1], "not a domain name")
+        routes.append(RouteConfig(
+            domain=domain.lower(), host=r.get(rspec, "host", rprefix, str, None),
+            port=r.port(rspec, "port", rprefix, 25), tls=_tls_policy(r, rspec, rprefix, "required"),
+            ca_file=r.path(rspec, "ca_file", rprefix, must_exist=True),
+            client_cert=r.path(rspec, "client_cert", rprefix, must_exist=True),
+            client_key=r.path(rspec, "client_key", rprefix, must_exist=True),
+            concurrency=r.positive(rspec, "concurrency", rprefix, 5),
+        ))
+    smarthost = r.get(spec, "smarthost", prefix, str, None)
+    smarthost_port = 25
+    if smarthost and ":" in smarthost.rsplit("]", 1)[-1]:
+        host, _, port_text = smarthost.rpartition(":")
+        if port_text.isdigit() and 0 < int(port_text) < 65536:
+            smarthost, smarthost_port = host, int(port_text)
+        else:
+            r.problem(prefix + "smarthost", "port must be a number between 1 and 65535")
+    nameservers = []
+    for i, ns in enumerate(r.get(spec, "dns_nameservers", prefix, list, [])):
+        try:
+            nameservers.append(str(ipaddress.ip_address(str(ns))))
+        except ValueError:
+            r.problem(f"{prefix}dns_nameservers[{i}]", f"not an IP address: {ns!r}")
+    return DeliveryConfig(
+        smarthost=smarthost, smarthost_port=smarthost_port,
+        tls=_tls_policy(r, spec, prefix, "opportunistic"),
+        ca_file=r.path(spec, "ca_file", prefix, must_exist=True),
+        client_cert=r.path(spec, "client_cert", prefix, must_exist=True),
+        client_key=r.path(spec, "client_key", prefix, must_exist=True),
+        connect_timeout=r.convert(spec, "connect_timeout", prefix, parse_duration, 30),
+        command_timeout=r.convert(spec, "command_timeout", prefix, parse_duration, 300),
+        max_parallel=r.positive(spec, "max_parallel", prefix, 20),
+        per_destination=r.positive(spec, "per_destination", prefix, 5),
+        dns_nameservers=tuple(nameservers), dns_port=r.port(spec, "dns_port", prefix, 53),
+        mx_port=r.port(spec, "mx_port", prefix, 25),
+        routes=tuple(routes),
+    )
+
+
+def _spool(r: _Reader, data: dict[str, Any]) -> SpoolConfig:
+    spec = r.table(data, "spool")
+    prefix = "spool."
+    r.unknown(spec, {"path", "retry_schedule", "max_queue_lifetime", "delay_warning", "poll_interval",
+                     "shutdown_grace"}, prefix)
+    schedule = []
+    for i, item in enumerate(r.get(spec, "retry_schedule", prefix, list, ["1m", "5m", "15m", "30m", "1h", "2h", "4h"])):
+        try:
+            schedule.append(parse_duration(item))
+        except ValueError as exc:
+            r.problem(f"{prefix}retry_schedule[{i}]", str(exc))
+    if not schedule:
+        r.problem(prefix + "retry_schedule", "needs at least one delay")
+        schedule = [60.0]
+    return SpoolConfig(
+        path=r.path(spec, "path", prefix) or r.base / "var" / "spool",
+        retry_schedule=tuple(schedule),
+        max_queue_lifetime=r.convert(spec, "max_queue_lifetime", prefix, parse_duration, "5d"),
+        delay_warning=r.convert(spec, "delay_warning", prefix, parse_duration, "4h"),
+        poll_interval=r.convert(spec, "poll_interval", prefix, parse_duration, "1s"),
+        shutdown_grace=r.convert(spec, "shutdown_grace", prefix, parse_duration, "20s"),
+    )
+
+
+def _local(r: _Reader, data: dict[str, Any]) -> LocalConfig:
+    spec = r.table(data, "local")
+    prefix = "local."
+    r.unknown(spec, {"domains", "mode", "maildir", "lmtp_host", "lmtp_port"}, prefix)
+    domains = []
+    for i, d in enumerate(r.get(spec, "domains", prefix, list, [])):
+        if not isinstance(d, str) or not is_domain(d):
+            r.problem(f"{prefix}domains[{i}]", f"not a domain name: {d!r}")
+        else:
+            domains.append(d.lower())
+    return LocalConfig(
+        domains=tuple(domains),
+        mode=r.choice(spec, "mode", prefix, ("maildir", "lmtp"), "maildir"),  # type: ignore[arg-type]
+        maildir=r.path(spec, "maildir", prefix) or r.base / "var" / "maildir",
+        lmtp_host=r.get(spec, "lmtp_host", prefix, str, "127.0.0.1"),
+        lmtp_port=r.port(spec, "lmtp_port", prefix, 24),
+    )
+
+
+def _log(r: _Reader, data: dict[str, Any]) -> LogConfig:
+    spec = r.table(data, "log")
+    prefix = "log."
+    r.unknown(spec, {"format", "level", "file"}, prefix)
+    return LogConfig(
+        format=r.choice(spec, "format", prefix, ("text", "json"), "text"),  # type: ignore[arg-type]
+        level=r.choice(spec, "level", prefix, ("DEBUG", "INFO", "WARNING", "ERROR"), "INFO"),
+        file=r.path(spec, "file", prefix),
+    )
+
+
+_TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit"}
+
+
+def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayConfig:
+    """Validate a parsed TOML document; raise ConfigError listing every problem."""
+    r = _Reader(source, base)
+    r.unknown(data, _TOP_KEYS, "")
+    gw = r.table(data, "gateway")
+    r.unknown(gw, {"hostname", "postmaster"}, "gateway.")
+    hostname = r.get(gw, "hostname", "gateway.", str, "msgw.localhost")
+    if not is_domain(hostname):
+        r.problem("gateway.hostname", f"not a host name: {hostname!r}")
+    config = GatewayConfig(
+        source=source,
+        hostname=hostname,
+        postmaster=r.get(gw, "postmaster", "gateway.", str, f"postmaster@{hostname}"),
+        listeners=_listeners(r, data),
+        accounts=_accounts(r, data),
+        spool=_spool(r, data),
+        delivery=_delivery(r, data),
+        local=_local(r, data),
+        log=_log(r, data),
+        raw=data,
+    )
+    if not config.listeners:
+        r.problem("listeners", "at least one listener is needed")
+    if any(lc.kind == "submission" for lc in config.listeners) and not config.accounts:
+        r.problem("accounts", "a submission listener needs at least one account")
+    if r.problems:
+        raise ConfigError(r.problems)
+    return config
+
+
+def load_config(path: str | Path) -> GatewayConfig:
+    """Read and validate a TOML config file."""
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([(str(p), "-", f"cannot read: {exc.strerror}")]) from None
+    except UnicodeDecodeError:
+        raise ConfigError([(str(p), "-", "not UTF-8 text")]) from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError([(str(p), "-", f"TOML syntax error: {exc}")]) from None
+    return parse_config(data, source=str(p), base=p.resolve().parent)
+
+
+def default_config_text() -> str:
+    return resources.files("gateway").joinpath("defaults/default.toml").read_text(encoding="utf-8")
+
+
+def load_default_config(base: Path | None = None) -> GatewayConfig:
+    """The embedded default: loopback listeners, ./var spool and Maildir, a demo account.
+
+    The TLS certificate and the demo account's password hash are created under
+    `./var/default/` on first use (see `gateway.defaults`)."""
+    from gateway.default_setup import prepare_default_files
+
+    base = (base or Path.cwd()).resolve()
+    prepare_default_files(base / "var" / "default")
+    data = tomllib.loads(default_config_text())
+    return parse_config(data, source="<embedded default>", base=base)

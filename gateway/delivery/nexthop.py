@@ -1,0 +1,97 @@
+"""Where a recipient domain's mail goes: a local mailbox, a configured route, the smart host,
+or the domain's MX hosts (with the implicit-MX fallback of RFC 5321 §5.1).
+
+Decisions are made per domain and are pure given the config; only `hops()` (DNS) and
+`deliver_local()` (Maildir / LMTP) do I/O.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+from dataclasses import dataclass
+
+import dns.asyncresolver
+
+from gateway.config import GatewayConfig
+from gateway.delivery.local import deliver_lmtp, deliver_maildir
+from gateway.delivery.mx import NextHop, resolve_next_hops
+from gateway.delivery.smtp_client import RecipientResult, TlsSettings
+from gateway.errors import DeliveryError, GatewayError
+
+
+@dataclass(frozen=True)
+class Destination:
+    key: str                  # the semaphore / log key: "local", "route:dom", "smarthost", "mx:dom"
+    domain: str
+    local: bool = False
+    host: str | None = None   # fixed host (route or smart host); None → MX lookup
+    port: int = 25
+    tls: TlsSettings = TlsSettings()
+    concurrency: int = 5
+
+
+class NextHopResolver:
+    def __init__(self, config: GatewayConfig, resolver: dns.asyncresolver.Resolver | None = None) -> None:
+        self.config = config
+        d = config.delivery
+        if resolver is None and d.dns_nameservers:
+            resolver = dns.asyncresolver.Resolver(configure=False)
+            resolver.nameservers = list(d.dns_nameservers)
+            resolver.port = d.dns_port
+        self.resolver = resolver
+
+    def destination(self, domain: str) -> Destination:
+        cfg, d = self.config, self.config.delivery
+        if cfg.is_local(domain):
+            return Destination(key="local", domain=domain, local=True, concurrency=d.per_destination)
+        route = d.route_for(domain)
+        if route is not None:
+            tls = TlsSettings(route.tls, route.ca_file or d.ca_file, route.client_cert or d.client_cert,
+                              route.client_key or d.client_key)
+            return Destination(key=f"route:{route.domain}", domain=domain, host=route.host, port=route.port,
+                               tls=tls, concurrency=route.concurrency)
+        tls = TlsSettings(d.tls, d.ca_file, d.client_cert, d.client_key)
+        if d.smarthost:
+            # One transaction for all recipients that go through the smart host.
+            return Destination(key="smarthost", domain="*", host=d.smarthost, port=d.smarthost_port, tls=tls,
+                               concurrency=d.per_destination)
+        return Destination(key=f"mx:{domain}", domain=domain, port=d.mx_port, tls=tls,
+                           concurrency=d.per_destination)
+
+    async def hops(self, dest: Destination) -> list[NextHop]:
+        if dest.host is None:
+            return await resolve_next_hops(dest.domain, resolver=self.resolver, port=dest.port)
+        host = dest.host.strip("[]")
+        try:
+            ipaddress.ip_address(host)
+            return [NextHop(host=host, addresses=(host,), port=dest.port, preference=0)]
+        except ValueError:
+            pass
+        # A route or smart host given by name: its addresses (no MX lookup for a host name).
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await loop.getaddrinfo(host, dest.port, type=1)
+        except OSError as exc:
+            raise DeliveryError(f"cannot resolve {host}: {exc.strerror}", temporary=True, status="4.4.3") from None
+        addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+        return [NextHop(host=host, addresses=addresses, port=dest.port, preference=0)]
+
+    async def deliver_local(self, sender: str, recipients: list[str], data: bytes
+                            ) -> tuple[dict[str, RecipientResult], str]:
+        local = self.config.local
+        if local.mode == "lmtp":
+            replies = await deliver_lmtp(local.lmtp_host, local.lmtp_port, sender=sender, recipients=recipients,
+                                         message=data, lhlo_name=self.config.hostname)
+            return {r: RecipientResult(code, text) for r, (code, text) in replies.items()}, "lmtp"
+        loop = asyncio.get_running_loop()
+        results: dict[str, RecipientResult] = {}
+        for rcpt in recipients:
+            try:
+                await loop.run_in_executor(None, lambda r=rcpt: deliver_maildir(
+                    local.maildir, r, data, return_path=sender, delivered_to=r))
+                results[rcpt] = RecipientResult(250, "2.0.0 delivered to maildir")
+            except GatewayError as exc:
+                code = 451 if exc.temporary else 550
+                results[rcpt] = RecipientResult(code, f"{exc.status} {exc}")
+        return results, "maildir"

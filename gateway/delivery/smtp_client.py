@@ -1,0 +1,154 @@
+"""Outbound SMTP for one hop: connect, STARTTLS per policy, MAIL, RCPT each, DATA.
+
+aiosmtplib does the protocol; we drive it command by command (rather than `sendmail`) to get
+one reply per recipient, which is what per-recipient queue state needs. TLS policies:
+
+* `required`: STARTTLS must be offered and the server certificate must verify against the
+  route's CA file (or the system store) for the hop's host name; otherwise the hop fails
+  temporarily and nothing is sent in clear.
+* `opportunistic`: STARTTLS when offered, without authentication (RFC 7435); used only where
+  the config allows it.
+* `none`: plain SMTP (loopback test sinks only).
+
+TLS 1.2 is the minimum in both directions. A client certificate is presented when the route
+configures one (mutual TLS between MSSanté operators).
+"""
+
+from __future__ import annotations
+
+import ssl
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import aiosmtplib
+
+from gateway.errors import DeliveryError
+
+TlsPolicy = Literal["required", "opportunistic", "none"]
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    policy: TlsPolicy = "opportunistic"
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+
+@dataclass(frozen=True)
+class RecipientResult:
+    code: int
+    message: str
+
+    @property
+    def ok(self) -> bool:
+        return 200 <= self.code < 300
+
+    @property
+    def temporary(self) -> bool:
+        return 400 <= self.code < 500
+
+    @property
+    def status(self) -> str:
+        """The enhanced status from the reply text, or one derived from the code."""
+        first = self.message.split(" ", 1)[0]
+        parts = first.split(".")
+        if len(parts) == 3 and all(p.isdigit() for p in parts) and first[0] in "245":
+            return first
+        return {2: "2.0.0", 4: "4.0.0", 5: "5.0.0"}.get(self.code // 100, "4.0.0")
+
+
+def client_tls_context(settings: TlsSettings, *, verify: bool) -> ssl.SSLContext:
+    if verify:
+        ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+    else:
+        # Opportunistic TLS (RFC 7435): encrypt when offered, without authenticating the peer.
+        ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+        ctx.check_hostname = False  # noqa: S501 - opportunistic policy only, see module docstring
+        ctx.verify_mode = ssl.CERT_NONE
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    if settings.client_cert and settings.client_key:
+        ctx.load_cert_chain(str(settings.client_cert), str(settings.client_key))
+    return ctx
+
+
+async def send_via_smtp(*, host: str, address: str, port: int, sender: str, recipients: list[str], data: bytes,
+                        tls: TlsSettings, helo_name: str, connect_timeout: float = 30.0,
+                        command_timeout: float = 300.0) -> dict[str, RecipientResult]:
+    """Send one copy to one hop. Returns a result per recipient; raises DeliveryError when the
+    hop could not be used at all (connection, TLS, or a MAIL/DATA refusal that covers all)."""
+    remote = f"{host}[{address}]:{port}"
+    client = aiosmtplib.SMTP(hostname=address, port=port, timeout=connect_timeout, start_tls=False,
+                             local_hostname=helo_name)
+    try:
+        await client.connect()
+    except (aiosmtplib.SMTPException, OSError) as exc:
+        raise DeliveryError(f"cannot connect to {remote}: {_short(exc)}", temporary=True, status="4.4.1",
+                            remote=host) from None
+    try:
+        client.timeout = command_timeout
+        await client.ehlo()
+        if tls.policy != "none":
+            offered = client.supports_extension("starttls")
+            if not offered and tls.policy == "required":
+                raise DeliveryError(f"{remote} does not offer STARTTLS and TLS is required", temporary=True,
+                                    status="4.7.5", remote=host)
+            if offered:
+                verify = tls.policy == "required"
+                ctx = client_tls_context(tls, verify=verify)
+                try:
+                    await client.starttls(tls_context=ctx, server_hostname=host if verify else None,
+                                          validate_certs=verify)
+                except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+                    raise DeliveryError(f"TLS with {remote} failed: {_short(exc)}", temporary=True,
+                                        status="4.7.5", remote=host) from None
+        options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+        try:
+            await client.mail(sender, options=options)
+        except aiosmtplib.SMTPResponseException as exc:
+            raise DeliveryError(f"{remote} refused the sender: {exc.code} {exc.message}",
+                                temporary=400 <= exc.code < 500, smtp_code=exc.code,
+                                status=RecipientResult(exc.code, exc.message).status, remote=host) from None
+        results: dict[str, RecipientResult] = {}
+        accepted: list[str] = []
+        for rcpt in recipients:
+            try:
+                resp = await client.rcpt(rcpt)
+                results[rcpt] = RecipientResult(resp.code, resp.message)
+                accepted.append(rcpt)
+            except aiosmtplib.SMTPResponseException as exc:
+                results[rcpt] = RecipientResult(exc.code, exc.message)
+        if not accepted:
+            await _quit(client)
+            return results
+        try:
+            resp = await client.data(data)
+        except aiosmtplib.SMTPResponseException as exc:
+            for rcpt in accepted:
+                results[rcpt] = RecipientResult(exc.code, exc.message)
+            await _quit(client)
+            return results
+        for rcpt in accepted:
+            results[rcpt] = RecipientResult(resp.code, resp.message)
+        await _quit(client)
+        return results
+    except DeliveryError:
+        await _quit(client)
+        raise
+    except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+        client.close()
+        raise DeliveryError(f"session with {remote} failed: {_short(exc)}", temporary=True, status="4.4.2",
+                            remote=host) from None
+
+
+async def _quit(client: aiosmtplib.SMTP) -> None:
+    try:
+        await client.quit()
+    except (aiosmtplib.SMTPException, OSError, TimeoutError):
+        client.close()
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc) or type(exc).__name__
+    return text.splitlines()[0][:200]

@@ -1,0 +1,12 @@
+"""Durable queue: message bytes and per-recipient state, crash recovery."""
+
+from gateway.spool.store import (
+    PENDING,
+    QueuedMessage,
+    QueuedRecipient,
+    RecipientState,
+    Spool,
+    new_message_id,
+)
+
+__all__ = ["PENDING", "QueuedMessage", "QueuedRecipient", "RecipientState", "Spool", "new_message_id"]
