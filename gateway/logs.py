@@ -53,4 +53,4 @@ def setup_logging(fmt: str = "text", level: str = "INFO", file: Path | None = No
     root.addHandler(handler)
     root.setLevel(level)
     # aiosmtpd logs every command line at DEBUG/INFO (including AUTH exchanges): keep it quiet.
-    logging.getLogger("mail.log").setLevel(logging.WARNING)
+    logging.getLogger("mail.log").setLevel(logging.ERROR)

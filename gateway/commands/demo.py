@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shutil
 import ssl
 import sys
 import tempfile
@@ -74,4 +75,8 @@ def run(args: argparse.Namespace) -> int:
     folder = tempfile.mkdtemp(prefix="msgw-demo-")
     if args.keep:
         _step(f"working folder: {folder}")
-    return asyncio.run(_demo(Path(folder)))
+    try:
+        return asyncio.run(_demo(Path(folder)))
+    finally:
+        if not args.keep:
+            shutil.rmtree(folder, ignore_errors=True)
