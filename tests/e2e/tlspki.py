@@ -43,7 +43,7 @@ class TestCA:
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
         self.key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         self.cert = (
             x509.CertificateBuilder().subject_name(_name(name)).issuer_name(_name(name))
             .public_key(self.key.public_key()).serial_number(x509.random_serial_number())
@@ -59,7 +59,7 @@ class TestCA:
 
     def issue(self, cn: str, *, server: bool = True, client: bool = True) -> Pair:
         key = ec.generate_private_key(ec.SECP256R1())
-        now = dt.datetime.now(dt.timezone.utc)
+        now = dt.datetime.now(dt.UTC)
         usages = ([ExtendedKeyUsageOID.SERVER_AUTH] if server else []) + \
                  ([ExtendedKeyUsageOID.CLIENT_AUTH] if client else [])
         builder = (
