@@ -291,3 +291,16 @@ def test_msgw_check_reports_every_problem(tmp_path: Path) -> None:
     good = write_config(tmp_path / "good", sink_port=2525)
     out = msgw("check", "--config", str(good.config))
     assert out.returncode == 0, out.stderr
+
+
+def test_example_config_checks_after_init(tmp_path: Path) -> None:
+    from tests.conftest import ROOT
+
+    (tmp_path / "config").mkdir()
+    example = tmp_path / "config" / "gateway.toml"
+    example.write_text((ROOT / "config" / "gateway.toml").read_text())
+    out = msgw("check", "--config", str(example))
+    assert out.returncode == 2 and b"tls_cert: file not found" in out.stderr
+    assert msgw("init", "--dir", str(tmp_path / "var" / "default")).returncode == 0
+    out = msgw("check", "--config", str(example))
+    assert out.returncode == 0, out.stderr

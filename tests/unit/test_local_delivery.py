@@ -98,18 +98,6 @@ def test_mailbox_path_blocked_by_a_file_is_temporary(tmp_path: Path) -> None:
     assert info.value.temporary and info.value.status == "4.3.1"
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores directory permissions")
-def test_permission_denied_is_temporary(tmp_path: Path) -> None:
-    deliver_maildir(tmp_path, "a@b.example", MESSAGE, return_path="", delivered_to="a@b.example")
-    (tmp_path / "a@b.example" / "tmp").chmod(0o500)
-    try:
-        with pytest.raises(DeliveryError) as info:
-            deliver_maildir(tmp_path, "a@b.example", MESSAGE, return_path="", delivered_to="a@b.example")
-    finally:
-        (tmp_path / "a@b.example" / "tmp").chmod(0o700)
-    assert info.value.temporary and info.value.status == "4.3.1"
-
-
 def test_disk_full_is_temporary_and_leaves_no_partial_file(tmp_path: Path) -> None:
     """A write that fails part-way (file size limit: EFBIG, like ENOSPC) defers and cleans tmp/."""
     code = f"""
