@@ -182,14 +182,16 @@ def test_postfix_smtp_sink_as_next_hop(tmp_path: Path) -> None:
         with GatewayProcess(setup):
             for i in range(5):
                 _submit(setup.submission_port, [f"dr{i}@cabinet.example"], body=f"result {i}")
+            def bodies() -> bytes:
+                return b"".join(f.read_bytes() for f in dump.iterdir())
+
             deadline = time.monotonic() + 20
-            while len(list(dump.iterdir())) < 5 and time.monotonic() < deadline:
+            # smtp-sink writes each file as the data arrives: wait for complete contents.
+            while not all(f"result {i}\r\n".encode() in bodies() for i in range(5)) and time.monotonic() < deadline:
                 time.sleep(0.1)
-            files = list(dump.iterdir())
-            assert len(files) == 5
-            bodies = b"".join(f.read_bytes() for f in files)
+            assert len(list(dump.iterdir())) == 5
             for i in range(5):
-                assert f"result {i}".encode() in bodies
+                assert f"result {i}\r\n".encode() in bodies()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
