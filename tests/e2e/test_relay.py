@@ -186,12 +186,12 @@ def test_postfix_smtp_sink_as_next_hop(tmp_path: Path) -> None:
                 return b"".join(f.read_bytes() for f in dump.iterdir())
 
             deadline = time.monotonic() + 20
-            # smtp-sink writes each file as the data arrives: wait for complete contents.
-            while not all(f"result {i}\r\n".encode() in bodies() for i in range(5)) and time.monotonic() < deadline:
+            # smtp-sink writes each file (LF line ends) as the data arrives: wait for complete contents.
+            while not all(f"result {i}\n".encode() in bodies() for i in range(5)) and time.monotonic() < deadline:
                 time.sleep(0.1)
             assert len(list(dump.iterdir())) == 5
             for i in range(5):
-                assert f"result {i}\r\n".encode() in bodies()
+                assert f"result {i}\n".encode() in bodies()
     finally:
         proc.terminate()
         proc.wait(timeout=10)
