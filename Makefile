@@ -28,7 +28,7 @@ run: venv
 	$(BIN)/msgw serve
 
 lint: venv
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check .
 
 test: deps venv lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
