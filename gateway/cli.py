@@ -13,7 +13,8 @@ import sys
 
 from gateway.errors import GatewayError
 
-COMMAND_MODULES = ("serve", "init", "check", "demo", "send", "queue", "passwd", "smime", "certs", "tokens")
+COMMAND_MODULES = ("serve", "init", "check", "demo", "send", "queue", "passwd", "smime", "certs", "tokens",
+                   "directory", "audit", "payload", "legacy")
 
 
 def build_parser() -> argparse.ArgumentParser:
