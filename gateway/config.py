@@ -140,6 +140,60 @@ class LogConfig:
     file: Path | None
 
 
+DestinationPolicy = Literal["require-smime", "trust-space-tls", "refuse"]
+
+
+@dataclass(frozen=True)
+class TrustConfig:
+    """Where trust comes from: CA folder (roots + intermediates), CRLs, the MSSanté domain list."""
+
+    anchors: Path | None
+    crl_files: tuple[Path, ...]
+    fetch_crls: bool
+    crl_max_age: float
+    authorised_domains_file: Path | None
+
+
+@dataclass(frozen=True)
+class DiscoveryConfig:
+    order: tuple[str, ...]
+    ldap_url: str | None
+    ldap_base: str | None
+    dns_cert: bool
+    cache_ttl: float
+    negative_ttl: float
+
+
+@dataclass(frozen=True)
+class PolicyConfig:
+    """The protection policy. Disabled (plain relay) only when `[policy]` is absent."""
+
+    enabled: bool
+    default: DestinationPolicy
+    destinations: tuple[tuple[str, DestinationPolicy], ...]
+    sign_with: tuple[tuple[str, str], ...]
+    neutral_subject: str
+    sender_copy: bool
+    inbound_unverified: Literal["flag", "refuse"]
+    local_form: Literal["signed", "as-is"]
+    discovery: DiscoveryConfig
+
+    def for_domain(self, domain: str) -> DestinationPolicy:
+        domain = domain.lower()
+        for pattern, policy in self.destinations:
+            if pattern == domain or (pattern.startswith(".") and domain.endswith(pattern)):
+                return policy
+        return self.default
+
+    def signing_key_name(self, user: str | None, sender: str) -> str | None:
+        table = dict(self.sign_with)
+        for who in (user, sender):
+            if who and who.lower() in table:
+                return table[who.lower()]
+        domain = sender.rpartition("@")[2].lower()
+        return table.get(f"@{domain}") or table.get("*")
+
+
 @dataclass(frozen=True)
 class GatewayConfig:
     source: str
@@ -151,7 +205,20 @@ class GatewayConfig:
     delivery: DeliveryConfig
     local: LocalConfig
     log: LogConfig
+    trust: TrustConfig | None = None
+    policy: PolicyConfig | None = None
+    keys: dict[str, Any] = field(default_factory=dict, compare=False)
+    base: Path = field(default_factory=Path.cwd, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+
+    def path(self, value: str) -> Path:
+        p = Path(os.path.expanduser(value))
+        return p if p.is_absolute() else self.base / p
+
+    @property
+    def state_dir(self) -> Path:
+        """Where the embedded stores live by default (directory, audit, harvest): beside the spool."""
+        return self.spool.path.parent
 
     def is_local(self, domain: str) -> bool:
         return domain.lower() in self.local.domains
@@ -462,8 +529,97 @@ def _log(r: _Reader, data: dict[str, Any]) -> LogConfig:
     )
 
 
+def _trust(r: _Reader, data: dict[str, Any]) -> TrustConfig | None:
+    if "trust" not in data:
+        return None
+    spec = r.table(data, "trust")
+    prefix = "trust."
+    r.unknown(spec, {"anchors", "crl_files", "fetch_crls", "crl_max_age", "authorised_domains_file"}, prefix)
+    anchors = r.path(spec, "anchors", prefix, must_exist=True)
+    if anchors is not None and anchors.exists() and not anchors.is_dir():
+        r.problem(prefix + "anchors", "must be a folder of PEM CA certificates")
+    crls = []
+    for i, item in enumerate(r.get(spec, "crl_files", prefix, list, [])):
+        p = r.path({"f": item}, "f", f"{prefix}crl_files[{i}]", must_exist=True) if isinstance(item, str) else None
+        if p is None:
+            r.problem(f"{prefix}crl_files[{i}]", "expected a file path")
+        else:
+            crls.append(p)
+    return TrustConfig(
+        anchors=anchors, crl_files=tuple(crls), fetch_crls=r.get(spec, "fetch_crls", prefix, bool, True),
+        crl_max_age=r.convert(spec, "crl_max_age", prefix, parse_duration, "7d"),
+        authorised_domains_file=r.path(spec, "authorised_domains_file", prefix, must_exist=True),
+    )
+
+
+_POLICIES = ("require-smime", "trust-space-tls", "refuse")
+
+
+def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyConfig | None:
+    if "policy" not in data:
+        return None
+    spec = r.table(data, "policy")
+    prefix = "policy."
+    r.unknown(spec, {"enabled", "default", "destinations", "sign_with", "neutral_subject", "sender_copy",
+                     "inbound_unverified", "local_form", "discovery"}, prefix)
+    destinations = []
+    for domain, value in r.get(spec, "destinations", prefix, dict, {}).items():
+        if value not in _POLICIES:
+            r.problem(f'{prefix}destinations."{domain}"', f"must be one of {', '.join(_POLICIES)}")
+        elif not is_domain(domain.lstrip(".")):
+            r.problem(f'{prefix}destinations."{domain}"', "not a domain name")
+        else:
+            destinations.append((domain.lower(), value))
+    sign_with = []
+    for who, key_name in r.get(spec, "sign_with", prefix, dict, {}).items():
+        if not isinstance(key_name, str) or key_name not in keys:
+            r.problem(f'{prefix}sign_with."{who}"', f"names no [keys.{key_name}] table")
+        else:
+            sign_with.append((who.lower(), key_name))
+    dspec = r.table(spec, "discovery", prefix)
+    dprefix = prefix + "discovery."
+    r.unknown(dspec, {"order", "ldap_url", "ldap_base", "dns_cert", "cache_ttl", "negative_ttl"}, dprefix)
+    order = tuple(r.get(dspec, "order", dprefix, list, ["directory", "harvested"]))
+    for i, name in enumerate(order):
+        if name not in ("directory", "harvested", "ldap", "dns"):
+            r.problem(f"{dprefix}order[{i}]", "must be one of directory, harvested, ldap, dns")
+    ldap_url = r.get(dspec, "ldap_url", dprefix, str, None)
+    if "ldap" in order and not ldap_url:
+        r.problem(dprefix + "ldap_url", "needed when 'ldap' is in the discovery order")
+    return PolicyConfig(
+        enabled=r.get(spec, "enabled", prefix, bool, True),
+        default=r.choice(spec, "default", prefix, _POLICIES, "require-smime"),  # type: ignore[arg-type]
+        destinations=tuple(destinations), sign_with=tuple(sign_with),
+        neutral_subject=r.get(spec, "neutral_subject", prefix, str, "Message sécurisé / Secure message"),
+        sender_copy=r.get(spec, "sender_copy", prefix, bool, True),
+        inbound_unverified=r.choice(spec, "inbound_unverified", prefix, ("flag", "refuse"), "flag"),  # type: ignore[arg-type]
+        local_form=r.choice(spec, "local_form", prefix, ("signed", "as-is"), "signed"),  # type: ignore[arg-type]
+        discovery=DiscoveryConfig(
+            order=order, ldap_url=ldap_url, ldap_base=r.get(dspec, "ldap_base", dprefix, str, None),
+            dns_cert=r.get(dspec, "dns_cert", dprefix, bool, "dns" in order),
+            cache_ttl=r.convert(dspec, "cache_ttl", dprefix, parse_duration, "1h"),
+            negative_ttl=r.convert(dspec, "negative_ttl", dprefix, parse_duration, "5m")),
+    )
+
+
+def _keys(r: _Reader, data: dict[str, Any]) -> dict[str, Any]:
+    """`[keys.<name>]` tables → KeyRef (validated by the key store, which knows the fields)."""
+    from gateway.smime.keystore import KeyRef
+
+    out: dict[str, Any] = {}
+    for name, spec in r.table(data, "keys").items():
+        if not isinstance(spec, dict):
+            r.problem(f"keys.{name}", "expected a table")
+            continue
+        try:
+            out[name] = KeyRef.from_mapping(spec, source=r.source, prefix=f"keys.{name}.", base=r.base)
+        except ConfigError as exc:
+            r.problems.extend(exc.problems)
+    return out
+
+
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
-             "keys", "directory", "trust", "routing", "legacy", "policy", "audit"}
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake"}
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayConfig:
@@ -475,6 +631,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     hostname = r.get(gw, "hostname", "gateway.", str, "msgw.localhost")
     if not is_domain(hostname):
         r.problem("gateway.hostname", f"not a host name: {hostname!r}")
+    keys = _keys(r, data)
     config = GatewayConfig(
         source=source,
         hostname=hostname,
@@ -485,8 +642,14 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         delivery=_delivery(r, data),
         local=_local(r, data),
         log=_log(r, data),
+        trust=_trust(r, data),
+        policy=_policy(r, data, keys),
+        keys=keys,
+        base=base,
         raw=data,
     )
+    if config.policy is not None and config.policy.enabled and config.trust is None:
+        r.problem("trust", "the protection policy needs a [trust] table (anchors)")
     if not config.listeners:
         r.problem("listeners", "at least one listener is needed")
     if any(lc.kind == "submission" for lc in config.listeners) and not config.accounts:

@@ -27,11 +27,32 @@ class Envelope:
 
 @dataclass(frozen=True)
 class Outgoing:
-    """One copy to send: the recipients it is for, its bytes, and the protection applied."""
+    """One copy to send: the recipients it is for, its bytes, and the protection applied.
+
+    `require_tls`: this copy relies on transport security (trust-space TLS); delivery must
+    refuse to send it over a destination whose TLS policy is not `required`."""
 
     recipients: tuple[str, ...]
     data: bytes
     form: str = "as-is"
+    require_tls: bool = False
+
+
+@dataclass(frozen=True)
+class Refusal:
+    """A recipient that no form can protect (or that policy refuses): bounced, never sent."""
+
+    recipient: str
+    reason: str
+    status: str = "5.7.1"
+    temporary: bool = False
+
+
+@dataclass(frozen=True)
+class PipelineResult:
+    outgoing: tuple[Outgoing, ...]
+    refusals: tuple[Refusal, ...] = ()
+    notes: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -41,6 +62,13 @@ class WorkItem:
     kind: str = "mime"
     notes: tuple[str, ...] = ()
     outgoing: tuple[Outgoing, ...] = field(default=())
+    refusals: tuple[Refusal, ...] = field(default=())
+
+    @property
+    def handled(self) -> frozenset[str]:
+        """Recipients that already have a copy or a refusal."""
+        done = {r for o in self.outgoing for r in o.recipients} | {r.recipient for r in self.refusals}
+        return frozenset(done)
 
     def with_note(self, note: str) -> WorkItem:
         return replace(self, notes=(*self.notes, note))
@@ -65,10 +93,11 @@ async def route(item: WorkItem) -> WorkItem:
 
 
 async def wrap(item: WorkItem) -> WorkItem:
-    """Pass-through: one copy, unchanged, for all recipients not yet given a form."""
-    if item.outgoing:
+    """Pass-through: one copy, unchanged, for the recipients no stage gave a form or a refusal."""
+    left = tuple(r for r in item.envelope.recipients if r not in item.handled)
+    if not left:
         return item
-    return replace(item, outgoing=(Outgoing(item.envelope.recipients, item.data),))
+    return replace(item, outgoing=(*item.outgoing, Outgoing(left, item.data)))
 
 
 DEFAULT_STAGES: tuple[Stage, ...] = (classify, unwrap, route, wrap)
@@ -80,10 +109,8 @@ class Pipeline:
     def __init__(self, stages: Sequence[Stage] = DEFAULT_STAGES) -> None:
         self.stages = tuple(stages)
 
-    async def run(self, envelope: Envelope, data: bytes) -> tuple[Outgoing, ...]:
+    async def run(self, envelope: Envelope, data: bytes) -> PipelineResult:
         item = WorkItem(envelope=envelope, data=data)
         for stage in self.stages:
             item = await stage(item)
-        if not item.outgoing:
-            item = await wrap(item)
-        return item.outgoing
+        return PipelineResult(outgoing=item.outgoing, refusals=item.refusals, notes=item.notes)

@@ -152,7 +152,7 @@ class DeliveryManager:
                             auth_user=msg.auth_user, listener=msg.listener)
         by_address = {r.address: r for r in pending}
         try:
-            copies = await self.pipeline.run(envelope, data)
+            result = await self.pipeline.run(envelope, data)
         except GatewayError as exc:
             if exc.temporary:
                 await self._defer(msg, pending, str(exc), exc.status)
@@ -160,14 +160,27 @@ class DeliveryManager:
                 await self._bounce(msg, pending, str(exc), exc.status)
             await self._after(msg.id)
             return
+        for refusal in result.refusals:
+            rcpt = by_address.get(refusal.recipient)
+            if rcpt is None:
+                continue
+            if refusal.temporary:
+                await self._defer(msg, [rcpt], refusal.reason, refusal.status)
+            else:
+                await self._bounce(msg, [rcpt], refusal.reason, refusal.status)
         jobs = []
-        for copy in copies:
+        for copy in result.outgoing:
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
             for address in copy.recipients:
                 rcpt = by_address.get(address)
                 if rcpt is not None:
                     groups[self.resolver.destination(_domain(address))].append(rcpt)
             for dest, rcpts in groups.items():
+                if copy.require_tls and not dest.local and dest.tls.policy != "required":
+                    # Fail closed: this copy is protected only by TLS, and this route does not enforce it.
+                    await self._bounce(msg, rcpts, f"no TLS-required route to {dest.domain} for a message "
+                                       "protected by transport security only", "5.7.10")
+                    continue
                 jobs.append(self._deliver_group(msg, dest, rcpts, copy.data))
         await asyncio.gather(*jobs)
         await self._after(msg.id)
