@@ -1,0 +1,218 @@
+"""The S/MIME engine: sign, encrypt, verify, decrypt and unwrap whole messages (bytes in, bytes out).
+
+Pure library: no SMTP, no routing, no network except CRL fetching through the injectable
+fetcher of `CrlSource`. Keys are used only through the `keyapi` protocols, so soft keys and
+PKCS#11 tokens are interchangeable. Outbound default: sign (multipart/signed, SHA-256) then
+encrypt (RSA PKCS#1 v1.5 + AES-256-CBC + issuer+serial). Inbound: any nesting of signed and
+enveloped layers is unwrapped; every signature is verified with strict trust or refused with
+a typed error from `gateway.smime.errors`.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from email.utils import getaddresses
+
+from cryptography import x509
+
+from gateway.smime.cms_decrypt import decrypt_content
+from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content
+from gateway.smime.cms_sign import sign_content
+from gateway.smime.cms_verify import check_signed_data
+from gateway.smime.cmsutil import parse_content_info
+from gateway.smime.errors import MalformedSmime, NotForUs, NotSigned, SignerMismatch, SmimeError
+from gateway.smime.identity import dn, read_identity
+from gateway.smime.keyapi import DecryptionKey, HashName, SigningKey
+from gateway.smime.mime import (
+    classify,
+    content_entity,
+    entity_message,
+    multipart_signed,
+    outer_fields,
+    pkcs7_mime,
+    split_message,
+)
+from gateway.smime.result import UnwrapResult, VerificationResult
+from gateway.smime.revocation import CrlSource
+from gateway.smime.trust import PathCache, TrustStore, check_signing_usage, validate_signer
+
+MAX_DEPTH = 8
+_MICALG = {"sha256": "sha-256", "sha384": "sha-384", "sha512": "sha-512"}
+
+
+async def sign_message(message: bytes, key: SigningKey, *, opaque: bool = False, pss: bool = False,
+                       hash_name: HashName = "sha256", signing_time: dt.datetime | None = None,
+                       check_usage: bool = True) -> bytes:
+    """Sign a message: multipart/signed (default) or opaque application/pkcs7-mime signed-data.
+
+    The signing certificate must allow signing (`check_usage=False` only to build refusal tests).
+    """
+    if check_usage:
+        check_signing_usage(key.certificate)
+    outer, entity = content_entity(message)
+    der = await sign_content(entity, key, detached=not opaque, hash_name=hash_name, pss=pss,
+                             signing_time=signing_time)
+    if opaque:
+        return pkcs7_mime(outer, der, "signed-data")
+    return multipart_signed(outer, entity, der, _MICALG[hash_name])
+
+
+def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate], *, cipher: CipherName = "aes256-cbc",
+                    key_transport: KeyTransport = "pkcs1v15", recipient_id: RecipientId = "issuer-serial",
+                    sender_copy: x509.Certificate | None = None) -> bytes:
+    """Encrypt a message to every recipient (plus `sender_copy`, so the sent copy stays readable)."""
+    outer, entity = content_entity(message)
+    certs = list(recipients)
+    if sender_copy is not None and sender_copy not in certs:
+        certs.append(sender_copy)
+    der = encrypt_content(entity, certs, cipher=cipher, key_transport=key_transport, recipient_id=recipient_id)
+    return pkcs7_mime(outer, der, "authEnveloped-data" if cipher == "aes256-gcm" else "enveloped-data")
+
+
+async def sign_and_encrypt_message(message: bytes, key: SigningKey, recipients: Sequence[x509.Certificate], *,
+                                   opaque: bool = False, cipher: CipherName = "aes256-cbc",
+                                   key_transport: KeyTransport = "pkcs1v15",
+                                   sender_copy: x509.Certificate | None = None) -> bytes:
+    """The default outbound form: sign, then encrypt the signed entity."""
+    signed = await sign_message(message, key, opaque=opaque)
+    return encrypt_message(signed, recipients, cipher=cipher, key_transport=key_transport, sender_copy=sender_copy)
+
+
+def from_address(message: bytes) -> str | None:
+    """The single From address of a message, lowercased (None when absent)."""
+    values = split_message(message).message().get_all("From") or []
+    addrs = [a for _, a in getaddresses([str(v) for v in values]) if a]
+    if len(addrs) != 1:
+        return None if not addrs else ""
+    return addrs[0].strip().lower()
+
+
+@dataclass
+class Verifier:
+    """Strict signature verification policy: trust store, CRLs, From matching."""
+
+    trust: TrustStore
+    crls: CrlSource = field(default_factory=CrlSource)
+    require_from_match: bool = True
+    now: dt.datetime | None = None  # fixed clock for tests; None = real time
+    cache: PathCache = field(default_factory=PathCache)
+    #: Correspondents' certificates known from the directory: used to find a signer whose
+    #: message carries no certificate (they are not trusted for that: the path still is checked).
+    known_certificates: tuple[x509.Certificate, ...] = ()
+
+    async def verify_der(self, der: bytes, detached_content: bytes | None, sender: str | None,
+                         sender_ids: Iterable[str] = (), *, enforce_from: bool = True,
+                         ) -> tuple[bytes, tuple[VerificationResult, ...]]:
+        """Verify a SignedData (every signer); return (content, results) or raise a typed refusal.
+
+        With `enforce_from` (and `require_from_match`), a signer not naming `sender` (or one
+        of `sender_ids`) is refused; without it the mismatch is only recorded.
+        """
+        checked = check_signed_data(der, detached_content, self.known_certificates + self.trust.all)
+        results = []
+        for signer in checked.signers:
+            path = await validate_signer(signer.certificate, trust=self.trust, crls=self.crls,
+                                         extra_certs=checked.certificates + self.known_certificates,
+                                         signing_time=signer.signing_time, now=self.now, cache=self.cache)
+            ident = read_identity(signer.certificate)
+            reasons = ["signature verifies over the signed attributes", "content digest matches",
+                       "path to a trusted root is valid now" + (" and at signing time" if signer.signing_time
+                                                                else ""),
+                       "CRLs: not revoked", "key usage allows signing"]
+            matched: bool | None = None
+            if sender is not None or sender_ids:
+                ids = set(sender_ids)
+                matched = bool((sender and ident.names_address(sender)) or ids.intersection(ident.identifiers))
+                if not matched and self.require_from_match and enforce_from:
+                    raise SignerMismatch("signer certificate does not name the From address")
+                reasons.append("signer matches From" if matched else "signer does not match From")
+            elif self.require_from_match:
+                reasons.append("no From address to match")
+            results.append(VerificationResult(
+                signer_subject=dn(signer.certificate.subject), identity=ident,
+                certificate=signer.certificate, chain=tuple(dn(c.subject) for c in path.chain),
+                signing_time=signer.signing_time, revocation_status=path.revocation,
+                digest_algorithm=signer.digest_algorithm, signature_algorithm=signer.signature_algorithm,
+                detached=detached_content is not None, from_address=sender, from_matched=matched,
+                reasons=tuple(reasons)))
+        return checked.content, tuple(results)
+
+
+async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), verifier: Verifier | None = None,
+                         sender: str | None = None, sender_ids: Iterable[str] = ()) -> UnwrapResult:
+    """Peel every S/MIME layer (any nesting); verify every signature; decrypt with `keys`.
+
+    `sender` defaults to the From of the outer message. Every signature must verify with a
+    trusted path; the innermost one (the author's) must name the sender, outer ones (RFC 2634
+    triple wrapping by an organisation or a gateway) need not. A signed layer without a
+    verifier, or an encrypted layer without a matching key, is refused, never skipped.
+    """
+    outer = split_message(message)
+    from_ = sender if sender is not None else from_address(message)  # "" (several From) never matches
+    ids = tuple(sender_ids)
+    entity = message
+    layers: list[str] = []
+    signatures: list[VerificationResult] = []
+    for _ in range(MAX_DEPTH):
+        part = classify(entity)
+        if part.kind == "rfc822" and layers:
+            entity = part.signed_content  # RFC 8551 3.1: a whole message wrapped inside the layer
+            layers.append("rfc822")
+            continue
+        if part.kind in ("plain", "rfc822"):
+            break
+        if part.kind == "multipart-signed":
+            if verifier is None:
+                raise SmimeError("signed message but no verifier configured")
+            _, results = await verifier.verify_der(part.der, part.signed_content, from_, ids, enforce_from=False)
+            entity = part.signed_content
+            layers.append("signed")
+            signatures.extend(results)
+            continue
+        kind = parse_content_info(part.der)["content_type"].native
+        if kind == "signed_data":
+            if verifier is None:
+                raise SmimeError("signed message but no verifier configured")
+            entity, results = await verifier.verify_der(part.der, None, from_, ids, enforce_from=False)
+            layers.append("signed-opaque")
+            signatures.extend(results)
+        elif kind in ("enveloped_data", "authenticated_enveloped_data"):
+            if not keys:
+                raise NotForUs("encrypted message and no decryption key")
+            entity = await decrypt_content(part.der, keys)
+            layers.append("enveloped" if kind == "enveloped_data" else "auth-enveloped")
+        else:
+            raise MalformedSmime("unsupported CMS content type")
+    else:
+        raise MalformedSmime("too many nested S/MIME layers")
+    if verifier is not None and verifier.require_from_match and signatures and (from_ is not None or ids) \
+            and not signatures[-1].from_matched:
+        raise SignerMismatch("signer certificate does not name the From address")
+    inner = split_message(entity)  # canonical and parseable, or MalformedSmime
+    content = b"".join(inner.fields) + b"\r\n" + inner.body
+    return UnwrapResult(entity_message(outer_fields(outer), content) if layers else message, content,
+                        tuple(layers), tuple(signatures))
+
+
+async def verify_message(message: bytes, verifier: Verifier, *, sender: str | None = None,
+                         sender_ids: Iterable[str] = ()) -> UnwrapResult:
+    """Verify a signed message (any nesting, must contain at least one signature)."""
+    result = await unwrap_message(message, verifier=verifier, sender=sender, sender_ids=sender_ids)
+    if not result.signatures:
+        raise NotSigned("message is not signed")
+    return result
+
+
+async def decrypt_message(message: bytes, keys: Sequence[DecryptionKey]) -> bytes:
+    """Decrypt the outer enveloped layer; return outer headers + the decrypted entity."""
+    part = classify(message)
+    if part.kind != "pkcs7-mime":
+        raise MalformedSmime("message is not S/MIME encrypted")
+    content = await decrypt_content(part.der, keys)
+    return entity_message(outer_fields_of(message), content)
+
+
+def outer_fields_of(message: bytes) -> tuple[bytes, ...]:
+    return outer_fields(split_message(message))

@@ -1,0 +1,224 @@
+"""S/MIME framing on raw bytes: canonical entities, multipart/signed and pkcs7-mime.
+
+Signatures are over bytes, so this module slices raw bytes and never hashes what Python's
+`email` re-serialises (it refolds headers and rewrites parameters). `email` is used only
+to read header parameters, to decode the signature/pkcs7 part, and to re-encode 8-bit
+parts as base64 *before* signing (so the signed part is 7-bit safe and survives relays).
+"""
+
+from __future__ import annotations
+
+import base64
+import email
+import email.generator
+import email.policy
+import io
+import os
+import re
+from dataclasses import dataclass
+from email.message import Message
+
+from gateway.smime.errors import MalformedSmime
+
+_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
+_CONTENT_HEADERS = ("content-", "mime-version")
+MAX_MESSAGE_SIZE = 64 * 1024 * 1024
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Every line ending as CRLF (bare LF and bare CR included)."""
+    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
+
+
+@dataclass(frozen=True)
+class Split:
+    """A message as raw header fields (each CRLF-terminated, folding kept) and a body."""
+
+    fields: tuple[bytes, ...]
+    body: bytes
+
+    def names(self) -> list[str]:
+        return [field_name(f) for f in self.fields]
+
+    def message(self) -> Message:
+        """Headers only, parsed (for parameters); never re-serialise it for signing."""
+        return email.message_from_bytes(b"".join(self.fields) + b"\r\n", policy=email.policy.compat32)
+
+
+def field_name(field: bytes) -> str:
+    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+_FIELD = re.compile(rb"^[!-9;-~]+:")
+
+
+def split_message(raw: bytes) -> Split:
+    """Split canonical (CRLF) bytes at the first empty line into header fields and body."""
+    if len(raw) > MAX_MESSAGE_SIZE:
+        raise MalformedSmime("message too large")
+    data = to_crlf(raw)
+    if data.startswith(b"\r\n"):
+        return Split((), data[2:])
+    head, sep, body = data.partition(b"\r\n\r\n")
+    if not sep:
+        head, body = data.rstrip(b"\r\n"), b""
+    fields: list[bytes] = []
+    lines = (head + b"\r\n").splitlines(keepends=True)
+    for i, line in enumerate(lines):
+        if line[:1] in (b" ", b"\t"):
+            if fields:
+                fields[-1] += line
+            # else: a stray continuation before any field (seen in the wild): dropped
+        elif _FIELD.match(line):
+            fields.append(line)
+        elif not fields:
+            raise MalformedSmime("message header cannot be parsed")
+        else:
+            # No empty line before the body (seen in the wild): the body starts here.
+            rest = b"".join(lines[i:])
+            body = rest[:-2] + (b"\r\n\r\n" + body if sep else b"")
+            break
+    return Split(tuple(fields), body)
+
+
+def outer_fields(split: Split) -> tuple[bytes, ...]:
+    """Header fields that describe the message, not its content (they stay outside)."""
+    return tuple(f for f in split.fields if not field_name(f).startswith(_CONTENT_HEADERS))
+
+
+def _is_7bit(data: bytes) -> bool:
+    return all(b < 128 for b in data) and b"\x00" not in data and all(
+        len(line) <= 998 for line in data.split(b"\r\n"))
+
+
+def _reencode(entity: bytes) -> bytes:
+    """Re-encode every 8-bit leaf part as base64 so the entity is 7-bit clean."""
+    msg = email.message_from_bytes(entity, policy=email.policy.compat32)
+    for part in msg.walk():
+        if part.is_multipart():
+            continue
+        text = part.get_payload()
+        if not isinstance(text, str):
+            continue
+        try:
+            original = text.encode("ascii", "surrogateescape")  # the bytes as received
+        except UnicodeEncodeError:
+            original = None
+        if original is not None and _is_7bit(to_crlf(original)):
+            continue  # already 7-bit clean: left exactly as it is
+        data = part.get_payload(decode=True)
+        if not isinstance(data, bytes):
+            continue
+        del part["Content-Transfer-Encoding"]
+        part.set_payload(base64.encodebytes(data).decode("ascii"))
+        part["Content-Transfer-Encoding"] = "base64"
+    out = io.BytesIO()
+    email.generator.BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(msg)
+    return to_crlf(out.getvalue())
+
+
+def content_entity(message: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    """(outer header fields, canonical 7-bit content entity) of a message to protect."""
+    split = split_message(message)
+    content = [f for f in split.fields if field_name(f).startswith("content-")]
+    if not any(field_name(f) == "content-type" for f in content):
+        content.insert(0, b"Content-Type: text/plain; charset=us-ascii\r\n")
+    entity = b"".join(content) + b"\r\n" + split.body
+    if not _is_7bit(entity):
+        entity = _reencode(entity)
+    return outer_fields(split), entity
+
+
+def _b64(der: bytes) -> bytes:
+    text = base64.b64encode(der)
+    return b"".join(text[i:i + 76] + b"\r\n" for i in range(0, len(text), 76))
+
+
+def multipart_signed(outer: tuple[bytes, ...], entity: bytes, signature_der: bytes, micalg: str) -> bytes:
+    """A multipart/signed message: the CRLF before each boundary belongs to the boundary."""
+    boundary = "----=_smime_" + os.urandom(12).hex()
+    if boundary.encode() in entity:
+        raise MalformedSmime("boundary collision")  # 96 random bits: never in practice
+    b = boundary.encode()
+    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
+            + b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+            + f' micalg={micalg}; boundary="{boundary}"\r\n\r\n'.encode()
+            + b"This is an S/MIME signed message\r\n\r\n--" + b + b"\r\n" + entity + b"\r\n--" + b + b"\r\n"
+            + b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
+            + b"Content-Transfer-Encoding: base64\r\n"
+            + b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
+            + _b64(signature_der) + b"--" + b + b"--\r\n")
+
+
+def pkcs7_mime(outer: tuple[bytes, ...], der: bytes, smime_type: str) -> bytes:
+    """An application/pkcs7-mime message (signed-data, enveloped-data or authEnveloped-data)."""
+    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
+            + f'Content-Type: application/pkcs7-mime; smime-type={smime_type}; name="smime.p7m"\r\n'.encode()
+            + b"Content-Transfer-Encoding: base64\r\n"
+            + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n' + _b64(der))
+
+
+def entity_message(outer: tuple[bytes, ...], entity: bytes) -> bytes:
+    """Outer headers put back around an unwrapped content entity."""
+    if not outer:
+        return entity
+    return b"".join(outer) + b"MIME-Version: 1.0\r\n" + entity
+
+
+@dataclass(frozen=True)
+class SmimePart:
+    """What an entity is, for unwrapping."""
+
+    kind: str  # "multipart-signed", "pkcs7-mime", "rfc822", "plain"
+    der: bytes = b""
+    signed_content: bytes = b""  # the raw first part of multipart/signed; the body of message/rfc822
+
+
+def _decode_body(split: Split) -> bytes:
+    msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
+    cte = (msg.get("Content-Transfer-Encoding") or "").strip().lower()
+    if cte == "base64":
+        text = re.sub(rb"\s+", b"", split.body)
+        try:
+            return base64.b64decode(text, validate=True)
+        except ValueError:
+            raise MalformedSmime("base64 S/MIME body cannot be decoded") from None
+    payload = msg.get_payload(decode=True)
+    return payload if isinstance(payload, bytes) else b""
+
+
+def _signed_parts(split: Split, boundary: str) -> tuple[bytes, bytes]:
+    b = re.escape(boundary.encode())
+    delims = list(re.finditer(rb"(?:^|\r\n)--" + b + rb"(--)?[ \t]*\r\n", split.body + b"\r\n"))
+    if len(delims) < 3 or delims[0].group(1) or delims[1].group(1) or not delims[2].group(1):
+        raise MalformedSmime("multipart/signed needs exactly two parts")
+    first = split.body[delims[0].end():delims[1].start()]
+    second = split.body[delims[1].end():delims[2].start()]
+    return first, second
+
+
+def classify(raw: bytes) -> SmimePart:
+    """Tell an S/MIME entity from plain content and extract its CMS bytes."""
+    split = split_message(raw)
+    msg = split.message()
+    ctype = msg.get_content_type()
+    if ctype == "multipart/signed":
+        boundary = msg.get_param("boundary")
+        protocol = str(msg.get_param("protocol") or "").lower()
+        if not isinstance(boundary, str) or not boundary:
+            raise MalformedSmime("multipart/signed without a boundary")
+        if protocol not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
+            raise MalformedSmime("multipart/signed with a protocol other than S/MIME")
+        first, second = _signed_parts(split, boundary)
+        sig = split_message(second)
+        sig_type = sig.message().get_content_type()
+        if sig_type not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
+            raise MalformedSmime("second part of multipart/signed is not a PKCS#7 signature")
+        return SmimePart("multipart-signed", _decode_body(sig), first)
+    name = str(msg.get_param("name") or msg.get_filename() or "").lower()
+    if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime") or (
+            ctype == "application/octet-stream" and name.endswith(".p7m")):
+        return SmimePart("pkcs7-mime", _decode_body(split))
+    if ctype == "message/rfc822":
+        return SmimePart("rfc822", signed_content=split.body)
+    return SmimePart("plain")

@@ -1,0 +1,186 @@
+"""Trust store and path validation of a signer certificate (pyhanko-certvalidator).
+
+The trust store is a folder of PEM/DER files: self-signed ones are trust anchors, the others
+intermediates. Validation builds the path, checks validity *now* (and, ourselves, at the
+signing time), revocation with CRLs in hard-fail mode (no revocation information means no),
+then the usage: KU digitalSignature or nonRepudiation and, when an EKU is present,
+emailProtection (IGC-Santé/CPS signature certificates carry no EKU). Each pyhanko error is
+mapped to one typed refusal.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
+from pyhanko_certvalidator import errors as pv_errors
+
+from gateway.smime.cmsutil import PARSE_ERRORS, from_asn1, to_asn1
+from gateway.smime.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRefused,
+    CertificateRevoked,
+    KeyLoadError,
+    RevocationUnavailable,
+    UnknownIssuer,
+    WrongKeyUsage,
+)
+from gateway.smime.revocation import CrlSource
+from gateway.smime.softkeys import load_certificates
+
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
+@dataclass(frozen=True)
+class TrustStore:
+    """Trust anchors and known intermediates."""
+
+    roots: tuple[x509.Certificate, ...]
+    intermediates: tuple[x509.Certificate, ...] = ()
+
+    @classmethod
+    def from_directory(cls, directory: str | Path) -> TrustStore:
+        d = Path(directory)
+        if not d.is_dir():
+            raise KeyLoadError(f"trust store {d.name} is not a directory")
+        roots: list[x509.Certificate] = []
+        inter: list[x509.Certificate] = []
+        for path in sorted(d.iterdir()):
+            if path.suffix.lower() not in (".pem", ".crt", ".cer", ".der"):
+                continue
+            for cert in load_certificates(path):
+                (roots if cert.issuer == cert.subject else inter).append(cert)
+        if not roots:
+            raise KeyLoadError(f"trust store {d.name} holds no root certificate")
+        return cls(tuple(roots), tuple(inter))
+
+    @property
+    def all(self) -> tuple[x509.Certificate, ...]:
+        return self.roots + self.intermediates
+
+
+@dataclass(frozen=True)
+class PathResult:
+    chain: tuple[x509.Certificate, ...]  # leaf first, trust anchor last
+    revocation: str  # "good": every certificate checked against a CRL
+
+
+def candidate_chain(leaf: x509.Certificate, pool: Sequence[x509.Certificate]) -> list[x509.Certificate]:
+    """Leaf to root by issuer name (only to know which CRLs to fetch; pyhanko decides)."""
+    chain = [leaf]
+    while chain[-1].issuer != chain[-1].subject and len(chain) < 10:
+        nxt = next((c for c in pool if c.subject == chain[-1].issuer and c not in chain), None)
+        if nxt is None:
+            break
+        chain.append(nxt)
+    return chain
+
+
+def check_signing_usage(cert: x509.Certificate) -> None:
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not (ku.digital_signature or ku.content_commitment):
+            raise WrongKeyUsage("signer certificate is not for digital signature")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        raise WrongKeyUsage("signer certificate is not for e-mail protection")
+
+
+def _check_at(chain: Sequence[x509.Certificate], when: dt.datetime) -> None:
+    for cert in chain:
+        if when < cert.not_valid_before_utc:
+            raise CertificateNotYetValid("a certificate of the chain was not yet valid at signing time")
+        if when > cert.not_valid_after_utc:
+            raise CertificateExpired("a certificate of the chain had expired at signing time")
+
+
+class PathCache:
+    """Successful path validations, keyed by (certificates, CRLs, minute): pyhanko takes ~4 ms.
+
+    A new CRL (or another minute) is another key, so revocation is never answered from an
+    older CRL than the one the validation would use now. Refusals are not cached.
+    """
+
+    def __init__(self, size: int = 1024) -> None:
+        self.size = size
+        self.entries: OrderedDict[tuple[object, ...], tuple[x509.Certificate, ...]] = OrderedDict()
+
+    @staticmethod
+    def key(certs: Sequence[x509.Certificate], crl_der: Sequence[bytes], now: dt.datetime) -> tuple[object, ...]:
+        digest = hashlib.sha256()
+        for item in [*(c.fingerprint(hashes.SHA256()) for c in certs), *crl_der]:
+            digest.update(hashlib.sha256(item).digest())
+        return (digest.digest(), now.replace(second=0, microsecond=0))
+
+    def get(self, key: tuple[object, ...]) -> tuple[x509.Certificate, ...] | None:
+        chain = self.entries.get(key)
+        if chain is not None:
+            self.entries.move_to_end(key)
+        return chain
+
+    def put(self, key: tuple[object, ...], chain: tuple[x509.Certificate, ...]) -> None:
+        self.entries[key] = chain
+        while len(self.entries) > self.size:
+            self.entries.popitem(last=False)
+
+
+async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: CrlSource,
+                          extra_certs: Sequence[x509.Certificate] = (), signing_time: dt.datetime | None = None,
+                          now: dt.datetime | None = None, cache: PathCache | None = None) -> PathResult:
+    """Validate `cert` for S/MIME signing now and at `signing_time`, or raise a typed refusal."""
+    now = now or dt.datetime.now(dt.UTC)
+    pool = [*extra_certs, *trust.all]
+    crl_der = await crls.crls_for(candidate_chain(cert, pool), now)
+    key = PathCache.key([cert, *extra_certs, *trust.all], crl_der, now) if cache is not None else None
+    chain = cache.get(key) if cache is not None and key is not None else None
+    if chain is None:
+        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, crls.fetch_failures > 0)
+        if cache is not None and key is not None:
+            cache.put(key, chain)
+    check_signing_usage(cert)
+    if signing_time is not None:
+        if signing_time > now + CLOCK_SKEW:
+            raise CertificateRefused("signing time is in the future")
+        _check_at(chain, signing_time)
+    return PathResult(chain, "good")
+
+
+async def _validate_path(cert: x509.Certificate, trust: TrustStore, extra_certs: Sequence[x509.Certificate],
+                         crl_der: list[bytes], now: dt.datetime, fetch_failed: bool) -> tuple[x509.Certificate, ...]:
+    try:
+        ctx = ValidationContext(
+            trust_roots=[to_asn1(c) for c in trust.roots],
+            other_certs=[to_asn1(c) for c in [*extra_certs, *trust.intermediates]],
+            crls=crl_der, revocation_mode="hard-fail", moment=now, allow_fetching=False)
+        validator = CertificateValidator(to_asn1(cert), validation_context=ctx)
+        path = await validator.async_validate_path()
+    except pv_errors.PathBuildingError:
+        raise UnknownIssuer("no path from the signer certificate to a trusted root") from None
+    except pv_errors.ExpiredError:
+        raise CertificateExpired("a certificate of the chain has expired") from None
+    except pv_errors.NotYetValidError:
+        raise CertificateNotYetValid("a certificate of the chain is not yet valid") from None
+    except pv_errors.RevokedError:
+        raise CertificateRevoked("a certificate of the chain is revoked") from None
+    except pv_errors.InsufficientRevinfoError:
+        raise RevocationUnavailable("no fresh revocation information for the chain",
+                                    temporary=fetch_failed) from None
+    except (pv_errors.PathValidationError, pv_errors.ValidationError) as exc:
+        raise CertificateRefused(f"certificate path not valid ({type(exc).__name__})") from None
+    except PARSE_ERRORS as exc:
+        raise CertificateRefused(f"certificate path cannot be processed ({type(exc).__name__})") from None
+    return tuple(from_asn1(c) for c in reversed(list(path)))

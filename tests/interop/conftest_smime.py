@@ -1,0 +1,101 @@
+"""Helpers for the S/MIME interop tests: a gpgsm home trusting the TEST PKI, tool runners.
+
+gpgsm traps handled here (see ../shared/specs/python-stack.md): GNUPGHOME in a temp dir;
+the TEST root trusted through trustlist.txt (``<fingerprint> S relax``);
+``allow-loopback-pinentry`` for batch use; keys imported from the legacy 3DES/SHA-1 PKCS#12
+with the passphrase on ``--passphrase-fd`` (``--passphrase`` alone is ignored for the
+PKCS#12 import). CRL checks stay ON: gpgsm's dirmngr fetches the CRLs from the loopback
+distribution points of the TEST PKI. The home is built once per test run and its agent and
+dirmngr are stopped at exit.
+"""
+
+from __future__ import annotations
+
+import atexit
+import functools
+import os
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+
+from gateway.smime.testpki import TestPKI
+from tests.conftest import require_tool
+from tests.smime.support import Served, shared_pki
+
+
+def fingerprint(cert: x509.Certificate) -> str:
+    return cert.fingerprint(hashes.SHA1()).hex().upper()  # noqa: S303 - gpgsm names keys by SHA-1
+
+
+@dataclass(frozen=True)
+class Gpgsm:
+    exe: str
+    home: Path
+    passphrase: str
+
+    def run(self, *args: str | Path, data: bytes | None = None, passphrase: bool = False,
+            timeout: float = 60) -> subprocess.CompletedProcess[bytes]:
+        cmd = [self.exe, "--batch", "--homedir", str(self.home)]
+        if passphrase:
+            cmd += ["--pinentry-mode", "loopback", "--passphrase-fd", "0"]
+            data = (self.passphrase + "\n").encode()
+        env = {**os.environ, "GNUPGHOME": str(self.home), "LC_ALL": "C"}
+        return subprocess.run([*cmd, *map(str, args)], input=data, capture_output=True, timeout=timeout,
+                              env=env)
+
+
+@functools.cache
+def _gpgsm_home(exe: str) -> Gpgsm:
+    pki = shared_pki().pki
+    home = Path(tempfile.mkdtemp(prefix="msgw-gpgsm-"))
+    home.chmod(0o700)
+    (home / "gpg-agent.conf").write_text("allow-loopback-pinentry\n")
+    gpg = Gpgsm(exe, home, pki.password)
+
+    def stop() -> None:
+        gpgconf = shutil.which("gpgconf")
+        if gpgconf:
+            subprocess.run([gpgconf, "--homedir", str(home), "--kill", "all"], capture_output=True, timeout=30,
+                           env={**os.environ, "GNUPGHOME": str(home)})
+        shutil.rmtree(home, ignore_errors=True)
+
+    atexit.register(stop)
+    for ca in (pki.root, pki.persons_ca, pki.orgs_ca):
+        r = gpg.run("--import", ca.cert_path)
+        assert r.returncode == 0, r.stderr.decode(errors="replace")
+    (home / "trustlist.txt").write_text(f"{fingerprint(pki.root.cert)} S relax\n")
+    # Not org_sign_ec: gpgsm 2.2.40 segfaults importing an EC P-256 key from PKCS#12 (any
+    # encryption), so gpgsm only *verifies* ECDSA here; it never signs with EC.
+    for name in ("person_sign", "person_encrypt", "org_encrypt"):
+        r = gpg.run("--import", pki[name].legacy_p12_path, passphrase=True)
+        assert b"secret keys imported: 1" in r.stderr, r.stderr.decode(errors="replace")
+    return gpg
+
+
+def gpgsm_home() -> Gpgsm:
+    """The shared gpgsm home (fails in CI, skips elsewhere when gpgsm is missing)."""
+    return _gpgsm_home(require_tool("gpgsm"))
+
+
+def served_pki() -> Served:
+    return shared_pki()
+
+
+def openssl_cafile(pki: TestPKI, directory: Path) -> Path:
+    """Root + intermediates + every CRL (PEM) in one file for ``openssl cms -verify -crl_check_all``.
+
+    OpenSSL 3.0 ``cms -verify`` has no ``-untrusted`` and no ``-CRLfile``: its store loads
+    certificates and CRLs from -CAfile.
+    """
+    path = directory / "openssl-ca.pem"
+    if not path.exists():
+        parts = [c.cert.public_bytes(serialization.Encoding.PEM) for c in (pki.root, pki.persons_ca, pki.orgs_ca)]
+        for crl_path in pki.crl_paths:
+            parts.append(x509.load_der_x509_crl(crl_path.read_bytes()).public_bytes(serialization.Encoding.PEM))
+        path.write_bytes(b"".join(parts))
+    return path
