@@ -1,0 +1,52 @@
+"""What the protection stages need from the rest of the gateway, as one small protocol.
+
+The concrete context (`gateway.stages.build`) is wired from the config: keys (soft or
+PKCS#11), the trust store and CRLs, the directory, certificate discovery, the trust-space
+domain list and the audit trail. Tests can build one from real keys with no server.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from cryptography import x509
+
+from gateway.config import PolicyConfig
+from gateway.smime.engine import Verifier
+from gateway.smime.keyapi import DecryptionKey, SigningKey
+
+
+@dataclass(frozen=True)
+class RecipientView:
+    """The directory's answer for one address, reduced to what a decision needs."""
+
+    address: str
+    capability: str | None   # "smime", "legacy:<codec>", "local", "trusted-domain", or None (unknown)
+    key_name: str | None = None  # for "local": the [keys.<name>] it decrypts with
+
+
+class ProtectionContext(Protocol):
+    policy: PolicyConfig
+    verifier: Verifier
+
+    def is_local(self, domain: str) -> bool: ...
+
+    def recipient(self, address: str) -> RecipientView: ...
+
+    async def encryption_certificates(self, address: str) -> list[x509.Certificate]:
+        """Usable encryption certificates (validated), or raise a GatewayError saying which
+        source said what (temporary when a source failed temporarily)."""
+        ...
+
+    async def signing_key(self, user: str | None, sender: str) -> SigningKey | None: ...
+
+    async def decryption_key(self, address: str) -> DecryptionKey | None: ...
+
+    def authorised_domain(self, domain: str) -> bool: ...
+
+    def audit(self, **fields: Any) -> None: ...
+
+    def harvest(self, address: str, certificate: x509.Certificate) -> None:
+        """Remember a verified signer's certificate (as mail clients do)."""
+        ...

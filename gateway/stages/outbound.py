@@ -1,0 +1,132 @@
+"""Outbound protection: for every recipient outside this gateway, choose a form that protects
+the message, or refuse that recipient with the reason. Never a silent downgrade.
+
+Per recipient, in order (the destination policy comes from `[policy]`):
+1. `refuse` for the domain → refused (5.7.1).
+2. encryption certificates found and valid → S/MIME: signed with the sender's key when one is
+   configured, then encrypted to all such recipients in one envelope (+ the sender's own
+   certificate, so the sent copy stays readable); outer Subject neutral, the real headers
+   protected inside.
+3. the domain allows `trust-space-tls` and is on the authorised MSSanté list → signed copy
+   that delivery may only send over a TLS-required (mutual TLS) route.
+4. otherwise → refused, with what every certificate source said.
+A message that the client already encrypted is passed on as it is (it is protected end to
+end by someone who holds the keys); policy `refuse` still applies.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+from cryptography import x509
+
+from gateway.errors import GatewayError
+from gateway.pipeline import Outgoing, Refusal, WorkItem
+from gateway.smime.cms_sign import sign_content
+from gateway.smime.cmsutil import parse_content_info
+from gateway.smime.engine import encrypt_message, sign_message
+from gateway.smime.keyapi import SigningKey
+from gateway.smime.mime import classify, content_entity, entity_message, multipart_signed
+from gateway.stages.context import ProtectionContext
+from gateway.stages.headers import outer_neutral, protected_entity
+
+
+def _domain(address: str) -> str:
+    return address.rpartition("@")[2].lower()
+
+
+async def protect_smime(message: bytes, key: SigningKey | None, certs: list[x509.Certificate], *,
+                        neutral_subject: str, sender_copy: x509.Certificate | None) -> bytes:
+    """Sign (when a key is given) then encrypt, with header protection."""
+    _, entity = content_entity(message)
+    entity = protected_entity(message, entity)
+    outer, _ = content_entity(outer_neutral(message, neutral_subject))
+    if key is not None:
+        der = await sign_content(entity, key, detached=True)
+        inner = multipart_signed(outer, entity, der, "sha-256")
+    else:
+        inner = entity_message(outer, entity)
+    return encrypt_message(inner, certs, sender_copy=sender_copy)
+
+
+class OutboundStage:
+    """The `wrap` step for recipients that are not served by this gateway."""
+
+    def __init__(self, ctx: ProtectionContext) -> None:
+        self.ctx = ctx
+
+    async def __call__(self, item: WorkItem) -> WorkItem:
+        env = item.envelope
+        remote = [r for r in env.recipients if r not in item.handled and not self.ctx.is_local(_domain(r))]
+        if not remote:
+            return item
+        policy = self.ctx.policy
+        refusals: list[Refusal] = []
+        allowed = []
+        for rcpt in remote:
+            if policy.for_domain(_domain(rcpt)) == "refuse":
+                refusals.append(Refusal(rcpt, f"destination {_domain(rcpt)} is refused by policy"))
+            else:
+                allowed.append(rcpt)
+        outgoing: list[Outgoing] = []
+        if allowed and is_encrypted(item.data):
+            outgoing.append(Outgoing(tuple(allowed), item.data, form="client-encrypted"))
+            self._audit(item, allowed, "client-encrypted")
+            allowed = []
+        smime: dict[str, list[x509.Certificate]] = {}
+        tls_only: list[str] = []
+        for rcpt in allowed:
+            try:
+                smime[rcpt] = await self.ctx.encryption_certificates(rcpt)
+                continue
+            except GatewayError as exc:
+                failure = exc
+            domain = _domain(rcpt)
+            if policy.for_domain(domain) == "trust-space-tls" and self.ctx.authorised_domain(domain):
+                tls_only.append(rcpt)
+            else:
+                refusals.append(Refusal(rcpt, f"no protection possible for {rcpt}: {failure}",
+                                        status=failure.status if failure.temporary else "5.7.1",
+                                        temporary=failure.temporary))
+        key = await self.ctx.signing_key(env.auth_user, env.sender) if (smime or tls_only) else None
+        if smime:
+            certs = [c for cs in smime.values() for c in cs]
+            sender_copy = None
+            if policy.sender_copy and env.sender:
+                try:
+                    own = await self.ctx.encryption_certificates(env.sender)
+                    sender_copy = own[0] if own else None
+                except GatewayError:
+                    sender_copy = None  # no certificate of ours to encrypt a copy to: not a reason to refuse
+            data = await protect_smime(item.data, key, certs, neutral_subject=policy.neutral_subject,
+                                       sender_copy=sender_copy)
+            outgoing.append(Outgoing(tuple(smime), data, form="smime"))
+            for rcpt, cs in smime.items():
+                self._audit(item, [rcpt], "smime", key=key, enc_serials=[format(c.serial_number, "x") for c in cs])
+        if tls_only:
+            data = await sign_message(item.data, key) if key is not None else item.data
+            outgoing.append(Outgoing(tuple(tls_only), data, form="trust-space-tls", require_tls=True))
+            self._audit(item, tls_only, "trust-space-tls", key=key)
+        for refusal in refusals:
+            self._audit(item, [refusal.recipient], "refused", reason=refusal.reason)
+        return replace(item, outgoing=(*item.outgoing, *outgoing), refusals=(*item.refusals, *refusals))
+
+    def _audit(self, item: WorkItem, rcpts: list[str], decision: str, *, key: SigningKey | None = None,
+               enc_serials: list[str] | None = None, reason: str | None = None) -> None:
+        for rcpt in rcpts:
+            self.ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt,
+                           decision=decision,
+                           signer_serial=format(key.certificate.serial_number, "x") if key is not None else None,
+                           encryption_serials=enc_serials or [], outcome=reason)
+
+
+def is_encrypted(data: bytes) -> bool:
+    """Already S/MIME-encrypted by the client (enveloped or auth-enveloped CMS)?"""
+    try:
+        part = classify(data)
+        if part.kind != "pkcs7-mime":
+            return False
+        kind = parse_content_info(part.der)["content_type"].native
+    except GatewayError:
+        return False
+    return kind in ("enveloped_data", "authenticated_enveloped_data")
