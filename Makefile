@@ -3,7 +3,7 @@
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr
+DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr slapd
 
 .PHONY: run test deps venv lint clean
 

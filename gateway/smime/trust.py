@@ -19,6 +19,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator import errors as pv_errors
@@ -34,6 +35,7 @@ from gateway.smime.errors import (
     UnknownIssuer,
     WrongKeyUsage,
 )
+from gateway.smime.identity import read_identity
 from gateway.smime.revocation import CrlSource
 from gateway.smime.softkeys import load_certificates
 
@@ -98,6 +100,42 @@ def check_signing_usage(cert: x509.Certificate) -> None:
         return
     if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
         raise WrongKeyUsage("signer certificate is not for e-mail protection")
+
+
+def check_encryption_usage(cert: x509.Certificate) -> None:
+    """An encryption (key transport) certificate: keyEncipherment, e-mail protection, RSA."""
+    if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+        raise WrongKeyUsage("recipient certificate has no RSA key for key transport")
+    try:
+        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
+        if not ku.key_encipherment:
+            raise WrongKeyUsage("recipient certificate is not for key encipherment")
+    except x509.ExtensionNotFound:
+        pass
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return
+    if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
+        raise WrongKeyUsage("recipient certificate is not for e-mail protection")
+
+
+async def validate_recipient(cert: x509.Certificate, address: str | None, *, trust: TrustStore, crls: CrlSource,
+                             now: dt.datetime | None = None, cache: PathCache | None = None) -> PathResult:
+    """Validate a certificate we would encrypt to: trusted path now, not revoked, usable for
+    key transport, and naming `address` (when given). Raises a typed refusal otherwise."""
+    check_encryption_usage(cert)
+    if address and not read_identity(cert).names_address(address):
+        raise CertificateRefused("certificate does not name the recipient address")
+    now = now or dt.datetime.now(dt.UTC)
+    crl_der = await crls.crls_for(candidate_chain(cert, trust.all), now)
+    key = PathCache.key([cert, *trust.all], crl_der, now) if cache is not None else None
+    chain = cache.get(key) if cache is not None and key is not None else None
+    if chain is None:
+        chain = await _validate_path(cert, trust, (), crl_der, now, crls.fetch_failures > 0)
+        if cache is not None and key is not None:
+            cache.put(key, chain)
+    return PathResult(chain, "good")
 
 
 def _check_at(chain: Sequence[x509.Certificate], when: dt.datetime) -> None:
