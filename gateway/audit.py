@@ -1,0 +1,328 @@
+"""Audit trail: one append-only, hash-chained record per message and recipient.
+
+Storage: a JSON-lines file (one record per line) plus a small *head* file.
+Why JSON lines rather than an SQLite table: appending is the only operation the trail needs,
+`O_APPEND` + fsync makes each record durable on its own, the file is readable with standard
+tools and can be shipped as is to write-once storage or a log collector; SQLite would add an
+engine that happily supports in-place UPDATE/DELETE, which we would then have to detect anyway.
+
+Chain: each record holds `seq` (1, 2, …), `prev_hash` (the previous record's `hash`, 64 zeros
+for the first) and `hash` = SHA-256 over the canonical JSON (sorted keys, no spaces, UTF-8) of
+every other field. Editing a record breaks its hash; deleting or reordering records breaks the
+seq/prev_hash sequence. Deleting the *last* record(s) leaves a valid shorter chain, so after
+every append we also write `<file>.head` (seq and hash of the last record, written to a
+temporary file, fsynced, renamed): `verify()` reports a trail shorter than its head as
+truncated. The head may lag by the record being appended when the process crashes between
+the two writes, so a trail *longer* than its head, with a valid chain, is accepted (and the
+head is brought forward on the next append). An attacker able to rewrite both file and head
+can still forge a consistent history: anchoring the head elsewhere (syslog, a remote store,
+an HMAC key) is the next step, not done here.
+
+No health content: only the fields in `ALLOWED_FIELDS` are accepted, as short strings or lists
+of strings (identifiers, serials, decisions), never a subject or body.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gateway.errors import PermanentError
+
+if TYPE_CHECKING:
+    from gateway.config import GatewayConfig
+
+GENESIS = "0" * 64
+#: Fields a caller may give (the trail adds seq, time, prev_hash, hash).
+ALLOWED_FIELDS = frozenset({
+    "message_id", "queue_id", "direction", "sender", "recipient", "decision", "reason",
+    "signer_serial", "signer_identifiers", "encryption_serials", "codec", "next_hop", "outcome",
+})
+_LIST_FIELDS = frozenset({"signer_identifiers", "encryption_serials"})
+_MAX_LEN = 512
+_TAIL_READ = 65536
+
+
+class AuditError(PermanentError):
+    """A record was refused (unknown field, too long) or the trail cannot be written."""
+
+    code = "audit"
+    status = "5.3.0"
+
+
+class AuditUnavailable(AuditError):
+    """The trail cannot be written now (disk): the caller must not report the action done."""
+
+    code = "audit-unavailable"
+    temporary = True
+    status = "4.3.0"
+
+
+@dataclass(frozen=True)
+class AuditReport:
+    ok: bool
+    records: int
+    first_bad_seq: int | None = None
+    reason: str = ""
+    head_seq: int | None = None
+
+    def __str__(self) -> str:
+        if self.ok:
+            return f"audit trail intact: {self.records} record(s)"
+        where = f" at seq {self.first_bad_seq}" if self.first_bad_seq is not None else ""
+        return f"audit trail broken{where}: {self.reason}"
+
+
+def canonical(record: dict[str, Any]) -> bytes:
+    """The bytes that are hashed: every field but `hash`, sorted keys, compact, UTF-8."""
+    body = {k: v for k, v in record.items() if k != "hash"}
+    return json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
+def record_hash(record: dict[str, Any]) -> str:
+    return hashlib.sha256(canonical(record)).hexdigest()
+
+
+#: Accepted spellings stored under their canonical name (the inbound stage says `signer_ids`).
+_ALIASES = {"signer_ids": "signer_identifiers"}
+
+
+def _clean(fields: dict[str, Any]) -> dict[str, Any]:
+    fields = {_ALIASES.get(k, k): v for k, v in fields.items()}
+    unknown = sorted(set(fields) - ALLOWED_FIELDS)
+    if unknown:
+        raise AuditError(f"audit field(s) not allowed: {', '.join(unknown)}")
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        if value is None:
+            continue
+        if key in _LIST_FIELDS:
+            if isinstance(value, (str, bytes)) or not all(isinstance(v, (str, int)) for v in value):
+                raise AuditError(f"audit field {key} must be a list of strings")
+            items = [str(v) for v in value]
+            if any(len(v) > _MAX_LEN for v in items):
+                raise AuditError(f"audit field {key} has an item that is too long")
+            out[key] = items
+        else:
+            if not isinstance(value, (str, int)) or isinstance(value, bool):
+                raise AuditError(f"audit field {key} must be a string")
+            text = str(value)
+            if len(text) > _MAX_LEN or "\n" in text or "\r" in text:
+                raise AuditError(f"audit field {key} is too long or has a line break")
+            out[key] = text
+    return out
+
+
+class AuditTrail:
+    """Append and verify. Thread-safe (a lock) and safe between processes (flock on the file)."""
+
+    def __init__(self, path: str | Path, *, fsync: bool = True) -> None:
+        self.path = Path(path)
+        self.head_path = self.path.with_name(self.path.name + ".head")
+        self.fsync = fsync
+        self._lock = threading.Lock()
+
+    # -- writing -----------------------------------------------------------------------------
+
+    def append(self, **fields: Any) -> dict[str, Any]:
+        """Append one record and return it (with seq, time, prev_hash, hash). Durable on return."""
+        clean = _clean(fields)
+        with self._lock:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+                fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o640)
+            except OSError as exc:
+                raise AuditUnavailable(f"cannot open the audit trail ({exc.strerror})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                self._repair_torn_tail(fd)
+                last = self._last_record()
+                record: dict[str, Any] = {
+                    "seq": (last["seq"] + 1) if last else 1,
+                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                    **clean,
+                    "prev_hash": last["hash"] if last else GENESIS,
+                }
+                record["hash"] = record_hash(record)
+                line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                os.write(fd, line.encode("utf-8"))
+                if self.fsync:
+                    os.fsync(fd)
+                self._write_head(record["seq"], record["hash"])
+            except OSError as exc:
+                raise AuditUnavailable(f"cannot write the audit trail ({exc.strerror})") from None
+            finally:
+                os.close(fd)  # also releases the flock
+        return record
+
+    def _repair_torn_tail(self, fd: int) -> None:
+        """Drop a half-written last line left by a crash, but only if it was never acknowledged
+        (the head file names the record before it); anything else is left for `verify` to report."""
+        size = os.fstat(fd).st_size
+        if size == 0:
+            return
+        with open(self.path, "rb") as fh:
+            fh.seek(size - 1)
+            if fh.read(1) == b"\n":
+                return
+            fh.seek(max(0, size - _TAIL_READ))
+            tail = fh.read()
+        cut = tail.rfind(b"\n")
+        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
+        if cut < 0 and size > _TAIL_READ:
+            return
+        head = self.head()
+        last = None
+        if keep > 0:
+            prefix = tail[:cut] if cut >= 0 else b""
+            prev_cut = prefix.rfind(b"\n")
+            try:
+                last = json.loads(prefix[prev_cut + 1:].decode("utf-8"))
+            except ValueError:
+                return
+        last_seq = last["seq"] if last else 0
+        if (head is None and last_seq == 0) or (head is not None and head[0] == last_seq):
+            os.ftruncate(fd, keep)
+            if self.fsync:
+                os.fsync(fd)
+
+    def _write_head(self, seq: int, digest: str) -> None:
+        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
+        data = json.dumps({"seq": seq, "hash": digest}).encode()
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
+        try:
+            os.write(fd, data)
+            if self.fsync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, self.head_path)
+        if self.fsync:
+            dfd = os.open(self.path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
+    def _last_record(self) -> dict[str, Any] | None:
+        """The last complete record, read from the end of the file (cheap, and sees other writers)."""
+        try:
+            with open(self.path, "rb") as fh:
+                fh.seek(0, os.SEEK_END)
+                size = fh.tell()
+                if size == 0:
+                    return None
+                start = max(0, size - _TAIL_READ)
+                while True:
+                    fh.seek(start)
+                    chunk = fh.read(size - start)
+                    body = chunk.rstrip(b"\n")
+                    cut = body.rfind(b"\n")
+                    if cut >= 0 or start == 0:
+                        if not chunk.endswith(b"\n"):
+                            raise AuditError("the audit trail ends with an incomplete record: run msgw audit verify")
+                        return json.loads(body[cut + 1:].decode("utf-8"))
+                    start = max(0, start - _TAIL_READ)
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError):
+            raise AuditError("the last audit record is unreadable: run msgw audit verify") from None
+
+    # -- reading -----------------------------------------------------------------------------
+
+    def records(self) -> Iterator[dict[str, Any]]:
+        """Every record in file order (unverified; use verify() to check them)."""
+        try:
+            fh = open(self.path, encoding="utf-8")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            return
+        with fh:
+            for line in fh:
+                if line.strip():
+                    yield json.loads(line)
+
+    def head(self) -> tuple[int, str] | None:
+        try:
+            data = json.loads(self.head_path.read_text(encoding="utf-8"))
+            return int(data["seq"]), str(data["hash"])
+        except FileNotFoundError:
+            return None
+        except (ValueError, KeyError, TypeError):
+            return (-1, "")
+
+    def verify(self) -> AuditReport:
+        """Walk the chain; the first problem found is reported (seq and a reason, no content)."""
+        expected_seq, prev = 1, GENESIS
+        count = 0
+        hashes_by_seq: dict[int, str] = {}
+        head = self.head()
+        try:
+            fh = open(self.path, "rb")  # noqa: SIM115 - closed below
+        except FileNotFoundError:
+            if head is not None and head[0] > 0:
+                return AuditReport(False, 0, 1, "audit file missing but its head names records", head[0])
+            return AuditReport(True, 0, head_seq=None)
+        with fh:
+            for number, raw in enumerate(fh, start=1):
+                if not raw.endswith(b"\n"):
+                    return AuditReport(False, count, expected_seq, f"line {number} is an incomplete record",
+                                       head and head[0])
+                try:
+                    rec = json.loads(raw.decode("utf-8"))
+                    seq, stored = rec["seq"], rec["hash"]
+                except (ValueError, KeyError, TypeError):
+                    return AuditReport(False, count, expected_seq, f"line {number} is not a valid record",
+                                       head and head[0])
+                if not isinstance(seq, int):
+                    return AuditReport(False, count, expected_seq, f"line {number} has no valid seq", head and head[0])
+                if record_hash(rec) != stored:
+                    return AuditReport(False, count, seq, "record modified (hash mismatch)", head and head[0])
+                if seq != expected_seq:
+                    why = (f"record(s) deleted before seq {seq} (expected {expected_seq})" if seq > expected_seq
+                           else f"records reordered or duplicated (seq {seq} after {expected_seq - 1})")
+                    return AuditReport(False, count, expected_seq, why, head and head[0])
+                if rec.get("prev_hash") != prev:
+                    return AuditReport(False, count, seq, "chain broken (prev_hash does not match the previous "
+                                       "record: a record was deleted or replaced)", head and head[0])
+                prev, expected_seq = stored, expected_seq + 1
+                count += 1
+                if head is not None and seq == head[0]:
+                    hashes_by_seq[seq] = stored
+        last_seq = expected_seq - 1
+        if head is None:
+            if count:
+                return AuditReport(False, count, None, "head file missing: cannot tell whether the tail was cut")
+            return AuditReport(True, 0)
+        head_seq, head_hash = head
+        if head_seq < 0:
+            return AuditReport(False, count, None, "head file unreadable", None)
+        if last_seq < head_seq:
+            return AuditReport(False, count, last_seq + 1,
+                               f"trail truncated: last record is seq {last_seq}, head says {head_seq}", head_seq)
+        if head_seq > 0 and hashes_by_seq.get(head_seq) != head_hash:
+            return AuditReport(False, count, head_seq, "record at the head differs from the head file", head_seq)
+        if last_seq > head_seq + 1:
+            return AuditReport(False, count, head_seq + 1,
+                               f"head file lags by {last_seq - head_seq} records (head file replaced?)", head_seq)
+        return AuditReport(True, count, head_seq=head_seq)
+
+
+def audit_path(config: GatewayConfig) -> Path:
+    """`[audit] path` (relative to the config file's folder), default `audit.jsonl` beside the spool folder."""
+    table = config.raw.get("audit", {}) if isinstance(config.raw, dict) else {}
+    value = table.get("path") if isinstance(table, dict) else None
+    if isinstance(value, str) and value:
+        return config.path(value)
+    return config.spool.path.parent / "audit.jsonl"
+
+
+__all__ = ["ALLOWED_FIELDS", "GENESIS", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail",
+           "audit_path", "canonical", "record_hash"]
