@@ -1,0 +1,19 @@
+"""Legacy encrypted-mail formats (Apicrypt v1, OpenPGP) behind one `LegacyCodec` interface.
+
+Knows nothing about SMTP, routing or S/MIME: the pipeline picks a codec from the registry
+(`detect_codec`, `get`) and passes it the key object it needs.
+"""
+
+from gateway.legacy.codec import (
+    DecodedAttachment,
+    DecodedMessage,
+    LegacyCodec,
+    SignatureStatus,
+    detect_codec,
+    get,
+    names,
+    register,
+)
+
+__all__ = ["DecodedAttachment", "DecodedMessage", "LegacyCodec", "SignatureStatus", "detect_codec", "get", "names",
+           "register"]

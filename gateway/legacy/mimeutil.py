@@ -1,0 +1,166 @@
+"""Small MIME helpers shared by the codecs (no crypto here).
+
+Why hand-rolled pieces: codecs must keep decrypted bytes exact (HPRIM results travel with
+CR line ends and ISO-8859-1 bytes), so decrypted parts are always base64-encoded, and PGP/MIME
+signatures cover the *raw* bytes of a body part, which a parse/re-serialise round trip
+through the email package may change; `raw_multipart_parts` slices them from the input.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.generator
+import email.message
+import email.policy
+import email.utils
+import io
+import re
+import secrets
+
+from gateway.legacy.errors import MalformedPayload
+
+CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+_SKIP_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition",
+                           "content-description", "content-id", "mime-version"})
+
+
+def outer_headers(message: email.message.Message) -> list[tuple[str, str]]:
+    """The headers of `message` that are not about its MIME structure (From, To, Subject, ...)."""
+    return [(k, str(v)) for k, v in message.items() if k.lower() not in _SKIP_HEADERS]
+
+
+def new_boundary() -> str:
+    return "=_msgw_" + secrets.token_hex(12)
+
+
+def binary_part(data: bytes, content_type: str, *, charset: str | None = None, filename: str | None = None,
+                disposition: str | None = None) -> email.message.Message:
+    """A leaf part holding `data` base64-encoded, so every byte survives transport."""
+    part = email.message.Message()
+    part["Content-Type"] = content_type
+    if charset:
+        part.set_param("charset", charset)
+    if filename:
+        part.set_param("name", filename)
+    part["Content-Transfer-Encoding"] = "base64"
+    if disposition:
+        part["Content-Disposition"] = disposition
+        if filename:
+            part.set_param("filename", filename, header="Content-Disposition")
+    part.set_payload(base64.encodebytes(data).decode("ascii").replace("\n", "\r\n"))
+    return part
+
+
+def text_part(text: str, *, filename: str | None = None, disposition: str | None = None) -> email.message.Message:
+    """A 7-bit text/plain leaf (used for ASCII armor)."""
+    part = email.message.Message()
+    part["Content-Type"] = "text/plain"
+    part.set_param("charset", "us-ascii")
+    if filename:
+        part.set_param("name", filename)
+    part["Content-Transfer-Encoding"] = "7bit"
+    if disposition:
+        part["Content-Disposition"] = disposition
+        if filename:
+            part.set_param("filename", filename, header="Content-Disposition")
+    part.set_payload(text.replace("\r\n", "\n").replace("\n", "\r\n"))
+    return part
+
+
+def assemble(headers: list[tuple[str, str]], body: email.message.Message | list[email.message.Message],
+             *, subtype: str = "mixed") -> bytes:
+    """A complete message: `headers`, MIME-Version, then one leaf or a multipart of leaves, CRLF lines."""
+    if isinstance(body, list):
+        top = email.message.Message()
+        top["Content-Type"] = f"multipart/{subtype}"
+        top.set_param("boundary", new_boundary())
+        top.set_payload(body)
+    else:
+        top = body
+    out = email.message.Message()
+    for name, value in headers:
+        out[name] = value
+    out["MIME-Version"] = "1.0"
+    for name, value in top.items():
+        out[name] = value
+    out.set_payload(top.get_payload())
+    return to_bytes(out)
+
+
+def to_bytes(message: email.message.Message) -> bytes:
+    buffer = io.BytesIO()
+    email.generator.BytesGenerator(buffer, mangle_from_=False, policy=CRLF_POLICY).flatten(message)
+    return buffer.getvalue()
+
+
+def leaf_payload(part: email.message.Message) -> bytes:
+    """The transfer-decoded bytes of a leaf part."""
+    data = part.get_payload(decode=True)
+    if data is None:
+        return b""
+    return data if isinstance(data, bytes) else str(data).encode("latin-1", "replace")
+
+
+def part_filename(part: email.message.Message, index: int) -> str:
+    """The file name of a part, reduced to a safe base name (never a path)."""
+    name = part.get_filename() or part.get_param("name") or ""
+    if not isinstance(name, str):
+        name = email.utils.collapse_rfc2231_value(name)
+    name = re.sub(r"[\x00-\x1f/\\]", "_", name).strip(". ")
+    return name[:200] or f"part-{index}.bin"
+
+
+def raw_multipart_parts(raw: bytes, boundary: str) -> list[bytes]:
+    """The exact bytes of each body part of a multipart message body (RFC 2046 section 5.1.1).
+
+    The CRLF before each delimiter belongs to the delimiter, so it is not part of the body part.
+    """
+    marker = re.escape(boundary.encode("ascii", "replace"))
+    delimiter = re.compile(rb"(?:^|\r?\n)--" + marker + rb"(--)?[ \t]*(?=\r?\n|$)")
+    matches = list(delimiter.finditer(raw))
+    if not matches:
+        raise MalformedPayload("multipart body without its boundary delimiter")
+    parts = []
+    for current, following in zip(matches, matches[1:], strict=False):
+        if current.group(1):
+            break
+        start = current.end()
+        if raw[start:start + 2] == b"\r\n":
+            start += 2
+        elif raw[start:start + 1] == b"\n":
+            start += 1
+        parts.append(raw[start:following.start()])
+    return parts
+
+
+def raw_body(raw: bytes) -> bytes:
+    """The bytes after the header block of a raw message (first empty line, CRLF or LF)."""
+    ends = [(index, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (index := raw.find(sep)) >= 0]
+    if not ends:
+        return b""
+    index, size = min(ends)
+    return raw[index + size:]
+
+
+def to_crlf(data: bytes) -> bytes:
+    """Canonical CRLF line ends (RFC 3156 signs the canonical form)."""
+    return re.sub(rb"\r?\n", b"\r\n", data)
+
+
+def raw_header_fields(raw: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, exact field bytes including folded continuation lines) of the header block."""
+    ends = [(index, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (index := raw.find(sep)) >= 0]
+    block = raw[:min(ends)[0]] if ends else raw
+    fields: list[tuple[str, bytes]] = []
+    for line in re.split(rb"\r?\n", block):
+        if line[:1] in (b" ", b"\t") and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif b":" in line:
+            fields.append((line.split(b":", 1)[0].strip().decode("ascii", "replace").lower(), line))
+    return fields
+
+
+def is_attachment(part: email.message.Message) -> bool:
+    """Content-Disposition says attachment (header values with 8-bit bytes tolerated)."""
+    return str(part.get("Content-Disposition", "")).strip().lower().startswith("attachment")
