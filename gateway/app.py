@@ -24,7 +24,8 @@ class Gateway:
     def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None) -> None:
         self.config = config
         self.spool = Spool(config.spool.path)
-        self.pipeline = pipeline or Pipeline()
+        self.pipeline = pipeline
+        self.context = None
         self.delivery: DeliveryManager | None = None
         self.server: SmtpServer | None = None
         self._stopped = asyncio.Event()
@@ -34,8 +35,14 @@ class Gateway:
         await loop.run_in_executor(None, self.spool.open)
         stats = self.spool.recover()
         event(log, "recovered", **stats)
-        self.delivery = DeliveryManager(self.config, self.spool, self.pipeline)
-        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: self.delivery.wake())
+        if self.pipeline is None:
+            from gateway.stages.build import build_pipeline
+
+            self.pipeline, self.context = await loop.run_in_executor(None, build_pipeline, self.config)
+        audit = self.context.audit if self.context is not None else None
+        self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
+        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: self.delivery.wake(),
+                                 rcpt_check=self.context.rcpt_refusal if self.context is not None else None)
         await self.server.start()
         self.delivery.start()
 
@@ -45,6 +52,8 @@ class Gateway:
         if self.delivery is not None:
             await self.delivery.stop()
         self.spool.close()
+        if self.context is not None:
+            self.context.close()
         self._stopped.set()
         event(log, "stopped")
 

@@ -46,8 +46,10 @@ class DeliveryManager:
     """Runs deliveries from the spool until stopped."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
-                 resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time) -> None:
+                 resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
+                 audit: Callable[..., None] | None = None) -> None:
         self.config = config
+        self.audit = audit
         self.spool = spool
         self.pipeline = pipeline or Pipeline()
         self.resolver = resolver or NextHopResolver(config)
@@ -208,6 +210,8 @@ class DeliveryManager:
             first = results[delivered[0].address]
             await self._io(self.spool.mark_delivered, [r.id for r in delivered], status=first.status,
                            remote=remote, reply=f"{first.code} {first.message}"[:300])
+            for r in delivered:
+                self._audit(msg, r.address, "delivered", remote=remote, status=first.status)
         for r in deferred:
             res = results[r.address]
             await self._defer(msg, [r], f"{res.code} {res.message}", res.status, remote)
@@ -265,6 +269,17 @@ class DeliveryManager:
         await self._io(self.spool.mark_bounced, [r.id for r in rcpts], error=error[:500], status=status,
                        remote=remote)
         event(log, "bounced", logging.WARNING, msg=msg.id, rcpts=len(rcpts), status=status)
+        for r in rcpts:
+            self._audit(msg, r.address, "bounced", remote=remote, status=status)
+
+    def _audit(self, msg: QueuedMessage, rcpt: str, outcome: str, *, remote: str | None, status: str) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit(message_id=msg.id, sender=msg.sender, recipient=rcpt, decision="outcome",
+                       outcome=f"{outcome} {status}", next_hop=remote)
+        except GatewayError as exc:
+            event(log, "audit-failed", logging.ERROR, msg=msg.id, reason=str(exc))
 
     async def _after(self, msg_id: str) -> None:
         """Send the DSNs this message now owes, then drop it if it is finished."""

@@ -20,7 +20,7 @@ import re
 import ssl
 import time
 from base64 import b64decode
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any
 
@@ -38,6 +38,12 @@ log = logging.getLogger("gateway.server")
 _BARE_NEWLINE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+$|^[^@\s]+@\[[0-9A-Fa-f:.]+\]$")
 AUTH_FAILURE_DELAY = 1.0
+#: Async check of one recipient at RCPT time: a refusal reason, or None to accept.
+RcptCheck = Callable[[str], Awaitable[str | None]]
+
+
+def _one_line(text: str, limit: int = 400) -> str:
+    return " ".join(text.split())[:limit]
 
 
 def server_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -127,11 +133,12 @@ class GatewayHandler:
     """aiosmtpd hooks for one listener."""
 
     def __init__(self, config: GatewayConfig, listener: ListenerConfig, spool: Spool,
-                 on_accept: Callable[[str], None] | None = None) -> None:
+                 on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None) -> None:
         self.config = config
         self.listener = listener
         self.spool = spool
         self.on_accept = on_accept
+        self.rcpt_check = rcpt_check
 
     # -- helpers ----------------------------------------------------------------------------
     async def check_password(self, login: bytes, password: bytes) -> bool:
@@ -211,6 +218,12 @@ class GatewayHandler:
             event(log, "relay-denied", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   rcpt_domain=domain)
             return "550 5.7.1 Relaying denied"
+        if self.rcpt_check is not None:
+            refusal = await self.rcpt_check(address)
+            if refusal is not None:
+                event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
+                      reason="no-protection")
+                return f"550 5.7.1 {_one_line(refusal)}"
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -264,15 +277,17 @@ class GatewayHandler:
 class SmtpServer:
     """All configured listeners, served on the running event loop."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
+                 rcpt_check: RcptCheck | None = None) -> None:
         self.config = config
         self.spool = spool
         self.on_accept = on_accept
+        self.rcpt_check = rcpt_check
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _factory(self, listener: ListenerConfig) -> Callable[[], GatewaySMTP]:
-        handler = GatewayHandler(self.config, listener, self.spool, self.on_accept)
+        handler = GatewayHandler(self.config, listener, self.spool, self.on_accept, self.rcpt_check)
         tls = server_tls_context(listener)
         submission = listener.kind == "submission"
 

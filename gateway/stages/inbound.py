@@ -95,7 +95,8 @@ class InboundStage:
                 self._audit(item, rcpt, "refused-unverified", outcome=reason)
                 continue
             # On any failure the original goes (still encrypted if it was): nothing is opened half-way.
-            body = result.message if (result is not None and error is None) else data
+            # Strip again after unwrapping: a forged header can travel inside the signed/encrypted entity.
+            body = strip_headers(result.message) if (result is not None and error is None) else data
             header = summary(result, error, note="submitted by an authenticated user" if env.auth_user else None)
             outgoing.append(Outgoing((rcpt,), prepend_header(body, VERIFICATION_HEADER, header),
                                      form="local-verified" if verified else "local-flagged"))
@@ -116,4 +117,4 @@ class InboundStage:
     def _audit(self, item: WorkItem, rcpt: str, decision: str, *, signer=None, outcome: str | None = None) -> None:
         self.ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt,
                        decision=decision, signer_serial=signer.serial if signer else None,
-                       signer_ids=list(signer.identifiers) if signer else [], outcome=outcome)
+                       signer_identifiers=list(signer.identifiers) if signer else [], outcome=outcome)

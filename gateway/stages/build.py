@@ -1,0 +1,177 @@
+"""Wire the protection context from the config: keys, trust store and CRLs, directory,
+certificate discovery, trust-space list, harvest store and audit trail.
+
+Built once at start-up (token logins happen here or lazily on first use); the stages then
+only see `ProtectionContext`. With no `[policy]` table the gateway stays a plain durable
+relay (the relay-core tests and deployments that protect mail elsewhere).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from typing import Any
+
+from cryptography import x509
+
+from gateway.audit import AuditTrail, audit_path
+from gateway.config import GatewayConfig, PolicyConfig
+from gateway.errors import GatewayError, PermanentError
+from gateway.logs import event
+from gateway.pipeline import DEFAULT_STAGES, Pipeline, wrap
+from gateway.routing.certdiscovery import CertificateDiscovery, CertificateDiscoveryError, NoCertificate
+from gateway.routing.certsources import (
+    CertificateSource,
+    DirectorySource,
+    DnsCertSource,
+    HarvestSource,
+    HarvestStore,
+    LdapSource,
+)
+from gateway.routing.directory import SqliteDirectory, directory_path
+from gateway.routing.trustspace import TrustSpace
+from gateway.smime.engine import Verifier
+from gateway.smime.keyapi import DecryptionKey, SigningKey
+from gateway.smime.keystore import load_key_async
+from gateway.smime.revocation import CrlSource, http_fetch
+from gateway.smime.trust import PathCache, TrustStore, validate_recipient
+from gateway.stages.context import RecipientView
+from gateway.stages.inbound import InboundStage
+from gateway.stages.outbound import OutboundStage
+
+log = logging.getLogger("gateway.policy")
+
+RCPT_CHECK_TIMEOUT = 3.0
+
+
+class GatewayContext:
+    """The concrete `ProtectionContext` of a running gateway."""
+
+    def __init__(self, config: GatewayConfig) -> None:
+        assert config.policy is not None and config.trust is not None
+        self.config = config
+        self.policy: PolicyConfig = config.policy
+        trust = config.trust
+        if trust.anchors is None:
+            raise PermanentError("trust.anchors is needed by the protection policy")
+        self.trust = TrustStore.from_directory(trust.anchors)
+        self.crls = CrlSource(files=trust.crl_files, fetcher=http_fetch if trust.fetch_crls else None,
+                              max_age=dt.timedelta(seconds=trust.crl_max_age))
+        self.path_cache = PathCache()
+        self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache)
+        self.directory = SqliteDirectory(directory_path(config))
+        self.harvest_store = HarvestStore(config.state_dir / "harvest.sqlite")
+        self.trust_space = TrustSpace(trust.authorised_domains_file) if trust.authorised_domains_file else None
+        self.audit_trail = AuditTrail(audit_path(config))
+        self.discovery = CertificateDiscovery(self._sources(), self._usable,
+                                              cache_ttl=self.policy.discovery.cache_ttl,
+                                              negative_ttl=self.policy.discovery.negative_ttl)
+        self._keys: dict[str, Any] = {}
+        self._key_lock = asyncio.Lock()
+
+    def _sources(self) -> list[CertificateSource]:
+        d = self.policy.discovery
+        sources: list[CertificateSource] = []
+        for name in d.order:
+            if name == "directory":
+                sources.append(DirectorySource(self._directory_certificates))
+            elif name == "harvested":
+                sources.append(HarvestSource(self.harvest_store))
+            elif name == "ldap" and d.ldap_url:
+                sources.append(LdapSource(d.ldap_url, d.ldap_base or ""))
+            elif name == "dns":
+                sources.append(DnsCertSource())
+        return sources
+
+    def _directory_certificates(self, address: str) -> list[bytes]:
+        entry = self.directory.address(address)
+        return list(entry.certificates) if entry is not None else []
+
+    async def _usable(self, cert: x509.Certificate, address: str) -> None:
+        await validate_recipient(cert, address, trust=self.trust, crls=self.crls, cache=self.path_cache)
+
+    # -- ProtectionContext -------------------------------------------------------------------
+    def is_local(self, domain: str) -> bool:
+        return self.config.is_local(domain)
+
+    def recipient(self, address: str) -> RecipientView:
+        entry = self.directory.address(address)
+        if entry is None:
+            return RecipientView(address, None)
+        return RecipientView(address, entry.capability, entry.key_ref)
+
+    async def encryption_certificates(self, address: str) -> list[x509.Certificate]:
+        result = await self.discovery.find(address)
+        return list(result.certificates)
+
+    async def _key(self, name: str) -> Any:
+        async with self._key_lock:
+            if name not in self._keys:
+                ref = self.config.keys.get(name)
+                if ref is None:
+                    raise PermanentError(f"no [keys.{name}] in the configuration")
+                self._keys[name] = await load_key_async(ref)
+            return self._keys[name]
+
+    async def signing_key(self, user: str | None, sender: str) -> SigningKey | None:
+        name = self.policy.signing_key_name(user, sender)
+        return await self._key(name) if name else None
+
+    async def decryption_key(self, address: str) -> DecryptionKey | None:
+        entry = self.directory.address(address)
+        if entry is None or not entry.key_ref:
+            return None
+        return await self._key(entry.key_ref)
+
+    def authorised_domain(self, domain: str) -> bool:
+        return self.trust_space is not None and self.trust_space.is_authorised(domain)
+
+    def audit(self, **fields: Any) -> None:
+        clean: dict[str, Any] = {}
+        for k, v in fields.items():
+            if v in (None, [], ()):
+                continue
+            clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
+        self.audit_trail.append(**clean)
+
+    def harvest(self, address: str, certificate: x509.Certificate) -> None:
+        self.harvest_store.harvest(address, certificate)
+        self.discovery.invalidate(address)
+
+    # -- RCPT-time decision -------------------------------------------------------------------
+    async def rcpt_refusal(self, address: str) -> str | None:
+        """The 550 reason when a remote recipient certainly cannot be protected, else None.
+
+        Only certain answers refuse here (policy `refuse`, or no certificate anywhere and no
+        trust-space fallback); anything slow or temporary is decided after queueing."""
+        domain = address.rpartition("@")[2].lower()
+        if self.is_local(domain):
+            return None
+        policy = self.policy.for_domain(domain)
+        if policy == "refuse":
+            return f"destination {domain} is refused by policy"
+        if policy == "trust-space-tls" and self.authorised_domain(domain):
+            return None
+        try:
+            await asyncio.wait_for(self.discovery.find(address), RCPT_CHECK_TIMEOUT)
+        except NoCertificate as exc:
+            return f"no protection possible for {address}: {str(exc)[:200]}"
+        except (CertificateDiscoveryError, GatewayError, TimeoutError):
+            return None
+        return None
+
+    def close(self) -> None:
+        for closer in (self.directory.close, self.harvest_store.close):
+            try:
+                closer()
+            except Exception as exc:  # noqa: BLE001 - closing must not hide the shutdown
+                event(log, "close-failed", logging.WARNING, exc_type=type(exc).__name__)
+
+
+def build_pipeline(config: GatewayConfig) -> tuple[Pipeline, GatewayContext | None]:
+    """The stages for this config: protection when `[policy]` is on, else pass-through."""
+    if config.policy is None or not config.policy.enabled:
+        return Pipeline(DEFAULT_STAGES), None
+    ctx = GatewayContext(config)
+    return Pipeline([InboundStage(ctx), OutboundStage(ctx), wrap]), ctx
