@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 
 from gateway.errors import GatewayError
@@ -41,6 +42,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    except Exception as exc:  # noqa: BLE001 - one line for operators; MSGW_DEBUG=1 shows the traceback
+        if os.environ.get("MSGW_DEBUG"):
+            raise
+        print(f"msgw: internal error: {type(exc).__name__}: {str(exc)[:200]} (MSGW_DEBUG=1 for details)",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

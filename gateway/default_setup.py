@@ -49,8 +49,44 @@ def make_self_signed(hostname: str = "localhost") -> tuple[bytes, bytes]:
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
 
 
+def _pki_fresh(pki_dir: Path) -> bool:
+    """The TEST PKI exists and its CRLs (7 days) are good for at least another day."""
+    crls = sorted((pki_dir / "crl").glob("*.crl")) if (pki_dir / "crl").is_dir() else []
+    if len(crls) < 3:
+        return False
+    soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
+    for path in crls:
+        crl = x509.load_der_x509_crl(path.read_bytes())
+        if crl.next_update_utc is None or crl.next_update_utc < soon:
+            return False
+    return True
+
+
+def prepare_test_pki(folder: Path, state_dir: Path) -> None:
+    """Generate the TEST PKI (again when its CRLs run out) and seed the directory with the
+    demo correspondents: the lab's own mailbox (local, decrypted with the TEST org key) and
+    a doctor elsewhere who reads S/MIME (the TEST CPS-shaped person's encryption certificate)."""
+    from gateway.routing.directory import Identity, SqliteDirectory, operator_item
+    from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, PERSON_RPPS, build_test_pki
+
+    pki_dir = folder / "pki"
+    if _pki_fresh(pki_dir):
+        return
+    pki = build_test_pki(pki_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    person = pki["person_encrypt"].cert.public_bytes(serialization.Encoding.DER)
+    lab = pki["org_encrypt"].cert.public_bytes(serialization.Encoding.DER)
+    with SqliteDirectory(state_dir / "directory.sqlite") as directory:
+        # The lab's certificate is listed too: outgoing mail gets a copy encrypted to it.
+        directory.put(operator_item(ORG_EMAIL, "local", key_ref="labo-decrypt", mailbox_type="APP",
+                                    certificates=[lab]))
+        directory.put(operator_item(PERSON_EMAIL, "smime", certificates=[person], mailbox_type="PER",
+                                    identity=Identity(kind="person", rpps=PERSON_RPPS, last_name="TEST-DUPONT",
+                                                      first_name="JEAN")))
+
+
 def prepare_default_files(folder: Path) -> None:
-    """Create the TLS pair and the demo account once; later runs reuse them."""
+    """Create the TLS pair, the demo account and the TEST PKI once; later runs reuse them."""
     from gateway.server.passwords import hash_password
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -64,3 +100,4 @@ def prepare_default_files(folder: Path) -> None:
         password = secrets.token_urlsafe(12)
         _write_private(pw_file, password.encode() + b"\n")
         _write_private(hash_file, hash_password(password).encode() + b"\n")
+    prepare_test_pki(folder, folder.parent)

@@ -44,3 +44,6 @@ def test_msgw_demo_exits_zero(tmp_path: Path) -> None:
     out = subprocess.run([MSGW, "demo"], cwd=tmp_path, capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "demo finished: OK" in out.stdout
+    assert "refused at RCPT: 550 5.7.1" in out.stdout
+    assert "application/pkcs7-mime" in out.stdout and "layers enveloped+signed" in out.stdout
+    assert "X-Msgw-Verification: pass" in out.stdout and "audit trail intact" in out.stdout
