@@ -195,6 +195,27 @@ class PolicyConfig:
 
 
 @dataclass(frozen=True)
+class LegacyCodecConfig:
+    """One legacy format the bridge speaks: its key store and the bridge's own identity in it."""
+
+    name: str
+    keys: Path
+    identity: str
+    passphrase_file: Path | None = None
+    passphrase_env: str | None = None
+
+
+@dataclass(frozen=True)
+class LegacyConfig:
+    codecs: tuple[LegacyCodecConfig, ...]
+    sign_key: str | None      # [keys.X] that signs what the bridge rebuilds as S/MIME
+    decrypt_key: str | None   # [keys.X] that opens S/MIME encrypted to the bridge's certificate
+
+    def codec(self, name: str) -> LegacyCodecConfig | None:
+        return next((c for c in self.codecs if c.name == name), None)
+
+
+@dataclass(frozen=True)
 class GatewayConfig:
     source: str
     hostname: str
@@ -207,6 +228,7 @@ class GatewayConfig:
     log: LogConfig
     trust: TrustConfig | None = None
     policy: PolicyConfig | None = None
+    legacy: LegacyConfig | None = None
     keys: dict[str, Any] = field(default_factory=dict, compare=False)
     base: Path = field(default_factory=Path.cwd, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -602,6 +624,42 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
     )
 
 
+_LEGACY_CODECS = ("apicrypt1", "openpgp")
+
+
+def _legacy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> LegacyConfig | None:
+    if "legacy" not in data:
+        return None
+    spec = r.table(data, "legacy")
+    prefix = "legacy."
+    r.unknown(spec, {"sign_key", "decrypt_key", *_LEGACY_CODECS}, prefix)
+    codecs = []
+    for name in _LEGACY_CODECS:
+        if name not in spec:
+            continue
+        cspec = r.table(spec, name, prefix)
+        cprefix = f"{prefix}{name}."
+        r.unknown(cspec, {"keys", "identity", "passphrase_file", "passphrase_env"}, cprefix)
+        folder = r.path(cspec, "keys", cprefix, must_exist=True)
+        identity = r.get(cspec, "identity", cprefix, str, None)
+        if folder is None:
+            r.problem(cprefix + "keys", "missing (the key folder or keyring of this format)")
+        if not identity:
+            r.problem(cprefix + "identity", "missing (the bridge's own identity in this format)")
+        if folder is not None and identity:
+            codecs.append(LegacyCodecConfig(name, folder, identity,
+                                            r.path(cspec, "passphrase_file", cprefix, must_exist=True),
+                                            r.get(cspec, "passphrase_env", cprefix, str, None)))
+    refs = {}
+    for key in ("sign_key", "decrypt_key"):
+        value = r.get(spec, key, prefix, str, None)
+        if value is not None and value not in keys:
+            r.problem(prefix + key, f"names no [keys.{value}] table")
+            value = None
+        refs[key] = value
+    return LegacyConfig(tuple(codecs), refs["sign_key"], refs["decrypt_key"])
+
+
 def _keys(r: _Reader, data: dict[str, Any]) -> dict[str, Any]:
     """`[keys.<name>]` tables → KeyRef (validated by the key store, which knows the fields)."""
     from gateway.smime.keystore import KeyRef
@@ -644,6 +702,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         log=_log(r, data),
         trust=_trust(r, data),
         policy=_policy(r, data, keys),
+        legacy=_legacy(r, data, keys),
         keys=keys,
         base=base,
         raw=data,

@@ -31,11 +31,13 @@ from gateway.routing.certsources import (
 )
 from gateway.routing.directory import SqliteDirectory, directory_path
 from gateway.routing.trustspace import TrustSpace
-from gateway.smime.engine import Verifier
+from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.keyapi import DecryptionKey, SigningKey
 from gateway.smime.keystore import load_key_async
+from gateway.smime.result import UnwrapResult
 from gateway.smime.revocation import CrlSource, http_fetch
 from gateway.smime.trust import PathCache, TrustStore, validate_recipient
+from gateway.stages.bridge import LegacyInboundStage, sanitize
 from gateway.stages.context import RecipientView
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
@@ -68,6 +70,7 @@ class GatewayContext:
                                               cache_ttl=self.policy.discovery.cache_ttl,
                                               negative_ttl=self.policy.discovery.negative_ttl)
         self._keys: dict[str, Any] = {}
+        self._legacy_keys: dict[str, Any] = {}
         self._key_lock = asyncio.Lock()
 
     def _sources(self) -> list[CertificateSource]:
@@ -161,6 +164,51 @@ class GatewayContext:
             return None
         return None
 
+    # -- legacy bridging ---------------------------------------------------------------------
+    def legacy_keys(self, codec: str) -> Any | None:
+        legacy = self.config.legacy
+        cfg = legacy.codec(codec) if legacy is not None else None
+        if cfg is None:
+            return None
+        if codec not in self._legacy_keys:
+            if codec == "apicrypt1":
+                from gateway.legacy.keystore import ApicryptKeyStore
+
+                self._legacy_keys[codec] = ApicryptKeyStore(cfg.keys, identities=[cfg.identity])
+            elif codec == "openpgp":
+                from gateway.legacy.openpgp import OpenPgpKeyring
+
+                self._legacy_keys[codec] = OpenPgpKeyring(
+                    cfg.keys, passphrase_file=str(cfg.passphrase_file) if cfg.passphrase_file else None,
+                    passphrase_env=cfg.passphrase_env, identities=[cfg.identity])
+            else:
+                return None
+        return self._legacy_keys[codec]
+
+    def legacy_identity(self, codec: str) -> str:
+        cfg = self.config.legacy.codec(codec) if self.config.legacy is not None else None
+        if cfg is None:
+            raise PermanentError(f"no [legacy.{codec}] in the configuration")
+        return cfg.identity
+
+    def legacy_id(self, address: str, codec: str) -> str:
+        """The directory's key_ref of a legacy address is its identity there; else the local part."""
+        entry = self.directory.address(address)
+        if entry is not None and entry.key_ref:
+            return entry.key_ref
+        return address.rpartition("@")[0]
+
+    async def bridge_signing_key(self) -> SigningKey | None:
+        name = self.config.legacy.sign_key if self.config.legacy is not None else None
+        return await self._key(name) if name else None
+
+    async def bridge_unwrap(self, data: bytes) -> UnwrapResult:
+        name = self.config.legacy.decrypt_key if self.config.legacy is not None else None
+        if not name:
+            raise PermanentError("S/MIME for a legacy recipient, and no legacy.decrypt_key to open it",
+                                 status="5.7.1")
+        return await unwrap_message(data, keys=[await self._key(name)], verifier=self.verifier)
+
     def close(self) -> None:
         for closer in (self.directory.close, self.harvest_store.close):
             try:
@@ -174,4 +222,4 @@ def build_pipeline(config: GatewayConfig) -> tuple[Pipeline, GatewayContext | No
     if config.policy is None or not config.policy.enabled:
         return Pipeline(DEFAULT_STAGES), None
     ctx = GatewayContext(config)
-    return Pipeline([InboundStage(ctx), OutboundStage(ctx), wrap]), ctx
+    return Pipeline([sanitize, LegacyInboundStage(ctx), InboundStage(ctx), OutboundStage(ctx), wrap]), ctx

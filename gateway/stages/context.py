@@ -15,6 +15,7 @@ from cryptography import x509
 from gateway.config import PolicyConfig
 from gateway.smime.engine import Verifier
 from gateway.smime.keyapi import DecryptionKey, SigningKey
+from gateway.smime.result import UnwrapResult
 
 
 @dataclass(frozen=True)
@@ -49,4 +50,25 @@ class ProtectionContext(Protocol):
 
     def harvest(self, address: str, certificate: x509.Certificate) -> None:
         """Remember a verified signer's certificate (as mail clients do)."""
+        ...
+
+    # -- legacy bridging ---------------------------------------------------------------------
+    def legacy_keys(self, codec: str) -> Any | None:
+        """The key store of a legacy format the bridge speaks, or None."""
+        ...
+
+    def legacy_identity(self, codec: str) -> str:
+        """The bridge's own identity in that format."""
+        ...
+
+    def legacy_id(self, address: str, codec: str) -> str:
+        """A recipient's identity in that format (from the directory)."""
+        ...
+
+    async def bridge_signing_key(self) -> SigningKey | None:
+        """The organisation key that signs what the bridge rebuilds as S/MIME."""
+        ...
+
+    async def bridge_unwrap(self, data: bytes) -> UnwrapResult:
+        """Open and verify S/MIME encrypted to the bridge's certificate (typed refusal otherwise)."""
         ...

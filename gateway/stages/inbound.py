@@ -20,8 +20,8 @@ from gateway.smime.engine import unwrap_message
 from gateway.smime.errors import NotForUs
 from gateway.smime.result import UnwrapResult
 from gateway.stages.context import ProtectionContext
-from gateway.stages.headers import VERIFICATION_HEADER, prepend_header, strip_headers
-from gateway.stages.outbound import is_encrypted
+from gateway.stages.forms import is_encrypted
+from gateway.stages.headers import BRIDGE_HEADER, VERIFICATION_HEADER, prepend_header, strip_headers
 
 
 def _domain(address: str) -> str:
@@ -55,7 +55,7 @@ class InboundStage:
         self.ctx = ctx
 
     async def __call__(self, item: WorkItem) -> WorkItem:
-        data = strip_headers(item.data)
+        data = item.data  # already sanitized (gateway.stages.bridge.sanitize runs first)
         env = item.envelope
         local = [r for r in env.recipients if r not in item.handled and self.ctx.is_local(_domain(r))]
         if not local:
@@ -97,7 +97,10 @@ class InboundStage:
             # On any failure the original goes (still encrypted if it was): nothing is opened half-way.
             # Strip again after unwrapping: a forged header can travel inside the signed/encrypted entity.
             body = strip_headers(result.message) if (result is not None and error is None) else data
-            header = summary(result, error, note="submitted by an authenticated user" if env.auth_user else None)
+            note = "submitted by an authenticated user" if env.auth_user else None
+            if item.kind.startswith("bridged:"):
+                note = f"bridged from {item.kind.split(':', 1)[1]} (see {BRIDGE_HEADER})"
+            header = summary(result, error, note=note)
             outgoing.append(Outgoing((rcpt,), prepend_header(body, VERIFICATION_HEADER, header),
                                      form="local-verified" if verified else "local-flagged"))
             if verified and result is not None and env.sender:

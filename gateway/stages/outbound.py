@@ -23,11 +23,12 @@ from cryptography import x509
 from gateway.errors import GatewayError
 from gateway.pipeline import Outgoing, Refusal, WorkItem
 from gateway.smime.cms_sign import sign_content
-from gateway.smime.cmsutil import parse_content_info
 from gateway.smime.engine import encrypt_message, sign_message
 from gateway.smime.keyapi import SigningKey
-from gateway.smime.mime import classify, content_entity, entity_message, multipart_signed
+from gateway.smime.mime import content_entity, entity_message, multipart_signed
+from gateway.stages.bridge import legacy_copy
 from gateway.stages.context import ProtectionContext
+from gateway.stages.forms import is_encrypted
 from gateway.stages.headers import outer_neutral, protected_entity
 
 
@@ -75,20 +76,40 @@ class OutboundStage:
             allowed = []
         smime: dict[str, list[x509.Certificate]] = {}
         tls_only: list[str] = []
+        legacy: dict[str, list[str]] = {}
         for rcpt in allowed:
+            capability = self.ctx.recipient(rcpt).capability or ""
             try:
                 smime[rcpt] = await self.ctx.encryption_certificates(rcpt)
+                if capability.startswith("legacy:"):
+                    self._audit(item, [rcpt], "smime-not-legacy",
+                                reason="recipient reads S/MIME: never downgraded to its legacy format")
                 continue
             except GatewayError as exc:
                 failure = exc
             domain = _domain(rcpt)
-            if policy.for_domain(domain) == "trust-space-tls" and self.ctx.authorised_domain(domain):
+            if capability.startswith("legacy:") and self.ctx.legacy_keys(capability[7:]) is not None:
+                legacy.setdefault(capability[7:], []).append(rcpt)
+            elif policy.for_domain(domain) == "trust-space-tls" and self.ctx.authorised_domain(domain):
                 tls_only.append(rcpt)
             else:
                 refusals.append(Refusal(rcpt, f"no protection possible for {rcpt}: {failure}",
                                         status=failure.status if failure.temporary else "5.7.1",
                                         temporary=failure.temporary))
-        key = await self.ctx.signing_key(env.auth_user, env.sender) if (smime or tls_only) else None
+        key = None
+        if smime or tls_only:
+            bridged = item.kind.startswith("bridged:")
+            key = await (self.ctx.bridge_signing_key() if bridged else self.ctx.signing_key(env.auth_user, env.sender))
+        for codec_name, rcpts in legacy.items():
+            try:
+                data = await legacy_copy(self.ctx, item, codec_name, rcpts)
+            except GatewayError as exc:
+                refusals.extend(Refusal(r, f"cannot bridge to {codec_name}: {exc}", status=exc.status if
+                                        exc.temporary else "5.7.1", temporary=exc.temporary) for r in rcpts)
+                continue
+            outgoing.append(Outgoing(tuple(rcpts), data, form=f"legacy:{codec_name}"))
+            self._audit(item, rcpts, f"legacy:{codec_name}", reason="no S/MIME certificate; directory capability "
+                        f"legacy:{codec_name}")
         if smime:
             certs = [c for cs in smime.values() for c in cs]
             sender_copy = None
@@ -117,16 +138,5 @@ class OutboundStage:
             self.ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt,
                            decision=decision,
                            signer_serial=format(key.certificate.serial_number, "x") if key is not None else None,
-                           encryption_serials=enc_serials or [], outcome=reason)
-
-
-def is_encrypted(data: bytes) -> bool:
-    """Already S/MIME-encrypted by the client (enveloped or auth-enveloped CMS)?"""
-    try:
-        part = classify(data)
-        if part.kind != "pkcs7-mime":
-            return False
-        kind = parse_content_info(part.der)["content_type"].native
-    except GatewayError:
-        return False
-    return kind in ("enveloped_data", "authenticated_enveloped_data")
+                           encryption_serials=enc_serials or [], reason=reason,
+                           codec=item.kind.split(":", 1)[1] if item.kind.startswith("bridged:") else None)

@@ -1,0 +1,19 @@
+"""What form a message is already in (pure checks shared by the stages)."""
+
+from __future__ import annotations
+
+from gateway.errors import GatewayError
+from gateway.smime.cmsutil import parse_content_info
+from gateway.smime.mime import classify
+
+
+def is_encrypted(data: bytes) -> bool:
+    """Already S/MIME-encrypted by the client (enveloped or auth-enveloped CMS)?"""
+    try:
+        part = classify(data)
+        if part.kind != "pkcs7-mime":
+            return False
+        kind = parse_content_info(part.der)["content_type"].native
+    except GatewayError:
+        return False
+    return kind in ("enveloped_data", "authenticated_enveloped_data")
