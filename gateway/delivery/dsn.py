@@ -156,6 +156,28 @@ def header_block(original: bytes) -> bytes:
     return b"".join(line + b"\r\n" for line in kept)
 
 
+#: The original headers a DSN returns: enough to identify the message, nothing that may carry
+#: health content (a Subject often names the patient or the result, so it is not returned).
+RETURNED_HEADERS = frozenset({"from", "to", "cc", "date", "message-id", "in-reply-to", "references"})
+
+
+def returned_headers(original: bytes, names: frozenset[str] = RETURNED_HEADERS) -> bytes:
+    """The header block of `original` reduced to the fields in `names` (with their continuations)."""
+    out: list[bytes] = []
+    keep = False
+    for line in header_block(original).split(b"\r\n"):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if keep:
+                out.append(line)
+            continue
+        keep = line.split(b":", 1)[0].strip().decode("ascii", "replace").lower() in names
+        if keep:
+            out.append(line)
+    return b"".join(line + b"\r\n" for line in out)
+
+
 def _headers_part(original: bytes) -> str:
     """The text/rfc822-headers part: 7bit if ASCII, else UTF-8 quoted-printable (8-bit sanitised)."""
     block = header_block(original)

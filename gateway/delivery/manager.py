@@ -21,7 +21,7 @@ from collections import defaultdict
 from collections.abc import Callable
 
 from gateway.config import GatewayConfig
-from gateway.delivery.dsn import RecipientReport, build_dsn
+from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
 from gateway.errors import DeliveryError, GatewayError
@@ -312,7 +312,8 @@ class DeliveryManager:
         if action == "failed":
             reports = [r if r.status.startswith("5") or r.status == "4.4.7" else
                        RecipientReport(**{**r.__dict__, "status": "5" + r.status[1:]}) for r in reports]
-        dsn = build_dsn(original=original, envelope_id=msg.id, envelope_from=msg.sender,
+        # Identifying headers only: a Subject may carry health content, and a DSN is not encrypted.
+        dsn = build_dsn(original=returned_headers(original), envelope_id=msg.id, envelope_from=msg.sender,
                         reporting_mta=self.config.hostname, recipients=reports, arrival=_utc(msg.received))
         dsn_id = await self._io(self.spool.accept, "", [msg.sender], dsn,
                                 lifetime=self.config.spool.max_queue_lifetime, listener="dsn")

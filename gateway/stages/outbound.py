@@ -61,6 +61,12 @@ class OutboundStage:
         remote = [r for r in env.recipients if r not in item.handled and not self.ctx.is_local(_domain(r))]
         if not remote:
             return item
+        if env.listener == "dsn" and not env.sender:
+            # Our own delivery reports carry identifying headers only (no Subject, no body):
+            # they go to the sender as they are, or a sender we cannot protect would never learn
+            # that its message failed.
+            out = Outgoing(tuple(remote), item.data, form="dsn")
+            return replace(item, outgoing=(*item.outgoing, out))
         policy = self.ctx.policy
         refusals: list[Refusal] = []
         allowed = []
@@ -71,9 +77,14 @@ class OutboundStage:
                 allowed.append(rcpt)
         outgoing: list[Outgoing] = []
         if allowed and is_encrypted(item.data):
-            outgoing.append(Outgoing(tuple(allowed), item.data, form="client-encrypted"))
-            self._audit(item, allowed, "client-encrypted")
-            allowed = []
+            # Encrypted by the sender: forwarded as it is, except to legacy-only readers, for whom
+            # the bridge opens it (it must be encrypted to the bridge's certificate) and re-encodes.
+            bridgeable = [r for r in allowed if self._legacy_only(r)]
+            passing = [r for r in allowed if r not in bridgeable]
+            if passing:
+                outgoing.append(Outgoing(tuple(passing), item.data, form="client-encrypted"))
+                self._audit(item, passing, "client-encrypted")
+            allowed = bridgeable
         smime: dict[str, list[x509.Certificate]] = {}
         tls_only: list[str] = []
         legacy: dict[str, list[str]] = {}
@@ -131,6 +142,10 @@ class OutboundStage:
         for refusal in refusals:
             self._audit(item, [refusal.recipient], "refused", reason=refusal.reason)
         return replace(item, outgoing=(*item.outgoing, *outgoing), refusals=(*item.refusals, *refusals))
+
+    def _legacy_only(self, rcpt: str) -> bool:
+        capability = self.ctx.recipient(rcpt).capability or ""
+        return capability.startswith("legacy:") and self.ctx.legacy_keys(capability[7:]) is not None
 
     def _audit(self, item: WorkItem, rcpts: list[str], decision: str, *, key: SigningKey | None = None,
                enc_serials: list[str] | None = None, reason: str | None = None) -> None:

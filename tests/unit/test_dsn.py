@@ -317,3 +317,13 @@ def test_random_garbage_originals() -> None:
         assert_wire_clean(dsn)
         assert MARKER.encode() not in dsn
         assert len(list(parse(dsn).iter_parts())) == 3
+
+
+def test_returned_headers_keep_identification_and_drop_the_subject() -> None:
+    from gateway.delivery.dsn import returned_headers
+
+    original = (b"Received: from x\r\n\tby y\r\nFrom: <lab@x.example>\r\nTo: <dr@y.example>,\r\n <dr2@y.example>\r\n"
+                b"Subject: Resultat de Mme PATIENTE\r\nMessage-ID: <1@x.example>\r\n\r\nbody\r\n")
+    kept = returned_headers(original)
+    assert kept == (b"From: <lab@x.example>\r\nTo: <dr@y.example>,\r\n <dr2@y.example>\r\n"
+                    b"Message-ID: <1@x.example>\r\n")
