@@ -1,0 +1,181 @@
+"""HL7 v2 over MLLP: the way hospital and lab systems push results.
+
+Each framed message is answered, in order, with an HL7 ACK:
+- ``AA`` only after ``spool.accept`` returned for every message built from it (the same promise
+  as SMTP's 250: durably queued);
+- ``AR`` when the message itself is refused (malformed, unsupported type, unroutable): resending
+  it unchanged will not help; MSA-3/ERR say what and where, never the content;
+- ``AE`` when the failure is ours and temporary (spool or store unavailable): the sender resends.
+A stream that loses MLLP sync (bytes outside a frame, a frame over ``max_frame``) gets an ``AR``
+and the connection is closed, since the next frame boundary cannot be trusted.
+
+MLLP has no authentication: connections are limited to ``allowed_networks`` (loopback by
+default) and TLS (1.2 minimum) is available. Logs carry the peer, MSH-10 control id, message
+type, sizes and decisions — never a segment's content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import re
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+from gateway.errors import GatewayError
+from gateway.intake.dedup import DedupStore
+from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.resolve import Directory
+from gateway.intake.settings import MllpSettings, RoutingSettings
+from gateway.logs import event
+from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
+from gateway.routing.payload import MllpError, PayloadError, UnsupportedPayload, detect_payload
+
+log = logging.getLogger(__name__)
+
+_CONTROL_ID = re.compile(r"^[A-Za-z0-9._:-]{1,40}$")
+_READ_SIZE = 65536
+
+
+def control_id(frame: bytes) -> str:
+    """MSH-10 when it is a plain token (safe to log), else ''."""
+    first = frame.lstrip(b"\r\n")[:2048].split(b"\r", 1)[0].split(b"\n", 1)[0]
+    if not first.startswith(b"MSH") or len(first) < 4:
+        return ""
+    fields = first.split(first[3:4])
+    value = fields[9].decode("latin-1") if len(fields) > 9 else ""
+    return value if _CONTROL_ID.match(value) else ""
+
+
+def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
+    if settings.tls_cert is None or settings.tls_key is None:
+        return None
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    return ctx
+
+
+class MllpListener:
+    """An asyncio MLLP server: ``await start()``, ``await stop()``; ``bound`` is the listening port."""
+
+    def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
+                 on_accept: Callable[[str], None] | None, lifetime: float, *,
+                 routing: RoutingSettings | None = None) -> None:
+        self.settings = settings
+        self.spool = spool
+        self.directory = directory
+        self.dedup = dedup
+        self.on_accept = on_accept
+        self.lifetime = lifetime
+        self.routing = routing or RoutingSettings()
+        self.bound: int | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._connections: set[asyncio.Task[None]] = set()
+
+    async def start(self) -> None:
+        self._server = await asyncio.start_server(self._connection, self.settings.address, self.settings.port,
+                                                  ssl=server_context(self.settings), limit=_READ_SIZE * 2)
+        sock = self._server.sockets[0] if self._server.sockets else None
+        self.bound = sock.getsockname()[1] if sock is not None else None
+        event(log, "mllp-listening", address=self.settings.address, port=self.bound,
+              tls=self.settings.tls_cert is not None)
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        for task in list(self._connections):
+            task.cancel()
+        if self._connections:
+            await asyncio.gather(*self._connections, return_exceptions=True)
+        if self._server is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 5)
+            self._server = None
+
+    async def _connection(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._connections.add(task)
+        peer = writer.get_extra_info("peername")
+        ip = str(peer[0]) if isinstance(peer, tuple) and peer else "unknown"
+        try:
+            if not self.settings.allows(ip):
+                event(log, "mllp-refused", logging.WARNING, client=ip, reason="network not allowed")
+                return
+            await self._serve(reader, writer, ip)
+        except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
+            event(log, "mllp-connection-lost", client=ip, reason=type(exc).__name__)
+        finally:
+            if task is not None:
+                self._connections.discard(task)
+            writer.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str) -> None:
+        decoder = MLLPDecoder(max_frame=self.settings.max_frame)
+        while True:
+            try:
+                data = await asyncio.wait_for(reader.read(_READ_SIZE), self.settings.timeout)
+            except TimeoutError:
+                event(log, "mllp-idle-timeout", client=ip)
+                return
+            if not data:
+                return
+            try:
+                frames = decoder.feed(data)
+            except MllpError as exc:
+                event(log, "mllp-framing-error", logging.WARNING, client=ip, reason=exc.what, where=exc.where)
+                writer.write(mllp_frame(build_ack(b"", "AR", exc.what, error_code="100")))
+                await writer.drain()
+                return
+            for frame in frames:
+                ack = await self._handle(frame, ip)
+                writer.write(mllp_frame(ack))
+                await writer.drain()
+
+    async def _handle(self, frame: bytes, ip: str) -> bytes:
+        loop = asyncio.get_running_loop()
+        code, error, error_code, ids = await loop.run_in_executor(None, self._process, frame, ip)
+        if self.on_accept is not None:
+            for msg_id in ids:
+                self.on_accept(msg_id)
+        return build_ack(frame, code, error, error_code=error_code)
+
+    def _process(self, frame: bytes, ip: str) -> tuple[str, str | None, str | None, list[str]]:
+        """Blocking part (parse, directory, dedup, spool): runs in an executor thread."""
+        now = dt.datetime.now(dt.UTC)
+        ctrl = control_id(frame)
+        try:
+            if detect_payload(frame) != "hl7v2":
+                raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
+            result = intake_bytes(frame, "message.hl7", sender=self.settings.sender, directory=self.directory,
+                                  dedup=self.dedup, settings=self.routing, now=now)
+            ids = accept_all(result, self.spool, lifetime=self.lifetime, listener="mllp", client=f"mllp:{ip}",
+                             dedup=self.dedup, now=now)
+        except PayloadError as exc:
+            event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=len(frame),
+                  code=exc.code, reason=exc.what, where=exc.where)
+            err = "200" if isinstance(exc, UnsupportedPayload) else "102"
+            return "AR", f"{exc.what} ({exc.where})" if exc.where else exc.what, err, []
+        except GatewayError as exc:
+            ack = "AE" if exc.temporary else "AR"
+            event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
+                  control_id=ctrl, size=len(frame), ack=ack, code=exc.code)
+            reason = "temporary failure, resend later" if exc.temporary else exc.reason
+            return ack, reason, "207", []
+        except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender
+            event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
+            return "AE", "internal error, resend later", "207", []
+        event(log, "mllp-accepted", client=ip, control_id=ctrl, type=result.info.document_type.code,
+              size=len(frame), rcpts=len(result.outgoing[0].recipients) if result.outgoing else 0,
+              unresolved=len(result.resolution.unresolved), duplicates=len(result.suppressed),
+              replaces=result.info.replaces, queued=",".join(ids))
+        return "AA", None, None, ids
+
+
+__all__ = ["MllpListener", "control_id", "server_context"]

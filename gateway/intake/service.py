@@ -1,0 +1,83 @@
+"""The intake service: MLLP listener and drop folders, started and stopped as one.
+
+Why one object: ``gateway/app.py`` should need two lines (construct, ``await start()``) and one
+on shutdown. The service owns the stores it opens (directory connection, duplicate store) and
+closes them; the spool belongs to the app.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from gateway.intake.dedup import DedupStore
+from gateway.intake.dropfolder import DropFolderWatcher
+from gateway.intake.mllp import MllpListener
+from gateway.intake.settings import IntakeConfig
+from gateway.logs import event
+
+log = logging.getLogger(__name__)
+
+DEDUP_FILE = "intake-dedup.sqlite"
+
+
+class IntakeService:
+    """``IntakeService(config.intake, spool, directory_path, state_dir, on_accept, lifetime)``."""
+
+    def __init__(self, intake_config: IntakeConfig, spool: Any, directory_path: str | Path, state_dir: str | Path,
+                 on_accept: Callable[[str], None] | None, lifetime: float, *, directory: Any = None) -> None:
+        self.config = intake_config
+        self.spool = spool
+        self.directory_path = Path(directory_path)
+        self.state_dir = Path(state_dir)
+        self.on_accept = on_accept
+        self.lifetime = lifetime
+        self.directory = directory
+        self._own_directory = directory is None
+        self.dedup: DedupStore | None = None
+        self.mllp: MllpListener | None = None
+        self.watchers: list[DropFolderWatcher] = []
+
+    async def start(self) -> None:
+        if not self.config.enabled:
+            return
+        loop = asyncio.get_running_loop()
+        if self.directory is None:
+            from gateway.routing.directory import SqliteDirectory
+            self.directory = await loop.run_in_executor(None, SqliteDirectory, self.directory_path)
+        self.dedup = await loop.run_in_executor(
+            None, lambda: DedupStore(self.state_dir / DEDUP_FILE, window=self.config.routing.dedup_window))
+        try:
+            if self.config.mllp is not None:
+                self.mllp = MllpListener(self.config.mllp, self.spool, self.directory, self.dedup, self.on_accept,
+                                         self.lifetime, routing=self.config.routing)
+                await self.mllp.start()
+            for drop in self.config.drops:
+                watcher = DropFolderWatcher(drop, self.spool, self.directory, self.dedup, self.on_accept,
+                                            self.lifetime, routing=self.config.routing)
+                await watcher.start()
+                self.watchers.append(watcher)
+        except BaseException:
+            await self.stop()
+            raise
+        event(log, "intake-started", mllp=self.mllp.bound if self.mllp else None, drops=len(self.watchers))
+
+    async def stop(self) -> None:
+        if self.mllp is not None:
+            await self.mllp.stop()
+            self.mllp = None
+        for watcher in self.watchers:
+            await watcher.stop()
+        self.watchers = []
+        if self.dedup is not None:
+            self.dedup.close()
+            self.dedup = None
+        if self._own_directory and self.directory is not None:
+            self.directory.close()
+            self.directory = None
+
+
+__all__ = ["DEDUP_FILE", "IntakeService"]

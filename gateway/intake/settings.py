@@ -1,0 +1,377 @@
+"""The ``[intake]`` table: MLLP listener, drop folders and payload routing settings.
+
+Why a parser of its own beside ``gateway/config.py``: intake is optional and self-contained,
+so its table is validated here and the lead calls :func:`parse_intake` from ``parse_config``.
+Same rules as the main parser: every problem is collected as ``(source, key, message)`` and
+one :class:`~gateway.errors.ConfigError` lists them all; messages name keys, never values
+that could be secrets.
+
+Why the config insists on an unrouted mailbox for every configured sender: a payload whose
+recipient cannot be resolved must never be dropped, so a drop folder or MLLP listener without
+a place to send such payloads is a configuration error, found at start and not at 3 a.m.
+"""
+
+from __future__ import annotations
+
+import csv
+import ipaddress
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.config import parse_duration, parse_size
+from gateway.errors import ConfigError
+from gateway.routing.hl7 import DEFAULT_MAX_FRAME
+
+CompleteRule = Literal["rename", "ok-marker"]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]{1,64}@[A-Za-z0-9](?:[A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,31}$")
+_OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
+_RPPS = re.compile(r"^\d{11}$")
+_DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
+
+_MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks"}
+_DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval"}
+_ROUTING_KEYS = {"unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm", "xdm_source_id",
+                 "notify_sender", "notice_from"}
+
+
+def valid_address(address: str) -> bool:
+    """A plain ``local@domain`` address (single-label domains allowed: test and internal setups)."""
+    return bool(_ADDRESS.match(address.strip()))
+
+
+@dataclass(frozen=True)
+class MllpSettings:
+    """HL7 v2 over MLLP. No authentication exists in MLLP: access is by network (and TLS)."""
+
+    address: str = "127.0.0.1"
+    port: int = 2575
+    sender: str = ""
+    max_frame: int = DEFAULT_MAX_FRAME
+    timeout: float = 300.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    allowed_networks: tuple[Network, ...] = ()
+
+    def allows(self, ip: str) -> bool:
+        """True when ``ip`` may connect; an empty list allows everyone (explicit choice in the config)."""
+        if not self.allowed_networks:
+            return True
+        try:
+            addr = ipaddress.ip_address(ip.split("%", 1)[0])
+        except ValueError:
+            return False
+        if isinstance(addr, ipaddress.IPv6Address) and addr.ipv4_mapped is not None:
+            addr = addr.ipv4_mapped
+        return any(addr in net for net in self.allowed_networks)
+
+
+@dataclass(frozen=True)
+class DropSettings:
+    """One drop folder of one sending system (LIS/HIS)."""
+
+    name: str
+    path: Path
+    sender: str
+    done: Path
+    error: Path
+    complete: CompleteRule = "rename"
+    poll_interval: float = 5.0
+
+    @property
+    def processing(self) -> Path:
+        """Files being processed (moved here first: see dropfolder.py for the crash-safe order)."""
+        return self.path / "processing"
+
+
+@dataclass(frozen=True)
+class RoutingSettings:
+    """Recipient resolution: unrouted mailboxes, duplicate window, lab-internal codes, XDM."""
+
+    unrouted: Mapping[str, str] = field(default_factory=dict, hash=False)
+    unrouted_default: str | None = None
+    dedup_window: float = 7 * 86400.0
+    lab_codes: Mapping[tuple[str, str], str] = field(default_factory=dict, hash=False, repr=False)
+    xdm: bool = True
+    xdm_source_id: str | None = None
+    notify_sender: bool = True
+    notice_from: str | None = None
+
+    def unrouted_for(self, sender: str) -> str | None:
+        """The unrouted mailbox of the sender's organisation (or the default one)."""
+        return self.unrouted.get(sender.strip().lower(), self.unrouted_default)
+
+
+@dataclass(frozen=True)
+class IntakeConfig:
+    mllp: MllpSettings | None = None
+    drops: tuple[DropSettings, ...] = ()
+    routing: RoutingSettings = field(default_factory=RoutingSettings)
+
+    @property
+    def enabled(self) -> bool:
+        return self.mllp is not None or bool(self.drops)
+
+
+class _Problems:
+    """Typed accessors that record problems instead of raising (the config.py style)."""
+
+    def __init__(self, source: str, base: Path) -> None:
+        self.source = source
+        self.base = base
+        self.items: list[tuple[str, str, str]] = []
+
+    def add(self, key: str, message: str) -> None:
+        self.items.append((self.source, key, message))
+
+    def table(self, data: Mapping[str, Any], key: str, prefix: str) -> dict[str, Any]:
+        value = data.get(key, {})
+        if not isinstance(value, dict):
+            self.add(prefix + key, "expected a table")
+            return {}
+        return value
+
+    def unknown(self, data: Mapping[str, Any], allowed: set[str], prefix: str) -> None:
+        for key in data:
+            if key not in allowed:
+                self.add(prefix + key, "unknown key")
+
+    def string(self, data: Mapping[str, Any], key: str, prefix: str, default: str | None) -> str | None:
+        value = data.get(key, default)
+        if value is not None and not isinstance(value, str):
+            self.add(prefix + key, f"expected a string, got {type(value).__name__}")
+            return default
+        return value
+
+    def boolean(self, data: Mapping[str, Any], key: str, prefix: str, default: bool) -> bool:
+        value = data.get(key, default)
+        if not isinstance(value, bool):
+            self.add(prefix + key, "expected true or false")
+            return default
+        return value
+
+    def address(self, data: Mapping[str, Any], key: str, prefix: str, *, required: bool) -> str | None:
+        value = self.string(data, key, prefix, None)
+        if value is None:
+            if required:
+                self.add(prefix + key, "required (a mail address)")
+            return None
+        if not _ADDRESS.match(value.strip()):
+            self.add(prefix + key, "not a mail address")
+            return None
+        return value.strip().lower()
+
+    def convert(self, data: Mapping[str, Any], key: str, prefix: str, conv: Any, default: Any) -> Any:
+        if key not in data:
+            return default
+        try:
+            return conv(data[key])
+        except ValueError as exc:
+            self.add(prefix + key, str(exc))
+            return default
+
+    def positive_duration(self, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        value = self.convert(data, key, prefix, parse_duration, default)
+        if value <= 0:
+            self.add(prefix + key, "must be more than zero")
+            return default
+        return float(value)
+
+    def path(self, data: Mapping[str, Any], key: str, prefix: str, *, base: Path | None = None,
+             must_exist: bool = False) -> Path | None:
+        value = self.string(data, key, prefix, None)
+        if value is None:
+            return None
+        if not value.strip():
+            self.add(prefix + key, "must not be empty")
+            return None
+        p = Path(os.path.expanduser(value))
+        if not p.is_absolute():
+            p = (base or self.base) / p
+        if must_exist and not p.exists():
+            self.add(prefix + key, f"file not found: {p}")
+        return p
+
+
+def _mllp(p: _Problems, spec: dict[str, Any]) -> MllpSettings:
+    prefix = "intake.mllp."
+    p.unknown(spec, _MLLP_KEYS, prefix)
+    port = spec.get("port", 2575)
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
+        p.add(prefix + "port", "port must be an integer between 0 and 65535")
+        port = 2575
+    nets: list[Network] = []
+    raw_nets = spec.get("allowed_networks", list(_DEFAULT_NETWORKS))
+    if not isinstance(raw_nets, list):
+        p.add(prefix + "allowed_networks", "expected a list of networks")
+        raw_nets = list(_DEFAULT_NETWORKS)
+    for i, net in enumerate(raw_nets):
+        try:
+            nets.append(ipaddress.ip_network(str(net), strict=False))
+        except ValueError:
+            p.add(f"{prefix}allowed_networks[{i}]", "not a network (use e.g. '10.1.0.0/16')")
+    tls_cert = p.path(spec, "tls_cert", prefix, must_exist=True)
+    tls_key = p.path(spec, "tls_key", prefix, must_exist=True)
+    if (tls_cert is None) != (tls_key is None):
+        p.add(prefix + "tls_key", "tls_cert and tls_key go together")
+    max_frame = p.convert(spec, "max_frame", prefix, parse_size, DEFAULT_MAX_FRAME)
+    return MllpSettings(
+        address=p.string(spec, "address", prefix, "127.0.0.1") or "127.0.0.1",
+        port=port,
+        sender=p.address(spec, "sender", prefix, required=True) or "",
+        max_frame=max_frame,
+        timeout=p.positive_duration(spec, "timeout", prefix, 300.0),
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        allowed_networks=tuple(nets),
+    )
+
+
+def _subfolder(p: _Problems, spec: dict[str, Any], key: str, prefix: str, folder: Path) -> Path:
+    value = p.string(spec, key, prefix, key)
+    if value is None or not value.strip():
+        p.add(prefix + key, "must not be empty")
+        return folder / key
+    if ".." in Path(value).parts:
+        p.add(prefix + key, "must not contain '..'")
+        return folder / key
+    target = p.path({key: value}, key, prefix, base=folder) or folder / key
+    if target.resolve() in (folder.resolve(), (folder / "processing").resolve()):
+        p.add(prefix + key, "must differ from the drop folder and its processing/ folder")
+    return target
+
+
+def _drops(p: _Problems, table: dict[str, Any]) -> tuple[DropSettings, ...]:
+    out = []
+    for name, spec in table.items():
+        prefix = f"intake.drop.{name}."
+        if not isinstance(spec, dict):
+            p.add(f"intake.drop.{name}", "expected a table")
+            continue
+        if not _NAME.match(name):
+            p.add(f"intake.drop.{name}", "drop folder names use letters, digits, '-' and '_' (max 32)")
+        p.unknown(spec, _DROP_KEYS, prefix)
+        path = p.path(spec, "path", prefix)
+        if path is None and "path" not in spec:
+            p.add(prefix + "path", "required (the folder the sending system writes to)")
+        path = path or p.base / f"drop-{name}"
+        sender = p.address(spec, "sender", prefix, required=True) or ""
+        complete = p.string(spec, "complete", prefix, "rename")
+        if complete not in ("rename", "ok-marker"):
+            p.add(prefix + "complete", "must be 'rename' or 'ok-marker'")
+            complete = "rename"
+        done = _subfolder(p, spec, "done", prefix, path)
+        error = _subfolder(p, spec, "error", prefix, path)
+        if done.resolve() == error.resolve():
+            p.add(prefix + "error", "done and error must be different folders")
+        out.append(DropSettings(name=name, path=path, sender=sender, done=done, error=error,
+                                complete=complete,  # type: ignore[arg-type]
+                                poll_interval=p.positive_duration(spec, "poll_interval", prefix, 5.0)))
+    paths = [d.path.resolve() for d in out]
+    if len(paths) != len(set(paths)):
+        p.add("intake.drop", "two drop folders share the same path")
+    return tuple(out)
+
+
+def load_lab_codes(path: Path, p: _Problems, key: str) -> dict[tuple[str, str], str]:
+    """CSV ``lab_sender,lab_code,rpps`` → {(lab_sender folded, code): rpps}; every bad line is a problem.
+
+    ``lab_sender`` is either the sending lab as the payload names it (HPRIM H-5 / MSH-3) or the
+    envelope sender address; both are looked up at resolution time.
+    """
+    out: dict[tuple[str, str], str] = {}
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except OSError as exc:
+        p.add(key, f"cannot read the lab code file: {exc.strerror}")
+        return out
+    except UnicodeDecodeError:
+        p.add(key, "the lab code file is not UTF-8 text")
+        return out
+    rows = csv.reader(text.splitlines())
+    header = next(rows, None)
+    if header is None or [h.strip().lower() for h in header[:3]] != ["lab_sender", "lab_code", "rpps"]:
+        p.add(key, "the lab code file must start with the header lab_sender,lab_code,rpps")
+        return out
+    for line_no, row in enumerate(rows, start=2):
+        if not row or not any(c.strip() for c in row):
+            continue
+        if len(row) < 3:
+            p.add(key, f"line {line_no}: expected lab_sender,lab_code,rpps")
+            continue
+        lab, code, rpps = (c.strip() for c in row[:3])
+        if not lab or not code:
+            p.add(key, f"line {line_no}: lab_sender and lab_code must not be empty")
+        elif not _RPPS.match(rpps):
+            p.add(key, f"line {line_no}: RPPS must be 11 digits")
+        elif (lab.lower(), code) in out and out[(lab.lower(), code)] != rpps:
+            p.add(key, f"line {line_no}: the same lab code is mapped twice to different RPPS")
+        else:
+            out[(lab.lower(), code)] = rpps
+    return out
+
+
+def _routing(p: _Problems, spec: dict[str, Any]) -> RoutingSettings:
+    prefix = "intake.routing."
+    p.unknown(spec, _ROUTING_KEYS, prefix)
+    unrouted: dict[str, str] = {}
+    for sender, mailbox in p.table(spec, "unrouted", prefix).items():
+        key = f"{prefix}unrouted.{sender}"
+        if not _ADDRESS.match(sender.strip()):
+            p.add(key, "the key must be a sender address")
+        elif not isinstance(mailbox, str) or not _ADDRESS.match(mailbox.strip()):
+            p.add(key, "expected the unrouted mailbox address")
+        else:
+            unrouted[sender.strip().lower()] = mailbox.strip().lower()
+    lab_codes: dict[tuple[str, str], str] = {}
+    codes_path = p.path(spec, "lab_codes", prefix, must_exist=True)
+    if codes_path is not None and codes_path.exists():
+        lab_codes = load_lab_codes(codes_path, p, prefix + "lab_codes")
+    source_id = p.string(spec, "xdm_source_id", prefix, None)
+    if source_id is not None and not _OID.match(source_id):
+        p.add(prefix + "xdm_source_id", "must be an OID (digits and dots)")
+        source_id = None
+    return RoutingSettings(
+        unrouted=unrouted,
+        unrouted_default=p.address(spec, "unrouted_default", prefix, required=False),
+        dedup_window=p.positive_duration(spec, "dedup_window", prefix, 7 * 86400.0),
+        lab_codes=lab_codes,
+        xdm=p.boolean(spec, "xdm", prefix, True),
+        xdm_source_id=source_id,
+        notify_sender=p.boolean(spec, "notify_sender", prefix, True),
+        notice_from=p.address(spec, "notice_from", prefix, required=False),
+    )
+
+
+def parse_intake(raw: Mapping[str, Any], *, source: str, base: Path) -> IntakeConfig:
+    """Validate the ``[intake]`` table (``raw`` is that table, or the whole document holding it).
+
+    Raise :class:`ConfigError` listing every problem. An absent or empty table gives a disabled
+    :class:`IntakeConfig`.
+    """
+    p = _Problems(source, base)
+    data: Any = raw.get("intake", {}) if "intake" in raw else raw
+    if not isinstance(data, dict):
+        raise ConfigError([(source, "intake", "expected a table")])
+    p.unknown(data, {"mllp", "drop", "routing"}, "intake.")
+    mllp = _mllp(p, p.table(data, "mllp", "intake.")) if "mllp" in data else None
+    drops = _drops(p, p.table(data, "drop", "intake."))
+    routing = _routing(p, p.table(data, "routing", "intake."))
+    senders = ([("intake.mllp.sender", mllp.sender)] if mllp and mllp.sender else []) + [
+        (f"intake.drop.{d.name}.sender", d.sender) for d in drops if d.sender]
+    for key, sender in senders:
+        if routing.unrouted_for(sender) is None:
+            p.add(key, "no unrouted mailbox for this sender: set intake.routing.unrouted or unrouted_default")
+    if p.items:
+        raise ConfigError(p.items)
+    return IntakeConfig(mllp=mllp, drops=drops, routing=routing)
+
+
+__all__ = ["CompleteRule", "DropSettings", "IntakeConfig", "MllpSettings", "RoutingSettings", "load_lab_codes",
+           "parse_intake", "valid_address"]
