@@ -28,6 +28,7 @@ class Gateway:
         self.context = None
         self.delivery: DeliveryManager | None = None
         self.server: SmtpServer | None = None
+        self.intake = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -45,8 +46,18 @@ class Gateway:
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None)
         await self.server.start()
         self.delivery.start()
+        if self.config.intake is not None and self.config.intake.enabled:
+            from gateway.intake.service import IntakeService
+            from gateway.routing.directory import directory_path
+
+            self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
+                                        self.config.state_dir, lambda _id: self.delivery.wake(),
+                                        self.config.spool.max_queue_lifetime)
+            await self.intake.start()
 
     async def stop(self) -> None:
+        if self.intake is not None:
+            await self.intake.stop()
         if self.server is not None:
             await self.server.stop()
         if self.delivery is not None:

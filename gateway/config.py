@@ -229,6 +229,7 @@ class GatewayConfig:
     trust: TrustConfig | None = None
     policy: PolicyConfig | None = None
     legacy: LegacyConfig | None = None
+    intake: Any = None  # gateway.intake.settings.IntakeConfig (parsed there: it owns those keys)
     keys: dict[str, Any] = field(default_factory=dict, compare=False)
     base: Path = field(default_factory=Path.cwd, compare=False)
     raw: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -690,6 +691,13 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     if not is_domain(hostname):
         r.problem("gateway.hostname", f"not a host name: {hostname!r}")
     keys = _keys(r, data)
+    from gateway.intake.settings import IntakeConfig, parse_intake
+
+    try:
+        intake = parse_intake(data.get("intake", {}), source=source, base=base)
+    except ConfigError as exc:
+        r.problems.extend(exc.problems)
+        intake = IntakeConfig()
     config = GatewayConfig(
         source=source,
         hostname=hostname,
@@ -703,6 +711,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         trust=_trust(r, data),
         policy=_policy(r, data, keys),
         legacy=_legacy(r, data, keys),
+        intake=intake,
         keys=keys,
         base=base,
         raw=data,

@@ -125,6 +125,9 @@ class GatewayContext:
         entry = self.directory.address(address)
         if entry is None or not entry.key_ref:
             return None
+        if entry.key_ref not in self.config.keys:
+            # The mailbox's owner keeps the key in their own client: deliver as it came.
+            return None
         return await self._key(entry.key_ref)
 
     def authorised_domain(self, domain: str) -> bool:
