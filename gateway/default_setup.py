@@ -19,6 +19,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEMO_USER = "demo@msgw.localhost"
+LOCAL_DOCTOR = "dr.local@msgw.localhost"
+LOCAL_DOCTOR_RPPS = "10100000002"
+LEGACY_DOCTOR = "dr.legacy@medical99.apicrypt.org"
+LEGACY_LAB = "labo.legacy@medical99.apicrypt.org"
+APICRYPT_USERS = ("Master", "msgw.bridge", "labo.legacy", "dr.legacy")
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -83,6 +88,25 @@ def prepare_test_pki(folder: Path, state_dir: Path) -> None:
         directory.put(operator_item(PERSON_EMAIL, "smime", certificates=[person], mailbox_type="PER",
                                     identity=Identity(kind="person", rpps=PERSON_RPPS, last_name="TEST-DUPONT",
                                                       first_name="JEAN")))
+        # A doctor served here whose key stays in their own mail client, and one who reads only
+        # the legacy format (the bridge encodes for them).
+        directory.put(operator_item(LOCAL_DOCTOR, "local", key_ref="in-client", mailbox_type="PER",
+                                    identity=Identity(kind="person", rpps=LOCAL_DOCTOR_RPPS, last_name="TEST-LOCAL",
+                                                      first_name="ANNE")))
+        directory.put(operator_item(LEGACY_DOCTOR, "legacy:apicrypt1", key_ref="dr.legacy", mailbox_type="PER",
+                                    identity=Identity(kind="person", rpps="10100000003", last_name="TEST-LEGACY",
+                                                      first_name="PAUL")))
+
+
+def prepare_legacy_keys(folder: Path) -> None:
+    """TEST Apicrypt-style key files for this year (made once per year, mode 0600)."""
+    from gateway.legacy.keystore import make_key_file
+
+    year = dt.datetime.now(dt.UTC).year
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    for user in APICRYPT_USERS:
+        if not (folder / f"{user}.{year - 1900}").exists():
+            make_key_file(folder, user, year, 1 << 20)
 
 
 def prepare_default_files(folder: Path) -> None:
@@ -101,3 +125,5 @@ def prepare_default_files(folder: Path) -> None:
         _write_private(pw_file, password.encode() + b"\n")
         _write_private(hash_file, hash_password(password).encode() + b"\n")
     prepare_test_pki(folder, folder.parent)
+    prepare_legacy_keys(folder / "apicrypt")
+    (folder.parent / "drop" / "lis").mkdir(parents=True, exist_ok=True)

@@ -33,12 +33,18 @@ from aiosmtpd.controller import Controller
 from gateway.app import Gateway
 from gateway.audit import AuditTrail, audit_path
 from gateway.config import default_config_text, parse_config
-from gateway.default_setup import prepare_default_files
+from gateway.default_setup import (
+    LEGACY_DOCTOR,
+    LEGACY_LAB,
+    LOCAL_DOCTOR,
+    LOCAL_DOCTOR_RPPS,
+    prepare_default_files,
+)
 from gateway.logs import setup_logging
 from gateway.smime.engine import Verifier, sign_and_encrypt_message, unwrap_message
 from gateway.smime.revocation import CrlSource
 from gateway.smime.softkeys import load_key
-from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL
+from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, PERSON_RPPS
 from gateway.smime.trust import TrustStore
 
 
@@ -83,8 +89,12 @@ async def _demo(base: Path) -> int:
     data = tomllib.loads(default_config_text())
     for listener in data["listeners"].values():
         listener["port"] = 0
-    data["delivery"]["routes"] = {"cabinet-parc.sante.test": {"host": "127.0.0.1", "port": sink_port,
-                                                              "tls": "none"}}
+    # The doctors' operators elsewhere (S/MIME and legacy) are one stand-in SMTP server here;
+    # loopback counts as the partner network of the relay listener.
+    data["delivery"]["routes"] = {domain: {"host": "127.0.0.1", "port": sink_port, "tls": "none"}
+                                  for domain in ("cabinet-parc.sante.test", "medical99.apicrypt.org")}
+    data["listeners"]["relay"]["allowed_networks"] = ["127.0.0.0/8"]
+    data["intake"]["drop"]["lis"]["poll_interval"] = "200ms"
     config = parse_config(data, source="<embedded default>", base=base)
     password = (base / "var" / "default" / "demo.password").read_text().strip()
     gateway = Gateway(config)
@@ -151,15 +161,135 @@ async def _demo(base: Path) -> int:
         _step(f"   in the lab's Maildir, decrypted, with: X-Msgw-Verification: {verdict[:110]}...")
         if not verdict.startswith("pass"):
             return 1
+
+        if not await _routed_documents(config, operator, doctor, verifier):
+            return 1
+        if not await _bridged_exchanges(config, operator, doctor, verifier, relay_host, relay_port, pki_dir):
+            return 1
     finally:
         await gateway.stop()
         sink.stop()
     report = AuditTrail(audit_path(config)).verify()
-    _step(f"5. audit trail: {report}")
+    _step(f"7. audit trail: {report}")
     if not report.ok:
         return 1
     _step("demo finished: OK")
     return 0
+
+
+async def _wait(predicate, seconds: float = 20.0) -> bool:
+    deadline = time.monotonic() + seconds
+    while not predicate():
+        if time.monotonic() > deadline:
+            return False
+        await asyncio.sleep(0.1)
+    return True
+
+
+async def _routed_documents(config, operator: _Operator, doctor, verifier: Verifier) -> bool:
+    """5. A LIS drops an HL7 result and a hospital drops a discharge letter; the gateway reads
+    the payloads, finds the two doctors in the directory, and delivers in each one's form."""
+    drop = next(d for d in config.intake.drops if d.name == "lis").path
+    before = len(operator.received)
+    _step("5. a LIS drops an ORU^R01 result (prescriber by RPPS) and a CDA discharge letter (recipient by RPPS)")
+    for name, payload in (("result.hl7", _oru()), ("letter.xml", _letter())):
+        tmp = drop / f".{name}.tmp"
+        tmp.write_bytes(payload)
+        tmp.rename(drop / name)   # write then rename: the folder only ever shows complete files
+    if not await _wait(lambda: len(operator.received) > before):
+        print("msgw: the routed result did not reach the S/MIME doctor", file=sys.stderr)
+        return False
+    opened = await unwrap_message(operator.received[before], keys=[doctor], verifier=verifier)
+    names = [p.get_filename() for p in email.message_from_bytes(opened.content, policy=email.policy.default).walk()
+             if p.get_filename()]
+    _step(f"   the result reached {PERSON_EMAIL} as S/MIME ({'+'.join(opened.layers)}), attachments: {names}")
+    box = config.local.maildir / LOCAL_DOCTOR / "new"
+    if not await _wait(lambda: box.exists() and any(box.iterdir())):
+        print("msgw: the discharge letter did not reach the local doctor's mailbox", file=sys.stderr)
+        return False
+    letter = email.message_from_bytes(next(box.iterdir()).read_bytes(), policy=email.policy.default)
+    names = [p.get_filename() for p in letter.walk() if p.get_filename()]
+    _step(f"   the letter reached {LOCAL_DOCTOR}'s Maildir, Subject \"{letter['Subject']}\", attachments: {names}")
+    return "IHE_XDM.ZIP" in names
+
+
+async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Verifier, relay_host: str,
+                             relay_port: int, pki_dir: Path) -> bool:
+    """6. Legacy ⇄ S/MIME through the bridge, one message each way."""
+    from gateway.legacy.apicrypt1 import Apicrypt1Codec
+    from gateway.legacy.keystore import ApicryptKeyStore
+
+    keys = ApicryptKeyStore(config.legacy.codec("apicrypt1").keys)
+    before = len(operator.received)
+    hprim = (b"H|~^\\&|||LABO LEGACY TEST|||||||ORU|H2.2|20261125\r\nP|1||||PATIENT^INVENTE\r\n"
+             b"OBX|1|NM|GLY^Glycemie||5.4|mmol/l\r\nL|1|||3\r\n")
+    mime = (f"From: <{LEGACY_LAB}>\r\nTo: <{PERSON_EMAIL}>\r\nSubject: Resultats\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=iso-8859-1\r\n\r\n").encode() + hprim
+    legacy = Apicrypt1Codec().encode(mime, "labo.legacy", ["msgw.bridge"], keys)
+    _step("6. a legacy (Apicrypt v1 style) lab sends an encrypted result to the S/MIME doctor")
+    await aiosmtplib.send(legacy, sender=LEGACY_LAB, recipients=[PERSON_EMAIL], hostname=relay_host,
+                          port=relay_port, start_tls=False)
+    if not await _wait(lambda: len(operator.received) > before):
+        print("msgw: the bridged result did not reach the S/MIME doctor", file=sys.stderr)
+        return False
+    received = operator.received[before]
+    # The bridge signs as the organisation (named in Sender:), not as the legacy lab of From:.
+    bridge_view = Verifier(verifier.trust, verifier.crls, require_from_match=False)
+    opened = await unwrap_message(received, keys=[doctor], verifier=bridge_view)
+    bridged = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
+    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; X-Msgw-Bridged: "
+          f"{' '.join(str(bridged).split())[:90]}")
+    before = len(operator.received)
+    doctor_sign = load_key(pki_dir / "person_sign.key.pem", pki_dir / "person_sign.pem",
+                           pki_dir / "person_sign.chain.pem")
+    bridge_cert = load_key(pki_dir / "org_encrypt.key.pem", pki_dir / "org_encrypt.pem").certificate
+    answer = (f"From: <{PERSON_EMAIL}>\r\nTo: <{LEGACY_DOCTOR}>\r\nSubject: Avis\r\nMIME-Version: 1.0\r\n"
+              "Content-Type: text/plain; charset=us-ascii\r\n\r\nAvis TEST, patient invente.\r\n").encode()
+    sealed = await sign_and_encrypt_message(answer, doctor_sign, [bridge_cert])
+    _step(f"   and the S/MIME doctor writes to {LEGACY_DOCTOR}, who reads only the legacy format")
+    await aiosmtplib.send(sealed, sender=PERSON_EMAIL, recipients=[LEGACY_DOCTOR], hostname=relay_host,
+                          port=relay_port, start_tls=False)
+    if not await _wait(lambda: len(operator.received) > before):
+        print("msgw: the bridged answer did not reach the legacy doctor", file=sys.stderr)
+        return False
+    out = operator.received[before]
+    decoded = Apicrypt1Codec().decode(out, keys, recipient="dr.legacy")
+    header = email.message_from_bytes(out, policy=email.policy.default)["X-Msgw-Bridged"]
+    _step(f"   arrived as #BINASCII1# armor; the legacy doctor's keys decode it ({len(decoded.text or b'')} bytes);"
+          f" {' '.join(str(header).split())[:70]}")
+    return b"Avis TEST" in (decoded.text or b"")
+
+
+def _oru() -> bytes:
+    segs = ["MSH|^~\\&|LIS|LABO|MSGW|MSGW|20261125100000||ORU^R01^ORU_R01|DEMO0001|P|2.5|||||FRA|UNICODE UTF-8",
+            "PID|||299129912345678^^^ASIP-SANTE-INS-NIR&1.2.250.1.213.1.4.10&ISO^INS||INVENTE^Patient||19990101|F",
+            f"ORC|NW|C1^CAB|R1^LABO|||||||||8{PERSON_RPPS}^TEST-DUPONT^JEAN^^^DR^^^"
+            "ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
+            f"OBR|1|C1^CAB|R1^LABO|11502-2^CR d'examens biologiques^LN|||20261125083000|||||||||8{PERSON_RPPS}"
+            "^TEST-DUPONT^JEAN^^^DR^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS|||||||||F",
+            "OBX|1|NM|GLY^Glycemie^L||5.4|mmol/l|4.1-5.9|N|||F"]
+    return ("\r".join(segs) + "\r").encode()
+
+
+def _letter() -> bytes:
+    return f"""<?xml version="1.0" encoding="UTF-8"?>
+<ClinicalDocument xmlns="urn:hl7-org:v3">
+  <typeId root="2.16.840.1.113883.1.3" extension="POCD_HD000040"/>
+  <id root="1.2.250.9999.7" extension="LDL-DEMO"/>
+  <code code="11490-0" codeSystem="2.16.840.1.113883.6.1" displayName="Lettre de liaison"/>
+  <title>Lettre de liaison (demo)</title><effectiveTime value="20261125100000+0100"/>
+  <confidentialityCode code="N" codeSystem="2.16.840.1.113883.5.25"/><languageCode code="fr-FR"/>
+  <setId root="1.2.250.9999.7" extension="SETDEMO"/><versionNumber value="1"/>
+  <recordTarget><patientRole><id root="1.2.250.1.213.1.4.10" extension="299129912345678"/>
+    <patient><name><family>INVENTE</family></name></patient></patientRole></recordTarget>
+  <author><time value="20261125100000+0100"/><assignedAuthor><id root="1.2.250.1.71.4.2.1" extension="810109999998"/>
+    <assignedPerson><name><family>HOSPITALIER</family></name></assignedPerson></assignedAuthor></author>
+  <informationRecipient><intendedRecipient><id root="1.2.250.1.71.4.2.1" extension="8{LOCAL_DOCTOR_RPPS}"/>
+  </intendedRecipient></informationRecipient>
+  <component><structuredBody><component><section><title>Synthese</title><text>Sortie (demo)</text></section>
+  </component></structuredBody></component>
+</ClinicalDocument>
+""".encode()
 
 
 def _try_unprotectable(host: str, port: int, ctx: ssl.SSLContext, password: str) -> str:

@@ -24,12 +24,13 @@ from gateway.errors import GatewayError
 from gateway.pipeline import Outgoing, Refusal, WorkItem
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.engine import encrypt_message, sign_message
+from gateway.smime.identity import read_identity
 from gateway.smime.keyapi import SigningKey
 from gateway.smime.mime import content_entity, entity_message, multipart_signed
 from gateway.stages.bridge import legacy_copy
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import outer_neutral, protected_entity
+from gateway.stages.headers import outer_neutral, protected_entity, replace_header
 
 
 def _domain(address: str) -> str:
@@ -130,7 +131,14 @@ class OutboundStage:
                     sender_copy = own[0] if own else None
                 except GatewayError:
                     sender_copy = None  # no certificate of ours to encrypt a copy to: not a reason to refuse
-            data = await protect_smime(item.data, key, certs, neutral_subject=policy.neutral_subject,
+            source = item.data
+            if item.kind.startswith("bridged:") and key is not None:
+                # The bridge signs as the organisation: say so in Sender: (RFC 5322 3.6.2), From: stays
+                # the legacy author so the doctor sees who wrote it.
+                emails = read_identity(key.certificate).emails
+                if emails:
+                    source = replace_header(source, "Sender", f"<{emails[0]}>")
+            data = await protect_smime(source, key, certs, neutral_subject=policy.neutral_subject,
                                        sender_copy=sender_copy)
             outgoing.append(Outgoing(tuple(smime), data, form="smime"))
             for rcpt, cs in smime.items():

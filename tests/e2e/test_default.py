@@ -47,3 +47,7 @@ def test_msgw_demo_exits_zero(tmp_path: Path) -> None:
     assert "refused at RCPT: 550 5.7.1" in out.stdout
     assert "application/pkcs7-mime" in out.stdout and "layers enveloped+signed" in out.stdout
     assert "X-Msgw-Verification: pass" in out.stdout and "audit trail intact" in out.stdout
+    # Routing from content: a lab result to the S/MIME doctor, a discharge letter (XDM) to a local mailbox.
+    assert "attachments: ['message.hl7']" in out.stdout and "'IHE_XDM.ZIP'" in out.stdout
+    # The bridge, both ways.
+    assert "X-Msgw-Bridged: from=codec=apicrypt1" in out.stdout and "smime-verification=pass" in out.stdout
