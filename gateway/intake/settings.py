@@ -37,8 +37,8 @@ _DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 _MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks"}
 _DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval"}
-_ROUTING_KEYS = {"unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm", "xdm_source_id",
-                 "notify_sender", "notice_from"}
+_ROUTING_KEYS = {"smtp_address", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
+                 "xdm_source_id", "notify_sender", "notice_from"}
 
 
 def valid_address(address: str) -> bool:
@@ -102,6 +102,8 @@ class RoutingSettings:
     xdm_source_id: str | None = None
     notify_sender: bool = True
     notice_from: str | None = None
+    #: Mail sent to this address is routed from its payload (HPRIM/HL7/CDA/PDF body or attachment).
+    smtp_address: str | None = None
 
     def unrouted_for(self, sender: str) -> str | None:
         """The unrouted mailbox of the sender's organisation (or the default one)."""
@@ -346,6 +348,7 @@ def _routing(p: _Problems, spec: dict[str, Any]) -> RoutingSettings:
         xdm_source_id=source_id,
         notify_sender=p.boolean(spec, "notify_sender", prefix, True),
         notice_from=p.address(spec, "notice_from", prefix, required=False),
+        smtp_address=p.address(spec, "smtp_address", prefix, required=False),
     )
 
 

@@ -139,6 +139,9 @@ class GatewayHandler:
         self.spool = spool
         self.on_accept = on_accept
         self.rcpt_check = rcpt_check
+        intake = getattr(config, "intake", None)
+        address = intake.routing.smtp_address if intake is not None else None
+        self.payload_address = address.lower() if address else None
 
     # -- helpers ----------------------------------------------------------------------------
     async def check_password(self, login: bytes, password: bytes) -> bool:
@@ -214,6 +217,12 @@ class GatewayHandler:
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
             return "452 4.5.3 Too many recipients"
         domain = address.rpartition("@")[2].lower()
+        if self.payload_address and address.lower() == self.payload_address:
+            # Routing from content is for known systems only (authenticated, or a partner network).
+            if not self.relay_allowed(session):
+                return "550 5.7.1 Payload routing is for authenticated systems"
+            envelope.rcpt_tos.append(address)
+            return "250 2.1.5 OK (routed from the payload)"
         if not self.config.is_local(domain) and not self.relay_allowed(session):
             event(log, "relay-denied", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   rcpt_domain=domain)
@@ -242,6 +251,8 @@ class GatewayHandler:
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         loop = asyncio.get_running_loop()
         started = time.monotonic()
+        if self.payload_address and self.payload_address in (r.lower() for r in envelope.rcpt_tos):
+            return await self._route_payload(session, sender, envelope.rcpt_tos, data)
         try:
             msg_id = await loop.run_in_executor(None, lambda: self.spool.accept(
                 sender, envelope.rcpt_tos, data, lifetime=self.config.spool.max_queue_lifetime,
@@ -260,6 +271,31 @@ class GatewayHandler:
         if self.on_accept is not None:
             self.on_accept(msg_id)
         return f"250 2.0.0 OK queued as {msg_id}"
+
+    async def _route_payload(self, session: Session, sender: str, rcpts: list[str], data: bytes) -> str:
+        """A bare payload mailed to the routing address: its recipients come from its content."""
+        from gateway.intake.smtp_payload import route_smtp_payload
+        from gateway.routing.directory import directory_path
+
+        others = [r for r in rcpts if r.lower() != self.payload_address]
+        loop = asyncio.get_running_loop()
+        try:
+            ids = await loop.run_in_executor(None, lambda: route_smtp_payload(
+                data, sender=sender, other_recipients=others, spool=self.spool,
+                directory_path=directory_path(self.config), state_dir=self.config.state_dir,
+                settings=self.config.intake.routing, lifetime=self.config.spool.max_queue_lifetime,
+                client=_peer_ip(session)))
+        except GatewayError as exc:
+            event(log, "payload-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+                  size=len(data), code=exc.code, temporary=exc.temporary)
+            code = "451" if exc.temporary else "554"
+            return f"{code} {exc.status} {_one_line(str(exc))}"
+        event(log, "payload-routed", listener=self.listener.name, client=_peer_ip(session), size=len(data),
+              copies=len(ids))
+        for msg_id in ids:
+            if self.on_accept is not None:
+                self.on_accept(msg_id)
+        return f"250 2.0.0 OK routed as {len(ids)} message(s)" + (f": {' '.join(ids)}" if ids else " (already sent)")
 
     def _received_header(self, server: SMTP, session: Session, envelope: Envelope) -> bytes:
         proto = "ESMTP" if session.extended_smtp else "SMTP"

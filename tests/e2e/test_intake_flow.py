@@ -5,9 +5,11 @@ metadata names the document's hash and size, and a malformed payload gets AR."""
 
 from __future__ import annotations
 
+import base64
 import email
 import email.policy
 import hashlib
+import smtplib
 import socket
 import subprocess
 import time
@@ -21,12 +23,13 @@ from gateway.routing.xdm import read_xdm
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, PERSON_RPPS, TestPKI
 from tests.conftest import free_port, require_tool
 from tests.e2e.harness import GatewayProcess, Sink, msgw, queue_json, wait_port
-from tests.e2e.test_protection_flow import _protected_setup
+from tests.e2e.test_protection_flow import LAB_PASSWORD, _protected_setup, _tls
 from tests.smime.support import shared_pki
 
 LOCAL_DOCTOR = "dr.local@msgw.test"
 LOCAL_RPPS = "10100000002"
 UNROUTED = "tri@labo-tests.sante.test"
+ROUTING = "routage@labo-tests.sante.test"
 INS = "299129912345678"
 
 
@@ -96,6 +99,7 @@ poll_interval = "200ms"
 [intake.routing]
 unrouted_default = "{UNROUTED}"
 lab_codes = "{codes}"
+smtp_address = "{ROUTING}"
 """)
     out = msgw("directory", "add", LOCAL_DOCTOR, "--capability", "local", "--key-ref", "in-client",
                "--rpps", LOCAL_RPPS, "--config",
@@ -199,5 +203,37 @@ def test_cda_letter_to_local_doctor_with_xdm(pki: TestPKI, tmp_path: Path) -> No
         assert slots["hash"] == [hashlib.sha1(doc).hexdigest()]  # noqa: S324 - XDS mandates SHA-1
         assert slots["size"] == [str(len(doc))]
         assert doc == letter.read_bytes()
+    finally:
+        sink.stop()
+
+
+def test_payload_mailed_to_the_routing_address(pki: TestPKI, tmp_path: Path) -> None:
+    openssl = require_tool("openssl")
+    sink = Sink().start()
+    try:
+        setup, _drop, _port = _setup(tmp_path, pki, sink.port)
+        hl7 = _oru("8" + PERSON_RPPS, "CTRL-SMTP-1")
+        mail = (f"From: <{ORG_EMAIL}>\r\nTo: <{ROUTING}>\r\nSubject: envoi automatique\r\nMIME-Version: 1.0\r\n"
+                'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n'
+                "Voir la piece jointe.\r\n--b1\r\nContent-Type: application/octet-stream\r\n"
+                'Content-Disposition: attachment; filename="r.hl7"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+                + base64.encodebytes(hl7).decode().replace("\n", "\r\n") + "--b1--\r\n").encode()
+        with GatewayProcess(setup):
+            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
+                client.ehlo("lis.labo-tests.sante.test")
+                client.starttls(context=_tls())
+                client.ehlo("lis.labo-tests.sante.test")
+                client.login(ORG_EMAIL, LAB_PASSWORD)
+                client.sendmail(ORG_EMAIL, [ROUTING], mail)
+            with smtplib.SMTP("127.0.0.1", setup.relay_port, timeout=20) as stranger:
+                stranger.ehlo("stranger.example")
+                stranger.mail("x@stranger.example")
+                code, _ = stranger.rcpt(ROUTING)
+                assert code == 550
+            (got,) = sink.wait_for(1, timeout=30)
+        assert got.recipients == [PERSON_EMAIL]
+        inner = _decrypt(openssl, pki, got.data, tmp_path / "m")
+        parts = {p.get_filename(): p.get_payload(decode=True) for p in inner.walk() if p.get_filename()}
+        assert parts["message.hl7"] == hl7
     finally:
         sink.stop()
