@@ -110,7 +110,8 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
     if recipients:
         message = payload_message(data, info, sender=sender, recipients=recipients, filename=filename, now=now,
                                   xdm=settings.xdm, xdm_source_id=settings.xdm_source_id,
-                                  intended=[p for p, _ in resolution.resolved])
+                                  intended=[p for p, _ in resolution.resolved],
+                                  mdn_to=sender if settings.request_mdn and valid_address(sender) else None)
         outgoing.append(Outgoing(recipients, message, sender))
         if notices and settings.notify_sender and sender and valid_address(sender):
             notice_from = settings.notice_from or f"postmaster@{sender.rpartition('@')[2]}"

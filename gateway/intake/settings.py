@@ -37,7 +37,7 @@ _DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 _MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks"}
 _DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval"}
-_ROUTING_KEYS = {"smtp_address", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
+_ROUTING_KEYS = {"smtp_address", "request_mdn", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
                  "xdm_source_id", "notify_sender", "notice_from"}
 
 
@@ -104,6 +104,8 @@ class RoutingSettings:
     notice_from: str | None = None
     #: Mail sent to this address is routed from its payload (HPRIM/HL7/CDA/PDF body or attachment).
     smtp_address: str | None = None
+    #: Ask the doctor's client for a read/processed receipt (MDN, RFC 8098) back to the sender.
+    request_mdn: bool = False
 
     def unrouted_for(self, sender: str) -> str | None:
         """The unrouted mailbox of the sender's organisation (or the default one)."""
@@ -349,6 +351,7 @@ def _routing(p: _Problems, spec: dict[str, Any]) -> RoutingSettings:
         notify_sender=p.boolean(spec, "notify_sender", prefix, True),
         notice_from=p.address(spec, "notice_from", prefix, required=False),
         smtp_address=p.address(spec, "smtp_address", prefix, required=False),
+        request_mdn=p.boolean(spec, "request_mdn", prefix, False),
     )
 
 

@@ -205,7 +205,7 @@ def default_source_id(sender: str) -> str:
 
 def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipients: Sequence[str],
                     filename: str | None, now: dt.datetime, xdm: bool, xdm_source_id: str | None = None,
-                    intended: Sequence[PartyRef] = ()) -> bytes:
+                    intended: Sequence[PartyRef] = (), mdn_to: str | None = None) -> bytes:
     """Build the CRLF MIME message carrying ``payload`` (see the module docstring)."""
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
@@ -216,6 +216,9 @@ def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipient
     msg["Message-ID"] = make_msgid(domain=sender.rpartition("@")[2] or "msgw.localhost")
     msg["Subject"] = subject_for(info)
     msg["Auto-Submitted"] = "auto-generated"
+    if mdn_to:
+        # RFC 8098: the doctor's client sends a read/processed receipt back to the sending system.
+        msg["Disposition-Notification-To"] = f"<{mdn_to}>"
     if info.replaces:
         msg["X-Msgw-Replaces"] = "yes"
     if info.cancels:

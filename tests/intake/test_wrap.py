@@ -85,3 +85,17 @@ def test_pdf_media_type() -> None:
     part = _attachments(msg)["document.pdf"]
     assert part.get_content_type() == "application/pdf" and part.get_payload(decode=True) == s.PDF
     assert msg["Subject"] == "Document médical"
+
+
+def test_mdn_requested_when_configured() -> None:
+    from gateway.intake.process import intake_bytes
+    from gateway.intake.settings import RoutingSettings
+    from gateway.routing.directory import SqliteDirectory
+
+    with SqliteDirectory(":memory:") as directory:
+        settings = RoutingSettings(unrouted_default="tri@labo.test", request_mdn=True)
+        result = intake_bytes(s.cda(recipients=()), "x.xml", sender="lis@labo.test",
+                              envelope_recipients=["dr@cabinet.test"], directory=directory, dedup=None,
+                              settings=settings, now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    msg = email.message_from_bytes(result.outgoing[0].message, policy=policy.default)
+    assert msg["Disposition-Notification-To"] == "<lis@labo.test>"
