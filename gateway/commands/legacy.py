@@ -10,9 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any
 
+from gateway.commands.common import read_input, write_output
 from gateway.errors import GatewayError
 from gateway.legacy import codec as registry
 from gateway.legacy.codec import DecodedMessage, SignatureStatus
@@ -32,23 +32,11 @@ def _fail(code: int, reason: str) -> int:
 
 
 def _read_in(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise _Usage(f"cannot read {Path(path).name} ({exc.strerror})") from None
+    return read_input(path, _Usage)
 
 
 def _write_out(path: str, data: bytes) -> None:
-    if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise _Usage(f"cannot write {Path(path).name} ({exc.strerror})") from None
+    write_output(path, data, _Usage)
 
 
 def _keys(args: argparse.Namespace) -> Any:

@@ -13,9 +13,9 @@ import asyncio
 import json
 import sys
 from collections.abc import Awaitable, Callable
-from pathlib import Path
 from typing import Any
 
+from gateway.commands.common import read_input, write_output
 from gateway.errors import GatewayError
 from gateway.smime.engine import Verifier, decrypt_message, encrypt_message, sign_message, verify_message
 from gateway.smime.errors import KeyLoadError, MalformedSmime, SmimeError, UnsupportedAlgorithm
@@ -32,23 +32,11 @@ def _fail(code: int, reason: str) -> int:
 
 
 def _read_in(path: str) -> bytes:
-    if path == "-":
-        return sys.stdin.buffer.read()
-    try:
-        return Path(path).read_bytes()
-    except OSError as exc:
-        raise KeyLoadError(f"cannot read {Path(path).name} ({exc.strerror})") from None
+    return read_input(path, KeyLoadError)
 
 
 def _write_out(path: str, data: bytes) -> None:
-    if path == "-":
-        sys.stdout.buffer.write(data)
-        sys.stdout.buffer.flush()
-        return
-    try:
-        Path(path).write_bytes(data)
-    except OSError as exc:
-        raise KeyLoadError(f"cannot write {Path(path).name} ({exc.strerror})") from None
+    write_output(path, data, KeyLoadError)
 
 
 def _key_options(p: argparse.ArgumentParser) -> None:

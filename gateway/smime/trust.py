@@ -94,12 +94,17 @@ def check_signing_usage(cert: x509.Certificate) -> None:
             raise WrongKeyUsage("signer certificate is not for digital signature")
     except x509.ExtensionNotFound:
         pass
+    _require_email_protection(cert, "signer")
+
+
+def _require_email_protection(cert: x509.Certificate, role: str) -> None:
+    """An EKU, when present, must allow e-mail protection (no EKU: any use, as RFC 5280 says)."""
     try:
         eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
     except x509.ExtensionNotFound:
         return
     if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-        raise WrongKeyUsage("signer certificate is not for e-mail protection")
+        raise WrongKeyUsage(f"{role} certificate is not for e-mail protection")
 
 
 def check_encryption_usage(cert: x509.Certificate) -> None:
@@ -112,12 +117,7 @@ def check_encryption_usage(cert: x509.Certificate) -> None:
             raise WrongKeyUsage("recipient certificate is not for key encipherment")
     except x509.ExtensionNotFound:
         pass
-    try:
-        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
-    except x509.ExtensionNotFound:
-        return
-    if ExtendedKeyUsageOID.EMAIL_PROTECTION not in eku and ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE not in eku:
-        raise WrongKeyUsage("recipient certificate is not for e-mail protection")
+    _require_email_protection(cert, "recipient")
 
 
 async def validate_recipient(cert: x509.Certificate, address: str | None, *, trust: TrustStore, crls: CrlSource,
