@@ -16,6 +16,7 @@ end by someone who holds the keys); policy `refuse` still applies.
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import replace
 
 from cryptography import x509
@@ -39,16 +40,22 @@ def _domain(address: str) -> str:
 
 async def protect_smime(message: bytes, key: SigningKey | None, certs: list[x509.Certificate], *,
                         neutral_subject: str, sender_copy: x509.Certificate | None) -> bytes:
-    """Sign (when a key is given) then encrypt, with header protection."""
-    _, entity = content_entity(message)
-    entity = protected_entity(message, entity)
-    outer, _ = content_entity(outer_neutral(message, neutral_subject))
+    """Sign (when a key is given) then encrypt, with header protection.
+
+    The MIME and CMS work is CPU-bound and grows with the message: it runs in a worker thread
+    so that a 50 MB result does not stall every SMTP session of the event loop."""
+    def prepare() -> tuple[tuple[bytes, ...], bytes]:
+        _, entity = content_entity(message)
+        outer, _ = content_entity(outer_neutral(message, neutral_subject))
+        return outer, protected_entity(message, entity)
+
+    outer, entity = await asyncio.to_thread(prepare)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
         inner = multipart_signed(outer, entity, der, "sha-256")
     else:
         inner = entity_message(outer, entity)
-    return encrypt_message(inner, certs, sender_copy=sender_copy)
+    return await asyncio.to_thread(encrypt_message, inner, certs, sender_copy=sender_copy)
 
 
 class OutboundStage:
