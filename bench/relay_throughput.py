@@ -1,0 +1,274 @@
+"""Relay throughput and latency: the gateway signing + encrypting, next to Postfix, in the same run.
+
+Every target gets the same load from the same client and delivers to the same sink:
+
+    our asyncio client ──plain SMTP, C sessions──▶ target relay listener ──▶ our recording sink
+
+targets, one after the other, per message size:
+- ``harness``: client → sink directly (what the client and sink can do at all: the measuring ceiling);
+- ``postfix``: a throw-away Postfix (temp dir, loopback ports, durable queue) relaying to the sink;
+- ``gw-plain``: the gateway with no [policy] (relay mode: SMTP + fsynced spool + delivery, no crypto);
+- ``gw-smime``: the gateway signing (TEST organisation key, soft) and encrypting (AES-256-CBC, RSA
+  key transport) to a recipient whose TEST certificate is in the directory.
+
+Why our client and not smtp-source: the gateway's submission listener needs STARTTLS + AUTH, which
+smtp-source cannot do, so every target is driven on its RELAY listener (the gateway's allows
+127.0.0.0/8, like Postfix's mynetworks), and our client stamps each message's Message-ID with its
+send time, which the gateway keeps on the outer (encrypted) message; our sink records the arrival
+time. Latency = sink arrival − the client's receipt of the 250 after DATA (accept→delivered), on the
+same host clock. The load is closed-loop (C sessions sending back to back), so latency includes the
+queue that builds when a target accepts faster than it delivers.
+
+CPU per message: (a) the gateway process (utime+stime from /proc/<pid>/stat, threads included);
+(b) for every target, machine-wide busy CPU (/proc/stat) minus the client's and the sink's own CPU,
+which also covers Postfix's many short-lived processes.
+
+The crypto floor is from ``openssl speed`` (one core): one RSA-2048 signature + one RSA-2048 public
+operation (key transport to one recipient) + AES-256-CBC over the message bytes.
+
+Usage: .venv/bin/python bench/relay_throughput.py [--quick] [--json FILE] [--concurrency 10]
+No thresholds, no asserts: it prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from _support import (  # noqa: E402 - bench/ is not a package
+    BenchSink,
+    GatewayProcess,
+    PostfixInstance,
+    body_lines,
+    build_pki,
+    default_json,
+    loadavg,
+    machine,
+    percentile,
+    print_table,
+    proc_cpu_seconds,
+    proc_tree_cpu_seconds,
+    self_cpu_seconds,
+    send_load,
+    system_busy_seconds,
+    tool,
+    write_gateway_config,
+    write_json,
+)
+
+SIZES = {"1KB": 1_000, "20KB": 20_000, "1MB": 1_000_000}
+# messages per (size, target); chosen so the default run stays around 3 minutes on 2 cores
+DEFAULT_COUNTS = {"1KB": 1000, "20KB": 1000, "1MB": 100}
+QUICK_COUNTS = {"1KB": 100, "20KB": 100, "1MB": 10}
+
+
+def openssl_floor(seconds: int) -> dict[str, float | None]:
+    openssl = tool("openssl")
+    if openssl is None:
+        return {"rsa2048_sign_s": None, "rsa2048_verify_s": None, "aes256cbc_bytes_s": None}
+    rsa = subprocess.run([openssl, "speed", "-seconds", str(seconds), "rsa2048"], capture_output=True, text=True,
+                         timeout=120).stdout
+    aes = subprocess.run([openssl, "speed", "-seconds", str(seconds), "-bytes", "16384", "-evp", "aes-256-cbc"],
+                         capture_output=True, text=True, timeout=120).stdout
+    m = re.search(r"^rsa\s+2048 bits\s+\S+s\s+\S+s\s+([\d.]+)\s+([\d.]+)", rsa, re.MULTILINE)
+    a = re.search(r"^AES-256-CBC\s+([\d.]+)k", aes, re.MULTILINE | re.IGNORECASE)
+    return {"rsa2048_sign_s": float(m.group(1)) if m else None, "rsa2048_verify_s": float(m.group(2)) if m else None,
+            "aes256cbc_bytes_s": float(a.group(1)) * 1000 if a else None}
+
+
+def floor_msgs_s(floor: dict[str, float | None], size: int) -> float | None:
+    sign, pub, aes = floor["rsa2048_sign_s"], floor["rsa2048_verify_s"], floor["aes256cbc_bytes_s"]
+    if not (sign and pub and aes):
+        return None
+    return 1.0 / (1.0 / sign + 1.0 / pub + size / aes)
+
+
+class Runner:
+    def __init__(self, sink: BenchSink, concurrency: int, max_wait: float) -> None:
+        self.sink = sink
+        self.concurrency = concurrency
+        self.max_wait = max_wait
+        self.next_seq = 0
+        self.runs: list[dict] = []
+
+    def run(self, target: str, size_name: str, port: int, count: int, gateway_pid: int | None = None) -> dict:
+        body = body_lines(SIZES[size_name])
+        first = self.next_seq
+        self.next_seq += count + 1000
+        self.sink.reset()
+        load1 = loadavg()
+        busy0, mine0, sink0 = system_busy_seconds(), self_cpu_seconds(), proc_cpu_seconds(self.sink.pid)
+        gw0 = proc_tree_cpu_seconds(gateway_pid) if gateway_pid else None
+        t0 = time.monotonic()
+        load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait)
+        complete = self.sink.wait_for(load.accepted, self.max_wait)
+        elapsed = time.monotonic() - t0
+        busy = system_busy_seconds() - busy0
+        harness = (self_cpu_seconds() - mine0) + (proc_cpu_seconds(self.sink.pid) - sink0)
+        gw = proc_tree_cpu_seconds(gateway_pid) - gw0 if gateway_pid and gw0 is not None else None
+        run = {"target": target, "size": size_name, "bytes": SIZES[size_name], "count": count,
+               "concurrency": self.concurrency, "accepted": load.accepted, "refused": load.refused,
+               "errors": load.errors[:5], "complete": complete, "elapsed_s": elapsed,
+               "first_seq": first, "last_seq": first + count - 1, "start_ns": load.start_ns,
+               "accept_ns": load.accept_ns, "cpu_target_s": max(0.0, busy - harness), "cpu_harness_s": harness,
+               "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1}
+        self.runs.append(run)
+        rate = load.accepted / elapsed if elapsed else 0
+        print(f"  {target:9} {size_name:5} {load.accepted}/{count} accepted, "
+              f"{'all' if complete else 'NOT all'} delivered in {elapsed:.1f}s (~{rate:.0f} msg/s), "
+              f"load average before {load1:.2f}", flush=True)
+        return run
+
+
+    def idle(self, target: str, size_name: str, port: int, count: int) -> dict:
+        """`count` messages one at a time, each sent after the previous one reached the sink (no queue)."""
+        body = body_lines(SIZES[size_name])
+        first = self.next_seq
+        self.next_seq += count + 1000
+        accept: dict[int, int] = {}
+        errors: list[str] = []
+        start = time.time_ns()
+        t0 = time.monotonic()
+        delivered = 0
+        for i in range(count):
+            self.sink.reset()
+            load = send_load(port, 1, 1, body, first_seq=first + i, timeout=self.max_wait)
+            accept.update(load.accept_ns)
+            errors += load.errors
+            if load.accepted and self.sink.wait_for(1, min(self.max_wait, 60)):
+                delivered += 1
+        run = {"target": f"{target} idle", "size": size_name, "bytes": SIZES[size_name], "count": count,
+               "concurrency": 1, "accepted": len(accept), "refused": count - len(accept), "errors": errors[:5],
+               "complete": delivered == count, "elapsed_s": time.monotonic() - t0, "first_seq": first,
+               "last_seq": first + count - 1, "start_ns": start, "accept_ns": accept, "cpu_target_s": 0.0,
+               "cpu_harness_s": 0.0, "cpu_gateway_proc_s": None, "loadavg_1min_before": None, "idle": True}
+        self.runs.append(run)
+        return run
+
+
+def summarise(runs: list[dict], records: list[tuple[int, int, int, int]]) -> list[dict]:
+    out = []
+    for run in runs:
+        mine = [r for r in records if run["first_seq"] <= r[0] <= run["last_seq"]]
+        accept = run.pop("accept_ns")
+        delivered = len(mine)
+        lat = [(arr - accept[seq]) / 1e6 for seq, _sent, arr, _size in mine if seq in accept]
+        e2e = [(arr - sent) / 1e6 for _seq, sent, arr, _size in mine]
+        span = (max(r[2] for r in mine) - run["start_ns"]) / 1e9 if mine else None
+        n = max(delivered, 1)
+        out.append({**run, "delivered": delivered, "msgs_s": delivered / span if span else None,
+                    "span_s": span, "accept_to_delivered_ms": {q: percentile(lat, q) for q in (50, 95, 99)},
+                    "send_to_delivered_ms_p50": percentile(e2e, 50),
+                    "cpu_ms_per_msg_target": run["cpu_target_s"] * 1000 / n,
+                    "cpu_ms_per_msg_gateway_proc": (run["cpu_gateway_proc_s"] * 1000 / n
+                                                    if run["cpu_gateway_proc_s"] is not None else None),
+                    "out_bytes_avg": sum(r[3] for r in mine) / n})
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
+    ap.add_argument("--json", default=default_json("relay_throughput"))
+    ap.add_argument("--concurrency", type=int, default=10)
+    ap.add_argument("--sizes", default=",".join(SIZES), help="comma list among " + ",".join(SIZES))
+    ap.add_argument("--count", type=int, default=None, help="messages per size and target (default per size)")
+    ap.add_argument("--idle", type=int, default=None,
+                    help="messages sent one at a time for the no-queue latency (default 10, quick 3)")
+    ap.add_argument("--no-postfix", action="store_true")
+    ap.add_argument("--max-wait", type=float, default=120.0, help="seconds a run may take before giving up")
+    args = ap.parse_args(argv)
+    sizes = [s for s in args.sizes.split(",") if s]
+    counts = {s: args.count or (QUICK_COUNTS if args.quick else DEFAULT_COUNTS)[s] for s in sizes}
+    idle_n = args.idle if args.idle is not None else (3 if args.quick else 10)
+    print(f"relay throughput: sizes {sizes}, counts {counts}, concurrency {args.concurrency}", flush=True)
+
+    floor = openssl_floor(1 if args.quick else 2)
+    work = Path(tempfile.mkdtemp(prefix="msgw-bench-relay-"))
+    sink = BenchSink(work)
+    postfix: PostfixInstance | None = None
+    notes: list[str] = []
+    runner = Runner(sink, args.concurrency, args.max_wait)
+    try:
+        sink.start()
+        for s in sizes:
+            runner.run("harness", s, sink.port, counts[s])
+        if not args.no_postfix:
+            try:
+                postfix = PostfixInstance(sink.port).start()
+                for s in sizes:
+                    runner.run("postfix", s, postfix.port, counts[s])
+                for s in sizes:
+                    runner.idle("postfix", s, postfix.port, idle_n)
+            except RuntimeError as exc:
+                notes.append(f"Postfix baseline skipped: {exc}")
+                print(notes[-1], flush=True)
+            finally:
+                if postfix is not None:
+                    postfix.cleanup()
+        plain = write_gateway_config(work / "gw-plain", sink.port)
+        with GatewayProcess(plain) as gw:
+            for s in sizes:
+                runner.run("gw-plain", s, plain.relay_port, counts[s], gw.pid)
+            for s in sizes:
+                runner.idle("gw-plain", s, plain.relay_port, idle_n)
+        pki = build_pki(work)
+        smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki)
+        with GatewayProcess(smime) as gw:
+            for s in sizes:
+                runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
+            for s in sizes:
+                runner.idle("gw-smime", s, smime.relay_port, idle_n)
+    finally:
+        records = sink.stop()
+        if postfix is not None:
+            postfix.cleanup()
+        shutil.rmtree(work, ignore_errors=True)
+
+    results = summarise(runner.runs, records)
+    by = {(r["target"], r["size"]): r for r in results}
+
+    def rate(target: str, size: str) -> float | None:
+        r = by.get((target, size))
+        return r["msgs_s"] if r else None
+
+    print("\nThroughput (msgs/s, accept of the first message → arrival of the last at the sink)")
+    rows = []
+    for s in sizes:
+        gw_s, pf, gw_p = rate("gw-smime", s), rate("postfix", s), rate("gw-plain", s)
+        fl = floor_msgs_s(floor, SIZES[s])
+        rows.append([s, counts[s], gw_s, pf, (gw_s / pf) if gw_s and pf else None, gw_p,
+                     (gw_p / pf) if gw_p and pf else None, fl, (gw_s / fl) if gw_s and fl else None,
+                     rate("harness", s)])
+    table1 = print_table(["size", "N", "gw sign+enc", "postfix", "gw/postfix", "gw plain", "plain/postfix",
+                          "crypto floor (1 core)", "gw/floor", "harness ceiling"], rows, 2)
+    print("\nLatency accept→delivered (ms; under load: closed loop, C sessions; idle: one message at a time) "
+          "and CPU per message (ms)")
+    rows = []
+    for r in results:
+        # client → sink directly: the sink sees the message before the client reads the 250: no latency
+        lat = r["accept_to_delivered_ms"] if r["target"] != "harness" else {50: None, 95: None, 99: None}
+        idle = r.get("idle", False)
+        rows.append([f"{r['target']} {r['size']}", f"{r['delivered']}/{r['count']}", lat[50], lat[95], lat[99],
+                     None if idle else r["cpu_ms_per_msg_target"], r["cpu_ms_per_msg_gateway_proc"]])
+    table2 = print_table(["target size", "delivered", "p50", "p95", "p99", "CPU/msg (machine − harness)",
+                          "CPU/msg (gateway process)"], rows, 2)
+    for note in notes:
+        print("note:", note)
+    write_json(args.json, {"benchmark": "relay_throughput", "machine": machine(), "quick": args.quick,
+                           "concurrency": args.concurrency, "openssl_speed": floor,
+                           "crypto_floor_msgs_s": {s: floor_msgs_s(floor, SIZES[s]) for s in sizes},
+                           "runs": results, "notes": notes, "tables": [table1, table2]})
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
