@@ -57,6 +57,9 @@ class DeliveryManager:
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
+        #: Messages whose new state could not be written (spool full or unwritable): left alone
+        #: in memory until this time, instead of being picked up again at once (a busy loop).
+        self._held: dict[str, float] = {}
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
         self._runner: asyncio.Task[None] | None = None
@@ -93,7 +96,8 @@ class DeliveryManager:
         while not self._stopping:
             try:
                 due = await loop.run_in_executor(None, lambda: self.spool.due(
-                    self.clock(), limit=self.config.delivery.max_parallel * 4, exclude=set(self._inflight)))
+                    self.clock(), limit=self.config.delivery.max_parallel * 4,
+                    exclude=set(self._inflight) | self._held_now()))
             except GatewayError as exc:
                 event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
                 due = []
@@ -106,6 +110,16 @@ class DeliveryManager:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+
+    def _held_now(self) -> set[str]:
+        now = self.clock()
+        for msg_id in [m for m, until in self._held.items() if until <= now]:
+            del self._held[msg_id]
+        return set(self._held)
+
+    def _hold(self, msg: QueuedMessage, exc: GatewayError) -> None:
+        self._held[msg.id] = self.clock() + self.config.spool.retry_schedule[0]
+        event(log, "spool-unavailable", logging.ERROR, msg=msg.id, reason=str(exc))
 
     def _done(self, msg_id: str) -> None:
         self._inflight.pop(msg_id, None)
@@ -126,14 +140,20 @@ class DeliveryManager:
                 raise
             except GatewayError as exc:
                 event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
-                await self._defer(msg, list(msg.pending), str(exc), exc.status if exc.temporary else "4.3.0")
+                try:
+                    await self._defer(msg, list(msg.pending), str(exc), exc.status if exc.temporary else "4.3.0")
+                except GatewayError as again:  # the deferral itself cannot be written (full disk)
+                    self._hold(msg, again)
             except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
                 event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
-                quarantined = await self._io(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
-                if quarantined:
-                    event(log, "quarantined", logging.ERROR, msg=msg.id)
-                else:
-                    await self._defer(msg, list(msg.pending), "internal error while processing", "4.3.0")
+                try:
+                    quarantined = await self._io(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
+                    if quarantined:
+                        event(log, "quarantined", logging.ERROR, msg=msg.id)
+                    else:
+                        await self._defer(msg, list(msg.pending), "internal error while processing", "4.3.0")
+                except GatewayError as again:
+                    self._hold(msg, again)
 
     async def _io(self, fn, *args, **kwargs):
         return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))

@@ -110,6 +110,9 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
             raise DeliveryError(f"{remote} refused the sender: {exc.code} {exc.message}",
                                 temporary=400 <= exc.code < 500, smtp_code=exc.code,
                                 status=RecipientResult(exc.code, exc.message).status, remote=host) from None
+        except ValueError as exc:  # a control character in the address: aiosmtplib will not send it
+            raise DeliveryError(f"the sender address cannot be sent to {remote}: {_short(exc)}", temporary=False,
+                                status="5.1.7", remote=host) from None
         results: dict[str, RecipientResult] = {}
         accepted: list[str] = []
         for rcpt in recipients:
@@ -119,6 +122,8 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
                 accepted.append(rcpt)
             except aiosmtplib.SMTPResponseException as exc:
                 results[rcpt] = RecipientResult(exc.code, exc.message)
+            except ValueError as exc:  # as above: refused here, never a crash of the whole message
+                results[rcpt] = RecipientResult(553, f"5.1.3 recipient address cannot be sent: {_short(exc)}")
         if not accepted:
             await _quit(client)
             return results

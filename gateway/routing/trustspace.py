@@ -116,7 +116,7 @@ class TrustSpace:
         self.check_interval = check_interval
         self._lock = threading.Lock()
         self._stamp: tuple[int, int, int] | None = None
-        self._checked = 0.0
+        self._checked = time.monotonic()  # the load below is the first check (not "uptime ago")
         self.load_problem: str | None = None
         self._list = DomainList(frozenset(), frozenset())
         self.reloads = 0

@@ -36,8 +36,13 @@ from gateway.spool import Spool
 log = logging.getLogger("gateway.server")
 
 _BARE_NEWLINE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
-_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"]+@[A-Za-z0-9.-]+$|^[^@\s]+@\[[0-9A-Fa-f:.]+\]$")
+# No controls (NUL, VT, DEL...) in the local part: a NUL was accepted at MAIL and then crashed
+# every delivery attempt until the message was quarantined; \Z, not $ (which allows a final LF).
+_ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f]+@[A-Za-z0-9.-]+\Z"
+                      r"|^[^@\s\x00-\x1f\x7f]+@\[[0-9A-Fa-f:.]+\]\Z")
+_COMMAND_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 AUTH_FAILURE_DELAY = 1.0
+LISTEN_BACKLOG = 1024
 #: Async check of one recipient at RCPT time: a refusal reason, or None to accept.
 RcptCheck = Callable[[str], Awaitable[str | None]]
 
@@ -80,6 +85,21 @@ class GatewaySMTP(SMTP):
         self.gateway_handler = handler
         super().__init__(handler, **kwargs)
 
+    # aiosmtpd's address parser folds control characters as white space (`<dr@x.example\x0bY>`
+    # became `dr@x.exampleY`, `<a@x.example\r>` became `a@x.example`): refuse them in the raw
+    # command instead, so every component sees the same address (no parser differential).
+    async def smtp_MAIL(self, arg: str | None) -> None:
+        if arg and _COMMAND_CONTROL.search(arg):
+            await self.push("501 5.5.4 Control character in command")
+            return
+        await super().smtp_MAIL(arg)
+
+    async def smtp_RCPT(self, arg: str | None) -> None:
+        if arg and _COMMAND_CONTROL.search(arg):
+            await self.push("501 5.5.4 Control character in command")
+            return
+        await super().smtp_RCPT(arg)
+
     async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
         ok = await self.gateway_handler.check_password(login, password)
         if ok:
@@ -121,6 +141,11 @@ class GatewaySMTP(SMTP):
         if not isinstance(password, bytes):
             return AuthResult(success=False)
         return await self._verify("LOGIN", login, password)
+
+
+for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the overridden commands
+    for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
+        setattr(getattr(GatewaySMTP, _name), _attr, getattr(getattr(SMTP, _name), _attr))
 
 
 def _peer_ip(session: Session | None) -> str:
@@ -339,7 +364,11 @@ class SmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         for listener in self.config.listeners:
-            server = await loop.create_server(self._factory(listener), host=listener.address, port=listener.port)
+            # A deeper accept queue than asyncio's 100: in a burst of connections, the ones the
+            # kernel cannot queue are dropped after the handshake and hang until the client's
+            # own timeout (seen with 500 concurrent clients; the kernel caps it at somaxconn).
+            server = await loop.create_server(self._factory(listener), host=listener.address, port=listener.port,
+                                              backlog=LISTEN_BACKLOG)
             self.servers.append(server)
             sock = server.sockets[0].getsockname()
             self.bound[listener.name] = (sock[0], sock[1])

@@ -177,7 +177,8 @@ class SmimePart:
 
 def _decode_body(split: Split) -> bytes:
     msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
-    cte = (msg.get("Content-Transfer-Encoding") or "").strip().lower()
+    # str(): compat32 hands an 8-bit header over as a Header object, not a string.
+    cte = str(msg.get("Content-Transfer-Encoding") or "").strip().lower()
     if cte == "base64":
         text = re.sub(rb"\s+", b"", split.body)
         try:
