@@ -35,7 +35,6 @@ from gateway.spool import Spool
 
 log = logging.getLogger("gateway.server")
 
-_BARE_NEWLINE = re.compile(rb"(?<!\r)\n|\r(?!\n)")
 # No controls (NUL, VT, DEL...) in the local part: a NUL was accepted at MAIL and then crashed
 # every delivery attempt until the message was quarantined; \Z, not $ (which allows a final LF).
 _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f]+@[A-Za-z0-9.-]+\Z"
@@ -49,6 +48,12 @@ RcptCheck = Callable[[str], Awaitable[str | None]]
 
 def _one_line(text: str, limit: int = 400) -> str:
     return " ".join(text.split())[:limit]
+
+
+def has_bare_newline(data: bytes) -> bool:
+    """A LF or CR that is not part of CRLF (SMTP smuggling, RFC 5321 2.3.8) — in C, ~1 ms per MB."""
+    rest = data.replace(b"\r\n", b"")
+    return b"\n" in rest or b"\r" in rest
 
 
 def server_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
@@ -264,7 +269,7 @@ class GatewayHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
-        if _BARE_NEWLINE.search(data):
+        if has_bare_newline(data):
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="bare-lf", size=len(data))
             return "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
