@@ -34,3 +34,13 @@ def free_port() -> int:
 @pytest.fixture
 def port_factory():
     return free_port
+
+
+def corpus_dir() -> Path:
+    """The public samples folder (`MSGW_CORPUS`, set by .ci/run): required in CI, optional elsewhere."""
+    value = os.environ.get("MSGW_CORPUS", "")
+    if not value or not Path(value).is_dir():
+        if IN_CI:
+            pytest.fail(f"MSGW_CORPUS must point at ../shared/samples in CI (got {value!r})")
+        pytest.skip("MSGW_CORPUS not set: the public samples are read in CI")
+    return Path(value)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import os
 import time
 from pathlib import Path
 
@@ -17,6 +16,7 @@ from gateway.routing.annuaire import (
     read_mssante,
 )
 from gateway.routing.directory import SMIME, TRUSTED_DOMAIN, SqliteDirectory
+from tests.conftest import corpus_dir
 from tests.routing.gen_extractions import (
     MSSANTE_HEADER,
     RPPS_HEADER,
@@ -242,9 +242,8 @@ def test_import_100k_rows_quickly(tmp_path: Path) -> None:
         assert again.counts.unchanged == n and again.counts.added == again.counts.removed == 0
 
 
-@pytest.mark.skipif(not os.environ.get("MSGW_CORPUS"), reason="MSGW_CORPUS not set")
 def test_corpus_samples(store: SqliteDirectory) -> None:
-    folder = Path(os.environ["MSGW_CORPUS"]) / "directory"
+    folder = corpus_dir() / "directory"
     files = sorted(folder.glob("*.txt"))
     assert files
     for f in files:

@@ -12,21 +12,14 @@ from pathlib import Path
 import pytest
 
 from gateway.routing.payload import PayloadError, read_payload
-from tests.conftest import IN_CI
+from tests.conftest import corpus_dir
 
 _CORPUS = os.environ.get("MSGW_CORPUS", "")
 _SUBDIRS = ("hprim", "hl7v2", "cda")
 
 
 def _corpus() -> Path:
-    if not _CORPUS:
-        pytest.skip("MSGW_CORPUS not set (public samples only read in CI)")
-    root = Path(_CORPUS)
-    if not root.is_dir():
-        if IN_CI:
-            pytest.fail(f"MSGW_CORPUS={_CORPUS} is not a folder")
-        pytest.skip(f"MSGW_CORPUS={_CORPUS} is not a folder")
-    return root
+    return corpus_dir()
 
 
 def _files() -> list[str]:

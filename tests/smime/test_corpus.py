@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import os
 from pathlib import Path
 
 import pytest
@@ -21,15 +20,12 @@ from gateway.smime.identity import read_identity
 from gateway.smime.mime import classify
 from gateway.smime.revocation import CrlSource
 from gateway.smime.softkeys import load_certificates
-
-CORPUS = os.environ.get("MSGW_CORPUS")
-pytestmark = pytest.mark.skipif(not CORPUS, reason="MSGW_CORPUS not set")
+from tests.conftest import corpus_dir
 
 
 @pytest.fixture(scope="module")
 def corpus() -> Path:
-    assert CORPUS
-    return Path(CORPUS)
+    return corpus_dir()
 
 
 def test_every_sample_certificate_parses(corpus: Path) -> None:
