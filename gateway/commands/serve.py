@@ -36,7 +36,8 @@ def _default_banner(config) -> str:
         lines.append(f"  submission: {sub.address}:{sub.port} (STARTTLS + AUTH, "
                      f"account demo@msgw.localhost, password in {pw_file})")
     if relay:
-        lines.append(f"  relay:      {relay.address}:{relay.port} (mail for @msgw.localhost only)")
+        domains = ", ".join("@" + d for d in config.local.domains)
+        lines.append(f"  relay:      {relay.address}:{relay.port} (mail for {domains} only)")
     lines.append(f"  local mail is delivered to the Maildir {config.local.maildir}/<address>/new/")
     if sub:
         lines.append(f"  try:  swaks --server {sub.address}:{sub.port} --tls --auth PLAIN "
