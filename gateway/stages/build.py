@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import queue
 import threading
+from dataclasses import replace
 from typing import Any
 
 from cryptography import x509
@@ -21,7 +22,7 @@ from gateway.audit import AuditTrail, audit_path
 from gateway.config import GatewayConfig, PolicyConfig
 from gateway.errors import GatewayError, PermanentError
 from gateway.logs import event
-from gateway.pipeline import DEFAULT_STAGES, Pipeline, wrap
+from gateway.pipeline import DEFAULT_STAGES, Pipeline, Refusal, WorkItem
 from gateway.routing.certdiscovery import CertificateDiscovery, CertificateDiscoveryError, NoCertificate
 from gateway.routing.certsources import (
     CertificateSource,
@@ -247,4 +248,14 @@ def build_pipeline(config: GatewayConfig) -> tuple[Pipeline, GatewayContext | No
     if config.policy is None or not config.policy.enabled:
         return Pipeline(DEFAULT_STAGES), None
     ctx = GatewayContext(config)
-    return Pipeline([sanitize, LegacyInboundStage(ctx), InboundStage(ctx), OutboundStage(ctx), wrap]), ctx
+    return Pipeline([sanitize, LegacyInboundStage(ctx), InboundStage(ctx), OutboundStage(ctx), fail_closed]), ctx
+
+
+async def fail_closed(item: WorkItem) -> WorkItem:
+    """The last stage under a protection policy: a recipient no stage gave a form is refused,
+    never sent as it came (the pass-through `wrap` is for the plain relay only)."""
+    left = [r for r in item.envelope.recipients if r not in item.handled]
+    if not left:
+        return item
+    refusals = tuple(Refusal(r, "no protection form was chosen for this recipient") for r in left)
+    return replace(item, refusals=(*item.refusals, *refusals))

@@ -201,3 +201,20 @@ async def test_inbound_encrypted_for_a_key_we_do_not_hold_passes_untouched(pki: 
     env = Envelope("Q4", ORG_EMAIL, (PERSON_EMAIL,), listener="relay")
     (out,) = (await Pipeline([sanitize, InboundStage(ctx)]).run(env, sealed)).outgoing
     assert out.form == "local-encrypted" and out.data.endswith(sealed.split(b"\r\n\r\n", 1)[1])
+
+
+async def test_protection_pipeline_never_passes_an_unhandled_recipient_through() -> None:
+    from gateway.stages.build import fail_closed
+
+    env = Envelope("Q5", ORG_EMAIL, ("a@x.test", "b@y.test"), listener="relay")
+    handled = await Pipeline([lambda item: _give_copy(item, "a@x.test"), fail_closed]).run(env, b"data")
+    assert [o.recipients for o in handled.outgoing] == [("a@x.test",)]
+    assert [(r.recipient, r.status) for r in handled.refusals] == [("b@y.test", "5.7.1")]
+
+
+async def _give_copy(item, rcpt):
+    from dataclasses import replace
+
+    from gateway.pipeline import Outgoing
+
+    return replace(item, outgoing=(Outgoing((rcpt,), item.data, form="smime"),))
