@@ -66,7 +66,7 @@ def client_tls_context(settings: TlsSettings, *, verify: bool) -> ssl.SSLContext
         # Opportunistic TLS (RFC 7435): encrypt when offered, without authenticating the peer.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # noqa: S501 - opportunistic policy only, see module docstring
-        ctx.verify_mode = ssl.CERT_NONE
+        ctx.verify_mode = ssl.CERT_NONE  # opportunistic only: "required" routes always verify (see above)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     if settings.client_cert and settings.client_key:
         ctx.load_cert_chain(str(settings.client_cert), str(settings.client_key))
