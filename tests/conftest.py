@@ -5,8 +5,10 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+import subprocess
 import sys
 from pathlib import Path
+from typing import NoReturn
 
 import pytest
 
@@ -15,13 +17,18 @@ ROOT = Path(__file__).resolve().parent.parent
 MSGW = str(Path(sys.executable).with_name("msgw"))
 
 
+def unavailable(reason: str) -> NoReturn:
+    """A test cannot get what it needs: a failure in CI (CI must provide it), a skip elsewhere."""
+    if IN_CI:
+        pytest.fail(f"{reason} (CI must provide it)")
+    pytest.skip(f"{reason} (a skip is allowed outside CI only)")
+
+
 def require_tool(name: str) -> str:
     """Path of an external tool; a missing tool fails the test in CI and skips it elsewhere."""
     path = shutil.which(name) or (f"/usr/sbin/{name}" if os.path.exists(f"/usr/sbin/{name}") else None)
     if path is None:
-        if IN_CI:
-            pytest.fail(f"required tool {name!r} is not installed (CI must install it)")
-        pytest.skip(f"tool {name!r} not installed (allowed outside CI only)")
+        unavailable(f"required tool {name!r} is not installed")
     return path
 
 
@@ -40,7 +47,27 @@ def corpus_dir() -> Path:
     """The public samples folder (`MSGW_CORPUS`, set by .ci/run): required in CI, optional elsewhere."""
     value = os.environ.get("MSGW_CORPUS", "")
     if not value or not Path(value).is_dir():
-        if IN_CI:
-            pytest.fail(f"MSGW_CORPUS must point at ../shared/samples in CI (got {value!r})")
-        pytest.skip("MSGW_CORPUS not set: the public samples are read in CI")
+        unavailable(f"MSGW_CORPUS must point at ../shared/samples (got {value!r})")
     return Path(value)
+
+
+@pytest.fixture
+def tmpfs_factory(tmp_path: Path):
+    """Mount small tmpfs filesystems: a real full disk, not a simulated one (root only; CI runs as root)."""
+    mounts: list[Path] = []
+
+    def mount(size: str = "4m") -> Path:
+        target = tmp_path / f"tmpfs{len(mounts)}"
+        target.mkdir()
+        if os.geteuid() != 0:
+            unavailable("mounting a tmpfs needs root")
+        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+                                capture_output=True)
+        if result.returncode != 0:
+            unavailable(f"cannot mount a tmpfs: {result.stderr!r}")
+        mounts.append(target)
+        return target
+
+    yield mount
+    for target in reversed(mounts):
+        subprocess.run(["umount", "-l", str(target)], check=False)

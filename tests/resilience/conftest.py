@@ -10,14 +10,11 @@ from __future__ import annotations
 import os
 import re
 import resource
-import subprocess
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from tests.conftest import IN_CI
 
 SCALE = max(1, int(os.environ.get("MSGW_RESILIENCE_SCALE", "1") or "1"))
 
@@ -96,27 +93,3 @@ def raise_nofile(wanted: int) -> int:
     return soft
 
 
-@pytest.fixture
-def tmpfs_factory(tmp_path: Path):
-    """Mount small tmpfs filesystems (root only; CI must be able to, elsewhere it skips)."""
-    mounts: list[Path] = []
-
-    def mount(size: str = "4m") -> Path:
-        target = tmp_path / f"tmpfs{len(mounts)}"
-        target.mkdir()
-        if os.geteuid() != 0:
-            if IN_CI:
-                pytest.fail("CI runs as root and must mount a tmpfs for the disk-full test")
-            pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-        result = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
-                                capture_output=True)
-        if result.returncode != 0:
-            if IN_CI:
-                pytest.fail(f"cannot mount tmpfs: {result.stderr!r}")
-            pytest.skip("tmpfs mount not permitted here")
-        mounts.append(target)
-        return target
-
-    yield mount
-    for target in reversed(mounts):
-        subprocess.run(["umount", "-l", str(target)], check=False)

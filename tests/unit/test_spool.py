@@ -3,8 +3,6 @@ return is never delivered; a full disk raises SpoolError (452), never a silent s
 
 from __future__ import annotations
 
-import os
-import subprocess
 import time
 from pathlib import Path
 
@@ -12,7 +10,6 @@ import pytest
 
 from gateway.errors import SpoolError
 from gateway.spool import RecipientState, Spool
-from tests.conftest import IN_CI
 
 
 def test_accept_persists_and_survives_reopen(tmp_path: Path) -> None:
@@ -98,26 +95,8 @@ def test_garbage_queue_id_is_refused(tmp_path: Path) -> None:
         spool.message_bytes("../../etc/passwd")
 
 
-@pytest.fixture
-def tiny_fs(tmp_path: Path):
-    """A 2 MiB tmpfs (root only): a real full disk, not a simulated one."""
-    mount = tmp_path / "tiny"
-    mount.mkdir()
-    if os.geteuid() != 0:
-        if IN_CI:
-            pytest.fail("CI runs as root and must mount a tmpfs for the disk-full test")
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    result = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(mount)], capture_output=True)
-    if result.returncode != 0:
-        if IN_CI:
-            pytest.fail(f"cannot mount tmpfs: {result.stderr!r}")
-        pytest.skip("tmpfs mount not permitted here")
-    yield mount
-    subprocess.run(["umount", "-l", str(mount)], check=False)
-
-
-def test_full_disk_raises_spool_error_and_keeps_accepted(tiny_fs: Path) -> None:
-    spool = Spool(tiny_fs / "spool").open()
+def test_full_disk_raises_spool_error_and_keeps_accepted(tmpfs_factory) -> None:
+    spool = Spool(tmpfs_factory("2m") / "spool").open()
     first = spool.accept("a@x.example", ["b@y.example"], b"x" * 100_000, lifetime=60)
     with pytest.raises(SpoolError) as err:
         for _ in range(100):
