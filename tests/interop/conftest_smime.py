@@ -17,6 +17,7 @@ import os
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -71,9 +72,20 @@ def _gpgsm_home(exe: str) -> Gpgsm:
     (home / "trustlist.txt").write_text(f"{fingerprint(pki.root.cert)} S relax\n")
     # Not org_sign_ec: gpgsm 2.2.40 segfaults importing an EC P-256 key from PKCS#12 (any
     # encryption), so gpgsm only *verifies* ECDSA here; it never signs with EC.
+    # Start the agent before the first PKCS#12 import: under load, an agent started on demand by
+    # the import sometimes misses the loopback passphrase ("possibly bad passphrase given").
+    gpgconf = shutil.which("gpgconf")
+    if gpgconf:
+        subprocess.run([gpgconf, "--homedir", str(home), "--launch", "gpg-agent"], capture_output=True, timeout=30,
+                       env={**os.environ, "GNUPGHOME": str(home)})
     for name in ("person_sign", "person_encrypt", "org_encrypt"):
-        r = gpg.run("--import", pki[name].legacy_p12_path, passphrase=True)
-        assert b"secret keys imported: 1" in r.stderr, r.stderr.decode(errors="replace")
+        for _attempt in range(3):
+            r = gpg.run("--import", pki[name].legacy_p12_path, passphrase=True)
+            if b"secret keys imported: 1" in r.stderr or b"secret keys unchanged: 1" in r.stderr:
+                break
+            time.sleep(0.5)
+        assert b"secret keys imported: 1" in r.stderr or b"secret keys unchanged: 1" in r.stderr, \
+            r.stderr.decode(errors="replace")
     return gpg
 
 
