@@ -51,7 +51,8 @@ def _transport_padding(alg: cms.KeyEncryptionAlgorithm) -> KeyTransportPadding:
     raise UnsupportedAlgorithm("key transport algorithm not supported")
 
 
-async def _content_key(infos: cms.RecipientInfos, keys: Sequence[DecryptionKey], size: int) -> bytes:
+async def _content_key(infos: cms.RecipientInfos, keys: Sequence[DecryptionKey], size: int) -> tuple[bytes, bool]:
+    """The content key and whether it is a stand-in for a key that failed to unwrap."""
     for ri in infos:
         if ri.name != "ktri":
             continue  # key agreement / KEK recipients are not ours
@@ -67,8 +68,11 @@ async def _content_key(infos: cms.RecipientInfos, keys: Sequence[DecryptionKey],
                     raise  # token absent or busy: retry later, this is no oracle
                 cek = b""
             if len(cek) != size:
-                cek = os.urandom(size)  # RFC 3218: no oracle, fail later with the generic error
-            return cek
+                # RFC 3218: no oracle. Decrypt the content with a random key anyway (same work, same
+                # timing) and report the one generic error at the end, even if the padding happens
+                # to look valid (1 in 256 with CBC).
+                return os.urandom(size), True
+            return cek, False
     raise NotForUs("message is not encrypted for any key we hold")
 
 
@@ -110,15 +114,18 @@ async def _decrypt(kind: str, env: cms.EnvelopedData | cms.AuthEnvelopedData,
         iv = alg["parameters"].native
         if not isinstance(iv, bytes):
             raise MalformedSmime("content encryption parameters missing")
-        cek = await _content_key(env["recipient_infos"], keys, _KEY_SIZES[name])
-        return _cbc(name, cek, iv, data)
+        cek, stand_in = await _content_key(env["recipient_infos"], keys, _KEY_SIZES[name])
+        plain = _cbc(name, cek, iv, data)
+        if stand_in:
+            raise DecryptionFailed(_GENERIC)
+        return plain
     params = GCMParameters.load(alg["parameters"].dump())
     nonce, icvlen, mac = params["aes_nonce"].native, params["aes_icvlen"].native, env["mac"].native
     aad = der_set(env["auth_attrs"].contents) if isinstance(env["auth_attrs"], cms.CMSAttributes) else None
     if icvlen != 16 or len(mac) != 16 or len(nonce) < 12:
         raise UnsupportedAlgorithm("only 16-byte GCM tags and 96-bit or longer nonces are supported")
-    cek = await _content_key(env["recipient_infos"], keys, _KEY_SIZES[name])
+    cek, _stand_in = await _content_key(env["recipient_infos"], keys, _KEY_SIZES[name])
     try:
-        return AESGCM(cek).decrypt(nonce, data + mac, aad)
+        return AESGCM(cek).decrypt(nonce, data + mac, aad)  # a stand-in key never passes the tag
     except (InvalidTag, ValueError):
         raise DecryptionFailed(_GENERIC) from None

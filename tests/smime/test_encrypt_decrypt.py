@@ -87,12 +87,27 @@ async def test_rfc3218_one_generic_error(pki, key, transport) -> None:
     info = cms.ContentInfo.load(der)
     eci = info["content"]["encrypted_content_info"]
     data = bytearray(eci["encrypted_content"].native)
-    data[-1] ^= 0x01
+    data[-17] ^= 0x01  # flips the last padding byte: always invalid, whatever the padding length
     eci["encrypted_content"] = bytes(data)
     with pytest.raises(E.DecryptionFailed) as b:
         await decrypt_content(info.dump(force=True), [key("person_encrypt")])
     assert str(a.value) == str(b.value) == "decryption failed"
     assert type(a.value) is type(b.value)
+
+
+async def test_stand_in_key_never_yields_plaintext(pki, key) -> None:
+    """After a failed unwrap the random stand-in key must never produce output, even when the CBC
+    padding happens to look valid (about 1 try in 256)."""
+    der = encrypt_content(b"Content-Type: text/plain\r\n\r\nTEST\r\n", [pki["person_encrypt"].cert])
+    info = cms.ContentInfo.load(der)
+    ktri = info["content"]["recipient_infos"][0].chosen
+    bad_key = bytearray(ktri["encrypted_key"].native)
+    bad_key[5] ^= 0xFF
+    ktri["encrypted_key"] = bytes(bad_key)
+    broken = info.dump(force=True)
+    for _ in range(1024):
+        with pytest.raises(E.DecryptionFailed):
+            await decrypt_content(broken, [key("person_encrypt")])
 
 
 async def test_gcm_tag_checked(pki, key) -> None:
