@@ -3,7 +3,8 @@
 An .eml goes in as it is; a bare payload (HPRIM, HL7 v2, CDA, PDF) goes through the same
 intake as the drop folders and MLLP: its recipients are read from the payload and looked up
 in the directory (plus any --to), duplicates within the window are skipped, and each copy is
-wrapped in a neutral message.
+wrapped in a neutral message. ``--with FILE`` adds the files that go with the payload: the PDF
+beside an HPRIM/HL7/CDA file, or the PDF a JSON sidecar describes (``msgw send X.json --with X.pdf``).
 """
 
 from __future__ import annotations
@@ -22,20 +23,30 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_option(p)
     p.add_argument("--from", dest="sender", required=True, metavar="ADDR")
     p.add_argument("--to", dest="recipients", action="append", default=[], metavar="ADDR")
+    p.add_argument("--with", dest="companions", action="append", default=[], type=Path, metavar="FILE",
+                   help="a file sent with the payload: its PDF, or the JSON sidecar of a PDF")
     p.add_argument("file", type=Path)
     p.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from gateway.intake.bundle import SubmittedFile
     from gateway.routing.payload import detect_payload
+    from gateway.routing.sidecar import looks_like_sidecar
 
     config = config_from(args)
-    try:
-        data = args.file.read_bytes()
-    except OSError as exc:
-        print(f"msgw: cannot read {args.file}: {exc.strerror}", file=sys.stderr)
+    files: list[SubmittedFile] = []
+    for path in (args.file, *args.companions):
+        try:
+            files.append(SubmittedFile(path.read_bytes(), path.name))
+        except OSError as exc:
+            print(f"msgw: cannot read {path}: {exc.strerror}", file=sys.stderr)
+            return 2
+    data = files[0].data
+    kind = detect_payload(data) or ("sidecar" if looks_like_sidecar(data, args.file.name) else None)
+    if kind is None and args.companions:
+        print("msgw: --with goes with a payload (HPRIM, HL7 v2, CDA, PDF or a JSON sidecar)", file=sys.stderr)
         return 2
-    kind = detect_payload(data)
     if kind is None:
         if not args.recipients:
             print("msgw: a message file needs at least one --to", file=sys.stderr)
@@ -47,10 +58,11 @@ def run(args: argparse.Namespace) -> int:
                                   listener="cli")
         print(msg_id)
         return 0
-    return _send_payload(config, args, data, kind)
+    return _send_payload(config, args, files, kind)
 
 
-def _send_payload(config, args: argparse.Namespace, data: bytes, kind: str) -> int:
+def _send_payload(config, args: argparse.Namespace, files: list, kind: str) -> int:
+    from gateway.intake.bundle import bundle_files
     from gateway.intake.dedup import DedupStore
     from gateway.intake.process import accept_all, intake_bytes
     from gateway.intake.service import DEDUP_FILE
@@ -58,10 +70,12 @@ def _send_payload(config, args: argparse.Namespace, data: bytes, kind: str) -> i
 
     routing = config.intake.routing
     now = dt.datetime.now(dt.UTC)
+    bundle = bundle_files(files)
     dedup = DedupStore(config.state_dir / DEDUP_FILE, window=routing.dedup_window)
     with SqliteDirectory(directory_path(config)) as directory, Spool(config.spool.path).open(recover=False) as spool:
-        result = intake_bytes(data, args.file.name, sender=args.sender, envelope_recipients=args.recipients,
-                              directory=directory, dedup=dedup, settings=routing, now=now)
+        result = intake_bytes(bundle.data, bundle.filename, sender=args.sender, envelope_recipients=args.recipients,
+                              directory=directory, dedup=dedup, settings=routing, now=now, info=bundle.info,
+                              pdfs=bundle.pdfs)
         ids = accept_all(result, spool, lifetime=config.spool.max_queue_lifetime, listener="cli",
                          client="msgw-send", dedup=dedup, now=now)
     if not ids:

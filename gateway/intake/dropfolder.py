@@ -24,6 +24,15 @@ delivery also finished and removed that message from the spool in between: the m
 queued again. It needs a crash inside a millisecond window plus a full delivery before intake
 restarts (intake starts with the gateway, before delivery has a chance to empty the queue).
 
+**PDFs with a payload or a sidecar.** ``X.pdf`` goes with the file of the same stem that says
+where it goes (``X.hpr``, ``X.hl7``, ``X.xml`` or the JSON sidecar ``X.json`` / ``X.pdf.json``):
+the writer writes the PDF first, then that file (the *trigger*). A PDF waits ``pdf_wait``
+seconds for its trigger and then goes alone (to the envelope of the folder's routing: the
+unrouted mailbox). When the trigger is claimed, its PDFs are moved first into
+``processing/<trigger>.parts/``, then the trigger itself; a ``.parts`` folder without its
+trigger (a crash between the two) goes back to the drop folder at the next poll, so the pair
+is claimed again together. Parts follow their trigger to ``done/`` or ``error/``, parts first.
+
 Malformed payloads go to ``error/`` with ``X.reason.txt`` (what and where, never content).
 A temporary failure (spool full, store busy) leaves ``X`` in ``processing/`` for the next poll.
 Logs name files by a short digest of their name: LIS file names often carry the patient's name.
@@ -41,11 +50,12 @@ import logging
 import os
 import secrets
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import accept_all, intake_bytes
 from gateway.intake.resolve import Directory
@@ -56,8 +66,25 @@ from gateway.routing.payload import MAX_PAYLOAD_BYTES, PayloadError
 log = logging.getLogger(__name__)
 
 JOURNAL_SUFFIX = ".queued"
+PARTS_SUFFIX = ".parts"
 MAX_CRASHES = 5
 _IGNORED_SUFFIXES = (".tmp", ".part")
+
+
+def _is_pdf_name(name: str) -> bool:
+    return name.lower().endswith(".pdf")
+
+
+def _stem(name: str) -> str:
+    return name.rsplit(".", 1)[0] if "." in name else name
+
+
+def companions_of(trigger: str, names: Iterable[str]) -> list[str]:
+    """The PDFs among ``names`` that go with ``trigger`` (same stem, or named by a ``X.pdf.json``)."""
+    if _is_pdf_name(trigger):
+        return []
+    stem = _stem(trigger)
+    return sorted(n for n in names if _is_pdf_name(n) and (_stem(n) == stem or n == stem))
 
 
 def file_ref(name: str) -> str:
@@ -186,6 +213,9 @@ class DropFolderWatcher:
         for tmp in processing.glob(".*.tmp"):  # a journal write cut by a crash (never renamed into place)
             with contextlib.suppress(OSError):
                 tmp.unlink()
+        for parts in processing.glob("*" + PARTS_SUFFIX):
+            if parts.is_dir() and not (processing / parts.name[: -len(PARTS_SUFFIX)]).is_file():
+                self._return_parts(parts)
         names = sorted(p.name for p in processing.iterdir() if p.is_file() and not _ignored(p.name))
         files = [n for n in names if not n.endswith(JOURNAL_SUFFIX)]
         for n in names:  # a journal whose file is gone: the file reached done/ just before a crash
@@ -193,6 +223,17 @@ class DropFolderWatcher:
                 with contextlib.suppress(OSError):
                     (processing / n).unlink()
         return [processing / n for n in files]
+
+    def _return_parts(self, parts: Path) -> None:
+        """A trigger's PDFs without the trigger (crash while claiming): back to the drop folder."""
+        for part in sorted(parts.iterdir()):
+            if part.is_file():
+                _place(part, self.settings.path, part.name)
+                part.unlink()
+        fsync_dir(parts)
+        parts.rmdir()
+        fsync_dir(parts.parent)
+        event(log, "drop-parts-returned", drop=self.settings.name, file=file_ref(parts.name))
 
     def complete_files(self) -> list[str]:
         """Names in the drop folder that are complete per the configured rule, oldest first."""
@@ -216,6 +257,12 @@ class DropFolderWatcher:
                 return entries[name].stat().st_mtime, name
             except OSError:
                 return 0.0, name
+
+        # A PDF goes with its trigger (claimed with it) or, after pdf_wait, alone.
+        taken = {c for t in entries if not _is_pdf_name(t) and not t.endswith(".ok")
+                 for c in companions_of(t, entries)}
+        cutoff = dt.datetime.now(dt.UTC).timestamp() - self.settings.pdf_wait
+        names = [n for n in names if not _is_pdf_name(n) or (n not in taken and age(n)[0] <= cutoff)]
         return sorted(names, key=age)
 
     def claim(self, name: str) -> Path | None:
@@ -225,9 +272,22 @@ class DropFolderWatcher:
         base = name + "_" if name.endswith(JOURNAL_SUFFIX) else name  # never mistaken for a journal
         target = processing / base
         n = 0
-        while target.exists() or (processing / (target.name + JOURNAL_SUFFIX)).exists():
+        while target.exists() or (processing / (target.name + JOURNAL_SUFFIX)).exists() \
+                or (processing / (target.name + PARTS_SUFFIX)).exists():
             n += 1
             target = processing / f"{base}.{n}"
+        if not src.is_file():
+            return None
+        companions = companions_of(name, (e.name for e in os.scandir(self.settings.path)
+                                          if e.is_file(follow_symlinks=False) and not _ignored(e.name)))
+        if companions:  # parts first: a crash now leaves parts without trigger, returned next poll
+            parts = processing / (target.name + PARTS_SUFFIX)
+            parts.mkdir(exist_ok=True)
+            for companion in companions:
+                with contextlib.suppress(FileNotFoundError):
+                    os.rename(self.settings.path / companion, parts / companion)
+            fsync_dir(parts)
+            fsync_dir(processing)
         try:
             os.rename(src, target)
         except FileNotFoundError:
@@ -235,8 +295,9 @@ class DropFolderWatcher:
         fsync_dir(processing)
         fsync_dir(self.settings.path)
         if self.settings.complete == "ok-marker":
-            with contextlib.suppress(FileNotFoundError):
-                (self.settings.path / (name + ".ok")).unlink()
+            for marked in (name, *companions):
+                with contextlib.suppress(FileNotFoundError):
+                    (self.settings.path / (marked + ".ok")).unlink()
             fsync_dir(self.settings.path)
         return target
 
@@ -286,12 +347,16 @@ class DropFolderWatcher:
         self._save_journal(path, journal)
         now = dt.datetime.now(dt.UTC)
         try:
-            size = path.stat().st_size
-            if size > MAX_PAYLOAD_BYTES:
-                raise PayloadError(f"file larger than {MAX_PAYLOAD_BYTES} bytes", "byte 0")
-            data = path.read_bytes()
-            result = intake_bytes(data, path.name, sender=self.settings.sender, directory=self.directory,
-                                  dedup=self.dedup, settings=self.routing, now=now)
+            files = [path, *self._parts(path)]
+            for f in files:
+                if f.stat().st_size > MAX_PAYLOAD_BYTES:
+                    raise PayloadError(f"file larger than {MAX_PAYLOAD_BYTES} bytes", "byte 0")
+            submitted = [SubmittedFile(f.read_bytes(), f.name) for f in files]
+            data = submitted[0].data
+            bundle = bundle_files(submitted)
+            result = intake_bytes(bundle.data, bundle.filename, sender=self.settings.sender,
+                                  directory=self.directory, dedup=self.dedup, settings=self.routing, now=now,
+                                  info=bundle.info, pdfs=bundle.pdfs)
             ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=f"drop:{self.settings.name}",
                              client=str(journal["token"]), dedup=self.dedup, now=now, skip=skip)
         except GatewayError as exc:  # PayloadError included
@@ -312,13 +377,32 @@ class DropFolderWatcher:
         journal.update(state="queued", ids=ids)
         self._save_journal(path, journal)
         self._finish(path, self.settings.done)
-        event(log, "drop-accepted", drop=self.settings.name, file=ref, size=len(data),
+        event(log, "drop-accepted", drop=self.settings.name, file=ref, size=len(data), pdfs=len(bundle.pdfs)
+              + (bundle.info.kind == "pdf"),
               type=result.info.document_type.code, unresolved=len(result.resolution.unresolved),
               duplicates=len(result.suppressed), replaces=result.info.replaces, queued=",".join(ids))
         return ids
 
+    @staticmethod
+    def _parts(path: Path) -> list[Path]:
+        parts = path.with_name(path.name + PARTS_SUFFIX)
+        return sorted(p for p in parts.iterdir() if p.is_file()) if parts.is_dir() else []
+
+    def _move_parts(self, path: Path, folder: Path) -> None:
+        """The trigger's PDFs go where the trigger goes, before it (the trigger is what a crash resumes)."""
+        parts = path.with_name(path.name + PARTS_SUFFIX)
+        if not parts.is_dir():
+            return
+        for part in self._parts(path):
+            _place(part, folder, part.name)
+            part.unlink()
+        fsync_dir(parts)
+        parts.rmdir()
+        fsync_dir(path.parent)
+
     def _finish(self, path: Path, folder: Path) -> Path:
         """Step 5: place the file in ``folder``, then forget it in processing/ (file, then journal)."""
+        self._move_parts(path, folder)
         target = _place(path, folder, path.name)
         path.unlink()
         fsync_dir(path.parent)
@@ -340,6 +424,7 @@ class DropFolderWatcher:
                   f"drop folder: {self.settings.name}\ncode: {code}\nerror: {what}\n"
                   + (f"where: {where}\n" if where else "") + f"time: {stamp}\n")
         _write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
+        self._move_parts(path, folder)
         placed = _place(path, folder, target_name)
         if placed.name != target_name:  # lost a race for the name: keep the reason beside the file
             os.replace(folder / f"{target_name}.reason.txt", folder / f"{placed.name}.reason.txt")

@@ -71,12 +71,14 @@ def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
 
 def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_recipients: Sequence[str] = (),
                  directory: Directory, dedup: DedupStore | None, settings: RoutingSettings,
-                 now: dt.datetime, info: PayloadInfo | None = None) -> IntakeResult:
+                 now: dt.datetime, info: PayloadInfo | None = None, pdfs: Sequence[bytes] = ()) -> IntakeResult:
     """Read a payload and build the messages to queue.
 
     Raises :class:`~gateway.routing.payload.PayloadError` (malformed/unsupported, permanent),
     :class:`Unroutable` (permanent) and temporary errors from the directory or duplicate store.
     An empty ``outgoing`` means everything was already sent within the window (success).
+    ``info`` is given when the caller already read the payload (a sidecar's description of a
+    PDF); ``pdfs`` are PDF documents attached beside the payload (see :mod:`gateway.intake.bundle`).
     """
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
@@ -111,7 +113,8 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
         message = payload_message(data, info, sender=sender, recipients=recipients, filename=filename, now=now,
                                   xdm=settings.xdm, xdm_source_id=settings.xdm_source_id,
                                   intended=[p for p, _ in resolution.resolved],
-                                  mdn_to=sender if settings.request_mdn and valid_address(sender) else None)
+                                  mdn_to=sender if settings.request_mdn and valid_address(sender) else None,
+                                  pdfs=pdfs)
         outgoing.append(Outgoing(recipients, message, sender))
         if notices and settings.notify_sender and sender and valid_address(sender):
             notice_from = settings.notice_from or f"postmaster@{sender.rpartition('@')[2]}"

@@ -36,7 +36,7 @@ _RPPS = re.compile(r"^\d{11}$")
 _DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 _MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks"}
-_DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval"}
+_DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval", "pdf_wait"}
 _ROUTING_KEYS = {"smtp_address", "request_mdn", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
                  "xdm_source_id", "notify_sender", "notice_from"}
 
@@ -83,6 +83,8 @@ class DropSettings:
     error: Path
     complete: CompleteRule = "rename"
     poll_interval: float = 5.0
+    #: How long a PDF waits for the payload or JSON sidecar of the same name before it goes alone.
+    pdf_wait: float = 120.0
 
     @property
     def processing(self) -> Path:
@@ -180,6 +182,13 @@ class _Problems:
             self.add(prefix + key, str(exc))
             return default
 
+    def duration(self, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
+        value = self.convert(data, key, prefix, parse_duration, default)
+        if value < 0:
+            self.add(prefix + key, "must not be negative")
+            return default
+        return float(value)
+
     def positive_duration(self, data: Mapping[str, Any], key: str, prefix: str, default: float) -> float:
         value = self.convert(data, key, prefix, parse_duration, default)
         if value <= 0:
@@ -276,7 +285,8 @@ def _drops(p: _Problems, table: dict[str, Any]) -> tuple[DropSettings, ...]:
             p.add(prefix + "error", "done and error must be different folders")
         out.append(DropSettings(name=name, path=path, sender=sender, done=done, error=error,
                                 complete=complete,  # type: ignore[arg-type]
-                                poll_interval=p.positive_duration(spec, "poll_interval", prefix, 5.0)))
+                                poll_interval=p.positive_duration(spec, "poll_interval", prefix, 5.0),
+                                pdf_wait=p.duration(spec, "pdf_wait", prefix, 120.0)))
     paths = [d.path.resolve() for d in out]
     if len(paths) != len(set(paths)):
         p.add("intake.drop", "two drop folders share the same path")

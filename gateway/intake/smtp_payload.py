@@ -2,8 +2,9 @@
 gateway's routing address (`[intake.routing] smtp_address`), and the gateway routes it from its
 content exactly as if it had been dropped in a folder.
 
-`find_payload` (pure) takes the first attachment that a payload reader recognises, or the
-text body when the body itself is the payload (labs often paste HPRIM in the body).
+`find_payload` (pure) collects the attachments that are payloads, PDFs or a JSON sidecar and
+bundles them (:mod:`gateway.intake.bundle`: an HPRIM file with its PDF, a PDF with its sidecar),
+or takes the text body when the body itself is the payload (labs often paste HPRIM in the body).
 `route_smtp_payload` (blocking: run in an executor) runs the shared intake and queues the
 copies; the SMTP layer answers 250 only after it returned.
 """
@@ -18,31 +19,38 @@ from pathlib import Path
 from typing import Any
 
 from gateway.errors import MalformedInput
+from gateway.intake.bundle import Bundle, SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import accept_all, intake_bytes
 from gateway.intake.service import DEDUP_FILE
 from gateway.intake.settings import RoutingSettings
 from gateway.routing.directory import SqliteDirectory
 from gateway.routing.payload import detect_payload
+from gateway.routing.sidecar import looks_like_sidecar
 
 
-def find_payload(message: bytes) -> tuple[bytes, str | None]:
-    """(payload bytes, file name) of a mailed payload, or MalformedInput when there is none."""
+def find_payload(message: bytes) -> Bundle:
+    """The bundle of a mailed payload, or MalformedInput when the message carries none."""
     msg = email.message_from_bytes(message, policy=email.policy.compat32)
     body: bytes | None = None
+    files: list[SubmittedFile] = []
     for part in msg.walk():
         if part.is_multipart():
             continue
         data = part.get_payload(decode=True)
         if not isinstance(data, bytes) or not data:
             continue
-        if part.get_filename() or part.get("Content-Disposition", "").lower().startswith("attachment"):
-            if detect_payload(data) is not None:
-                return data, part.get_filename()
+        name = part.get_filename()
+        if name or part.get("Content-Disposition", "").lower().startswith("attachment"):
+            if detect_payload(data) is not None or looks_like_sidecar(data, name) \
+                    or part.get_content_type() == "application/json":
+                files.append(SubmittedFile(data, name))
         elif body is None and detect_payload(data) is not None:
             body = data
+    if files:
+        return bundle_files(files)
     if body is not None:
-        return body, None
+        return bundle_files([SubmittedFile(body, None)])
     raise MalformedInput("no HPRIM, HL7 v2, CDA or PDF payload in the message", "body and attachments")
 
 
@@ -50,11 +58,12 @@ def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequenc
                        directory_path: Path, state_dir: Path, settings: RoutingSettings, lifetime: float,
                        client: str) -> list[str]:
     """Route a mailed payload; returns the queue ids of the copies (empty: already sent)."""
-    payload, filename = find_payload(message)
+    bundle = find_payload(message)
     now = dt.datetime.now(dt.UTC)
     dedup = DedupStore(state_dir / DEDUP_FILE, window=settings.dedup_window)
     with SqliteDirectory(directory_path) as directory:
-        result = intake_bytes(payload, filename, sender=sender, envelope_recipients=other_recipients,
-                              directory=directory, dedup=dedup, settings=settings, now=now)
+        result = intake_bytes(bundle.data, bundle.filename, sender=sender, envelope_recipients=other_recipients,
+                              directory=directory, dedup=dedup, settings=settings, now=now, info=bundle.info,
+                              pdfs=bundle.pdfs)
         return accept_all(result, spool, lifetime=lifetime, listener="smtp-payload", client=client, dedup=dedup,
                           now=now)

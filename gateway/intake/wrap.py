@@ -59,7 +59,7 @@ def is_lab_result(info: PayloadInfo) -> bool:
         return True
     if info.kind == "hl7v2":
         return info.document_type.code.startswith("ORU")
-    if info.kind == "cda":
+    if info.kind in ("cda", "pdf"):  # a PDF's type comes from its sidecar
         return info.document_type.code in _LAB_CODES
     return any(is_lab_result(e) for e in info.embedded) if info.embedded else False
 
@@ -205,8 +205,13 @@ def default_source_id(sender: str) -> str:
 
 def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipients: Sequence[str],
                     filename: str | None, now: dt.datetime, xdm: bool, xdm_source_id: str | None = None,
-                    intended: Sequence[PartyRef] = (), mdn_to: str | None = None) -> bytes:
-    """Build the CRLF MIME message carrying ``payload`` (see the module docstring)."""
+                    intended: Sequence[PartyRef] = (), mdn_to: str | None = None,
+                    pdfs: Sequence[bytes] = ()) -> bytes:
+    """Build the CRLF MIME message carrying ``payload`` (see the module docstring).
+
+    ``pdfs`` are PDF documents sent beside the payload (``X.hpr`` + ``X.pdf``); they are attached
+    after the payload, with the PDFs the payload itself carries (HL7 OBX ED).
+    """
     if now.tzinfo is None:
         now = now.replace(tzinfo=dt.UTC)
     msg = EmailMessage(policy=policy.SMTP)
@@ -229,9 +234,13 @@ def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipient
     attachments: list[tuple[bytes, str, str, str, dict[str, str]]] = []
     maintype, subtype, params = media_type_for(info)
     attachments.append((payload, maintype, subtype, name if info.kind != "xdm" else "IHE_XDM.ZIP", params))
-    pdfs = [a for a in embedded if a.media_type == "application/pdf"]
-    for n, pdf in enumerate(pdfs, start=1):
-        attachments.append((pdf.data, "application", "pdf", "document.pdf" if len(pdfs) == 1 else
+    all_pdfs = [*pdfs, *(a.data for a in embedded if a.media_type == "application/pdf")]
+    if info.kind == "pdf":  # the payload is itself "document.pdf": number the others from 2
+        all_pdfs = [payload, *all_pdfs]
+    for n, pdf in enumerate(all_pdfs, start=1):
+        if info.kind == "pdf" and n == 1:
+            continue
+        attachments.append((pdf, "application", "pdf", "document.pdf" if len(all_pdfs) == 1 else
                             f"document-{n}.pdf", {}))
     if xdm and info.kind != "xdm":
         package = _xdm(payload, info, embedded, now=now, source_id=xdm_source_id or default_source_id(sender),
