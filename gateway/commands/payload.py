@@ -14,7 +14,16 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.routing.payload import PartyRef, PatientId, PayloadError, PayloadInfo, mask, read_payload
+from gateway.routing.payload import (
+    PartyRef,
+    PatientId,
+    PayloadError,
+    PayloadInfo,
+    detect_payload,
+    mask,
+    read_payload,
+)
+from gateway.routing.sidecar import looks_like_sidecar, read_sidecar
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -105,7 +114,10 @@ def run_inspect(args: argparse.Namespace) -> int:
         print(f"msgw: payload: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
         return 2
     try:
-        info = read_payload(data, path.name)
+        if detect_payload(data) is None and looks_like_sidecar(data, path.name):
+            info = read_sidecar(data)  # what a PDF's JSON sidecar routes it to
+        else:
+            info = read_payload(data, path.name)
     except PayloadError as exc:
         print(f"msgw: payload: {exc}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 from gateway.commands.common import add_config_option, config_from
+from gateway.intake.bundle import SubmittedFile
 from gateway.spool import Spool
 
 
@@ -30,7 +31,6 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from gateway.intake.bundle import SubmittedFile
     from gateway.routing.payload import detect_payload
     from gateway.routing.sidecar import looks_like_sidecar
 
@@ -61,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     return _send_payload(config, args, files, kind)
 
 
-def _send_payload(config, args: argparse.Namespace, files: list, kind: str) -> int:
+def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], kind: str) -> int:
     from gateway.intake.bundle import bundle_files
     from gateway.intake.dedup import DedupStore
     from gateway.intake.process import accept_all, intake_bytes

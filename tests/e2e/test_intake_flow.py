@@ -9,6 +9,7 @@ import base64
 import email
 import email.policy
 import hashlib
+import json
 import smtplib
 import socket
 import subprocess
@@ -235,5 +236,59 @@ def test_payload_mailed_to_the_routing_address(pki: TestPKI, tmp_path: Path) -> 
         inner = _decrypt(openssl, pki, got.data, tmp_path / "m")
         parts = {p.get_filename(): p.get_payload(decode=True) for p in inner.walk() if p.get_filename()}
         assert parts["message.hl7"] == hl7
+    finally:
+        sink.stop()
+
+
+PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
+def _attachment(name: str, ctype: str, data: bytes) -> str:
+    return (f"--b1\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data).decode().replace("\n", "\r\n"))
+
+
+def test_pdf_with_a_sidecar_by_mail_and_by_msgw_send(pki: TestPKI, tmp_path: Path) -> None:
+    """A PDF-only system: its PDF + JSON sidecar mailed to the routing address reaches the S/MIME
+    doctor (the PDF byte-identical after decryption); the same pair given to `msgw send --with`
+    reaches the local doctor's mailbox."""
+    openssl = require_tool("openssl")
+    sink = Sink().start()
+    try:
+        setup, _drop, _port = _setup(tmp_path, pki, sink.port)
+        sidecar = json.dumps({"recipients": [{"rpps": PERSON_RPPS}], "document_id": "PDF-SMTP-1",
+                              "document_type": {"code": "11502-2", "system": "LOINC"}}).encode()
+        mail = (f"From: <{ORG_EMAIL}>\r\nTo: <{ROUTING}>\r\nSubject: envoi automatique\r\nMIME-Version: 1.0\r\n"
+                'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n'
+                + _attachment("PATIENTFICTIF.pdf", "application/pdf", PDF)
+                + _attachment("PATIENTFICTIF.json", "application/json", sidecar) + "--b1--\r\n").encode()
+        local = tmp_path / "local.json"
+        local.write_text(json.dumps({"recipients": [{"rpps": LOCAL_RPPS}], "document_id": "PDF-CLI-1"}))
+        pdf_file = tmp_path / "local.pdf"
+        pdf_file.write_bytes(PDF)
+        with GatewayProcess(setup):
+            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
+                client.ehlo("lis.labo-tests.sante.test")
+                client.starttls(context=_tls())
+                client.ehlo("lis.labo-tests.sante.test")
+                client.login(ORG_EMAIL, LAB_PASSWORD)
+                client.sendmail(ORG_EMAIL, [ROUTING], mail)
+            out = msgw("send", "--config", str(setup.config), "--from", ORG_EMAIL, str(local), "--with", str(pdf_file))
+            assert out.returncode == 0, out.stderr
+            (got,) = sink.wait_for(1, timeout=30)
+            box = setup.maildir / LOCAL_DOCTOR / "new"
+            deadline = time.monotonic() + 20
+            while not (box.exists() and any(box.iterdir())) and time.monotonic() < deadline:
+                time.sleep(0.1)
+            files = list(box.iterdir())
+        assert got.recipients == [PERSON_EMAIL]
+        inner = _decrypt(openssl, pki, got.data, tmp_path / "m")
+        assert inner["Subject"] == "Résultat de laboratoire"
+        parts = {p.get_filename(): p.get_payload(decode=True) for p in inner.walk() if p.get_filename()}
+        assert parts == {"document.pdf": PDF}
+        assert len(files) == 1
+        local_msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
+        parts = {p.get_filename(): p.get_payload(decode=True) for p in local_msg.walk() if p.get_filename()}
+        assert parts == {"document.pdf": PDF}
     finally:
         sink.stop()

@@ -78,3 +78,16 @@ def test_console_script(tmp_path: Path) -> None:
     proc = subprocess.run([MSGW, "payload", "inspect", str(bad)], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2
     assert proc.stderr.strip().endswith("at segment 1 MSH-2") and proc.stderr.count("\n") == 1
+
+
+def test_inspect_a_pdf_sidecar(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    good = tmp_path / "cr.json"
+    good.write_text('{"recipients": [{"rpps": "19900000033"}], "document_id": "LABX-1"}')
+    code, out, _ = _run(["payload", "inspect", str(good), "--json"], capsys)
+    assert code == 0
+    d = json.loads(out)
+    assert d["kind"] == "pdf" and d["document_id"] == "LABX-1" and "19900000033" in json.dumps(d["recipients"])
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"recipients": [{"rpps": "19900000033"}], "recipent": []}')
+    code, _, err = _run(["payload", "inspect", str(bad)], capsys)
+    assert code == 2 and "unknown key 'recipent'" in err and "$.recipent" in err
