@@ -25,6 +25,7 @@ from hypothesis import strategies as st
 
 from gateway.config import load_config, parse_config
 from gateway.errors import GatewayError
+from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.legacy import apicrypt1
 from gateway.legacy.apicrypt1_format import armor, dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
@@ -32,6 +33,7 @@ from gateway.routing.cda import read_cda
 from gateway.routing.hl7 import read_hl7
 from gateway.routing.hprim import read_hprim
 from gateway.routing.payload import UnsafePayload, read_payload
+from gateway.routing.sidecar import read_sidecar
 from gateway.routing.xdm import XdmDocument, build_xdm, read_xdm
 from gateway.smime import mime
 from gateway.smime.cms_decrypt import decrypt_content
@@ -186,6 +188,9 @@ def test_cms_enveloped_data_never_crash(data: st.DataObject) -> None:
 
 
 # -- payload readers -------------------------------------------------------------------------
+PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
 @cache
 def payload_seeds() -> dict[str, list[bytes]]:
     cda = fx.cda()
@@ -197,6 +202,11 @@ def payload_seeds() -> dict[str, list[bytes]]:
         "hl7": [fx.oru(), fx.oru(cda_bytes=cda), fx.mdm(), fx.mdm(trigger="T10", parent="P1")],
         "cda": [cda, fx.cda(version=2)],
         "xdm": [xdm],
+        "sidecar": [b'{"sidecar": 1, "recipients": [{"rpps": "19900000033"}, {"adeli": "991234567", "name": "Dr X"},'
+                    b' {"idnat": "819900000011"}, {"lab_code": "D1"}, {"address": "a@b.test"}],'
+                    b' "document_id": "X-1", "document_type": {"code": "11502-2", "system": "LOINC", "label": "CR"},'
+                    b' "title": "T", "created": "2026-11-25T09:30:00+01:00", "author": {"name": "Labo"},'
+                    b' "replaces": "X-0", "cancels": false}'],
     }
 
 
@@ -230,6 +240,14 @@ def test_xdm_reader_never_crash(data: st.DataObject) -> None:
     raw = data.draw(inputs(payload_seeds()["xdm"]))
     typed_or_nothing(lambda: read_xdm(raw), "XDM")
     typed_or_nothing(lambda: read_payload(raw, "package.zip"))
+
+
+@FUZZ
+@given(data=st.data())
+def test_pdf_sidecar_reader_never_crash(data: st.DataObject) -> None:
+    raw = data.draw(inputs(payload_seeds()["sidecar"]))
+    typed_or_nothing(lambda: read_sidecar(raw), "PDF sidecar")
+    typed_or_nothing(lambda: bundle_files([SubmittedFile(raw, "x.json"), SubmittedFile(PDF, "x.pdf")]))
 
 
 # -- legacy armor and ciphertext ---------------------------------------------------------------
