@@ -39,6 +39,7 @@ MSGW = str(Path(sys.executable).with_name("msgw"))
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 SENDER = "labo@labo-tests.sante.test"  # = gateway.smime.testpki.ORG_EMAIL
 RECIPIENT = "jean.test-dupont@cabinet-parc.sante.test"  # = PERSON_EMAIL (has an encryption cert)
+SENDER_PASSWORD = "bench password, TEST only"  # noqa: S105 - the throw-away bench gateway's account
 MSGID_RE = re.compile(rb"^Message-ID: <bench\.(\d+)\.(\d+)@bench\.test>", re.IGNORECASE | re.MULTILINE)
 
 
@@ -349,12 +350,38 @@ async def _reply(reader: asyncio.StreamReader) -> tuple[int, bytes]:
             return int(line[:3]), b"".join(lines)
 
 
-async def _session(host: str, port: int, seqs: list[int], body: bytes, result: LoadResult, timeout: float) -> None:
+async def _submission_login(reader: asyncio.StreamReader, writer: asyncio.StreamWriter, user: str,
+                            password: str) -> None:
+    """STARTTLS then AUTH PLAIN, as a lab system or a doctor's mail client does on submission."""
+    import base64
+    import ssl
+
+    writer.write(b"STARTTLS\r\n")
+    code, text = await _reply(reader)
+    if code != 220:
+        raise ConnectionError(f"STARTTLS refused: {text!r}")
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # noqa: S502 - the gateway's throw-away loopback certificate
+    await writer.start_tls(ctx, server_hostname="localhost")
+    writer.write(b"EHLO bench-client.bench.test\r\n")
+    await _reply(reader)
+    token = base64.b64encode(f"\0{user}\0{password}".encode()).decode()
+    writer.write(f"AUTH PLAIN {token}\r\n".encode())
+    code, text = await _reply(reader)
+    if code != 235:
+        raise ConnectionError(f"AUTH refused: {text!r}")
+
+
+async def _session(host: str, port: int, seqs: list[int], body: bytes, result: LoadResult, timeout: float,
+                   login: tuple[str, str] | None = None) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), timeout)
     try:
         await _reply(reader)
         writer.write(b"EHLO bench-client.bench.test\r\n")
         await _reply(reader)
+        if login is not None:
+            await asyncio.wait_for(_submission_login(reader, writer, *login), timeout)
         for seq in seqs:
             data = bench_message(0, seq, body)
             writer.write(f"MAIL FROM:<{SENDER}> SIZE={len(data)}\r\n".encode())
@@ -399,15 +426,16 @@ async def _session(host: str, port: int, seqs: list[int], body: bytes, result: L
 
 
 def send_load(port: int, count: int, concurrency: int, body: bytes, *, first_seq: int = 0,
-              timeout: float = 120.0) -> LoadResult:
-    """`count` messages over `concurrency` sessions to 127.0.0.1:port (plain SMTP, no AUTH)."""
+              timeout: float = 120.0, login: tuple[str, str] | None = None) -> LoadResult:
+    """`count` messages over `concurrency` sessions to 127.0.0.1:port (plain SMTP, or STARTTLS + AUTH
+    PLAIN once per session with `login`)."""
     result = LoadResult()
     seqs = list(range(first_seq, first_seq + count))
     shares = [seqs[i::concurrency] for i in range(concurrency)]
 
     async def run() -> None:
         result.start_ns = time.time_ns()
-        outcomes = await asyncio.gather(*(_session("127.0.0.1", port, s, body, result, timeout)
+        outcomes = await asyncio.gather(*(_session("127.0.0.1", port, s, body, result, timeout, login)
                                           for s in shares if s), return_exceptions=True)
         result.end_ns = time.time_ns()
         for o in outcomes:
@@ -475,6 +503,9 @@ timeout = "300s"
 
 [accounts."bench@msgw.bench.test"]
 password_hash = "{hash_password('bench password not secret')}"
+
+[accounts."{SENDER}"]
+password_hash = "{hash_password(SENDER_PASSWORD)}"
 
 [spool]
 path = "spool"

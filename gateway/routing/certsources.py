@@ -176,17 +176,21 @@ class HarvestStore:
     signer vouches for, e.g. an encryption certificate named by SMIMEEncryptionKeyPreference).
     The discovery still validates every candidate, so a harvested certificate that expired or was
     revoked since is never chosen. One row per (address, fingerprint) keeps the newest sighting;
-    rows older than ``max_age`` seconds or past the certificate's notAfter are expired, and at
-    most ``max_per_address`` newest rows are kept per address.
+    rows older than ``max_age`` seconds or past the certificate's notAfter are expired (lookups
+    skip them at once; :meth:`harvest` deletes them at most once a day, so the file does not grow
+    without a separate job: every ``expire_every`` seconds), and at most ``max_per_address``
+    newest rows are kept per address.
     """
 
     def __init__(self, path: str | Path, *, max_age: float = 400 * 86400, max_per_address: int = 10,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time, expire_every: float = 86400.0) -> None:
         self.path = Path(path)
+        self.expire_every = expire_every
         self.max_age = max_age
         self.max_per_address = max_per_address
         self.clock = clock
         self._lock = threading.Lock()
+        self._last_expire = float("-inf")
         self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA journal_mode=WAL")
         self._db.execute("PRAGMA synchronous=NORMAL")
@@ -223,6 +227,8 @@ class HarvestStore:
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
+        if math.isfinite(self.expire_every) and self.clock() - self._last_expire >= self.expire_every:
+            self.expire()
 
     def certificates(self, address: str) -> list[bytes]:
         """DER certificates harvested for `address`, newest sighting first, expired rows excluded."""
@@ -237,6 +243,7 @@ class HarvestStore:
         """Delete rows seen more than ``max_age`` ago or whose certificate expired; returns the count."""
         now = self.clock()
         with self._lock:
+            self._last_expire = now
             cur = self._db.execute("DELETE FROM harvested WHERE seen_at < ? OR not_after <= ?",
                                    (now - self.max_age, now))
             return cur.rowcount

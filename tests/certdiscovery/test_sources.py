@@ -79,7 +79,7 @@ def test_harvest_store_persists_across_reopen_and_keeps_newest(tmp_path, pki: Pk
 
 def test_harvest_store_expires_old_sightings_and_expired_certificates(tmp_path, pki: Pki, clock: Clock) -> None:
     day = DAY.total_seconds()
-    with HarvestStore(tmp_path / "h.sqlite", max_age=30 * day, clock=clock) as store:
+    with HarvestStore(tmp_path / "h.sqlite", max_age=30 * day, clock=clock, expire_every=float("inf")) as store:
         store.harvest("alice@example.org", pki.alice, seen_at=clock() - 40 * day)     # too old a sighting
         store.harvest("alice@example.org", pki.alice2, seen_at=clock() - 1 * day)
         store.harvest("alice@example.org", pki.alice_expired, seen_at=clock())       # certificate expired
@@ -91,6 +91,18 @@ def test_harvest_store_expires_old_sightings_and_expired_certificates(tmp_path, 
         assert store.certificates("bob@example.org") == []
         assert store.expire() == 1
         assert store.count() == 1
+
+
+def test_harvest_store_expires_by_itself_once_a_day(tmp_path, pki: Pki, clock: Clock) -> None:
+    day = DAY.total_seconds()
+    with HarvestStore(tmp_path / "h.sqlite", max_age=30 * day, clock=clock) as store:
+        store.harvest("alice@example.org", pki.alice, seen_at=clock() - 40 * day)  # first harvest: expired at once
+        assert store.count() == 0
+        store.harvest("bob@example.org", pki.bob, seen_at=clock() - 29 * day)
+        assert store.count() == 1
+        clock.advance(2 * day)  # bob's sighting is now 31 days old
+        store.harvest("alice@example.org", pki.alice2)  # a day has passed: the housekeeping runs again
+        assert store.count() == 1 and store.certificates("alice@example.org") == [der(pki.alice2)]
 
 
 def test_harvest_store_bounds_rows_per_address(tmp_path, pki: Pki, clock: Clock) -> None:
