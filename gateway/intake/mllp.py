@@ -10,8 +10,10 @@ A stream that loses MLLP sync (bytes outside a frame, a frame over ``max_frame``
 and the connection is closed, since the next frame boundary cannot be trusted.
 
 MLLP has no authentication: connections are limited to ``allowed_networks`` (loopback by
-default) and TLS (1.2 minimum) is available. Logs carry the peer, MSH-10 control id, message
-type, sizes and decisions — never a segment's content.
+default), TLS (1.2 minimum) is available, and with ``client_ca`` the sending system must present
+a certificate from that CA (mutual TLS, as between MSSanté operators), optionally one of
+``allowed_client_subjects`` (CN or RFC 4514 subject) — the way to open MLLP beyond one host.
+Logs carry the peer, MSH-10 control id, message type, sizes and decisions — never a segment's content.
 """
 
 from __future__ import annotations
@@ -56,7 +58,24 @@ def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
     ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
+    if settings.client_ca is not None:
+        ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate or an unknown issuer: the handshake fails
+        ctx.load_verify_locations(cafile=str(settings.client_ca))
     return ctx
+
+
+def client_allowed(settings: MllpSettings, der: bytes | None) -> bool:
+    """With ``allowed_client_subjects``, the verified client certificate must name one of them."""
+    if not settings.allowed_client_subjects:
+        return True
+    if not der:
+        return False
+    from cryptography import x509
+
+    subject = x509.load_der_x509_certificate(der).subject
+    names = {subject.rfc4514_string()} | {str(a.value) for a in subject.get_attributes_for_oid(
+        x509.NameOID.COMMON_NAME)}
+    return any(allowed in names for allowed in settings.allowed_client_subjects)
 
 
 class MllpListener:
@@ -105,6 +124,11 @@ class MllpListener:
         try:
             if not self.settings.allows(ip):
                 event(log, "mllp-refused", logging.WARNING, client=ip, reason="network not allowed")
+                return
+            ssl_object = writer.get_extra_info("ssl_object")
+            der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
+            if not client_allowed(self.settings, der):
+                event(log, "mllp-refused", logging.WARNING, client=ip, reason="client certificate not allowed")
                 return
             await self._serve(reader, writer, ip)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:

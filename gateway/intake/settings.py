@@ -35,7 +35,8 @@ _OID = re.compile(r"^[0-2](\.(0|[1-9]\d*))+$")
 _RPPS = re.compile(r"^\d{11}$")
 _DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
 
-_MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks"}
+_MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks",
+              "client_ca", "allowed_client_subjects"}
 _DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval", "pdf_wait"}
 _ROUTING_KEYS = {"smtp_address", "request_mdn", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
                  "xdm_source_id", "notify_sender", "notice_from"}
@@ -58,6 +59,9 @@ class MllpSettings:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     allowed_networks: tuple[Network, ...] = ()
+    #: Mutual TLS: client certificates must chain to this CA file (and name one of the subjects).
+    client_ca: Path | None = None
+    allowed_client_subjects: tuple[str, ...] = ()
 
     def allows(self, ip: str) -> bool:
         """True when ``ip`` may connect; an empty list allows everyone (explicit choice in the config)."""
@@ -233,6 +237,15 @@ def _mllp(p: _Problems, spec: dict[str, Any]) -> MllpSettings:
     tls_key = p.path(spec, "tls_key", prefix, must_exist=True)
     if (tls_cert is None) != (tls_key is None):
         p.add(prefix + "tls_key", "tls_cert and tls_key go together")
+    client_ca = p.path(spec, "client_ca", prefix, must_exist=True)
+    if client_ca is not None and tls_cert is None:
+        p.add(prefix + "client_ca", "client certificates need TLS: set tls_cert and tls_key")
+    subjects = spec.get("allowed_client_subjects", [])
+    if not isinstance(subjects, list) or not all(isinstance(x, str) and x for x in subjects):
+        p.add(prefix + "allowed_client_subjects", "expected a list of subject CNs or RFC 4514 names")
+        subjects = []
+    if subjects and client_ca is None:
+        p.add(prefix + "allowed_client_subjects", "allowed_client_subjects needs client_ca to check certificates")
     max_frame = p.convert(spec, "max_frame", prefix, parse_size, DEFAULT_MAX_FRAME)
     return MllpSettings(
         address=p.string(spec, "address", prefix, "127.0.0.1") or "127.0.0.1",
@@ -243,6 +256,8 @@ def _mllp(p: _Problems, spec: dict[str, Any]) -> MllpSettings:
         tls_cert=tls_cert,
         tls_key=tls_key,
         allowed_networks=tuple(nets),
+        client_ca=client_ca,
+        allowed_client_subjects=tuple(subjects),
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import ipaddress
+import logging
 
 import pytest
 
@@ -168,5 +169,64 @@ async def test_tls_1_2_minimum(tmp_path, spool, directory, dedup, routing) -> No
         ack = await _read_ack(reader)
         writer.close()
         assert ack["MSA"][1:3] == ["AA", "CTRLTLS"] and len(spool.list()) == 1
+    finally:
+        await lst.stop()
+
+
+async def test_mutual_tls_with_allowed_subjects(tmp_path, spool, directory, dedup, routing, caplog) -> None:
+    """client_ca: no certificate or one from another CA fails the handshake; a certificate from the
+    CA whose subject is not allowed is closed without an ACK; the allowed LIS gets AA."""
+    import ssl
+
+    from tests.e2e.tlspki import TestCA
+
+    ca, other = TestCA(tmp_path / "ca"), TestCA(tmp_path / "other", "TEST AC autre")
+    server = ca.issue("mllp.gateway.test", client=False)
+    lis, stranger, forged = ca.issue("lis.labo.test", server=False), ca.issue("autre.test", server=False), \
+        other.issue("lis.labo.test", server=False)
+    settings = _settings(tls_cert=server.cert, tls_key=server.key, client_ca=ca.ca_file,
+                         allowed_client_subjects=("lis.labo.test",))
+    lst = MllpListener(settings, spool, directory, dedup, None, 3600.0, routing=routing)
+    await lst.start()
+
+    def context(pair=None) -> ssl.SSLContext:
+        ctx = ssl.create_default_context(cafile=str(ca.ca_file))
+        if pair is not None:
+            ctx.load_cert_chain(str(pair.cert), str(pair.key))
+        return ctx
+
+    async def send(pair, control: str) -> dict[str, list[str]] | str:
+        """The ACK, or the name of the error that ended the exchange."""
+        try:
+            reader, writer = await asyncio.open_connection("127.0.0.1", lst.bound, ssl=context(pair),
+                                                           server_hostname="localhost")
+        except (ssl.SSLError, ConnectionError) as exc:
+            return type(exc).__name__
+        try:
+            writer.write(mllp_frame(s.oru(control=control)))
+            await writer.drain()
+            return await _read_ack(reader)  # TLS 1.3: a refused client certificate shows on this read
+        except (asyncio.IncompleteReadError, ConnectionError, ssl.SSLError) as exc:
+            return type(exc).__name__
+        finally:
+            writer.close()
+
+    def refused_by_subject() -> int:
+        return sum(1 for r in caplog.records if r.getMessage() == "mllp-refused"
+                   and r.fields.get("reason") == "client certificate not allowed")  # type: ignore[attr-defined]
+
+    caplog.set_level(logging.INFO, logger="gateway.intake.mllp")
+    try:
+        # no certificate, or the allowed subject from another CA: refused in the TLS handshake,
+        # before the subject check (TLS 1.3: the client sees it as an alert or an EOF on its read)
+        assert isinstance(await send(None, "CTRLNOCERT"), str)
+        assert isinstance(await send(forged, "CTRLFORGED"), str)
+        assert refused_by_subject() == 0
+        assert isinstance(await send(stranger, "CTRLSTRANGER"), str)  # a good certificate, not allowed
+        assert refused_by_subject() == 1
+        assert spool.list() == []
+        ack = await send(lis, "CTRLMTLS")
+        assert not isinstance(ack, str) and ack["MSA"][1:3] == ["AA", "CTRLMTLS"]
+        assert len(spool.list()) == 1
     finally:
         await lst.stop()

@@ -51,9 +51,9 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     codes.write_text("lab_sender,lab_code,rpps\nLABX,DRZEP,123\nLABX\n")
     raw = {"intake": {
         "mllp": {"port": 70000, "timeout": "soon", "allowed_networks": ["not-a-net"], "tls_cert": "missing.pem",
-                 "colour": "blue"},
+                 "colour": "blue", "client_ca": "missing-ca.pem", "allowed_client_subjects": "lis"},
         "drop": {"bad name!": {"sender": "nobody", "complete": "whenever", "done": "../elsewhere",
-                               "poll_interval": 0}},
+                               "poll_interval": 0, "pdf_wait": "-1"}},
         "routing": {"unrouted": {"lis@x.test": 3}, "dedup_window": "forever", "lab_codes": "codes.csv",
                     "xdm_source_id": "abc"},
         "extra": 1,
@@ -64,6 +64,7 @@ def test_every_problem_is_reported(tmp_path: Path) -> None:
     expected = {
         "intake.extra", "intake.mllp.port", "intake.mllp.timeout", "intake.mllp.allowed_networks[0]",
         "intake.mllp.tls_cert", "intake.mllp.tls_key", "intake.mllp.colour", "intake.mllp.sender",
+        "intake.mllp.client_ca", "intake.mllp.allowed_client_subjects", "intake.drop.bad name!.pdf_wait",
         "intake.drop.bad name!", "intake.drop.bad name!.path", "intake.drop.bad name!.sender",
         "intake.drop.bad name!.complete", "intake.drop.bad name!.done", "intake.drop.bad name!.poll_interval",
         "intake.routing.unrouted.lis@x.test", "intake.routing.dedup_window", "intake.routing.lab_codes",
