@@ -369,6 +369,8 @@ def _label(name: str) -> str:
 
 
 def _check_name(name: str) -> None:
+    if not name:  # found by atheris: zipfile's is_dir() indexes name[-1]
+        raise XdmError("zip entry without a name", "zip")
     norm = name.replace("\\", "/")
     if norm.startswith("/") or re.match(r"^[A-Za-z]:", norm) or ".." in norm.split("/") or "\x00" in name:
         raise UnsafePayload("zip entry name escapes the package (absolute or '..')", _label(name))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import email
+import email.errors
 import email.generator
 import email.policy
 import io
@@ -95,10 +96,13 @@ def _is_7bit(data: bytes) -> bool:
 def _reencode(entity: bytes) -> bytes:
     """Re-encode every 8-bit leaf part as base64 so the entity is 7-bit clean."""
     msg = email.message_from_bytes(entity, policy=email.policy.compat32)
-    for part in msg.walk():
+    for n, part in enumerate(msg.walk()):
         if part.is_multipart():
             continue
-        text = part.get_payload()
+        try:
+            text = part.get_payload()
+        except (ValueError, LookupError):  # found by atheris: a NUL in the charset parameter
+            raise MalformedSmime(f"MIME part {n} has an unusable charset parameter") from None
         if not isinstance(text, str):
             continue
         try:
@@ -126,7 +130,12 @@ def content_entity(message: bytes) -> tuple[tuple[bytes, ...], bytes]:
         content.insert(0, b"Content-Type: text/plain; charset=us-ascii\r\n")
     entity = b"".join(content) + b"\r\n" + split.body
     if not _is_7bit(entity):
-        entity = _reencode(entity)
+        try:
+            entity = _reencode(entity)
+        except (email.errors.MessageError, ValueError, LookupError):
+            # found by atheris: the stdlib parser/generator refuses what it cannot fold or decode
+            # (a header with an embedded header, a NUL in a charset)
+            raise MalformedSmime("content cannot be re-encoded as 7-bit MIME for signing") from None
     return outer_fields(split), entity
 
 

@@ -155,3 +155,19 @@ def test_unsafe_metadata_and_missing_parts() -> None:
         read_xdm(_zip({"README.TXT": b"hello"}))
     with pytest.raises(XdmError, match="not a readable zip"):
         read_xdm(b"PK\x03\x04 not really a zip")
+
+
+def test_entry_without_a_name_is_a_typed_error() -> None:
+    """Found by atheris: zipfile's ZipInfo.is_dir() raised IndexError on an empty entry name."""
+    import io
+    import zipfile
+
+    from gateway.routing.payload import XdmError
+    from gateway.routing.xdm import read_xdm
+
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w") as zf:
+        zf.writestr(zipfile.ZipInfo("README.TXT"), b"TEST")
+        zf.writestr(zipfile.ZipInfo(""), b"no name")
+    with pytest.raises(XdmError, match="without a name"):
+        read_xdm(buf.getvalue())

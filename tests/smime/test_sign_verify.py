@@ -9,6 +9,7 @@ import email.policy
 import pytest
 from asn1crypto import cms
 
+from gateway.smime import errors as E
 from gateway.smime.engine import Verifier, sign_message, verify_message
 from gateway.smime.mime import classify
 from tests.smime.support import MESSAGE, message_from
@@ -118,3 +119,21 @@ async def test_only_8bit_parts_are_reencoded(key, verifier: Verifier) -> None:
     parts = list(email.message_from_bytes(result.content, policy=email.policy.compat32).walk())
     assert parts[2]["Content-Transfer-Encoding"] == "base64"
     assert parts[2].get_payload(decode=True) == "TEST partie accentuée".encode()  # CRLF is the boundary's
+
+
+async def test_unusable_charset_in_content_to_sign_is_a_typed_error(key) -> None:
+    """Found by atheris: the stdlib raised ValueError decoding a part whose charset holds a NUL."""
+    raw = b"From: a@b.test\r\nContent-Type: text/plain; charset=\"a\x00b\"\r\n\r\ncaf\xc3\xa9\r\n"
+    with pytest.raises(E.MalformedSmime, match="charset"):
+        await sign_message(raw, key("person_sign"))
+
+
+
+async def test_content_the_stdlib_cannot_fold_is_a_typed_error(key) -> None:
+    """Found by atheris: a nested header broken by vertical tabs made the stdlib generator raise
+    HeaderParseError ("embedded header") while re-encoding 8-bit content for signing."""
+    raw = (b"From: a@b.test\r\nContent-Type: multipart/mixed; boundary=x\r\n\r\n--x\r\n"
+           b"Content-Type: message/rfc822\r\n\r\nFrom: Con" + b"\x0b" * 80 + b"tent-Type: m\r\n\r\n"
+           b"caf\xc3\xa9\r\n--x--\r\n")
+    with pytest.raises(E.MalformedSmime, match="re-encoded"):
+        await sign_message(raw, key("person_sign"))
