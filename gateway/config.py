@@ -152,6 +152,8 @@ class TrustConfig:
     fetch_crls: bool
     crl_max_age: float
     authorised_domains_file: Path | None
+    #: Ask the certificates' OCSP responders too (fresher than CRLs; either answer suffices).
+    ocsp: bool = False
 
 
 @dataclass(frozen=True)
@@ -557,7 +559,7 @@ def _trust(r: _Reader, data: dict[str, Any]) -> TrustConfig | None:
         return None
     spec = r.table(data, "trust")
     prefix = "trust."
-    r.unknown(spec, {"anchors", "crl_files", "fetch_crls", "crl_max_age", "authorised_domains_file"}, prefix)
+    r.unknown(spec, {"anchors", "crl_files", "fetch_crls", "crl_max_age", "authorised_domains_file", "ocsp"}, prefix)
     anchors = r.path(spec, "anchors", prefix, must_exist=True)
     if anchors is not None and anchors.exists() and not anchors.is_dir():
         r.problem(prefix + "anchors", "must be a folder of PEM CA certificates")
@@ -572,6 +574,7 @@ def _trust(r: _Reader, data: dict[str, Any]) -> TrustConfig | None:
         anchors=anchors, crl_files=tuple(crls), fetch_crls=r.get(spec, "fetch_crls", prefix, bool, True),
         crl_max_age=r.convert(spec, "crl_max_age", prefix, parse_duration, "7d"),
         authorised_domains_file=r.path(spec, "authorised_domains_file", prefix, must_exist=True),
+        ocsp=r.get(spec, "ocsp", prefix, bool, False),
     )
 
 

@@ -19,6 +19,7 @@ from gateway.commands.common import read_input, write_output
 from gateway.errors import GatewayError
 from gateway.smime.engine import Verifier, decrypt_message, encrypt_message, sign_message, verify_message
 from gateway.smime.errors import KeyLoadError, MalformedSmime, SmimeError, UnsupportedAlgorithm
+from gateway.smime.ocsp import OcspSource
 from gateway.smime.revocation import CrlSource, http_fetch
 from gateway.smime.softkeys import load_certificates, load_key
 from gateway.smime.trust import TrustStore
@@ -101,7 +102,9 @@ def cmd_verify(args: argparse.Namespace) -> int:
     async def act() -> int:
         message = _read_in(args.infile)
         crls = CrlSource(files=args.crl or (), fetcher=None if args.no_network else http_fetch)
-        verifier = Verifier(TrustStore.from_directory(args.trust), crls, require_from_match=not args.no_from_check)
+        ocsp = OcspSource() if args.ocsp and not args.no_network else None
+        verifier = Verifier(TrustStore.from_directory(args.trust), crls, require_from_match=not args.no_from_check,
+                            ocsp=ocsp)
         result = await verify_message(message, verifier, sender=args.sender)
         if args.outfile:
             _write_out(args.outfile, result.message)
@@ -157,6 +160,8 @@ def register(subparsers: Any) -> None:
     v.add_argument("--trust", required=True, help="folder of trusted root and intermediate certificates")
     v.add_argument("--crl", action="extend", nargs="+", help="CRL file(s) (DER or PEM; repeatable)")
     v.add_argument("--no-network", action="store_true", help="do not fetch CRLs from distribution points")
+    v.add_argument("--ocsp", action="store_true",
+                   help="also ask the certificates' OCSP responders (either a CRL or an OCSP answer suffices)")
     v.add_argument("--from", dest="sender", help="expected signer address (default: the From header)")
     v.add_argument("--no-from-check", action="store_true", help="do not require the signer to match From")
     v.add_argument("--in", dest="infile", required=True)

@@ -34,6 +34,7 @@ from gateway.smime.mime import (
     pkcs7_mime,
     split_message,
 )
+from gateway.smime.ocsp import OcspSource
 from gateway.smime.result import UnwrapResult, VerificationResult
 from gateway.smime.revocation import CrlSource
 from gateway.smime.trust import PathCache, TrustStore, check_signing_usage, validate_signer
@@ -98,6 +99,8 @@ class Verifier:
     require_from_match: bool = True
     now: dt.datetime | None = None  # fixed clock for tests; None = real time
     cache: PathCache = field(default_factory=PathCache)
+    #: OCSP responders asked beside the CRLs (``[trust] ocsp = true``); None: CRLs only.
+    ocsp: OcspSource | None = None
     #: Correspondents' certificates known from the directory: used to find a signer whose
     #: message carries no certificate (they are not trusted for that: the path still is checked).
     known_certificates: tuple[x509.Certificate, ...] = ()
@@ -115,7 +118,8 @@ class Verifier:
         for signer in checked.signers:
             path = await validate_signer(signer.certificate, trust=self.trust, crls=self.crls,
                                          extra_certs=checked.certificates + self.known_certificates,
-                                         signing_time=signer.signing_time, now=self.now, cache=self.cache)
+                                         signing_time=signer.signing_time, now=self.now, cache=self.cache,
+                                         ocsp=self.ocsp)
             ident = read_identity(signer.certificate)
             reasons = ["signature verifies over the signed attributes", "content digest matches",
                        "path to a trusted root is valid now" + (" and at signing time" if signer.signing_time

@@ -36,6 +36,7 @@ from gateway.smime.errors import (
     WrongKeyUsage,
 )
 from gateway.smime.identity import read_identity
+from gateway.smime.ocsp import OcspSource
 from gateway.smime.revocation import CrlSource
 from gateway.smime.softkeys import load_certificates
 
@@ -121,18 +122,21 @@ def check_encryption_usage(cert: x509.Certificate) -> None:
 
 
 async def validate_recipient(cert: x509.Certificate, address: str | None, *, trust: TrustStore, crls: CrlSource,
-                             now: dt.datetime | None = None, cache: PathCache | None = None) -> PathResult:
+                             now: dt.datetime | None = None, cache: PathCache | None = None,
+                             ocsp: OcspSource | None = None) -> PathResult:
     """Validate a certificate we would encrypt to: trusted path now, not revoked, usable for
     key transport, and naming `address` (when given). Raises a typed refusal otherwise."""
     check_encryption_usage(cert)
     if address and not read_identity(cert).names_address(address):
         raise CertificateRefused("certificate does not name the recipient address")
     now = now or dt.datetime.now(dt.UTC)
-    crl_der = await crls.crls_for(candidate_chain(cert, trust.all), now)
-    key = PathCache.key([cert, *trust.all], crl_der, now) if cache is not None else None
+    candidates = candidate_chain(cert, trust.all)
+    crl_der = await crls.crls_for(candidates, now)
+    ocsp_der = await ocsp.responses_for(candidates, now) if ocsp is not None else []
+    key = PathCache.key([cert, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, (), crl_der, now, crls.fetch_failures > 0)
+        chain = await _validate_path(cert, trust, (), crl_der, now, _fetch_failed(crls, ocsp), ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     return PathResult(chain, "good")
@@ -178,15 +182,18 @@ class PathCache:
 
 async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: CrlSource,
                           extra_certs: Sequence[x509.Certificate] = (), signing_time: dt.datetime | None = None,
-                          now: dt.datetime | None = None, cache: PathCache | None = None) -> PathResult:
+                          now: dt.datetime | None = None, cache: PathCache | None = None,
+                          ocsp: OcspSource | None = None) -> PathResult:
     """Validate `cert` for S/MIME signing now and at `signing_time`, or raise a typed refusal."""
     now = now or dt.datetime.now(dt.UTC)
     pool = [*extra_certs, *trust.all]
-    crl_der = await crls.crls_for(candidate_chain(cert, pool), now)
-    key = PathCache.key([cert, *extra_certs, *trust.all], crl_der, now) if cache is not None else None
+    candidates = candidate_chain(cert, pool)
+    crl_der = await crls.crls_for(candidates, now)
+    ocsp_der = await ocsp.responses_for(candidates, now) if ocsp is not None else []
+    key = PathCache.key([cert, *extra_certs, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, crls.fetch_failures > 0)
+        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, _fetch_failed(crls, ocsp), ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     check_signing_usage(cert)
@@ -197,13 +204,21 @@ async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: Cr
     return PathResult(chain, "good")
 
 
+def _fetch_failed(crls: CrlSource, ocsp: OcspSource | None) -> bool:
+    """A download failed during this validation: missing revocation data is then temporary."""
+    return crls.fetch_failures > 0 or (ocsp is not None and ocsp.fetch_failures > 0)
+
+
 async def _validate_path(cert: x509.Certificate, trust: TrustStore, extra_certs: Sequence[x509.Certificate],
-                         crl_der: list[bytes], now: dt.datetime, fetch_failed: bool) -> tuple[x509.Certificate, ...]:
+                         crl_der: list[bytes], now: dt.datetime, fetch_failed: bool,
+                         ocsp_der: Sequence[bytes] = ()) -> tuple[x509.Certificate, ...]:
+    """pyhanko-certvalidator, hard-fail: a certificate declaring a CRL distribution point or an OCSP
+    responder needs a fresh CRL or a good, fresh OCSP response (either suffices)."""
     try:
         ctx = ValidationContext(
             trust_roots=[to_asn1(c) for c in trust.roots],
             other_certs=[to_asn1(c) for c in [*extra_certs, *trust.intermediates]],
-            crls=crl_der, revocation_mode="hard-fail", moment=now, allow_fetching=False)
+            crls=crl_der, ocsps=list(ocsp_der), revocation_mode="hard-fail", moment=now, allow_fetching=False)
         validator = CertificateValidator(to_asn1(cert), validation_context=ctx)
         path = await validator.async_validate_path()
     except pv_errors.PathBuildingError:

@@ -37,6 +37,7 @@ from gateway.routing.trustspace import TrustSpace
 from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.keyapi import DecryptionKey, SigningKey
 from gateway.smime.keystore import load_key_async
+from gateway.smime.ocsp import OcspSource
 from gateway.smime.result import UnwrapResult
 from gateway.smime.revocation import CrlSource, http_fetch
 from gateway.smime.trust import PathCache, TrustStore, validate_recipient
@@ -64,7 +65,8 @@ class GatewayContext:
         self.crls = CrlSource(files=trust.crl_files, fetcher=http_fetch if trust.fetch_crls else None,
                               max_age=dt.timedelta(seconds=trust.crl_max_age))
         self.path_cache = PathCache()
-        self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache)
+        self.ocsp = OcspSource() if trust.ocsp else None
+        self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache, ocsp=self.ocsp)
         self.directory = SqliteDirectory(directory_path(config))
         self.harvest_store = HarvestStore(config.state_dir / "harvest.sqlite")
         self.trust_space = TrustSpace(trust.authorised_domains_file) if trust.authorised_domains_file else None
@@ -98,7 +100,8 @@ class GatewayContext:
         return list(entry.certificates) if entry is not None else []
 
     async def _usable(self, cert: x509.Certificate, address: str) -> None:
-        await validate_recipient(cert, address, trust=self.trust, crls=self.crls, cache=self.path_cache)
+        await validate_recipient(cert, address, trust=self.trust, crls=self.crls, cache=self.path_cache,
+                                 ocsp=self.ocsp)
 
     # -- ProtectionContext -------------------------------------------------------------------
     def is_local(self, domain: str) -> bool:
