@@ -19,6 +19,7 @@ import asyncio
 import datetime as dt
 import http.client
 import urllib.request
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
@@ -33,7 +34,7 @@ OcspFetcher = Callable[[str, bytes], Awaitable[bytes]]
 MAX_OCSP_RESPONSE = 64 * 1024
 
 
-async def http_post_ocsp(url: str, request: bytes, timeout: float = 10.0) -> bytes:
+async def http_post_ocsp(url: str, request: bytes, timeout: float = 5.0) -> bytes:
     """POST an OCSP request (``application/ocsp-request``) in a worker thread; CrlFetchError on failure."""
     if not url.lower().startswith("http://"):
         raise CrlFetchError("only http:// OCSP responders are asked")
@@ -75,56 +76,100 @@ class _Cached:
     next_update: dt.datetime | None
 
 
+def _matching(answer: ocsp.OCSPResponse, request: ocsp.OCSPRequest) -> ocsp.OCSPSingleResponse | None:
+    """The SingleResponse about exactly the requested certificate (serial and issuer hashes), if any."""
+    for single in answer.responses:
+        if (single.serial_number == request.serial_number
+                and single.issuer_key_hash == request.issuer_key_hash
+                and single.issuer_name_hash == request.issuer_name_hash
+                and single.hash_algorithm.name == request.hash_algorithm.name):
+            return single
+    return None
+
+
 class OcspSource:
-    """Asks the responders of a chain's certificates; caches successful answers until nextUpdate."""
+    """Asks the responders of a chain's certificates; caches successful answers until nextUpdate.
+
+    Why the cache is keyed by the certificate's and its issuer's SHA-256 fingerprints, not by
+    (issuer name, serial): responder URLs come from certificates not yet validated (a signer's
+    certificate arrives inside the message). A forged certificate copying a real one's issuer
+    name and serial, with its own responder in the AIA, must not be able to put an answer in
+    the cache that a later check of the real certificate would use (an old "good" for a revoked
+    card). With fingerprints, whatever a forged certificate's responder says stays attached to
+    that forged certificate. An answer is kept only when a SingleResponse names the requested
+    CertID; the validator still checks its signature and freshness every time.
+    """
 
     def __init__(self, fetcher: OcspFetcher | None = http_post_ocsp, *,
-                 max_age: dt.timedelta = dt.timedelta(minutes=30)) -> None:
+                 max_age: dt.timedelta = dt.timedelta(minutes=30), max_entries: int = 10_000,
+                 max_responders: int = 2) -> None:
         self.fetcher = fetcher
         self.max_age = max_age
-        self.cache: dict[tuple[bytes, int], _Cached] = {}
-        self.fetch_failures = 0  # during the last responses_for call (a responder down is temporary)
+        self.max_entries = max_entries
+        self.max_responders = max_responders
+        self.cache: OrderedDict[tuple[bytes, bytes], _Cached] = OrderedDict()
+        self.fetch_failures = 0  # of the last responses_for call (see responses_and_failures)
 
     def _usable(self, hit: _Cached, now: dt.datetime) -> bool:
         if hit.next_update is not None and hit.next_update <= now:
             return False
         return now - hit.fetched < self.max_age
 
-    async def _ask(self, cert: x509.Certificate, issuer: x509.Certificate, now: dt.datetime) -> bytes | None:
-        key = (issuer.fingerprint(hashes.SHA256()), cert.serial_number)
+    async def _ask(self, cert: x509.Certificate, issuer: x509.Certificate,
+                   now: dt.datetime) -> tuple[bytes | None, int]:
+        key = (cert.fingerprint(hashes.SHA256()), issuer.fingerprint(hashes.SHA256()))
         hit = self.cache.get(key)
         if hit is not None and self._usable(hit, now):
-            return hit.der
-        urls = responders(cert)
+            self.cache.move_to_end(key)
+            return hit.der, 0
+        urls = responders(cert)[: self.max_responders]
         if self.fetcher is None or not urls:
-            return None
-        request = ocsp.OCSPRequestBuilder().add_certificate(
-            cert, issuer, hashes.SHA1()).build().public_bytes(serialization.Encoding.DER)  # noqa: S303 - CertID
+            return None, 0
+        request = ocsp.OCSPRequestBuilder().add_certificate(cert, issuer, hashes.SHA1()).build()  # noqa: S303 - CertID
+        request_der = request.public_bytes(serialization.Encoding.DER)
+        failures = 0
         for url in urls:
             try:
-                der = await self.fetcher(url, request)
+                der = await self.fetcher(url, request_der)
                 answer = ocsp.load_der_ocsp_response(der)
+                if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
+                    raise ValueError("responder could not answer")  # tryLater, internalError, unauthorized...
+                single = _matching(answer, request)
+                if single is None:
+                    raise ValueError("response about another certificate")
+                next_update = single.next_update_utc
             except (CrlFetchError, ValueError):
-                self.fetch_failures += 1
+                failures += 1
                 continue
-            if answer.response_status != ocsp.OCSPResponseStatus.SUCCESSFUL:
-                self.fetch_failures += 1  # tryLater, internalError... : the responder could not say
-                continue
-            self.cache[key] = _Cached(der, now, answer.next_update_utc)
-            return der
-        return hit.der if hit is not None and (hit.next_update is None or hit.next_update > now) else None
+            self.cache[key] = _Cached(der, now, next_update)
+            self.cache.move_to_end(key)
+            while len(self.cache) > self.max_entries:
+                self.cache.popitem(last=False)
+            return der, failures
+        stale_ok = hit is not None and (hit.next_update is None or hit.next_update > now)
+        return (hit.der if hit is not None and stale_ok else None), failures
 
-    async def responses_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
-        """DER OCSP responses for the certificates of ``chain`` (leaf first) whose issuer follows them."""
+    async def responses_and_failures(self, chain: Sequence[x509.Certificate],
+                                     now: dt.datetime | None = None) -> tuple[list[bytes], int]:
+        """DER OCSP responses for the certificates of ``chain`` (leaf first) whose issuer follows
+        them, and how many requests failed (a responder down makes missing revocation temporary).
+        The count is returned, not kept on the shared source, so concurrent validations do not
+        reset each other's."""
         now = now or dt.datetime.now(dt.UTC)
-        self.fetch_failures = 0
         out: list[bytes] = []
+        failures = 0
         for cert, issuer in zip(chain, chain[1:], strict=False):
             if cert.issuer != issuer.subject or cert.subject == cert.issuer:
                 continue
-            der = await self._ask(cert, issuer, now)
+            der, failed = await self._ask(cert, issuer, now)
+            failures += failed
             if der is not None:
                 out.append(der)
+        return out, failures
+
+    async def responses_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
+        """:meth:`responses_and_failures` without the count (kept in ``fetch_failures`` for tools)."""
+        out, self.fetch_failures = await self.responses_and_failures(chain, now)
         return out
 
 

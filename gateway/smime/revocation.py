@@ -82,7 +82,7 @@ class CrlSource:
         self.max_age = max_age
         self.static: list[x509.CertificateRevocationList] = []
         self.cache: dict[str, _Cached] = {}
-        self.fetch_failures = 0  # during the last crls_for call (a failed download is temporary)
+        self.fetch_failures = 0  # of the last crls_for call (validations use crls_and_failures)
         for f in files:
             try:
                 self.static.append(parse_crl(Path(f).read_bytes()))
@@ -94,24 +94,27 @@ class CrlSource:
         nu = crl.next_update_utc
         return nu is None or nu > now
 
-    async def _fetch(self, url: str, now: dt.datetime) -> x509.CertificateRevocationList | None:
+    async def _fetch(self, url: str, now: dt.datetime) -> tuple[x509.CertificateRevocationList | None, bool]:
+        """(CRL or None, whether a download failed)."""
         hit = self.cache.get(url)
         if hit and now - hit.fetched < self.max_age and self._fresh(hit.crl, now):
-            return hit.crl
+            return hit.crl, False
         if self.fetcher is None:
-            return None
+            return None, False
         try:
             crl = parse_crl(await self.fetcher(url))
         except (CrlFetchError, KeyLoadError):
-            self.fetch_failures += 1
-            return hit.crl if hit and self._fresh(hit.crl, now) else None
+            return (hit.crl if hit and self._fresh(hit.crl, now) else None), True
         self.cache[url] = _Cached(crl, now)
-        return crl
+        return crl, False
 
-    async def crls_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
-        """DER CRLs covering every non-self-issued certificate of `chain` (those we can get)."""
+    async def crls_and_failures(self, chain: Sequence[x509.Certificate],
+                                now: dt.datetime | None = None) -> tuple[list[bytes], int]:
+        """DER CRLs covering every non-self-issued certificate of `chain` (those we can get), and
+        how many downloads failed. The count is returned, not kept on this shared source, so a
+        concurrent validation cannot reset it while this one waits on the network."""
         now = now or dt.datetime.now(dt.UTC)
-        self.fetch_failures = 0
+        failures = 0
         out: list[x509.CertificateRevocationList] = []
         for cert in chain:
             if cert.issuer == cert.subject:
@@ -121,9 +124,15 @@ class CrlSource:
                 out += local
                 continue
             for url in distribution_points(cert):
-                crl = await self._fetch(url, now)
+                crl, failed = await self._fetch(url, now)
+                failures += failed
                 if crl is not None and crl.issuer == cert.issuer:
                     out.append(crl)
                     break
         unique = {c.public_bytes(serialization.Encoding.DER): None for c in out}
-        return list(unique)
+        return list(unique), failures
+
+    async def crls_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
+        """:meth:`crls_and_failures` without the count (kept in ``fetch_failures`` for tools and tests)."""
+        out, self.fetch_failures = await self.crls_and_failures(chain, now)
+        return out

@@ -131,12 +131,11 @@ async def validate_recipient(cert: x509.Certificate, address: str | None, *, tru
         raise CertificateRefused("certificate does not name the recipient address")
     now = now or dt.datetime.now(dt.UTC)
     candidates = candidate_chain(cert, trust.all)
-    crl_der = await crls.crls_for(candidates, now)
-    ocsp_der = await ocsp.responses_for(candidates, now) if ocsp is not None else []
+    crl_der, ocsp_der, failed = await _revocation_info(candidates, crls, ocsp, now)
     key = PathCache.key([cert, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, (), crl_der, now, _fetch_failed(crls, ocsp), ocsp_der)
+        chain = await _validate_path(cert, trust, (), crl_der, now, failed, ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     return PathResult(chain, "good")
@@ -188,12 +187,11 @@ async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: Cr
     now = now or dt.datetime.now(dt.UTC)
     pool = [*extra_certs, *trust.all]
     candidates = candidate_chain(cert, pool)
-    crl_der = await crls.crls_for(candidates, now)
-    ocsp_der = await ocsp.responses_for(candidates, now) if ocsp is not None else []
+    crl_der, ocsp_der, failed = await _revocation_info(candidates, crls, ocsp, now)
     key = PathCache.key([cert, *extra_certs, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, _fetch_failed(crls, ocsp), ocsp_der)
+        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, failed, ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     check_signing_usage(cert)
@@ -204,9 +202,12 @@ async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: Cr
     return PathResult(chain, "good")
 
 
-def _fetch_failed(crls: CrlSource, ocsp: OcspSource | None) -> bool:
-    """A download failed during this validation: missing revocation data is then temporary."""
-    return crls.fetch_failures > 0 or (ocsp is not None and ocsp.fetch_failures > 0)
+async def _revocation_info(chain: Sequence[x509.Certificate], crls: CrlSource, ocsp: OcspSource | None,
+                           now: dt.datetime) -> tuple[list[bytes], list[bytes], bool]:
+    """(CRLs, OCSP responses, whether a download failed: missing revocation data is then temporary)."""
+    crl_der, crl_failures = await crls.crls_and_failures(chain, now)
+    ocsp_der, ocsp_failures = (await ocsp.responses_and_failures(chain, now)) if ocsp is not None else ([], 0)
+    return crl_der, ocsp_der, (crl_failures + ocsp_failures) > 0
 
 
 async def _validate_path(cert: x509.Certificate, trust: TrustStore, extra_certs: Sequence[x509.Certificate],
