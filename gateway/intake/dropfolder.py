@@ -27,13 +27,18 @@ restarts (intake starts with the gateway, before delivery has a chance to empty 
 **PDFs with a payload or a sidecar.** ``X.pdf`` goes with the file of the same stem that says
 where it goes (``X.hpr``, ``X.hl7``, ``X.xml`` or the JSON sidecar ``X.json`` / ``X.pdf.json``):
 the writer writes the PDF first, then that file (the *trigger*). A PDF waits ``pdf_wait``
-seconds for its trigger and then goes alone (to the envelope of the folder's routing: the
+seconds (counted from when the gateway first saw it, not from its mtime) for its trigger and
+then goes alone (to the envelope of the folder's routing: the
 unrouted mailbox). When the trigger is claimed, its PDFs are moved first into
 ``processing/<trigger>.parts/``, then the trigger itself; a ``.parts`` folder without its
 trigger (a crash between the two) goes back to the drop folder at the next poll, so the pair
 is claimed again together. Parts follow their trigger to ``done/`` or ``error/``, parts first.
+With ``ok-marker``, a PDF is taken only with its own ``.ok`` (the trigger waits for it, at most
+``pdf_wait``, then goes without the unmarked PDF).
 
-Malformed payloads go to ``error/`` with ``X.reason.txt`` (what and where, never content).
+Malformed payloads go to ``error/`` with ``X.reason.txt`` (what and where, never content); the
+decision is journalled (``rejected``) before anything moves, so a crash half-way through the
+move is finished at the next poll instead of processing the payload again without its PDFs.
 A temporary failure (spool full, store busy) leaves ``X`` in ``processing/`` for the next poll.
 Logs name files by a short digest of their name: LIS file names often carry the patient's name.
 """
@@ -50,6 +55,7 @@ import logging
 import os
 import secrets
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
@@ -158,6 +164,10 @@ class DropFolderWatcher:
         self.on_accept = on_accept
         self.lifetime = lifetime
         self.routing = routing or RoutingSettings()
+        #: (name, inode) -> when this watcher first saw the file (monotonic). Waits are measured
+        #: from here, not from mtime: copies that keep timestamps (rsync -t, robocopy, SMB) and
+        #: skewed file-server clocks make a file that just arrived look old.
+        self._first_seen: dict[tuple[str, int], float] = {}
         self._task: asyncio.Task[None] | None = None
         self._stopping = asyncio.Event()
 
@@ -258,12 +268,33 @@ class DropFolderWatcher:
             except OSError:
                 return 0.0, name
 
+        now = time.monotonic()
+        seen: dict[tuple[str, int], float] = {}
+
+        def waited(name: str) -> float:
+            key = (name, entries[name].inode())
+            seen[key] = self._first_seen.get(key, now)
+            return now - seen[key]
+
         # A PDF goes with its trigger (claimed with it) or, after pdf_wait, alone.
-        taken = {c for t in entries if not _is_pdf_name(t) and not t.endswith(".ok")
-                 for c in companions_of(t, entries)}
-        cutoff = dt.datetime.now(dt.UTC).timestamp() - self.settings.pdf_wait
-        names = [n for n in names if not _is_pdf_name(n) or (n not in taken and age(n)[0] <= cutoff)]
-        return sorted(names, key=age)
+        triggers = [t for t in entries if not _is_pdf_name(t) and not t.endswith(".ok")]
+        taken = {c for t in triggers for c in companions_of(t, entries)}
+        keep = []
+        for n in names:
+            if _is_pdf_name(n):
+                if n in taken or waited(n) < self.settings.pdf_wait:
+                    continue
+            elif self.settings.complete == "ok-marker":
+                # a companion PDF not marked complete yet: wait for its marker, at most pdf_wait
+                unmarked = [c for c in companions_of(n, entries) if c + ".ok" not in entries]
+                if unmarked and waited(n) < self.settings.pdf_wait:
+                    continue
+            keep.append(n)
+        for n in entries:
+            if _is_pdf_name(n):
+                waited(n)  # start the clock of every PDF, even one not complete yet
+        self._first_seen = seen
+        return sorted(keep, key=age)
 
     def claim(self, name: str) -> Path | None:
         """Step 1: move the file into processing/ (atomic rename), then drop its marker."""
@@ -278,8 +309,11 @@ class DropFolderWatcher:
             target = processing / f"{base}.{n}"
         if not src.is_file():
             return None
-        companions = companions_of(name, (e.name for e in os.scandir(self.settings.path)
-                                          if e.is_file(follow_symlinks=False) and not _ignored(e.name)))
+        present = {e.name for e in os.scandir(self.settings.path)
+                   if e.is_file(follow_symlinks=False) and not _ignored(e.name)}
+        companions = companions_of(name, present)
+        if self.settings.complete == "ok-marker":  # never a PDF still being written
+            companions = [c for c in companions if c + ".ok" in present]
         if companions:  # parts first: a crash now leaves parts without trigger, returned next poll
             parts = processing / (target.name + PARTS_SUFFIX)
             parts.mkdir(exist_ok=True)
@@ -336,6 +370,10 @@ class DropFolderWatcher:
         if journal is not None and journal.get("state") == "queued":
             self._finish(path, self.settings.done)
             event(log, "drop-recovered", drop=self.settings.name, file=ref, queued=",".join(journal.get("ids", [])))
+            return []
+        if journal is not None and journal.get("state") == "rejected" and journal.get("target"):
+            self._finish_reject(path, journal)  # a crash while moving to error/: finish, never re-process
+            event(log, "drop-recovered", drop=self.settings.name, file=ref, rejected=journal.get("code", ""))
             return []
         if journal is None or not journal.get("token"):
             skip: set[int] = set()
@@ -412,17 +450,33 @@ class DropFolderWatcher:
         return target
 
     def _reject(self, path: Path, code: str, what: str, where: str) -> None:
-        """Move to error/ with a reason file (what and where only: the readers never put content there)."""
+        """Move to error/ with a reason file (what and where only: the readers never put content there).
+
+        The decision is journalled first (``state = rejected``): a crash while the file and its
+        PDFs move must finish the move at the next poll, not process the payload again without
+        the PDFs already in error/.
+        """
+        journal = self._journal(path) or {}
+        if journal.get("state") != "rejected" or not journal.get("target"):
+            folder = self.settings.error
+            target_name = path.name
+            n = 0
+            while (folder / target_name).exists():
+                n += 1
+                target_name = f"{path.name}.{n}"
+            journal = {**journal, "state": "rejected", "code": code, "what": what, "where": where,
+                       "target": target_name}
+            self._save_journal(path, journal)
+        self._finish_reject(path, journal)
+
+    def _finish_reject(self, path: Path, journal: dict[str, Any]) -> None:
         folder = self.settings.error
-        target_name = path.name
-        n = 0
-        while (folder / target_name).exists():
-            n += 1
-            target_name = f"{path.name}.{n}"
+        target_name = str(journal["target"])
+        where = str(journal.get("where", ""))
         stamp = dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         reason = (f"Fichier refusé par la passerelle / file rejected by the gateway\n"
-                  f"drop folder: {self.settings.name}\ncode: {code}\nerror: {what}\n"
-                  + (f"where: {where}\n" if where else "") + f"time: {stamp}\n")
+                  f"drop folder: {self.settings.name}\ncode: {journal.get('code', '')}\n"
+                  f"error: {journal.get('what', '')}\n" + (f"where: {where}\n" if where else "") + f"time: {stamp}\n")
         _write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
         self._move_parts(path, folder)
         placed = _place(path, folder, target_name)

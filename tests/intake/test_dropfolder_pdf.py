@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.intake.dropfolder import PARTS_SUFFIX, DropFolderWatcher, companions_of
+from gateway.intake.dropfolder import JOURNAL_SUFFIX, PARTS_SUFFIX, DropFolderWatcher, companions_of
 from tests.intake import samples as s
 from tests.intake.test_dropfolder import _settings, _write
 
@@ -72,15 +72,46 @@ def test_pdf_with_a_json_sidecar(make_watcher, spool) -> None:
 
 
 def test_a_pdf_alone_goes_after_the_wait(make_watcher, spool) -> None:
-    w = make_watcher(pdf_wait=60)
+    w = make_watcher(pdf_wait=0.3)
     drop = w.settings.path
     _write(drop, "seul.pdf", s.PDF)
-    assert w.poll_sync() == []
-    old = time.time() - 61
+    old = time.time() - 86400  # copied with its timestamps kept (rsync -t, robocopy): looks a day old
     os.utime(drop / "seul.pdf", (old, old))
+    assert w.poll_sync() == []  # the wait counts from when the gateway first saw it, not from mtime
+    time.sleep(0.35)
     ids = w.poll_sync()
     assert [[r.address for r in spool.get(i).recipients] for i in ids] == [[s.UNROUTED], [s.LIS]]  # + notice
     assert _tree(drop) == ["done/seul.pdf"]
+
+
+def test_ok_marker_trigger_waits_for_its_pdf_marker(make_watcher, spool) -> None:
+    """A companion PDF is never taken half-written: the trigger waits for the PDF's own marker."""
+    w = make_watcher("ok-marker", pdf_wait=60)
+    drop = w.settings.path
+    (drop / "R5.pdf").write_bytes(s.PDF[:10])  # still being written
+    (drop / "R5.hpr").write_bytes(s.hprim_medecin())
+    (drop / "R5.hpr.ok").write_bytes(b"")
+    assert w.poll_sync() == [] and spool.list() == []
+    (drop / "R5.pdf").write_bytes(s.PDF)
+    (drop / "R5.pdf.ok").write_bytes(b"")
+    ids = w.poll_sync()
+    assert len(ids) == 1 and _attachments(spool, ids[0])["document.pdf"] == s.PDF
+    assert _tree(drop) == ["done/R5.hpr", "done/R5.pdf"]
+
+
+def test_crash_while_moving_a_rejected_pair_to_error(make_watcher, spool) -> None:
+    """Found in review: the PDF reached error/, the payload had not; the next poll must finish the
+    move, not send the payload alone."""
+    w = make_watcher()
+    drop, processing, error = w.settings.path, w.settings.processing, w.settings.error
+    (processing / "R6.hpr").write_bytes(s.hprim_medecin())
+    (error / "R6.pdf").write_bytes(s.PDF[:-7])
+    (processing / ("R6.hpr" + JOURNAL_SUFFIX)).write_text(json.dumps(
+        {"state": "rejected", "token": "t", "attempts": 1, "code": "payload-malformed",
+         "what": "truncated PDF document", "where": "PDF 1: byte 40", "target": "R6.hpr"}))
+    assert w.poll_sync() == [] and spool.list() == []
+    assert _tree(drop) == ["error/R6.hpr", "error/R6.hpr.reason.txt", "error/R6.pdf"]
+    assert "truncated PDF" in (error / "R6.hpr.reason.txt").read_text("utf-8")
 
 
 def test_a_pdf_whose_payload_is_still_there_is_not_taken_alone(make_watcher, spool) -> None:
