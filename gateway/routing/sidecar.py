@@ -32,8 +32,10 @@ Pure: bytes in, :class:`~gateway.routing.payload.PayloadInfo` out; errors are
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
+import unicodedata
 from typing import Any
 
 from gateway.routing.payload import DocumentType, PartyRef, PayloadError, PayloadInfo, professional_id_type
@@ -47,9 +49,10 @@ _ID_KEYS = ("rpps", "adeli", "idnat", "lab_code", "address")
 _PARTY_KEYS = {*_ID_KEYS, "name"}
 _TYPE_KEYS = {"code", "system", "label"}
 _ADDRESS = re.compile(r"^[^@\s<>(),;:\"\[\]]+@[A-Za-z0-9.-]+\.[A-Za-z0-9-]+$")
-_ISO_TIME = re.compile(r"^(\d{4})-(\d{2})-(\d{2})(?:[T ](\d{2}):(\d{2})(?::(\d{2})(?:\.\d+)?)?"
-                       r"(?:Z|[+-]\d{2}:?\d{2})?)?$")
-_KEY = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,40}$")
+_BAD_CATEGORIES = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Co", "Cn"})
+_ISO_TIME = re.compile(r"([0-9]{4})-([0-9]{2})-([0-9]{2})(?:[T ]([0-9]{2}):([0-9]{2})(?::([0-9]{2})(?:\.[0-9]+)?)?"
+                       r"(?:Z|[+-][0-9]{2}:?[0-9]{2})?)?")
+_KEY = re.compile(r"[a-z_][a-z0-9_]{0,40}")  # our keys' style: only such keys are echoed in errors
 _MAX_RECIPIENTS = 50
 _MAX_TEXT = 256
 
@@ -70,7 +73,7 @@ def looks_like_sidecar(data: bytes, filename: str | None = None) -> bool:
 
 def _key_name(key: str) -> str:
     """A key as errors show it: only identifier-like keys are echoed (input never reaches logs)."""
-    return repr(key) if _KEY.match(key) else "(not shown)"
+    return repr(key) if _KEY.fullmatch(key) else "(not shown)"
 
 
 def _no_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -90,7 +93,8 @@ def _text(obj: dict[str, Any], key: str, where: str, *, required: bool = False) 
         return ""
     if not isinstance(value, str) or not value.strip():
         raise SidecarError(f"{key!r} must be a non-empty string", f"{where}.{key}")
-    if len(value) > _MAX_TEXT or any(ord(c) < 0x20 for c in value):
+    if len(value) > _MAX_TEXT or any(unicodedata.category(c) in _BAD_CATEGORIES for c in value):
+        # control/format characters, line separators, lone surrogates (which no UTF-8 header takes)
         raise SidecarError(f"{key!r} is too long or contains control characters", f"{where}.{key}")
     return value.strip()
 
@@ -100,7 +104,7 @@ def _unknown(obj: dict[str, Any], allowed: set[str], where: str) -> None:
     if extra:
         shown = _key_name(extra[0])
         raise SidecarError(f"unknown key {shown} (allowed: {', '.join(sorted(allowed))})",
-                           f"{where}.{extra[0]}" if _KEY.match(extra[0]) else where)
+                           f"{where}.{extra[0]}" if _KEY.fullmatch(extra[0]) else where)
 
 
 def _party(obj: Any, where: str, role: str) -> PartyRef:
@@ -123,15 +127,15 @@ def _party(obj: Any, where: str, role: str) -> PartyRef:
     key = ids[0]
     value = _text(obj, key, where, required=True).replace(" ", "")
     if key == "rpps":
-        if not (value.isdigit() and len(value) == 11):
+        if not re.fullmatch(r"[0-9]{11}", value):
             raise SidecarError("'rpps' must be 11 digits", f"{where}.rpps")
         id_type = "RPPS"
     elif key == "adeli":
-        if not (value.isdigit() and len(value) == 9):
+        if not re.fullmatch(r"[0-9]{9}", value):
             raise SidecarError("'adeli' must be 9 digits", f"{where}.adeli")
         id_type = "ADELI"
     elif key == "idnat":
-        if not value.isalnum() or not 9 <= len(value) <= 12:
+        if not re.fullmatch(r"[0-9A-Za-z]{9,12}", value):
             raise SidecarError("'idnat' must be 9 to 12 letters or digits", f"{where}.idnat")
         id_type = professional_id_type(value, national=True)
     else:
@@ -144,9 +148,14 @@ def _compact_time(value: str) -> str | None:
     """ISO 8601 date or date-time → the HL7/CDA ``YYYYMMDD[HHMM[SS]]`` form the other readers give."""
     if not value:
         return None
-    m = _ISO_TIME.match(value)
-    if not m:
-        raise SidecarError("'created' must be an ISO 8601 date or date-time", "$.created")
+    m = _ISO_TIME.fullmatch(value)
+    parts = [int(g) for g in m.groups() if g] if m else []
+    try:
+        if not m:
+            raise ValueError
+        dt.datetime(*parts)  # a real date and time (month 13 or 25 o'clock are refused)
+    except ValueError:
+        raise SidecarError("'created' must be an ISO 8601 date or date-time", "$.created") from None
     return "".join(g for g in m.groups() if g)
 
 
@@ -164,6 +173,8 @@ def read_sidecar(data: bytes) -> PayloadInfo:
         raise SidecarError(f"not valid JSON ({exc.msg})", f"line {exc.lineno} column {exc.colno}") from None
     except RecursionError:
         raise SidecarError("JSON nested too deeply", "$") from None
+    except ValueError:  # found in review: an integer of over 4300 digits (int_max_str_digits)
+        raise SidecarError("not valid JSON (a number too long)", "$") from None
     if not isinstance(doc, dict):
         raise SidecarError("a sidecar is a JSON object", "$")
     _unknown(doc, _TOP_KEYS, "$")

@@ -21,6 +21,7 @@ import atheris
 
 with atheris.instrument_imports(include=["gateway"]):
     from gateway.errors import GatewayError
+    from gateway.intake.wrap import notice_message, payload_message
     from gateway.legacy.apicrypt1_format import dearmor
     from gateway.routing.cda import read_cda
     from gateway.routing.hl7 import read_hl7
@@ -29,6 +30,20 @@ with atheris.instrument_imports(include=["gateway"]):
     from gateway.routing.xdm import read_xdm
     from gateway.smime import mime
     from gateway.smime.cms_verify import check_signed_data
+
+
+_PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
+
+
+def _sidecar(data: bytes) -> None:
+    """What the reader accepts must also build the outgoing message and the sender's notice."""
+    import datetime as dt
+
+    info = read_sidecar(data)
+    now = dt.datetime(2026, 11, 25, tzinfo=dt.UTC)
+    payload_message(_PDF, info, sender="lis@labo.test", recipients=("dr@cabinet.test",), filename="x.pdf", now=now,
+                    xdm=True)
+    notice_message(["x"], info, sender="postmaster@labo.test", to="lis@labo.test", now=now)
 
 
 def _mime(data: bytes) -> None:
@@ -43,7 +58,7 @@ TARGETS = {
     "hl7": read_hl7,
     "cda": read_cda,
     "xdm": read_xdm,
-    "sidecar": read_sidecar,
+    "sidecar": _sidecar,
     "armor": dearmor,
     "mime": _mime,
     "cms-signed": lambda data: check_signed_data(data, None),

@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 from gateway.config import load_config, parse_config
 from gateway.errors import GatewayError
 from gateway.intake.bundle import SubmittedFile, bundle_files
+from gateway.intake.wrap import notice_message, payload_message
 from gateway.legacy import apicrypt1
 from gateway.legacy.apicrypt1_format import armor, dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
@@ -247,7 +248,14 @@ def test_xdm_reader_never_crash(data: st.DataObject) -> None:
 def test_pdf_sidecar_reader_never_crash(data: st.DataObject) -> None:
     raw = data.draw(inputs(payload_seeds()["sidecar"]))
     typed_or_nothing(lambda: read_sidecar(raw), "PDF sidecar")
-    typed_or_nothing(lambda: bundle_files([SubmittedFile(raw, "x.json"), SubmittedFile(PDF, "x.pdf")]))
+
+    def route() -> None:  # what the reader accepts must also build the outgoing message
+        b = bundle_files([SubmittedFile(raw, "x.json"), SubmittedFile(PDF, "x.pdf")])
+        payload_message(b.data, b.info, sender="lis@labo.test", recipients=("dr@cabinet.test",), filename=b.filename,
+                        now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC), xdm=True, pdfs=b.pdfs)
+        notice_message(["x"], b.info, sender="postmaster@labo.test", to="lis@labo.test",
+                       now=dt.datetime(2026, 11, 25, tzinfo=dt.UTC))
+    typed_or_nothing(route)
 
 
 # -- legacy armor and ciphertext ---------------------------------------------------------------

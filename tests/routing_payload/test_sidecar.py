@@ -92,3 +92,26 @@ def test_looks_like_sidecar() -> None:
     assert looks_like_sidecar(b"anything", "resultat.JSON")
     assert looks_like_sidecar(b' {"recipients": []}')
     assert not looks_like_sidecar(b'{"other": 1}') and not looks_like_sidecar(b"H|^~\\&|")
+
+
+@pytest.mark.parametrize(("raw", "where"), [
+    (b'{"recipients": [{"rpps": "19900000033"}], "title": "x", "n": ' + b"9" * 5000 + b"}", "$"),  # int digits
+    (b'{"recipients": [{"rpps": "19900000033"}], "title": "\\ud800"}', "$.title"),  # lone surrogate
+    (b'{"recipients": [{"rpps": "19900000033"}], "document_id": "A\\u2028B"}', "$.document_id"),
+    (b'{"recipients": [{"rpps": "\\u0661\\u0662\\u0663\\u0664\\u0665\\u0666\\u0667\\u0668\\u0669\\u0660\\u0661"}]}',
+     "$.recipients[0].rpps"),  # Arabic-Indic digits are not an RPPS
+    (b'{"recipients": [{"rpps": "19900000033"}], "created": "2026-13-45T25:61"}', "$.created"),
+])
+def test_review_findings_are_typed_errors(raw: bytes, where: str) -> None:
+    """Found in review: these passed the reader (and crashed the message builder) or escaped untyped."""
+    with pytest.raises(SidecarError) as err:
+        read_sidecar(raw)
+    assert err.value.where == where
+
+
+def test_capitalised_or_multiline_keys_are_never_echoed() -> None:
+    for key in ("DUPONT_Jean", "dupont\\n"):
+        raw = b'{"recipients": [{"rpps": "19900000033"}], "' + key.encode() + b'": 1}'
+        with pytest.raises(SidecarError) as err:
+            read_sidecar(raw)
+        assert "DUPONT" not in str(err.value) and "dupont" not in str(err.value) and err.value.where == "$"
