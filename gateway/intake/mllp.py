@@ -35,6 +35,7 @@ from gateway.intake.settings import MllpSettings, RoutingSettings
 from gateway.logs import event
 from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
 from gateway.routing.payload import MllpError, PayloadError, UnsupportedPayload, detect_payload
+from gateway.server.clientcert import subject_allowed
 
 log = logging.getLogger(__name__)
 
@@ -68,14 +69,7 @@ def client_allowed(settings: MllpSettings, der: bytes | None) -> bool:
     """With ``allowed_client_subjects``, the verified client certificate must name one of them."""
     if not settings.allowed_client_subjects:
         return True
-    if not der:
-        return False
-    from cryptography import x509
-
-    subject = x509.load_der_x509_certificate(der).subject
-    names = {subject.rfc4514_string()} | {str(a.value) for a in subject.get_attributes_for_oid(
-        x509.NameOID.COMMON_NAME)}
-    return any(allowed in names for allowed in settings.allowed_client_subjects)
+    return subject_allowed(der, settings.allowed_client_subjects)
 
 
 class MllpListener:

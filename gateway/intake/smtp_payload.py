@@ -42,15 +42,15 @@ def find_payload(message: bytes) -> Bundle:
             continue
         name = part.get_filename()
         if name or part.get("Content-Disposition", "").lower().startswith("attachment"):
-            if detect_payload(data) is not None or looks_like_sidecar(data, name) \
-                    or part.get_content_type() == "application/json":
+            # a sidecar is recognised by its content, so an unrelated .json attachment is ignored
+            if detect_payload(data) is not None or looks_like_sidecar(data):
                 files.append(SubmittedFile(data, name))
         elif body is None and detect_payload(data) is not None:
             body = data
+    if body is not None and all(detect_payload(f.data) == "pdf" for f in files):
+        files.insert(0, SubmittedFile(body, None))  # HPRIM pasted in the body, its PDF attached
     if files:
         return bundle_files(files)
-    if body is not None:
-        return bundle_files([SubmittedFile(body, None)])
     raise MalformedInput("no HPRIM, HL7 v2, CDA or PDF payload in the message", "body and attachments")
 
 

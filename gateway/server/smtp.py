@@ -25,11 +25,11 @@ from email.utils import formatdate
 from typing import Any
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
-from cryptography import x509
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import GatewayError
 from gateway.logs import event
+from gateway.server.clientcert import subject_allowed
 from gateway.server.passwords import verify_password
 from gateway.spool import Spool
 
@@ -197,22 +197,17 @@ class GatewayHandler:
                 return True
         except ValueError:
             pass
-        subject = self.client_subject(session)
-        if subject is not None and self.listener.allowed_client_subjects:
-            cn = subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)
-            names = {subject.rfc4514_string()} | {str(a.value) for a in cn}
-            return any(allowed in names for allowed in self.listener.allowed_client_subjects)
+        if self.listener.allowed_client_subjects:
+            return subject_allowed(self.client_certificate(session), self.listener.allowed_client_subjects)
         return False
 
     @staticmethod
-    def client_subject(session: Session) -> x509.Name | None:
+    def client_certificate(session: Session) -> bytes | None:
+        """The client's DER certificate; None without one (CERT_OPTIONAL refuses unverifiable ones)."""
         if not session.ssl:
             return None
         ssl_object = session.ssl.get("ssl_object")
-        der = ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
-        if not der:
-            return None  # no certificate, or one that did not verify (CERT_OPTIONAL refuses bad ones)
-        return x509.load_der_x509_certificate(der).subject
+        return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
 
     # -- hooks ------------------------------------------------------------------------------
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:

@@ -5,7 +5,11 @@ pkcs7_decrypt_* rejects what real clients send: RSA-OAEP, AuthEnvelopedData (AES
 subjectKeyIdentifier recipients and BER indefinite lengths (gpgsm); and because the key may
 live on a token that only unwraps the CEK. Against padding-oracle probing (RFC 3218), an RSA
 failure is not reported: we go on with a random CEK and every failure after that point is
-the same generic `DecryptionFailed`.
+the same generic `DecryptionFailed`; content decrypted with our stand-in key is never returned.
+Limit: with PKCS#1 v1.5, OpenSSL >= 3.2 (implicit rejection) does not fail a bad unwrap but
+returns a synthetic key; when its length happens to be the CEK's, CBC content may "decrypt" to
+garbage (about 1 in 60,000 corrupted messages). Nothing tells garbage from content in CBC: the
+signature inside (always present on our outbound mail) or AES-GCM is what proves integrity.
 """
 
 from __future__ import annotations

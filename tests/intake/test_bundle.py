@@ -84,3 +84,33 @@ def test_intake_attaches_the_pdf_beside_an_hprim_result(directory, dedup, routin
     assert recipients == (s.ADDR_LABCODE,)
     assert _attachments(message) == {"resultat.hpr": s.hprim_medecin(), "document-1.pdf": s.PDF,
                                      "document-2.pdf": PDF2}
+
+
+def _mail(body: bytes, *attachments: tuple[str, str, bytes]) -> bytes:
+    import base64
+
+    parts = [b'--b1\r\nContent-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: base64\r\n\r\n'
+             + base64.encodebytes(body).replace(b"\n", b"\r\n")]
+    for name, ctype, data in attachments:
+        head = (f'--b1\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename="{name}"\r\n'
+                "Content-Transfer-Encoding: base64\r\n\r\n")
+        parts.append(head.encode() + base64.encodebytes(data).replace(b"\n", b"\r\n"))
+    return (b'From: <lis@labo.test>\r\nTo: <routage@labo.test>\r\nMIME-Version: 1.0\r\n'
+            b'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n' + b"".join(parts) + b"--b1--\r\n")
+
+
+def test_mail_with_hprim_in_the_body_and_its_pdf_attached() -> None:
+    from gateway.intake.smtp_payload import find_payload
+
+    b = find_payload(_mail(s.hprim_medecin(), ("r.pdf", "application/pdf", s.PDF)))
+    assert b.info.kind == "hprim" and b.data == s.hprim_medecin() and b.pdfs == (s.PDF,)
+
+
+def test_an_unrelated_json_attachment_is_ignored() -> None:
+    from gateway.intake.smtp_payload import find_payload
+
+    b = find_payload(_mail(b"Bonjour", ("r.hpr", "text/plain", s.hprim_medecin()),
+                           ("export.json", "application/json", b'{"lis": "version 4.2"}')))
+    assert b.info.kind == "hprim" and b.pdfs == ()
+    b = find_payload(_mail(b"Bonjour", ("r.pdf", "application/pdf", s.PDF), ("cr.json", "application/json", sidecar())))
+    assert b.info.kind == "pdf" and b.info.document_id == "LABX-PDF-1"
