@@ -15,11 +15,10 @@ from typing import Literal
 
 from asn1crypto import algos, cms, core
 from cryptography import x509
-from cryptography.hazmat.primitives import hashes, padding
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from gateway.smime.cmsutil import issuer_and_serial, subject_key_id
 from gateway.smime.errors import UnsupportedAlgorithm, WrongKeyUsage
@@ -75,34 +74,63 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, key_transport: KeyTransp
         "version": version, "rid": rid, "key_encryption_algorithm": alg, "encrypted_key": encrypted})})
 
 
+def _der_length(n: int) -> bytes:
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
+def _envelope_der(kind: str, version: str, infos: list[cms.RecipientInfo], eci_head: bytes,
+                  ciphertext: Sequence[bytes], trailer: bytes = b"") -> bytes:
+    """ContentInfo { kind, [0] { version, recipientInfos, EncryptedContentInfo { eci_head,
+    [0] IMPLICIT OCTET STRING ciphertext }, trailer } } in DER, assembled around the ciphertext.
+
+    Why by hand: asn1crypto copies the whole ciphertext at each of the four nesting levels it
+    dumps; for a 50 MB message that was most of the gateway's peak memory. Only the headers are
+    computed here (the small parts are still asn1crypto's), and the ciphertext is copied once,
+    into the result. The tests compare this output with asn1crypto's, byte for byte.
+    """
+    ct_len = sum(len(c) for c in ciphertext)
+    octet_head = b"\x80" + _der_length(ct_len)  # encryptedContent [0] IMPLICIT OCTET STRING, primitive
+    eci_len = len(eci_head) + len(octet_head) + ct_len
+    eci_hdr = b"\x30" + _der_length(eci_len)
+    version_der = cms.CMSVersion(version).dump()
+    infos_der = cms.RecipientInfos(infos).dump()
+    inner_len = len(version_der) + len(infos_der) + len(eci_hdr) + eci_len + len(trailer)
+    inner_hdr = b"\x30" + _der_length(inner_len)
+    explicit_hdr = b"\xa0" + _der_length(len(inner_hdr) + inner_len)
+    oid = cms.ContentType(kind).dump()
+    outer_hdr = b"\x30" + _der_length(len(oid) + len(explicit_hdr) + len(inner_hdr) + inner_len)
+    return b"".join([outer_hdr, oid, explicit_hdr, inner_hdr, version_der, infos_der, eci_hdr, eci_head,
+                     octet_head, *ciphertext, trailer])
+
+
 def encrypt_content(content: bytes, recipients: Sequence[x509.Certificate], *, cipher: CipherName = "aes256-cbc",
                     key_transport: KeyTransport = "pkcs1v15", recipient_id: RecipientId = "issuer-serial") -> bytes:
     """DER ContentInfo(EnvelopedData | AuthEnvelopedData) of `content` for every recipient."""
     if not recipients:
         raise UnsupportedAlgorithm("at least one recipient certificate is needed")
+    if cipher not in ("aes256-cbc", "aes256-gcm"):
+        raise UnsupportedAlgorithm(f"cipher {cipher!r} not supported")
     cek = os.urandom(32)
     infos = [_recipient_info(c, cek, key_transport, recipient_id) for c in recipients]
+    data_type = cms.ContentType("data").dump()
     if cipher == "aes256-gcm":
         nonce = os.urandom(12)
-        sealed = AESGCM(cek).encrypt(nonce, content, None)
-        eci = cms.EncryptedContentInfo({
-            "content_type": "data",
-            "content_encryption_algorithm": {"algorithm": "aes256_gcm",
-                                             "parameters": GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})},
-            "encrypted_content": sealed[:-16]})
-        auth = cms.AuthEnvelopedData({"version": "v0", "recipient_infos": infos,
-                                      "auth_encrypted_content_info": eci, "mac": sealed[-16:]})
-        return cms.ContentInfo({"content_type": "authenticated_enveloped_data", "content": auth}).dump()
-    if cipher != "aes256-cbc":
-        raise UnsupportedAlgorithm(f"cipher {cipher!r} not supported")
+        gcm = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
+        sealed = gcm.update(content)
+        tail = gcm.finalize()
+        alg = cms.EncryptionAlgorithm({"algorithm": "aes256_gcm",
+                                       "parameters": GCMParameters({"aes_nonce": nonce, "aes_icvlen": 16})})
+        return _envelope_der("authenticated_enveloped_data", "v0", infos, data_type + alg.dump(), [sealed, tail],
+                             trailer=core.OctetString(gcm.tag).dump())
     iv = os.urandom(16)
-    padder = padding.PKCS7(128).padder()
-    padded = padder.update(content) + padder.finalize()
     enc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
-    eci = cms.EncryptedContentInfo({
-        "content_type": "data",
-        "content_encryption_algorithm": {"algorithm": "aes256_cbc", "parameters": iv},
-        "encrypted_content": enc.update(padded) + enc.finalize()})
+    whole = len(content) - len(content) % 16
+    pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
+    body = enc.update(memoryview(content)[:whole])  # the one whole-size copy besides the result
+    last = enc.update(content[whole:] + bytes([pad]) * pad) + enc.finalize()
+    alg = cms.EncryptionAlgorithm({"algorithm": "aes256_cbc", "parameters": iv})
     version = "v2" if recipient_id == "ski" else "v0"
-    env = cms.EnvelopedData({"version": version, "recipient_infos": infos, "encrypted_content_info": eci})
-    return cms.ContentInfo({"content_type": "enveloped_data", "content": env}).dump()
+    return _envelope_der("enveloped_data", version, infos, data_type + alg.dump(), [body, last])

@@ -139,9 +139,19 @@ def content_entity(message: bytes) -> tuple[tuple[bytes, ...], bytes]:
     return outer_fields(split), entity
 
 
+_B64_BLOCK = 57 * 1024  # a multiple of 57 input bytes = whole 76-character lines per block
+
+
+def _b64_chunks(der: bytes) -> list[bytes]:
+    """Base64 in 76-character CRLF lines, as blocks: the C encoder does the lines, and a large
+    message is not held as one more whole-size intermediate (peak memory of big S/MIME mail)."""
+    view = memoryview(der)
+    return [base64.encodebytes(view[i:i + _B64_BLOCK]).replace(b"\n", b"\r\n")
+            for i in range(0, len(der), _B64_BLOCK)]
+
+
 def _b64(der: bytes) -> bytes:
-    text = base64.b64encode(der)
-    return b"".join(text[i:i + 76] + b"\r\n" for i in range(0, len(text), 76))
+    return b"".join(_b64_chunks(der))
 
 
 def multipart_signed(outer: tuple[bytes, ...], entity: bytes, signature_der: bytes, micalg: str) -> bytes:
@@ -162,10 +172,11 @@ def multipart_signed(outer: tuple[bytes, ...], entity: bytes, signature_der: byt
 
 def pkcs7_mime(outer: tuple[bytes, ...], der: bytes, smime_type: str) -> bytes:
     """An application/pkcs7-mime message (signed-data, enveloped-data or authEnveloped-data)."""
-    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
+    head = (b"".join(outer) + b"MIME-Version: 1.0\r\n"
             + f'Content-Type: application/pkcs7-mime; smime-type={smime_type}; name="smime.p7m"\r\n'.encode()
             + b"Content-Transfer-Encoding: base64\r\n"
-            + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n' + _b64(der))
+            + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n')
+    return b"".join([head, *_b64_chunks(der)])  # one whole-size join, not two
 
 
 def entity_message(outer: tuple[bytes, ...], entity: bytes) -> bytes:
