@@ -66,26 +66,39 @@ def _gpgsm_home(exe: str) -> Gpgsm:
         shutil.rmtree(home, ignore_errors=True)
 
     atexit.register(stop)
+    gpgconf = shutil.which("gpgconf")
+
+    def agent(action: str) -> None:
+        if gpgconf:
+            subprocess.run([gpgconf, "--homedir", str(home), action, "gpg-agent"], capture_output=True, timeout=30,
+                           env={**os.environ, "GNUPGHOME": str(home)})
+
+    def run_until(ok: bytes | tuple[bytes, ...], *args: str | Path, passphrase: bool = False) -> None:
+        """Under load the agent sometimes misses the loopback passphrase or is not up yet ("possibly
+        bad passphrase given", a failed import): retry with a restarted agent before giving up."""
+        wanted = (ok,) if isinstance(ok, bytes) else ok
+        errors = []
+        for attempt in range(5):
+            r = gpg.run(*args, passphrase=passphrase)
+            if r.returncode == 0 and any(w in r.stderr for w in wanted):
+                return
+            errors.append(r.stderr.decode(errors="replace"))
+            agent("--kill")
+            time.sleep(0.5 * (attempt + 1))
+            agent("--launch")
+        raise AssertionError(f"gpgsm {' '.join(map(str, args))} kept failing:\n" + "\n---\n".join(errors))
+
+    # Start the agent before the first import: an agent started on demand by a PKCS#12 import
+    # sometimes misses the loopback passphrase under load.
+    agent("--launch")
     for ca in (pki.root, pki.persons_ca, pki.orgs_ca):
-        r = gpg.run("--import", ca.cert_path)
-        assert r.returncode == 0, r.stderr.decode(errors="replace")
+        run_until((b"imported: 1", b"unchanged: 1"), "--import", ca.cert_path)
     (home / "trustlist.txt").write_text(f"{fingerprint(pki.root.cert)} S relax\n")
     # Not org_sign_ec: gpgsm 2.2.40 segfaults importing an EC P-256 key from PKCS#12 (any
     # encryption), so gpgsm only *verifies* ECDSA here; it never signs with EC.
-    # Start the agent before the first PKCS#12 import: under load, an agent started on demand by
-    # the import sometimes misses the loopback passphrase ("possibly bad passphrase given").
-    gpgconf = shutil.which("gpgconf")
-    if gpgconf:
-        subprocess.run([gpgconf, "--homedir", str(home), "--launch", "gpg-agent"], capture_output=True, timeout=30,
-                       env={**os.environ, "GNUPGHOME": str(home)})
     for name in ("person_sign", "person_encrypt", "org_encrypt"):
-        for _attempt in range(3):
-            r = gpg.run("--import", pki[name].legacy_p12_path, passphrase=True)
-            if b"secret keys imported: 1" in r.stderr or b"secret keys unchanged: 1" in r.stderr:
-                break
-            time.sleep(0.5)
-        assert b"secret keys imported: 1" in r.stderr or b"secret keys unchanged: 1" in r.stderr, \
-            r.stderr.decode(errors="replace")
+        run_until((b"secret keys imported: 1", b"secret keys unchanged: 1"), "--import", pki[name].legacy_p12_path,
+                  passphrase=True)
     return gpg
 
 
