@@ -15,9 +15,7 @@ asked (RFC 6960 A.1: OCSP over HTTP POST). The fetcher is injectable like the CR
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
-import http.client
 import urllib.request
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
@@ -29,32 +27,20 @@ from cryptography.x509 import ocsp
 from cryptography.x509.oid import AuthorityInformationAccessOID
 
 from gateway.smime.errors import CrlFetchError
+from gateway.smime.revocation import http_download
 
 OcspFetcher = Callable[[str, bytes], Awaitable[bytes]]
 MAX_OCSP_RESPONSE = 64 * 1024
 
 
 async def http_post_ocsp(url: str, request: bytes, timeout: float = 5.0) -> bytes:
-    """POST an OCSP request (``application/ocsp-request``) in a worker thread; CrlFetchError on failure."""
+    """POST an OCSP request (``application/ocsp-request``); CrlFetchError on failure."""
     if not url.lower().startswith("http://"):
         raise CrlFetchError("only http:// OCSP responders are asked")
-
-    def post() -> bytes:
-        req = urllib.request.Request(url, data=request, method="POST",  # noqa: S310 - scheme checked above
-                                     headers={"Content-Type": "application/ocsp-request",
-                                              "Accept": "application/ocsp-response"})
-        with urllib.request.urlopen(req, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
-            data: bytes = resp.read(MAX_OCSP_RESPONSE + 1)
-        if len(data) > MAX_OCSP_RESPONSE:
-            raise CrlFetchError("OCSP response too large")
-        return data
-
-    try:
-        return await asyncio.to_thread(post)
-    except CrlFetchError:
-        raise
-    except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise CrlFetchError(f"OCSP request failed ({type(exc).__name__})") from None
+    req = urllib.request.Request(url, data=request, method="POST",  # noqa: S310 - scheme checked above
+                                 headers={"Content-Type": "application/ocsp-request",
+                                          "Accept": "application/ocsp-response"})
+    return await http_download(req, limit=MAX_OCSP_RESPONSE, what="OCSP response", timeout=timeout)
 
 
 def responders(cert: x509.Certificate) -> list[str]:
@@ -108,7 +94,6 @@ class OcspSource:
         self.max_entries = max_entries
         self.max_responders = max_responders
         self.cache: OrderedDict[tuple[bytes, bytes], _Cached] = OrderedDict()
-        self.fetch_failures = 0  # of the last responses_for call (see responses_and_failures)
 
     def _usable(self, hit: _Cached, now: dt.datetime) -> bool:
         if hit.next_update is not None and hit.next_update <= now:
@@ -166,11 +151,6 @@ class OcspSource:
             if der is not None:
                 out.append(der)
         return out, failures
-
-    async def responses_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
-        """:meth:`responses_and_failures` without the count (kept in ``fetch_failures`` for tools)."""
-        out, self.fetch_failures = await self.responses_and_failures(chain, now)
-        return out
 
 
 __all__ = ["OcspFetcher", "OcspSource", "http_post_ocsp", "responders"]

@@ -25,24 +25,31 @@ CrlFetcher = Callable[[str], Awaitable[bytes]]
 MAX_CRL_SIZE = 20 * 1024 * 1024
 
 
-async def http_fetch(url: str, timeout: float = 10.0) -> bytes:
-    """Download `url` (http or https only) in a worker thread; raise CrlFetchError on failure."""
-    if not url.lower().startswith(("http://", "https://")):
-        raise CrlFetchError("only http(s) CRL distribution points are fetched")
-
-    def get() -> bytes:
-        with urllib.request.urlopen(url, timeout=timeout) as resp:  # noqa: S310 - scheme checked above
-            data: bytes = resp.read(MAX_CRL_SIZE + 1)
-        if len(data) > MAX_CRL_SIZE:
-            raise CrlFetchError("CRL too large")
+async def http_download(request: urllib.request.Request, *, limit: int, what: str, timeout: float) -> bytes:
+    """Run ``request`` in a worker thread and read at most ``limit`` bytes; CrlFetchError on any
+    failure (revocation data that cannot be had is a temporary condition). Shared by the CRL and
+    OCSP fetchers; the callers check the URL scheme first."""
+    def run() -> bytes:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:  # noqa: S310 - callers check the scheme
+            data: bytes = resp.read(limit + 1)
+        if len(data) > limit:
+            raise CrlFetchError(f"{what} too large")
         return data
 
     try:
-        return await asyncio.to_thread(get)
+        return await asyncio.to_thread(run)
     except CrlFetchError:
         raise
     except (OSError, ValueError, http.client.HTTPException) as exc:
-        raise CrlFetchError(f"CRL download failed ({type(exc).__name__})") from None
+        raise CrlFetchError(f"{what} download failed ({type(exc).__name__})") from None
+
+
+async def http_fetch(url: str, timeout: float = 10.0) -> bytes:
+    """Download a CRL from `url` (http or https only); raise CrlFetchError on failure."""
+    if not url.lower().startswith(("http://", "https://")):
+        raise CrlFetchError("only http(s) CRL distribution points are fetched")
+    return await http_download(urllib.request.Request(url), limit=MAX_CRL_SIZE, what="CRL",  # noqa: S310
+                               timeout=timeout)
 
 
 def parse_crl(data: bytes) -> x509.CertificateRevocationList:
@@ -82,7 +89,6 @@ class CrlSource:
         self.max_age = max_age
         self.static: list[x509.CertificateRevocationList] = []
         self.cache: dict[str, _Cached] = {}
-        self.fetch_failures = 0  # of the last crls_for call (validations use crls_and_failures)
         for f in files:
             try:
                 self.static.append(parse_crl(Path(f).read_bytes()))
@@ -131,8 +137,3 @@ class CrlSource:
                     break
         unique = {c.public_bytes(serialization.Encoding.DER): None for c in out}
         return list(unique), failures
-
-    async def crls_for(self, chain: Sequence[x509.Certificate], now: dt.datetime | None = None) -> list[bytes]:
-        """:meth:`crls_and_failures` without the count (kept in ``fetch_failures`` for tools and tests)."""
-        out, self.fetch_failures = await self.crls_and_failures(chain, now)
-        return out
