@@ -24,7 +24,7 @@ from gateway.routing.xdm import read_xdm
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, PERSON_RPPS, TestPKI
 from tests.conftest import free_port, require_tool
 from tests.e2e.harness import GatewayProcess, Sink, msgw, queue_json, wait_port
-from tests.e2e.test_protection_flow import LAB_PASSWORD, _protected_setup, _tls
+from tests.e2e.test_protection_flow import _protected_setup, submit_as_lab
 from tests.smime.support import shared_pki
 
 LOCAL_DOCTOR = "dr.local@msgw.test"
@@ -109,6 +109,20 @@ smtp_address = "{ROUTING}"
     return setup, drop, mllp_port
 
 
+def _local_mail(setup) -> list[Path]:
+    """The local doctor's new mail, once some arrived (20 s at most)."""
+    box = setup.maildir / LOCAL_DOCTOR / "new"
+    deadline = time.monotonic() + 20
+    while not (box.exists() and any(box.iterdir())) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    return list(box.iterdir()) if box.exists() else []
+
+
+def _attachment(name: str, ctype: str, data: bytes) -> str:
+    return (f"--b1\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n"
+            "Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data).decode().replace("\n", "\r\n"))
+
+
 def _mllp(port: int, message: bytes) -> bytes:
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(mllp_frame(message))
@@ -178,11 +192,7 @@ def test_cda_letter_to_local_doctor_with_xdm(pki: TestPKI, tmp_path: Path) -> No
         with GatewayProcess(setup):
             out = msgw("send", "--config", str(setup.config), "--from", ORG_EMAIL, str(letter))
             assert out.returncode == 0, out.stderr
-            box = setup.maildir / LOCAL_DOCTOR / "new"
-            deadline = time.monotonic() + 20
-            while not (box.exists() and any(box.iterdir())) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            files = list(box.iterdir())
+            files = _local_mail(setup)
             assert len(files) == 1
             assert queue_json(setup) == [] or all(m["recipients"][0]["state"] != "bounced" for m in queue_json(setup))
         msg = email.message_from_bytes(files[0].read_bytes(), policy=email.policy.default)
@@ -216,16 +226,10 @@ def test_payload_mailed_to_the_routing_address(pki: TestPKI, tmp_path: Path) -> 
         hl7 = _oru("8" + PERSON_RPPS, "CTRL-SMTP-1")
         mail = (f"From: <{ORG_EMAIL}>\r\nTo: <{ROUTING}>\r\nSubject: envoi automatique\r\nMIME-Version: 1.0\r\n"
                 'Content-Type: multipart/mixed; boundary="b1"\r\n\r\n--b1\r\nContent-Type: text/plain\r\n\r\n'
-                "Voir la piece jointe.\r\n--b1\r\nContent-Type: application/octet-stream\r\n"
-                'Content-Disposition: attachment; filename="r.hl7"\r\nContent-Transfer-Encoding: base64\r\n\r\n'
-                + base64.encodebytes(hl7).decode().replace("\n", "\r\n") + "--b1--\r\n").encode()
+                "Voir la piece jointe.\r\n" + _attachment("r.hl7", "application/octet-stream", hl7)
+                + "--b1--\r\n").encode()
         with GatewayProcess(setup):
-            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
-                client.ehlo("lis.labo-tests.sante.test")
-                client.starttls(context=_tls())
-                client.ehlo("lis.labo-tests.sante.test")
-                client.login(ORG_EMAIL, LAB_PASSWORD)
-                client.sendmail(ORG_EMAIL, [ROUTING], mail)
+            assert submit_as_lab(setup, [ROUTING], mail) == {}
             with smtplib.SMTP("127.0.0.1", setup.relay_port, timeout=20) as stranger:
                 stranger.ehlo("stranger.example")
                 stranger.mail("x@stranger.example")
@@ -243,9 +247,7 @@ def test_payload_mailed_to_the_routing_address(pki: TestPKI, tmp_path: Path) -> 
 PDF = b"%PDF-1.4\n1 0 obj <<>> endobj\ntrailer <<>>\n%%EOF\n"
 
 
-def _attachment(name: str, ctype: str, data: bytes) -> str:
-    return (f"--b1\r\nContent-Type: {ctype}\r\nContent-Disposition: attachment; filename=\"{name}\"\r\n"
-            "Content-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(data).decode().replace("\n", "\r\n"))
+
 
 
 def test_pdf_with_a_sidecar_by_mail_and_by_msgw_send(pki: TestPKI, tmp_path: Path) -> None:
@@ -267,20 +269,11 @@ def test_pdf_with_a_sidecar_by_mail_and_by_msgw_send(pki: TestPKI, tmp_path: Pat
         pdf_file = tmp_path / "local.pdf"
         pdf_file.write_bytes(PDF)
         with GatewayProcess(setup):
-            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
-                client.ehlo("lis.labo-tests.sante.test")
-                client.starttls(context=_tls())
-                client.ehlo("lis.labo-tests.sante.test")
-                client.login(ORG_EMAIL, LAB_PASSWORD)
-                client.sendmail(ORG_EMAIL, [ROUTING], mail)
+            assert submit_as_lab(setup, [ROUTING], mail) == {}
             out = msgw("send", "--config", str(setup.config), "--from", ORG_EMAIL, str(local), "--with", str(pdf_file))
             assert out.returncode == 0, out.stderr
             (got,) = sink.wait_for(1, timeout=30)
-            box = setup.maildir / LOCAL_DOCTOR / "new"
-            deadline = time.monotonic() + 20
-            while not (box.exists() and any(box.iterdir())) and time.monotonic() < deadline:
-                time.sleep(0.1)
-            files = list(box.iterdir())
+            files = _local_mail(setup)
         assert got.recipients == [PERSON_EMAIL]
         inner = _decrypt(openssl, pki, got.data, tmp_path / "m")
         assert inner["Subject"] == "Résultat de laboratoire"

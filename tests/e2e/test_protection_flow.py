@@ -93,6 +93,16 @@ def _lab_message(to: str) -> bytes:
             f"Glycémie à jeun 5,4 mmol/l {MARKER}\r\n").encode()
 
 
+def submit_as_lab(setup, recipients: list[str], mail: bytes | str) -> dict:
+    """The TEST lab's system on the submission listener: STARTTLS, AUTH, one message; the refused recipients."""
+    with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
+        client.ehlo("lis.labo-tests.sante.test")
+        client.starttls(context=_tls())
+        client.ehlo("lis.labo-tests.sante.test")
+        client.login(ORG_EMAIL, LAB_PASSWORD)
+        return client.sendmail(ORG_EMAIL, recipients, mail)
+
+
 def test_lab_to_doctor_signed_and_encrypted_unknown_refused(pki: TestPKI, tmp_path: Path) -> None:
     openssl = require_tool("openssl")
     swaks = require_tool("swaks")
@@ -101,13 +111,7 @@ def test_lab_to_doctor_signed_and_encrypted_unknown_refused(pki: TestPKI, tmp_pa
     try:
         setup = _protected_setup(tmp_path / "gw", pki, sink.port)
         with GatewayProcess(setup):
-            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
-                client.ehlo("lis.labo-tests.sante.test")
-                client.starttls(context=_tls())
-                client.ehlo("lis.labo-tests.sante.test")
-                client.login(ORG_EMAIL, LAB_PASSWORD)
-                refused = client.sendmail(ORG_EMAIL, [PERSON_EMAIL, "dr.nobody@nowhere.test"],
-                                          _lab_message(PERSON_EMAIL))
+            refused = submit_as_lab(setup, [PERSON_EMAIL, "dr.nobody@nowhere.test"], _lab_message(PERSON_EMAIL))
             assert set(refused) == {"dr.nobody@nowhere.test"}
             code, text = refused["dr.nobody@nowhere.test"]
             assert code == 550 and b"5.7.1" in text and b"no protection possible" in text
