@@ -85,12 +85,31 @@ def _stem(name: str) -> str:
     return name.rsplit(".", 1)[0] if "." in name else name
 
 
+class PdfIndex:
+    """The PDFs of a folder listing by stem, so pairing a whole backlog is linear, not quadratic."""
+
+    def __init__(self, names: Iterable[str]) -> None:
+        self.names: set[str] = set()
+        self.by_stem: dict[str, list[str]] = {}
+        for n in names:
+            if _is_pdf_name(n):
+                self.names.add(n)
+                self.by_stem.setdefault(_stem(n), []).append(n)
+
+    def companions(self, trigger: str) -> list[str]:
+        """The PDFs that go with ``trigger`` (same stem, or the one a ``X.pdf.json`` names)."""
+        if _is_pdf_name(trigger):
+            return []
+        stem = _stem(trigger)
+        found = set(self.by_stem.get(stem, ()))
+        if stem in self.names:
+            found.add(stem)
+        return sorted(found)
+
+
 def companions_of(trigger: str, names: Iterable[str]) -> list[str]:
     """The PDFs among ``names`` that go with ``trigger`` (same stem, or named by a ``X.pdf.json``)."""
-    if _is_pdf_name(trigger):
-        return []
-    stem = _stem(trigger)
-    return sorted(n for n in names if _is_pdf_name(n) and (_stem(n) == stem or n == stem))
+    return PdfIndex(names).companions(trigger)
 
 
 def file_ref(name: str) -> str:
@@ -277,8 +296,9 @@ class DropFolderWatcher:
             return now - seen[key]
 
         # A PDF goes with its trigger (claimed with it) or, after pdf_wait, alone.
+        pdfs = PdfIndex(entries)
         triggers = [t for t in entries if not _is_pdf_name(t) and not t.endswith(".ok")]
-        taken = {c for t in triggers for c in companions_of(t, entries)}
+        taken = {c for t in triggers for c in pdfs.companions(t)}
         keep = []
         for n in names:
             if _is_pdf_name(n):
@@ -286,7 +306,7 @@ class DropFolderWatcher:
                     continue
             elif self.settings.complete == "ok-marker":
                 # a companion PDF not marked complete yet: wait for its marker, at most pdf_wait
-                unmarked = [c for c in companions_of(n, entries) if c + ".ok" not in entries]
+                unmarked = [c for c in pdfs.companions(n) if c + ".ok" not in entries]
                 if unmarked and waited(n) < self.settings.pdf_wait:
                     continue
             keep.append(n)
