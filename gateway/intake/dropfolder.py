@@ -231,8 +231,9 @@ class DropFolderWatcher:
         ids: list[str] = []
         for leftover in self._leftovers():
             ids += self.handle(leftover)
-        for name in self.complete_files():
-            claimed = self.claim(name)
+        names, pdfs, present = self._listing()
+        for name in names:
+            claimed = self.claim(name, pdfs, present)
             if claimed is not None:
                 ids += self.handle(claimed)
         return ids
@@ -266,6 +267,10 @@ class DropFolderWatcher:
 
     def complete_files(self) -> list[str]:
         """Names in the drop folder that are complete per the configured rule, oldest first."""
+        return self._listing()[0]
+
+    def _listing(self) -> tuple[list[str], PdfIndex, set[str]]:
+        """(complete names oldest first, the PDFs by stem, every name) from one scan of the folder."""
         folder = self.settings.path
         entries = {e.name: e for e in os.scandir(folder) if e.is_file(follow_symlinks=False) and not _ignored(e.name)}
         if self.settings.complete == "rename":
@@ -314,9 +319,9 @@ class DropFolderWatcher:
             if _is_pdf_name(n):
                 waited(n)  # start the clock of every PDF, even one not complete yet
         self._first_seen = seen
-        return sorted(keep, key=age)
+        return sorted(keep, key=age), pdfs, set(entries)
 
-    def claim(self, name: str) -> Path | None:
+    def claim(self, name: str, pdfs: PdfIndex | None = None, present: set[str] | None = None) -> Path | None:
         """Step 1: move the file into processing/ (atomic rename), then drop its marker."""
         src = self.settings.path / name
         processing = self.settings.processing
@@ -329,9 +334,11 @@ class DropFolderWatcher:
             target = processing / f"{base}.{n}"
         if not src.is_file():
             return None
-        present = {e.name for e in os.scandir(self.settings.path)
-                   if e.is_file(follow_symlinks=False) and not _ignored(e.name)}
-        companions = companions_of(name, present)
+        if pdfs is None or present is None:  # not from poll_sync's scan: look now
+            present = {e.name for e in os.scandir(self.settings.path)
+                       if e.is_file(follow_symlinks=False) and not _ignored(e.name)}
+            pdfs = PdfIndex(present)
+        companions = pdfs.companions(name)
         if self.settings.complete == "ok-marker":  # never a PDF still being written
             companions = [c for c in companions if c + ".ok" in present]
         if companions:  # parts first: a crash now leaves parts without trigger, returned next poll
