@@ -56,8 +56,34 @@ class Secret:
 
 @dataclass(frozen=True)
 class Account:
+    """A submission login. `senders`: the addresses (or `@domain` patterns) it may use in MAIL FROM
+    and in From:/Sender: — by default only its own name when that is an address."""
+
     username: str
     password_hash: str
+    senders: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class PartnerConfig:
+    """A relay partner known by its client certificate (`[partners."<subject>"]`).
+
+    `subject` is written as in a listener's `allowed_client_subjects` (a CN, or a whole RFC 4514
+    subject); `senders` lists the addresses or `@domain` patterns it may use. Without a table, a
+    partner may use only the names its own certificate carries (see `gateway.senders`)."""
+
+    subject: str
+    senders: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """AUTH guessing limits: failures counted per client address and per account name within
+    `window`; past `max_failures` that address (or account) is refused for `lockout`."""
+
+    max_failures: int = 5
+    window: float = 900.0
+    lockout: float = 900.0
 
 
 @dataclass(frozen=True)
@@ -126,11 +152,17 @@ class SpoolConfig:
 
 @dataclass(frozen=True)
 class LocalConfig:
+    """Local domains and their mailboxes. A local recipient is accepted at RCPT only when it is
+    known: listed in `mailboxes`, an account, the postmaster, a directory entry with the `local`
+    capability; otherwise it goes to `catch_all` when one is set, else 550 5.1.1."""
+
     domains: tuple[str, ...]
     mode: LocalMode
     maildir: Path
     lmtp_host: str
     lmtp_port: int
+    mailboxes: tuple[str, ...] = ()
+    catch_all: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,8 +209,10 @@ class PolicyConfig:
     neutral_subject: str
     sender_copy: bool
     inbound_unverified: Literal["flag", "refuse"]
-    local_form: Literal["signed", "as-is"]
     discovery: DiscoveryConfig
+    #: Inbound S/MIME with a weak algorithm (3DES, RC2, SHA-1, RSA < 2048): marked `weak=` in the
+    #: verdict ("flag") or refused like an unverified message ("refuse").
+    weak_algorithms: Literal["flag", "refuse"] = "flag"
 
     def for_domain(self, domain: str) -> DestinationPolicy:
         domain = domain.lower()
@@ -187,13 +221,22 @@ class PolicyConfig:
                 return policy
         return self.default
 
-    def signing_key_name(self, user: str | None, sender: str) -> str | None:
+    def signing_key_name(self, identity: str | None) -> str | None:
+        """The `[keys.X]` that signs for an authenticated identity (an account name, a
+        `partner:<subject>`, the configured sender of an intake channel), never for an address
+        a client typed: without an identity nothing is signed. `@domain` matches identities
+        that are addresses in that domain; `*` every authenticated identity."""
+        if not identity:
+            return None
         table = dict(self.sign_with)
-        for who in (user, sender):
-            if who and who.lower() in table:
-                return table[who.lower()]
-        domain = sender.rpartition("@")[2].lower()
-        return table.get(f"@{domain}") or table.get("*")
+        who = identity.lower()
+        if who in table:
+            return table[who]
+        if "@" in who and not who.startswith("partner:"):
+            found = table.get("@" + who.rpartition("@")[2])
+            if found:
+                return found
+        return table.get("*")
 
 
 @dataclass(frozen=True)
@@ -212,6 +255,10 @@ class LegacyConfig:
     codecs: tuple[LegacyCodecConfig, ...]
     sign_key: str | None      # [keys.X] that signs what the bridge rebuilds as S/MIME
     decrypt_key: str | None   # [keys.X] that opens S/MIME encrypted to the bridge's certificate
+    #: The paths on which legacy-encrypted mail is bridged (decoded, re-signed by the organisation):
+    #: listener names. Legacy mail from a sender the directory knows as `legacy:<codec>` is bridged
+    #: on any listener; on every other path legacy armor is ordinary content, never re-labelled.
+    listeners: tuple[str, ...] = ()
 
     def codec(self, name: str) -> LegacyCodecConfig | None:
         return next((c for c in self.codecs if c.name == name), None)
@@ -231,6 +278,8 @@ class GatewayConfig:
     trust: TrustConfig | None = None
     policy: PolicyConfig | None = None
     legacy: LegacyConfig | None = None
+    partners: tuple[PartnerConfig, ...] = ()
+    auth: AuthConfig = field(default_factory=AuthConfig)
     intake: Any = None  # gateway.intake.settings.IntakeConfig (parsed there: it owns those keys)
     keys: dict[str, Any] = field(default_factory=dict, compare=False)
     base: Path = field(default_factory=Path.cwd, compare=False)
@@ -252,6 +301,12 @@ class GatewayConfig:
         for acc in self.accounts:
             if acc.username.lower() == username.lower():
                 return acc
+        return None
+
+    def partner(self, subject: str) -> PartnerConfig | None:
+        for p in self.partners:
+            if p.subject == subject:
+                return p
         return None
 
 
@@ -427,7 +482,10 @@ def _accounts(r: _Reader, data: dict[str, Any]) -> tuple[Account, ...]:
         if not isinstance(spec, dict):
             r.problem(f"accounts.{username}", "expected a table with password_hash or password_hash_file")
             continue
-        r.unknown(spec, {"password_hash", "password_hash_file"}, prefix)
+        r.unknown(spec, {"password_hash", "password_hash_file", "senders"}, prefix)
+        senders = _senders(r, spec, prefix)
+        if not senders and not is_address(username):
+            r.problem(prefix + "senders", "the account name is not an address: list the addresses it may send as")
         stored = r.get(spec, "password_hash", prefix, str, None)
         hash_file = r.path(spec, "password_hash_file", prefix, must_exist=True)
         if stored is None and hash_file is not None and hash_file.exists():
@@ -438,8 +496,52 @@ def _accounts(r: _Reader, data: dict[str, Any]) -> tuple[Account, ...]:
         if not (stored.startswith("$scrypt$") or stored.startswith("$argon2")):
             r.problem(prefix + "password_hash", "must be a $scrypt$ or $argon2 hash, never a clear password")
             continue
-        out.append(Account(username=username, password_hash=stored))
+        out.append(Account(username=username, password_hash=stored,
+                           senders=senders or (username.lower(),)))
     return tuple(out)
+
+
+_ADDRESS_TEXT = re.compile(r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f]+@[A-Za-z0-9.-]+\Z")
+
+
+def is_address(text: str) -> bool:
+    return bool(_ADDRESS_TEXT.match(text)) and is_domain(text.rpartition("@")[2])
+
+
+def _senders(r: _Reader, spec: dict[str, Any], prefix: str) -> tuple[str, ...]:
+    """A `senders` list: addresses or `@domain` patterns, lowercased."""
+    out = []
+    for i, item in enumerate(r.get(spec, "senders", prefix, list, [])):
+        text = item.strip().lower() if isinstance(item, str) else None
+        if text and ((text.startswith("@") and is_domain(text[1:])) or is_address(text)):
+            out.append(text)
+        else:
+            r.problem(f"{prefix}senders[{i}]", f"not an address or @domain: {item!r}")
+    return tuple(out)
+
+
+def _partners(r: _Reader, data: dict[str, Any], listeners: tuple[ListenerConfig, ...]) -> tuple[PartnerConfig, ...]:
+    known = {s for lc in listeners for s in lc.allowed_client_subjects}
+    out = []
+    for subject, spec in r.table(data, "partners").items():
+        prefix = f'partners."{subject}".'
+        if not isinstance(spec, dict):
+            r.problem(prefix[:-1], "expected a table with senders = [...]")
+            continue
+        r.unknown(spec, {"senders"}, prefix)
+        if subject not in known:
+            r.problem(prefix[:-1], "not in any listener's allowed_client_subjects")
+        out.append(PartnerConfig(subject=subject, senders=_senders(r, spec, prefix)))
+    return tuple(out)
+
+
+def _auth(r: _Reader, data: dict[str, Any]) -> AuthConfig:
+    spec = r.table(data, "auth")
+    prefix = "auth."
+    r.unknown(spec, {"max_failures", "window", "lockout"}, prefix)
+    return AuthConfig(max_failures=r.positive(spec, "max_failures", prefix, 5),
+                      window=r.convert(spec, "window", prefix, parse_duration, "15m"),
+                      lockout=r.convert(spec, "lockout", prefix, parse_duration, "15m"))
 
 
 def _tls_policy(r: _Reader, spec: dict[str, Any], prefix: str, default: str) -> TlsPolicy:
@@ -527,19 +629,33 @@ def _spool(r: _Reader, data: dict[str, Any]) -> SpoolConfig:
 def _local(r: _Reader, data: dict[str, Any]) -> LocalConfig:
     spec = r.table(data, "local")
     prefix = "local."
-    r.unknown(spec, {"domains", "mode", "maildir", "lmtp_host", "lmtp_port"}, prefix)
+    r.unknown(spec, {"domains", "mode", "maildir", "lmtp_host", "lmtp_port", "mailboxes", "catch_all"}, prefix)
     domains = []
     for i, d in enumerate(r.get(spec, "domains", prefix, list, [])):
         if not isinstance(d, str) or not is_domain(d):
             r.problem(f"{prefix}domains[{i}]", f"not a domain name: {d!r}")
         else:
             domains.append(d.lower())
+    mailboxes = []
+    for i, m in enumerate(r.get(spec, "mailboxes", prefix, list, [])):
+        if not isinstance(m, str) or not is_address(m) or m.rpartition("@")[2].lower() not in domains:
+            r.problem(f"{prefix}mailboxes[{i}]", f"not an address in a local domain: {m!r}")
+        else:
+            mailboxes.append(m.lower())
+    catch_all = r.get(spec, "catch_all", prefix, str, None)
+    if catch_all is not None:
+        if not is_address(catch_all) or catch_all.rpartition("@")[2].lower() not in domains:
+            r.problem(prefix + "catch_all", f"not an address in a local domain: {catch_all!r}")
+            catch_all = None
+        else:
+            catch_all = catch_all.lower()
     return LocalConfig(
         domains=tuple(domains),
         mode=r.choice(spec, "mode", prefix, ("maildir", "lmtp"), "maildir"),  # type: ignore[arg-type]
         maildir=r.path(spec, "maildir", prefix) or r.base / "var" / "maildir",
         lmtp_host=r.get(spec, "lmtp_host", prefix, str, "127.0.0.1"),
         lmtp_port=r.port(spec, "lmtp_port", prefix, 24),
+        mailboxes=tuple(mailboxes), catch_all=catch_all,
     )
 
 
@@ -587,7 +703,10 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
     spec = r.table(data, "policy")
     prefix = "policy."
     r.unknown(spec, {"enabled", "default", "destinations", "sign_with", "neutral_subject", "sender_copy",
-                     "inbound_unverified", "local_form", "discovery"}, prefix)
+                     "inbound_unverified", "discovery", "weak_algorithms"}, prefix)
+    if "local_form" in spec:
+        r.problem(prefix + "local_form", "not supported: local copies are delivered decrypted and verified, with the "
+                  "verdict in X-Msgw-Verification; remove the key")
     destinations = []
     for domain, value in r.get(spec, "destinations", prefix, dict, {}).items():
         if value not in _POLICIES:
@@ -598,7 +717,10 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
             destinations.append((domain.lower(), value))
     sign_with = []
     for who, key_name in r.get(spec, "sign_with", prefix, dict, {}).items():
-        if not isinstance(key_name, str) or key_name not in keys:
+        if not (who == "*" or who.lower().startswith("partner:") or is_address(who)
+                or (who.startswith("@") and is_domain(who[1:]))):
+            r.problem(f'{prefix}sign_with."{who}"', "must be an account name, partner:<subject>, @domain or *")
+        elif not isinstance(key_name, str) or key_name not in keys:
             r.problem(f'{prefix}sign_with."{who}"', f"names no [keys.{key_name}] table")
         else:
             sign_with.append((who.lower(), key_name))
@@ -619,7 +741,7 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
         neutral_subject=r.get(spec, "neutral_subject", prefix, str, "Message sécurisé / Secure message"),
         sender_copy=r.get(spec, "sender_copy", prefix, bool, True),
         inbound_unverified=r.choice(spec, "inbound_unverified", prefix, ("flag", "refuse"), "flag"),  # type: ignore[arg-type]
-        local_form=r.choice(spec, "local_form", prefix, ("signed", "as-is"), "signed"),  # type: ignore[arg-type]
+        weak_algorithms=r.choice(spec, "weak_algorithms", prefix, ("flag", "refuse"), "flag"),  # type: ignore[arg-type]
         discovery=DiscoveryConfig(
             order=order, ldap_url=ldap_url, ldap_base=r.get(dspec, "ldap_base", dprefix, str, None),
             dns_cert=r.get(dspec, "dns_cert", dprefix, bool, "dns" in order),
@@ -636,7 +758,8 @@ def _legacy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> LegacyCon
         return None
     spec = r.table(data, "legacy")
     prefix = "legacy."
-    r.unknown(spec, {"sign_key", "decrypt_key", *_LEGACY_CODECS}, prefix)
+    r.unknown(spec, {"sign_key", "decrypt_key", "listeners", *_LEGACY_CODECS}, prefix)
+    listeners = tuple(str(x) for x in r.get(spec, "listeners", prefix, list, []))
     codecs = []
     for name in _LEGACY_CODECS:
         if name not in spec:
@@ -661,7 +784,7 @@ def _legacy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> LegacyCon
             r.problem(prefix + key, f"names no [keys.{value}] table")
             value = None
         refs[key] = value
-    return LegacyConfig(tuple(codecs), refs["sign_key"], refs["decrypt_key"])
+    return LegacyConfig(tuple(codecs), refs["sign_key"], refs["decrypt_key"], listeners)
 
 
 def _keys(r: _Reader, data: dict[str, Any]) -> dict[str, Any]:
@@ -681,7 +804,7 @@ def _keys(r: _Reader, data: dict[str, Any]) -> dict[str, Any]:
 
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
-             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake"}
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth"}
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayConfig:
@@ -701,11 +824,12 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     except ConfigError as exc:
         r.problems.extend(exc.problems)
         intake = IntakeConfig()
+    listeners = _listeners(r, data)
     config = GatewayConfig(
         source=source,
         hostname=hostname,
         postmaster=r.get(gw, "postmaster", "gateway.", str, f"postmaster@{hostname}"),
-        listeners=_listeners(r, data),
+        listeners=listeners,
         accounts=_accounts(r, data),
         spool=_spool(r, data),
         delivery=_delivery(r, data),
@@ -714,6 +838,8 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         trust=_trust(r, data),
         policy=_policy(r, data, keys),
         legacy=_legacy(r, data, keys),
+        partners=_partners(r, data, listeners),
+        auth=_auth(r, data),
         intake=intake,
         keys=keys,
         base=base,
@@ -723,6 +849,11 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         r.problem("trust", "the protection policy needs a [trust] table (anchors)")
     if not config.listeners:
         r.problem("listeners", "at least one listener is needed")
+    if config.legacy is not None:
+        names = {lc.name for lc in config.listeners}
+        for i, name in enumerate(config.legacy.listeners):
+            if name not in names:
+                r.problem(f"legacy.listeners[{i}]", f"no listener named {name!r}")
     if any(lc.kind == "submission" for lc in config.listeners) and not config.accounts:
         r.problem("accounts", "a submission listener needs at least one account")
     if r.problems:

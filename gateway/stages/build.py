@@ -126,8 +126,9 @@ class GatewayContext:
                 self._keys[name] = await load_key_async(ref)
             return self._keys[name]
 
-    async def signing_key(self, user: str | None, sender: str) -> SigningKey | None:
-        name = self.policy.signing_key_name(user, sender)
+    async def signing_key(self, identity: str | None, sender: str) -> SigningKey | None:
+        """The key of the authenticated identity; `sender` (typed by the client) never chooses it."""
+        name = self.policy.signing_key_name(identity)
         return await self._key(name) if name else None
 
     async def decryption_key(self, address: str) -> DecryptionKey | None:
@@ -224,6 +225,14 @@ class GatewayContext:
         if entry is not None and entry.key_ref:
             return entry.key_ref
         return address.rpartition("@")[0]
+
+    def bridges_from(self, listener: str, sender: str) -> bool:
+        legacy = self.config.legacy
+        if legacy is None:
+            return False
+        if listener in legacy.listeners:
+            return True
+        return bool(sender) and (self.recipient(sender).capability or "").startswith("legacy:")
 
     async def bridge_signing_key(self) -> SigningKey | None:
         name = self.config.legacy.sign_key if self.config.legacy is not None else None

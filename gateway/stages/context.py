@@ -65,6 +65,12 @@ class ProtectionContext(Protocol):
         """A recipient's identity in that format (from the directory)."""
         ...
 
+    def bridges_from(self, listener: str, sender: str) -> bool:
+        """Is legacy-encrypted mail that arrived this way bridged (decoded and re-signed)? Only on
+        the listeners configured for legacy traffic, or from a sender the directory knows as a
+        legacy correspondent; anywhere else legacy armor is ordinary content."""
+        ...
+
     async def bridge_signing_key(self) -> SigningKey | None:
         """The organisation key that signs what the bridge rebuilds as S/MIME."""
         ...

@@ -30,11 +30,22 @@ class ScenarioFigures:
     note: str = ""
 
 
+@dataclass
+class TrustFigures:
+    """One attack of the trust battery: how many attempts, how many the gateway stopped."""
+
+    attack: str
+    attempts: int
+    stopped: int
+    note: str = ""
+
+
 class ResilienceReport:
     """Session-wide collector of the per-scenario figures."""
 
     def __init__(self) -> None:
         self.rows: list[ScenarioFigures] = []
+        self.trust_rows: list[TrustFigures] = []
         #: generated inputs per reader (hostile-input tests), and known bugs met on the way
         self.inputs: Counter[str] = Counter()
         self.known: Counter[str] = Counter()
@@ -42,6 +53,10 @@ class ResilienceReport:
     def record(self, scenario: str, *, sent: int, acknowledged: int, delivered: int, lost: int, duplicated: int,
                note: str = "") -> None:
         self.rows.append(ScenarioFigures(scenario, sent, acknowledged, delivered, lost, duplicated, note))
+
+    def trust(self, attack: str, *, attempts: int, stopped: int, note: str = "") -> None:
+        """Record one attack of the trust battery (`stopped` < `attempts` means some got through)."""
+        self.trust_rows.append(TrustFigures(attack, attempts, stopped, note))
 
     def lines(self) -> list[str]:
         head = f"{'scenario':<54} {'sent':>6} {'acked':>6} {'deliv':>6} {'lost':>5} {'dup':>5}  note"
@@ -56,6 +71,11 @@ class ResilienceReport:
             out.append("  " + ", ".join(f"{k} {v}" for k, v in sorted(self.inputs.items())))
         for bug, n in sorted(self.known.items()):
             out.append(f"  KNOWN BUG (reported, not fixed here) hit {n}x: {bug}")
+        if self.trust_rows:
+            head = f"{'trust battery: attack':<62} {'tries':>6} {'stopped':>8}  note"
+            out += ["", head, "-" * len(head)]
+            for t in self.trust_rows:
+                out.append(f"{t.attack:<62} {t.attempts:>6} {t.stopped:>8}  {t.note}")
         return out
 
 
@@ -68,7 +88,7 @@ def resilience_report() -> ResilienceReport:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus, config) -> None:  # noqa: ARG001 - pytest hook
-    if not _REPORT.rows and not _REPORT.inputs:
+    if not _REPORT.rows and not _REPORT.inputs and not _REPORT.trust_rows:
         return
     terminalreporter.write_sep("=", f"resilience summary (MSGW_RESILIENCE_SCALE={SCALE})")
     for line in _REPORT.lines():

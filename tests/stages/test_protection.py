@@ -47,7 +47,7 @@ def _policy(**kw: Any) -> PolicyConfig:
     base = dict(enabled=True, default="require-smime", destinations=(("refused.test", "refuse"),
                                                                      ("mss.test", "trust-space-tls")),
                 sign_with=(), neutral_subject="Message sécurisé", sender_copy=True, inbound_unverified="flag",
-                local_form="signed", discovery=DiscoveryConfig(("directory",), None, None, False, 60, 60))
+                discovery=DiscoveryConfig(("directory",), None, None, False, 60, 60))
     base.update(kw)
     return PolicyConfig(**base)
 
