@@ -10,14 +10,24 @@ import asyncio
 import logging
 import signal
 
+from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
 from gateway.delivery.manager import DeliveryManager
 from gateway.logs import event
 from gateway.pipeline import Pipeline
-from gateway.server.smtp import SmtpServer
+from gateway.routing.directory import SqliteDirectory, directory_path
+from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway")
+
+
+def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
+    """RCPT-time question to the directory, asked off the event loop: is this a local mailbox?"""
+    async def lookup(address: str) -> bool:
+        entry = await asyncio.to_thread(directory.address, address)
+        return entry is not None and entry.capability == "local"
+    return lookup
 
 
 class Gateway:
@@ -29,6 +39,8 @@ class Gateway:
         self.delivery: DeliveryManager | None = None
         self.server: SmtpServer | None = None
         self.intake = None
+        self._own_directory: SqliteDirectory | None = None
+        self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -40,20 +52,30 @@ class Gateway:
             from gateway.stages.build import build_pipeline
 
             self.pipeline, self.context = await loop.run_in_executor(None, build_pipeline, self.config)
-        audit = self.context.audit if self.context is not None else None
+        if self.context is not None:
+            audit = self.context.audit
+        else:  # the plain relay audits what its listeners refuse too
+            self._own_audit = AuditWriter(AuditTrail(audit_path(self.config)), on_error=lambda exc: event(
+                log, "audit-failed", logging.ERROR, reason=str(exc)[:200]))
+            audit = self._own_audit
         self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
+        directory = self.context.directory if self.context is not None else self._open_directory()
         self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: self.delivery.wake(),
-                                 rcpt_check=self.context.rcpt_refusal if self.context is not None else None)
+                                 rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
+                                 audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
         await self.server.start()
         self.delivery.start()
         if self.config.intake is not None and self.config.intake.enabled:
             from gateway.intake.service import IntakeService
-            from gateway.routing.directory import directory_path
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
                                         self.config.state_dir, lambda _id: self.delivery.wake(),
                                         self.config.spool.max_queue_lifetime)
             await self.intake.start()
+
+    def _open_directory(self) -> SqliteDirectory:
+        self._own_directory = SqliteDirectory(directory_path(self.config))
+        return self._own_directory
 
     async def stop(self) -> None:
         if self.intake is not None:
@@ -65,6 +87,10 @@ class Gateway:
         self.spool.close()
         if self.context is not None:
             self.context.close()
+        if self._own_directory is not None:
+            self._own_directory.close()
+        if self._own_audit is not None:
+            self._own_audit.close()
         self._stopped.set()
         event(log, "stopped")
 

@@ -28,9 +28,10 @@ import fcntl
 import hashlib
 import json
 import os
+import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ GENESIS = "0" * 64
 ALLOWED_FIELDS = frozenset({
     "message_id", "queue_id", "direction", "sender", "recipient", "decision", "reason",
     "signer_serial", "signer_identifiers", "encryption_serials", "codec", "next_hop", "outcome",
+    "client", "identity", "listener",
 })
 _LIST_FIELDS = frozenset({"signer_identifiers", "encryption_serials"})
 _MAX_LEN = 512
@@ -315,6 +317,43 @@ class AuditTrail:
         return AuditReport(True, count, head_seq=head_seq)
 
 
+class AuditWriter:
+    """The running gateway's audit sink: records are queued and appended by one thread, because
+    the trail fsyncs every record and that must not stall the event loop; one writer keeps
+    them in order. `close()` drains what is queued."""
+
+    def __init__(self, trail: AuditTrail, on_error: Callable[[AuditError], None] | None = None) -> None:
+        self.trail = trail
+        self.on_error = on_error
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
+        self._thread.start()
+
+    def __call__(self, **fields: Any) -> None:
+        """Queue one record; empty fields are dropped, strings flattened to one short line."""
+        clean: dict[str, Any] = {}
+        for k, v in fields.items():
+            if v in (None, [], ()):
+                continue
+            clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
+        self._queue.put(clean)
+
+    def _run(self) -> None:
+        while True:
+            record = self._queue.get()
+            if record is None:
+                return
+            try:
+                self.trail.append(**record)
+            except AuditError as exc:
+                if self.on_error is not None:
+                    self.on_error(exc)
+
+    def close(self, timeout: float = 30) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout=timeout)
+
+
 def audit_path(config: GatewayConfig) -> Path:
     """`[audit] path` (relative to the config file's folder), default `audit.jsonl` beside the spool folder."""
     table = config.raw.get("audit", {}) if isinstance(config.raw, dict) else {}
@@ -324,5 +363,5 @@ def audit_path(config: GatewayConfig) -> Path:
     return config.spool.path.parent / "audit.jsonl"
 
 
-__all__ = ["ALLOWED_FIELDS", "GENESIS", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail",
+__all__ = ["ALLOWED_FIELDS", "GENESIS", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail", "AuditWriter",
            "audit_path", "canonical", "record_hash"]

@@ -849,6 +849,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         r.problem("trust", "the protection policy needs a [trust] table (anchors)")
     if not config.listeners:
         r.problem("listeners", "at least one listener is needed")
+    _check_trust_space_routes(r, config)
     if config.legacy is not None:
         names = {lc.name for lc in config.listeners}
         for i, name in enumerate(config.legacy.listeners):
@@ -859,6 +860,26 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _check_trust_space_routes(r: _Reader, config: GatewayConfig) -> None:
+    """A `trust-space-tls` copy is protected by mutual TLS only: its route must require TLS and
+    present our client certificate (a route's own, or `[delivery]`'s), or it would go anonymous."""
+    policy = config.policy
+    if policy is None or not policy.enabled:
+        return
+    d = config.delivery
+    wanted = [(f'policy.destinations."{p}"', p) for p, v in policy.destinations if v == "trust-space-tls"]
+    if policy.default == "trust-space-tls":
+        wanted.append(("policy.default", None))
+    for key, pattern in wanted:
+        route = d.route_for("x" + pattern if pattern and pattern.startswith(".") else pattern) if pattern else None
+        tls, cert, key_file = (route.tls, route.client_cert or d.client_cert, route.client_key or d.client_key) \
+            if route is not None else (d.tls, d.client_cert, d.client_key)
+        where = f'delivery.routes."{route.domain}"' if route is not None else "delivery"
+        if tls != "required" or cert is None or key_file is None:
+            r.problem(key, f"trust-space-tls needs mutual TLS: {where} must have tls = \"required\" and present a "
+                      "client certificate (client_cert, client_key)")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

@@ -54,8 +54,9 @@ def run(args: argparse.Namespace) -> int:
         # Normalise line endings: a file from disk usually has LF; SMTP and S/MIME want CRLF.
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         with Spool(config.spool.path).open(recover=False) as spool:
+            # The operator on this host speaks for --from (they can read the key files anyway).
             msg_id = spool.accept(args.sender, args.recipients, data, lifetime=config.spool.max_queue_lifetime,
-                                  listener="cli")
+                                  listener="cli", auth_user=args.sender)
         print(msg_id)
         return 0
     return _send_payload(config, args, files, kind)
@@ -77,7 +78,7 @@ def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], 
                               directory=directory, dedup=dedup, settings=routing, now=now, info=bundle.info,
                               pdfs=bundle.pdfs)
         ids = accept_all(result, spool, lifetime=config.spool.max_queue_lifetime, listener="cli",
-                         client="msgw-send", dedup=dedup, now=now)
+                         client="msgw-send", dedup=dedup, now=now, auth_user=args.sender)
     if not ids:
         print(f"msgw: {kind} payload already sent to every recipient within the dedup window", file=sys.stderr)
     for msg_id in ids:

@@ -423,7 +423,8 @@ class DropFolderWatcher:
                                   directory=self.directory, dedup=self.dedup, settings=self.routing, now=now,
                                   info=bundle.info, pdfs=bundle.pdfs)
             ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=f"drop:{self.settings.name}",
-                             client=str(journal["token"]), dedup=self.dedup, now=now, skip=skip)
+                             client=str(journal["token"]), dedup=self.dedup, now=now, skip=skip,
+                             auth_user=self.settings.sender)
         except GatewayError as exc:  # PayloadError included
             if exc.temporary:
                 event(log, "drop-deferred", logging.WARNING, drop=self.settings.name, file=ref, code=exc.code)

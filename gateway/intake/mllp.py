@@ -174,7 +174,7 @@ class MllpListener:
             result = intake_bytes(frame, "message.hl7", sender=self.settings.sender, directory=self.directory,
                                   dedup=self.dedup, settings=self.routing, now=now)
             ids = accept_all(result, self.spool, lifetime=self.lifetime, listener="mllp", client=f"mllp:{ip}",
-                             dedup=self.dedup, now=now)
+                             dedup=self.dedup, now=now, auth_user=self.settings.sender or None)
         except PayloadError as exc:
             event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=len(frame),
                   code=exc.code, reason=exc.what, where=exc.where)

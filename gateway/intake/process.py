@@ -125,13 +125,16 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
 
 
 def accept_all(result: IntakeResult, spool: Any, *, lifetime: float, listener: str, client: str,
-               dedup: DedupStore | None, now: dt.datetime, skip: Iterable[int] = ()) -> list[str]:
+               dedup: DedupStore | None, now: dt.datetime, skip: Iterable[int] = (),
+               auth_user: str | None = None) -> list[str]:
     """Queue every outgoing message (blocking: run in an executor), then record them as sent.
 
     Each message's spool ``client`` is ``f"{client}#{index}"`` so a drop folder can find, after a
     crash, which of a file's messages the spool already holds (``skip`` = their indexes).
     ``SpoolError`` propagates: nothing is recorded as sent, the sender (or the next poll) retries.
     The caller wakes delivery (``on_accept``) from the event loop, not from this thread.
+    ``auth_user`` is the identity the channel speaks for (the SMTP login, or the sender the
+    operator configured for a drop folder or MLLP listener): it chooses the signing key.
     """
     done = set(skip)
     ids: list[str] = []
@@ -139,7 +142,7 @@ def accept_all(result: IntakeResult, spool: Any, *, lifetime: float, listener: s
         if index in done:
             continue
         ids.append(spool.accept(out.envelope_sender, out.recipients, out.message, lifetime=lifetime,
-                                listener=listener, client=f"{client}#{index}"))
+                                listener=listener, client=f"{client}#{index}", auth_user=auth_user))
     result.commit(dedup, now)
     return ids
 

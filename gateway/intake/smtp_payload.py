@@ -56,8 +56,10 @@ def find_payload(message: bytes) -> Bundle:
 
 def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequence[str], spool: Any,
                        directory_path: Path, state_dir: Path, settings: RoutingSettings, lifetime: float,
-                       client: str) -> list[str]:
-    """Route a mailed payload; returns the queue ids of the copies (empty: already sent)."""
+                       client: str, auth_user: str | None = None) -> list[str]:
+    """Route a mailed payload; returns the queue ids of the copies (empty: already sent).
+
+    ``auth_user``: the authenticated identity that mailed it (it chooses the signing key)."""
     bundle = find_payload(message)
     now = dt.datetime.now(dt.UTC)
     dedup = DedupStore(state_dir / DEDUP_FILE, window=settings.dedup_window)
@@ -66,4 +68,4 @@ def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequenc
                               directory=directory, dedup=dedup, settings=settings, now=now, info=bundle.info,
                               pdfs=bundle.pdfs)
         return accept_all(result, spool, lifetime=lifetime, listener="smtp-payload", client=client, dedup=dedup,
-                          now=now)
+                          now=now, auth_user=auth_user)

@@ -15,17 +15,22 @@ from collections.abc import Iterable
 from cryptography import x509
 
 
-def subject_allowed(der: bytes | None, allowed: Iterable[str]) -> bool:
-    """True when the DER certificate's subject matches one entry of ``allowed``."""
+def matching_subject(der: bytes | None, allowed: Iterable[str]) -> str | None:
+    """The entry of ``allowed`` the DER certificate's subject matches (the partner's name), or None."""
     if not der:
-        return False
+        return None
     try:
         subject = x509.load_der_x509_certificate(der).subject
         dn = subject.rfc4514_string()
         cns = {str(a.value) for a in subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME)}
     except ValueError:  # accepted by OpenSSL but unreadable here: not one we can match
-        return False
-    return any((entry == dn) if "=" in entry else (entry in cns) for entry in allowed)
+        return None
+    return next((entry for entry in allowed if ((entry == dn) if "=" in entry else (entry in cns))), None)
 
 
-__all__ = ["subject_allowed"]
+def subject_allowed(der: bytes | None, allowed: Iterable[str]) -> bool:
+    """True when the DER certificate's subject matches one entry of ``allowed``."""
+    return matching_subject(der, allowed) is not None
+
+
+__all__ = ["matching_subject", "subject_allowed"]

@@ -5,9 +5,15 @@ gateway errors to reply codes and never lets a stack trace reach a client.
 
 What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
 * bare LF / bare CR in DATA is refused (SMTP smuggling), aiosmtpd passes them through;
-* AUTH verification runs in an executor (scrypt/argon2 take tens of ms) and a failure is
-  slowed down, aiosmtpd's authenticator is synchronous;
-* EHLO/HELO names are checked, the recipient count is capped, relaying is policed;
+* AUTH verification runs in an executor (scrypt/argon2 take tens of ms), a failure is slowed
+  down, guessing is limited per client address and per account (`throttle`), and an unknown
+  account is checked against a dummy hash so the time does not tell which accounts exist;
+  aiosmtpd's authenticator is synchronous;
+* EHLO/HELO names are checked, the recipient count is capped, relaying is policed, and only
+  known local mailboxes are accepted;
+* an authenticated identity (account or relay partner) may use only its own sender addresses,
+  in MAIL FROM and in From:/Sender: (`gateway.senders`); the spool records that identity,
+  which alone chooses the signing key;
 * the 250 is sent only after the spool has the message on disk (452 4.3.1 otherwise).
 """
 
@@ -27,10 +33,12 @@ from typing import Any
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, MalformedInput
 from gateway.logs import event
-from gateway.server.clientcert import subject_allowed
-from gateway.server.passwords import verify_password
+from gateway.senders import SenderIdentity, account_identity, partner_identity, refused_claims
+from gateway.server.clientcert import matching_subject
+from gateway.server.passwords import hash_password, verify_password
+from gateway.server.throttle import AuthThrottle
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway.server")
@@ -44,6 +52,22 @@ AUTH_FAILURE_DELAY = 1.0
 LISTEN_BACKLOG = 1024
 #: Async check of one recipient at RCPT time: a refusal reason, or None to accept.
 RcptCheck = Callable[[str], Awaitable[str | None]]
+#: Async lookup of a local address in the directory: True when it is a `local` mailbox there.
+MailboxLookup = Callable[[str], Awaitable[bool]]
+#: Audit sink (the trail's writer): keyword fields of one record.
+Audit = Callable[..., None]
+BARE_LF_REPLY = "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
+_dummy_hash: str | None = None
+
+
+def dummy_hash() -> str:
+    """A hash of a random password, verified for unknown accounts so their AUTH takes as long."""
+    global _dummy_hash
+    if _dummy_hash is None:
+        import secrets
+
+        _dummy_hash = hash_password(secrets.token_hex(16))
+    return _dummy_hash
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -88,7 +112,26 @@ class GatewaySMTP(SMTP):
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
         self.gateway_handler = handler
+        self._bare_newline = False
         super().__init__(handler, **kwargs)
+
+    # aiosmtpd answers "500 Line too long" when a client sends its message with bare LF line
+    # ends (there is no CRLF for a thousand bytes): watch what DATA reads, and say why instead.
+    async def smtp_DATA(self, arg: str | None) -> None:
+        self._bare_newline = False
+        reader = self._reader
+        self._reader = _BareNewlineWatch(reader, self)  # type: ignore[assignment]
+        try:
+            await super().smtp_DATA(arg)
+        finally:
+            self._reader = reader
+
+    async def push(self, status: str) -> None:
+        if self._bare_newline and status.startswith("500 Line too long"):
+            event(log, "refused", logging.WARNING, listener=self.gateway_handler.listener.name,
+                  client=_peer_ip(self.session), reason="bare-lf")
+            status = BARE_LF_REPLY
+        await super().push(status)
 
     # aiosmtpd's address parser folds control characters as white space (`<dr@x.example\x0bY>`
     # became `dr@x.exampleY`, `<a@x.example\r>` became `a@x.example`): refuse them in the raw
@@ -106,11 +149,24 @@ class GatewaySMTP(SMTP):
         await super().smtp_RCPT(arg)
 
     async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
-        ok = await self.gateway_handler.check_password(login, password)
+        handler = self.gateway_handler
+        client = _peer_ip(self.session)
+        name = login.decode("utf-8", "replace")[:200]
+        throttle = handler.throttle
+        if throttle.locked(client, name):
+            handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(name))
+            await asyncio.sleep(AUTH_FAILURE_DELAY)
+            await self.push("454 4.7.0 Too many authentication failures; try again later")
+            return AuthResult(success=False, handled=True)
+        ok = await handler.check_password(login, password)
         if ok:
+            throttle.success(name)
             return AuthResult(success=True, auth_data=LoginPassword(login, b""))
-        event(log, "auth-failed", logging.WARNING, listener=self.gateway_handler.listener.name,
-              client=_peer_ip(self.session), mechanism=mechanism)
+        locked = throttle.failure(client, name)
+        event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
+              mechanism=mechanism, locked=locked)
+        handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(name),
+                              reason="lockout started" if locked else None)
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False)
 
@@ -153,22 +209,91 @@ for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the o
         setattr(getattr(GatewaySMTP, _name), _attr, getattr(getattr(SMTP, _name), _attr))
 
 
+class _BareNewlineWatch:
+    """Stands in for the DATA reader: passes every read through and notes a bare LF or CR
+    (a CR that ends one read may pair with the LF that starts the next, so it is carried)."""
+
+    def __init__(self, reader: asyncio.StreamReader, protocol: GatewaySMTP) -> None:
+        self._reader = reader
+        self._protocol = protocol
+        self._carry = b""
+
+    def _see(self, chunk: bytes) -> bytes:
+        if not self._protocol._bare_newline:
+            text = self._carry + chunk
+            self._carry = b"\r" if text.endswith(b"\r") else b""
+            if self._carry:
+                text = text[:-1]
+            if has_bare_newline(text):
+                self._protocol._bare_newline = True
+        return chunk
+
+    async def readuntil(self, separator: bytes = b"\n") -> bytes:
+        return self._see(await self._reader.readuntil(separator))
+
+    async def read(self, n: int = -1) -> bytes:
+        return self._see(await self._reader.read(n))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._reader, name)
+
+
 def _peer_ip(session: Session | None) -> str:
     if session is None or not session.peer:
         return "?"
     return str(session.peer[0]) if isinstance(session.peer, tuple) else str(session.peer)
 
 
+class LocalMailboxes:
+    """Which local addresses exist: listed in `[local] mailboxes`, accounts (and the exact
+    addresses they send as), the postmaster, the intake's unrouted mailboxes, and the
+    directory's `local` entries (looked up off the event loop). Unknown ones go to the
+    catch-all when one is configured, else they are refused at RCPT — so a stranger cannot
+    make the gateway create a Maildir per invented address."""
+
+    def __init__(self, config: GatewayConfig, lookup: MailboxLookup | None) -> None:
+        self.config = config
+        self.lookup = lookup
+        known = set(config.local.mailboxes)
+        for account in config.accounts:
+            known.add(account.username.lower())
+            known.update(s for s in account.senders if not s.startswith("@"))
+        known.add(config.postmaster.lower())
+        known.update(f"postmaster@{d}" for d in config.local.domains)
+        routing = getattr(config.intake, "routing", None)
+        if routing is not None:
+            if routing.unrouted_default:
+                known.add(routing.unrouted_default.lower())
+            known.update(m.lower() for m in routing.unrouted.values())
+        if config.local.catch_all:
+            known.add(config.local.catch_all)
+        self.known = frozenset(a for a in known if config.is_local(a.rpartition("@")[2]))
+
+    async def resolve(self, address: str) -> str | None:
+        """The mailbox to deliver `address` to (itself, or the catch-all), or None: unknown."""
+        lowered = address.lower()
+        if lowered in self.known:
+            return address
+        if self.lookup is not None and await self.lookup(lowered):
+            return address
+        return self.config.local.catch_all
+
+
 class GatewayHandler:
     """aiosmtpd hooks for one listener."""
 
     def __init__(self, config: GatewayConfig, listener: ListenerConfig, spool: Spool,
-                 on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None) -> None:
+                 on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None, *,
+                 throttle: AuthThrottle | None = None, audit: Audit | None = None,
+                 mailboxes: LocalMailboxes | None = None) -> None:
         self.config = config
         self.listener = listener
         self.spool = spool
         self.on_accept = on_accept
         self.rcpt_check = rcpt_check
+        self.throttle = throttle or AuthThrottle(config.auth.max_failures, config.auth.window, config.auth.lockout)
+        self.audit = audit
+        self.mailboxes = mailboxes or LocalMailboxes(config, None)
         intake = getattr(config, "intake", None)
         address = intake.routing.smtp_address if intake is not None else None
         self.payload_address = address.lower() if address else None
@@ -179,12 +304,35 @@ class GatewayHandler:
             username = login.decode("utf-8")
             secret = password.decode("utf-8")
         except UnicodeDecodeError:
-            return False
-        account = self.config.account(username)
-        if account is None:
-            return False
+            username, secret = "", ""
+        account = self.config.account(username) if username else None
+        # An unknown account is verified against a dummy hash: the reply takes as long either way.
+        stored = account.password_hash if account is not None else dummy_hash()
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(None, verify_password, account.password_hash, secret)
+        ok = await loop.run_in_executor(None, verify_password, stored, secret)
+        return ok and account is not None
+
+    def known_account(self, name: str) -> str:
+        """The account name for the audit trail, or "unknown" (never echo what a guesser typed)."""
+        account = self.config.account(name)
+        return account.username if account is not None else "unknown"
+
+    def audit_refusal(self, decision: str, **fields: Any) -> None:
+        if self.audit is not None:
+            self.audit(decision=decision, listener=self.listener.name, **fields)
+
+    def identity(self, session: Session) -> SenderIdentity | None:
+        """Who this client authenticated as: an account (AUTH), or a relay partner (its client
+        certificate matched `allowed_client_subjects`); None for anyone else."""
+        if session.authenticated and isinstance(session.auth_data, LoginPassword):
+            account = self.config.account(session.auth_data.login.decode("utf-8", "replace"))
+            return account_identity(account) if account is not None else None
+        if self.listener.kind == "relay" and self.listener.allowed_client_subjects:
+            der = self.client_certificate(session)
+            subject = matching_subject(der, self.listener.allowed_client_subjects)
+            if subject is not None:
+                return partner_identity(self.config, subject, der)
+        return None
 
     def relay_allowed(self, session: Session) -> bool:
         """May this client send to non-local domains?"""
@@ -198,7 +346,7 @@ class GatewayHandler:
         except ValueError:
             pass
         if self.listener.allowed_client_subjects:
-            return subject_allowed(self.client_certificate(session), self.listener.allowed_client_subjects)
+            return matching_subject(self.client_certificate(session), self.listener.allowed_client_subjects) is not None
         return False
 
     @staticmethod
@@ -223,7 +371,8 @@ class GatewayHandler:
             session.extended_smtp = False
             return ["501 5.5.2 Invalid EHLO hostname"]
         session.host_name = hostname
-        return responses
+        # aiosmtpd advertises "AUTH" even with no mechanism left (the relay listener has none)
+        return [r for r in responses if r.rstrip() not in ("250-AUTH", "250 AUTH")]
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
@@ -231,6 +380,13 @@ class GatewayHandler:
             return "553 5.1.7 Malformed sender address"
         if self.listener.kind == "submission" and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        identity = self.identity(session)
+        if identity is not None and address != "<>" and not identity.may_use(address):
+            event(log, "sender-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+                  identity=identity.name, where="mail-from")
+            self.audit_refusal("sender-refused", client=_peer_ip(session), identity=identity.name, sender=address,
+                               reason="MAIL FROM is not an address of this login")
+            return "553 5.7.1 Sender address not allowed for this login"
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
@@ -248,7 +404,18 @@ class GatewayHandler:
                 return "550 5.7.1 Payload routing is for authenticated systems"
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK (routed from the payload)"
-        if not self.config.is_local(domain) and not self.relay_allowed(session):
+        if self.config.is_local(domain):
+            try:
+                mailbox = await self.mailboxes.resolve(address)
+            except GatewayError as exc:
+                event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, reason=str(exc)[:200])
+                return "451 4.3.0 Mailbox lookup temporarily unavailable"
+            if mailbox is None:
+                event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
+                      reason="unknown-mailbox")
+                return "550 5.1.1 No such mailbox here"
+            address = mailbox
+        elif not self.relay_allowed(session):
             event(log, "relay-denied", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   rcpt_domain=domain)
             return "550 5.7.1 Relaying denied"
@@ -267,20 +434,24 @@ class GatewayHandler:
         if has_bare_newline(data):
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="bare-lf", size=len(data))
-            return "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
+            return BARE_LF_REPLY
+        identity = self.identity(session)
+        if identity is not None:
+            refusal = self._header_refusal(identity, session, data)
+            if refusal is not None:
+                return refusal
         data = self._received_header(server, session, envelope) + data
-        auth_user = None
-        if session.authenticated and isinstance(session.auth_data, LoginPassword):
-            auth_user = session.auth_data.login.decode("utf-8", "replace")
+        auth_user = identity.name if identity is not None else None
         # aiosmtpd keeps the null reverse-path as the text "<>" (an empty one means "no MAIL yet").
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
         loop = asyncio.get_running_loop()
         started = time.monotonic()
-        if self.payload_address and self.payload_address in (r.lower() for r in envelope.rcpt_tos):
-            return await self._route_payload(session, sender, envelope.rcpt_tos, data)
+        rcpts = list(dict.fromkeys(envelope.rcpt_tos))  # a catch-all may have collected several
+        if self.payload_address and self.payload_address in (r.lower() for r in rcpts):
+            return await self._route_payload(session, sender, rcpts, data, auth_user)
         try:
             msg_id = await loop.run_in_executor(None, lambda: self.spool.accept(
-                sender, envelope.rcpt_tos, data, lifetime=self.config.spool.max_queue_lifetime,
+                sender, rcpts, data, lifetime=self.config.spool.max_queue_lifetime,
                 listener=self.listener.name, client=_peer_ip(session), auth_user=auth_user))
         except GatewayError as exc:
             event(log, "spool-refused", logging.ERROR, listener=self.listener.name, client=_peer_ip(session),
@@ -291,13 +462,30 @@ class GatewayHandler:
             event(log, "spool-crashed", logging.ERROR, listener=self.listener.name, exc_type=type(exc).__name__)
             return "451 4.3.0 Temporary failure, try again later"
         event(log, "accepted", msg=msg_id, listener=self.listener.name, client=_peer_ip(session),
-              size=len(data), rcpts=len(envelope.rcpt_tos), tls=bool(session.ssl), auth=bool(auth_user),
+              size=len(data), rcpts=len(rcpts), tls=bool(session.ssl), auth=auth_user is not None,
               ms=round((time.monotonic() - started) * 1000, 1))
         if self.on_accept is not None:
             self.on_accept(msg_id)
         return f"250 2.0.0 OK queued as {msg_id}"
 
-    async def _route_payload(self, session: Session, sender: str, rcpts: list[str], data: bytes) -> str:
+    def _header_refusal(self, identity: SenderIdentity, session: Session, data: bytes) -> str | None:
+        """The reply refusing a message whose From:/Sender: this identity may not use, else None."""
+        try:
+            refused = refused_claims(identity, data)
+        except MalformedInput as exc:
+            event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+                  reason="sender-header-unreadable", identity=identity.name)
+            return f"550 5.6.0 Message refused: {_one_line(exc.what)}"
+        if not refused:
+            return None
+        event(log, "sender-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+              identity=identity.name, where="header")
+        self.audit_refusal("sender-refused", client=_peer_ip(session), identity=identity.name, sender=refused[0],
+                           reason="From:/Sender: is not an address of this login")
+        return "553 5.7.1 From: or Sender: address not allowed for this login"
+
+    async def _route_payload(self, session: Session, sender: str, rcpts: list[str], data: bytes,
+                             auth_user: str | None) -> str:
         """A bare payload mailed to the routing address: its recipients come from its content."""
         from gateway.intake.smtp_payload import route_smtp_payload
         from gateway.routing.directory import directory_path
@@ -309,7 +497,7 @@ class GatewayHandler:
                 data, sender=sender, other_recipients=others, spool=self.spool,
                 directory_path=directory_path(self.config), state_dir=self.config.state_dir,
                 settings=self.config.intake.routing, lifetime=self.config.spool.max_queue_lifetime,
-                client=_peer_ip(session)))
+                client=_peer_ip(session), auth_user=auth_user))
         except GatewayError as exc:
             event(log, "payload-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   size=len(data), code=exc.code, temporary=exc.temporary)
@@ -339,16 +527,22 @@ class SmtpServer:
     """All configured listeners, served on the running event loop."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
-                 rcpt_check: RcptCheck | None = None) -> None:
+                 rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
+                 mailbox_lookup: MailboxLookup | None = None) -> None:
         self.config = config
         self.spool = spool
         self.on_accept = on_accept
         self.rcpt_check = rcpt_check
+        self.audit = audit
+        # one throttle and one mailbox list for every listener: guesses spread over listeners count
+        self.throttle = AuthThrottle(config.auth.max_failures, config.auth.window, config.auth.lockout)
+        self.mailboxes = LocalMailboxes(config, mailbox_lookup)
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _factory(self, listener: ListenerConfig) -> Callable[[], GatewaySMTP]:
-        handler = GatewayHandler(self.config, listener, self.spool, self.on_accept, self.rcpt_check)
+        handler = GatewayHandler(self.config, listener, self.spool, self.on_accept, self.rcpt_check,
+                                 throttle=self.throttle, audit=self.audit, mailboxes=self.mailboxes)
         tls = server_tls_context(listener)
         submission = listener.kind == "submission"
 
@@ -363,6 +557,8 @@ class SmtpServer:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
+        if self.config.accounts:
+            await loop.run_in_executor(None, dummy_hash)  # ready before the first unknown login
         for listener in self.config.listeners:
             # A deeper accept queue than asyncio's 100: in a burst of connections, the ones the
             # kernel cannot queue are dropped after the handshake and hang until the client's

@@ -1,0 +1,115 @@
+"""Who may send as whom: the sender addresses an authenticated identity may use.
+
+Decided from what was authenticated — an account's login, a relay partner's client
+certificate, an intake channel the operator configured — never from an address a client
+typed. The same identity then chooses the signing key (`PolicyConfig.signing_key_name`), so
+a login without a key of its own cannot borrow one by writing someone else's MAIL FROM or
+From: (Postfix's `reject_sender_login_mismatch` does the first half of this).
+
+Pure: the server gives it the account or the certificate and the message's header block.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from email.parser import BytesHeaderParser
+from email.policy import compat32
+from email.utils import getaddresses
+from typing import Literal
+
+from cryptography import x509
+
+from gateway.config import Account, GatewayConfig, is_domain
+from gateway.errors import MalformedInput
+
+IdentityKind = Literal["account", "partner"]
+#: Header fields that name the author or the sender of a message (RFC 5322 3.6.2).
+CLAIM_FIELDS = ("from", "sender")
+
+
+@dataclass(frozen=True)
+class SenderIdentity:
+    """An authenticated identity and the addresses (or `@domain` patterns) it may use.
+
+    `name` is what the spool records as the message's `auth_user` and what `[policy.sign_with]`
+    is keyed by: the account name, or `partner:<subject>` for a relay partner."""
+
+    kind: IdentityKind
+    name: str
+    senders: tuple[str, ...]
+
+    def may_use(self, address: str) -> bool:
+        address = address.strip().lower()
+        if not address or "@" not in address:
+            return False
+        domain = "@" + address.rpartition("@")[2]
+        return any(address == s or domain == s for s in self.senders)
+
+
+def account_identity(account: Account) -> SenderIdentity:
+    return SenderIdentity("account", account.username, account.senders)
+
+
+def partner_identity(config: GatewayConfig, subject: str, certificate_der: bytes | None) -> SenderIdentity:
+    """A relay partner matched by `subject` (an `allowed_client_subjects` entry).
+
+    Its senders are `[partners."<subject>"] senders` when configured; otherwise only the
+    names its own certificate carries: its rfc822Name addresses, and `@name` for each DNS
+    name (subjectAltName dNSName, or a CN that is a domain name)."""
+    configured = config.partner(subject)
+    if configured is not None:
+        senders = configured.senders
+    else:
+        senders = certificate_senders(certificate_der) if certificate_der else ()
+    return SenderIdentity("partner", f"partner:{subject}", senders)
+
+
+def certificate_senders(der: bytes) -> tuple[str, ...]:
+    try:
+        cert = x509.load_der_x509_certificate(der)
+    except ValueError:
+        return ()
+    out: list[str] = []
+    try:
+        san = cert.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+        out += [a.lower() for a in san.get_values_for_type(x509.RFC822Name)]
+        out += ["@" + d.lower() for d in san.get_values_for_type(x509.DNSName) if is_domain(d)]
+    except x509.ExtensionNotFound:
+        pass
+    for attr in cert.subject.get_attributes_for_oid(x509.NameOID.COMMON_NAME):
+        value = str(attr.value).lower()
+        if is_domain(value) and "." in value:
+            out.append("@" + value)
+    return tuple(dict.fromkeys(out))
+
+
+def claimed_senders(message: bytes) -> list[str]:
+    """The addresses a message's From: and Sender: fields claim (lowercased).
+
+    Raises MalformedInput for what a reader could see two ways: several From: or Sender:
+    fields, or a field that names no readable address."""
+    end = message.find(b"\r\n\r\n")
+    head = message if end < 0 else message[:end + 2]
+    fields = BytesHeaderParser(policy=compat32).parsebytes(head, headersonly=True)
+    out: list[str] = []
+    for name in CLAIM_FIELDS:
+        values = fields.get_all(name) or []
+        if len(values) > 1:
+            raise MalformedInput(f"several {name.title()}: fields", "message header")
+        for value in values:
+            text = str(value)
+            pairs = getaddresses([text])
+            addresses = [addr.strip().lower() for _, addr in pairs if addr.strip()]
+            if not addresses or any("@" not in a for a in addresses):
+                raise MalformedInput(f"unreadable {name.title()}: field", "message header")
+            out += addresses
+    return out
+
+
+def refused_claims(identity: SenderIdentity, message: bytes) -> list[str]:
+    """The From:/Sender: addresses this identity may not use (empty: the header is fine)."""
+    return [a for a in claimed_senders(message) if not identity.may_use(a)]
+
+
+__all__ = ["CLAIM_FIELDS", "SenderIdentity", "account_identity", "certificate_senders", "claimed_senders",
+           "partner_identity", "refused_claims"]

@@ -1,0 +1,123 @@
+"""Who may send as whom (gateway.senders) and which key signs for whom (PolicyConfig)."""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
+from gateway.config import Account, ConfigError, parse_config
+from gateway.errors import MalformedInput
+from gateway.senders import (
+    SenderIdentity,
+    account_identity,
+    certificate_senders,
+    claimed_senders,
+    partner_identity,
+    refused_claims,
+)
+
+
+def _msg(head: str) -> bytes:
+    return (head + "Subject: x\r\n\r\nbody\r\n").encode()
+
+
+def test_account_may_use_its_addresses_and_domains_only() -> None:
+    ident = account_identity(Account("lis@lab.example", "$scrypt$x", ("lis@lab.example", "@results.lab.example")))
+    assert ident.may_use("LIS@lab.example") and ident.may_use("any@results.lab.example")
+    assert not ident.may_use("other@lab.example")
+    assert not ident.may_use("lis@lab.example.evil.test")
+    assert not ident.may_use("x@sub.results.lab.example")  # @domain is that domain, not its subdomains
+    assert not ident.may_use("") and not ident.may_use("lis")
+
+
+def test_claimed_senders_reads_from_and_sender() -> None:
+    assert claimed_senders(_msg("From: Dr A <a@x.test>, b@x.test\r\nSender: <s@x.test>\r\n")) == [
+        "a@x.test", "b@x.test", "s@x.test"]
+    assert claimed_senders(_msg("To: a@x.test\r\n")) == []
+    # RFC 2047 display names and folded fields are read like a mail client reads them
+    assert claimed_senders(_msg("From: =?utf-8?q?Labo_=C3=A9?=\r\n <lab@x.test>\r\n")) == ["lab@x.test"]
+
+
+@pytest.mark.parametrize("head", ["From: a@x.test\r\nFrom: b@x.test\r\n", "From: nobody\r\n",
+                                  "From: \r\n", "Sender: a@x.test\r\nSender: b@x.test\r\n"])
+def test_ambiguous_or_unreadable_author_is_a_typed_error(head: str) -> None:
+    with pytest.raises(MalformedInput):
+        claimed_senders(_msg(head))
+
+
+def test_refused_claims_names_what_the_identity_may_not_use() -> None:
+    ident = SenderIdentity("account", "demo@x.test", ("demo@x.test",))
+    assert refused_claims(ident, _msg("From: demo@x.test\r\n")) == []
+    assert refused_claims(ident, _msg("From: demo@x.test\r\nSender: lab@x.test\r\n")) == ["lab@x.test"]
+
+
+def _cert(cn: str, sans: list[x509.GeneralName]) -> bytes:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+    now = dt.datetime.now(dt.UTC)
+    builder = (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
+               .serial_number(1).not_valid_before(now).not_valid_after(now + dt.timedelta(days=1)))
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    return builder.sign(key, hashes.SHA256()).public_bytes(serialization.Encoding.DER)
+
+
+def test_partner_without_table_uses_its_certificate_names() -> None:
+    der = _cert("mss.partner.example", [x509.DNSName("mta.partner.example"), x509.RFC822Name("noc@partner.example")])
+    assert set(certificate_senders(der)) == {"@mta.partner.example", "noc@partner.example", "@mss.partner.example"}
+    assert certificate_senders(b"not a certificate") == ()
+
+
+def _config(extra: str) -> object:
+    import tomllib
+
+    text = f"""
+[listeners.relay]
+kind = "relay"
+allowed_client_subjects = ["mss.partner.example"]
+client_ca = "{__file__}"
+[accounts."demo@x.test"]
+password_hash = "$scrypt$ln=14,r=8,p=1$AAAAAAAAAAAAAAAAAAAAAA$AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA"
+{extra}
+"""
+    return parse_config(tomllib.loads(text), source="t.toml", base=Path("/"))
+
+
+def test_partner_table_gives_its_senders() -> None:
+    config = _config('[partners."mss.partner.example"]\nsenders = ["@partner.example"]\n')
+    ident = partner_identity(config, "mss.partner.example", None)
+    assert ident.name == "partner:mss.partner.example" and ident.may_use("dr@partner.example")
+    assert not ident.may_use("dr@mss.partner.example")
+
+
+def test_config_refuses_bad_senders_and_unknown_partners() -> None:
+    with pytest.raises(ConfigError) as err:
+        _config('[partners."other.example"]\nsenders = ["not an address"]\n'
+                '[accounts."lis"]\npassword_hash = "$scrypt$x"\n')
+    text = str(err.value)
+    assert 'partners."other.example": not in any listener' in text
+    assert "senders[0]: not an address" in text
+    assert "accounts.lis.senders: the account name is not an address" in text
+
+
+def test_signing_key_follows_the_identity_never_the_typed_sender() -> None:
+    config = _config('[keys.lab]\nref = "/k.pem"\ncert = "/c.pem"\n[trust]\n[policy]\n'
+                     '[policy.sign_with]\n"lab@x.test" = "lab"\n"@lab.example" = "lab"\n"partner:p" = "lab"\n')
+    policy = config.policy  # type: ignore[attr-defined]
+    assert policy.signing_key_name("lab@x.test") == "lab"
+    assert policy.signing_key_name("demo@x.test") is None        # whatever MAIL FROM it typed
+    assert policy.signing_key_name(None) is None                  # no identity, no signature
+    assert policy.signing_key_name("lis@lab.example") == "lab"    # @domain: identities in that domain
+    assert policy.signing_key_name("partner:p") == "lab"
+    assert policy.signing_key_name("partner:x@lab.example") is None
+
+
+def test_local_form_is_refused_rather_than_ignored() -> None:
+    with pytest.raises(ConfigError, match="policy.local_form: not supported"):
+        _config('[trust]\n[policy]\nlocal_form = "signed"\n')
