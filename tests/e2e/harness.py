@@ -25,6 +25,9 @@ from tests.conftest import MSGW, free_port
 
 PASSWORD = "correct horse battery staple"
 USER = "lis@lab.example"
+#: The local mailboxes the e2e configs know (only known mailboxes are accepted at RCPT).
+LOCAL_MAILBOXES = '["secretariat@msgw.test", "lis@msgw.test", "dr.durand@msgw.test", "dr.a@msgw.test", ' \
+    '"dr.local@msgw.test", "x@msgw.test"]'
 
 
 @dataclass
@@ -150,6 +153,7 @@ shutdown_grace = "5s"
 [local]
 domains = ["msgw.test"]
 maildir = "maildir"
+mailboxes = {LOCAL_MAILBOXES}
 
 [log]
 format = "json"

@@ -20,8 +20,10 @@ def test_local_delivery_over_lmtp(tmp_path: Path) -> None:
     lmtp.start()
     try:
         setup = write_config(tmp_path, sink_port=free_port())
+        # unknown@ is a mailbox the gateway knows and the LMTP server refuses (a per-recipient 550)
         text = setup.config.read_text().replace('maildir = "maildir"',
                                                 f'mode = "lmtp"\nlmtp_host = "127.0.0.1"\nlmtp_port = {lmtp.port}')
+        text = text.replace('mailboxes = [', 'mailboxes = ["unknown@msgw.test", ')
         setup.config.write_text(text)
         with GatewayProcess(setup):
             with smtplib.SMTP("127.0.0.1", setup.relay_port, timeout=10) as client:

@@ -40,6 +40,8 @@ def test_relay_listener_allows_partner_by_client_certificate(tmp_path: Path) -> 
             f'allowed_networks = []\nclient_ca = "{ca.ca_file}"\nallowed_client_subjects = ["mss.partner.example"]')
         text = text.replace('tls_cert = "tls-cert.pem"\ntls_key = "tls-key.pem"\nallowed_networks',
                             f'tls_cert = "{server.cert}"\ntls_key = "{server.key}"\nallowed_networks')
+        # the partner may use the addresses of its organisation's mail domain (bound sender)
+        text += '\n[partners."mss.partner.example"]\nsenders = ["@partner.example"]\n'
         setup.config.write_text(text)
         with GatewayProcess(setup):
             def relay_with(cert) -> int:
