@@ -32,15 +32,17 @@ def _entity(from_: str, subject: str = INNER_SUBJECT) -> bytes:
             f"Message-ID: <inner-1@cabinet-parc.sante.test>\r\n\r\nTEST compte rendu body.\r\n").encode()
 
 
-def openssl_sign(pki: TestPKI, tmp_path: Path, signer: str, entity: bytes, *, outer_from: str,
-                 outer_subject: str = OUTER_SUBJECT) -> bytes:
-    """multipart/signed made by `openssl cms -sign`, with outer From/To/Subject set by openssl."""
+def openssl_sign(pki: TestPKI, tmp_path: Path, signer: str, entity: bytes, *, outer_from: str | None,
+                 outer_subject: str = OUTER_SUBJECT, opaque: bool = False) -> bytes:
+    """multipart/signed (or opaque signed-data) made by `openssl cms -sign`, with the outer
+    From/To/Subject set by openssl (no From when `outer_from` is None)."""
     openssl = require_tool("openssl")
     src, out = tmp_path / f"{signer}-entity.eml", tmp_path / f"{signer}-signed.eml"
     src.write_bytes(entity)
     s = pki[signer]
-    r = subprocess.run([openssl, "cms", "-sign", "-in", str(src), "-signer", str(s.cert_path), "-inkey",
-                        str(s.key_path), "-certfile", str(s.chain_path), "-from", outer_from, "-to", ORG_EMAIL,
+    r = subprocess.run([openssl, "cms", "-sign", *(["-nodetach"] if opaque else []), "-in", str(src), "-signer",
+                        str(s.cert_path), "-inkey", str(s.key_path), "-certfile", str(s.chain_path),
+                        *(["-from", outer_from] if outer_from else []), "-to", ORG_EMAIL,
                         "-subject", outer_subject, "-out", str(out)], capture_output=True)
     assert r.returncode == 0, r.stderr
     return out.read_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
