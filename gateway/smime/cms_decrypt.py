@@ -94,8 +94,19 @@ def _cbc(name: str, cek: bytes, iv: bytes, data: bytes) -> bytes:
         raise DecryptionFailed(_GENERIC) from None
 
 
+def cipher_name(oid_name: str) -> str:
+    """Our short name of a content-encryption algorithm ("aes256-cbc", "3des-cbc"), for verdicts."""
+    return "3des-cbc" if oid_name == "tripledes_3key" else oid_name.replace("_", "-")
+
+
 async def decrypt_content(der: bytes, keys: Sequence[DecryptionKey]) -> bytes:
     """The plaintext of an EnvelopedData/AuthEnvelopedData (DER or BER) for one of `keys`."""
+    return (await open_enveloped(der, keys))[0]
+
+
+async def open_enveloped(der: bytes, keys: Sequence[DecryptionKey]) -> tuple[bytes, str]:
+    """(plaintext, content-encryption algorithm) of an EnvelopedData/AuthEnvelopedData: the
+    algorithm is reported so that a weak one (3DES) can be named in the verdict."""
     info = parse_content_info(der)
     kind = info["content_type"].native
     if kind not in ("enveloped_data", "authenticated_enveloped_data"):
@@ -107,7 +118,7 @@ async def decrypt_content(der: bytes, keys: Sequence[DecryptionKey]) -> bytes:
 
 
 async def _decrypt(kind: str, env: cms.EnvelopedData | cms.AuthEnvelopedData,
-                   keys: Sequence[DecryptionKey]) -> bytes:
+                   keys: Sequence[DecryptionKey]) -> tuple[bytes, str]:
     eci = env["encrypted_content_info" if kind == "enveloped_data" else "auth_encrypted_content_info"]
     alg = eci["content_encryption_algorithm"]
     name = alg["algorithm"].native
@@ -122,7 +133,7 @@ async def _decrypt(kind: str, env: cms.EnvelopedData | cms.AuthEnvelopedData,
         plain = _cbc(name, cek, iv, data)
         if stand_in:
             raise DecryptionFailed(_GENERIC)
-        return plain
+        return plain, cipher_name(name)
     params = GCMParameters.load(alg["parameters"].dump())
     nonce, icvlen, mac = params["aes_nonce"].native, params["aes_icvlen"].native, env["mac"].native
     aad = der_set(env["auth_attrs"].contents) if isinstance(env["auth_attrs"], cms.CMSAttributes) else None
@@ -130,6 +141,6 @@ async def _decrypt(kind: str, env: cms.EnvelopedData | cms.AuthEnvelopedData,
         raise UnsupportedAlgorithm("only 16-byte GCM tags and 96-bit or longer nonces are supported")
     cek, _stand_in = await _content_key(env["recipient_infos"], keys, _KEY_SIZES[name])
     try:
-        return AESGCM(cek).decrypt(nonce, data + mac, aad)  # a stand-in key never passes the tag
+        return AESGCM(cek).decrypt(nonce, data + mac, aad), cipher_name(name)  # a stand-in never passes the tag
     except (InvalidTag, ValueError):
         raise DecryptionFailed(_GENERIC) from None

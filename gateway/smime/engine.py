@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import datetime as dt
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from email.utils import getaddresses
 
 from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
-from gateway.smime.cms_decrypt import decrypt_content
+from gateway.smime.cms_decrypt import decrypt_content, open_enveloped
 from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.cms_verify import check_signed_data
@@ -26,9 +27,11 @@ from gateway.smime.errors import MalformedSmime, NotForUs, NotSigned, SignerMism
 from gateway.smime.identity import dn, read_identity
 from gateway.smime.keyapi import DecryptionKey, HashName, SigningKey
 from gateway.smime.mime import (
+    Split,
     classify,
     content_entity,
     entity_message,
+    field_name,
     multipart_signed,
     outer_fields,
     pkcs7_mime,
@@ -81,13 +84,30 @@ async def sign_and_encrypt_message(message: bytes, key: SigningKey, recipients: 
     return encrypt_message(signed, recipients, cipher=cipher, key_transport=key_transport, sender_copy=sender_copy)
 
 
-def from_address(message: bytes) -> str | None:
-    """The single From address of a message, lowercased (None when absent)."""
-    values = split_message(message).message().get_all("From") or []
-    addrs = [a for _, a in getaddresses([str(v) for v in values]) if a]
+def _single_from(fields: Sequence[bytes]) -> str | None:
+    """The single From address among raw header fields, lowercased: None when there is no From,
+    "" when there are several (which never matches a signer)."""
+    msg = Split(tuple(f for f in fields if field_name(f) == "from"), b"").message()
+    addrs = [a for _, a in getaddresses([str(v) for v in msg.get_all("From") or []]) if a]
     if len(addrs) != 1:
         return None if not addrs else ""
     return addrs[0].strip().lower()
+
+
+def from_address(message: bytes) -> str | None:
+    """The single From address of a message, lowercased (None when absent)."""
+    return _single_from(split_message(message).fields)
+
+
+def _weak_key(cert: x509.Certificate) -> tuple[str, ...]:
+    """A signer key below today's minimum (RSA 2048, EC 256 bits): accepted, but named.
+    (MD5 and SHA-1 signatures are refused outright by `cms_verify`.)"""
+    pub = cert.public_key()
+    if isinstance(pub, rsa.RSAPublicKey) and pub.key_size < 2048:
+        return (f"rsa-{pub.key_size}",)
+    if isinstance(pub, ec.EllipticCurvePublicKey) and pub.curve.key_size < 256:
+        return (f"ec-{pub.curve.key_size}",)
+    return ()
 
 
 @dataclass
@@ -113,6 +133,17 @@ class Verifier:
         With `enforce_from` (and `require_from_match`), a signer not naming `sender` (or one
         of `sender_ids`) is refused; without it the mismatch is only recorded.
         """
+        content, checked = await self.verify_signers(der, detached_content)
+        ids = tuple(sender_ids)
+        results = tuple(self.match_sender(r, sender, ids) for r in checked)
+        if self.require_from_match and enforce_from and any(r.from_matched is False for r in results):
+            raise SignerMismatch("signer certificate does not name the From address")
+        return content, results
+
+    async def verify_signers(self, der: bytes, detached_content: bytes | None,
+                      ) -> tuple[bytes, tuple[VerificationResult, ...]]:
+        """Signature, path, revocation and usage of every signer; the sender is matched later
+        (by the caller, against the From that will be delivered)."""
         checked = check_signed_data(der, detached_content, self.known_certificates + self.trust.all)
         results = []
         for signer in checked.signers:
@@ -120,46 +151,99 @@ class Verifier:
                                          extra_certs=checked.certificates + self.known_certificates,
                                          signing_time=signer.signing_time, now=self.now, cache=self.cache,
                                          ocsp=self.ocsp)
-            ident = read_identity(signer.certificate)
             reasons = ["signature verifies over the signed attributes", "content digest matches",
                        "path to a trusted root is valid now" + (" and at signing time" if signer.signing_time
                                                                 else ""),
                        "CRLs: not revoked", "key usage allows signing"]
-            matched: bool | None = None
-            if sender is not None or sender_ids:
-                ids = set(sender_ids)
-                matched = bool((sender and ident.names_address(sender)) or ids.intersection(ident.identifiers))
-                if not matched and self.require_from_match and enforce_from:
-                    raise SignerMismatch("signer certificate does not name the From address")
-                reasons.append("signer matches From" if matched else "signer does not match From")
-            elif self.require_from_match:
-                reasons.append("no From address to match")
             results.append(VerificationResult(
-                signer_subject=dn(signer.certificate.subject), identity=ident,
+                signer_subject=dn(signer.certificate.subject), identity=read_identity(signer.certificate),
                 certificate=signer.certificate, chain=tuple(dn(c.subject) for c in path.chain),
                 signing_time=signer.signing_time, revocation_status=path.revocation,
                 digest_algorithm=signer.digest_algorithm, signature_algorithm=signer.signature_algorithm,
-                detached=detached_content is not None, from_address=sender, from_matched=matched,
-                reasons=tuple(reasons)))
+                detached=detached_content is not None, from_address=None, from_matched=None,
+                reasons=tuple(reasons), weak=_weak_key(signer.certificate)))
         return checked.content, tuple(results)
+
+    def match_sender(self, result: VerificationResult, sender: str | None,
+                     sender_ids: Iterable[str] = ()) -> VerificationResult:
+        """`result` with whether its certificate names `sender` (or one of `sender_ids`) recorded."""
+        ids = set(sender_ids)
+        reasons = list(result.reasons)
+        matched: bool | None = None
+        if sender is not None or ids:
+            matched = bool((sender and result.identity.names_address(sender))
+                           or ids.intersection(result.identifiers))
+            reasons.append("signer matches From" if matched else "signer does not match From")
+        elif self.require_from_match:
+            reasons.append("no From address to match")
+        return replace(result, from_address=sender, from_matched=matched, reasons=tuple(reasons))
+
+
+#: Transport trace fields: those of the outside are the real path; inner ones never replace them.
+_TRACE = frozenset({"received", "return-path", "delivered-to"})
+
+
+def _unfolded(field_: bytes) -> bytes:
+    return b" ".join(field_.partition(b":")[2].split())
+
+
+@dataclass(frozen=True)
+class _Headers:
+    """The one header block of an unwrapped message (see `_deliverable`)."""
+
+    fields: tuple[bytes, ...]  # the outer fields kept, then protected fields of intermediate layers
+    displaced: tuple[bytes, ...]  # outer fields replaced by a different protected value
+
+
+def _deliverable(outer: Split, inside: list[Split], innermost: Split) -> _Headers:
+    """Merge the header fields found inside the layers (protected headers) over the outer ones.
+
+    A name present inside replaces every outer field of that name (the deepest layer wins): the
+    outer From/Subject of an S/MIME message are unprotected, and one reader must not see two.
+    Outer fields whose value differs from the protected one are returned as `displaced`.
+    """
+    protected: dict[str, list[bytes]] = {}
+    for split in inside:
+        found: dict[str, list[bytes]] = {}
+        for f in outer_fields(split):
+            name = field_name(f)
+            if name not in _TRACE:
+                found.setdefault(name, []).append(f)
+        protected.update(found)
+    in_content = {field_name(f) for f in outer_fields(innermost)}
+    kept, displaced = [], []
+    for f in outer_fields(outer):
+        name = field_name(f)
+        if name not in protected:
+            kept.append(f)
+        elif _unfolded(f) not in {_unfolded(p) for p in protected[name]}:
+            displaced.append(f)
+    between = [f for name, fs in protected.items() if name not in in_content for f in fs]
+    return _Headers(tuple(kept + between), tuple(displaced))
 
 
 async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), verifier: Verifier | None = None,
                          sender: str | None = None, sender_ids: Iterable[str] = ()) -> UnwrapResult:
     """Peel every S/MIME layer (any nesting); verify every signature; decrypt with `keys`.
 
-    `sender` defaults to the From of the outer message. Every signature must verify with a
-    trusted path; the innermost one (the author's) must name the sender, outer ones (RFC 2634
-    triple wrapping by an organisation or a gateway) need not. A signed layer without a
-    verifier, or an encrypted layer without a matching key, is refused, never skipped.
+    The result has one header block: fields carried inside the layers (protected headers, an
+    RFC 8551 message/rfc822 wrapper) replace the outer ones of the same names. `sender`
+    defaults to the From of that block: the one the reader will see is the one checked.
+    Every signature must verify with a trusted path; the innermost one (the author's) must name
+    the sender, outer ones (RFC 2634 triple wrapping by an organisation or a gateway) need not.
+    A signed layer without a verifier, or an encrypted layer without a matching key, is refused,
+    never skipped.
     """
     outer = split_message(message)
-    from_ = sender if sender is not None else from_address(message)  # "" (several From) never matches
     ids = tuple(sender_ids)
     entity = message
     layers: list[str] = []
+    inside: list[Split] = []  # the header fields of every entity reached under a layer
+    ciphers: list[str] = []
     signatures: list[VerificationResult] = []
     for _ in range(MAX_DEPTH):
+        if layers:
+            inside.append(split_message(entity))
         part = classify(entity)
         if part.kind == "rfc822" and layers:
             entity = part.signed_content  # RFC 8551 3.1: a whole message wrapped inside the layer
@@ -170,7 +254,7 @@ async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), 
         if part.kind == "multipart-signed":
             if verifier is None:
                 raise SmimeError("signed message but no verifier configured")
-            _, results = await verifier.verify_der(part.der, part.signed_content, from_, ids, enforce_from=False)
+            _, results = await verifier.verify_signers(part.der, part.signed_content)
             entity = part.signed_content
             layers.append("signed")
             signatures.extend(results)
@@ -179,25 +263,33 @@ async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), 
         if kind == "signed_data":
             if verifier is None:
                 raise SmimeError("signed message but no verifier configured")
-            entity, results = await verifier.verify_der(part.der, None, from_, ids, enforce_from=False)
+            entity, results = await verifier.verify_signers(part.der, None)
             layers.append("signed-opaque")
             signatures.extend(results)
         elif kind in ("enveloped_data", "authenticated_enveloped_data"):
             if not keys:
                 raise NotForUs("encrypted message and no decryption key")
-            entity = await decrypt_content(part.der, keys)
+            entity, cipher = await open_enveloped(part.der, keys)
             layers.append("enveloped" if kind == "enveloped_data" else "auth-enveloped")
+            ciphers.append(cipher)
         else:
             raise MalformedSmime("unsupported CMS content type")
     else:
         raise MalformedSmime("too many nested S/MIME layers")
-    if verifier is not None and verifier.require_from_match and signatures and (from_ is not None or ids) \
-            and not signatures[-1].from_matched:
-        raise SignerMismatch("signer certificate does not name the From address")
-    inner = split_message(entity)  # canonical and parseable, or MalformedSmime
+    inner = inside[-1] if inside else split_message(entity)  # canonical and parseable, or MalformedSmime
     content = b"".join(inner.fields) + b"\r\n" + inner.body
-    return UnwrapResult(entity_message(outer_fields(outer), content) if layers else message, content,
-                        tuple(layers), tuple(signatures))
+    if not layers:
+        return UnwrapResult(message, content, ())
+    headers = _deliverable(outer, inside, inner)
+    from_ = sender if sender is not None else _single_from(headers.fields + inner.fields)
+    if verifier is not None:
+        signatures = [verifier.match_sender(s, from_, ids) for s in signatures]
+        if verifier.require_from_match and signatures and (from_ is not None or ids) \
+                and not signatures[-1].from_matched:
+            raise SignerMismatch("signer certificate does not name the From address")
+    version = () if "mime-version" in inner.names() else (b"MIME-Version: 1.0\r\n",)
+    delivered = b"".join((*headers.fields, *version)) + content
+    return UnwrapResult(delivered, content, tuple(layers), tuple(signatures), headers.displaced, tuple(ciphers))
 
 
 async def verify_message(message: bytes, verifier: Verifier, *, sender: str | None = None,

@@ -127,3 +127,11 @@ class NotSigned(SmimeError):
 
     code = "smime-not-signed"
     status = "5.7.1"
+
+
+class WeakAlgorithm(SmimeError):
+    """The message opened and verified, but relies on an algorithm the policy refuses
+    (`[policy] weak_algorithms = "refuse"`): 3DES content encryption, a signer key under 2048 bits."""
+
+    code = "weak-algorithm"
+    status = "5.7.6"

@@ -31,6 +31,8 @@ class VerificationResult:
     from_address: str | None
     from_matched: bool | None  # None when there was no From to match
     reasons: tuple[str, ...]  # the checks that passed, in order
+    #: weak algorithms this signature relies on ("rsa-1024"): accepted, but named so policy can refuse
+    weak: tuple[str, ...] = ()
 
     @property
     def identifiers(self) -> tuple[str, ...]:
@@ -50,17 +52,34 @@ class VerificationResult:
             "revocation_status": self.revocation_status, "digest_algorithm": self.digest_algorithm,
             "signature_algorithm": self.signature_algorithm, "detached": self.detached,
             "from_address": self.from_address, "from_matched": self.from_matched, "reasons": list(self.reasons),
+            "weak": list(self.weak),
         }
+
+
+#: Content-encryption algorithms that still open but are weak: named in the verdict.
+WEAK_CIPHERS = frozenset({"3des-cbc"})
 
 
 @dataclass(frozen=True)
 class UnwrapResult:
-    """What came out of the S/MIME layers of a message, outermost layer first."""
+    """What came out of the S/MIME layers of a message, outermost layer first.
 
-    message: bytes  # outer headers + the innermost MIME entity (CRLF)
+    `message` has one header block: header fields found inside the layers (protected headers)
+    replace the outer fields of the same names, which are kept in `displaced` for diagnosis only.
+    """
+
+    message: bytes  # the delivered headers + the innermost MIME entity (CRLF)
     content: bytes  # the innermost MIME entity alone
-    layers: tuple[str, ...]  # "signed", "signed-opaque", "enveloped", "auth-enveloped"
+    layers: tuple[str, ...]  # "signed", "signed-opaque", "enveloped", "auth-enveloped", "rfc822"
     signatures: tuple[VerificationResult, ...] = ()
+    displaced: tuple[bytes, ...] = ()  # outer fields replaced by different protected ones (raw)
+    ciphers: tuple[str, ...] = ()  # content encryption of each encrypted layer ("aes256-cbc", "3des-cbc")
+
+    @property
+    def weak(self) -> tuple[str, ...]:
+        """Every weak algorithm met while unwrapping (ciphers, then signer keys), once each."""
+        marks = [c for c in self.ciphers if c in WEAK_CIPHERS] + [w for s in self.signatures for w in s.weak]
+        return tuple(dict.fromkeys(marks))
 
     @property
     def encrypted(self) -> bool:
