@@ -52,7 +52,7 @@ inbound_unverified = "flag"
     setup = write_config(tmp_path / "gw", sink_port=9, extra=extra)
     text = setup.config.read_text()
     listed = ", ".join(f'"{b}"' for b in boxes)
-    text = text.replace('maildir = "maildir"\n', f'maildir = "maildir"\nmailboxes = [{listed}]\n', 1)
+    text = text.replace("mailboxes = [", f"mailboxes = [{listed}, ", 1)
     setup.config.write_text(text)
     data = _message(boxes[0])
     with GatewayProcess(setup) as gw:
