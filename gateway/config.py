@@ -869,7 +869,8 @@ def _check_trust_space_routes(r: _Reader, config: GatewayConfig) -> None:
     if policy is None or not policy.enabled:
         return
     d = config.delivery
-    wanted = [(f'policy.destinations."{p}"', p) for p, v in policy.destinations if v == "trust-space-tls"]
+    wanted: list[tuple[str, str | None]] = [(f'policy.destinations."{p}"', p) for p, v in policy.destinations
+                                            if v == "trust-space-tls"]
     if policy.default == "trust-space-tls":
         wanted.append(("policy.default", None))
     for key, pattern in wanted:

@@ -28,7 +28,7 @@ import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any
+from typing import Any, AnyStr
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -126,11 +126,12 @@ class GatewaySMTP(SMTP):
         finally:
             self._reader = reader
 
-    async def push(self, status: str) -> None:
-        if self._bare_newline and status.startswith("500 Line too long"):
+    async def push(self, status: AnyStr) -> None:
+        if self._bare_newline and isinstance(status, str) and status.startswith("500 Line too long"):
             event(log, "refused", logging.WARNING, listener=self.gateway_handler.listener.name,
                   client=_peer_ip(self.session), reason="bare-lf")
-            status = BARE_LF_REPLY
+            await super().push(BARE_LF_REPLY)
+            return
         await super().push(status)
 
     # aiosmtpd's address parser folds control characters as white space (`<dr@x.example\x0bY>`
