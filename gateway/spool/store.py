@@ -151,6 +151,22 @@ class QueuedMessage:
         }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One recipient's result of a delivery attempt, to be written with the others of the
+    attempt in a single transaction (`Spool.record_outcomes`)."""
+
+    rcpt_id: int
+    state: RecipientState
+    status: str
+    error: str | None = None
+    remote: str | None = None
+    next_attempt: float | None = None
+    count_attempt: bool = True
+    #: For the caller's logs and audit trail only (the row is found by `rcpt_id`).
+    address: str = ""
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -478,21 +494,26 @@ class Spool:
                 dsn_sent=bool(r[10])) for r in rcpts))
 
     # -- state changes ----------------------------------------------------------------------
-    def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str | None,
-             remote: str | None, next_attempt: float | None = None, count_attempt: bool = True,
-             reserve: bool = True) -> None:
-        """One transaction for the whole set (one fsync, not one per recipient)."""
+    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Write an attempt's outcomes in one transaction (one fsync for 10,000 recipients, not
+        10,000). Only pending recipients change: an operator's delete is not undone by a late
+        result. Deferrals alone never use the reserve (see `mark_deferred`)."""
         now = time.time()
-        ids = list(rcpt_ids)
-        if not ids:
+        items = list(outcomes)
+        if not items:
             return
-        # Only pending recipients change: an operator's delete is not undone by a late result.
+        rows = [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
+                 o.rcpt_id, *PENDING) for o in items]
         self._write("update queue state", lambda db: db.executemany(
             "UPDATE recipients SET state = ?, attempts = attempts + ?, last_error = ?,"
             " last_status = ?, remote = COALESCE(?, remote), next_attempt = COALESCE(?, next_attempt),"
-            " updated = ? WHERE id = ? AND state IN (?, ?)",
-            [(state.value, 1 if count_attempt else 0, error, status, remote, next_attempt, now, rid, *PENDING)
-             for rid in ids]), reserve=reserve)
+            " updated = ? WHERE id = ? AND state IN (?, ?)", rows),
+            reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+
+    def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
+             remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
+        self.record_outcomes(Outcome(rid, state, status, error, remote, next_attempt, count_attempt)
+                             for rid in rcpt_ids)
 
     def mark_delivered(self, rcpt_ids: Iterable[int], *, status: str, remote: str | None = None,
                        reply: str | None = None) -> None:
@@ -503,7 +524,7 @@ class Spool:
         """A deferral changes nothing that matters (the recipients stay pending): it never uses
         the reserve, so on a full disk it fails with SpoolError and the caller waits."""
         self._set(rcpt_ids, RecipientState.DEFERRED, error=error, status=status, remote=remote,
-                  next_attempt=next_attempt, reserve=False)
+                  next_attempt=next_attempt)
 
     def mark_bounced(self, rcpt_ids: Iterable[int], *, error: str, status: str, remote: str | None = None,
                      count_attempt: bool = True) -> None:
