@@ -231,22 +231,22 @@ class DeliveryManager:
                         dest = destinations[domain] = self.resolver.destination(domain)
                     groups[dest].append(rcpt)
             for dest, rcpts in groups.items():
-                if copy.require_tls and not dest.local and dest.tls.policy != "required":
-                    # Fail closed: this copy is protected only by TLS, and this route does not enforce it.
-                    await self._bounce(msg, rcpts, f"no TLS-required route to {dest.domain} for a message "
-                                       "protected by transport security only", "5.7.10")
+                problem = _mutual_tls_problem(dest) if copy.require_tls and not dest.local else None
+                if problem:
+                    # Fail closed: this copy is protected only by (mutual) TLS, and this route cannot give it.
+                    await self._bounce(msg, rcpts, problem, "5.7.10")
                     continue
-                jobs.append(self._deliver_group(msg, dest, rcpts, copy.data))
+                jobs.append(self._deliver_group(msg, dest, rcpts, copy.data, mutual_tls=copy.require_tls))
         await asyncio.gather(*jobs)
         await self._after(msg.id)
 
     async def _deliver_group(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
-                             data: bytes) -> None:
+                             data: bytes, *, mutual_tls: bool = False) -> None:
         sem = self._per_destination.setdefault(dest.key, asyncio.Semaphore(dest.concurrency))
         async with sem:
             started = time.monotonic()
             try:
-                results, remote = await self._attempt(msg, dest, rcpts, data)
+                results, remote = await self._attempt(msg, dest, rcpts, data, mutual_tls=mutual_tls)
             except DeliveryError as exc:
                 event(log, "delivery-failed", logging.WARNING, msg=msg.id, dest=dest.key, rcpts=len(rcpts),
                       temporary=exc.temporary, status=exc.status, reason=str(exc))
@@ -276,7 +276,7 @@ class DeliveryManager:
               deferred=deferred, bounced=bounced, ms=elapsed)
 
     async def _attempt(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
-                       data: bytes) -> tuple[dict[str, RecipientResult], str]:
+                       data: bytes, *, mutual_tls: bool = False) -> tuple[dict[str, RecipientResult], str]:
         if dest.local:
             return await self.resolver.deliver_local(msg.sender, [r.address for r in rcpts], data)
         hops = await self.resolver.hops(dest)
@@ -288,7 +288,7 @@ class DeliveryManager:
                         host=hop.host, address=address, port=hop.port, sender=msg.sender,
                         recipients=[r.address for r in rcpts], data=data, tls=dest.tls,
                         helo_name=self.config.hostname, connect_timeout=self.config.delivery.connect_timeout,
-                        command_timeout=self.config.delivery.command_timeout)
+                        command_timeout=self.config.delivery.command_timeout, require_client_cert=mutual_tls)
                     return results, hop.host
                 except DeliveryError as exc:
                     if not exc.temporary:
@@ -451,6 +451,16 @@ class DeliveryManager:
 
 def _bounced(rcpt: QueuedRecipient, error: str, status: str, remote: str | None = None) -> Outcome:
     return Outcome(rcpt.id, RecipientState.BOUNCED, status, error[:500], remote, address=rcpt.address)
+
+
+def _mutual_tls_problem(dest: Destination) -> str | None:
+    """Why `dest` cannot carry a copy protected by trust-space (mutual) TLS only, or None."""
+    if dest.tls.policy != "required":
+        return f"no TLS-required route to {dest.domain} for a message protected by transport security only"
+    if not (dest.tls.client_cert and dest.tls.client_key):
+        return (f"the route to {dest.domain} presents no client certificate: a message protected by "
+                "transport security only travels over mutual TLS")
+    return None
 
 
 def _diagnostic(error: str | None) -> str | None:
