@@ -33,7 +33,7 @@ from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
-from gateway.pipeline import Envelope, Pipeline
+from gateway.pipeline import Envelope, Outgoing, Pipeline
 from gateway.spool import Outcome, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.delivery")
@@ -220,9 +220,9 @@ class DeliveryManager:
         await self._write(msg, refused)
         destinations: dict[str, Destination] = {}
         jobs = []
-        for copy in result.outgoing:
+        for data, require_tls, addresses in _shared_copies(result.outgoing):
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
-            for address in copy.recipients:
+            for address in addresses:
                 rcpt = by_address.get(address)
                 if rcpt is not None:
                     domain = _domain(address)
@@ -231,12 +231,12 @@ class DeliveryManager:
                         dest = destinations[domain] = self.resolver.destination(domain)
                     groups[dest].append(rcpt)
             for dest, rcpts in groups.items():
-                problem = _mutual_tls_problem(dest) if copy.require_tls and not dest.local else None
+                problem = _mutual_tls_problem(dest) if require_tls and not dest.local else None
                 if problem:
                     # Fail closed: this copy is protected only by (mutual) TLS, and this route cannot give it.
                     await self._bounce(msg, rcpts, problem, "5.7.10")
                     continue
-                jobs.append(self._deliver_group(msg, dest, rcpts, copy.data, mutual_tls=copy.require_tls))
+                jobs.append(self._deliver_group(msg, dest, rcpts, data, mutual_tls=require_tls))
         await asyncio.gather(*jobs)
         await self._after(msg.id)
 
@@ -447,6 +447,19 @@ class DeliveryManager:
                                 lifetime=self.config.spool.max_queue_lifetime, listener="dsn")
         event(log, "dsn-queued", msg=msg.id, dsn=dsn_id, action=action, rcpts=len(rcpts))
         self._wake.set()
+
+
+def _shared_copies(outgoing: Iterable[Outgoing]) -> list[tuple[bytes, bool, list[str]]]:
+    """Copies that share one buffer (and the same TLS demand) merged into one recipient list.
+
+    Why: a stage may give each local mailbox its own Outgoing on the same bytes; delivered one
+    by one, each would be its own LMTP transaction (and its own DATA buffers). Merged by the
+    buffer's identity, not its content: comparing 10 MB buffers would cost what it saves."""
+    merged: dict[tuple[int, bool], tuple[bytes, bool, dict[str, None]]] = {}
+    for copy in outgoing:
+        entry = merged.setdefault((id(copy.data), copy.require_tls), (copy.data, copy.require_tls, {}))
+        entry[2].update(dict.fromkeys(copy.recipients))
+    return [(data, require_tls, list(addresses)) for data, require_tls, addresses in merged.values()]
 
 
 def _bounced(rcpt: QueuedRecipient, error: str, status: str, remote: str | None = None) -> Outcome:
