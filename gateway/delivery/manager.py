@@ -334,9 +334,10 @@ class DeliveryManager:
             try:
                 await self._io(write)
             except SpoolError as exc:
-                if any(o.state is not RecipientState.DEFERRED for o in outcomes):
-                    self._unwritten[msg.id] = [write]
                 self._hold(msg.id, exc)
+                if all(o.state is RecipientState.DEFERRED for o in outcomes):
+                    return  # nothing recorded, nothing to report: the recipients are simply still due
+                self._unwritten[msg.id] = [write]
         self._report(msg, outcomes)
 
     def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:

@@ -538,8 +538,7 @@ class Spool:
 
     def mark_delay_notified(self, msg_id: str) -> None:
         self._write("record a delay notice",
-                    lambda db: db.execute("UPDATE messages SET delay_notified = 1 WHERE id = ?", (msg_id,)),
-                    reserve=False)
+                    lambda db: db.execute("UPDATE messages SET delay_notified = 1 WHERE id = ?", (msg_id,)))
 
     def record_crash(self, msg_id: str, *, limit: int) -> bool:
         """Count an unexpected processing failure; quarantine at `limit`. True when quarantined."""
