@@ -15,7 +15,7 @@ import re
 import secrets
 import socket
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gateway.errors import DeliveryError, PermanentError
@@ -177,13 +177,31 @@ class _LMTPClient:
                 pass
 
 
+#: Size of the pieces the DATA payload is produced and sent in.
+DATA_CHUNK = 64 * 1024
+
+
+def dot_stuff_chunks(message: bytes, chunk: int = DATA_CHUNK) -> Iterator[bytes]:
+    """The DATA payload (canonical CRLF line endings, leading dots doubled, CRLF.CRLF at the end)
+    in pieces of about `chunk` bytes, each cut after a line feed.
+
+    Why pieces: the whole payload at once costs several copies of the message (each regex pass,
+    the transport's buffer); a 50 MB result for 100 mailboxes must not cost 300 MB."""
+    start, size, last = 0, len(message), b""
+    while start < size:
+        cut = message.find(b"\n", min(start + chunk, size) - 1)
+        end = size if cut < 0 else cut + 1
+        piece = re.sub(rb"(?m)^\.", b"..", re.sub(rb"\r\n|\r|\n", b"\r\n", message[start:end]))
+        if piece:
+            last = piece
+            yield piece
+        start = end
+    yield (b".\r\n" if not last or last.endswith(b"\r\n") else b"\r\n.\r\n")
+
+
 def dot_stuff(message: bytes) -> bytes:
     """DATA payload: canonical CRLF line endings, leading dots doubled, terminated by CRLF.CRLF."""
-    body = re.sub(rb"\r\n|\r|\n", b"\r\n", message)
-    if body and not body.endswith(b"\r\n"):
-        body += b"\r\n"
-    body = re.sub(rb"(?m)^\.", b"..", body)
-    return body + b".\r\n"
+    return b"".join(dot_stuff_chunks(message))
 
 
 def _clean_address(address: str) -> str | None:
@@ -233,7 +251,7 @@ async def _transaction(client: _LMTPClient, sender: str, recipients: list[str], 
     clean_sender = _clean_address(sender)
     if clean_sender is None:
         raise DeliveryError("invalid envelope sender for LMTP", temporary=False, status="5.1.7")
-    params = " BODY=8BITMIME" if "8BITMIME" in client.extensions and any(b > 127 for b in message) else ""
+    params = " BODY=8BITMIME" if "8BITMIME" in client.extensions and not message.isascii() else ""
     if "SMTPUTF8" in client.extensions and not (clean_sender + "".join(recipients)).isascii():
         params += " SMTPUTF8"
     mail = await client.command(f"MAIL FROM:<{clean_sender}>{params}")
@@ -255,20 +273,22 @@ async def _transaction(client: _LMTPClient, sender: str, recipients: list[str], 
     if data[0] != 354:
         results.update({r: data for r in accepted})
         return
-    await _data_replies(client, dot_stuff(message), accepted, results)
+    await _data_replies(client, message, accepted, results)
 
 
-async def _data_replies(client: _LMTPClient, payload: bytes, accepted: list[str],
+async def _data_replies(client: _LMTPClient, message: bytes, accepted: list[str],
                         results: dict[str, tuple[int, str]]) -> None:
-    """Send the message; a failure after that leaves unanswered recipients at 451 (retry them)."""
-    pending = list(accepted)
+    """Send the message (in pieces, never a whole copy); a failure after that leaves unanswered
+    recipients at 451 (retry them: at worst a duplicate, never a loss)."""
+    answered = 0
     try:
-        await client.send(payload)
-        while pending:
-            results[pending[0]] = await client.reply()
-            pending.pop(0)
+        for piece in dot_stuff_chunks(message):
+            await client.send(piece)
+        for rcpt in accepted:
+            results[rcpt] = await client.reply()
+            answered += 1
     except (OSError, ConnectionError, TimeoutError, asyncio.IncompleteReadError) as exc:
-        for rcpt in pending:
+        for rcpt in accepted[answered:]:
             results[rcpt] = (451, f"4.4.2 no LMTP reply after DATA ({type(exc).__name__})")
 
 

@@ -7,7 +7,12 @@ Ordering rules that keep the "never lose, never leak" promise:
 * a DSN is itself spooled durably *before* the bounced recipients are marked as notified;
 * no DSN for a null sender (no bounce loops);
 * an unexpected exception while processing a message is a temporary failure; after a few
-  of them the message is quarantined (kept, not retried) for an operator.
+  of them the message is quarantined (kept, not retried) for an operator;
+* an attempt's outcomes are written together, one transaction per group and attempt (a
+  10,000-recipient message is not 10,000 fsyncs);
+* on a full disk, an outcome the spool cannot write is kept in memory and the message is held:
+  the outcome is written before the message is looked at again, so this process never sends a
+  delivered copy again (a restart in between sends it once more: at worst twice).
 """
 
 from __future__ import annotations
@@ -15,19 +20,21 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
-from gateway.errors import DeliveryError, GatewayError
+from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
-from gateway.pipeline import Envelope, Pipeline
-from gateway.spool import QueuedMessage, QueuedRecipient, RecipientState, Spool
+from gateway.pipeline import Envelope, Outgoing, Pipeline
+from gateway.spool import Outcome, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.delivery")
 
@@ -60,6 +67,11 @@ class DeliveryManager:
         #: Messages whose new state could not be written (spool full or unwritable): left alone
         #: in memory until this time, instead of being picked up again at once (a busy loop).
         self._held: dict[str, float] = {}
+        #: Outcomes the spool could not write, per message, in order: written before the
+        #: message is processed again (a delivered copy is not sent twice by this process).
+        self._unwritten: dict[str, list[Callable[[], None]]] = {}
+        #: Finished messages whose removal could not be written yet.
+        self._unfinished: set[str] = set()
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
         self._runner: asyncio.Task[None] | None = None
@@ -90,14 +102,20 @@ class DeliveryManager:
             if pending:
                 await asyncio.gather(*pending, return_exceptions=True)
             event(log, "shutdown", finished=len(tasks) - len(pending), requeued=len(pending))
+        for msg_id in list(self._unwritten):
+            if not await self._flush(msg_id):
+                # Those recipients are still pending on disk: the next start sends them again.
+                event(log, "outcomes-unwritten-at-stop", logging.ERROR, msg=msg_id,
+                      outcomes=len(self._unwritten.get(msg_id, ())))
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()
+        due: list[QueuedMessage]
         while not self._stopping:
+            await self._finish_postponed()
             try:
-                due = await loop.run_in_executor(None, lambda: self.spool.due(
-                    self.clock(), limit=self.config.delivery.max_parallel * 4,
-                    exclude=set(self._inflight) | self._held_now()))
+                due = await self._io(self.spool.due, self.clock(), limit=self.config.delivery.max_parallel * 4,
+                                     exclude=set(self._inflight) | self._held_now())
             except GatewayError as exc:
                 event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
                 due = []
@@ -106,7 +124,7 @@ class DeliveryManager:
                     break
                 task = loop.create_task(self._process_guarded(msg), name=f"deliver-{msg.id}")
                 self._inflight[msg.id] = task
-                task.add_done_callback(lambda _t, mid=msg.id: self._done(mid))
+                task.add_done_callback(functools.partial(self._done, msg.id))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
@@ -117,17 +135,18 @@ class DeliveryManager:
             del self._held[msg_id]
         return set(self._held)
 
-    def _hold(self, msg: QueuedMessage, exc: GatewayError) -> None:
-        self._held[msg.id] = self.clock() + self.config.spool.retry_schedule[0]
-        event(log, "spool-unavailable", logging.ERROR, msg=msg.id, reason=str(exc))
+    def _hold(self, msg_id: str, exc: GatewayError) -> None:
+        self._held[msg_id] = self.clock() + self.config.spool.retry_schedule[0]
+        event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
 
-    def _done(self, msg_id: str) -> None:
+    def _done(self, msg_id: str, _task: object = None) -> None:
         self._inflight.pop(msg_id, None)
         self._wake.set()
 
     async def run_once(self) -> int:
         """Process everything due now and wait for it (tests and `msgw queue flush`)."""
-        due = self.spool.due(self.clock(), exclude=set(self._inflight))
+        await self._finish_postponed()
+        due = self.spool.due(self.clock(), exclude=set(self._inflight) | self._held_now())
         await asyncio.gather(*(self._process_guarded(m) for m in due))
         return len(due)
 
@@ -135,28 +154,33 @@ class DeliveryManager:
     async def _process_guarded(self, msg: QueuedMessage) -> None:
         async with self._global:
             try:
+                if msg.id in self._unwritten:
+                    if not await self._flush(msg.id):
+                        return
+                    fresh = await self._io(self.spool.get, msg.id)
+                    if fresh is None:
+                        return
+                    msg = fresh
                 await self._process(msg)
             except asyncio.CancelledError:
                 raise
             except GatewayError as exc:
                 event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
-                try:
-                    await self._defer(msg, list(msg.pending), str(exc), exc.status if exc.temporary else "4.3.0")
-                except GatewayError as again:  # the deferral itself cannot be written (full disk)
-                    self._hold(msg, again)
+                await self._defer(msg, list(msg.pending), str(exc), exc.status if exc.temporary else "4.3.0")
             except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
                 event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
                 try:
                     quarantined = await self._io(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
-                    if quarantined:
-                        event(log, "quarantined", logging.ERROR, msg=msg.id)
-                    else:
-                        await self._defer(msg, list(msg.pending), "internal error while processing", "4.3.0")
                 except GatewayError as again:
-                    self._hold(msg, again)
+                    self._hold(msg.id, again)
+                    return
+                if quarantined:
+                    event(log, "quarantined", logging.ERROR, msg=msg.id)
+                else:
+                    await self._defer(msg, list(msg.pending), "internal error while processing", "4.3.0")
 
-    async def _io(self, fn, *args, **kwargs):
-        return await asyncio.get_running_loop().run_in_executor(None, lambda: fn(*args, **kwargs))
+    async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     async def _process(self, msg: QueuedMessage) -> None:
         pending = [r for r in msg.pending if r.next_attempt <= self.clock()]
@@ -170,6 +194,8 @@ class DeliveryManager:
             await self._after(msg.id)
             return
         data = await self._io(self.spool.message_bytes, msg.id)
+        if len(data) != msg.size:  # e.g. emptied by `msgw queue delete` on a full disk: never send it
+            raise SpoolError(f"queued message {msg.id} is damaged ({len(data)} bytes on disk, {msg.size} queued)")
         envelope = Envelope(queue_id=msg.id, sender=msg.sender, recipients=tuple(r.address for r in pending),
                             auth_user=msg.auth_user, listener=msg.listener)
         by_address = {r.address: r for r in pending}
@@ -182,38 +208,45 @@ class DeliveryManager:
                 await self._bounce(msg, pending, str(exc), exc.status)
             await self._after(msg.id)
             return
+        refused: list[Outcome] = []
         for refusal in result.refusals:
             rcpt = by_address.get(refusal.recipient)
             if rcpt is None:
                 continue
             if refusal.temporary:
-                await self._defer(msg, [rcpt], refusal.reason, refusal.status)
+                refused.append(self._deferral(msg, rcpt, refusal.reason, refusal.status))
             else:
-                await self._bounce(msg, [rcpt], refusal.reason, refusal.status)
+                refused.append(_bounced(rcpt, refusal.reason, refusal.status))
+        await self._write(msg, refused)
+        destinations: dict[str, Destination] = {}
         jobs = []
-        for copy in result.outgoing:
+        for data, require_tls, addresses in _shared_copies(result.outgoing):
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
-            for address in copy.recipients:
+            for address in addresses:
                 rcpt = by_address.get(address)
                 if rcpt is not None:
-                    groups[self.resolver.destination(_domain(address))].append(rcpt)
+                    domain = _domain(address)
+                    dest = destinations.get(domain)
+                    if dest is None:
+                        dest = destinations[domain] = self.resolver.destination(domain)
+                    groups[dest].append(rcpt)
             for dest, rcpts in groups.items():
-                if copy.require_tls and not dest.local and dest.tls.policy != "required":
-                    # Fail closed: this copy is protected only by TLS, and this route does not enforce it.
-                    await self._bounce(msg, rcpts, f"no TLS-required route to {dest.domain} for a message "
-                                       "protected by transport security only", "5.7.10")
+                problem = _mutual_tls_problem(dest) if require_tls and not dest.local else None
+                if problem:
+                    # Fail closed: this copy is protected only by (mutual) TLS, and this route cannot give it.
+                    await self._bounce(msg, rcpts, problem, "5.7.10")
                     continue
-                jobs.append(self._deliver_group(msg, dest, rcpts, copy.data))
+                jobs.append(self._deliver_group(msg, dest, rcpts, data, mutual_tls=require_tls))
         await asyncio.gather(*jobs)
         await self._after(msg.id)
 
     async def _deliver_group(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
-                             data: bytes) -> None:
+                             data: bytes, *, mutual_tls: bool = False) -> None:
         sem = self._per_destination.setdefault(dest.key, asyncio.Semaphore(dest.concurrency))
         async with sem:
             started = time.monotonic()
             try:
-                results, remote = await self._attempt(msg, dest, rcpts, data)
+                results, remote = await self._attempt(msg, dest, rcpts, data, mutual_tls=mutual_tls)
             except DeliveryError as exc:
                 event(log, "delivery-failed", logging.WARNING, msg=msg.id, dest=dest.key, rcpts=len(rcpts),
                       temporary=exc.temporary, status=exc.status, reason=str(exc))
@@ -223,26 +256,27 @@ class DeliveryManager:
                     await self._bounce(msg, rcpts, str(exc), exc.status, exc.remote)
                 return
         elapsed = round((time.monotonic() - started) * 1000, 1)
-        delivered = [r for r in rcpts if results[r.address].ok]
-        deferred = [r for r in rcpts if results[r.address].temporary]
-        bounced = [r for r in rcpts if not results[r.address].ok and not results[r.address].temporary]
-        if delivered:
-            first = results[delivered[0].address]
-            await self._io(self.spool.mark_delivered, [r.id for r in delivered], status=first.status,
-                           remote=remote, reply=f"{first.code} {first.message}"[:300])
-            for r in delivered:
-                self._audit(msg, r.address, "delivered", remote=remote, status=first.status)
-        for r in deferred:
+        outcomes: list[Outcome] = []
+        delivered = deferred = bounced = 0
+        for r in rcpts:
             res = results[r.address]
-            await self._defer(msg, [r], f"{res.code} {res.message}", res.status, remote)
-        for r in bounced:
-            res = results[r.address]
-            await self._bounce(msg, [r], f"{res.code} {res.message}", res.status, remote, smtp=True)
-        event(log, "delivery", msg=msg.id, dest=dest.key, remote=remote, size=len(data), delivered=len(delivered),
-              deferred=len(deferred), bounced=len(bounced), ms=elapsed)
+            reply = f"{res.code} {res.message}"
+            if res.ok:
+                outcomes.append(Outcome(r.id, RecipientState.DELIVERED, res.status, reply[:300], remote,
+                                        address=r.address))
+                delivered += 1
+            elif res.temporary:
+                outcomes.append(self._deferral(msg, r, reply, res.status, remote))
+                deferred += 1
+            else:
+                outcomes.append(_bounced(r, reply, res.status, remote))
+                bounced += 1
+        await self._write(msg, outcomes)
+        event(log, "delivery", msg=msg.id, dest=dest.key, remote=remote, size=len(data), delivered=delivered,
+              deferred=deferred, bounced=bounced, ms=elapsed)
 
     async def _attempt(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
-                       data: bytes) -> tuple[dict[str, RecipientResult], str]:
+                       data: bytes, *, mutual_tls: bool = False) -> tuple[dict[str, RecipientResult], str]:
         if dest.local:
             return await self.resolver.deliver_local(msg.sender, [r.address for r in rcpts], data)
         hops = await self.resolver.hops(dest)
@@ -254,7 +288,7 @@ class DeliveryManager:
                         host=hop.host, address=address, port=hop.port, sender=msg.sender,
                         recipients=[r.address for r in rcpts], data=data, tls=dest.tls,
                         helo_name=self.config.hostname, connect_timeout=self.config.delivery.connect_timeout,
-                        command_timeout=self.config.delivery.command_timeout)
+                        command_timeout=self.config.delivery.command_timeout, require_client_cert=mutual_tls)
                     return results, hop.host
                 except DeliveryError as exc:
                     if not exc.temporary:
@@ -267,30 +301,83 @@ class DeliveryManager:
         schedule = self.config.spool.retry_schedule
         return self.clock() + schedule[min(attempts, len(schedule) - 1)]
 
+    def _deferral(self, msg: QueuedMessage, rcpt: QueuedRecipient, error: str, status: str,
+                  remote: str | None = None) -> Outcome:
+        """Deferred until the next attempt, or bounced when that would be past the message's expiry."""
+        status = status if status.startswith("4") else "4" + status[1:]
+        when = self._next_attempt(rcpt.attempts)
+        if when > msg.expires:
+            return _bounced(rcpt, f"retry period expired; last error: {error}", "4.4.7", remote)
+        return Outcome(rcpt.id, RecipientState.DEFERRED, status, error[:500], remote, next_attempt=when,
+                       address=rcpt.address)
+
     async def _defer(self, msg: QueuedMessage, rcpts: list[QueuedRecipient], error: str, status: str,
                      remote: str | None = None) -> None:
-        if not rcpts:
-            return
-        status = status if status.startswith("4") else "4" + status[1:]
-        expired = [r for r in rcpts if self._next_attempt(r.attempts) > msg.expires]
-        keep = [r for r in rcpts if r not in expired]
-        for r in keep:
-            await self._io(self.spool.mark_deferred, [r.id], next_attempt=self._next_attempt(r.attempts),
-                           error=error[:500], status=status, remote=remote)
-        if expired:
-            await self._bounce(msg, expired, f"retry period expired; last error: {error}", "4.4.7", remote)
-        if keep:
-            event(log, "deferred", msg=msg.id, rcpts=len(keep), status=status)
+        await self._write(msg, [self._deferral(msg, r, error, status, remote) for r in rcpts])
 
     async def _bounce(self, msg: QueuedMessage, rcpts: list[QueuedRecipient], error: str, status: str,
-                      remote: str | None = None, smtp: bool = False) -> None:
-        if not rcpts:
+                      remote: str | None = None) -> None:
+        await self._write(msg, [_bounced(r, error, status, remote) for r in rcpts])
+
+    async def _write(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+        """Record outcomes in one transaction, then log and audit them.
+
+        When the spool cannot write them (full disk): deferrals alone are dropped (the
+        recipients stay pending, the message is held and retried later); anything else is
+        kept in memory and written before the message is processed again."""
+        if not outcomes:
             return
-        await self._io(self.spool.mark_bounced, [r.id for r in rcpts], error=error[:500], status=status,
-                       remote=remote)
-        event(log, "bounced", logging.WARNING, msg=msg.id, rcpts=len(rcpts), status=status)
-        for r in rcpts:
-            self._audit(msg, r.address, "bounced", remote=remote, status=status)
+        write = functools.partial(self.spool.record_outcomes, outcomes)
+        if msg.id in self._unwritten:  # earlier outcomes wait: keep the order
+            self._unwritten[msg.id].append(write)
+        else:
+            try:
+                await self._io(write)
+            except SpoolError as exc:
+                self._hold(msg.id, exc)
+                if all(o.state is RecipientState.DEFERRED for o in outcomes):
+                    return  # nothing recorded, nothing to report: the recipients are simply still due
+                self._unwritten[msg.id] = [write]
+        self._report(msg, outcomes)
+
+    def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:
+        counts: dict[tuple[RecipientState, str], int] = defaultdict(int)
+        for o in outcomes:
+            counts[(o.state, o.status)] += 1
+            if o.state is not RecipientState.DEFERRED:
+                self._audit(msg, o.address, o.state.value, remote=o.remote, status=o.status)
+        for (state, status), n in counts.items():
+            if state is RecipientState.DEFERRED:
+                event(log, "deferred", msg=msg.id, rcpts=n, status=status)
+            elif state is RecipientState.BOUNCED:
+                event(log, "bounced", logging.WARNING, msg=msg.id, rcpts=n, status=status)
+
+    async def _record(self, msg_id: str, fn: Callable[..., None], *args: Any, **kwargs: Any) -> bool:
+        """Write one state change, or keep it for later (as `_write`); True when written."""
+        call = functools.partial(fn, *args, **kwargs)
+        if msg_id in self._unwritten:
+            self._unwritten[msg_id].append(call)
+            return False
+        try:
+            await self._io(call)
+        except SpoolError as exc:
+            self._unwritten[msg_id] = [call]
+            self._hold(msg_id, exc)
+            return False
+        return True
+
+    async def _flush(self, msg_id: str) -> bool:
+        """Write what a full disk kept in memory for this message; False (and held) if it still cannot."""
+        backlog = self._unwritten.get(msg_id, [])
+        while backlog:
+            try:
+                await self._io(backlog[0])
+            except GatewayError as exc:
+                self._hold(msg_id, exc)
+                return False
+            backlog.pop(0)
+        self._unwritten.pop(msg_id, None)
+        return True
 
     def _audit(self, msg: QueuedMessage, rcpt: str, outcome: str, *, remote: str | None, status: str) -> None:
         if self.audit is None:
@@ -303,23 +390,43 @@ class DeliveryManager:
 
     async def _after(self, msg_id: str) -> None:
         """Send the DSNs this message now owes, then drop it if it is finished."""
+        if msg_id in self._unwritten:
+            return  # the spool is behind this message's real state: decide once it is written
         msg = await self._io(self.spool.get, msg_id)
         if msg is None:
             return
-        owed = [r for r in msg.recipients if r.state is RecipientState.BOUNCED and not r.dsn_sent]
-        if owed:
-            if msg.sender:
-                await self._send_dsn(msg, owed, "failed")
-            else:
-                event(log, "dsn-suppressed", msg=msg.id, reason="null sender", rcpts=len(owed))
-            await self._io(self.spool.mark_dsn_sent, [r.id for r in owed])
-        delay = self.config.spool.delay_warning
-        deferred = [r for r in msg.recipients if r.state is RecipientState.DEFERRED]
-        if (delay > 0 and deferred and msg.sender and not msg.delay_notified
-                and self.clock() - msg.received >= delay):
-            await self._send_dsn(msg, deferred, "delayed")
-            await self._io(self.spool.mark_delay_notified, msg.id)
-        await self._io(self.spool.finish_if_done, msg.id)
+        try:
+            owed = [r for r in msg.recipients if r.state is RecipientState.BOUNCED and not r.dsn_sent]
+            if owed:
+                if msg.sender:
+                    await self._send_dsn(msg, owed, "failed")
+                else:
+                    event(log, "dsn-suppressed", msg=msg.id, reason="null sender", rcpts=len(owed))
+                if not await self._record(msg.id, self.spool.mark_dsn_sent, [r.id for r in owed]):
+                    return
+            delay = self.config.spool.delay_warning
+            deferred = [r for r in msg.recipients if r.state is RecipientState.DEFERRED]
+            if (delay > 0 and deferred and msg.sender and not msg.delay_notified
+                    and self.clock() - msg.received >= delay):
+                await self._send_dsn(msg, deferred, "delayed")
+                if not await self._record(msg.id, self.spool.mark_delay_notified, msg.id):
+                    return
+        except SpoolError as exc:  # the DSN itself cannot be queued (full disk): it stays owed
+            self._hold(msg.id, exc)
+            return
+        try:
+            await self._io(self.spool.finish_if_done, msg.id)
+        except SpoolError as exc:
+            self._unfinished.add(msg.id)
+            event(log, "finish-postponed", logging.WARNING, msg=msg.id, reason=str(exc))
+
+    async def _finish_postponed(self) -> None:
+        for msg_id in list(self._unfinished):
+            try:
+                await self._io(self.spool.finish_if_done, msg_id)
+            except GatewayError:
+                return
+            self._unfinished.discard(msg_id)
 
     async def _send_dsn(self, msg: QueuedMessage, rcpts: list[QueuedRecipient], action: str) -> None:
         original = await self._io(self.spool.message_bytes, msg.id)
@@ -333,12 +440,41 @@ class DeliveryManager:
             reports = [r if r.status.startswith("5") or r.status == "4.4.7" else
                        RecipientReport(**{**r.__dict__, "status": "5" + r.status[1:]}) for r in reports]
         # Identifying headers only: a Subject may carry health content, and a DSN is not encrypted.
-        dsn = build_dsn(original=returned_headers(original), envelope_id=msg.id, envelope_from=msg.sender,
-                        reporting_mta=self.config.hostname, recipients=reports, arrival=_utc(msg.received))
+        # Built off the event loop: a report for thousands of recipients is real work.
+        dsn = await asyncio.to_thread(
+            lambda: build_dsn(original=returned_headers(original), envelope_id=msg.id, envelope_from=msg.sender,
+                              reporting_mta=self.config.hostname, recipients=reports, arrival=_utc(msg.received)))
         dsn_id = await self._io(self.spool.accept, "", [msg.sender], dsn,
                                 lifetime=self.config.spool.max_queue_lifetime, listener="dsn")
         event(log, "dsn-queued", msg=msg.id, dsn=dsn_id, action=action, rcpts=len(rcpts))
         self._wake.set()
+
+
+def _shared_copies(outgoing: Iterable[Outgoing]) -> list[tuple[bytes, bool, list[str]]]:
+    """Copies that share one buffer (and the same TLS demand) merged into one recipient list.
+
+    Why: a stage may give each local mailbox its own Outgoing on the same bytes; delivered one
+    by one, each would be its own LMTP transaction (and its own DATA buffers). Merged by the
+    buffer's identity, not its content: comparing 10 MB buffers would cost what it saves."""
+    merged: dict[tuple[int, bool], tuple[bytes, bool, dict[str, None]]] = {}
+    for copy in outgoing:
+        entry = merged.setdefault((id(copy.data), copy.require_tls), (copy.data, copy.require_tls, {}))
+        entry[2].update(dict.fromkeys(copy.recipients))
+    return [(data, require_tls, list(addresses)) for data, require_tls, addresses in merged.values()]
+
+
+def _bounced(rcpt: QueuedRecipient, error: str, status: str, remote: str | None = None) -> Outcome:
+    return Outcome(rcpt.id, RecipientState.BOUNCED, status, error[:500], remote, address=rcpt.address)
+
+
+def _mutual_tls_problem(dest: Destination) -> str | None:
+    """Why `dest` cannot carry a copy protected by trust-space (mutual) TLS only, or None."""
+    if dest.tls.policy != "required":
+        return f"no TLS-required route to {dest.domain} for a message protected by transport security only"
+    if not (dest.tls.client_cert and dest.tls.client_key):
+        return (f"the route to {dest.domain} presents no client certificate: a message protected by "
+                "transport security only travels over mutual TLS")
+    return None
 
 
 def _diagnostic(error: str | None) -> str | None:

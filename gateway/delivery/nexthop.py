@@ -8,6 +8,7 @@ Decisions are made per domain and are pure given the config; only `hops()` (DNS)
 from __future__ import annotations
 
 import asyncio
+import functools
 import ipaddress
 from dataclasses import dataclass
 
@@ -74,7 +75,7 @@ class NextHopResolver:
             infos = await loop.getaddrinfo(host, dest.port, type=1)
         except OSError as exc:
             raise DeliveryError(f"cannot resolve {host}: {exc.strerror}", temporary=True, status="4.4.3") from None
-        addresses = tuple(dict.fromkeys(info[4][0] for info in infos))
+        addresses = tuple(dict.fromkeys(str(info[4][0]) for info in infos))
         return [NextHop(host=host, addresses=addresses, port=dest.port, preference=0)]
 
     async def deliver_local(self, sender: str, recipients: list[str], data: bytes
@@ -87,9 +88,11 @@ class NextHopResolver:
         loop = asyncio.get_running_loop()
         results: dict[str, RecipientResult] = {}
         for rcpt in recipients:
+            # Every mailbox is written from the one shared buffer (the two added header lines,
+            # then `data` itself): no per-recipient copy of the message.
             try:
-                await loop.run_in_executor(None, lambda r=rcpt: deliver_maildir(
-                    local.maildir, r, data, return_path=sender, delivered_to=r))
+                await loop.run_in_executor(None, functools.partial(
+                    deliver_maildir, local.maildir, rcpt, data, return_path=sender, delivered_to=rcpt))
                 results[rcpt] = RecipientResult(250, "2.0.0 delivered to maildir")
             except GatewayError as exc:
                 code = 451 if exc.temporary else 550

@@ -12,6 +12,13 @@ one reply per recipient, which is what per-recipient queue state needs. TLS poli
 
 TLS 1.2 is the minimum in both directions. A client certificate is presented when the route
 configures one (mutual TLS between MSSanté operators).
+
+A copy protected by trust-space TLS only (`require_client_cert`) travels only over mutual
+TLS: required, verified, *and* our certificate sent in the handshake. OpenSSL sends it only
+when the server asks for it, so the handshake is watched; a server that did not ask gets no
+MAIL FROM: the hop fails temporarily (4.7.5, like a server without STARTTLS), because it is
+the server's present configuration, not the message, that is wrong, and nothing is sent
+meanwhile; the retry period ends it with a bounce if the server never asks.
 """
 
 from __future__ import annotations
@@ -73,12 +80,41 @@ def client_tls_context(settings: TlsSettings, *, verify: bool) -> ssl.SSLContext
     return ctx
 
 
+class CertificateWatch:
+    """Whether this end sent a certificate in a TLS handshake made with `ctx`.
+
+    Python's ssl module has no call for "did I authenticate?"; its handshake message callback
+    (`SSLContext._msg_callback`, CPython 3.8+) sees our Certificate message go out. Where the
+    callback does not exist, `sent` stays False: fail closed."""
+
+    #: A Certificate message with an empty list is 7 (TLS 1.2) or 8 (TLS 1.3) bytes long.
+    _EMPTY = 16
+
+    def __init__(self, ctx: ssl.SSLContext) -> None:
+        self.sent = False
+        kind = getattr(ssl, "_TLSMessageType", None)
+        self._certificate = getattr(kind, "CERTIFICATE", None)
+        if self._certificate is not None and hasattr(ctx, "_msg_callback"):
+            ctx._msg_callback = self._seen
+
+    def _seen(self, _conn: object, direction: str, _version: object, _content_type: object, msg_type: object,
+              data: bytes) -> None:
+        if direction == "write" and msg_type == self._certificate and len(data) > self._EMPTY:
+            self.sent = True
+
+
 async def send_via_smtp(*, host: str, address: str, port: int, sender: str, recipients: list[str], data: bytes,
                         tls: TlsSettings, helo_name: str, connect_timeout: float = 30.0,
-                        command_timeout: float = 300.0) -> dict[str, RecipientResult]:
+                        command_timeout: float = 300.0, require_client_cert: bool = False
+                        ) -> dict[str, RecipientResult]:
     """Send one copy to one hop. Returns a result per recipient; raises DeliveryError when the
-    hop could not be used at all (connection, TLS, or a MAIL/DATA refusal that covers all)."""
+    hop could not be used at all (connection, TLS, or a MAIL/DATA refusal that covers all).
+
+    `require_client_cert`: send only over verified TLS in which we presented our certificate."""
     remote = f"{host}[{address}]:{port}"
+    if require_client_cert and (tls.policy != "required" or not (tls.client_cert and tls.client_key)):
+        raise DeliveryError(f"no mutual TLS configured for {remote}: a copy protected by transport security "
+                            "only is not sent", temporary=False, status="5.7.10", remote=host)
     client = aiosmtplib.SMTP(hostname=address, port=port, timeout=connect_timeout, start_tls=False,
                              local_hostname=helo_name)
     try:
@@ -97,12 +133,17 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
             if offered:
                 verify = tls.policy == "required"
                 ctx = client_tls_context(tls, verify=verify)
+                watch = CertificateWatch(ctx)
                 try:
                     await client.starttls(tls_context=ctx, server_hostname=host if verify else None,
                                           validate_certs=verify)
                 except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
                     raise DeliveryError(f"TLS with {remote} failed: {_short(exc)}", temporary=True,
                                         status="4.7.5", remote=host) from None
+                if require_client_cert and not watch.sent:
+                    raise DeliveryError(f"{remote} did not ask for our client certificate: no mutual TLS for a copy "
+                                        "protected by transport security only", temporary=True, status="4.7.5",
+                                        remote=host)
         options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
         try:
             await client.mail(sender, options=options)

@@ -6,18 +6,37 @@ result (HPRIM/HL7 correction, CDA new version) and a cancellation are always sen
 the doctor's software replaces the earlier one — the caller decides that, this store only
 answers "was this key sent to this recipient within the window?".
 
+The key (`dedup_key`) is the document id *and* who sent it, for which patient, with what
+content: a document id is unique only within its sender (an HPRIM request number, an HL7
+filler order number), so two patients' results may carry the same one, and suppressing on the
+id alone dropped the second patient's result (issue 11). The sending facility, the patient
+identifiers and a digest of the content enter the key only through one SHA-256 digest: the
+store holds document ids, that digest and addresses, never a patient identifier. Transmission
+metadata (HL7 MSH: control id, send time; the HPRIM H and L records; line endings) is left out
+of the content digest, so a retransmission is still recognised.
+
+Stores written before this key (document id only) stay readable; their rows match no new key,
+so they suppress nothing — a resend within the window after the upgrade is sent again rather
+than risk dropping another patient's result — and they are purged with the window.
+
 SQLite (WAL, synchronous=FULL) beside the spool; thread-safe (one connection and a lock),
-because intake work runs in executor threads. Keys hold document ids and addresses only.
+because intake work runs in executor threads.
 """
 
 from __future__ import annotations
 
+import hashlib
+import re
 import sqlite3
 import threading
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from gateway.errors import TemporaryError
-from gateway.routing.payload import PayloadError, PayloadInfo
+from gateway.routing.payload import PartyRef, PayloadError, PayloadInfo
+
+if TYPE_CHECKING:
+    from gateway.routing.hl7 import Message
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -39,18 +58,24 @@ class DedupError(TemporaryError):
     status = "4.3.0"
 
 
-def _hl7_result_statuses(payload: bytes) -> str:
-    """OBR-25 result statuses of an HL7 message, e.g. "F" or "P" ('' when unreadable or absent)."""
+def _hl7(payload: bytes) -> Message | None:
     from gateway.routing.hl7 import parse_message
 
     try:
-        msg = parse_message(payload)
+        return parse_message(payload)
     except PayloadError:
+        return None
+
+
+def _hl7_result_statuses(msg: Message | None) -> str:
+    """OBR-25 result statuses of an HL7 message, e.g. "F" or "P" ('' when unreadable or absent)."""
+    if msg is None:
         return ""
     return "".join(sorted({msg.value(obr, 25).upper() for obr in msg.all("OBR")} - {""}))
 
 
-def document_key(info: PayloadInfo, payload: bytes | None = None) -> DocumentKey | None:
+def document_key(info: PayloadInfo, payload: bytes | None = None, *, hl7: Message | None = None
+                 ) -> DocumentKey | None:
     """(kind, document id) or (kind, set id + version); None when the payload names no document.
 
     Why HL7 adds its OBR-25 result statuses (given the payload): an HL7 result keeps the filler
@@ -60,12 +85,67 @@ def document_key(info: PayloadInfo, payload: bytes | None = None) -> DocumentKey
     if info.document_id:
         ident = info.document_id
         if info.kind == "hl7v2" and payload is not None:
-            statuses = _hl7_result_statuses(payload)
+            statuses = _hl7_result_statuses(hl7 if hl7 is not None else _hl7(payload))
             ident += f"|{statuses}" if statuses else ""
         return info.kind, ident
     if info.set_id:
         return info.kind, f"{info.set_id}#v{info.version if info.version is not None else ''}"
     return None
+
+
+def _party(party: PartyRef | None) -> str:
+    if party is None:
+        return ""
+    return "^".join(x for x in (party.authority, party.id_type, party.value, party.organisation) if x)
+
+
+def sending_facility(info: PayloadInfo, envelope_sender: str) -> str:
+    """Who issued the document: the sending application and facility or author the payload
+    names (HL7 MSH-3/MSH-4, HPRIM H-5, CDA author and its organisation, sidecar author),
+    else the envelope sender."""
+    named = "|".join(x for x in (info.sender, _party(info.author)) if x)
+    return named or envelope_sender.strip().lower()
+
+
+_LINE_END = re.compile(rb"\r\n|\r|\n")
+
+
+def content_digest(info: PayloadInfo, payload: bytes, *, hl7: Message | None = None) -> bytes:
+    """SHA-256 of what the document says, without what changes when it is only sent again."""
+    digest = hashlib.sha256()
+    if info.kind == "hl7v2":
+        msg = hl7 if hl7 is not None else _hl7(payload)
+        if msg is not None:  # every segment but MSH (control id, send time); batch segments are dropped
+            for seg in msg.segments:
+                if seg.name != "MSH":
+                    digest.update("\x1f".join(seg.fields).encode("utf-8", "surrogatepass") + b"\n")
+            return digest.digest()
+    if info.kind in ("pdf", "xdm"):
+        digest.update(payload)
+        return digest.digest()
+    skip: tuple[bytes, ...] = ()
+    if info.kind == "hprim" and info.document_type.code != "HPRIM-MEDECIN":
+        skip = (b"H|", b"L|")  # file name, date and record counts of this transmission
+    for line in _LINE_END.split(payload):
+        if line and not (skip and line.startswith(skip)):
+            digest.update(line + b"\n")
+    return digest.digest()
+
+
+def dedup_key(info: PayloadInfo, payload: bytes, envelope_sender: str) -> DocumentKey | None:
+    """The duplicate-suppression key: ``(kind, "<document id>#<digest>")``, the digest covering
+    the sending facility, the patient identifiers and the content (see the module docstring);
+    None when the payload names no document."""
+    hl7 = _hl7(payload) if info.kind == "hl7v2" else None
+    base = document_key(info, payload, hl7=hl7)
+    if base is None:
+        return None
+    digest = hashlib.sha256()
+    patients = sorted(f"{p.kind}^{p.authority}^{p.value}" for p in info.patient_ids)
+    for part in (sending_facility(info, envelope_sender), *patients):
+        digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    digest.update(content_digest(info, payload, hl7=hl7))
+    return base[0], f"{base[1]}#{digest.hexdigest()}"
 
 
 class DedupStore:
@@ -128,4 +208,5 @@ class DedupStore:
         self.close()
 
 
-__all__ = ["DedupError", "DedupStore", "DocumentKey", "document_key"]
+__all__ = ["DedupError", "DedupStore", "DocumentKey", "content_digest", "dedup_key", "document_key",
+           "sending_facility"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gateway.errors import PolicyError
-from gateway.intake.dedup import DedupStore, DocumentKey, document_key
+from gateway.intake.dedup import DedupStore, DocumentKey, dedup_key
 from gateway.intake.resolve import Directory, Resolution, resolve_recipients
 from gateway.intake.settings import RoutingSettings, valid_address
 from gateway.intake.wrap import notice_message, payload_message
@@ -101,7 +101,9 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
     if bad:
         raise Unroutable(f"{len(bad)} envelope recipient(s) are not valid mail addresses")
 
-    key = document_key(info, data)
+    # Document id + sending facility + patient identifiers + content (hashed): an id alone is
+    # unique only within its sender, and two patients' results may share it.
+    key = dedup_key(info, data, sender)
     suppressed: tuple[str, ...] = ()
     if key is not None and dedup is not None and not (info.replaces or info.cancels):
         stamp = now.timestamp()

@@ -2,6 +2,7 @@
 
 from gateway.spool.store import (
     PENDING,
+    Outcome,
     QueuedMessage,
     QueuedRecipient,
     RecipientState,
@@ -9,4 +10,4 @@ from gateway.spool.store import (
     new_message_id,
 )
 
-__all__ = ["PENDING", "QueuedMessage", "QueuedRecipient", "RecipientState", "Spool", "new_message_id"]
+__all__ = ["PENDING", "Outcome", "QueuedMessage", "QueuedRecipient", "RecipientState", "Spool", "new_message_id"]

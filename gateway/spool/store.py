@@ -12,23 +12,43 @@ Crash recovery (`open()`): `tmp/` leftovers are removed (never acknowledged); a 
 is moved to `orphans/` for inspection; every recipient not in a final state is due again.
 A message is deleted (file and rows) only once every recipient is final. Messages whose
 processing crashes repeatedly are moved to `quarantine/` rather than retried forever.
+
+A full disk (issue 11): SQLite needs free space for every write (WAL frames, and the -shm
+index when it reopens after a clean stop), so a spool that filled up could neither start nor
+record a delivery nor delete a message. Three rules keep it working:
+* a *reserve* file (`reserve`, pre-allocated, 1 MiB by default) holds space for queue state:
+  a write that fails for lack of space releases it (and checkpoints the WAL so its space is
+  reused) and tries again; deferrals, which change nothing that matters, never use it;
+* new mail never eats the reserve: `accept()` first puts it back, and answers SpoolError
+  (452 4.3.1) while it cannot, so mail is refused until space returns;
+* what frees space goes first: a finished or deleted message loses its file before its rows
+  (rows without a file are swept by `recover()`), and `delete()` truncates the message when
+  even the reserve is not enough. Recovery never fails for lack of space: what it cannot write
+  waits for the next start or the next pass, and is logged.
 """
 
 from __future__ import annotations
 
+import builtins
 import contextlib
 import errno
+import logging
 import os
 import secrets
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import TypeVar
 
 from gateway.errors import GatewayError, SpoolError
+from gateway.logs import event
+
+log = logging.getLogger("gateway.spool")
+T = TypeVar("T")
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS messages (
@@ -62,6 +82,11 @@ CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(message_id);
 """
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
+_SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
+_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+
+#: Space kept aside for queue state on a full disk (see the module docstring).
+RESERVE_BYTES = 1 << 20
 
 
 class RecipientState(StrEnum):
@@ -126,6 +151,22 @@ class QueuedMessage:
         }
 
 
+@dataclass(frozen=True)
+class Outcome:
+    """One recipient's result of a delivery attempt, to be written with the others of the
+    attempt in a single transaction (`Spool.record_outcomes`)."""
+
+    rcpt_id: int
+    state: RecipientState
+    status: str
+    error: str | None = None
+    remote: str | None = None
+    next_attempt: float | None = None
+    count_attempt: bool = True
+    #: For the caller's logs and audit trail only (the row is found by `rcpt_id`).
+    address: str = ""
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -143,32 +184,48 @@ class Spool:
     """Durable message store with per-recipient state. Thread-safe; all methods block on I/O,
     so async callers run them in an executor."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, reserve: int = RESERVE_BYTES) -> None:
         self.path = Path(path)
         self.msg_dir = self.path / "msg"
         self.tmp_dir = self.path / "tmp"
         self.quarantine_dir = self.path / "quarantine"
         self.orphan_dir = self.path / "orphans"
+        self.reserve_path = self.path / "reserve"
+        self.reserve_size = reserve
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def open(self, *, recover: bool = True) -> Spool:
+        """Open (and by default recover) the spool. On a full disk SQLite cannot even rebuild
+        its WAL index after a clean stop: the reserve pays for that (a second try)."""
         try:
             for d in (self.path, self.msg_dir, self.tmp_dir, self.quarantine_dir, self.orphan_dir):
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
-            db = sqlite3.connect(self.path / "queue.sqlite", check_same_thread=False, isolation_level=None,
-                                 timeout=30)
-            db.execute("PRAGMA journal_mode=WAL")
-            db.execute("PRAGMA synchronous=FULL")
-            db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)
+            db = self._connect()
         except (OSError, sqlite3.Error) as exc:
-            raise SpoolError(f"spool unavailable: {_describe(exc)}") from None
+            if not (self._lacks_space(exc) and self._release_reserve("open")):
+                raise SpoolError(f"spool unavailable: {_describe(exc)}") from None
+            try:
+                db = self._connect()
+            except (OSError, sqlite3.Error) as again:
+                raise SpoolError(f"spool unavailable: {_describe(again)}") from None
         self._db = db
         if recover:
             self.recover()
         return self
+
+    def _connect(self) -> sqlite3.Connection:
+        db = sqlite3.connect(self.path / "queue.sqlite", check_same_thread=False, isolation_level=None, timeout=30)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=FULL")
+            db.execute("PRAGMA foreign_keys=ON")
+            db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool
+        except BaseException:
+            db.close()
+            raise
+        return db
 
     def close(self) -> None:
         with self._lock:
@@ -201,8 +258,96 @@ class Spool:
                     db.execute("ROLLBACK")
                 raise
 
+    def _write(self, what: str, work: Callable[[sqlite3.Connection], T], *, reserve: bool = True) -> T:
+        """Run `work` in one transaction; SpoolError when it cannot be written.
+
+        On a full disk (and when `reserve`), make room — checkpoint the WAL so it is reused,
+        release the reserve file — and try once more."""
+        try:
+            with self._tx() as db:
+                return work(db)
+        except (sqlite3.Error, OSError) as exc:
+            if not (reserve and self._lacks_space(exc)):
+                raise SpoolError(f"cannot {what}: {_describe(exc)}") from None
+        self._make_room(what)
+        try:
+            with self._tx() as db:
+                return work(db)
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(f"cannot {what}: {_describe(exc)}") from None
+
+    # -- the space reserve ------------------------------------------------------------------
+    def _lacks_space(self, exc: BaseException) -> bool:
+        """Did `exc` come from a full disk? (SQLITE_FULL; an I/O error while nearly no space is
+        left, which is how a failed -shm allocation shows; ENOSPC or EDQUOT.)"""
+        if isinstance(exc, OSError):
+            return exc.errno in _SPACE_ERRNOS
+        code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+        if code == _SQLITE_FULL:
+            return True
+        return code == _SQLITE_IOERR and self._free_bytes() < max(self.reserve_size, 1 << 16)
+
+    def _free_bytes(self) -> int:
+        try:
+            st = os.statvfs(self.path)
+        except OSError:
+            return 0
+        return st.f_bavail * st.f_frsize
+
+    def _release_reserve(self, why: str) -> bool:
+        """Give the reserve's space to the queue state; True when there was one."""
+        try:
+            self.reserve_path.unlink()
+        except FileNotFoundError:
+            return False
+        except OSError:
+            return False
+        event(log, "spool-reserve-released", logging.WARNING, reason=why, bytes=self.reserve_size)
+        return True
+
+    def _make_room(self, why: str) -> None:
+        with self._lock:
+            # A complete checkpoint lets the next transaction reuse the WAL from its start
+            # (no new blocks); it may itself need room to grow the database file.
+            with contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+        if self._release_reserve(why):
+            with self._lock, contextlib.suppress(sqlite3.Error):
+                self.db.execute("PRAGMA wal_checkpoint(PASSIVE)")
+
+    def ensure_reserve(self) -> bool:
+        """Put the reserve back if it is missing; False when there is no room for it."""
+        if self.reserve_size <= 0:
+            return True
+        with self._lock:
+            try:
+                if self.reserve_path.stat().st_size >= self.reserve_size:
+                    return True
+            except FileNotFoundError:
+                pass
+            except OSError:
+                return False
+            tmp = self.tmp_dir / "reserve"
+            try:
+                fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+                try:
+                    os.posix_fallocate(fd, 0, self.reserve_size)
+                    os.fsync(fd)
+                finally:
+                    os.close(fd)
+                os.replace(tmp, self.reserve_path)
+            except OSError:
+                with contextlib.suppress(OSError):
+                    tmp.unlink()
+                return False
+        event(log, "spool-reserve-restored", bytes=self.reserve_size)
+        return True
+
     def recover(self) -> dict[str, int]:
-        """Clean what was never acknowledged; everything pending becomes due again."""
+        """Clean what was never acknowledged; everything pending becomes due again.
+
+        Needs no free space: what cannot be written now (removing finished messages) is
+        logged and left for later; the reserve is put back only if there is room."""
         stats = {"tmp_removed": 0, "orphans": 0, "pending": 0}
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
@@ -222,7 +367,16 @@ class Spool:
                 "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
                 " AND (r.state IN (?, ?) OR (r.state = 'bounced' AND r.dsn_sent = 0)))", PENDING)]
         # Messages whose last outcome was recorded just before a crash: remove them now.
-        stats["finished"] = sum(1 for msg_id in finished if self.finish_if_done(msg_id))
+        stats["finished"] = stats["finish_postponed"] = 0
+        for msg_id in finished:
+            try:
+                stats["finished"] += self.finish_if_done(msg_id)
+            except SpoolError as exc:
+                stats["finish_postponed"] += 1
+                event(log, "spool-finish-postponed", logging.WARNING, msg=msg_id, reason=str(exc))
+        stats["reserve"] = int(self.ensure_reserve())
+        if not stats["reserve"]:
+            event(log, "spool-reserve-missing", logging.WARNING, free=self._free_bytes(), wanted=self.reserve_size)
         return stats
 
     # -- accepting --------------------------------------------------------------------------
@@ -233,6 +387,9 @@ class Spool:
         rcpts = list(dict.fromkeys(recipients))
         if not rcpts:
             raise GatewayError("no recipients", status="5.5.1")
+        if not self.ensure_reserve():
+            # What space there is belongs to the mail already accepted (its queue state).
+            raise SpoolError("cannot store message: insufficient disk space (the queue's reserve is in use)")
         now = time.time() if now is None else now
         msg_id = new_message_id()
         tmp = self.tmp_dir / msg_id
@@ -253,19 +410,21 @@ class Spool:
             with contextlib.suppress(OSError):
                 tmp.unlink()
             raise SpoolError(f"cannot store message: {_describe(exc)}") from None
+        def record(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user))
+            db.executemany(
+                "INSERT INTO recipients (message_id, address, state, next_attempt, updated)"
+                " VALUES (?, ?, 'queued', ?, ?)", [(msg_id, r, now, now) for r in rcpts])
+
         try:
-            with self._tx() as db:
-                db.execute(
-                    "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user))
-                db.executemany(
-                    "INSERT INTO recipients (message_id, address, state, next_attempt, updated)"
-                    " VALUES (?, ?, 'queued', ?, ?)", [(msg_id, r, now, now) for r in rcpts])
-        except (sqlite3.Error, OSError) as exc:
+            self._write("record message", record, reserve=False)  # new mail never uses the reserve
+        except SpoolError:
             with contextlib.suppress(OSError):
                 final.unlink()
-            raise SpoolError(f"cannot record message: {_describe(exc)}") from None
+            raise
         return msg_id
 
     # -- reading ----------------------------------------------------------------------------
@@ -288,7 +447,7 @@ class Spool:
             return [self._message(row) for row in rows]
 
     def due(self, now: float | None = None, limit: int = 500, exclude: set[str] | frozenset[str] = frozenset()
-            ) -> list[QueuedMessage]:
+            ) -> builtins.list[QueuedMessage]:
         """Messages with at least one pending recipient whose next attempt has come."""
         now = time.time() if now is None else now
         with self._lock:
@@ -335,24 +494,26 @@ class Spool:
                 dsn_sent=bool(r[10])) for r in rcpts))
 
     # -- state changes ----------------------------------------------------------------------
-    def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str | None,
-             remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
+    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+        """Write an attempt's outcomes in one transaction (one fsync for 10,000 recipients, not
+        10,000). Only pending recipients change: an operator's delete is not undone by a late
+        result. Deferrals alone never use the reserve (see `mark_deferred`)."""
         now = time.time()
-        ids = list(rcpt_ids)
-        if not ids:
+        items = list(outcomes)
+        if not items:
             return
-        try:
-            with self._tx() as db:
-                for rid in ids:
-                    # Only pending recipients change: an operator's delete is not undone by a late result.
-                    db.execute(
-                        "UPDATE recipients SET state = ?, attempts = attempts + ?, last_error = ?,"
-                        " last_status = ?, remote = COALESCE(?, remote), next_attempt = COALESCE(?, next_attempt),"
-                        " updated = ? WHERE id = ? AND state IN (?, ?)",
-                        (state.value, 1 if count_attempt else 0, error, status, remote, next_attempt, now, rid,
-                         *PENDING))
-        except sqlite3.Error as exc:
-            raise SpoolError(f"cannot update queue state: {_describe(exc)}") from None
+        rows = [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
+                 o.rcpt_id, *PENDING) for o in items]
+        self._write("update queue state", lambda db: db.executemany(
+            "UPDATE recipients SET state = ?, attempts = attempts + ?, last_error = ?,"
+            " last_status = ?, remote = COALESCE(?, remote), next_attempt = COALESCE(?, next_attempt),"
+            " updated = ? WHERE id = ? AND state IN (?, ?)", rows),
+            reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+
+    def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
+             remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
+        self.record_outcomes(Outcome(rid, state, status, error, remote, next_attempt, count_attempt)
+                             for rid in rcpt_ids)
 
     def mark_delivered(self, rcpt_ids: Iterable[int], *, status: str, remote: str | None = None,
                        reply: str | None = None) -> None:
@@ -360,6 +521,8 @@ class Spool:
 
     def mark_deferred(self, rcpt_ids: Iterable[int], *, next_attempt: float, error: str, status: str,
                       remote: str | None = None) -> None:
+        """A deferral changes nothing that matters (the recipients stay pending): it never uses
+        the reserve, so on a full disk it fails with SpoolError and the caller waits."""
         self._set(rcpt_ids, RecipientState.DEFERRED, error=error, status=status, remote=remote,
                   next_attempt=next_attempt)
 
@@ -369,21 +532,26 @@ class Spool:
                   count_attempt=count_attempt)
 
     def mark_dsn_sent(self, rcpt_ids: Iterable[int]) -> None:
-        with self._tx() as db:
-            db.executemany("UPDATE recipients SET dsn_sent = 1 WHERE id = ?", [(i,) for i in rcpt_ids])
+        ids = [(i,) for i in rcpt_ids]
+        self._write("record a queued DSN",
+                    lambda db: db.executemany("UPDATE recipients SET dsn_sent = 1 WHERE id = ?", ids))
 
     def mark_delay_notified(self, msg_id: str) -> None:
-        with self._tx() as db:
-            db.execute("UPDATE messages SET delay_notified = 1 WHERE id = ?", (msg_id,))
+        self._write("record a delay notice",
+                    lambda db: db.execute("UPDATE messages SET delay_notified = 1 WHERE id = ?", (msg_id,)))
 
     def record_crash(self, msg_id: str, *, limit: int) -> bool:
         """Count an unexpected processing failure; quarantine at `limit`. True when quarantined."""
-        with self._tx() as db:
+        def count(db: sqlite3.Connection) -> bool:
             db.execute("UPDATE messages SET crashes = crashes + 1 WHERE id = ?", (msg_id,))
             crashes = db.execute("SELECT crashes FROM messages WHERE id = ?", (msg_id,)).fetchone()
             if crashes is None or crashes[0] < limit:
                 return False
             db.execute("UPDATE messages SET quarantined = 1 WHERE id = ?", (msg_id,))
+            return True
+
+        if not self._write("record a processing failure", count, reserve=False):
+            return False
         with contextlib.suppress(OSError):
             os.link(self.msg_dir / msg_id, self.quarantine_dir / msg_id)
         return True
@@ -391,7 +559,8 @@ class Spool:
     def retry(self, msg_id: str | None = None) -> int:
         """Make deferred recipients (of one message, or all) due now; lift quarantine."""
         now = time.time()
-        with self._tx() as db:
+
+        def schedule(db: sqlite3.Connection) -> int:
             if msg_id is None:
                 db.execute("UPDATE messages SET quarantined = 0, crashes = 0")
                 cur = db.execute("UPDATE recipients SET next_attempt = ? WHERE state IN (?, ?)", (now, *PENDING))
@@ -401,30 +570,60 @@ class Spool:
                                  (now, msg_id, *PENDING))
             return cur.rowcount
 
+        return self._write("schedule a retry", schedule, reserve=False)
+
     def delete(self, msg_id: str) -> bool:
-        """Operator removal: pending recipients become 'deleted' (no DSN), the message goes."""
-        with self._tx() as db:
-            found = db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone()
-            if not found:
-                return False
+        """Operator removal: pending recipients become 'deleted' (no DSN), the message goes.
+
+        Works on a full disk: the reserve pays for the rows; without one, the message's bytes
+        are dropped first (the operator wants them gone) to make room, then the rows follow.
+        If even that fails, SpoolError says so and the (now empty) file is never delivered:
+        the runner checks a message's size before sending it."""
+        name = _safe_id(msg_id)
+        with self._lock:
+            found = self.db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone()
+        if not found:
+            return False
+
+        def mark(db: sqlite3.Connection) -> None:
             db.execute("UPDATE recipients SET state = 'deleted', updated = ? WHERE message_id = ? AND state IN (?, ?)",
                        (time.time(), msg_id, *PENDING))
+
+        try:
+            self._write("delete a queued message", mark)
+        except SpoolError:
+            with contextlib.suppress(FileNotFoundError), open(self.msg_dir / name, "r+b") as f:
+                f.truncate(0)
+            self._make_room("delete")
+            self._write("delete a queued message", mark)
         self.finish_if_done(msg_id)
         return True
 
     def finish_if_done(self, msg_id: str) -> bool:
-        """Remove a message whose recipients are all final and whose DSNs are queued."""
+        """Remove a message whose recipients are all final and whose DSNs are queued.
+
+        The file goes first: nothing needs it any more, and on a full disk its space is what
+        lets the row deletion be written. Rows left without a file (a crash, or a disk still
+        full) are removed by the next `recover()` or call."""
+        name = _safe_id(msg_id)
         with self._lock:
             left = self.db.execute(
                 "SELECT COUNT(*) FROM recipients WHERE message_id = ? AND (state IN (?, ?)"
                 " OR (state = 'bounced' AND dsn_sent = 0))", (msg_id, *PENDING)).fetchone()[0]
-            if left:
-                return False
-            with self._tx() as db:
-                db.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
-                db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
-        with contextlib.suppress(FileNotFoundError):
-            (self.msg_dir / _safe_id(msg_id)).unlink()
+        if left:
+            return False
+        try:
+            (self.msg_dir / name).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise SpoolError(f"cannot remove finished message {msg_id}: {_describe(exc)}") from None
+
+        def remove(db: sqlite3.Connection) -> None:
+            db.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
+            db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+
+        self._write("remove a finished message", remove)
         return True
 
 

@@ -1,16 +1,23 @@
 """TLS policies with real certificates: mutual TLS on the relay listener (partners allowed by
 client certificate) and on delivery (route with TLS required, CA-checked, client certificate
-presented); a hop whose certificate does not verify gets nothing, not even in clear."""
+presented); a hop whose certificate does not verify gets nothing, not even in clear. A copy
+protected by trust-space TLS only goes out only over mutual TLS (issue 11, item 6)."""
 
 from __future__ import annotations
 
+import asyncio
 import smtplib
 import ssl
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from aiosmtpd.controller import Controller
 
+from gateway.config import load_config
+from gateway.delivery.manager import DeliveryManager
+from gateway.pipeline import Outgoing, Pipeline, WorkItem
+from gateway.spool import RecipientState, Spool
 from tests.conftest import free_port
 from tests.e2e.harness import GatewayProcess, SinkHandler, make_message, queue_json, write_config
 from tests.e2e.tlspki import TestCA
@@ -88,12 +95,13 @@ class _MutualTlsSink(SinkHandler):
         return "250 OK"
 
 
-def _tls_sink(ca: TestCA, name: str, handler: SinkHandler) -> Controller:
+def _tls_sink(ca: TestCA, name: str, handler: SinkHandler, *, ask_client_cert: bool = True) -> Controller:
     pair = ca.issue(name)
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     ctx.load_cert_chain(str(pair.cert), str(pair.key))
-    ctx.verify_mode = ssl.CERT_OPTIONAL
-    ctx.load_verify_locations(cafile=str(ca.ca_file))
+    if ask_client_cert:
+        ctx.verify_mode = ssl.CERT_OPTIONAL
+        ctx.load_verify_locations(cafile=str(ca.ca_file))
     controller = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=ctx, require_starttls=True)
     controller.start()
     return controller
@@ -150,3 +158,64 @@ ca_file = "{ca.ca_file}"
     finally:
         good_sink.stop()
         untrusted_sink.stop()
+
+
+async def _trust_space_tls_only(item: WorkItem) -> WorkItem:
+    """The wrap stage's result for an MSSanté domain on the trust-space list: a signed copy that
+    relies on mutual TLS (here for every recipient of a sender named "mss-...")."""
+    protected = item.envelope.sender.startswith("mss-")
+    copy = Outgoing(item.envelope.recipients, item.data, form="trust-space-tls" if protected else "as-is",
+                    require_tls=protected)
+    return replace(item, outgoing=(copy,))
+
+
+def test_trust_space_copy_travels_only_over_mutual_tls(tmp_path: Path) -> None:
+    ca = TestCA(tmp_path / "pki")
+    ours = ca.issue("msgw.test")
+    mutual = _MutualTlsSink()
+    mutual_sink = _tls_sink(ca, "localhost", mutual)
+    anonymous = SinkHandler()  # TLS required, verified, but would take mail from anyone
+    anonymous_sink = _tls_sink(ca, "localhost", anonymous)
+    no_ask = SinkHandler()  # never asks for a client certificate: ours would not be sent
+    no_ask_sink = _tls_sink(ca, "localhost", no_ask, ask_client_cert=False)
+    try:
+        routes = [("mss.example", mutual_sink.port, True), ("nocert.example", anonymous_sink.port, False),
+                  ("noask.example", no_ask_sink.port, True)]
+        delivery = f'tls = "none"\nsmarthost = "127.0.0.1:{free_port()}"\n' + "".join(
+            f'\n[delivery.routes."{domain}"]\nhost = "localhost"\nport = {port}\ntls = "required"\n'
+            f'ca_file = "{ca.ca_file}"\n'
+            + (f'client_cert = "{ours.cert}"\nclient_key = "{ours.key}"\n' if cert else "")
+            for domain, port, cert in routes)
+        setup = write_config(tmp_path / "gw", delivery=delivery)
+        config = load_config(setup.config)
+        spool = Spool(config.spool.path).open()
+        sender = "mss-lab@lab.example"
+        rcpts = ["dr@mss.example", "dr@nocert.example", "dr@noask.example"]
+        protected = spool.accept(sender, rcpts, make_message(sender, rcpts[0], "s", "protected by TLS only"),
+                                 lifetime=3600)
+        plain = spool.accept("lab@lab.example", ["other@noask.example"],
+                             make_message("lab@lab.example", "other@noask.example", "s", "ordinary"), lifetime=3600)
+        audit: list[dict] = []
+        manager = DeliveryManager(config, spool, Pipeline((_trust_space_tls_only,)),
+                                  audit=lambda **kw: audit.append(kw))
+        asyncio.run(manager.run_once())
+
+        assert [m.recipients for m in mutual.snapshot()] == [["dr@mss.example"]]
+        assert mutual.subjects == ["msgw.test"]
+        assert anonymous.snapshot() == [], "a trust-space copy went out without a client certificate"
+        assert [m.recipients for m in no_ask.snapshot()] == [["other@noask.example"]], \
+            "only the ordinary copy may use a hop that did not ask for our certificate"
+        assert spool.get(plain) is None
+        states = {r.address: r for r in spool.get(protected).recipients}
+        assert states["dr@mss.example"].state is RecipientState.DELIVERED
+        nocert = states["dr@nocert.example"]
+        assert nocert.state is RecipientState.BOUNCED and nocert.last_status == "5.7.10"
+        assert "no client certificate" in (nocert.last_error or "")
+        noask = states["dr@noask.example"]
+        assert noask.state is RecipientState.DEFERRED and noask.last_status == "4.7.5"
+        assert "client certificate" in (noask.last_error or "")
+        assert {"recipient": "dr@nocert.example", "outcome": "bounced 5.7.10"}.items() <= \
+            next(a for a in audit if a["recipient"] == "dr@nocert.example").items()
+    finally:
+        for controller in (mutual_sink, anonymous_sink, no_ask_sink):
+            controller.stop()

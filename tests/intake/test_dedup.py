@@ -101,3 +101,69 @@ def test_preliminary_then_final_hl7_result_both_pass(directory, dedup, routing) 
     assert len(final) == 1
     final.commit(dedup, T0)
     assert list(_intake(s.oru(status="F", control="RESEND"), directory, dedup, routing)) == []
+
+
+# --------------------------------------------------------------------------------------------
+# Issue 11, item 12: a document id is unique only within its sender and its patient.
+# --------------------------------------------------------------------------------------------
+
+OTHER_INS = "299129912345679"
+
+
+def _other_patient(data: bytes, encoding: str = "utf-8") -> bytes:
+    return data.replace(s.INS.encode(), OTHER_INS.encode()).replace(
+        s.PATIENT_FAMILY.encode(encoding), b"AUTREPATIENT").replace(b"2991299123456", b"2991299123457")
+
+
+def _sent_then(first: bytes, second: bytes, directory, dedup, routing):
+    _intake(first, directory, dedup, routing).commit(dedup, T0)
+    return _intake(second, directory, dedup, routing, T0 + dt.timedelta(hours=1))
+
+
+def test_another_patients_hl7_result_with_the_same_order_number_is_sent(directory, dedup, routing) -> None:
+    again = _sent_then(s.oru(), _other_patient(s.oru()), directory, dedup, routing)
+    assert [o.recipients for o in again] == [(s.ADDR_LOCAL,)] and again.suppressed == ()
+
+
+def test_another_patients_hprim_report_with_the_same_request_number_is_sent(directory, dedup, routing) -> None:
+    first = s.hprim_medecin()
+    other = _other_patient(first, "iso-8859-1")
+    assert read_payload(first).document_id == read_payload(other).document_id == "REQ42"
+    again = _sent_then(first, other, directory, dedup, routing)
+    assert len(again) >= 1 and again.suppressed == ()
+
+
+def test_the_same_order_number_from_another_lab_or_with_other_results_is_sent(directory, dedup, routing) -> None:
+    other_lab = s.oru().replace(b"|LISX|LABX|", b"|LISY|LABY|")
+    assert read_payload(other_lab).document_id == read_payload(s.oru()).document_id
+    assert len(_sent_then(s.oru(), other_lab, directory, dedup, routing)) == 1
+    other_result = s.oru().replace(b"||5.2|mmol/l|", b"||7.9|mmol/l|")
+    assert len(_intake(other_result, directory, dedup, routing, T0 + dt.timedelta(hours=2))) == 1
+
+
+def test_the_same_result_resent_is_still_suppressed(directory, dedup, routing) -> None:
+    """A retransmission (new MSH-10 and MSH-7, other line endings) is the same document."""
+    resent = s.oru(control="RESEND2").replace(b"20250115100000||ORU", b"20250116090000||ORU").replace(b"\r", b"\n")
+    again = _sent_then(s.oru(), resent, directory, dedup, routing)
+    assert list(again) == [] and again.suppressed == (s.ADDR_LOCAL,)
+    hprim = _sent_then(s.hprim_medecin(), s.hprim_medecin(), directory, dedup, routing)
+    assert hprim.suppressed and not any(s.ADDR_LABCODE in o.recipients for o in hprim)
+
+
+def test_the_store_holds_no_patient_identifier(tmp_path: Path, directory, routing) -> None:
+    with DedupStore(tmp_path / "plain.sqlite") as store:
+        _intake(s.oru(), directory, store, routing).commit(store, T0)
+        _intake(s.hprim_medecin(), directory, store, routing).commit(store, T0)
+        rows = store._db.execute("SELECT kind, document, recipient FROM sent").fetchall()
+    assert len(rows) == 2
+    raw = b"".join(p.read_bytes() for p in tmp_path.glob("plain.sqlite*"))
+    for secret in (s.INS, "2991299123456", s.PATIENT_FAMILY):
+        assert secret.encode() not in raw and all(secret not in str(r) for r in rows)
+
+
+def test_rows_of_an_older_store_do_not_suppress(tmp_path: Path, directory, routing) -> None:
+    """A store written before the key included sender, patient and content stays readable; its
+    id-only rows cannot tell patients apart, so they suppress nothing (they expire with the window)."""
+    with DedupStore(tmp_path / "old.sqlite") as store:
+        store.record(("hl7v2", "REQ42^LABX|F"), [s.ADDR_LOCAL], T0.timestamp())
+        assert len(_intake(s.oru(), directory, store, routing, T0 + dt.timedelta(hours=1))) == 1
