@@ -236,9 +236,14 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
     # The bridge signs as the organisation (named in Sender:), not as the legacy lab of From:.
     bridge_view = Verifier(verifier.trust, verifier.crls, require_from_match=False)
     opened = await unwrap_message(received, keys=[doctor], verifier=bridge_view)
-    bridged = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
-    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; X-Msgw-Bridged: "
-          f"{' '.join(str(bridged).split())[:90]}")
+    # The provenance statement is a protected header inside the signed entity, never outside.
+    outside = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
+    bridged = email.message_from_bytes(opened.content, policy=email.policy.default)["X-Msgw-Bridged"]
+    if outside is not None or bridged is None:
+        print("msgw: the bridged provenance is not (only) inside the signed entity", file=sys.stderr)
+        return False
+    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; inside the signature: "
+          f"X-Msgw-Bridged: {' '.join(str(bridged).split())[:90]}")
     before = len(operator.received)
     doctor_sign = load_key(pki_dir / "person_sign.key.pem", pki_dir / "person_sign.pem",
                            pki_dir / "person_sign.chain.pem")

@@ -89,8 +89,9 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert got.recipients == [PERSON_EMAIL]
         outer = email.message_from_bytes(got.data, policy=email.policy.default)
         assert outer.get_content_type() == "application/pkcs7-mime"
-        assert "codec=apicrypt1" in str(outer["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
-            outer["X-Msgw-Bridged"])
+        # The provenance statement travels inside the signed entity only (issue 11, items 2 and 4).
+        head = got.data.split(b"\r\n\r\n", 1)[0]
+        assert outer["X-Msgw-Bridged"] is None and b"codec=" not in head and b"sender-authenticated" not in head
         (tmp_path / "in.eml").write_bytes(got.data)
         person = pki["person_encrypt"]
         dec = subprocess.run([openssl, "cms", "-decrypt", "-in", str(tmp_path / "in.eml"), "-recip",
@@ -105,6 +106,8 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert b"TEST LABO MESSAGERIE SIGNATURE" in subprocess.run(
             [openssl, "x509", "-noout", "-subject", "-in", str(tmp_path / "signer.pem")], capture_output=True).stdout
         inner = email.message_from_bytes((tmp_path / "c.eml").read_bytes(), policy=email.policy.default)
+        assert "codec=apicrypt1" in str(inner["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
+            inner["X-Msgw-Bridged"])
         part = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
         assert part.get_payload(decode=True) == HPRIM  # byte for byte through both bridges
     finally:
