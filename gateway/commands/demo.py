@@ -216,7 +216,8 @@ async def _routed_documents(config, operator: _Operator, doctor, verifier: Verif
 async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Verifier, relay_host: str,
                              relay_port: int, pki_dir: Path) -> bool:
     """6. Legacy ⇄ S/MIME through the bridge, one message each way."""
-    from gateway.legacy.apicrypt1 import Apicrypt1Codec
+    from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
+    from gateway.legacy.apicrypt1_format import dearmor
     from gateway.legacy.keystore import ApicryptKeyStore
 
     keys = ApicryptKeyStore(config.legacy.codec("apicrypt1").keys)
@@ -259,10 +260,15 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
         return False
     out = operator.received[before]
     decoded = Apicrypt1Codec().decode(out, keys, recipient="dr.legacy")
-    header = email.message_from_bytes(out, policy=email.policy.default)["X-Msgw-Bridged"]
-    _step(f"   arrived as #BINASCII1# armor; the legacy doctor's keys decode it ({len(decoded.text or b'')} bytes);"
-          f" {' '.join(str(header).split())[:70]}")
-    return b"Avis TEST" in (decoded.text or b"")
+    # Outside: the neutral Subject only; the verdict is in the header the bridge writes inside the armor.
+    shown = email.message_from_bytes(out, policy=email.policy.default)
+    armored = next(p for p in shown.walk() if p.get_content_type() == "text/plain")
+    payload = armored.get_payload(decode=True)
+    inside = decrypt(dearmor(payload if isinstance(payload, bytes) else b""), keys).text.decode("latin-1")
+    verdict = next((line for line in inside.splitlines() if line.startswith("X-Msgw-Bridged:")), "")
+    _step(f"   arrived as #BINASCII1# armor, outer Subject \"{shown['Subject']}\"; the legacy doctor's keys decode "
+          f"it ({len(decoded.text or b'')} bytes); inside: {verdict[16:86]}")
+    return b"Avis TEST" in (decoded.text or b"") and shown["X-Msgw-Bridged"] is None
 
 
 def _oru() -> bytes:

@@ -23,10 +23,11 @@ from dataclasses import replace
 
 from gateway.errors import GatewayError, PermanentError
 from gateway.legacy import detect_codec
+from gateway.legacy.mimeutil import neutral_attachment_names
 from gateway.pipeline import Outgoing, WorkItem
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import BRIDGE_HEADER, prepend_header, strip_headers
+from gateway.stages.headers import BRIDGE_HEADER, prepend_header, restrict_outer, strip_headers
 from gateway.stages.inbound import summary
 
 
@@ -59,7 +60,12 @@ class LegacyInboundStage:
         for rcpt in same:
             self.ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt,
                            decision=f"legacy-passthrough:{codec.name}", codec=codec.name)
-        passthrough = (Outgoing(same, item.data, form=f"legacy:{codec.name}"),) if same else ()
+        passthrough: tuple[Outgoing, ...] = ()
+        if same:
+            # Forwarded in the format it came in; outside, the same allow-list as every copy (its
+            # Subject and attachment names cannot be moved inside an armor we do not rewrite).
+            data = restrict_outer(neutral_attachment_names(item.data), neutral_subject=self.ctx.policy.neutral_subject)
+            passthrough = (Outgoing(same, data, form=f"legacy:{codec.name}"),)
         return replace(item, data=mime, kind=f"bridged:{codec.name}", outgoing=(*item.outgoing, *passthrough),
                        notes=(*item.notes, f"decoded from {codec.name}"))
 
@@ -80,6 +86,8 @@ async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, r
     codec = get(codec_name)
     ids = [ctx.legacy_id(r, codec_name) for r in recipients]
     identity = ctx.legacy_identity(codec_name)
+    # The verdict is a statement about the content: it travels inside, with the real headers.
+    data = prepend_header(data, BRIDGE_HEADER, f"to={codec_name}; smime-verification={verdict}"[:900])
     loop = asyncio.get_running_loop()
-    encoded = await loop.run_in_executor(None, lambda: codec.encode(data, identity, ids, keys))
-    return prepend_header(encoded, BRIDGE_HEADER, f"to={codec_name}; smime-verification={verdict}"[:900])
+    encoded = await loop.run_in_executor(None, lambda: codec.encode(data, identity, ids, keys, protect_headers=True))
+    return restrict_outer(encoded, neutral_subject=ctx.policy.neutral_subject, original=data)

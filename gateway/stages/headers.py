@@ -211,12 +211,17 @@ def allowed_outer_fields(message: bytes, *, neutral_subject: str, sender: str | 
     return out
 
 
-def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None) -> bytes:
+def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None,
+                   original: bytes | None = None) -> bytes:
     """An already-protected message (client-encrypted, legacy armor) with its header block cut
-    down to the allow-list; its own MIME-Version and Content-* stay (7-bit), its body untouched."""
+    down to the allow-list; its own MIME-Version and Content-* stay (7-bit), its body untouched.
+    `original`: the message it was made from, whose raw headers the allow-list is taken from
+    (an encoder may have re-serialised them)."""
     fields, body = split_raw(message)
     envelope = [f for f in fields if name_of(f) in ENVELOPE_FIELDS and _seven_bit(f)]
-    return join_raw(allowed_outer_fields(message, neutral_subject=neutral_subject, sender=sender) + envelope, body)
+    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject,
+                                 sender=sender)
+    return join_raw(outer + envelope, body)
 
 
 def protected_entity(message: bytes, entity: bytes) -> bytes:

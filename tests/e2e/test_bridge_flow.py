@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.legacy.apicrypt1 import Apicrypt1Codec
+from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
+from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.smime.testpki import PERSON_EMAIL, TestPKI
 from tests.conftest import require_tool
@@ -137,7 +138,11 @@ def test_smime_hospital_message_reaches_legacy_doctor(pki: TestPKI, tmp_path: Pa
         assert got.recipients == [LEGACY_DOCTOR]
         assert b"#BINASCII1#" in got.data and b"Lettre de liaison" not in got.data
         msg = email.message_from_bytes(got.data, policy=email.policy.default)
-        assert "smime-verification=pass" in str(msg["X-Msgw-Bridged"])
+        # The verdict travels inside the armor, in the original header the bridge writes (item 3).
+        assert msg["X-Msgw-Bridged"] is None and str(msg["Subject"]) == "Message sécurisé"
+        armored = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        text = decrypt(dearmor(armored.get_payload(decode=True)), ApicryptKeyStore(keys)).text
+        assert b"Objet / Subject: Compte rendu" in text and b"smime-verification=pass" in text
         decoded = Apicrypt1Codec().decode(got.data, ApicryptKeyStore(keys), recipient="dr.legacy")
         assert decoded.sender == "msgw.bridge" and b"Lettre de liaison TEST" in (decoded.text or b"")
         audit = msgw("audit", "show", "--json", "--config", str(setup.config))

@@ -237,3 +237,22 @@ def test_passphrase_protected_key_never_prompts(tmp_path, monkeypatch) -> None: 
             CODEC.decode(encoded, OpenPgpKeyring(home, passphrase_env="MSGW_TEST_PGP_PASS"))
     finally:
         locked.stop()
+
+
+def test_protected_headers_travel_inside_and_win_on_decode(gpg_homes: dict[str, GpgHome]) -> None:
+    """The bridge's PGP/MIME copies carry every header inside (protected-headers="v1"); decoding
+    gives one header block with the inner ones, whatever the outside says."""
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    mime = MIME.replace(b"Subject: CR\r\n", b"Subject: CR de Mme DUPONT\r\nX-Patient-Name: DUPONT\r\n"
+                                            b"Message-ID: <orig.1@gw.example>\r\nBcc: <hidden@gw.example>\r\n")
+    encoded = CODEC.encode(mime, bridge.email, [partner.email], keyring(bridge), protect_headers=True)
+    inner = partner.run("--decrypt", data=encrypted_part(encoded)).stdout
+    head = inner.split(b"\r\n\r\n", 1)[0]
+    assert b'protected-headers="v1"' in head and b"Subject: CR de Mme DUPONT" in head
+    assert b"X-Patient-Name: DUPONT" in head and b"hidden@" not in inner
+    outside = encoded.replace(b"Subject: CR de Mme DUPONT", b"Subject: Message securise")
+    decoded = CODEC.decode(outside, keyring(partner), recipient=partner.email)
+    msg = email.message_from_bytes(decoded.content)
+    assert msg.get_all("Subject") == ["CR de Mme DUPONT"] and msg.get_all("Message-ID") == ["<orig.1@gw.example>"]
+    attachment = [p for p in msg.walk() if p.get_filename()][0]
+    assert attachment.get_payload(decode=True) == HPRIM

@@ -29,7 +29,7 @@ LEGACY_DOCTOR = "dr.legacy@medical99.apicrypt.org"
 LEGACY_LAB = "labo.test@medical99.apicrypt.org"
 ATTACHMENT = "CR_MRK-FILENAME_DUPONT.pdf"
 PDF = b"%PDF-1.4\n% TEST document, invented patient\n%%EOF\n"
-BODY = "Glycémie 5,4 mmol/l — MRK-BODY, patiente inventée\r\n"
+BODY = "Glycémie 5,4 mmol/l - MRK-BODY, patiente inventée\r\n"
 #: Every kind of header a LIS or a mail client puts on a result, each with its own marker.
 #: (name, raw field bytes, marker); the raw 8-bit one is sent as UTF-8 bytes, not RFC 2047.
 MARKED_FIELDS: tuple[tuple[str, bytes, str], ...] = (

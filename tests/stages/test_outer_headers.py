@@ -12,7 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from gateway.legacy.keystore import make_key_file
+from gateway.legacy.apicrypt1 import CODEC as APICRYPT1
+from gateway.legacy.apicrypt1 import decrypt
+from gateway.legacy.apicrypt1_format import dearmor
+from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.pipeline import Envelope, Pipeline
 from gateway.smime.engine import encrypt_message
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
@@ -24,12 +27,16 @@ from tests.conftest import require_tool
 from tests.stages.envelope_support import (
     ATTACHMENT,
     BODY,
+    LEGACY_DOCTOR,
+    LEGACY_LAB,
+    PDF,
     BridgeCtx,
     header_block,
     marked_message,
     missing_inside,
     openssl_open,
     outside,
+    without_armor,
 )
 from tests.stages.test_protection import _policy
 
@@ -120,6 +127,51 @@ async def test_client_encrypted_pass_through_is_stripped_to_the_list(pki: TestPK
     text = next(p for p in email.message_from_bytes(dec.stdout, policy=email.policy.default).walk()
                 if p.get_content_type() == "text/plain")
     assert text.get_content().strip() == BODY.strip()
+
+
+async def test_legacy_copy_neutral_outside_real_names_inside_the_armor(pki: TestPKI, keys_dir: Path) -> None:
+    ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
+    env = Envelope("H4", ORG_EMAIL, (LEGACY_DOCTOR,), auth_user=ORG_EMAIL, listener="submission")
+    (out,) = (await _run(ctx, env, marked_message(ORG_EMAIL, LEGACY_DOCTOR))).outgoing
+    assert out.form == "legacy:apicrypt1"
+    clear = without_armor(out.data)
+    seen = outside(out.data, clear)
+    assert seen.clean, (seen, clear.decode("latin-1"))
+    assert b"DUPONT" not in clear and b"X-Msgw-Bridged" not in clear and b"smime-verification" not in clear
+    outer = email.message_from_bytes(out.data, policy=email.policy.default)
+    assert str(outer["Subject"]) == "Message sécurisé"
+    assert [p.get_filename() for p in outer.walk() if p.get_filename()] == ["piece-jointe-2.pdf"]
+    # Inside: the armored text starts with the original header the bridge adds (spec: "the original
+    # sender is named in the decrypted text header"), real Subject and attachment name included.
+    armor = next(p for p in outer.walk() if p.get_content_type() == "text/plain" and not p.get_filename())
+    plain = decrypt(dearmor(armor.get_payload(decode=True)), ApicryptKeyStore(keys_dir)).text.decode("latin-1")
+    assert "Résultat MRK-SUBJECT de Mme DUPONT" in plain and f"piece-jointe-2.pdf = {ATTACHMENT}" in plain
+    text = BODY.rstrip("\r\n")  # the CRLF before the boundary belongs to the boundary
+    assert "smime-verification=none" in plain and plain.endswith("\r\n\r\n" + text)
+    # Our decoder gives the real ones back, and the original text byte for byte.
+    decoded = APICRYPT1.decode(out.data, ApicryptKeyStore(keys_dir), recipient="dr.legacy")
+    assert decoded.text == text.encode("latin-1")
+    assert [(a.filename, a.data) for a in decoded.attachments] == [(ATTACHMENT, PDF)]
+    back = email.message_from_bytes(decoded.content, policy=email.policy.default)
+    assert str(back["Subject"]) == "Résultat MRK-SUBJECT de Mme DUPONT" and back["X-Msgw-Bridged"] is None
+
+
+async def test_legacy_pass_through_gets_the_allow_list_and_neutral_names(pki: TestPKI, keys_dir: Path) -> None:
+    """Legacy mail for a reader of the same format goes on in that format (not re-encoded): its
+    outer headers are cut to the list and its attachment names made neutral all the same."""
+    store = ApicryptKeyStore(keys_dir)
+    legacy = APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test", ["msgw.bridge", "dr.legacy"],
+                              store)
+    assert b"MRK-XPATIENT" in legacy and ATTACHMENT.encode() in legacy  # as a legacy client sends it
+    ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
+    env = Envelope("H5", LEGACY_LAB, (LEGACY_DOCTOR,), listener="legacy")
+    (out,) = (await _run(ctx, env, legacy)).outgoing
+    assert out.form == "legacy:apicrypt1"
+    seen = outside(out.data, without_armor(out.data))
+    assert seen.clean, (seen, without_armor(out.data).decode("latin-1"))
+    decoded = APICRYPT1.decode(out.data, store, recipient="dr.legacy")
+    assert decoded.sender == "labo.test" and [(a.filename, a.data) for a in decoded.attachments] == \
+        [("piece-jointe-2.pdf", PDF)]
 
 
 def test_allow_list_function_alone() -> None:
