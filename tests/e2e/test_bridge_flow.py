@@ -62,6 +62,10 @@ identity = "msgw.bridge"
     out = msgw("directory", "add", LEGACY_DOCTOR, "--capability", "legacy:apicrypt1", "--key-ref", "dr.legacy",
                "--config", str(setup.config))
     assert out.returncode == 0, out.stderr
+    # The lab is a known legacy correspondent: its armor is bridged on any listener (issue 11, item 4).
+    out = msgw("directory", "add", LAB, "--capability", "legacy:apicrypt1", "--key-ref", "labo.test",
+               "--config", str(setup.config))
+    assert out.returncode == 0, out.stderr
     return setup, keys
 
 
@@ -110,7 +114,10 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert "codec=apicrypt1" in str(inner["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
             inner["X-Msgw-Bridged"])
         part = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
-        assert part.get_payload(decode=True) == HPRIM  # byte for byte through both bridges
+        text = part.get_payload(decode=True)
+        # The bilingual provenance banner first (item 4), then the HPRIM byte for byte through both bridges.
+        assert text.endswith(HPRIM) and text.startswith("Message reçu d'une messagerie chiffrée ancienne".encode(
+            "latin-1")) and b"the sender was not authenticated" in text[:-len(HPRIM)]
     finally:
         sink.stop()
 
