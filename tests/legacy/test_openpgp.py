@@ -256,3 +256,27 @@ def test_protected_headers_travel_inside_and_win_on_decode(gpg_homes: dict[str, 
     assert msg.get_all("Subject") == ["CR de Mme DUPONT"] and msg.get_all("Message-ID") == ["<orig.1@gw.example>"]
     attachment = [p for p in msg.walk() if p.get_filename()][0]
     assert attachment.get_payload(decode=True) == HPRIM
+
+
+async def test_bridge_openpgp_copy_outer_allow_list_and_headers_inside(gpg_homes: dict[str, GpgHome]) -> None:
+    """The bridge's PGP/MIME copy (issue 11, item 3): outside only the allow-list (no marker of any
+    header kind, 8-bit included), inside every header, read back by the partner's keyring."""
+    from types import SimpleNamespace
+
+    from gateway.pipeline import Envelope, WorkItem
+    from gateway.stages.bridge import legacy_copy
+    from tests.stages.envelope_support import marked_message, missing_inside, outside
+
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    ctx = SimpleNamespace(policy=SimpleNamespace(neutral_subject="Message sécurisé"),
+                          legacy_keys=lambda codec: keyring(bridge), legacy_identity=lambda codec: bridge.email,
+                          legacy_id=lambda address, codec: partner.email)
+    item = WorkItem(Envelope("P1", bridge.email, (partner.email,), auth_user=bridge.email, listener="submission"),
+                    marked_message(bridge.email, partner.email))
+    data = await legacy_copy(ctx, item, "openpgp", [partner.email])  # type: ignore[arg-type]
+    seen = outside(data)
+    assert seen.clean, (seen, data.split(b"\r\n\r\n", 1)[0])
+    decoded = CODEC.decode(data, keyring(partner), recipient=partner.email)
+    assert decoded.signature is SignatureStatus.VALID and missing_inside(decoded.content) == []
+    msg = email.message_from_bytes(decoded.content)
+    assert len(msg.get_all("Subject")) == 1 and "smime-verification=none" in msg["X-Msgw-Bridged"]
