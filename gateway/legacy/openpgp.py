@@ -171,8 +171,16 @@ def _integrity(status_text: str) -> bool:
 
 
 def _header_block(headers: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{name}: {value}".encode("utf-8", "replace").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-                    + b"\r\n" for name, value in headers)
+    return b"".join(_raw(f"{name}: {value}").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+                    for name, value in headers)
+
+
+def _raw(text: str) -> bytes:
+    """A header line as bytes: raw 8-bit bytes read from a message come back as they were."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
 
 
 def inner_entity(raw: bytes, *, seven_bit: bool = False, protect_headers: bool = False) -> bytes:

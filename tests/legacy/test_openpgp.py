@@ -280,3 +280,10 @@ async def test_bridge_openpgp_copy_outer_allow_list_and_headers_inside(gpg_homes
     assert decoded.signature is SignatureStatus.VALID and missing_inside(decoded.content) == []
     msg = email.message_from_bytes(decoded.content)
     assert len(msg.get_all("Subject")) == 1 and "smime-verification=none" in msg["X-Msgw-Bridged"]
+
+
+def test_raw_8bit_outer_header_comes_back_as_its_bytes(gpg_homes: dict[str, GpgHome]) -> None:
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    mime = MIME.replace(b"Subject: CR\r\n", "Subject: Résultat brut\r\n".encode())
+    decoded = CODEC.decode(CODEC.encode(mime, bridge.email, [partner.email], keyring(bridge)), keyring(partner))
+    assert "Subject: Résultat brut\r\n".encode() in decoded.content
