@@ -166,12 +166,14 @@ def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = Tru
 
 
 def _outer_field(field: bytes) -> bytes | None:
-    """An original From/To/Cc/Date as it may leave: as it is when 7-bit, else rebuilt 7-bit."""
-    if _seven_bit(field):
-        return field
+    """An original From/To/Cc/Date as it may leave. Address fields are always rebuilt from their
+    parsed addresses (display name and address, RFC 2047 when needed): a comment or a group name
+    is free text and stays inside. A 7-bit Date goes as it is; any other is rebuilt."""
     name = name_of(field)
     label = {"from": "From", "to": "To", "cc": "Cc", "date": "Date"}[name]
     if name == "date":
+        if _seven_bit(field):
+            return field
         try:
             when = email.utils.parsedate_to_datetime(_text(field.partition(b":")[2]))
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")

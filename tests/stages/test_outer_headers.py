@@ -178,12 +178,14 @@ def test_allow_list_function_alone() -> None:
     """One function makes the outer set for every protected form: 8-bit names RFC 2047-encoded,
     a non-ASCII address dropped, Disposition-Notification-To reduced to addresses."""
     msg = ("From: Élise <labo@labo-tests.sante.test>\r\nTo: Dr Ü <ü@exemple.test>, <dr@cabinet.test>\r\n"
-           "Cc: <cc@cabinet.test>\r\nDate: Wed, 25 Nov 2026 09:00:00 +0100\r\nSubject: secret\r\n"
+           "Cc: <cc@cabinet.test> (MRK-COMMENT dossier DUPONT), Secretariat: <s@cabinet.test>;\r\n"
+           "Date: Wed, 25 Nov 2026 09:00:00 +0100\r\nSubject: secret\r\n"
            "Disposition-Notification-To: Secrétariat <labo@labo-tests.sante.test>, bad\r\n"
            "Message-ID: <orig@x>\r\n\r\nbody\r\n").encode()
     fields = allowed_outer_fields(msg, neutral_subject="Message sécurisé", sender="org@labo-tests.sante.test")
     block = b"".join(fields)
-    assert block.isascii() and b"secret" not in block and b"orig@x" not in block
+    assert block.isascii() and b"secret" not in block and b"orig@x" not in block and b"MRK" not in block
+    assert b"Cc: <cc@cabinet.test>,\r\n <s@cabinet.test>\r\n" in block
     text = block.decode()
     assert "To: <dr@cabinet.test>\r\n" in text and "=?utf-8?" in text.split("\r\n")[0]
     assert "Disposition-Notification-To: <labo@labo-tests.sante.test>\r\n" in text
