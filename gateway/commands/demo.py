@@ -96,6 +96,7 @@ async def _demo(base: Path) -> int:
     data["listeners"]["relay"]["allowed_networks"] = ["127.0.0.0/8"]
     data["intake"]["drop"]["lis"]["poll_interval"] = "200ms"
     config = parse_config(data, source="<embedded default>", base=base)
+    _register_legacy_lab(config)
     password = (base / "var" / "default" / "demo.password").read_text().strip()
     gateway = Gateway(config)
     await gateway.start()
@@ -213,10 +214,21 @@ async def _routed_documents(config, operator: _Operator, doctor, verifier: Verif
     return "IHE_XDM.ZIP" in names
 
 
+def _register_legacy_lab(config) -> None:
+    """The legacy lab of step 6 is a known legacy correspondent (as an operator would enter it with
+    `msgw directory add ... --capability legacy:apicrypt1`): only such senders, or the listeners of
+    `[legacy] listeners`, get their armor bridged."""
+    from gateway.routing.directory import SqliteDirectory, directory_path, operator_item
+
+    with SqliteDirectory(directory_path(config)) as directory:
+        directory.put(operator_item(LEGACY_LAB, "legacy:apicrypt1", key_ref="labo.legacy", mailbox_type="APP"))
+
+
 async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Verifier, relay_host: str,
                              relay_port: int, pki_dir: Path) -> bool:
     """6. Legacy ⇄ S/MIME through the bridge, one message each way."""
-    from gateway.legacy.apicrypt1 import Apicrypt1Codec
+    from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
+    from gateway.legacy.apicrypt1_format import dearmor
     from gateway.legacy.keystore import ApicryptKeyStore
 
     keys = ApicryptKeyStore(config.legacy.codec("apicrypt1").keys)
@@ -226,7 +238,8 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
     mime = (f"From: <{LEGACY_LAB}>\r\nTo: <{PERSON_EMAIL}>\r\nSubject: Resultats\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=iso-8859-1\r\n\r\n").encode() + hprim
     legacy = Apicrypt1Codec().encode(mime, "labo.legacy", ["msgw.bridge"], keys)
-    _step("6. a legacy (Apicrypt v1 style) lab sends an encrypted result to the S/MIME doctor")
+    _step("6. a legacy (Apicrypt v1 style) lab, known to the directory as a legacy correspondent, sends an "
+          "encrypted result to the S/MIME doctor")
     await aiosmtplib.send(legacy, sender=LEGACY_LAB, recipients=[PERSON_EMAIL], hostname=relay_host,
                           port=relay_port, start_tls=False)
     if not await _wait(lambda: len(operator.received) > before):
@@ -236,9 +249,21 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
     # The bridge signs as the organisation (named in Sender:), not as the legacy lab of From:.
     bridge_view = Verifier(verifier.trust, verifier.crls, require_from_match=False)
     opened = await unwrap_message(received, keys=[doctor], verifier=bridge_view)
-    bridged = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
-    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; X-Msgw-Bridged: "
-          f"{' '.join(str(bridged).split())[:90]}")
+    # The provenance statement is a protected header inside the signed entity, never outside.
+    outside = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
+    bridged = email.message_from_bytes(opened.content, policy=email.policy.default)["X-Msgw-Bridged"]
+    if outside is not None or bridged is None:
+        print("msgw: the bridged provenance is not (only) inside the signed entity", file=sys.stderr)
+        return False
+    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; inside the signature: "
+          f"X-Msgw-Bridged: {' '.join(str(bridged).split())[:90]}")
+    text = next((p for p in email.message_from_bytes(opened.content, policy=email.policy.default).walk()
+                 if p.get_content_type() == "text/plain"), None)
+    banner = text.get_content().splitlines()[1] if text is not None else ""
+    if "the sender was not authenticated" not in banner:
+        print("msgw: the bridged text does not start with the provenance banner", file=sys.stderr)
+        return False
+    _step(f"   and the text starts with the banner: \"{banner}\"")
     before = len(operator.received)
     doctor_sign = load_key(pki_dir / "person_sign.key.pem", pki_dir / "person_sign.pem",
                            pki_dir / "person_sign.chain.pem")
@@ -254,10 +279,15 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
         return False
     out = operator.received[before]
     decoded = Apicrypt1Codec().decode(out, keys, recipient="dr.legacy")
-    header = email.message_from_bytes(out, policy=email.policy.default)["X-Msgw-Bridged"]
-    _step(f"   arrived as #BINASCII1# armor; the legacy doctor's keys decode it ({len(decoded.text or b'')} bytes);"
-          f" {' '.join(str(header).split())[:70]}")
-    return b"Avis TEST" in (decoded.text or b"")
+    # Outside: the neutral Subject only; the verdict is in the header the bridge writes inside the armor.
+    shown = email.message_from_bytes(out, policy=email.policy.default)
+    armored = next(p for p in shown.walk() if p.get_content_type() == "text/plain")
+    payload = armored.get_payload(decode=True)
+    inside = decrypt(dearmor(payload if isinstance(payload, bytes) else b""), keys).text.decode("latin-1")
+    verdict = next((line for line in inside.splitlines() if line.startswith("X-Msgw-Bridged:")), "")
+    _step(f"   arrived as #BINASCII1# armor, outer Subject \"{shown['Subject']}\"; the legacy doctor's keys decode "
+          f"it ({len(decoded.text or b'')} bytes); inside: {verdict[16:86]}")
+    return b"Avis TEST" in (decoded.text or b"") and shown["X-Msgw-Bridged"] is None
 
 
 def _oru() -> bytes:

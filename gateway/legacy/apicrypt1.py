@@ -19,14 +19,21 @@ import email.message
 import email.utils
 from collections.abc import Sequence
 from dataclasses import dataclass
+from email.header import Header
 
 from gateway.legacy.apicrypt1_format import (
+    ATTACHMENT_LABEL,
+    ATTACHMENT_SEPARATOR,
     DEFAULT_TEXT_CHARSET,
     DEST_BEGIN,
     DEST_END,
     DEST_SEPARATOR,
     DEST_TERMINATOR,
     HEADER_SIZE,
+    STATEMENT_PREFIX,
+    TEXT_HEADER_BEGIN,
+    TEXT_HEADER_END,
+    TEXT_HEADER_LABELS,
     UTF8_BOM,
     KeyHeader,
     armor,
@@ -41,10 +48,14 @@ from gateway.legacy.keystore import ApicryptKeyStore, Reservation
 from gateway.legacy.mimeutil import (
     assemble,
     binary_part,
+    header_text,
     is_attachment,
     leaf_payload,
+    neutral_name,
     outer_headers,
     part_filename,
+    raw_header_fields,
+    safe_filename,
     text_part,
 )
 
@@ -196,6 +207,62 @@ def _leaves(message: email.message.Message) -> tuple[email.message.Message | Non
     return body, others
 
 
+@dataclass(frozen=True)
+class TextHeader:
+    """What our text header at the top of a decrypted text said: the real Subject and the real
+    name of each attachment (keyed by the neutral name its MIME part shows outside the armor)."""
+
+    subject: str | None
+    names: dict[str, str]
+
+
+def write_text_header(mime: bytes, names: Sequence[tuple[str, str]]) -> str:
+    """The original header the bridge puts at the top of the text (see apicrypt1_format)."""
+    fields = raw_header_fields(mime)
+    labels = dict(TEXT_HEADER_LABELS)
+    lines = [TEXT_HEADER_BEGIN]
+    for key, label in TEXT_HEADER_LABELS:
+        lines += [f"{label}: {header_text(raw.split(b':', 1)[1])}" for name, raw in fields if name == key]
+    lines += [f"{ATTACHMENT_LABEL}: {neutral}{ATTACHMENT_SEPARATOR}{real}" for neutral, real in names]
+    for name, raw in fields:
+        if name.startswith(STATEMENT_PREFIX) and name not in labels:
+            head, _, value = raw.partition(b":")
+            lines.append(f"{header_text(head)}: {header_text(value)}")
+    lines += [TEXT_HEADER_END, ""]
+    return "\r\n".join(lines) + "\r\n"
+
+
+def with_text_header(text: bytes, header: str) -> bytes:
+    """`header` before legacy text bytes, in the text's own encoding (UTF-8 after a BOM, else
+    ISO-8859-1; a character it lacks becomes '?', the text itself is never re-encoded)."""
+    if text.startswith(UTF8_BOM):
+        return UTF8_BOM + header.encode("utf-8") + text[len(UTF8_BOM):]
+    return header.encode("iso-8859-1", "replace") + text
+
+
+def read_text_header(text: bytes) -> tuple[bytes, TextHeader | None]:
+    """(text without our header, what it said) when the text starts with our header, else (text, None).
+    Only the Subject and the attachment names are taken from it: nothing else of a text that any
+    key holder can write becomes a header of ours."""
+    bom = UTF8_BOM if text.startswith(UTF8_BOM) else b""
+    encoding = "utf-8" if bom else "iso-8859-1"
+    begin = (TEXT_HEADER_BEGIN + "\r\n").encode("ascii")
+    end = ("\r\n" + TEXT_HEADER_END + "\r\n\r\n").encode("ascii")
+    body = text[len(bom):]
+    stop = body.find(end)
+    if not body.startswith(begin) or stop < 0:
+        return text, None
+    lines = body[len(begin):stop].decode(encoding, "replace").split("\r\n")
+    subject_label = dict(TEXT_HEADER_LABELS)["subject"] + ": "
+    subject = next((line[len(subject_label):] for line in lines if line.startswith(subject_label)), None)
+    names = {}
+    for line in lines:
+        if line.startswith(ATTACHMENT_LABEL + ": ") and ATTACHMENT_SEPARATOR in line:
+            neutral, _, real = line[len(ATTACHMENT_LABEL) + 2:].partition(ATTACHMENT_SEPARATOR)
+            names[neutral] = real
+    return bom + body[stop + len(end):], TextHeader(subject, names)
+
+
 class Apicrypt1Codec:
     """The `apicrypt1` LegacyCodec (keys: an ApicryptKeyStore)."""
 
@@ -257,39 +324,61 @@ class Apicrypt1Codec:
             local = (email.utils.parseaddr(str(msg.get("From", "")))[1].partition("@")[0]).lower()
             if local and local != body.sender.lower():
                 notes.append("the From address differs from the sender named in the key header")
-        charset = text_charset(body.text, declared_charset)
-        shown = body.text[len(UTF8_BOM):] if body.text.startswith(UTF8_BOM) else body.text
+        text, original = read_text_header(body.text)
+        headers = outer_headers(msg) if msg is not None else []
+        if original is not None:
+            notes.append("the text began with the original header a bridge writes: its Subject and attachment "
+                         "names were restored (as unauthenticated as the rest)")
+            attachments = [DecodedAttachment(safe_filename(original.names.get(a.filename, a.filename), n),
+                                             a.data, a.content_type) for n, a in enumerate(attachments, 2)]
+            if original.subject is not None:
+                headers = [(k, v) for k, v in headers if k.lower() != "subject"]
+                subject = original.subject
+                if not subject.isascii():
+                    subject = Header(subject, "utf-8").encode(maxlinelen=0)
+                headers.append(("Subject", subject))
+        charset = text_charset(text, declared_charset)
+        shown = text[len(UTF8_BOM):] if text.startswith(UTF8_BOM) else text
         leaves = [binary_part(shown, "text/plain", charset=charset)]
         leaves += [binary_part(a.data, a.content_type, filename=a.filename, disposition="attachment")
                    for a in attachments]
-        headers = outer_headers(msg) if msg is not None else []
         content = assemble(headers, leaves if attachments else leaves[0])
         return DecodedMessage(codec=NAME, content=content, sender=body.sender, recipients=body.recipients,
                               sender_authenticated=False, notes=tuple(notes),
                               signature=SignatureStatus.NOT_SUPPORTED, integrity_protected=False,
-                              text=body.text, text_charset=charset, attachments=tuple(attachments))
+                              text=text, text_charset=charset, attachments=tuple(attachments))
 
     def encode(self, mime: bytes, sender: str, recipients: Sequence[str], keys: ApicryptKeyStore, *,
-               year: int | None = None) -> bytes:
-        return self.encode_with_report(mime, sender, recipients, keys, year=year).message
+               year: int | None = None, protect_headers: bool = False) -> bytes:
+        return self.encode_with_report(mime, sender, recipients, keys, year=year,
+                                       protect_headers=protect_headers).message
 
     def encode_with_report(self, mime: bytes, sender: str, recipients: Sequence[str], keys: ApicryptKeyStore, *,
-                           year: int | None = None) -> EncodeResult:
-        """Body text in one armor, each attachment in its own armor (file name kept in the MIME part)."""
+                           year: int | None = None, protect_headers: bool = False) -> EncodeResult:
+        """Body text in one armor, each attachment in its own armor (file name kept in the MIME part).
+
+        `protect_headers` (the bridge): the original header (From, To, Date, the real Subject, the
+        real attachment names, the gateway's statements) goes at the top of the armored text, and
+        the attachment parts outside the armor get neutral names; the caller trims the outer
+        headers. The armor cannot carry anything else (Message-ID, threading, X-*)."""
         _check_names(sender, recipients)
         when = year or self._year()
         msg = as_message(mime)
         body, others = _leaves(msg)
         text = to_legacy_text(leaf_payload(body), body.get_content_charset()) if body is not None else b""
+        names = [(part_filename(part, index), part_filename(part, index)) for index, part in enumerate(others, 2)]
+        if protect_headers:
+            names = [(neutral_name(real, index), real) for index, (_, real) in enumerate(names, 2)]
+            text = with_text_header(text, write_text_header(mime, names))
         used: list[Reservation] = []
         outer, reserved = encrypt(text, sender, recipients, keys, when)
         used += reserved
         parts = [text_part(armor(outer))]
-        for index, part in enumerate(others, 2):
+        for part, (shown, _) in zip(others, names, strict=True):
             data = part.as_bytes() if part.get_content_type() == "message/rfc822" else leaf_payload(part)
             outer, reserved = encrypt(data, sender, recipients, keys, when)
             used += reserved
-            parts.append(text_part(armor(outer), filename=part_filename(part, index), disposition="attachment"))
+            parts.append(text_part(armor(outer), filename=shown, disposition="attachment"))
         message = assemble(outer_headers(msg), parts if len(parts) > 1 else parts[0])
         return EncodeResult(message=message, reservations=tuple(used))
 

@@ -57,6 +57,19 @@ DEST_TERMINATOR = b",,"
 DEFAULT_TEXT_CHARSET = "iso-8859-1"
 UTF8_BOM = b"\xef\xbb\xbf"
 
+# --- the original header a bridge writes at the top of the text (ours, not the vendor's) ---
+# The armor carries only text and file bytes; the spec has the bridge name the original sender
+# "in the decrypted text header that the bridge adds". Ours also carries the real Subject, the
+# real attachment names (the MIME parts outside the armor get neutral ones) and the gateway's
+# statements (S/MIME verification verdict), between these two lines, then an empty line.
+TEXT_HEADER_BEGIN = "---- En-tete du message d'origine / Original message header (msgw) ----"
+TEXT_HEADER_END = "---- Fin de l'en-tete / End of header ----"
+TEXT_HEADER_LABELS = (("from", "De / From"), ("sender", "Emetteur / Sender"), ("to", "A / To"), ("cc", "Cc"),
+                      ("date", "Date"), ("subject", "Objet / Subject"))
+ATTACHMENT_LABEL = "Piece jointe / Attachment"
+ATTACHMENT_SEPARATOR = " = "  # "<neutral name outside> = <real name>"
+STATEMENT_PREFIX = "x-msgw-"  # the gateway's own header fields, copied as they are
+
 assert len(ALPHABET) == 64 and len(set(ALPHABET)) == 64  # noqa: S101 - import-time self check
 assert OFF_RESERVED + RESERVED_SIZE == HEADER_SIZE  # noqa: S101
 _STANDARD = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/"

@@ -107,8 +107,12 @@ class LegacyCodec(Protocol):
         """
         ...
 
-    def encode(self, mime: bytes, sender: str, recipients: Sequence[str], keys: Any) -> bytes:
-        """Encode a MIME message from `sender` (our legacy identity) for `recipients`."""
+    def encode(self, mime: bytes, sender: str, recipients: Sequence[str], keys: Any, *,
+               protect_headers: bool = False) -> bytes:
+        """Encode a MIME message from `sender` (our legacy identity) for `recipients`.
+
+        `protect_headers`: carry the message's headers inside the encryption as far as the format
+        can (the bridge then trims what shows outside to the gateway's allow-list)."""
         ...
 
 

@@ -9,7 +9,9 @@ through the email package may change; `raw_multipart_parts` slices them from the
 from __future__ import annotations
 
 import base64
+import email.errors
 import email.generator
+import email.header
 import email.message
 import email.policy
 import email.utils
@@ -25,8 +27,11 @@ _SKIP_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content
 
 
 def outer_headers(message: email.message.Message) -> list[tuple[str, str]]:
-    """The headers of `message` that are not about its MIME structure (From, To, Subject, ...)."""
-    return [(k, str(v)) for k, v in message.items() if k.lower() not in _SKIP_HEADERS]
+    """The headers of `message` that are not about its MIME structure (From, To, Subject, ...).
+
+    Raw values: a raw 8-bit header is written back as the same bytes (`items()` would turn its
+    bytes into replacement characters and the generator would then encode a garbled value)."""
+    return [(k, str(v)) for k, v in message.raw_items() if k.lower() not in _SKIP_HEADERS]
 
 
 def new_boundary() -> str:
@@ -106,8 +111,71 @@ def part_filename(part: email.message.Message, index: int) -> str:
     name = part.get_filename() or part.get_param("name") or ""
     if not isinstance(name, str):
         name = email.utils.collapse_rfc2231_value(name)
+    return safe_filename(name, index)
+
+
+def safe_filename(name: str, index: int) -> str:
+    """A base name (never a path, no control characters), or `part-<index>.bin`."""
     name = re.sub(r"[\x00-\x1f/\\]", "_", name).strip(". ")
     return name[:200] or f"part-{index}.bin"
+
+
+_EXTENSION = re.compile(r"\.[A-Za-z0-9]{1,8}")
+
+
+def neutral_name(real: str, index: int) -> str:
+    """The name an attachment shows outside the armor: `piece-jointe-<index>` and only the
+    extension of the real name (a patient's name must not show in clear)."""
+    dot = real.rfind(".")
+    extension = real[dot:] if dot > 0 else ""
+    return f"piece-jointe-{index}{extension.lower() if _EXTENSION.fullmatch(extension) else '.bin'}"
+
+
+def has_name(part: email.message.Message) -> bool:
+    return bool(part.get_filename() or part.get_param("name"))
+
+
+def rename(part: email.message.Message, name: str) -> None:
+    """Give a part `name` in Content-Type name= and Content-Disposition filename= (where present)."""
+    if part.get_param("name") is not None or part.get("Content-Disposition") is None:
+        part.set_param("name", name)
+    if part.get("Content-Disposition") is not None:
+        part.set_param("filename", name, header="Content-Disposition")
+
+
+def neutral_attachment_names(raw: bytes) -> bytes:
+    """A legacy message with every leaf's file name made neutral (`neutral_name`, numbered like
+    the decoders number parts); returned unchanged when no part has a name."""
+    msg = as_parsed(raw)
+    leaves = [p for p in msg.walk() if not p.is_multipart()]
+    if not any(has_name(p) for p in leaves):
+        return raw
+    for index, part in enumerate(leaves, 1):
+        if has_name(part):
+            rename(part, neutral_name(part_filename(part, index), index))
+    return to_bytes(msg)
+
+
+def as_parsed(raw: bytes) -> email.message.Message:
+    return email.message_from_bytes(raw, policy=email.policy.compat32)
+
+
+def header_text(value: bytes | str) -> str:
+    """A header value as a reader sees it: raw 8-bit bytes read as UTF-8 (else Latin-1), RFC 2047
+    words decoded, unfolded, no line breaks (a value cannot inject a line into a text header)."""
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+    else:
+        text = value
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
+            pass
+    return " ".join(text.split())
 
 
 def raw_multipart_parts(raw: bytes, boundary: str) -> list[bytes]:

@@ -55,6 +55,7 @@ GPG_OPTIONS = ["--pinentry-mode", "loopback", "--no-auto-key-retrieve", "--trust
                "--no-auto-key-locate", "--keyid-format", "long", "--no-greeting"]
 _CONTENT_HEADERS = ("content-type", "content-transfer-encoding", "content-disposition", "content-description",
                     "content-id", "content-language")
+_NOT_PROTECTED = ("mime-version", "bcc", "resent-bcc")
 
 # python-gnupg logs data excerpts at DEBUG level: keep health content out of the logs even when
 # an operator turns debugging on for the gateway.
@@ -170,25 +171,51 @@ def _integrity(status_text: str) -> bool:
 
 
 def _header_block(headers: list[tuple[str, str]]) -> bytes:
-    return b"".join(f"{name}: {value}".encode("utf-8", "replace").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
-                    + b"\r\n" for name, value in headers)
+    return b"".join(_raw(f"{name}: {value}").replace(b"\r\n", b"\n").replace(b"\n", b"\r\n") + b"\r\n"
+                    for name, value in headers)
 
 
-def inner_entity(raw: bytes, *, seven_bit: bool = False) -> bytes:
+def _raw(text: str) -> bytes:
+    """A header line as bytes: raw 8-bit bytes read from a message come back as they were."""
+    try:
+        return text.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return text.encode("utf-8", "replace")
+
+
+def inner_entity(raw: bytes, *, seven_bit: bool = False, protect_headers: bool = False) -> bytes:
     """The MIME entity to protect: the message's exact content headers and body, CRLF canonical.
 
     Sliced from the raw bytes (a parse/re-serialise round trip may alter 8-bit bodies). With
     `seven_bit` (required inside multipart/signed, RFC 3156 section 5) every 8-bit leaf is
-    re-encoded as base64 (bytes preserved) before signing.
+    re-encoded as base64 (bytes preserved) before signing. With `protect_headers` every other
+    header of the message (Subject, threading, X-*...; never Bcc) is copied onto the entity as
+    protected headers (`protected-headers="v1"`, as Thunderbird reads them in PGP/MIME too).
     """
-    fields = [value for name, value in raw_header_fields(raw) if name in _CONTENT_HEADERS]
-    if not any(name == "content-type" for name, _ in raw_header_fields(raw)):
+    all_fields = raw_header_fields(raw)
+    fields = [value for name, value in all_fields if name in _CONTENT_HEADERS]
+    if not any(name == "content-type" for name, _ in all_fields):
         fields.insert(0, b'Content-Type: text/plain; charset="us-ascii"')
+    if protect_headers:
+        fields = [f + b';\r\n protected-headers="v1"' if f[:13].lower() == b"content-type:" else f for f in fields]
+        fields += [value for name, value in all_fields
+                   if name not in _CONTENT_HEADERS and name not in _NOT_PROTECTED]
     body = raw_body(raw)
     entity = to_crlf(b"\r\n".join(fields) + b"\r\n\r\n" + body)
     if seven_bit and any(byte > 0x7F for byte in entity):
         entity = _seven_bit_entity(as_message(entity))
     return entity
+
+
+def _unprotected(headers: list[tuple[str, str]], entity: bytes) -> list[tuple[str, str]]:
+    """The outer headers a protected-headers entity does not carry itself: one header block after
+    decoding, with the protected (inner) From/Subject/... rather than the outer ones."""
+    fields = raw_header_fields(entity)
+    content_type = next((value for name, value in fields if name == "content-type"), b"")
+    if b"protected-headers" not in content_type.lower():
+        return headers
+    inner = {name for name, _ in fields if name not in _CONTENT_HEADERS}
+    return [(name, value) for name, value in headers if name.lower() not in inner]
 
 
 def _seven_bit_entity(entity: email.message.Message) -> bytes:
@@ -235,10 +262,13 @@ class OpenPgpCodec:
 
     # --- encode -----------------------------------------------------------------------------
     def encode(self, mime: bytes, sender: str, recipients: Sequence[str], keys: OpenPgpKeyring, *,
-               sign_only: bool = False) -> bytes:
-        """PGP/MIME: signed and encrypted in one OpenPGP message (RFC 3156 6.2), or multipart/signed."""
+               sign_only: bool = False, protect_headers: bool = False) -> bytes:
+        """PGP/MIME: signed and encrypted in one OpenPGP message (RFC 3156 6.2), or multipart/signed.
+
+        `protect_headers` (the bridge): every header also travels inside as a protected header;
+        the caller trims the outer ones."""
         msg = as_message(mime)
-        entity = inner_entity(mime, seven_bit=sign_only)
+        entity = inner_entity(mime, seven_bit=sign_only, protect_headers=protect_headers)
         signer = keys.secret_key(sender)["fingerprint"]
         headers = outer_headers(msg) + [("MIME-Version", "1.0")]
         boundary = _boundary()
@@ -295,12 +325,12 @@ class OpenPgpCodec:
                 entity, inner_report = self._verify_signed(text, inner, keys)
                 notes.append("signed then encrypted (RFC 3156 6.1)")
                 report = inner_report if report.status is SignatureStatus.NONE else report
-            content = _header_block(headers + [("MIME-Version", "1.0")]) + entity
+            content = _header_block(_unprotected(headers, entity) + [("MIME-Version", "1.0")]) + entity
         elif msg.get_content_type() == "multipart/signed":
             entity, report = self._verify_signed(raw, msg, keys)
             targets, protected = (), report.status is SignatureStatus.VALID
             notes.append("signed only: the content travelled in clear")
-            content = _header_block(headers + [("MIME-Version", "1.0")]) + entity
+            content = _header_block(_unprotected(headers, entity) + [("MIME-Version", "1.0")]) + entity
         else:
             part = self._inline_part(msg)
             if part is None:

@@ -2,16 +2,19 @@
 
 * `sanitize`: our own headers are removed from everything that arrives, first, so that
   nothing from outside can pose as a verification or bridging verdict.
-* `LegacyInboundStage` (legacy → S/MIME): a message a registered codec recognises is
+* `LegacyInboundStage` (legacy → S/MIME), only on the paths configured for legacy traffic
+  (elsewhere armor is ordinary content): a message a registered codec recognises is
   decoded with the bridge's keys; recipients who read that same legacy format get the
-  original as it came (no needless re-encoding); for everyone else the decoded MIME goes on,
-  marked with `X-Msgw-Bridged` (what the codec could and could not establish about the
-  sender), to be signed with the gateway's organisation key and encrypted by the outbound
-  stage — or delivered, flagged, to a local mailbox. A message that does not decode is a
-  permanent error: its sender gets a DSN, nothing is delivered in clear.
+  original as it came (no needless re-encoding; outer headers cut to the allow-list); for
+  everyone else the decoded MIME goes on, marked inside with `X-Msgw-Bridged` (what the codec
+  could and could not establish about the sender) and a visible bilingual banner, to be signed
+  with the gateway's organisation key and encrypted by the outbound stage — or delivered,
+  flagged, to a local mailbox. A message that does not decode is a permanent error: its sender
+  gets a DSN, nothing is delivered in clear.
 * `legacy_copy` (S/MIME → legacy) is used by the outbound stage for recipients whose only
   capability is `legacy:<codec>`: an S/MIME message encrypted to the bridge's certificate is
-  opened and verified first, the verdict travels in `X-Msgw-Bridged`, then it is encoded.
+  opened and verified first, the verdict travels in `X-Msgw-Bridged` inside the encoding, then
+  it is encoded; outside, the allow-list of `headers.allowed_outer_fields`.
 
 Codec calls block (key files, a gpg subprocess): they run in a thread executor.
 """
@@ -20,13 +23,16 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from typing import Any
 
 from gateway.errors import GatewayError, PermanentError
-from gateway.legacy import detect_codec
+from gateway.legacy import LegacyCodec, detect_codec
+from gateway.legacy.mimeutil import neutral_attachment_names
 from gateway.pipeline import Outgoing, WorkItem
+from gateway.stages.banner import add_banner, banner_lines
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import BRIDGE_HEADER, prepend_header, strip_headers
+from gateway.stages.headers import BRIDGE_HEADER, prepend_header, restrict_outer, strip_headers
 from gateway.stages.inbound import summary
 
 
@@ -36,6 +42,17 @@ async def sanitize(item: WorkItem) -> WorkItem:
 
 
 class LegacyInboundStage:
+    """Legacy → S/MIME, on the paths configured for legacy traffic only.
+
+    Anyone holding Apicrypt key files (every correspondent of the bridge) can write armor in any
+    sender's name, and the bridge signs what it rebuilds with the organisation's key: so armor is
+    decoded only on the listeners of `[legacy] listeners` or from an envelope sender the directory
+    knows as a `legacy:<codec>` correspondent (`ctx.bridges_from`). Anywhere else it is ordinary
+    content: not decoded, protected like any message (signed with the submitter's own key when it
+    has one, never the bridge's); the decision is audited. What is bridged carries its provenance
+    inside what gets signed: the `X-Msgw-Bridged` header (a protected header once wrapped) and a
+    French/English banner at the top of the first text part."""
+
     def __init__(self, ctx: ProtectionContext) -> None:
         self.ctx = ctx
 
@@ -46,22 +63,45 @@ class LegacyInboundStage:
             codec = None
         if codec is None:
             return item
+        env = item.envelope
+        if not self.ctx.bridges_from(env.listener, env.sender):
+            reason = (f"{codec.name} armor on listener {env.listener or '-'} from a sender not known as a legacy "
+                      "correspondent: not a legacy path, carried as ordinary content (not decoded, never signed "
+                      "by the bridge key)")
+            for rcpt in env.recipients:
+                if rcpt not in item.handled:
+                    self.ctx.audit(message_id=env.queue_id, sender=env.sender, recipient=rcpt,
+                                   decision="legacy-not-bridged", codec=codec.name, reason=reason)
+            return item.with_note(f"{codec.name} armor not bridged on this path")
         keys = self.ctx.legacy_keys(codec.name)
         if keys is None:
             raise PermanentError(f"message in the legacy format {codec.name}, which this gateway does not bridge",
                                  status="5.6.1")
-        same = tuple(r for r in item.envelope.recipients
+        same = tuple(r for r in env.recipients
                      if r not in item.handled and self.ctx.recipient(r).capability == f"legacy:{codec.name}")
         identity = self.ctx.legacy_identity(codec.name)
         loop = asyncio.get_running_loop()
-        decoded = await loop.run_in_executor(None, lambda: codec.decode(item.data, keys, recipient=identity))
-        mime = prepend_header(strip_headers(decoded.content), BRIDGE_HEADER, f"from={decoded.provenance()}")
+        mime = await loop.run_in_executor(None, _bridged, codec, item.data, keys, identity)
         for rcpt in same:
-            self.ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt,
+            self.ctx.audit(message_id=env.queue_id, sender=env.sender, recipient=rcpt,
                            decision=f"legacy-passthrough:{codec.name}", codec=codec.name)
-        passthrough = (Outgoing(same, item.data, form=f"legacy:{codec.name}"),) if same else ()
+        passthrough: tuple[Outgoing, ...] = ()
+        if same:
+            # Forwarded in the format it came in; outside, the same allow-list as every copy (its
+            # Subject and attachment names cannot be moved inside an armor we do not rewrite).
+            data = restrict_outer(neutral_attachment_names(item.data), neutral_subject=self.ctx.policy.neutral_subject,
+                                  original=item.data)
+            passthrough = (Outgoing(same, data, form=f"legacy:{codec.name}"),)
         return replace(item, data=mime, kind=f"bridged:{codec.name}", outgoing=(*item.outgoing, *passthrough),
                        notes=(*item.notes, f"decoded from {codec.name}"))
+
+
+def _bridged(codec: LegacyCodec, data: bytes, keys: Any, identity: str) -> bytes:
+    """Decode, then mark: the provenance banner in the text and X-Msgw-Bridged on top (both end up
+    inside the signed entity). Blocking and CPU-bound: run in an executor."""
+    decoded = codec.decode(data, keys, recipient=identity)
+    marked = add_banner(strip_headers(decoded.content), banner_lines(codec.name, decoded.sender_authenticated))
+    return prepend_header(marked, BRIDGE_HEADER, f"from={decoded.provenance()}")
 
 
 async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, recipients: list[str]) -> bytes:
@@ -80,6 +120,8 @@ async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, r
     codec = get(codec_name)
     ids = [ctx.legacy_id(r, codec_name) for r in recipients]
     identity = ctx.legacy_identity(codec_name)
+    # The verdict is a statement about the content: it travels inside, with the real headers.
+    data = prepend_header(data, BRIDGE_HEADER, f"to={codec_name}; smime-verification={verdict}"[:900])
     loop = asyncio.get_running_loop()
-    encoded = await loop.run_in_executor(None, lambda: codec.encode(data, identity, ids, keys))
-    return prepend_header(encoded, BRIDGE_HEADER, f"to={codec_name}; smime-verification={verdict}"[:900])
+    encoded = await loop.run_in_executor(None, lambda: codec.encode(data, identity, ids, keys, protect_headers=True))
+    return restrict_outer(encoded, neutral_subject=ctx.policy.neutral_subject, original=data)

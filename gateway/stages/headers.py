@@ -1,23 +1,38 @@
-"""Byte-level header edits that keep everything else of a message untouched.
+"""Byte-level header edits that keep everything else of a message untouched, and the one
+definition of what a protected copy may show outside its envelope.
 
 Python's `email` refolds and re-encodes headers when it serialises, which breaks signatures
 and changes what the recipient sees; these helpers slice the raw header block instead.
-Header protection follows the "protected headers" convention (RFC 7508 spirit, as
-Thunderbird and other clients read it): the real Subject, From, To, Cc, Date and Message-ID
-are copied onto the root MIME entity inside the cryptographic payload (Content-Type gets
-`protected-headers="v1"`), and the outer Subject is replaced by a neutral one.
+
+Outside an envelope (S/MIME, the client-encrypted pass-through, legacy copies) only an
+allow-list shows: From, To, Cc, Date (7-bit), a fresh random Message-ID, the neutral Subject,
+`Disposition-Notification-To` reduced to addresses when the original asked for an MDN, and
+`Sender` when the gateway sets it; the envelope adds its own MIME-Version and Content-*.
+Everything else (Message-ID, threading, X-*, Comments, raw 8-bit fields...) exists only
+inside, where *every* original header is copied onto the root entity of the cryptographic
+payload as protected headers (`protected-headers="v1"`, as Thunderbird and mutt read them),
+so the reader's client still shows the real Subject and threads the conversation.
 """
 
 from __future__ import annotations
 
-from email.header import Header
+import email.utils
+import re
+import secrets
+from email.header import Header, decode_header, make_header
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
 #: Headers only this gateway may write: stripped from anything arriving.
 OUR_HEADERS = (VERIFICATION_HEADER, BRIDGE_HEADER)
-PROTECTED = ("subject", "from", "to", "cc", "date", "message-id", "reply-to", "in-reply-to", "references")
-
+#: Original fields kept outside an envelope (made 7-bit); the rest of the list is written fresh.
+OUTER_KEPT = ("from", "to", "cc", "date")
+#: The envelope's own fields that describe it (not its content) and stay outside with it.
+ENVELOPE_FIELDS = ("mime-version", "content-type", "content-transfer-encoding", "content-disposition")
+#: Never copied anywhere, not even inside: every recipient would see who else got a blind copy.
+NEVER_COPIED = ("bcc", "resent-bcc")
+MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
+_NAME = re.compile(rb"^[!-9;-~]+:")
 
 
 def split_raw(message: bytes) -> tuple[list[bytes], bytes]:
@@ -61,7 +76,7 @@ def header_field(name: str, value: str) -> bytes:
         value.encode("ascii")
         text = value
     except UnicodeEncodeError:
-        text = Header(value, "utf-8").encode()
+        text = Header(value, "utf-8").encode(linesep="\r\n")
     # Only the folding we put in ourselves (CRLF + space) survives; any other line break is flattened.
     safe = text.replace("\r\n ", "\0").replace("\r", " ").replace("\n", " ").replace("\0", "\r\n ")
     return f"{name}: {safe}\r\n".encode("ascii")
@@ -87,10 +102,142 @@ def replace_header(message: bytes, name: str, value: str) -> bytes:
     return join_raw(out, body)
 
 
-def protected_entity(message: bytes, entity: bytes) -> bytes:
-    """Copy the message's protected headers onto the root entity of the crypto payload."""
+def _seven_bit(field: bytes) -> bool:
+    return field.isascii() and all(len(line) <= MAX_LINE for line in field.split(b"\r\n"))
+
+
+def _text(value: bytes) -> str:
+    """A raw header value as text: UTF-8 when it is, else Latin-1 (never fails); unfolded."""
+    try:
+        text = value.decode("utf-8")
+    except UnicodeDecodeError:
+        text = value.decode("latin-1")
+    return re.sub(r"\r?\n[ \t]", " ", text).replace("\r", " ").replace("\n", " ").strip()
+
+
+def folded_field(name: str, value: str) -> bytes:
+    """A 7-bit field folded under 78 columns: RFC 2047 words when the value is not ASCII or
+    has a token too long to fold (a 2,000-character References without spaces)."""
+    try:
+        value.encode("ascii")
+        charset = "us-ascii"
+    except UnicodeEncodeError:
+        charset = "utf-8"
+    out = Header(value, charset, header_name=name).encode(linesep="\r\n")
+    if charset == "us-ascii" and any(len(line) > MAX_LINE - len(name) - 2 for line in out.split("\r\n")):
+        out = Header(value, "utf-8", header_name=name).encode(linesep="\r\n")
+    return f"{name}: {out}\r\n".encode("ascii")
+
+
+def seven_bit_field(field: bytes) -> bytes | None:
+    """The field as it is when 7-bit with short lines; else re-encoded (RFC 2047); None when the
+    field has no valid name (it cannot be copied faithfully)."""
+    if not _NAME.match(field):
+        return None
+    if _seven_bit(field):
+        return field
+    name, _, value = field.partition(b":")
+    return folded_field(name.decode("ascii"), _text(value))
+
+
+def _addresses(field: bytes) -> list[tuple[str, str]]:
+    """(display name, ASCII address) pairs of an address field; non-ASCII addresses are left out
+    (they cannot travel 7-bit outside; the original field is inside)."""
+    value = _text(field.partition(b":")[2])
+    if "=?" in value:
+        try:
+            value = str(make_header(decode_header(value)))
+        except (UnicodeError, LookupError, ValueError):
+            pass
+    return [(name, addr) for name, addr in email.utils.getaddresses([value])
+            if addr and addr.isascii() and "@" in addr and not re.search(r"[\s<>,;\"]", addr)]
+
+
+def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
+    if not pairs:
+        return None
+    parts = []
+    for display, addr in pairs:
+        if names and display:
+            parts.append(email.utils.formataddr((display, addr), charset="utf-8"))
+        else:
+            parts.append(f"<{addr}>")
+    return f"{name}: ".encode() + ",\r\n ".join(parts).encode("ascii") + b"\r\n"
+
+
+def _outer_field(field: bytes) -> bytes | None:
+    """An original From/To/Cc/Date as it may leave. Address fields are always rebuilt from their
+    parsed addresses (display name and address, RFC 2047 when needed): a comment or a group name
+    is free text and stays inside. A 7-bit Date goes as it is; any other is rebuilt."""
+    name = name_of(field)
+    label = {"from": "From", "to": "To", "cc": "Cc", "date": "Date"}[name]
+    if name == "date":
+        if _seven_bit(field):
+            return field
+        try:
+            when = email.utils.parsedate_to_datetime(_text(field.partition(b":")[2]))
+            return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
+        except (TypeError, ValueError, IndexError):
+            return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")
+    return _address_field(label, _addresses(field))
+
+
+def fresh_message_id(fields: list[bytes]) -> str:
+    """A random Message-ID (nothing of the original one), in the From domain when it is ASCII."""
+    domain = "msgw.invalid"
+    for f in fields:
+        if name_of(f) == "from":
+            found = _addresses(f)
+            if found:
+                domain = found[0][1].rpartition("@")[2] or domain
+            break
+    return f"<{secrets.token_hex(16)}@{domain}>"
+
+
+def allowed_outer_fields(message: bytes, *, neutral_subject: str, sender: str | None = None) -> list[bytes]:
+    """The header fields a protected copy of `message` shows outside its envelope (without the
+    envelope's MIME-Version and Content-*): the one allow-list of every protected form.
+
+    `sender`: the address the gateway names in Sender: (bridged copies, signed by the
+    organisation); a Sender: the client wrote travels inside only."""
     fields, _ = split_raw(message)
-    copies = [f for f in fields if name_of(f) in PROTECTED]
+    out = [kept for f in fields if name_of(f) in OUTER_KEPT and (kept := _outer_field(f)) is not None]
+    out.append(f"Message-ID: {fresh_message_id(fields)}\r\n".encode("ascii"))
+    out.append(header_field("Subject", neutral_subject))
+    mdn = [pair for f in fields if name_of(f) == "disposition-notification-to" for pair in _addresses(f)]
+    dnt = _address_field("Disposition-Notification-To", mdn, names=False)
+    if dnt is not None:
+        out.append(dnt)
+    if sender:
+        out.append(f"Sender: <{sender}>\r\n".encode("ascii"))
+    return out
+
+
+def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None,
+                   original: bytes | None = None) -> bytes:
+    """An already-protected message (client-encrypted, legacy armor) with its header block cut
+    down to the allow-list; its own MIME-Version and Content-* stay (7-bit), its body untouched.
+    `original`: the message it was made from, whose raw headers the allow-list is taken from
+    (an encoder may have re-serialised them)."""
+    fields, body = split_raw(message)
+    envelope = [f for f in fields if name_of(f) in ENVELOPE_FIELDS and _seven_bit(f)]
+    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject,
+                                 sender=sender)
+    return join_raw(outer + envelope, body)
+
+
+def protected_entity(message: bytes, entity: bytes) -> bytes:
+    """Copy every original header of the message onto the root entity of the crypto payload
+    (protected headers), 7-bit; its own Content-* and MIME-Version are already the entity's."""
+    fields, _ = split_raw(message)
+    copies = []
+    for f in fields:
+        name = name_of(f)
+        if name.startswith("content-") or name == "mime-version" or name in NEVER_COPIED:
+            continue
+        safe = seven_bit_field(f)
+        if safe is not None:
+            copies.append(safe)
     efields, ebody = split_raw(entity)
     out = []
     for f in efields:
@@ -98,8 +245,3 @@ def protected_entity(message: bytes, entity: bytes) -> bytes:
             f = f.rstrip(b"\r\n") + b';\r\n protected-headers="v1"\r\n'
         out.append(f)
     return join_raw(out + copies, ebody)
-
-
-def outer_neutral(message: bytes, neutral_subject: str) -> bytes:
-    """The message with a neutral outer Subject (the real one travels inside)."""
-    return replace_header(message, "Subject", neutral_subject)

@@ -5,13 +5,17 @@ Per recipient, in order (the destination policy comes from `[policy]`):
 1. `refuse` for the domain → refused (5.7.1).
 2. encryption certificates found and valid → S/MIME: signed with the sender's key when one is
    configured, then encrypted to all such recipients in one envelope (+ the sender's own
-   certificate, so the sent copy stays readable); outer Subject neutral, the real headers
-   protected inside.
+   certificate, so the sent copy stays readable). Outside the envelope only the allow-list of
+   `headers.allowed_outer_fields` (neutral Subject, fresh Message-ID, no X-*...); every
+   original header is protected inside.
 3. the domain allows `trust-space-tls` and is on the authorised MSSanté list → signed copy
    that delivery may only send over a TLS-required (mutual TLS) route.
 4. otherwise → refused, with what every certificate source said.
 A message that the client already encrypted is passed on as it is (it is protected end to
-end by someone who holds the keys); policy `refuse` still applies.
+end by someone who holds the keys), its outer headers cut down to the same allow-list (nothing
+can be moved inside an envelope we cannot open); policy `refuse` still applies. The
+trust-space-TLS copy is signed, not encrypted, and travels only over mutual TLS: its headers
+are left as they are.
 """
 
 from __future__ import annotations
@@ -23,15 +27,16 @@ from cryptography import x509
 
 from gateway.errors import GatewayError
 from gateway.pipeline import Outgoing, Refusal, WorkItem
+from gateway.smime.cms_envelope import encrypt_content
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.engine import encrypt_message, sign_message
 from gateway.smime.identity import read_identity
 from gateway.smime.keyapi import SigningKey
-from gateway.smime.mime import content_entity, entity_message, multipart_signed
+from gateway.smime.mime import content_entity, multipart_signed, pkcs7_mime
 from gateway.stages.bridge import legacy_copy
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import outer_neutral, protected_entity, replace_header
+from gateway.stages.headers import allowed_outer_fields, protected_entity, replace_header, restrict_outer
 
 
 def _domain(address: str) -> str:
@@ -39,23 +44,34 @@ def _domain(address: str) -> str:
 
 
 async def protect_smime(message: bytes, key: SigningKey | None, certs: list[x509.Certificate], *,
-                        neutral_subject: str, sender_copy: x509.Certificate | None) -> bytes:
-    """Sign (when a key is given) then encrypt, with header protection.
+                        neutral_subject: str, sender_copy: x509.Certificate | None,
+                        sender: str | None = None) -> bytes:
+    """Sign (when a key is given) then encrypt, with header protection: the outer allow-list
+    outside, every original header inside. `sender`: the gateway's Sender: (bridged copies),
+    written inside and outside.
 
     The MIME and CMS work is CPU-bound and grows with the message: it runs in a worker thread
     so that a 50 MB result does not stall every SMTP session of the event loop."""
     def prepare() -> tuple[tuple[bytes, ...], bytes]:
-        _, entity = content_entity(message)
-        outer, _ = content_entity(outer_neutral(message, neutral_subject))
-        return outer, protected_entity(message, entity)
+        source = replace_header(message, "Sender", f"<{sender}>") if sender else message
+        _, entity = content_entity(source)
+        outer = tuple(allowed_outer_fields(source, neutral_subject=neutral_subject, sender=sender))
+        return outer, protected_entity(source, entity)
 
     outer, entity = await asyncio.to_thread(prepare)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
         inner = multipart_signed(outer, entity, der, "sha-256")
-    else:
-        inner = entity_message(outer, entity)
-    return await asyncio.to_thread(encrypt_message, inner, certs, sender_copy=sender_copy)
+        return await asyncio.to_thread(encrypt_message, inner, certs, sender_copy=sender_copy)
+    return await asyncio.to_thread(_seal, outer, entity, certs, sender_copy)
+
+
+def _seal(outer: tuple[bytes, ...], entity: bytes, certs: list[x509.Certificate],
+          sender_copy: x509.Certificate | None) -> bytes:
+    """Encrypt an entity as it is: its protected headers are part of the content, not outer fields
+    (`encrypt_message` would take them for the message's own headers and leave them outside)."""
+    recipients = list(certs) + ([sender_copy] if sender_copy is not None and sender_copy not in certs else [])
+    return pkcs7_mime(outer, encrypt_content(entity, recipients), "enveloped-data")
 
 
 class OutboundStage:
@@ -90,7 +106,8 @@ class OutboundStage:
             bridgeable = [r for r in allowed if self._legacy_only(r)]
             passing = [r for r in allowed if r not in bridgeable]
             if passing:
-                outgoing.append(Outgoing(tuple(passing), item.data, form="client-encrypted"))
+                data = restrict_outer(item.data, neutral_subject=policy.neutral_subject)
+                outgoing.append(Outgoing(tuple(passing), data, form="client-encrypted"))
                 self._audit(item, passing, "client-encrypted")
             allowed = bridgeable
         smime: dict[str, list[x509.Certificate]] = {}
@@ -138,15 +155,15 @@ class OutboundStage:
                     sender_copy = own[0] if own else None
                 except GatewayError:
                     sender_copy = None  # no certificate of ours to encrypt a copy to: not a reason to refuse
-            source = item.data
+            sender = None
             if item.kind.startswith("bridged:") and key is not None:
-                # The bridge signs as the organisation: say so in Sender: (RFC 5322 3.6.2), From: stays
-                # the legacy author so the doctor sees who wrote it.
+                # The bridge signs as the organisation: say so in Sender: (RFC 5322 3.6.2; RFC 8551 2.3
+                # matches the signer against From or Sender), From: stays the legacy author so the
+                # doctor sees who wrote it.
                 emails = read_identity(key.certificate).emails
-                if emails:
-                    source = replace_header(source, "Sender", f"<{emails[0]}>")
-            data = await protect_smime(source, key, certs, neutral_subject=policy.neutral_subject,
-                                       sender_copy=sender_copy)
+                sender = emails[0] if emails else None
+            data = await protect_smime(item.data, key, certs, neutral_subject=policy.neutral_subject,
+                                       sender_copy=sender_copy, sender=sender)
             outgoing.append(Outgoing(tuple(smime), data, form="smime"))
             for rcpt, cs in smime.items():
                 self._audit(item, [rcpt], "smime", key=key, enc_serials=[format(c.serial_number, "x") for c in cs])

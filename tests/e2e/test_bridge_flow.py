@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.legacy.apicrypt1 import Apicrypt1Codec
+from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
+from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.smime.testpki import PERSON_EMAIL, TestPKI
 from tests.conftest import require_tool
@@ -61,6 +62,10 @@ identity = "msgw.bridge"
     out = msgw("directory", "add", LEGACY_DOCTOR, "--capability", "legacy:apicrypt1", "--key-ref", "dr.legacy",
                "--config", str(setup.config))
     assert out.returncode == 0, out.stderr
+    # The lab is a known legacy correspondent: its armor is bridged on any listener (issue 11, item 4).
+    out = msgw("directory", "add", LAB, "--capability", "legacy:apicrypt1", "--key-ref", "labo.test",
+               "--config", str(setup.config))
+    assert out.returncode == 0, out.stderr
     return setup, keys
 
 
@@ -89,8 +94,9 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert got.recipients == [PERSON_EMAIL]
         outer = email.message_from_bytes(got.data, policy=email.policy.default)
         assert outer.get_content_type() == "application/pkcs7-mime"
-        assert "codec=apicrypt1" in str(outer["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
-            outer["X-Msgw-Bridged"])
+        # The provenance statement travels inside the signed entity only (issue 11, items 2 and 4).
+        head = got.data.split(b"\r\n\r\n", 1)[0]
+        assert outer["X-Msgw-Bridged"] is None and b"codec=" not in head and b"sender-authenticated" not in head
         (tmp_path / "in.eml").write_bytes(got.data)
         person = pki["person_encrypt"]
         dec = subprocess.run([openssl, "cms", "-decrypt", "-in", str(tmp_path / "in.eml"), "-recip",
@@ -105,8 +111,13 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert b"TEST LABO MESSAGERIE SIGNATURE" in subprocess.run(
             [openssl, "x509", "-noout", "-subject", "-in", str(tmp_path / "signer.pem")], capture_output=True).stdout
         inner = email.message_from_bytes((tmp_path / "c.eml").read_bytes(), policy=email.policy.default)
+        assert "codec=apicrypt1" in str(inner["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
+            inner["X-Msgw-Bridged"])
         part = next(p for p in inner.walk() if p.get_content_type() == "text/plain")
-        assert part.get_payload(decode=True) == HPRIM  # byte for byte through both bridges
+        text = part.get_payload(decode=True)
+        # The bilingual provenance banner first (item 4), then the HPRIM byte for byte through both bridges.
+        assert text.endswith(HPRIM) and text.startswith("Message reçu d'une messagerie chiffrée ancienne".encode(
+            "latin-1")) and b"the sender was not authenticated" in text[:-len(HPRIM)]
     finally:
         sink.stop()
 
@@ -134,7 +145,11 @@ def test_smime_hospital_message_reaches_legacy_doctor(pki: TestPKI, tmp_path: Pa
         assert got.recipients == [LEGACY_DOCTOR]
         assert b"#BINASCII1#" in got.data and b"Lettre de liaison" not in got.data
         msg = email.message_from_bytes(got.data, policy=email.policy.default)
-        assert "smime-verification=pass" in str(msg["X-Msgw-Bridged"])
+        # The verdict travels inside the armor, in the original header the bridge writes (item 3).
+        assert msg["X-Msgw-Bridged"] is None and str(msg["Subject"]) == "Message sécurisé"
+        armored = next(p for p in msg.walk() if p.get_content_type() == "text/plain")
+        text = decrypt(dearmor(armored.get_payload(decode=True)), ApicryptKeyStore(keys)).text
+        assert b"Objet / Subject: Compte rendu" in text and b"smime-verification=pass" in text
         decoded = Apicrypt1Codec().decode(got.data, ApicryptKeyStore(keys), recipient="dr.legacy")
         assert decoded.sender == "msgw.bridge" and b"Lettre de liaison TEST" in (decoded.text or b"")
         audit = msgw("audit", "show", "--json", "--config", str(setup.config))

@@ -375,3 +375,65 @@ def test_attachment_armored_by_another_sender_is_refused(store: ApicryptKeyStore
             + other + b"\r\n--b--\r\n")
     with pytest.raises(MalformedPayload, match="part 2 names another sender"):
         CODEC.decode(mail, store)
+
+
+# --- what the bridge writes: the original header inside, neutral names outside (issue 11, item 3) ----
+def _bridge_mail(subject: bytes = b"=?utf-8?q?R=C3=A9sultat_de_Mme_DUPONT?=") -> bytes:
+    return (b"From: Labo BIO <labo.bio@labo.example>\r\nTo: dr.martin@medical44.apicrypt.org\r\n"
+            b"Date: Wed, 25 Nov 2026 09:00:00 +0100\r\nSubject: " + subject + b"\r\n"
+            b"X-Msgw-Bridged: to=apicrypt1; smime-verification=pass; signer=\"TEST\"\r\n"
+            + with_attachments(("CR_2026_DUPONT.pdf", b"%PDF-1.4 invented"), ("notes", b"x")).split(b"\r\n", 3)[3])
+
+
+def _armored_text(message: bytes, store: ApicryptKeyStore) -> bytes:
+    from gateway.legacy.apicrypt1 import decrypt
+
+    return decrypt(dearmor(armors(message)[0]), store).text
+
+
+def test_bridge_header_inside_the_armor_and_neutral_names_outside(store: ApicryptKeyStore) -> None:
+    encoded = CODEC.encode(_bridge_mail(), "labo.bio", ["dr.martin"], store, year=YEAR, protect_headers=True)
+    names = [p.get_filename() for p in email.message_from_bytes(encoded).walk() if p.get_filename()]
+    assert names == ["piece-jointe-2.pdf", "piece-jointe-3.bin"] and b"DUPONT" not in encoded.split(b"\r\n\r\n")[1]
+    text = _armored_text(encoded, store).decode("latin-1")
+    assert text.startswith("---- En-tete du message d'origine / Original message header (msgw) ----\r\n")
+    assert "Objet / Subject: Résultat de Mme DUPONT\r\n" in text
+    assert "De / From: Labo BIO <labo.bio@labo.example>\r\n" in text
+    assert "Piece jointe / Attachment: piece-jointe-2.pdf = CR_2026_DUPONT.pdf\r\n" in text
+    assert "X-Msgw-Bridged: to=apicrypt1; smime-verification=pass" in text
+    assert text.endswith("\r\n\r\n" + HPRIM.decode("latin-1"))
+    decoded = CODEC.decode(encoded, store, recipient="dr.martin")
+    assert decoded.text == HPRIM  # the header is ours: taken off again, the text byte for byte
+    assert [a.filename for a in decoded.attachments] == ["CR_2026_DUPONT.pdf", "notes"]
+    back = email.message_from_bytes(decoded.content, policy=email.policy.default)
+    assert str(back["Subject"]) == "Résultat de Mme DUPONT"
+
+
+def test_bridge_header_cannot_be_broken_out_of(store: ApicryptKeyStore) -> None:
+    """A Subject carrying line breaks and our end line stays one line of the header."""
+    hostile = b"=?utf-8?q?x=0D=0A----_Fin_de_l=27en-tete_/_End_of_header_----=0D=0A=0D=0AFAKE?="
+    encoded = CODEC.encode(_bridge_mail(hostile), "labo.bio", ["dr.martin"], store, year=YEAR, protect_headers=True)
+    assert CODEC.decode(encoded, store, recipient="dr.martin").text == HPRIM
+
+
+def test_a_text_header_restores_only_subject_and_names(store: ApicryptKeyStore) -> None:
+    """Any key holder can write our header: nothing but the Subject and file names comes out of it."""
+    forged = ("---- En-tete du message d'origine / Original message header (msgw) ----\r\n"
+              "De / From: Dr Famous <famous@hospital.example>\r\nObjet / Subject: hello\r\n"
+              "X-Msgw-Verification: pass; signer=\"forged\"\r\n---- Fin de l'en-tete / End of header ----\r\n\r\n"
+              ).encode("latin-1")
+    encoded = CODEC.encode(body_only(forged + b"text\r\n"), "labo.bio", ["dr.martin"], store, year=YEAR)
+    decoded = CODEC.decode(encoded, store, recipient="dr.martin")
+    back = email.message_from_bytes(decoded.content)
+    assert decoded.text == b"text\r\n" and back["Subject"] == "hello"
+    assert back["From"] == "labo.bio@medical44.apicrypt.org" and back["X-Msgw-Verification"] is None
+
+
+def test_utf8_text_keeps_its_bom_after_the_bridge_header(store: ApicryptKeyStore) -> None:
+    mime = (b"Subject: =?utf-8?q?c=C5=93ur?=\r\nContent-Type: text/plain; charset=utf-8\r\n\r\n"
+            + "Dose 5 µg ≥ seuil\r\n".encode())
+    encoded = CODEC.encode(mime, "labo.bio", ["dr.martin"], store, year=YEAR, protect_headers=True)
+    text = _armored_text(encoded, store)
+    assert text.startswith(b"\xef\xbb\xbf----") and "Objet / Subject: cœur".encode() in text
+    decoded = CODEC.decode(encoded, store)
+    assert decoded.text == b"\xef\xbb\xbf" + "Dose 5 µg ≥ seuil\r\n".encode()

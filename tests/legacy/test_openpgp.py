@@ -237,3 +237,53 @@ def test_passphrase_protected_key_never_prompts(tmp_path, monkeypatch) -> None: 
             CODEC.decode(encoded, OpenPgpKeyring(home, passphrase_env="MSGW_TEST_PGP_PASS"))
     finally:
         locked.stop()
+
+
+def test_protected_headers_travel_inside_and_win_on_decode(gpg_homes: dict[str, GpgHome]) -> None:
+    """The bridge's PGP/MIME copies carry every header inside (protected-headers="v1"); decoding
+    gives one header block with the inner ones, whatever the outside says."""
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    mime = MIME.replace(b"Subject: CR\r\n", b"Subject: CR de Mme DUPONT\r\nX-Patient-Name: DUPONT\r\n"
+                                            b"Message-ID: <orig.1@gw.example>\r\nBcc: <hidden@gw.example>\r\n")
+    encoded = CODEC.encode(mime, bridge.email, [partner.email], keyring(bridge), protect_headers=True)
+    inner = partner.run("--decrypt", data=encrypted_part(encoded)).stdout
+    head = inner.split(b"\r\n\r\n", 1)[0]
+    assert b'protected-headers="v1"' in head and b"Subject: CR de Mme DUPONT" in head
+    assert b"X-Patient-Name: DUPONT" in head and b"hidden@" not in inner
+    outside = encoded.replace(b"Subject: CR de Mme DUPONT", b"Subject: Message securise")
+    decoded = CODEC.decode(outside, keyring(partner), recipient=partner.email)
+    msg = email.message_from_bytes(decoded.content)
+    assert msg.get_all("Subject") == ["CR de Mme DUPONT"] and msg.get_all("Message-ID") == ["<orig.1@gw.example>"]
+    attachment = [p for p in msg.walk() if p.get_filename()][0]
+    assert attachment.get_payload(decode=True) == HPRIM
+
+
+async def test_bridge_openpgp_copy_outer_allow_list_and_headers_inside(gpg_homes: dict[str, GpgHome]) -> None:
+    """The bridge's PGP/MIME copy (issue 11, item 3): outside only the allow-list (no marker of any
+    header kind, 8-bit included), inside every header, read back by the partner's keyring."""
+    from types import SimpleNamespace
+
+    from gateway.pipeline import Envelope, WorkItem
+    from gateway.stages.bridge import legacy_copy
+    from tests.stages.envelope_support import marked_message, missing_inside, outside
+
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    ctx = SimpleNamespace(policy=SimpleNamespace(neutral_subject="Message sécurisé"),
+                          legacy_keys=lambda codec: keyring(bridge), legacy_identity=lambda codec: bridge.email,
+                          legacy_id=lambda address, codec: partner.email)
+    item = WorkItem(Envelope("P1", bridge.email, (partner.email,), auth_user=bridge.email, listener="submission"),
+                    marked_message(bridge.email, partner.email))
+    data = await legacy_copy(ctx, item, "openpgp", [partner.email])  # type: ignore[arg-type]
+    seen = outside(data)
+    assert seen.clean, (seen, data.split(b"\r\n\r\n", 1)[0])
+    decoded = CODEC.decode(data, keyring(partner), recipient=partner.email)
+    assert decoded.signature is SignatureStatus.VALID and missing_inside(decoded.content) == []
+    msg = email.message_from_bytes(decoded.content)
+    assert len(msg.get_all("Subject")) == 1 and "smime-verification=none" in msg["X-Msgw-Bridged"]
+
+
+def test_raw_8bit_outer_header_comes_back_as_its_bytes(gpg_homes: dict[str, GpgHome]) -> None:
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    mime = MIME.replace(b"Subject: CR\r\n", "Subject: Résultat brut\r\n".encode())
+    decoded = CODEC.decode(CODEC.encode(mime, bridge.email, [partner.email], keyring(bridge)), keyring(partner))
+    assert "Subject: Résultat brut\r\n".encode() in decoded.content

@@ -74,7 +74,7 @@ def _relay_run(tmp_path: Path, sink: Sink) -> tuple[GatewaySetup, Send, Callable
     return setup, send, lambda: counts(sink.handler.snapshot())
 
 
-_MSGID = re.compile(rb"^Message-ID: <(crash-\d{5})@", re.MULTILINE)
+_MSGID = re.compile(rb"^To: (crash-\d{5}) <", re.MULTILINE)
 
 
 def _protected_run(tmp_path: Path, sink: Sink) -> tuple[GatewaySetup, Send, Callable[[], Counter[str]]]:
@@ -84,8 +84,9 @@ def _protected_run(tmp_path: Path, sink: Sink) -> tuple[GatewaySetup, Send, Call
     ctx.verify_mode = ssl.CERT_NONE  # the test's throw-away self-signed listener certificate
 
     async def send(tag: str) -> None:
-        # The outer Message-ID survives encryption: it identifies the message at the next hop.
-        msg = (f"From: <{ORG_EMAIL}>\r\nTo: <{PERSON_EMAIL}>\r\nSubject: {tag}\r\n"
+        # The To display name survives encryption (the outer Message-ID is fresh and random since
+        # issue 11): it identifies the message at the next hop.
+        msg = (f"From: <{ORG_EMAIL}>\r\nTo: {tag} <{PERSON_EMAIL}>\r\nSubject: {tag}\r\n"
                f"Message-ID: <{tag}@labo-tests.sante.test>\r\nMIME-Version: 1.0\r\n"
                f"Content-Type: text/plain; charset=utf-8\r\n\r\nbody {tag}\r\n").encode()
         await aiosmtplib.send(msg, sender=ORG_EMAIL, recipients=[PERSON_EMAIL], hostname="127.0.0.1",
