@@ -28,9 +28,18 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, TemporaryError
 
 Usage = Literal["sign", "decrypt"]
+
+
+class KeyUnavailable(TemporaryError):
+    """A configured key cannot be used now (file gone, token out, PIN refused, certificate
+    expired, no such `[keys.X]`): a local fault, so the message waits in the queue until an
+    operator fixes it; it is never bounced for it."""
+
+    code = "key-unavailable"
+    status = "4.3.5"
 
 _INT_FIELDS = ("processes", "concurrency", "max_waiting")
 _PATH_FIELDS = ("module", "pin_file", "cert", "chain", "password_file")

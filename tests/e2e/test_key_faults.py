@@ -9,16 +9,19 @@ local fault: the message waits in the queue (4.x.x) and goes out once the key is
 
 from __future__ import annotations
 
+import shutil
 import smtplib
+import ssl
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
 
 from gateway.server.passwords import hash_password
-from gateway.smime.testpki import ORG_EMAIL, TestPKI
+from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import MSGW, free_port
-from tests.e2e.harness import GatewayProcess, GatewaySetup, log_events, msgw, write_config
+from tests.e2e.harness import GatewayProcess, GatewaySetup, Sink, log_events, msgw, queue_json, write_config
 from tests.smime.issue import CLIENT, SERVER, make_ca, make_cert
 from tests.smime.support import shared_pki
 
@@ -189,4 +192,76 @@ def test_route_client_certificates_are_checked(pki: TestPKI, tmp_path: Path) -> 
     for where, text in expected.items():
         assert any(x.startswith(f"{cfg}: {where}: ") and text in x for x in err.splitlines()), (where, err)
     assert 'routes."good.example"' not in err, err
+
+
+def _tls() -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE  # the test's throw-away self-signed listener certificate
+    return ctx
+
+
+def _lab_message() -> bytes:
+    return (f"From: Labo TEST <{ORG_EMAIL}>\r\nTo: <{PERSON_EMAIL}>\r\nSubject: TEST key fault\r\n"
+            f"Message-ID: <{time.time_ns()}@labo-tests.sante.test>\r\nMIME-Version: 1.0\r\n"
+            "Content-Type: text/plain; charset=utf-8\r\n\r\nTEST body\r\n").encode()
+
+
+def _wait(predicate, timeout: float = 30.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+def test_key_file_gone_after_start_defers_then_delivers(pki: TestPKI, tmp_path: Path) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    own = tmp_path / "own"
+    own.mkdir()
+    org_sign = pki["org_sign"]
+    key_file = own / "labo-sign.key.pem"
+    shutil.copy(org_sign.key_path, key_file)
+    key_file.chmod(0o600)
+    sink = Sink().start()
+    try:
+        setup = _config(tmp_path / "gw", pki, _key_table("labo-sign", key_file, org_sign.cert_path,
+                                                         org_sign.chain_path), {ORG_EMAIL: "labo-sign"},
+                        sink_port=sink.port)
+        person = tmp_path / "person.pem"
+        person.write_bytes(pki["person_encrypt"].cert.public_bytes(serialization.Encoding.PEM))
+        added = msgw("directory", "add", PERSON_EMAIL, "--capability", "smime", "--cert", str(person),
+                     "--config", str(setup.config))
+        assert added.returncode == 0, added.stderr
+        with GatewayProcess(setup):
+            key_file.rename(own / "elsewhere.pem")  # the key goes away after start-up
+            with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=20) as client:
+                client.ehlo("lis.labo-tests.sante.test")
+                client.starttls(context=_tls())
+                client.ehlo("lis.labo-tests.sante.test")
+                client.login(ORG_EMAIL, LAB_PASSWORD)
+                assert client.sendmail(ORG_EMAIL, [PERSON_EMAIL], _lab_message()) == {}
+
+            def deferred() -> bool:
+                queued = queue_json(setup)
+                return bool(queued) and queued[0]["recipients"][0]["state"] == "deferred"
+
+            assert _wait(deferred), queue_json(setup)
+            rcpt = queue_json(setup)[0]["recipients"][0]
+            assert rcpt["address"] == PERSON_EMAIL and "labo-sign" in rcpt["last_error"]
+            assert (rcpt["last_status"] or "").startswith("4."), rcpt
+            alerts = [e for e in log_events(setup) if e["event"] == "key-unavailable"]
+            assert alerts and alerts[0]["key"] == "labo-sign" and alerts[0]["level"] == "error"
+            assert not any(e["event"] == "bounced" for e in log_events(setup))
+            assert sink.handler.snapshot() == []
+
+            (own / "elsewhere.pem").rename(key_file)  # the operator puts it back
+            assert msgw("queue", "retry", "--all", "--config", str(setup.config)).returncode == 0
+            (got,) = sink.wait_for(1, timeout=30)
+        assert got.recipients == [PERSON_EMAIL] and b"application/pkcs7-mime" in got.data
+        assert not any(e["event"] == "bounced" for e in log_events(setup))
+    finally:
+        sink.stop()
 
