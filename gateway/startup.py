@@ -244,7 +244,10 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
     if file_cert is not None and probe.certificate is not None and not keycheck.same_public_key(
             probe.certificate.public_key(), file_cert):
         findings.append(error(f"the token's certificate for {ref.ref} is not the one in `cert` ({ref.cert})"))
-    if cert is None:
+    if cert is None and not probe.objects:
+        findings.append(error(f"no object matches {ref.ref} on the token ({probe.token}) and no `cert` is "
+                              "configured: check the URI with `msgw certs tokens`"))
+    elif cert is None:
         findings.append(error(f"no certificate for {ref.ref} on the token ({probe.token}) and no `cert` "
                               "in the configuration"))
     elif not probe.objects:
