@@ -215,7 +215,8 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
         _readable(ref.pin_file, "PIN file", findings, private=True)
     if ref.pin_env is not None and not os.environ.get(ref.pin_env):
         findings.append(error(f"environment variable {ref.pin_env} (the PIN) is not set"))
-    file_cert, chain = None, ()
+    file_cert: x509.Certificate | None = None
+    chain: tuple[x509.Certificate, ...] = ()
     try:
         if ref.cert is not None and _readable(ref.cert, "certificate file", findings):
             certs = load_certificates(ref.cert)
@@ -266,7 +267,7 @@ async def _login_test(ref: KeyRef, roles: Sequence[Role], inferred: bool) -> lis
         key = await load_key_async(ref)
     except GatewayError as exc:
         return [error(f"login: {exc}")]
-    severity = "warning" if inferred else "error"
+    severity: keycheck.Severity = "warning" if inferred else "error"
     out: list[Finding] = []
     try:
         for role in roles:

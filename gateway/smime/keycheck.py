@@ -121,7 +121,8 @@ def file_mode(mode: int, what: str, path: str) -> Finding | None:
 
 def split_anchors(certs: Iterable[x509.Certificate]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
     """(self-signed roots, the others as intermediates)."""
-    roots, others = [], []
+    roots: list[x509.Certificate] = []
+    others: list[x509.Certificate] = []
     for cert in certs:
         (roots if cert.issuer == cert.subject else others).append(cert)
     return roots, others
