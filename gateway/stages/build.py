@@ -125,7 +125,11 @@ class GatewayContext:
         try:
             key = await self._load(name)
             if signing:
-                _certificate_current(key.certificate)
+                try:
+                    _certificate_current(key.certificate)
+                except KeyUnavailable:
+                    self._keys.pop(name, None)  # read the files again next time: a renewal needs no restart
+                    raise
         except GatewayError as exc:
             raise self._unavailable(name, exc) from None
         return key

@@ -98,12 +98,20 @@ async def test_missing_key_table_is_temporary(pki: TestPKI, tmp_path: Path) -> N
 async def test_expired_signing_certificate_is_temporary(pki: TestPKI, tmp_path: Path,
                                                         caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="gateway.policy")
-    expired = pki["expired"]
-    ctx = context(tmp_path, pki, str(expired.key_path), str(expired.cert_path), str(expired.chain_path))
+    expired, renewed = pki["expired"], pki["org_sign"]
+    key, cert, chain = tmp_path / "labo.key.pem", tmp_path / "labo.pem", tmp_path / "labo.chain.pem"
+    for src, dst in ((expired.key_path, key), (expired.cert_path, cert), (expired.chain_path, chain)):
+        shutil.copy(src, dst)
+    ctx = context(tmp_path, pki, str(key), str(cert), str(chain))
     try:
         with pytest.raises(KeyUnavailable) as raised:
             await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
         assert raised.value.temporary and "expired on" in str(raised.value)
         assert _alerts(caplog)[0]["key"] == "labo-sign"
+        # The operator installs the renewed key and certificate: the next attempt uses them.
+        for src, dst in ((renewed.key_path, key), (renewed.cert_path, cert), (renewed.chain_path, chain)):
+            shutil.copy(src, dst)
+        signing = await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+        assert signing is not None and signing.certificate == renewed.cert
     finally:
         ctx.close()
