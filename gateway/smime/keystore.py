@@ -22,6 +22,7 @@ Config shape (one table per key; the loader passes the table to `KeyRef.from_map
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
@@ -133,7 +134,7 @@ async def load_key_async(key: KeyRef | str, **options: Any) -> Any:
         from gateway.smime.pkcs11 import open_token_key_async
 
         return await open_token_key_async(ref.ref, **_token_options(ref))
-    return _load_soft(ref)
+    return await asyncio.to_thread(_load_soft, ref)  # file reads, PKCS#12 key derivation: off the loop
 
 
 def _token_options(ref: KeyRef) -> dict[str, Any]:
