@@ -1,8 +1,12 @@
-"""`msgw check --config FILE`: validate the config and what it points to; list every problem."""
+"""`msgw check --config FILE`: validate the config and what it points to; list every problem.
+
+Keys and TLS client certificates are loaded and checked as `msgw serve` checks them before it
+listens (`gateway.startup`); tokens without their PIN unless `--login` is given."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import datetime as dt
 import ssl
 import sys
@@ -11,11 +15,14 @@ from cryptography import x509
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.errors import ConfigError
+from gateway.startup import check_keys
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("check", help="validate a configuration file and the files it names")
     add_config_option(p)
+    p.add_argument("--login", action="store_true",
+                   help="also log in to PKCS#11 tokens (reads the PIN) and use each key once")
     p.set_defaults(func=run)
 
 
@@ -61,6 +68,13 @@ def run(args: argparse.Namespace) -> int:
         print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
         return 2
     problems = _check_files(config)
+    statuses = asyncio.run(check_keys(config, login=args.login))
+    for status in statuses:
+        problems += [(status.source, status.where, message) for message in status.errors]
+        for message in status.warnings:
+            print(f"warning: {status.source}: {status.where}: {message}", file=sys.stderr)
+        if not status.errors:
+            print(status.summary())
     for source, key, message in problems:
         print(f"{source}: {key}: {message}", file=sys.stderr)
     if problems:

@@ -4,11 +4,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import sys
 
 from gateway.app import Gateway
 from gateway.commands.common import add_config_option, config_from
-from gateway.logs import setup_logging
+from gateway.logs import event, setup_logging
+from gateway.startup import check_keys
+
+log = logging.getLogger("gateway")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -21,10 +25,28 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     config = config_from(args)
     setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
+    if not keys_usable(config):
+        return 2
     if not args.config:
         print(_default_banner(config), file=sys.stderr)
     asyncio.run(Gateway(config).serve_forever())
     return 0
+
+
+def keys_usable(config) -> bool:
+    """Check every key before listening: a broken one must stop the start, not bounce accepted mail.
+    Errors go to stderr (one line each); warnings to the log."""
+    statuses = asyncio.run(check_keys(config))
+    errors = [f"{s.source}: {s.where}: {m}" for s in statuses for m in s.errors]
+    for line in errors:
+        print(line, file=sys.stderr)
+    if errors:
+        print(f"msgw: {len(errors)} problem(s) with keys or certificates: not starting", file=sys.stderr)
+        return False
+    for status in statuses:
+        for message in status.warnings:
+            event(log, "key-warning", logging.WARNING, key=status.where, reason=message)
+    return True
 
 
 def _default_banner(config) -> str:

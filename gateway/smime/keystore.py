@@ -22,15 +22,25 @@ Config shape (one table per key; the loader passes the table to `KeyRef.from_map
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from gateway.errors import ConfigError
+from gateway.errors import ConfigError, TemporaryError
 
 Usage = Literal["sign", "decrypt"]
+
+
+class KeyUnavailable(TemporaryError):
+    """A configured key cannot be used now (file gone, token out, PIN refused, certificate
+    expired, no such `[keys.X]`): a local fault, so the message waits in the queue until an
+    operator fixes it; it is never bounced for it."""
+
+    code = "key-unavailable"
+    status = "4.3.5"
 
 _INT_FIELDS = ("processes", "concurrency", "max_waiting")
 _PATH_FIELDS = ("module", "pin_file", "cert", "chain", "password_file")
@@ -124,7 +134,7 @@ async def load_key_async(key: KeyRef | str, **options: Any) -> Any:
         from gateway.smime.pkcs11 import open_token_key_async
 
         return await open_token_key_async(ref.ref, **_token_options(ref))
-    return _load_soft(ref)
+    return await asyncio.to_thread(_load_soft, ref)  # file reads, PKCS#12 key derivation: off the loop
 
 
 def _token_options(ref: KeyRef) -> dict[str, Any]:

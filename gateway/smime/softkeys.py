@@ -147,7 +147,7 @@ def _matched(key: SoftPrivateKey, cert: x509.Certificate, chain: tuple[x509.Cert
     pub = serialization.PublicFormat.SubjectPublicKeyInfo
     if key.public_key().public_bytes(serialization.Encoding.DER, pub) != cert.public_key().public_bytes(
             serialization.Encoding.DER, pub):
-        raise KeyLoadError("private key does not match the certificate")
+        raise KeyLoadError("private key does not match its certificate")
     return SoftKey(key, cert, chain)
 
 

@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -35,8 +36,8 @@ from gateway.routing.certsources import (
 from gateway.routing.directory import SqliteDirectory, directory_path
 from gateway.routing.trustspace import TrustSpace
 from gateway.smime.engine import Verifier, unwrap_message
-from gateway.smime.keyapi import DecryptionKey, SigningKey
-from gateway.smime.keystore import load_key_async
+from gateway.smime.keyapi import DecryptionKey, HashName, KeyTransportPadding, SignaturePadding, SigningKey
+from gateway.smime.keystore import KeyUnavailable, load_key_async
 from gateway.smime.ocsp import OcspSource
 from gateway.smime.result import UnwrapResult
 from gateway.smime.revocation import CrlSource, http_fetch
@@ -74,7 +75,7 @@ class GatewayContext:
         self.discovery = CertificateDiscovery(self._sources(), self._usable,
                                               cache_ttl=self.policy.discovery.cache_ttl,
                                               negative_ttl=self.policy.discovery.negative_ttl)
-        self._keys: dict[str, Any] = {}
+        self._keys: dict[str, GuardedKey] = {}
         self._legacy_keys: dict[str, Any] = {}
         self._audit_queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._audit_thread = threading.Thread(target=self._audit_writer, name="audit-writer", daemon=True)
@@ -117,19 +118,45 @@ class GatewayContext:
         result = await self.discovery.find(address)
         return list(result.certificates)
 
-    async def _key(self, name: str) -> Any:
+    async def _key(self, name: str, *, signing: bool = False) -> Any:
+        """The configured key `name`, loaded on first use. Any fault here is the gateway's own
+        (file gone, token out, PIN refused, certificate expired, no such table): KeyUnavailable,
+        temporary, so the message waits for the operator instead of bouncing; alerted in the log."""
+        try:
+            key = await self._load(name)
+            if signing:
+                try:
+                    _certificate_current(key.certificate)
+                except KeyUnavailable:
+                    self._keys.pop(name, None)  # read the files again next time: a renewal needs no restart
+                    raise
+        except GatewayError as exc:
+            raise self._unavailable(name, exc) from None
+        return key
+
+    async def _load(self, name: str) -> GuardedKey:
         async with self._key_lock:
             if name not in self._keys:
                 ref = self.config.keys.get(name)
                 if ref is None:
-                    raise PermanentError(f"no [keys.{name}] in the configuration")
-                self._keys[name] = await load_key_async(ref)
+                    raise KeyUnavailable(f"no [keys.{name}] in the configuration")
+                try:
+                    key = await load_key_async(ref)
+                except OSError as exc:
+                    raise KeyUnavailable(f"cannot read a file of the key ({exc.strerror})") from None
+                self._keys[name] = GuardedKey(name, key, self._unavailable)
             return self._keys[name]
+
+    def _unavailable(self, name: str, exc: GatewayError) -> KeyUnavailable:
+        """Alert (event `key-unavailable`, the key's name) and turn `exc` into a deferral."""
+        event(log, "key-unavailable", logging.ERROR, key=name, code=exc.code, reason=str(exc)[:200])
+        return KeyUnavailable(f"key {name} unavailable: {exc}"[:400],
+                              status=exc.status if exc.temporary else KeyUnavailable.status)
 
     async def signing_key(self, identity: str | None, sender: str) -> SigningKey | None:
         """The key of the authenticated identity; `sender` (typed by the client) never chooses it."""
         name = self.policy.signing_key_name(identity)
-        return await self._key(name) if name else None
+        return await self._key(name, signing=True) if name else None
 
     async def decryption_key(self, address: str) -> DecryptionKey | None:
         entry = self.directory.address(address)
@@ -236,7 +263,7 @@ class GatewayContext:
 
     async def bridge_signing_key(self) -> SigningKey | None:
         name = self.config.legacy.sign_key if self.config.legacy is not None else None
-        return await self._key(name) if name else None
+        return await self._key(name, signing=True) if name else None
 
     async def bridge_unwrap(self, data: bytes) -> UnwrapResult:
         name = self.config.legacy.decrypt_key if self.config.legacy is not None else None
@@ -253,6 +280,56 @@ class GatewayContext:
                 closer()
             except Exception as exc:  # noqa: BLE001 - closing must not hide the shutdown
                 event(log, "close-failed", logging.WARNING, exc_type=type(exc).__name__)
+
+
+#: Token errors on a decryption that are the gateway's fault (PIN, card, configuration), not the
+#: message's: they defer. Other decryption failures stay what they are (RFC 3218 generic failure).
+_LOCAL_FAULTS = frozenset({"pkcs11-pin-rejected", "pkcs11-pin-unavailable", "pkcs11-pin-locked",
+                           "pkcs11-key-not-found", "pkcs11-module"})
+
+
+def _certificate_current(cert: x509.Certificate) -> None:
+    """We do not sign with a certificate that is expired (or not yet valid): recipients would
+    refuse the signature; the message waits for the renewed certificate."""
+    now = dt.datetime.now(dt.UTC)
+    if now >= cert.not_valid_after_utc:
+        raise KeyUnavailable(f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
+    if now < cert.not_valid_before_utc:
+        raise KeyUnavailable(f"its certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+
+
+class GuardedKey:
+    """A configured key as the stages see it (SigningKey and DecryptionKey): a failure that is
+    the gateway's own becomes KeyUnavailable (temporary, alerted). Signing our own data can only
+    fail for local reasons; a decryption fails for the message's reasons too, so only token
+    faults and temporary errors are converted there."""
+
+    def __init__(self, name: str, key: Any, unavailable: Callable[[str, GatewayError], KeyUnavailable]) -> None:
+        self.name = name
+        self.key = key
+        self._unavailable = unavailable
+
+    @property
+    def certificate(self) -> x509.Certificate:
+        return self.key.certificate
+
+    @property
+    def chain(self) -> tuple[x509.Certificate, ...]:
+        return tuple(getattr(self.key, "chain", ()))
+
+    async def sign(self, data: bytes, hash_name: HashName, padding: SignaturePadding) -> bytes:
+        try:
+            return await self.key.sign(data, hash_name, padding)
+        except GatewayError as exc:
+            raise self._unavailable(self.name, exc) from None
+
+    async def decrypt_key(self, encrypted_key: bytes, padding: KeyTransportPadding) -> bytes:
+        try:
+            return await self.key.decrypt_key(encrypted_key, padding)
+        except GatewayError as exc:
+            if exc.temporary or exc.code in _LOCAL_FAULTS:
+                raise self._unavailable(self.name, exc) from None
+            raise
 
 
 def build_pipeline(config: GatewayConfig) -> tuple[Pipeline, GatewayContext | None]:

@@ -16,7 +16,7 @@ from cryptography import x509
 from pkcs11 import Attribute, ObjectClass, TokenFlag
 
 from gateway.smime.pkcs11.pin import PinSource
-from gateway.smime.pkcs11.session import _serial, token_state
+from gateway.smime.pkcs11.session import _chain_from, _load_cert, _serial, token_state
 from gateway.smime.pkcs11.uri import Pkcs11Uri, TokenSelector
 from gateway.smime.pkcs11.worker import ModuleWorker, get_worker
 
@@ -136,3 +136,53 @@ def _get(obj: Any, attribute: Attribute, default: Any) -> Any:
         return obj[attribute]
     except (pkcs11.PKCS11Error, KeyError):
         return default
+
+
+@dataclass
+class KeyProbe:
+    """What a key URI names on its token, seen without a login: the token is there, and the
+    objects a session without PIN shows (certificates and public keys; private keys are usually
+    CKA_PRIVATE, visible only after login)."""
+
+    token: str  # the token's selector, described
+    objects: list[str]  # object classes found under the URI's id/label ("CERTIFICATE", "PUBLIC_KEY", ...)
+    certificate: x509.Certificate | None  # the certificate of the key, when the token holds it
+    chain: tuple[x509.Certificate, ...] = ()
+
+
+def probe_key(module_path: str, uri: Pkcs11Uri) -> KeyProbe:
+    """Load the module, find the token and the URI's objects, never touching the PIN (blocking).
+
+    Raises ModuleError (module does not load), TokenAbsent (no such token), KeyNotFound (several
+    tokens match)."""
+    worker = get_worker(module_path)
+    return worker.run_sync(_probe_on_thread, worker, uri)
+
+
+async def probe_key_async(module_path: str, uri: Pkcs11Uri) -> KeyProbe:
+    """`probe_key` without blocking the event loop."""
+    worker = get_worker(module_path)
+    return await worker.run(_probe_on_thread, worker, uri)
+
+
+def _probe_on_thread(worker: ModuleWorker, uri: Pkcs11Uri) -> KeyProbe:
+    state = token_state(worker, uri.token_selector)
+
+    def look() -> KeyProbe:
+        session = state.session
+        attrs: dict[Attribute, Any] = {}
+        if uri.object is not None:
+            attrs[Attribute.LABEL] = uri.object
+        if uri.id is not None:
+            attrs[Attribute.ID] = uri.id
+        found = list(session.get_objects(attrs))
+        classes = [ObjectClass(_get(o, Attribute.CLASS, ObjectClass.DATA)).name for o in found]
+        ids = {bytes(_get(o, Attribute.ID, b"")) for o in found} - {b""}
+        all_certs = [c for c in (_load_cert(o) for o in session.get_objects(
+            {Attribute.CLASS: ObjectClass.CERTIFICATE})) if c is not None]
+        mine = [c for cid, c in all_certs if cid in ids]
+        cert = max(mine, key=lambda c: c.not_valid_after_utc) if mine else None
+        chain = _chain_from(cert, [c for _, c in all_certs]) if cert is not None else ()
+        return KeyProbe(state.selector.describe(), classes, cert, chain)
+
+    return state._with_retry(look, None)

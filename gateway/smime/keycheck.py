@@ -1,0 +1,157 @@
+"""Is a key's certificate fit for the job the configuration gives it? Checked before mail is accepted.
+
+A key that cannot be used must be found by `msgw check` and at `msgw serve` start-up, not by the
+first message needing it (which would otherwise be accepted, then bounced). These checks take
+certificates and keys already loaded and return findings; they read no file (the loader in
+`gateway.startup` does) and the path validation only uses the CRLs it is given (no network).
+
+Roles: "sign" (S/MIME signatures: keyUsage digitalSignature, EKU emailProtection when an EKU is
+present), "decrypt" (key transport: an RSA key, keyEncipherment, emailProtection when an EKU is
+present), "client" (TLS client authentication: EKU clientAuth when an EKU is present).
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from typing import Literal
+
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import rsa
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
+from cryptography.x509.oid import ExtendedKeyUsageOID
+from pyhanko_certvalidator import CertificateValidator, ValidationContext
+from pyhanko_certvalidator import errors as pv_errors
+
+from gateway.smime.cmsutil import PARSE_ERRORS, to_asn1
+
+Severity = Literal["error", "warning"]
+Role = Literal["sign", "decrypt", "client"]
+
+#: Below this many days of validity left a certificate is an error: renewal cannot wait.
+MIN_DAYS = 14
+#: Below this many days it is a warning (printed by `msgw check`, logged by `msgw serve`).
+WARN_DAYS = 30
+CHAIN_EXPIRED = "a certificate of the chain has expired"
+CHAIN_NOT_YET_VALID = "a certificate of the chain is not yet valid"
+
+
+@dataclass(frozen=True)
+class Finding:
+    severity: Severity
+    message: str
+
+
+def error(message: str) -> Finding:
+    return Finding("error", message)
+
+
+def warning(message: str) -> Finding:
+    return Finding("warning", message)
+
+
+def validity(cert: x509.Certificate, now: dt.datetime) -> list[Finding]:
+    """Valid now, and for long enough that nobody learns of the expiry from a bounce."""
+    not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
+    if now < not_before:
+        return [error(f"certificate not valid before {not_before:%Y-%m-%d %H:%M} UTC")]
+    if now >= not_after:
+        return [error(f"certificate expired on {not_after:%Y-%m-%d}")]
+    days = (not_after - now).days
+    text = f"certificate expires in {days} day{'s' if days != 1 else ''} ({not_after:%Y-%m-%d})"
+    if days < MIN_DAYS:
+        return [error(text)]
+    if days < WARN_DAYS:
+        return [warning(text)]
+    return []
+
+
+def _key_usage(cert: x509.Certificate) -> x509.KeyUsage | None:
+    try:
+        return cert.extensions.get_extension_for_class(x509.KeyUsage).value
+    except x509.ExtensionNotFound:
+        return None
+
+
+def _eku_allows(cert: x509.Certificate, oid: x509.ObjectIdentifier) -> bool:
+    """No EKU extension allows every use (RFC 5280); otherwise `oid` or anyExtendedKeyUsage."""
+    try:
+        eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    except x509.ExtensionNotFound:
+        return True
+    return oid in eku or ExtendedKeyUsageOID.ANY_EXTENDED_KEY_USAGE in eku
+
+
+def usage(cert: x509.Certificate, role: Role, *, severity: Severity = "error") -> list[Finding]:
+    """What in the certificate's usages forbids `role` (empty when it fits)."""
+    problems: list[str] = []
+    ku = _key_usage(cert)
+    if role == "sign":
+        if ku is not None and not ku.digital_signature:
+            problems.append("certificate key usage does not allow digitalSignature (needed to sign)")
+        if not _eku_allows(cert, ExtendedKeyUsageOID.EMAIL_PROTECTION):
+            problems.append("certificate extended key usage does not allow e-mail protection (needed to sign)")
+    elif role == "decrypt":
+        if not isinstance(cert.public_key(), rsa.RSAPublicKey):
+            problems.append("certificate has no RSA key (key transport needs one to decrypt)")
+        if ku is not None and not ku.key_encipherment:
+            problems.append("certificate key usage does not allow keyEncipherment (needed to decrypt)")
+        if not _eku_allows(cert, ExtendedKeyUsageOID.EMAIL_PROTECTION):
+            problems.append("certificate extended key usage does not allow e-mail protection (needed to decrypt)")
+    elif not _eku_allows(cert, ExtendedKeyUsageOID.CLIENT_AUTH):
+        problems.append("certificate extended key usage does not allow TLS client authentication (clientAuth)")
+    return [Finding(severity, p) for p in problems]
+
+
+def same_public_key(public_key: PublicKeyTypes, cert: x509.Certificate) -> bool:
+    """Whether a private key (given by its public half) is the one the certificate certifies."""
+    fmt, enc = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
+    return public_key.public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt)
+
+
+def file_mode(mode: int, what: str, path: str) -> Finding | None:
+    """A private file (key, PIN, password) must not be open to group or others (0600 or stricter)."""
+    loose = mode & 0o077
+    if not loose:
+        return None
+    return error(f"{what} {path} is readable by group or others (mode {mode & 0o777:04o}): chmod 600 it")
+
+
+def split_anchors(certs: Iterable[x509.Certificate]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """(self-signed roots, the others as intermediates)."""
+    roots: list[x509.Certificate] = []
+    others: list[x509.Certificate] = []
+    for cert in certs:
+        (roots if cert.issuer == cert.subject else others).append(cert)
+    return roots, others
+
+
+async def chain(cert: x509.Certificate, extra: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
+                intermediates: Sequence[x509.Certificate], crls: Sequence[bytes], now: dt.datetime,
+                anchors_name: str = "the trust anchors") -> list[Finding]:
+    """A path from `cert` to one of `roots`, valid now, not revoked by the given CRLs.
+
+    Soft-fail revocation: a certificate no given CRL covers is not an error here (the running
+    gateway's own policy decides about fetching); one a CRL lists as revoked is."""
+    if not roots:
+        return [warning(f"chain not checked: no trust anchors to check it against ({anchors_name})")]
+    try:
+        ctx = ValidationContext(trust_roots=[to_asn1(c) for c in roots],
+                                other_certs=[to_asn1(c) for c in [*extra, *intermediates]], crls=list(crls),
+                                revocation_mode="soft-fail", moment=now, allow_fetching=False)
+        await CertificateValidator(to_asn1(cert), validation_context=ctx).async_validate_path()
+    except pv_errors.PathBuildingError:
+        return [error(f"certificate does not chain to {anchors_name}")]
+    except pv_errors.RevokedError:
+        return [error("certificate is revoked (listed in a configured CRL)")]
+    except pv_errors.ExpiredError:
+        return [error(CHAIN_EXPIRED)]
+    except pv_errors.NotYetValidError:
+        return [error(CHAIN_NOT_YET_VALID)]
+    except (pv_errors.PathValidationError, pv_errors.ValidationError) as exc:
+        return [error(f"certificate path to {anchors_name} is not valid ({type(exc).__name__})")]
+    except PARSE_ERRORS as exc:
+        return [error(f"certificate path cannot be processed ({type(exc).__name__})")]
+    return []
