@@ -84,11 +84,11 @@ async def sign_and_encrypt_message(message: bytes, key: SigningKey, recipients: 
     return encrypt_message(signed, recipients, cipher=cipher, key_transport=key_transport, sender_copy=sender_copy)
 
 
-def _single_from(fields: Sequence[bytes]) -> str | None:
-    """The single From address among raw header fields, lowercased: None when there is no From,
-    "" when there are several (which never matches a signer)."""
-    msg = Split(tuple(f for f in fields if field_name(f) == "from"), b"").message()
-    addrs = [a for _, a in getaddresses([str(v) for v in msg.get_all("From") or []]) if a]
+def _single_from(fields: Sequence[bytes], name: str = "from") -> str | None:
+    """The single From (or `name`) address among raw header fields, lowercased: None when there
+    is none, "" when there are several (which never matches a signer)."""
+    msg = Split(tuple(f for f in fields if field_name(f) == name), b"").message()
+    addrs = [a for _, a in getaddresses([str(v) for v in msg.get_all(name) or []]) if a]
     if len(addrs) != 1:
         return None if not addrs else ""
     return addrs[0].strip().lower()
@@ -284,6 +284,14 @@ async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), 
     from_ = sender if sender is not None else _single_from(headers.fields + inner.fields)
     if verifier is not None:
         signatures = [verifier.match_sender(s, from_, ids) for s in signatures]
+        protected = [f for split in inside for f in split.fields]
+        agent = _single_from(protected, "sender") if sender is None else None
+        if signatures and not signatures[-1].from_matched and agent:
+            # RFC 8551 3.1: the signer may be named by Sender: (an organisation or a bridge signing
+            # for the author in From:) — only a Sender: carried inside the layers, never an outer one
+            last = verifier.match_sender(signatures[-1], agent, ids)
+            if last.from_matched:
+                signatures[-1] = last
         if verifier.require_from_match and signatures and (from_ is not None or ids) \
                 and not signatures[-1].from_matched:
             raise SignerMismatch("signer certificate does not name the From address")

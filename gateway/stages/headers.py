@@ -23,7 +23,9 @@ from email.header import Header, decode_header, make_header
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
-#: Headers only this gateway may write: stripped from anything arriving.
+#: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
+#: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.
+OUR_PREFIX = "x-msgw-"
 OUR_HEADERS = (VERIFICATION_HEADER, BRIDGE_HEADER)
 #: Original fields kept outside an envelope (made 7-bit); the rest of the list is written fresh.
 OUTER_KEPT = ("from", "to", "cc", "date")
@@ -61,10 +63,10 @@ def join_raw(fields: list[bytes], body: bytes) -> bytes:
     return b"".join(fields) + b"\r\n" + body
 
 
-def strip_headers(message: bytes, names: tuple[str, ...] = OUR_HEADERS) -> bytes:
-    lowered = {n.lower() for n in names}
+def strip_headers(message: bytes) -> bytes:
+    """The message without any of our own `X-Msgw-*` fields (by prefix: no forged one survives)."""
     fields, body = split_raw(message)
-    kept = [f for f in fields if name_of(f) not in lowered]
+    kept = [f for f in fields if not name_of(f).startswith(OUR_PREFIX)]
     if len(kept) == len(fields):
         return message
     return join_raw(kept, body)

@@ -36,10 +36,7 @@ from gateway.stages.forms import is_encrypted
 from gateway.stages.headers import (
     BRIDGE_HEADER,
     VERIFICATION_HEADER,
-    join_raw,
-    name_of,
     prepend_header,
-    split_raw,
     strip_headers,
 )
 
@@ -72,16 +69,6 @@ def summary(result: UnwrapResult | None, error: GatewayError | None = None, *, n
     return ";\r\n ".join(parts)
 
 
-def strip_outer_diagnosis(message: bytes) -> bytes:
-    """Remove every `X-Msgw-Outer-*` field of the top header block (only this stage writes them).
-
-    By prefix, because the names follow whatever outer fields were displaced."""
-    prefix = OUTER_PREFIX.lower()
-    fields, body = split_raw(message)
-    kept = [f for f in fields if not name_of(f).startswith(prefix)]
-    return message if len(kept) == len(fields) else join_raw(kept, body)
-
-
 def outer_diagnosis(displaced: tuple[bytes, ...]) -> bytes:
     """The displaced outer fields renamed `X-Msgw-Outer-<name>` (value bytes kept as they came)."""
     return b"".join(OUTER_PREFIX.encode() + f.lstrip() for f in displaced)
@@ -90,7 +77,7 @@ def outer_diagnosis(displaced: tuple[bytes, ...]) -> bytes:
 def delivered_message(result: UnwrapResult) -> bytes:
     """The unwrapped message as the reader gets it: our own headers stripped again (a forged one
     can travel inside the signed or encrypted entity), the displaced outer fields renamed."""
-    body = strip_outer_diagnosis(strip_headers(result.message))
+    body = strip_headers(result.message)
     return outer_diagnosis(result.displaced) + body
 
 
@@ -118,9 +105,9 @@ class InboundStage:
         self.ctx = ctx
 
     async def __call__(self, item: WorkItem) -> WorkItem:
-        # Already sanitized of our exact header names (gateway.stages.bridge.sanitize runs first);
-        # the outer-diagnosis names are matched by prefix here, for every recipient.
-        data = strip_outer_diagnosis(item.data)
+        # Already sanitized of every X-Msgw-* field (gateway.stages.bridge.sanitize runs first); what
+        # the legacy stage wrote since (X-Msgw-Bridged) is ours and stays.
+        data = item.data
         env = item.envelope
         handled = item.handled
         local = [r for r in env.recipients if r not in handled and self.ctx.is_local(_domain(r))]

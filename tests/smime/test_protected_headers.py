@@ -137,3 +137,20 @@ async def test_signer_checked_against_rfc822_from_not_outer(pki, key, verifier: 
     # the wrapper's From is a header of the entity that was encrypted: inside, so it is the one checked
     with pytest.raises(E.SignerMismatch):
         await unwrap_message(message, keys=[key("org_encrypt")], verifier=verifier)
+
+
+async def test_signer_named_by_a_protected_sender_passes_an_outer_one_does_not(pki, tmp_path,
+                                                                             verifier: Verifier) -> None:
+    """RFC 8551 3.1: an organisation (the legacy bridge) signs for the author in From: and names
+    itself in Sender:. Only a Sender: inside the signature counts; an outer one is what anyone
+    could write around someone else's signed content."""
+    author = "dr.legacy@apicrypt-cabinet.sante.test"
+    inside = _entity(f"<{author}>").replace(b"From:", f"Sender: <{ORG_EMAIL}>\r\nFrom:".encode(), 1)
+    signed = openssl_sign(pki, tmp_path, "org_sign", inside, outer_from=author)
+    result = await unwrap_message(signed, verifier=verifier)
+    assert result.signatures[-1].from_matched is True and result.signatures[-1].from_address == ORG_EMAIL
+    assert _values(result.message, "From") == [f"<{author}>"]
+    outer_only = openssl_sign(pki, tmp_path, "org_sign", _entity(f"<{author}>"), outer_from=author)
+    outer_only = f"Sender: <{ORG_EMAIL}>\r\n".encode() + outer_only
+    with pytest.raises(E.SignerMismatch):
+        await unwrap_message(outer_only, verifier=verifier)
