@@ -55,8 +55,7 @@ class Gateway:
         if self.context is not None:
             audit = self.context.audit
         else:  # the plain relay audits what its listeners refuse too
-            self._own_audit = AuditWriter(AuditTrail(audit_path(self.config)), on_error=lambda exc: event(
-                log, "audit-failed", logging.ERROR, reason=str(exc)[:200]))
+            self._own_audit = AuditWriter(AuditTrail(audit_path(self.config)))
             audit = self._own_audit
         self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
         directory = self.context.directory if self.context is not None else self._open_directory()

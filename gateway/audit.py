@@ -27,6 +27,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import queue
 import threading
@@ -317,6 +318,12 @@ class AuditTrail:
         return AuditReport(True, count, head_seq=head_seq)
 
 
+def _log_failure(exc: AuditError) -> None:
+    from gateway.logs import event
+
+    event(logging.getLogger("gateway.audit"), "audit-failed", logging.ERROR, reason=str(exc)[:200])
+
+
 class AuditWriter:
     """The running gateway's audit sink: records are queued and appended by one thread, because
     the trail fsyncs every record and that must not stall the event loop; one writer keeps
@@ -324,7 +331,7 @@ class AuditWriter:
 
     def __init__(self, trail: AuditTrail, on_error: Callable[[AuditError], None] | None = None) -> None:
         self.trail = trail
-        self.on_error = on_error
+        self.on_error = on_error or _log_failure
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
@@ -346,8 +353,7 @@ class AuditWriter:
             try:
                 self.trail.append(**record)
             except AuditError as exc:
-                if self.on_error is not None:
-                    self.on_error(exc)
+                self.on_error(exc)
 
     def close(self, timeout: float = 30) -> None:
         self._queue.put(None)

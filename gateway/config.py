@@ -681,7 +681,7 @@ def _trust(r: _Reader, data: dict[str, Any]) -> TrustConfig | None:
         r.problem(prefix + "anchors", "must be a folder of PEM CA certificates")
     crls = []
     for i, item in enumerate(r.get(spec, "crl_files", prefix, list, [])):
-        p = r.path({"f": item}, "f", f"{prefix}crl_files[{i}]", must_exist=True) if isinstance(item, str) else None
+        p = r.path({"": item}, "", f"{prefix}crl_files[{i}]", must_exist=True) if isinstance(item, str) else None
         if p is None:
             r.problem(f"{prefix}crl_files[{i}]", "expected a file path")
         else:

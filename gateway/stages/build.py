@@ -11,15 +11,13 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
-import queue
-import threading
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
 from cryptography import x509
 
-from gateway.audit import AuditTrail, audit_path
+from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig, PolicyConfig
 from gateway.errors import GatewayError, PermanentError
 from gateway.logs import event
@@ -77,9 +75,7 @@ class GatewayContext:
                                               negative_ttl=self.policy.discovery.negative_ttl)
         self._keys: dict[str, GuardedKey] = {}
         self._legacy_keys: dict[str, Any] = {}
-        self._audit_queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._audit_thread = threading.Thread(target=self._audit_writer, name="audit-writer", daemon=True)
-        self._audit_thread.start()
+        self.audit_writer = AuditWriter(self.audit_trail)
         self._key_lock = asyncio.Lock()
 
     def _sources(self) -> list[CertificateSource]:
@@ -171,24 +167,8 @@ class GatewayContext:
         return self.trust_space is not None and self.trust_space.is_authorised(domain)
 
     def audit(self, **fields: Any) -> None:
-        """Queue one record for the audit writer thread: the trail fsyncs every record, which must
-        not stall the event loop; records keep their order (one writer)."""
-        clean: dict[str, Any] = {}
-        for k, v in fields.items():
-            if v in (None, [], ()):
-                continue
-            clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
-        self._audit_queue.put(clean)
-
-    def _audit_writer(self) -> None:
-        while True:
-            record = self._audit_queue.get()
-            if record is None:
-                return
-            try:
-                self.audit_trail.append(**record)
-            except GatewayError as exc:
-                event(log, "audit-failed", logging.ERROR, reason=str(exc)[:200])
+        """Queue one record for the audit writer thread (the trail fsyncs every record)."""
+        self.audit_writer(**fields)
 
     def harvest(self, address: str, certificate: x509.Certificate) -> None:
         self.harvest_store.harvest(address, certificate)
@@ -273,8 +253,7 @@ class GatewayContext:
         return await unwrap_message(data, keys=[await self._key(name)], verifier=self.verifier)
 
     def close(self) -> None:
-        self._audit_queue.put(None)  # the writer drains what is queued, then stops
-        self._audit_thread.join(timeout=30)
+        self.audit_writer.close()  # drains what is queued, then stops
         for closer in (self.directory.close, self.harvest_store.close):
             try:
                 closer()
