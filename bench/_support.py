@@ -40,7 +40,9 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 SENDER = "labo@labo-tests.sante.test"  # = gateway.smime.testpki.ORG_EMAIL
 RECIPIENT = "jean.test-dupont@cabinet-parc.sante.test"  # = PERSON_EMAIL (has an encryption cert)
 SENDER_PASSWORD = "bench password, TEST only"  # noqa: S105 - the throw-away bench gateway's account
-MSGID_RE = re.compile(rb"^Message-ID: <bench\.(\d+)\.(\d+)@bench\.test>", re.IGNORECASE | re.MULTILINE)
+#: The sequence and send time, from the To display name (an S/MIME copy's outer Message-ID is
+#: fresh and random; To with its display name is on the outer allow-list) or the Message-ID.
+MSGID_RE = re.compile(rb"^(?:To: \"|Message-ID: <)bench\.(\d+)\.(\d+)", re.IGNORECASE | re.MULTILINE)
 
 
 # -- small helpers ----------------------------------------------------------------------------------
@@ -188,9 +190,10 @@ def body_lines(size: int, seed: int = 7) -> bytes:
 
 
 def bench_message(run: int, seq: int, body: bytes, sent_ns: int | None = None) -> bytes:
-    """A plain text message whose Message-ID carries the run id, the sequence and the send time (ns)."""
+    """A plain text message whose To display name and Message-ID carry the sequence and the send time (ns)."""
     sent_ns = time.time_ns() if sent_ns is None else sent_ns
-    head = (f"From: Labo TEST <{SENDER}>\r\nTo: <{RECIPIENT}>\r\nSubject: TEST bench {seq}\r\n"
+    head = (f"From: Labo TEST <{SENDER}>\r\nTo: \"bench.{seq}.{sent_ns}\" <{RECIPIENT}>\r\n"
+            f"Subject: TEST bench {seq}\r\n"
             f"Date: Wed, 25 Nov 2026 09:00:00 +0000\r\nMessage-ID: <bench.{seq}.{sent_ns}@bench.test>\r\n"
             "MIME-Version: 1.0\r\nContent-Type: text/plain; charset=us-ascii\r\n\r\n")
     return head.encode() + body
@@ -498,6 +501,7 @@ tls_cert = "tls-cert.pem"
 tls_key = "tls-key.pem"
 require_tls = false
 allowed_networks = ["127.0.0.0/8"]
+senders = ["{SENDER}"]      # the loopback "LIS" is bound to the lab's address and signs as the lab
 max_message_size = "{max_message_size}"
 timeout = "300s"
 
@@ -547,6 +551,7 @@ neutral_subject = "Message securise"
 
 [policy.sign_with]
 "{SENDER}" = "labo-sign"
+"network:relay" = "labo-sign"
 """
     config = folder / "gateway.toml"
     config.write_text(text)

@@ -101,6 +101,10 @@ class ListenerConfig:
     max_recipients: int
     timeout: float
     require_tls: bool
+    #: For clients trusted by `allowed_networks` (an internal mail server): the sender addresses
+    #: they may use. With a list, they are the identity `network:<listener>`, bound to it and
+    #: allowed a signing key; without one they relay unbound and never sign.
+    senders: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -223,20 +227,19 @@ class PolicyConfig:
 
     def signing_key_name(self, identity: str | None) -> str | None:
         """The `[keys.X]` that signs for an authenticated identity (an account name, a
-        `partner:<subject>`, the configured sender of an intake channel), never for an address
-        a client typed: without an identity nothing is signed. `@domain` matches identities
-        that are addresses in that domain; `*` every authenticated identity."""
+        `partner:<subject>`, `network:<listener>`, the configured sender of an intake channel),
+        never for an address a client typed: without an identity nothing is signed. `@domain`
+        matches the identities that are addresses in that domain, `*` every one of them;
+        partners and network clients sign only when named."""
         if not identity:
             return None
         table = dict(self.sign_with)
         who = identity.lower()
         if who in table:
             return table[who]
-        if "@" in who and not who.startswith("partner:"):
-            found = table.get("@" + who.rpartition("@")[2])
-            if found:
-                return found
-        return table.get("*")
+        if who.startswith(("partner:", "network:")):
+            return None
+        return table.get("@" + who.rpartition("@")[2]) or table.get("*")
 
 
 @dataclass(frozen=True)
@@ -426,7 +429,8 @@ def _kind_name(kind: type | tuple[type, ...]) -> str:
 
 
 _LISTENER_KEYS = {"kind", "address", "port", "tls_cert", "tls_key", "client_ca", "allowed_networks",
-                  "allowed_client_subjects", "max_message_size", "max_recipients", "timeout", "require_tls"}
+                  "allowed_client_subjects", "max_message_size", "max_recipients", "timeout", "require_tls",
+                  "senders"}
 _ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency"}
 
 
@@ -467,6 +471,7 @@ def _listeners(r: _Reader, data: dict[str, Any]) -> tuple[ListenerConfig, ...]:
             max_recipients=r.positive(spec, "max_recipients", prefix, 100),
             timeout=r.convert(spec, "timeout", prefix, parse_duration, 300),
             require_tls=r.get(spec, "require_tls", prefix, bool, kind == "submission"),
+            senders=_senders(r, spec, prefix),
         ))
     ports = [(lc.address, lc.port) for lc in out if lc.port]
     if len(ports) != len(set(ports)):
@@ -717,9 +722,10 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
             destinations.append((domain.lower(), value))
     sign_with = []
     for who, key_name in r.get(spec, "sign_with", prefix, dict, {}).items():
-        if not (who == "*" or who.lower().startswith("partner:") or is_address(who)
+        if not (who == "*" or who.lower().startswith(("partner:", "network:")) or is_address(who)
                 or (who.startswith("@") and is_domain(who[1:]))):
-            r.problem(f'{prefix}sign_with."{who}"', "must be an account name, partner:<subject>, @domain or *")
+            r.problem(f'{prefix}sign_with."{who}"', "must be an account name, partner:<subject>, "
+                      "network:<listener>, @domain or *")
         elif not isinstance(key_name, str) or key_name not in keys:
             r.problem(f'{prefix}sign_with."{who}"', f"names no [keys.{key_name}] table")
         else:
@@ -850,6 +856,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     if not config.listeners:
         r.problem("listeners", "at least one listener is needed")
     _check_trust_space_routes(r, config)
+    _check_network_signers(r, config)
     if config.legacy is not None:
         names = {lc.name for lc in config.listeners}
         for i, name in enumerate(config.legacy.listeners):
@@ -860,6 +867,20 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     if r.problems:
         raise ConfigError(r.problems)
     return config
+
+
+def _check_network_signers(r: _Reader, config: GatewayConfig) -> None:
+    """`network:<listener>` in sign_with needs that listener's `senders`: an organisation key
+    signs for a trusted network only the addresses the operator listed."""
+    if config.policy is None:
+        return
+    listeners = {lc.name: lc for lc in config.listeners}
+    for who, _ in config.policy.sign_with:
+        if who.startswith("network:"):
+            lc = listeners.get(who[len("network:"):])
+            if lc is None or not lc.allowed_networks or not lc.senders:
+                r.problem(f'policy.sign_with."{who}"', "needs a listener of that name with allowed_networks and "
+                          "senders = [...] (the addresses the key may sign for)")
 
 
 def _check_trust_space_routes(r: _Reader, config: GatewayConfig) -> None:

@@ -19,10 +19,10 @@ from typing import Literal
 
 from cryptography import x509
 
-from gateway.config import Account, GatewayConfig, is_domain
+from gateway.config import Account, GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import MalformedInput
 
-IdentityKind = Literal["account", "partner"]
+IdentityKind = Literal["account", "partner", "network"]
 #: Header fields that name the author or the sender of a message (RFC 5322 3.6.2).
 CLAIM_FIELDS = ("from", "sender")
 
@@ -32,7 +32,8 @@ class SenderIdentity:
     """An authenticated identity and the addresses (or `@domain` patterns) it may use.
 
     `name` is what the spool records as the message's `auth_user` and what `[policy.sign_with]`
-    is keyed by: the account name, or `partner:<subject>` for a relay partner."""
+    is keyed by: the account name, `partner:<subject>` for a relay partner, `network:<listener>`
+    for the clients of a trusted network that the listener binds with `senders`."""
 
     kind: IdentityKind
     name: str
@@ -48,6 +49,14 @@ class SenderIdentity:
 
 def account_identity(account: Account) -> SenderIdentity:
     return SenderIdentity("account", account.username, account.senders)
+
+
+def network_identity(listener: ListenerConfig) -> SenderIdentity | None:
+    """The clients a listener trusts by network (an internal mail server), when the listener lists
+    the senders they may use; None (unbound, never signing) when it does not."""
+    if not listener.senders:
+        return None
+    return SenderIdentity("network", f"network:{listener.name}", listener.senders)
 
 
 def partner_identity(config: GatewayConfig, subject: str, certificate_der: bytes | None) -> SenderIdentity:
@@ -112,4 +121,4 @@ def refused_claims(identity: SenderIdentity, message: bytes) -> list[str]:
 
 
 __all__ = ["CLAIM_FIELDS", "SenderIdentity", "account_identity", "certificate_senders", "claimed_senders",
-           "partner_identity", "refused_claims"]
+           "network_identity", "partner_identity", "refused_claims"]

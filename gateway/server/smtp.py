@@ -35,7 +35,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import GatewayError, MalformedInput
 from gateway.logs import event
-from gateway.senders import SenderIdentity, account_identity, partner_identity, refused_claims
+from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
@@ -323,8 +323,9 @@ class GatewayHandler:
             self.audit(decision=decision, listener=self.listener.name, **fields)
 
     def identity(self, session: Session) -> SenderIdentity | None:
-        """Who this client authenticated as: an account (AUTH), or a relay partner (its client
-        certificate matched `allowed_client_subjects`); None for anyone else."""
+        """Who this client authenticated as: an account (AUTH), a relay partner (its client
+        certificate matched `allowed_client_subjects`), or a trusted network whose listener binds
+        its senders; None for anyone else."""
         if session.authenticated and isinstance(session.auth_data, LoginPassword):
             account = self.config.account(session.auth_data.login.decode("utf-8", "replace"))
             return account_identity(account) if account is not None else None
@@ -333,19 +334,23 @@ class GatewayHandler:
             subject = matching_subject(der, self.listener.allowed_client_subjects)
             if subject is not None:
                 return partner_identity(self.config, subject, der)
+        if self.listener.kind == "relay" and self.in_allowed_network(session):
+            return network_identity(self.listener)
         return None
+
+    def in_allowed_network(self, session: Session) -> bool:
+        try:
+            addr = ipaddress.ip_address(_peer_ip(session))
+        except ValueError:
+            return False
+        return any(addr in net for net in self.listener.allowed_networks)
 
     def relay_allowed(self, session: Session) -> bool:
         """May this client send to non-local domains?"""
         if self.listener.kind == "submission":
             return bool(session.authenticated)
-        ip = _peer_ip(session)
-        try:
-            addr = ipaddress.ip_address(ip)
-            if any(addr in net for net in self.listener.allowed_networks):
-                return True
-        except ValueError:
-            pass
+        if self.in_allowed_network(session):
+            return True
         if self.listener.allowed_client_subjects:
             return matching_subject(self.client_certificate(session), self.listener.allowed_client_subjects) is not None
         return False

@@ -22,7 +22,7 @@ from cryptography.hazmat.primitives import serialization
 
 from gateway.server.passwords import hash_password
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
-from tests.conftest import require_tool
+from tests.conftest import free_port, require_tool
 from tests.e2e.harness import GatewayProcess, GatewaySetup, Sink, msgw, write_config
 from tests.e2e.tlspki import TestCA
 from tests.smime.support import shared_pki
@@ -54,7 +54,7 @@ def pki() -> TestPKI:
     return shared_pki().pki
 
 
-def _setup(folder: Path, pki: TestPKI, sink: Sink, tls_ca: TestCA) -> GatewaySetup:
+def _setup(folder: Path, pki: TestPKI, sink: Sink, tls_ca: TestCA, internal_port: int) -> GatewaySetup:
     server = tls_ca.issue("localhost")
     extra = f"""
 [accounts."{ORG_EMAIL}"]
@@ -81,6 +81,15 @@ default = "require-smime"
 
 [policy.sign_with]
 "{ORG_EMAIL}" = "labo-sign"
+"network:internal" = "labo-sign"
+
+# the lab's internal mail server, trusted by network, may relay only the lab's addresses
+[listeners.internal]
+kind = "relay"
+address = "127.0.0.1"
+port = {internal_port}
+allowed_networks = ["127.0.0.0/8"]
+senders = ["@labo-tests.sante.test"]
 """
     setup = write_config(folder, sink_port=sink.port, extra=extra)
     text = setup.config.read_text()
@@ -112,6 +121,12 @@ def _partner(setup: GatewaySetup, ca: TestCA, cert, mail_from: str, rcpt: str, d
         client.ehlo("mx.partner.example")
         client.starttls(context=_tls(ca, cert))
         client.ehlo("mx.partner.example")
+        return _transaction(client, mail_from, rcpt, data)
+
+
+def _internal(port: int, mail_from: str, rcpt: str, data: bytes) -> tuple[int, str]:
+    with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+        client.ehlo("mta.labo-tests.sante.test")
         return _transaction(client, mail_from, rcpt, data)
 
 
@@ -151,7 +166,8 @@ def test_spoofed_senders_are_refused_and_the_signature_follows_the_login(pki: Te
     partner = tls_ca.issue(PARTNER_CN)
     sink = Sink().start()
     try:
-        setup = _setup(tmp_path / "gw", pki, sink, tls_ca)
+        internal_port = free_port()
+        setup = _setup(tmp_path / "gw", pki, sink, tls_ca, internal_port)
         lab_local = ORG_EMAIL  # the lab's own mailbox is local here (labo-tests.sante.test)
         attacks = {
             "account without key: MAIL FROM the lab": lambda: _submit(
@@ -170,6 +186,10 @@ def test_spoofed_senders_are_refused_and_the_signature_follows_the_login(pki: Te
                 setup, tls_ca, partner, ORG_EMAIL, PERSON_EMAIL, _mail(f"<{ORG_EMAIL}>", PERSON_EMAIL)),
             "relay partner (client cert): From: the lab": lambda: _partner(
                 setup, tls_ca, partner, "dr@partner.example", PERSON_EMAIL, _mail(f"<{ORG_EMAIL}>", PERSON_EMAIL)),
+            "trusted network bound to the lab: MAIL FROM elsewhere": lambda: _internal(
+                internal_port, "dr@elsewhere.test", PERSON_EMAIL, _mail("<dr@elsewhere.test>", PERSON_EMAIL)),
+            "trusted network bound to the lab: From: elsewhere": lambda: _internal(
+                internal_port, ORG_EMAIL, PERSON_EMAIL, _mail("<dr@elsewhere.test>", PERSON_EMAIL)),
         }
         with GatewayProcess(setup):
             outcomes = {name: attack() for name, attack in attacks.items()}
@@ -178,8 +198,10 @@ def test_spoofed_senders_are_refused_and_the_signature_follows_the_login(pki: Te
             demo = _submit(setup, DEMO, DEMO, PERSON_EMAIL, _mail(f"<{DEMO}>", PERSON_EMAIL))
             ally = _partner(setup, tls_ca, partner, "dr@partner.example", PERSON_EMAIL,
                             _mail("<dr@partner.example>", PERSON_EMAIL))
-            assert [lab[0], demo[0], ally[0]] == [250, 250, 250], (lab, demo, ally)
-            got = sink.wait_for(3, timeout=30)
+            lab_mta = _internal(internal_port, "secretariat@labo-tests.sante.test", PERSON_EMAIL,
+                                _mail("<secretariat@labo-tests.sante.test>", PERSON_EMAIL))
+            assert [lab[0], demo[0], ally[0], lab_mta[0]] == [250] * 4, (lab, demo, ally, lab_mta)
+            got = sink.wait_for(4, timeout=30)
             time.sleep(1.0)  # anything an attack would have let through arrives by now
             got = sink.handler.snapshot()
         for name, (code, text) in outcomes.items():
@@ -188,17 +210,20 @@ def test_spoofed_senders_are_refused_and_the_signature_follows_the_login(pki: Te
                                     note=f"{code} {text.split(chr(10))[0][:40]}")
             assert str(code) == expected, (name, code, text)
             assert ("5.6.0" if expected == "550" else "5.7.1") in text
-        assert len(got) == 3 and all(m.recipients == [PERSON_EMAIL] for m in got)
+        assert len(got) == 4 and all(m.recipients == [PERSON_EMAIL] for m in got)
         signers = {m.sender: _signer_of(openssl, pki, m.data, tmp_path) for m in got}
         org = pki["org_sign"].cert
         assert signers[ORG_EMAIL] is not None and signers[ORG_EMAIL].serial_number == org.serial_number
         assert signers[DEMO] is None            # no key of its own: encrypted, never the lab's signature
         assert signers["dr@partner.example"] is None
+        # the operator named the internal network in sign_with: its (bound) mail is signed by the lab
+        mta = signers["secretariat@labo-tests.sante.test"]
+        assert mta is not None and mta.serial_number == org.serial_number
         shown = msgw("audit", "show", "--json", "--config", str(setup.config))
         records = [json.loads(line) for line in shown.stdout.decode().splitlines() if line.strip()]
         refused = [r for r in records if r.get("decision") == "sender-refused"]
         assert len(refused) == sum(1 for n in outcomes if "two From" not in n)
-        assert {r["identity"] for r in refused} == {DEMO, f"partner:{PARTNER_CN}"}
+        assert {r["identity"] for r in refused} == {DEMO, f"partner:{PARTNER_CN}", "network:internal"}
         assert msgw("audit", "verify", "--config", str(setup.config)).returncode == 0
     finally:
         sink.stop()

@@ -121,3 +121,25 @@ def test_signing_key_follows_the_identity_never_the_typed_sender() -> None:
 def test_local_form_is_refused_rather_than_ignored() -> None:
     with pytest.raises(ConfigError, match="policy.local_form: not supported"):
         _config('[trust]\n[policy]\nlocal_form = "signed"\n')
+
+
+def test_a_trusted_network_signs_only_when_its_listener_binds_its_senders() -> None:
+    from gateway.senders import network_identity
+
+    net = ('[listeners.internal]\nkind = "relay"\nport = 2626\nallowed_networks = ["10.0.0.0/8"]\n'
+           'senders = ["@hopital.example"]\n')
+    config = _config(net + '[keys.org]\nref = "/k.pem"\ncert = "/c.pem"\n[trust]\n[policy]\n'
+                     '[policy.sign_with]\n"network:internal" = "org"\n"*" = "org"\n')
+    internal = next(lc for lc in config.listeners if lc.name == "internal")  # type: ignore[attr-defined]
+    ident = network_identity(internal)
+    assert ident is not None and ident.name == "network:internal" and ident.may_use("dr.x@hopital.example")
+    assert not ident.may_use("labo@labo.example")
+    policy = config.policy  # type: ignore[attr-defined]
+    assert policy.signing_key_name("network:internal") == "org"
+    assert policy.signing_key_name("network:other") is None      # "*" is for logins, not networks
+    assert policy.signing_key_name("partner:mss.partner.example") is None
+    relay = next(lc for lc in config.listeners if lc.name == "relay")  # type: ignore[attr-defined]
+    assert network_identity(relay) is None                        # no senders: unbound, never signs
+    with pytest.raises(ConfigError, match='sign_with."network:relay": needs a listener of that name'):
+        _config('[keys.org]\nref = "/k.pem"\ncert = "/c.pem"\n[trust]\n[policy]\n'
+                '[policy.sign_with]\n"network:relay" = "org"\n')
