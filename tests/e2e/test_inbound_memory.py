@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from tests.e2e.harness import GatewayProcess, write_config
-from tests.smime.support import shared_pki
+from tests.smime.support import shared_pki, trust_toml
 
 RECIPIENTS = 100
 SIZE = 10 * 1024 * 1024
@@ -40,11 +40,7 @@ def test_one_large_message_to_many_local_mailboxes_is_held_once(tmp_path: Path) 
     pki = shared_pki().pki
     boxes = [f"box{n:03d}@msgw.test" for n in range(RECIPIENTS)]
     extra = f"""
-[trust]
-anchors = "{pki.trust_dir}"
-crl_files = [{", ".join(f'"{p}"' for p in pki.crl_paths)}]
-fetch_crls = false
-
+{trust_toml(pki)}
 [policy]
 default = "require-smime"
 inbound_unverified = "flag"

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from gateway.smime.testpki import TestPKI
 from tests.e2e.harness import PASSWORD, USER, GatewayProcess, make_message, queue_json, write_config
-from tests.smime.support import shared_pki
+from tests.smime.support import shared_pki, trust_toml
 
 COUNT = 10_000
 
@@ -53,11 +53,7 @@ def test_ten_thousand_local_recipients_under_the_policy(tmp_path: Path) -> None:
     pki: TestPKI = shared_pki().pki
     rcpts = [f"dr.{i:05d}@msgw.test" for i in range(COUNT)]
     extra = f"""
-[trust]
-anchors = "{pki.trust_dir}"
-crl_files = [{", ".join(f'"{p}"' for p in pki.crl_paths)}]
-fetch_crls = false
-
+{trust_toml(pki)}
 [policy]
 default = "require-smime"
 """

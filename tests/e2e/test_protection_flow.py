@@ -23,7 +23,7 @@ from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import require_tool
 from tests.e2e.harness import GatewayProcess, GatewaySetup, Sink, log_events, msgw, write_config
 from tests.interop.conftest_smime import gpgsm_home, openssl_cafile
-from tests.smime.support import shared_pki
+from tests.smime.support import key_toml, shared_pki, trust_toml
 
 LAB_PASSWORD = "lab password for tests"
 MARKER = "PATIENT-MARKER-e2e-91"
@@ -40,20 +40,11 @@ def _protected_setup(folder: Path, pki: TestPKI, sink_port: int) -> GatewaySetup
 [accounts."{ORG_EMAIL}"]
 password_hash = "{hash_password(LAB_PASSWORD)}"
 
-[keys.labo-sign]
-ref = "{pki['org_sign'].key_path}"
-cert = "{pki['org_sign'].cert_path}"
-chain = "{pki['org_sign'].chain_path}"
+{key_toml('labo-sign', pki['org_sign'])}
 
-[keys.labo-decrypt]
-ref = "{pki['org_encrypt'].key_path}"
-cert = "{pki['org_encrypt'].cert_path}"
+{key_toml('labo-decrypt', pki['org_encrypt'], chain=False)}
 
-[trust]
-anchors = "{pki.trust_dir}"
-crl_files = [{", ".join(f'"{p}"' for p in pki.crl_paths)}]
-fetch_crls = false
-
+{trust_toml(pki)}
 [policy]
 default = "require-smime"
 neutral_subject = "Message sécurisé"

@@ -25,7 +25,7 @@ from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import free_port, require_tool
 from tests.e2e.harness import GatewayProcess, GatewaySetup, Sink, msgw, write_config
 from tests.e2e.tlspki import TestCA
-from tests.smime.support import shared_pki
+from tests.smime.support import key_toml, shared_pki, trust_toml
 
 PASSWORD = "trust battery password"
 DEMO = "demo@msgw.test"
@@ -66,16 +66,9 @@ password_hash = "{hash_password(PASSWORD)}"
 [partners."{PARTNER_CN}"]
 senders = ["@partner.example"]
 
-[keys.labo-sign]
-ref = "{pki['org_sign'].key_path}"
-cert = "{pki['org_sign'].cert_path}"
-chain = "{pki['org_sign'].chain_path}"
+{key_toml('labo-sign', pki['org_sign'])}
 
-[trust]
-anchors = "{pki.trust_dir}"
-crl_files = [{", ".join(f'"{p}"' for p in pki.crl_paths)}]
-fetch_crls = false
-
+{trust_toml(pki)}
 [policy]
 default = "require-smime"
 

@@ -73,3 +73,15 @@ def message_from(address: str, body: bytes = b"TEST body.\r\n", headers: bytes =
     """A small TEST message from `address`."""
     return (f"From: <{address}>\r\nTo: <labo@labo-tests.sante.test>\r\nSubject: TEST\r\n".encode()
             + headers + b"Content-Type: text/plain; charset=us-ascii\r\n\r\n" + body)
+
+
+def trust_toml(pki: TestPKI) -> str:
+    """The `[trust]` table of a gateway config trusting the TEST PKI (its CRL files, no fetching)."""
+    crls = ", ".join(f'"{p}"' for p in pki.crl_paths)
+    return f'[trust]\nanchors = "{pki.trust_dir}"\ncrl_files = [{crls}]\nfetch_crls = false\n'
+
+
+def key_toml(name: str, entry, *, chain: bool = True) -> str:
+    """A `[keys.<name>]` table for a TEST PKI entry (a soft key file and its certificate)."""
+    text = f'[keys.{name}]\nref = "{entry.key_path}"\ncert = "{entry.cert_path}"\n'
+    return text + (f'chain = "{entry.chain_path}"\n' if chain else "")
