@@ -40,6 +40,7 @@ from gateway.legacy.mimeutil import (
     raw_body,
     raw_header_fields,
     raw_multipart_parts,
+    subparts,
     to_bytes,
     to_crlf,
 )
@@ -368,8 +369,8 @@ class OpenPgpCodec:
 
     @staticmethod
     def _encrypted_payload(msg: email.message.Message) -> bytes:
-        parts = msg.get_payload()
-        if not isinstance(parts, list) or len(parts) != 2:
+        parts = subparts(msg)
+        if len(parts) != 2:
             raise MalformedPayload("multipart/encrypted must have exactly 2 parts (RFC 3156 section 4)")
         control, data = parts
         if control.get_content_type() != ENCRYPTED_PROTOCOL or b"Version: 1" not in leaf_payload(control):
