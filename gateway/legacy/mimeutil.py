@@ -115,6 +115,14 @@ def subparts(part: email.message.Message) -> list[email.message.Message]:
     return [sub for sub in payload if isinstance(sub, email.message.Message)]
 
 
+def param_text(part: email.message.Message, name: str) -> str:
+    """A Content-Type parameter as text ('' when absent); an RFC 2231 value (a tuple) is decoded."""
+    value = part.get_param(name)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else email.utils.collapse_rfc2231_value(value)
+
+
 def part_filename(part: email.message.Message, index: int) -> str:
     """The file name of a part, reduced to a safe base name (never a path)."""
     name = part.get_filename() or part.get_param("name") or ""

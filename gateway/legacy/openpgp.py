@@ -37,6 +37,7 @@ from gateway.legacy.mimeutil import (
     binary_part,
     leaf_payload,
     outer_headers,
+    param_text,
     raw_body,
     raw_header_fields,
     raw_multipart_parts,
@@ -246,7 +247,7 @@ class OpenPgpCodec:
             return True
         msg = as_message(message)
         kind = msg.get_content_type()
-        protocol = (msg.get_param("protocol") or "").lower() if msg.is_multipart() else ""
+        protocol = param_text(msg, "protocol").lower() if msg.is_multipart() else ""
         if kind == "multipart/encrypted" and protocol == ENCRYPTED_PROTOCOL:
             return True
         if kind == "multipart/signed" and protocol == SIGNATURE_PROTOCOL:
@@ -405,7 +406,7 @@ class OpenPgpCodec:
 
     def _verify_signed(self, raw: bytes, msg: email.message.Message,
                        keys: OpenPgpKeyring) -> tuple[bytes, SignatureReport]:
-        if (msg.get_param("protocol") or "").lower() != SIGNATURE_PROTOCOL:
+        if param_text(msg, "protocol").lower() != SIGNATURE_PROTOCOL:
             raise MalformedPayload("multipart/signed with a protocol other than application/pgp-signature")
         boundary = msg.get_boundary()
         if not boundary:
