@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from typing import TYPE_CHECKING
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
@@ -18,6 +19,10 @@ from gateway.pipeline import Pipeline
 from gateway.routing.directory import SqliteDirectory, directory_path
 from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
+
+if TYPE_CHECKING:  # both are imported where used: the plain relay needs neither
+    from gateway.intake.service import IntakeService
+    from gateway.stages.build import GatewayContext
 
 log = logging.getLogger("gateway")
 
@@ -35,10 +40,10 @@ class Gateway:
         self.config = config
         self.spool = Spool(config.spool.path)
         self.pipeline = pipeline
-        self.context = None
+        self.context: GatewayContext | None = None
         self.delivery: DeliveryManager | None = None
         self.server: SmtpServer | None = None
-        self.intake = None
+        self.intake: IntakeService | None = None
         self._own_directory: SqliteDirectory | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
@@ -57,18 +62,18 @@ class Gateway:
         else:  # the plain relay audits what its listeners refuse too
             self._own_audit = AuditWriter(AuditTrail(audit_path(self.config)))
             audit = self._own_audit
-        self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
+        delivery = self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
         directory = self.context.directory if self.context is not None else self._open_directory()
-        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: self.delivery.wake(),
+        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: delivery.wake(),
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
         await self.server.start()
-        self.delivery.start()
+        delivery.start()
         if self.config.intake is not None and self.config.intake.enabled:
             from gateway.intake.service import IntakeService
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
-                                        self.config.state_dir, lambda _id: self.delivery.wake(),
+                                        self.config.state_dir, lambda _id: delivery.wake(),
                                         self.config.spool.max_queue_lifetime)
             await self.intake.start()
 

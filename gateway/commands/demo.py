@@ -100,6 +100,7 @@ async def _demo(base: Path) -> int:
     password = (base / "var" / "default" / "demo.password").read_text().strip()
     gateway = Gateway(config)
     await gateway.start()
+    assert gateway.server is not None  # start() returns only with its listeners up
     try:
         host, port = gateway.server.bound["submission"]
         relay_host, relay_port = gateway.server.bound["relay"]

@@ -163,7 +163,7 @@ def _read_certs(files: list[str]) -> list[bytes]:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from gateway.routing.directory import DirectoryError, Identity, national_id_for, operator_item
+    from gateway.routing.directory import DirectoryError, EntityKind, Identity, national_id_for, operator_item
 
     try:
         certs = _read_certs(args.cert)
@@ -171,7 +171,7 @@ def run_add(args: argparse.Namespace) -> int:
         return _fail(f"cannot read certificate file: {exc.strerror}")
     except ValueError:
         return _fail("a --cert file is not a PEM or DER certificate")
-    kind = "organisation" if args.organisation and not (args.rpps or args.adeli) else "person"
+    kind: EntityKind = "organisation" if args.organisation and not (args.rpps or args.adeli) else "person"
     identity = Identity(kind=kind, national_id=national_id_for(args.rpps, args.adeli), rpps=args.rpps,
                         adeli=args.adeli.upper() if args.adeli else None, last_name=args.last_name,
                         first_name=args.first_name, organisation=args.organisation)

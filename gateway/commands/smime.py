@@ -12,7 +12,7 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from gateway.commands.common import read_input, write_output
@@ -70,7 +70,8 @@ def _close(key: Any) -> None:
         close()
 
 
-def _run(action: Callable[[], Awaitable[int]], as_json: bool = False) -> int:
+def _run(action: Callable[[], Coroutine[Any, Any, int]], as_json: bool = False) -> int:
+    error: GatewayError
     try:
         return asyncio.run(action())
     except _BAD_INPUT as exc:

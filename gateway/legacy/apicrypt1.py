@@ -56,6 +56,7 @@ from gateway.legacy.mimeutil import (
     part_filename,
     raw_header_fields,
     safe_filename,
+    subparts,
     text_part,
 )
 
@@ -190,7 +191,7 @@ def _leaves(message: email.message.Message) -> tuple[email.message.Message | Non
         nonlocal body
         kind = part.get_content_type()
         if part.is_multipart() and kind != "message/rfc822":
-            for sub in part.get_payload():
+            for sub in subparts(part):
                 visit(sub, kind == "multipart/alternative")
             return
         attachment = is_attachment(part)

@@ -324,9 +324,9 @@ def dearmor(text: str | bytes) -> bytes:
                          line=2, column=1)
     length = int(prefix, 16)
     count, line_length = _layout(length)
-    for number, line in enumerate(data_lines[:-1]):
-        if number < count - 1 and len(line) != line_length(number):
-            raise ArmorError("line-length", f"expected {line_length(number)} characters, found {len(line)}",
+    for number, data_line in enumerate(data_lines[:-1]):
+        if number < count - 1 and len(data_line) != line_length(number):
+            raise ArmorError("line-length", f"expected {line_length(number)} characters, found {len(data_line)}",
                              line=number + 2)
     found = sum(len(line) for line in data_lines)
     need = encoded_length(length)
@@ -337,8 +337,8 @@ def dearmor(text: str | bytes) -> bytes:
                          f"(expected {count} lines)", line=end + 1)
     stream = "".join(data_lines)
     starts = [0]
-    for line in data_lines:
-        starts.append(starts[-1] + len(line))
+    for data_line in data_lines:
+        starts.append(starts[-1] + len(data_line))
 
     def locate(offset: int) -> tuple[int, int]:
         """(armor line, column) of character `offset` of the joined data lines."""

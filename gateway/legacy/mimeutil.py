@@ -79,7 +79,8 @@ def assemble(headers: list[tuple[str, str]], body: email.message.Message | list[
         top = email.message.Message()
         top["Content-Type"] = f"multipart/{subtype}"
         top.set_param("boundary", new_boundary())
-        top.set_payload(body)
+        parts: list[email.message.Message | str] = list(body)  # set_payload's list type is invariant
+        top.set_payload(parts)
     else:
         top = body
     out = email.message.Message()
@@ -104,6 +105,22 @@ def leaf_payload(part: email.message.Message) -> bytes:
     if data is None:
         return b""
     return data if isinstance(data, bytes) else str(data).encode("latin-1", "replace")
+
+
+def subparts(part: email.message.Message) -> list[email.message.Message]:
+    """The sub-parts of a multipart, typed (empty for a leaf, whose payload is a string)."""
+    payload = part.get_payload()
+    if not isinstance(payload, list):
+        return []
+    return [sub for sub in payload if isinstance(sub, email.message.Message)]
+
+
+def param_text(part: email.message.Message, name: str) -> str:
+    """A Content-Type parameter as text ('' when absent); an RFC 2231 value (a tuple) is decoded."""
+    value = part.get_param(name)
+    if value is None:
+        return ""
+    return value if isinstance(value, str) else email.utils.collapse_rfc2231_value(value)
 
 
 def part_filename(part: email.message.Message, index: int) -> str:

@@ -37,9 +37,11 @@ from gateway.legacy.mimeutil import (
     binary_part,
     leaf_payload,
     outer_headers,
+    param_text,
     raw_body,
     raw_header_fields,
     raw_multipart_parts,
+    subparts,
     to_bytes,
     to_crlf,
 )
@@ -245,7 +247,7 @@ class OpenPgpCodec:
             return True
         msg = as_message(message)
         kind = msg.get_content_type()
-        protocol = (msg.get_param("protocol") or "").lower() if msg.is_multipart() else ""
+        protocol = param_text(msg, "protocol").lower() if msg.is_multipart() else ""
         if kind == "multipart/encrypted" and protocol == ENCRYPTED_PROTOCOL:
             return True
         if kind == "multipart/signed" and protocol == SIGNATURE_PROTOCOL:
@@ -368,8 +370,8 @@ class OpenPgpCodec:
 
     @staticmethod
     def _encrypted_payload(msg: email.message.Message) -> bytes:
-        parts = msg.get_payload()
-        if not isinstance(parts, list) or len(parts) != 2:
+        parts = subparts(msg)
+        if len(parts) != 2:
             raise MalformedPayload("multipart/encrypted must have exactly 2 parts (RFC 3156 section 4)")
         control, data = parts
         if control.get_content_type() != ENCRYPTED_PROTOCOL or b"Version: 1" not in leaf_payload(control):
@@ -404,7 +406,7 @@ class OpenPgpCodec:
 
     def _verify_signed(self, raw: bytes, msg: email.message.Message,
                        keys: OpenPgpKeyring) -> tuple[bytes, SignatureReport]:
-        if (msg.get_param("protocol") or "").lower() != SIGNATURE_PROTOCOL:
+        if param_text(msg, "protocol").lower() != SIGNATURE_PROTOCOL:
             raise MalformedPayload("multipart/signed with a protocol other than application/pgp-signature")
         boundary = msg.get_boundary()
         if not boundary:

@@ -24,6 +24,7 @@ from gateway.routing.payload import (
     IdType,
     PartyRef,
     PatientId,
+    PayloadError,
     PayloadInfo,
     UnsafePayload,
     professional_id_type,
@@ -55,7 +56,7 @@ def xpath_of(elem: etree._Element) -> str:
     return "/" + "/".join(reversed(parts))
 
 
-def parse_xml(data: bytes, error: type[CdaError] = CdaError) -> etree._Element:
+def parse_xml(data: bytes, error: type[PayloadError] = CdaError) -> etree._Element:
     """Parse untrusted XML safely; DOCTYPE/ENTITY declarations raise :class:`UnsafePayload`."""
     if len(data) > MAX_CDA_BYTES:
         raise error(f"XML document larger than {MAX_CDA_BYTES} bytes", "/")

@@ -349,7 +349,7 @@ class LdapSource:
         values: list[bytes] = []
         for key, raw in (entry.get("raw_attributes") or {}).items():
             if key.split(";", 1)[0].lower() == wanted:
-                values.extend(v for v in raw if isinstance(v, bytes | bytearray))
+                values.extend(bytes(v) for v in raw if isinstance(v, bytes | bytearray))
         return values
 
 

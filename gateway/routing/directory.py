@@ -106,12 +106,15 @@ class Activity:
     department: str | None = None
 
 
+EntityKind = Literal["person", "organisation"]
+
+
 @dataclass(frozen=True)
 class Entity:
     """A person (kind `person`) or an organisation, merged over every source that names it."""
 
     key: str
-    kind: Literal["person", "organisation"]
+    kind: EntityKind
     national_id: str | None = None
     rpps: str | None = None
     adeli: str | None = None
@@ -167,7 +170,7 @@ class Correspondent:
 class Identity:
     """Who an import row or manual entry is about (input side)."""
 
-    kind: Literal["person", "organisation"] = "person"
+    kind: EntityKind = "person"
     national_id: str | None = None
     rpps: str | None = None
     adeli: str | None = None
@@ -713,7 +716,7 @@ def _merge_entity(ekey: str, rows: list[tuple[Any, ...]]) -> Entity:
     demat = pick("dematerialisation")
     finess = next((a.finess for a in activities if a.finess), None)
     siret = next((a.siret for a in activities if a.siret), None)
-    kind = pick("kind") or ("person" if ekey.startswith("pp:") else "organisation")
+    kind: EntityKind = pick("kind") or ("person" if ekey.startswith("pp:") else "organisation")
     return Entity(key=ekey, kind=kind, national_id=pick("national_id"), rpps=pick("rpps"), adeli=pick("adeli"),
                   finess=finess if kind == "organisation" else None, siret=siret if kind == "organisation" else None,
                   civility=pick("civility"), last_name=pick("last_name"), first_name=pick("first_name"),

@@ -389,8 +389,8 @@ def read_hl7(data: bytes) -> PayloadInfo:
         replaces = replaces or trigger in _REPLACE_TRIGGERS
         cancels = cancels or trigger in _CANCEL_TRIGGERS
     else:
-        obr = msg.first("OBR")
-        document_id = _ei(msg, obr, 3) or _ei(msg, obr, 2) or msg.value(msh, 10) or None
+        first_obr = msg.first("OBR")
+        document_id = _ei(msg, first_obr, 3) or _ei(msg, first_obr, 2) or msg.value(msh, 10) or None
 
     embedded: list[PayloadInfo] = []
     warnings: list[str] = []

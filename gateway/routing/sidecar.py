@@ -38,7 +38,7 @@ import re
 import unicodedata
 from typing import Any
 
-from gateway.routing.payload import DocumentType, PartyRef, PayloadError, PayloadInfo, professional_id_type
+from gateway.routing.payload import DocumentType, IdType, PartyRef, PayloadError, PayloadInfo, professional_id_type
 
 MAX_SIDECAR_BYTES = 64 * 1024
 SIDECAR_VERSION = 1
@@ -126,6 +126,7 @@ def _party(obj: Any, where: str, role: str) -> PartyRef:
         return PartyRef("ADDRESS", address, organisation=name, address=address, role=role, source="sidecar")
     key = ids[0]
     value = _text(obj, key, where, required=True).replace(" ", "")
+    id_type: IdType
     if key == "rpps":
         if not re.fullmatch(r"[0-9]{11}", value):
             raise SidecarError("'rpps' must be 11 digits", f"{where}.rpps")
@@ -149,11 +150,11 @@ def _compact_time(value: str) -> str | None:
     if not value:
         return None
     m = _ISO_TIME.fullmatch(value)
-    parts = [int(g) for g in m.groups() if g] if m else []
     try:
         if not m:
             raise ValueError
-        dt.datetime(*parts)  # a real date and time (month 13 or 25 o'clock are refused)
+        year, month, day, hour, minute, second = (int(g or 0) for g in m.groups())
+        dt.datetime(year, month, day, hour, minute, second)  # a real date and time (month 13 or 25 o'clock are refused)
     except ValueError:
         raise SidecarError("'created' must be an ISO 8601 date or date-time", "$.created") from None
     return "".join(g for g in m.groups() if g)

@@ -60,7 +60,7 @@ class SignedContent:
     certificates: tuple[x509.Certificate, ...]
 
 
-def _single(attrs: cms.CMSAttributes, name: str) -> list[object]:
+def _single(attrs: cms.CMSAttributes, name: str) -> list[cms.CMSAttribute]:
     return [a for a in attrs if a["type"].native == name]
 
 

@@ -149,6 +149,19 @@ def test_sign_only_multipart_signed(gpg_homes: dict[str, GpgHome], tmp_path) -> 
     assert CODEC.decode(tampered, keyring(partner)).signature is SignatureStatus.BAD
 
 
+def test_rfc2231_protocol_parameter_is_read_as_text(gpg_homes: dict[str, GpgHome]) -> None:
+    """An RFC 2231-encoded protocol= (get_param gives a tuple) is detected and verified, not an AttributeError."""
+    bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
+    signed = CODEC.encode(MIME, bridge.email, [], keyring(bridge), sign_only=True)
+    assert b'protocol="application/pgp-signature"' in signed
+    encoded = signed.replace(b'protocol="application/pgp-signature"',
+                             b"protocol*=us-ascii''application%2Fpgp-signature", 1)
+    assert isinstance(email.message_from_bytes(encoded).get_param("protocol"), tuple)
+    assert CODEC.detect(encoded) and registry.detect_codec(encoded) is CODEC
+    decoded = CODEC.decode(encoded, keyring(partner))
+    assert decoded.signature is SignatureStatus.VALID and decoded.signer_fingerprint == bridge.fingerprint
+
+
 def test_signed_then_encrypted_by_gpg(gpg_homes: dict[str, GpgHome]) -> None:
     """RFC 3156 6.1: a multipart/signed entity inside multipart/encrypted."""
     bridge, partner = gpg_homes["bridge"], gpg_homes["partner"]
