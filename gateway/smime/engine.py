@@ -195,21 +195,29 @@ class _Headers:
     displaced: tuple[bytes, ...]  # outer fields replaced by a different protected value
 
 
-def _deliverable(outer: Split, inside: list[Split], innermost: Split) -> _Headers:
+#: Fields that say who wrote or sent a message: taken from inside only where a verified
+#: signature covers them (an encryption layer authenticates nobody: anyone can write one).
+_IDENTITY = frozenset({"from", "sender"})
+
+
+def _deliverable(outer: Split, inside: list[Split], covered: list[bool]) -> _Headers:
     """Merge the header fields found inside the layers (protected headers) over the outer ones.
 
     A name present inside replaces every outer field of that name (the deepest layer wins): the
     outer From/Subject of an S/MIME message are unprotected, and one reader must not see two.
+    From and Sender come from inside only from an entity a signature covers (`covered`); an
+    unsigned inner From is dropped and the outer one, which the listener checked, is kept.
     Outer fields whose value differs from the protected one are returned as `displaced`.
     """
     protected: dict[str, list[bytes]] = {}
-    for split in inside:
+    for split, signed in zip(inside, covered, strict=True):
         found: dict[str, list[bytes]] = {}
         for f in outer_fields(split):
             name = field_name(f)
-            if name not in _TRACE:
+            if name not in _TRACE and (signed or name not in _IDENTITY):
                 found.setdefault(name, []).append(f)
         protected.update(found)
+    innermost = inside[-1]
     in_content = {field_name(f) for f in outer_fields(innermost)}
     kept, displaced = [], []
     for f in outer_fields(outer):
@@ -239,11 +247,13 @@ async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), 
     entity = message
     layers: list[str] = []
     inside: list[Split] = []  # the header fields of every entity reached under a layer
+    covered: list[bool] = []  # whether a verified signature covers that entity
     ciphers: list[str] = []
     signatures: list[VerificationResult] = []
     for _ in range(MAX_DEPTH):
         if layers:
             inside.append(split_message(entity))
+            covered.append(bool(signatures))
         part = classify(entity)
         if part.kind == "rfc822" and layers:
             entity = part.signed_content  # RFC 8551 3.1: a whole message wrapped inside the layer
@@ -280,23 +290,16 @@ async def unwrap_message(message: bytes, *, keys: Sequence[DecryptionKey] = (), 
     content = b"".join(inner.fields) + b"\r\n" + inner.body
     if not layers:
         return UnwrapResult(message, content, ())
-    headers = _deliverable(outer, inside, inner)
-    from_ = sender if sender is not None else _single_from(headers.fields + inner.fields)
+    headers = _deliverable(outer, inside, covered)
+    shown = inner.fields if covered[-1] else tuple(f for f in inner.fields if field_name(f) not in _IDENTITY)
+    from_ = sender if sender is not None else _single_from(headers.fields + shown)
     if verifier is not None:
         signatures = [verifier.match_sender(s, from_, ids) for s in signatures]
-        protected = [f for split in inside for f in split.fields]
-        agent = _single_from(protected, "sender") if sender is None else None
-        if signatures and not signatures[-1].from_matched and agent:
-            # RFC 8551 3.1: the signer may be named by Sender: (an organisation or a bridge signing
-            # for the author in From:) — only a Sender: carried inside the layers, never an outer one
-            last = verifier.match_sender(signatures[-1], agent, ids)
-            if last.from_matched:
-                signatures[-1] = last
         if verifier.require_from_match and signatures and (from_ is not None or ids) \
                 and not signatures[-1].from_matched:
             raise SignerMismatch("signer certificate does not name the From address")
     version = () if "mime-version" in inner.names() else (b"MIME-Version: 1.0\r\n",)
-    delivered = b"".join((*headers.fields, *version)) + content
+    delivered = b"".join((*headers.fields, *version, *shown)) + b"\r\n" + inner.body
     return UnwrapResult(delivered, content, tuple(layers), tuple(signatures), headers.displaced, tuple(ciphers))
 
 

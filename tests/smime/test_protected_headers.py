@@ -101,15 +101,19 @@ async def test_gateway_outbound_format_unwraps_to_one_header_block(pki, key, ver
     assert b"subject" in names and b"from" not in names  # the neutral outer Subject, kept for diagnosis
 
 
-async def test_decrypt_only_inner_headers_win(pki, key) -> None:
-    inner = _entity(f"<{PERSON_EMAIL}>")
+async def test_decrypt_only_inner_subject_wins_but_never_its_from(pki, key) -> None:
+    """Encryption authenticates nobody: an unsigned inner From (or Sender) cannot replace the
+    outer From the listener checked (an authenticated account would slip another From past the
+    sender binding inside an envelope to a mailbox whose key the gateway holds)."""
+    inner = _entity(f"<{PERSON_EMAIL}>").replace(b"To:", f"Sender: <{PERSON_EMAIL}>\r\nTo:".encode(), 1)
     der = encrypt_content(inner, [pki["org_encrypt"].cert])
     outer = (f"From: <{OTHER_EMAIL}>\r\n".encode(), f"Subject: {OUTER_SUBJECT}\r\n".encode())
     result = await unwrap_message(pkcs7_mime(outer, der, "enveloped-data"), keys=[key("org_encrypt")])
     assert not result.signed
-    assert _values(result.message, "From") == [f"<{PERSON_EMAIL}>"]
+    assert _values(result.message, "From") == [f"<{OTHER_EMAIL}>"]
+    assert _values(result.message, "Sender") == []
     assert _values(result.message, "Subject") == [INNER_SUBJECT]
-    assert {f.split(b":", 1)[0] for f in result.displaced} == {b"From", b"Subject"}
+    assert {f.split(b":", 1)[0] for f in result.displaced} == {b"Subject"}
 
 
 async def test_rfc822_wrapped_headers_are_the_delivered_ones(pki, key, verifier: Verifier) -> None:
@@ -128,29 +132,24 @@ async def test_rfc822_wrapped_headers_are_the_delivered_ones(pki, key, verifier:
     assert len(split_message(result.message).fields) == len(set(split_message(result.message).names()))
 
 
-async def test_signer_checked_against_rfc822_from_not_outer(pki, key, verifier: Verifier) -> None:
-    """A wrapper From that the signer does not name is a mismatch even when the outer From matches."""
+async def test_unsigned_wrapper_from_cannot_relabel_a_signature(pki, key, verifier: Verifier) -> None:
+    """A From on an rfc822 wrapper inside the envelope but outside the signature is dropped: the
+    reader sees the From the signer is checked against, not the one the encrypting party wrote."""
     signed = await sign_message(b"Content-Type: text/plain\r\n\r\nTEST\r\n", key("other_sign"))
     wrapper = (f"From: <{PERSON_EMAIL}>\r\nContent-Type: message/rfc822\r\n\r\n".encode() + signed)
     der = encrypt_content(wrapper, [pki["org_encrypt"].cert])
     message = pkcs7_mime((f"From: <{OTHER_EMAIL}>\r\n".encode(),), der, "enveloped-data")
-    # the wrapper's From is a header of the entity that was encrypted: inside, so it is the one checked
-    with pytest.raises(E.SignerMismatch):
-        await unwrap_message(message, keys=[key("org_encrypt")], verifier=verifier)
+    result = await unwrap_message(message, keys=[key("org_encrypt")], verifier=verifier)
+    assert _values(result.message, "From") == [f"<{OTHER_EMAIL}>"]
+    assert result.signatures[-1].from_matched is True
 
 
-async def test_signer_named_by_a_protected_sender_passes_an_outer_one_does_not(pki, tmp_path,
-                                                                             verifier: Verifier) -> None:
-    """RFC 8551 3.1: an organisation (the legacy bridge) signs for the author in From: and names
-    itself in Sender:. Only a Sender: inside the signature counts; an outer one is what anyone
-    could write around someone else's signed content."""
-    author = "dr.legacy@apicrypt-cabinet.sante.test"
-    inside = _entity(f"<{author}>").replace(b"From:", f"Sender: <{ORG_EMAIL}>\r\nFrom:".encode(), 1)
-    signed = openssl_sign(pki, tmp_path, "org_sign", inside, outer_from=author)
-    result = await unwrap_message(signed, verifier=verifier)
-    assert result.signatures[-1].from_matched is True and result.signatures[-1].from_address == ORG_EMAIL
-    assert _values(result.message, "From") == [f"<{author}>"]
-    outer_only = openssl_sign(pki, tmp_path, "org_sign", _entity(f"<{author}>"), outer_from=author)
-    outer_only = f"Sender: <{ORG_EMAIL}>\r\n".encode() + outer_only
+async def test_a_sender_field_never_rescues_a_signer_mismatch(pki, tmp_path, verifier: Verifier) -> None:
+    """Signed by someone.else, From: Dr Jean and Sender: someone.else inside the signature: the
+    reader would see Dr Jean; the signer is checked against that From only, so it is a mismatch
+    (a Sender fallback let it pass as from-match=yes)."""
+    inside = _entity(f"Dr Jean TEST <{PERSON_EMAIL}>").replace(
+        b"From:", f"Sender: <{OTHER_EMAIL}>\r\nFrom:".encode(), 1)
+    signed = openssl_sign(pki, tmp_path, "other_sign", inside, outer_from=OTHER_EMAIL)
     with pytest.raises(E.SignerMismatch):
-        await unwrap_message(outer_only, verifier=verifier)
+        await unwrap_message(signed, verifier=verifier)
