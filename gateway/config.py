@@ -722,8 +722,9 @@ def _policy(r: _Reader, data: dict[str, Any], keys: dict[str, Any]) -> PolicyCon
             destinations.append((domain.lower(), value))
     sign_with = []
     for who, key_name in r.get(spec, "sign_with", prefix, dict, {}).items():
+        accounts = data.get("accounts", {})
         if not (who == "*" or who.lower().startswith(("partner:", "network:")) or is_address(who)
-                or (who.startswith("@") and is_domain(who[1:]))):
+                or (who.startswith("@") and is_domain(who[1:])) or (isinstance(accounts, dict) and who in accounts)):
             r.problem(f'{prefix}sign_with."{who}"', "must be an account name, partner:<subject>, "
                       "network:<listener>, @domain or *")
         elif not isinstance(key_name, str) or key_name not in keys:

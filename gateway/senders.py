@@ -11,9 +11,8 @@ Pure: the server gives it the account or the certificate and the message's heade
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
-from email.parser import BytesHeaderParser
-from email.policy import compat32
 from email.utils import getaddresses
 from typing import Literal
 
@@ -92,22 +91,50 @@ def certificate_senders(der: bytes) -> tuple[str, ...]:
     return tuple(dict.fromkeys(out))
 
 
+#: Past this, a header block is refused rather than parsed (it would stall the listener).
+MAX_HEADER_BLOCK = 256 * 1024
+_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+
+
+def header_fields(message: bytes) -> list[tuple[str, str]]:
+    """(lowercased name, unfolded value) of every field of the top header block, read as mail
+    servers and clients read it: `From :` (RFC 5322 obsolete syntax, white space before the
+    colon) is a From field. A line that is neither a field nor a continuation is an error, so
+    no field can hide from this check and still be read by someone else."""
+    end = message.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK + 4)
+    if end < 0:
+        if len(message) > MAX_HEADER_BLOCK:
+            raise MalformedInput(f"header block longer than {MAX_HEADER_BLOCK // 1024} KiB", "message header")
+        end = len(message)
+    fields: list[tuple[str, list[bytes]]] = []
+    for number, line in enumerate(message[:end].split(b"\r\n"), start=1):
+        if not line:
+            continue
+        if line[:1] in (b" ", b"\t"):
+            if not fields:
+                raise MalformedInput("continuation line before any field", f"header line {number}")
+            fields[-1][1].append(line)
+            continue
+        match = _FIELD.match(line)
+        if match is None:
+            raise MalformedInput("header line without a field name", f"header line {number}")
+        fields.append((match.group(1).decode("ascii").lower(), [line[match.end():]]))
+    return [(name, " ".join(b" ".join(parts).decode("utf-8", "replace").split())) for name, parts in fields]
+
+
 def claimed_senders(message: bytes) -> list[str]:
     """The addresses a message's From: and Sender: fields claim (lowercased).
 
     Raises MalformedInput for what a reader could see two ways: several From: or Sender:
-    fields, or a field that names no readable address."""
-    end = message.find(b"\r\n\r\n")
-    head = message if end < 0 else message[:end + 2]
-    fields = BytesHeaderParser(policy=compat32).parsebytes(head, headersonly=True)
+    fields, a field that names no readable address, or an unreadable header block."""
+    fields = header_fields(message)
     out: list[str] = []
     for name in CLAIM_FIELDS:
-        values = fields.get_all(name) or []
+        values = [value for field, value in fields if field == name]
         if len(values) > 1:
             raise MalformedInput(f"several {name.title()}: fields", "message header")
         for value in values:
-            text = str(value)
-            pairs = getaddresses([text])
+            pairs = getaddresses([value])
             addresses = [addr.strip().lower() for _, addr in pairs if addr.strip()]
             if not addresses or any("@" not in a for a in addresses):
                 raise MalformedInput(f"unreadable {name.title()}: field", "message header")
@@ -120,5 +147,5 @@ def refused_claims(identity: SenderIdentity, message: bytes) -> list[str]:
     return [a for a in claimed_senders(message) if not identity.may_use(a)]
 
 
-__all__ = ["CLAIM_FIELDS", "SenderIdentity", "account_identity", "certificate_senders", "claimed_senders",
-           "network_identity", "partner_identity", "refused_claims"]
+__all__ = ["CLAIM_FIELDS", "MAX_HEADER_BLOCK", "SenderIdentity", "account_identity", "certificate_senders",
+           "claimed_senders", "header_fields", "network_identity", "partner_identity", "refused_claims"]

@@ -28,7 +28,7 @@ import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any, AnyStr
+from typing import Any, AnyStr, Literal
 
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
@@ -57,17 +57,22 @@ MailboxLookup = Callable[[str], Awaitable[bool]]
 #: Audit sink (the trail's writer): keyword fields of one record.
 Audit = Callable[..., None]
 BARE_LF_REPLY = "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
-_dummy_hash: str | None = None
+_dummy_hashes: dict[str, str] = {}
 
 
-def dummy_hash() -> str:
-    """A hash of a random password, verified for unknown accounts so their AUTH takes as long."""
-    global _dummy_hash
-    if _dummy_hash is None:
+def dummy_hash(scheme: Literal["scrypt", "argon2"] = "scrypt") -> str:
+    """A hash of a random password in `scheme`, verified for unknown accounts so their AUTH takes
+    as long as a known account's (the scheme the configured accounts mostly use)."""
+    if scheme not in _dummy_hashes:
         import secrets
 
-        _dummy_hash = hash_password(secrets.token_hex(16))
-    return _dummy_hash
+        _dummy_hashes[scheme] = hash_password(secrets.token_hex(16), scheme)
+    return _dummy_hashes[scheme]
+
+
+def accounts_scheme(config: GatewayConfig) -> Literal["scrypt", "argon2"]:
+    argon2 = sum(a.password_hash.startswith("$argon2") for a in config.accounts)
+    return "argon2" if argon2 * 2 > len(config.accounts) else "scrypt"
 
 
 def _one_line(text: str, limit: int = 400) -> str:
@@ -295,6 +300,7 @@ class GatewayHandler:
         self.throttle = throttle or AuthThrottle(config.auth.max_failures, config.auth.window, config.auth.lockout)
         self.audit = audit
         self.mailboxes = mailboxes or LocalMailboxes(config, None)
+        self.hash_scheme = accounts_scheme(config)
         intake = getattr(config, "intake", None)
         address = intake.routing.smtp_address if intake is not None else None
         self.payload_address = address.lower() if address else None
@@ -308,7 +314,7 @@ class GatewayHandler:
             username, secret = "", ""
         account = self.config.account(username) if username else None
         # An unknown account is verified against a dummy hash: the reply takes as long either way.
-        stored = account.password_hash if account is not None else dummy_hash()
+        stored = account.password_hash if account is not None else dummy_hash(self.hash_scheme)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, stored, secret)
         return ok and account is not None
@@ -364,6 +370,11 @@ class GatewayHandler:
         return ssl_object.getpeercert(binary_form=True) if ssl_object is not None else None
 
     # -- hooks ------------------------------------------------------------------------------
+    async def handle_exception(self, error: Exception) -> str:
+        """An unexpected error in a hook: logged by type, a temporary reply (never its text)."""
+        event(log, "session-error", logging.ERROR, listener=self.listener.name, exc_type=type(error).__name__)
+        return "451 4.3.0 Temporary failure, try again later"
+
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         if not valid_helo(hostname):
             return "501 5.5.2 Invalid HELO hostname"
@@ -387,6 +398,9 @@ class GatewayHandler:
         if self.listener.kind == "submission" and not session.authenticated:
             return "530 5.7.0 Authentication required"
         identity = self.identity(session)
+        # decided once per transaction (MAIL), reused at RCPT and DATA
+        envelope.msgw_identity = identity  # type: ignore[attr-defined]
+        envelope.msgw_relay = self.relay_allowed(session)  # type: ignore[attr-defined]
         if identity is not None and address != "<>" and not identity.may_use(address):
             event(log, "sender-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   identity=identity.name, where="mail-from")
@@ -406,22 +420,22 @@ class GatewayHandler:
         domain = address.rpartition("@")[2].lower()
         if self.payload_address and address.lower() == self.payload_address:
             # Routing from content is for known systems only (authenticated, or a partner network).
-            if not self.relay_allowed(session):
+            if not getattr(envelope, "msgw_relay", False):
                 return "550 5.7.1 Payload routing is for authenticated systems"
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK (routed from the payload)"
         if self.config.is_local(domain):
             try:
                 mailbox = await self.mailboxes.resolve(address)
-            except GatewayError as exc:
-                event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, reason=str(exc)[:200])
+            except Exception as exc:  # noqa: BLE001 - a directory fault (full disk, lock) is temporary
+                event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, exc_type=type(exc).__name__)
                 return "451 4.3.0 Mailbox lookup temporarily unavailable"
             if mailbox is None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="unknown-mailbox")
                 return "550 5.1.1 No such mailbox here"
             address = mailbox
-        elif not self.relay_allowed(session):
+        elif not getattr(envelope, "msgw_relay", False):
             event(log, "relay-denied", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   rcpt_domain=domain)
             return "550 5.7.1 Relaying denied"
@@ -441,7 +455,7 @@ class GatewayHandler:
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="bare-lf", size=len(data))
             return BARE_LF_REPLY
-        identity = self.identity(session)
+        identity: SenderIdentity | None = getattr(envelope, "msgw_identity", None)
         if identity is not None:
             refusal = self._header_refusal(identity, session, data)
             if refusal is not None:
@@ -564,7 +578,8 @@ class SmtpServer:
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
         if self.config.accounts:
-            await loop.run_in_executor(None, dummy_hash)  # ready before the first unknown login
+            scheme = accounts_scheme(self.config)
+            await loop.run_in_executor(None, dummy_hash, scheme)  # ready before the first unknown login
         for listener in self.config.listeners:
             # A deeper accept queue than asyncio's 100: in a burst of connections, the ones the
             # kernel cannot queue are dropped after the handshake and hang until the client's

@@ -149,8 +149,8 @@ class GatewayContext:
         return KeyUnavailable(f"key {name} unavailable: {exc}"[:400],
                               status=exc.status if exc.temporary else KeyUnavailable.status)
 
-    async def signing_key(self, identity: str | None, sender: str) -> SigningKey | None:
-        """The key of the authenticated identity; `sender` (typed by the client) never chooses it."""
+    async def signing_key(self, identity: str | None) -> SigningKey | None:
+        """The key of the authenticated identity; an address the client typed never chooses it."""
         name = self.policy.signing_key_name(identity)
         return await self._key(name, signing=True) if name else None
 

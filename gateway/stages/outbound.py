@@ -135,7 +135,7 @@ class OutboundStage:
         key = None
         if smime or tls_only:
             bridged = item.kind.startswith("bridged:")
-            key = await (self.ctx.bridge_signing_key() if bridged else self.ctx.signing_key(env.auth_user, env.sender))
+            key = await (self.ctx.bridge_signing_key() if bridged else self.ctx.signing_key(env.auth_user))
         for codec_name, rcpts in legacy.items():
             try:
                 data = await legacy_copy(self.ctx, item, codec_name, rcpts)

@@ -153,3 +153,30 @@ def test_bare_lf_message_is_refused_as_bare_lf_not_line_too_long(tmp_path: Path)
         code, text = smtp.reply()
         assert code == 550 and "bare LF" in text and "Line too long" not in text
         assert smtp.cmd(b"NOOP")[0] == 250                                   # the session goes on
+
+
+def test_a_directory_fault_at_rcpt_is_temporary_and_says_nothing_inside(tmp_path: Path) -> None:
+    """A directory that cannot answer (here: its database closed under the listener, as a full
+    disk or a lock would) defers the recipient with 451; no 500 with the exception's text."""
+    from aiosmtpd.smtp import Envelope, Session
+
+    from gateway.app import local_mailbox_lookup
+    from gateway.routing.directory import SqliteDirectory
+    from gateway.server.smtp import LocalMailboxes
+
+    setup = write_config(tmp_path, sink_port=9)
+    config = load_config(setup.config)
+    directory = SqliteDirectory(tmp_path / "directory.sqlite")
+    directory.close()
+    handler = GatewayHandler(config, config.listeners[1], Spool(setup.spool),
+                             mailboxes=LocalMailboxes(config, local_mailbox_lookup(directory)))
+
+    async def rcpt() -> tuple[str, str]:
+        session, envelope = Session(asyncio.get_running_loop()), Envelope()
+        session.peer = ("192.0.2.1", 1)
+        reply = await handler.handle_RCPT(None, session, envelope, "dr.unlisted@msgw.test", [])
+        return reply, await handler.handle_exception(ValueError("internal detail 42"))
+
+    reply, unexpected = asyncio.run(rcpt())
+    assert reply.startswith("451 4.3.0") and "Error" not in reply
+    assert unexpected.startswith("451 4.3.0") and "internal detail" not in unexpected

@@ -161,7 +161,7 @@ async def test_token_fault_at_processing_time_defers(softhsm: SoftHsm, tmp_path:
     ctx = _context(tmp_path, softhsm, key)
     try:
         with pytest.raises(KeyUnavailable) as raised:
-            await ctx.signing_key("lis@lab.example", "lis@lab.example")
+            await ctx.signing_key("lis@lab.example")
         assert raised.value.temporary and raised.value.status.startswith("4.")
         alerts = [r for r in caplog.records if r.getMessage() == "key-unavailable"]
         assert alerts and alerts[0].fields["key"] == "token" and alerts[0].levelname == "ERROR"

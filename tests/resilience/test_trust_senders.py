@@ -171,6 +171,9 @@ def test_spoofed_senders_are_refused_and_the_signature_follows_the_login(pki: Te
                 setup, DEMO, DEMO, PERSON_EMAIL, _mail(f"<{DEMO}>", PERSON_EMAIL, extra=f"Sender: <{ORG_EMAIL}>\r\n")),
             "account without key: From: the lab, to a local mailbox": lambda: _submit(
                 setup, DEMO, DEMO, lab_local, _mail(f"<{ORG_EMAIL}>", lab_local)),
+            "account without key: From : the lab (obsolete syntax)": lambda: _submit(
+                setup, DEMO, DEMO, PERSON_EMAIL, _mail(f"<{DEMO}>", PERSON_EMAIL).replace(
+                    f"From: <{DEMO}>".encode(), f"From : <{ORG_EMAIL}>".encode())),
             "account without key: two From: fields": lambda: _submit(
                 setup, DEMO, DEMO, PERSON_EMAIL, _mail(f"<{DEMO}>", PERSON_EMAIL, extra=f"From: <{ORG_EMAIL}>\r\n")),
             "account: From: with the lab in a second address": lambda: _submit(

@@ -172,8 +172,8 @@ class BridgeCtx(Ctx):
             raise PermanentError(f"directory: no certificate for {address}")
         return await super().encryption_certificates(address)
 
-    async def signing_key(self, user: str | None, sender: str) -> Any:
-        name = self.account_keys.get(user or "")
+    async def signing_key(self, identity: str | None) -> Any:
+        name = self.account_keys.get(identity or "")
         return _key(self.pki, name) if name else None
 
     def legacy_keys(self, codec: str) -> Any:

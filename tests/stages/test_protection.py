@@ -79,8 +79,8 @@ class Ctx:
             return [self.pki["org_encrypt"].cert]
         raise PermanentError(f"directory: no entry for {address}; harvested: none")
 
-    async def signing_key(self, user: str | None, sender: str) -> SoftKey | None:
-        return _key(self.pki, "org_sign") if sender == ORG_EMAIL else None
+    async def signing_key(self, identity: str | None) -> SoftKey | None:
+        return _key(self.pki, "org_sign") if identity == ORG_EMAIL else None
 
     async def decryption_key(self, address: str) -> SoftKey | None:
         return _key(self.pki, "org_encrypt") if address == ORG_EMAIL else None

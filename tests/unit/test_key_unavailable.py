@@ -71,13 +71,13 @@ async def test_key_file_gone_is_temporary_and_alerted(pki: TestPKI, tmp_path: Pa
     try:
         key.unlink()
         with pytest.raises(GatewayError) as raised:
-            await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+            await ctx.signing_key(ORG_EMAIL)
         assert raised.value.temporary and raised.value.status.startswith("4.")
         assert "labo-sign" in str(raised.value)
         (alert,) = _alerts(caplog)
         assert alert["key"] == "labo-sign" and alert["level"] == "ERROR"
         shutil.copy(org.key_path, key)  # back: the next attempt signs
-        signing = await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+        signing = await ctx.signing_key(ORG_EMAIL)
         assert signing is not None and signing.certificate == org.cert
     finally:
         ctx.close()
@@ -89,7 +89,7 @@ async def test_missing_key_table_is_temporary(pki: TestPKI, tmp_path: Path) -> N
     ctx.config = dataclasses.replace(ctx.config, keys={})  # the table went away (a reload, a typo)
     try:
         with pytest.raises(KeyUnavailable) as raised:
-            await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+            await ctx.signing_key(ORG_EMAIL)
         assert raised.value.temporary and "no [keys.labo-sign]" in str(raised.value)
     finally:
         ctx.close()
@@ -105,13 +105,13 @@ async def test_expired_signing_certificate_is_temporary(pki: TestPKI, tmp_path: 
     ctx = context(tmp_path, pki, str(key), str(cert), str(chain))
     try:
         with pytest.raises(KeyUnavailable) as raised:
-            await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+            await ctx.signing_key(ORG_EMAIL)
         assert raised.value.temporary and "expired on" in str(raised.value)
         assert _alerts(caplog)[0]["key"] == "labo-sign"
         # The operator installs the renewed key and certificate: the next attempt uses them.
         for src, dst in ((renewed.key_path, key), (renewed.cert_path, cert), (renewed.chain_path, chain)):
             shutil.copy(src, dst)
-        signing = await ctx.signing_key(ORG_EMAIL, ORG_EMAIL)
+        signing = await ctx.signing_key(ORG_EMAIL)
         assert signing is not None and signing.certificate == renewed.cert
     finally:
         ctx.close()

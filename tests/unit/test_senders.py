@@ -143,3 +143,35 @@ def test_a_trusted_network_signs_only_when_its_listener_binds_its_senders() -> N
     with pytest.raises(ConfigError, match='sign_with."network:relay": needs a listener of that name'):
         _config('[keys.org]\nref = "/k.pem"\ncert = "/c.pem"\n[trust]\n[policy]\n'
                 '[policy.sign_with]\n"network:relay" = "org"\n')
+
+
+def test_obsolete_from_syntax_is_read_as_from() -> None:
+    """`From : x` (white space before the colon) is a From field for Postfix and mail clients."""
+    ident = SenderIdentity("account", "demo@x.test", ("demo@x.test",))
+    assert refused_claims(ident, _msg("From : Labo <lab@x.test>\r\n")) == ["lab@x.test"]
+    assert refused_claims(ident, _msg("To: demo@x.test\r\nFROM\t:lab@x.test\r\n")) == ["lab@x.test"]
+    with pytest.raises(MalformedInput, match="several From"):
+        claimed_senders(_msg("From: demo@x.test\r\nFrom : lab@x.test\r\n"))
+
+
+@pytest.mark.parametrize("head", [b"From lab@x.test Thu Dec  3 10:00:00 2026\r\nFrom: demo@x.test\r\n",
+                                  b" continued\r\nFrom: demo@x.test\r\n", b"From\r\n"])
+def test_a_line_that_is_not_a_field_is_refused(head: bytes) -> None:
+    with pytest.raises(MalformedInput):
+        claimed_senders(head + b"\r\nbody\r\n")
+
+
+def test_a_huge_header_block_is_refused_without_parsing_it() -> None:
+    from gateway.senders import MAX_HEADER_BLOCK
+
+    with pytest.raises(MalformedInput, match="header block longer"):
+        claimed_senders(b"X-Pad: " + b"a" * (MAX_HEADER_BLOCK + 10))
+    # a big body after a normal header block is fine
+    assert claimed_senders(b"From: a@x.test\r\n\r\n" + b"b" * (MAX_HEADER_BLOCK * 4)) == ["a@x.test"]
+
+
+def test_an_account_whose_name_is_not_an_address_can_sign() -> None:
+    config = _config('[accounts."lis-1"]\npassword_hash = "$scrypt$x"\nsenders = ["@lab.example"]\n'
+                     '[keys.lab]\nref = "/k.pem"\ncert = "/c.pem"\n[trust]\n[policy]\n'
+                     '[policy.sign_with]\n"lis-1" = "lab"\n')
+    assert config.policy.signing_key_name("lis-1") == "lab"  # type: ignore[attr-defined]
