@@ -108,6 +108,26 @@ class ListenerConfig:
 
 
 @dataclass(frozen=True)
+class TlsSettings:
+    """The TLS a delivery to one destination uses (a route's, or `[delivery]`'s as fallback)."""
+
+    policy: TlsPolicy = "opportunistic"
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def mutual_tls_problem(self, where: str) -> str | None:
+        """Why this cannot carry a copy protected by mutual TLS only (trust-space TLS), or None:
+        the one rule for `msgw check`, the delivery manager and the SMTP client."""
+        if self.policy != "required":
+            return f"{where} does not require TLS, and a copy protected by transport security only needs mutual TLS"
+        if not (self.client_cert and self.client_key):
+            return f"{where} presents no client certificate, and a copy protected by transport security only " \
+                   "needs mutual TLS"
+        return None
+
+
+@dataclass(frozen=True)
 class RouteConfig:
     domain: str
     host: str | None
@@ -135,6 +155,13 @@ class DeliveryConfig:
     dns_port: int
     mx_port: int
     routes: tuple[RouteConfig, ...]
+
+    def tls_for(self, route: RouteConfig | None) -> TlsSettings:
+        """The TLS of a route, its missing CA and client certificate taken from `[delivery]`."""
+        if route is None:
+            return TlsSettings(self.tls, self.ca_file, self.client_cert, self.client_key)
+        return TlsSettings(route.tls, route.ca_file or self.ca_file, route.client_cert or self.client_cert,
+                           route.client_key or self.client_key)
 
     def route_for(self, domain: str) -> RouteConfig | None:
         domain = domain.lower()
@@ -897,12 +924,10 @@ def _check_trust_space_routes(r: _Reader, config: GatewayConfig) -> None:
         wanted.append(("policy.default", None))
     for key, pattern in wanted:
         route = d.route_for("x" + pattern if pattern and pattern.startswith(".") else pattern) if pattern else None
-        tls, cert, key_file = (route.tls, route.client_cert or d.client_cert, route.client_key or d.client_key) \
-            if route is not None else (d.tls, d.client_cert, d.client_key)
         where = f'delivery.routes."{route.domain}"' if route is not None else "delivery"
-        if tls != "required" or cert is None or key_file is None:
-            r.problem(key, f"trust-space-tls needs mutual TLS: {where} must have tls = \"required\" and present a "
-                      "client certificate (client_cert, client_key)")
+        problem = d.tls_for(route).mutual_tls_problem(where)
+        if problem is not None:
+            r.problem(key, f"trust-space-tls: {problem} (tls = \"required\", client_cert, client_key)")
 
 
 def load_config(path: str | Path) -> GatewayConfig:

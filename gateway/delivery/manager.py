@@ -231,7 +231,9 @@ class DeliveryManager:
                         dest = destinations[domain] = self.resolver.destination(domain)
                     groups[dest].append(rcpt)
             for dest, rcpts in groups.items():
-                problem = _mutual_tls_problem(dest) if require_tls and not dest.local else None
+                problem = None
+                if require_tls and not dest.local:
+                    problem = dest.tls.mutual_tls_problem(f"the route to {dest.domain}")
                 if problem:
                     # Fail closed: this copy is protected only by (mutual) TLS, and this route cannot give it.
                     await self._bounce(msg, rcpts, problem, "5.7.10")
@@ -465,16 +467,6 @@ def _shared_copies(outgoing: Iterable[Outgoing]) -> list[tuple[bytes, bool, list
 
 def _bounced(rcpt: QueuedRecipient, error: str, status: str, remote: str | None = None) -> Outcome:
     return Outcome(rcpt.id, RecipientState.BOUNCED, status, error[:500], remote, address=rcpt.address)
-
-
-def _mutual_tls_problem(dest: Destination) -> str | None:
-    """Why `dest` cannot carry a copy protected by trust-space (mutual) TLS only, or None."""
-    if dest.tls.policy != "required":
-        return f"no TLS-required route to {dest.domain} for a message protected by transport security only"
-    if not (dest.tls.client_cert and dest.tls.client_key):
-        return (f"the route to {dest.domain} presents no client certificate: a message protected by "
-                "transport security only travels over mutual TLS")
-    return None
 
 
 def _diagnostic(error: str | None) -> str | None:

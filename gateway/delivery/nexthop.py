@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import dns.asyncresolver
 
-from gateway.config import GatewayConfig
+from gateway.config import GatewayConfig, TlsSettings
 from gateway.delivery.local import deliver_lmtp, deliver_maildir
 from gateway.delivery.mx import NextHop, resolve_next_hops
-from gateway.delivery.smtp_client import RecipientResult, TlsSettings
+from gateway.delivery.smtp_client import RecipientResult
 from gateway.errors import DeliveryError, GatewayError
 
 
@@ -48,11 +48,10 @@ class NextHopResolver:
             return Destination(key="local", domain=domain, local=True, concurrency=d.per_destination)
         route = d.route_for(domain)
         if route is not None:
-            tls = TlsSettings(route.tls, route.ca_file or d.ca_file, route.client_cert or d.client_cert,
-                              route.client_key or d.client_key)
+            tls = d.tls_for(route)
             return Destination(key=f"route:{route.domain}", domain=domain, host=route.host, port=route.port,
                                tls=tls, concurrency=route.concurrency)
-        tls = TlsSettings(d.tls, d.ca_file, d.client_cert, d.client_key)
+        tls = d.tls_for(None)
         if d.smarthost:
             # One transaction for all recipients that go through the smart host.
             return Destination(key="smarthost", domain="*", host=d.smarthost, port=d.smarthost_port, tls=tls,

@@ -25,22 +25,11 @@ from __future__ import annotations
 
 import ssl
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Literal
 
 import aiosmtplib
 
+from gateway.config import TlsSettings
 from gateway.errors import DeliveryError
-
-TlsPolicy = Literal["required", "opportunistic", "none"]
-
-
-@dataclass(frozen=True)
-class TlsSettings:
-    policy: TlsPolicy = "opportunistic"
-    ca_file: Path | None = None
-    client_cert: Path | None = None
-    client_key: Path | None = None
 
 
 @dataclass(frozen=True)
@@ -112,9 +101,9 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
 
     `require_client_cert`: send only over verified TLS in which we presented our certificate."""
     remote = f"{host}[{address}]:{port}"
-    if require_client_cert and (tls.policy != "required" or not (tls.client_cert and tls.client_key)):
-        raise DeliveryError(f"no mutual TLS configured for {remote}: a copy protected by transport security "
-                            "only is not sent", temporary=False, status="5.7.10", remote=host)
+    problem = tls.mutual_tls_problem(remote) if require_client_cert else None
+    if problem is not None:
+        raise DeliveryError(problem, temporary=False, status="5.7.10", remote=host)
     client = aiosmtplib.SMTP(hostname=address, port=port, timeout=connect_timeout, start_tls=False,
                              local_hostname=helo_name)
     try:
