@@ -177,9 +177,10 @@ def as_parsed(raw: bytes) -> email.message.Message:
     return email.message_from_bytes(raw, policy=email.policy.compat32)
 
 
-def header_text(value: bytes | str) -> str:
-    """A header value as a reader sees it: raw 8-bit bytes read as UTF-8 (else Latin-1), RFC 2047
-    words decoded, unfolded, no line breaks (a value cannot inject a line into a text header)."""
+def raw_text(value: bytes | str) -> str:
+    """A raw header value as text, RFC 2047 words left as they are: 8-bit bytes read as UTF-8
+    (else Latin-1: never fails), on one line (every run of white space, line breaks included,
+    one space: a value cannot inject a line into a header)."""
     if isinstance(value, bytes):
         try:
             text = value.decode("utf-8")
@@ -187,6 +188,16 @@ def header_text(value: bytes | str) -> str:
             text = value.decode("latin-1")
     else:
         text = value
+    return " ".join(text.split())
+
+
+def header_text(value: bytes | str) -> str:
+    """A header value as a reader sees it: `raw_text` with its RFC 2047 words decoded (a word
+    that does not decode stays as written). Pure and shared by the codecs and the stages.
+
+    For an address field, decode the display names *after* parsing the addresses: a word can
+    decode to `<someone@else>` or a comma."""
+    text = raw_text(value)
     if "=?" in text:
         try:
             text = str(email.header.make_header(email.header.decode_header(text)))

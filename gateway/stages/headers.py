@@ -19,7 +19,9 @@ from __future__ import annotations
 import email.utils
 import re
 import secrets
-from email.header import Header, decode_header, make_header
+from email.header import Header
+
+from gateway.legacy.mimeutil import header_text, raw_text
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
@@ -108,15 +110,6 @@ def _seven_bit(field: bytes) -> bool:
     return field.isascii() and all(len(line) <= MAX_LINE for line in field.split(b"\r\n"))
 
 
-def _text(value: bytes) -> str:
-    """A raw header value as text: UTF-8 when it is, else Latin-1 (never fails); unfolded."""
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = value.decode("latin-1")
-    return re.sub(r"\r?\n[ \t]", " ", text).replace("\r", " ").replace("\n", " ").strip()
-
-
 def folded_field(name: str, value: str) -> bytes:
     """A 7-bit field folded under 78 columns: RFC 2047 words when the value is not ASCII or
     has a token too long to fold (a 2,000-character References without spaces)."""
@@ -139,19 +132,16 @@ def seven_bit_field(field: bytes) -> bytes | None:
     if _seven_bit(field):
         return field
     name, _, value = field.partition(b":")
-    return folded_field(name.decode("ascii"), _text(value))
+    return folded_field(name.decode("ascii"), raw_text(value))
 
 
 def _addresses(field: bytes) -> list[tuple[str, str]]:
     """(display name, ASCII address) pairs of an address field; non-ASCII addresses are left out
-    (they cannot travel 7-bit outside; the original field is inside)."""
-    value = _text(field.partition(b":")[2])
-    if "=?" in value:
-        try:
-            value = str(make_header(decode_header(value)))
-        except (UnicodeError, LookupError, ValueError):
-            pass
-    return [(name, addr) for name, addr in email.utils.getaddresses([value])
+    (they cannot travel 7-bit outside; the original field is inside). The addresses are parsed
+    from the raw value and only then the names decoded (RFC 2047 6.1): a word that decodes to
+    `<someone@else>` or a comma stays part of a name, never becomes an address."""
+    value = raw_text(field.partition(b":")[2])
+    return [(header_text(name), addr) for name, addr in email.utils.getaddresses([value])
             if addr and addr.isascii() and "@" in addr and not re.search(r"[\s<>,;\"]", addr)]
 
 
@@ -177,7 +167,7 @@ def _outer_field(field: bytes) -> bytes | None:
         if _seven_bit(field):
             return field
         try:
-            when = email.utils.parsedate_to_datetime(_text(field.partition(b":")[2]))
+            when = email.utils.parsedate_to_datetime(raw_text(field.partition(b":")[2]))
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
         except (TypeError, ValueError, IndexError):
             return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")

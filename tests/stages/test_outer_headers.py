@@ -6,6 +6,7 @@ reduced to addresses), all 7-bit; every original header travels inside — check
 from __future__ import annotations
 
 import email
+import email.headerregistry
 import email.policy
 import time
 from pathlib import Path
@@ -202,3 +203,42 @@ def test_protected_entity_is_seven_bit_and_keeps_every_header() -> None:
     assert entity.isascii() and max(map(len, entity.split(b"\r\n"))) <= 998
     assert missing_inside(entity) == [] and b"MRK-BCC" not in entity
     assert b'protected-headers="v1"' in entity
+
+
+#: RFC 2047 words a hostile client puts in display names: a broken base64 word, an unknown
+#: charset, and words that decode to an address or to a list separator.
+HOSTILE_NAMES = (b"=?utf-8?b?x?=", b"=?x-no-such-charset?q?Dr_X?=", b"=?utf-8?q?=3Cdr.forged=40evil.test=3E?=",
+                 b"=?utf-8?q?Dr_X=2C_dr.forged=40evil.test?=", b"=?utf-8?b?PGRyLmZvcmdlZEBldmlsLnRlc3Q+?=")
+
+
+def _hostile(name: bytes) -> bytes:
+    return (b"From: " + name + f" <{ORG_EMAIL}>\r\nTo: ".encode() + name + f" <{PERSON_EMAIL}>\r\n".encode()
+            + b"Cc: " + name + b" <cc@cabinet.test>\r\nDisposition-Notification-To: " + name
+            + f" <{ORG_EMAIL}>\r\nSubject: x\r\nDate: Wed, 25 Nov 2026 09:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+              "Content-Type: text/plain; charset=us-ascii\r\n\r\nTEST\r\n".encode())
+
+
+def _outer_addresses(raw: bytes) -> dict[str, list[str]]:
+    """The addresses of each outer address field, read by the stdlib's strict parser (policy.default)."""
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    found = {n: [a.addr_spec for a in outer[n].addresses] for n in ("From", "To", "Cc")}
+    dnt = email.headerregistry.HeaderRegistry()("To", str(outer["Disposition-Notification-To"]))  # parsed as To
+    return found | {"Disposition-Notification-To": [a.addr_spec for a in dnt.addresses]}
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+async def test_encoded_words_in_address_fields_are_decoded_after_parsing(pki: TestPKI, name: bytes) -> None:
+    """A broken RFC 2047 word raised an untyped HeaderParseError (the message went to
+    quarantine), and a word decoding to an address was parsed as one (an outer From naming
+    dr.forged@evil.test first). Names are decoded after the addresses are read: each field
+    shows exactly the addresses the client wrote, for the S/MIME copy and the pass-through."""
+    expected = {"From": [ORG_EMAIL], "To": [PERSON_EMAIL], "Cc": ["cc@cabinet.test"],
+                "Disposition-Notification-To": [ORG_EMAIL]}
+    fields = b"".join(allowed_outer_fields(_hostile(name), neutral_subject="x")) + b"\r\n"
+    assert _outer_addresses(fields) == expected
+    ctx = BridgeCtx(pki, _policy())
+    env = Envelope("H6", ORG_EMAIL, (PERSON_EMAIL,), auth_user=ORG_EMAIL, listener="submission")
+    sealed = encrypt_message(_hostile(name), [pki["person_encrypt"].cert])
+    for data, form in ((_hostile(name), "smime"), (sealed, "client-encrypted")):
+        (out,) = (await _run(ctx, env, data)).outgoing
+        assert out.form == form and _outer_addresses(out.data) == expected, form
