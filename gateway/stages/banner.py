@@ -13,7 +13,6 @@ banner); the changed part is re-encoded base64. Pure code: bytes in, bytes out.
 from __future__ import annotations
 
 import base64
-import codecs
 import email
 import email.generator
 import email.message
@@ -88,10 +87,13 @@ def _first_text(msg: email.message.Message) -> list[email.message.Message]:
 
 
 def _ascii_compatible(charset: str) -> bool:
+    """Does `charset` write ASCII as ASCII? A name Python does not know as a *text* encoding
+    (unknown, or a bytes codec such as `base64`, `hex`, `zlib` that a hostile part may name) is
+    treated as the ASCII superset nearly every mail charset is."""
     try:
-        return codecs.lookup(charset).encode("banner")[0] == b"banner"
-    except LookupError:
-        return True  # unknown to Python: treat as the ASCII superset nearly every mail charset is
+        return "banner".encode(charset) == b"banner"
+    except (LookupError, ValueError):  # str.encode refuses non-text codecs with LookupError
+        return True
 
 
 def _encoded(text: str, charset: str) -> bytes:

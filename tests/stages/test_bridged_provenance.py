@@ -131,3 +131,17 @@ def test_banner_in_plain_html_alternatives_and_when_there_is_no_text() -> None:
             + __import__("base64").b64encode(utf16) + b"\r\n")
     text = email.message_from_bytes(add_banner(leaf, lines), policy=email.policy.default).get_content()
     assert text.startswith(FR) and text.endswith("Résultat")
+
+
+@pytest.mark.parametrize("charset", ["base64", "hex", "zlib", "bz2", "rot13", "x-unknown-charset"])
+def test_banner_on_a_text_part_whose_charset_names_a_non_text_codec(charset: str) -> None:
+    """`charset=base64` (or hex, zlib...) names a bytes-to-bytes codec, not a text encoding: it
+    raised an untyped TypeError and the message went to quarantine. Read as an unknown charset
+    (an ASCII superset): the banner goes on top in ASCII, the text bytes after it unchanged."""
+    lines = banner_lines("apicrypt1", False)
+    for kind in ("plain", "html"):
+        leaf = (f"Subject: x\r\nContent-Type: text/{kind}; charset={charset}\r\n\r\nHPRIM body\r\n").encode()
+        part = email.message_from_bytes(add_banner(leaf, lines), policy=email.policy.compat32)
+        data = part.get_payload(decode=True)
+        assert data.endswith(b"HPRIM body\r\n") and data.isascii(), (charset, kind)
+        assert (b"Message recu d'une messagerie" if kind == "plain" else b"Message re&#231;u") in data, (charset, kind)
