@@ -18,7 +18,9 @@ import email.utils
 import io
 import re
 import secrets
+from collections.abc import Callable
 
+from gateway.legacy.codec import as_message
 from gateway.legacy.errors import MalformedPayload
 
 CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
@@ -148,33 +150,60 @@ def neutral_name(real: str, index: int) -> str:
     return f"piece-jointe-{index}{extension.lower() if _EXTENSION.fullmatch(extension) else '.bin'}"
 
 
-def has_name(part: email.message.Message) -> bool:
-    return bool(part.get_filename() or part.get_param("name"))
+#: The header fields a body part needs to be read; any other (Content-Description, Content-ID,
+#: X-*...) is free text that can name the document or the patient.
+STRUCTURAL_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+#: The Content-Type / Content-Disposition parameters that describe structure (file names apart).
+STRUCTURAL_PARAMS = frozenset({"boundary", "charset", "protocol", "micalg", "smime-type", "format", "delsp"})
+_NAME_PARAMS = {"content-type": "name", "content-disposition": "filename"}
 
 
-def rename(part: email.message.Message, name: str) -> None:
-    """Give a part `name` in Content-Type name= and Content-Disposition filename= (where present)."""
-    if part.get_param("name") is not None or part.get("Content-Disposition") is None:
-        part.set_param("name", name)
-    if part.get("Content-Disposition") is not None:
-        part.set_param("filename", name, header="Content-Disposition")
+def structure_only(part: email.message.Message, *, rename: Callable[[str], str | None] = lambda real: real,
+                   fields: bool = True) -> None:
+    """Reduce a part to its MIME structure, for what shows outside an envelope or an armor: with
+    `fields`, only the STRUCTURAL_FIELDS stay; its Content-Type and Content-Disposition keep their
+    type and STRUCTURAL_PARAMS, and their name (`name=`, `filename=`) becomes `rename(real name)`
+    (None: no name at all)."""
+    if fields:
+        for name in {k.lower() for k in part.keys()} - STRUCTURAL_FIELDS:
+            del part[name]
+    for header, name_param in _NAME_PARAMS.items():
+        if part.get(header) is None:
+            continue
+        params = part.get_params(header=header) or []
+        value = part.get_content_type() if header == "content-type" else (part.get_content_disposition()
+                                                                          or "attachment")
+        kept = [(k.lower(), _param_value(v)) for k, v in params[1:] if k.lower() in STRUCTURAL_PARAMS]
+        real = _param_value(next((v for k, v in params[1:] if k.lower() == name_param), ""))
+        new_name = rename(real) if real else None
+        del part[header]
+        part[header] = value
+        for key, text in kept + ([(name_param, new_name)] if new_name else []):
+            part.set_param(key, text, header=header, charset=None if text.isascii() else "utf-8")
+
+
+def _param_value(value: str | tuple[str | None, str | None, str]) -> str:
+    return value if isinstance(value, str) else email.utils.collapse_rfc2231_value(value)
 
 
 def neutral_attachment_names(raw: bytes) -> bytes:
-    """A legacy message with every leaf's file name made neutral (`neutral_name`, numbered like
-    the decoders number parts); returned unchanged when no part has a name."""
-    msg = as_parsed(raw)
+    """A legacy message as it may show outside its armor: every body part reduced to its MIME
+    structure (`structure_only`: no Content-Description or other free-text part header), every
+    leaf's file name made neutral (`neutral_name`, numbered like the decoders number parts), no
+    name on a multipart. The top-level header block is left to the caller's allow-list; returned
+    unchanged when there is nothing to reduce."""
+    msg = as_message(raw)
+    before = [(p, p.items()) for p in msg.walk()]
     leaves = [p for p in msg.walk() if not p.is_multipart()]
-    if not any(has_name(p) for p in leaves):
-        return raw
+    for part in msg.walk():
+        if part.is_multipart():
+            structure_only(part, rename=lambda real: None, fields=part is not msg)
     for index, part in enumerate(leaves, 1):
-        if has_name(part):
-            rename(part, neutral_name(part_filename(part, index), index))
+        structure_only(part, rename=lambda real, i=index, p=part: neutral_name(part_filename(p, i), i),
+                       fields=part is not msg)
+    if all(part.items() == items for part, items in before):
+        return raw
     return to_bytes(msg)
-
-
-def as_parsed(raw: bytes) -> email.message.Message:
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
 
 
 def raw_text(value: bytes | str) -> str:

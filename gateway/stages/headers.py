@@ -16,12 +16,14 @@ so the reader's client still shows the real Subject and threads the conversation
 
 from __future__ import annotations
 
+import email
+import email.policy
 import email.utils
 import re
 import secrets
 from email.header import Header
 
-from gateway.legacy.mimeutil import header_text, raw_text
+from gateway.legacy.mimeutil import header_text, raw_text, structure_only
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
@@ -158,18 +160,17 @@ def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = Tru
 
 
 def _outer_field(field: bytes) -> bytes | None:
-    """An original From/To/Cc/Date as it may leave. Address fields are always rebuilt from their
-    parsed addresses (display name and address, RFC 2047 when needed): a comment or a group name
-    is free text and stays inside. A 7-bit Date goes as it is; any other is rebuilt."""
+    """An original From/To/Cc/Date as it may leave, always rebuilt from its parsed value: a
+    comment (`Date: ... (Resultat DUPONT Jean)`) or a group name is free text and stays inside.
+    Address fields keep display name and address (RFC 2047 when needed); an unparseable Date
+    becomes the current time."""
     name = name_of(field)
     label = {"from": "From", "to": "To", "cc": "Cc", "date": "Date"}[name]
     if name == "date":
-        if _seven_bit(field):
-            return field
         try:
             when = email.utils.parsedate_to_datetime(raw_text(field.partition(b":")[2]))
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")
     return _address_field(label, _addresses(field))
 
@@ -206,16 +207,28 @@ def allowed_outer_fields(message: bytes, *, neutral_subject: str, sender: str | 
 
 
 def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None,
-                   original: bytes | None = None) -> bytes:
+                   original: bytes | None = None, envelope_name: str | None = None) -> bytes:
     """An already-protected message (client-encrypted, legacy armor) with its header block cut
-    down to the allow-list; its own MIME-Version and Content-* stay (7-bit), its body untouched.
-    `original`: the message it was made from, whose raw headers the allow-list is taken from
-    (an encoder may have re-serialised them)."""
+    down to the allow-list; its own MIME-Version and Content-* stay, reduced to their structure
+    (type, structural parameters, 7-bit), its body untouched. `original`: the message it was made
+    from, whose raw headers the allow-list is taken from (an encoder may have re-serialised them).
+    `envelope_name`: the one name the envelope shows (`smime.p7m`), whatever its client named it;
+    without it, names are kept as the encoder wrote them (neutral)."""
     fields, body = split_raw(message)
-    envelope = [f for f in fields if name_of(f) in ENVELOPE_FIELDS and _seven_bit(f)]
+    envelope = _envelope_fields([f for f in fields if name_of(f) in ENVELOPE_FIELDS], envelope_name)
     outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject,
                                  sender=sender)
     return join_raw(outer + envelope, body)
+
+
+def _envelope_fields(fields: list[bytes], name: str | None) -> list[bytes]:
+    """MIME-Version and Content-* of an envelope: Content-Type and Content-Disposition rebuilt from
+    their parsed values (`structure_only`: a client's own name for the envelope or any other
+    parameter can name the document); fields that are not 7-bit are left out."""
+    msg = email.message_from_bytes(b"".join(fields) + b"\r\n", policy=email.policy.compat32)
+    structure_only(msg, rename=(lambda real: real) if name is None else (lambda real: name), fields=False)
+    rebuilt = [header_field(key, str(value)) for key, value in msg.items()]
+    return [f for f in rebuilt if _seven_bit(f)]
 
 
 def protected_entity(message: bytes, entity: bytes) -> bytes:

@@ -106,7 +106,7 @@ class OutboundStage:
             bridgeable = [r for r in allowed if self._legacy_only(r)]
             passing = [r for r in allowed if r not in bridgeable]
             if passing:
-                data = restrict_outer(item.data, neutral_subject=policy.neutral_subject)
+                data = restrict_outer(item.data, neutral_subject=policy.neutral_subject, envelope_name="smime.p7m")
                 outgoing.append(Outgoing(tuple(passing), data, form="client-encrypted"))
                 self._audit(item, passing, "client-encrypted")
             allowed = bridgeable

@@ -28,15 +28,18 @@ from tests.conftest import require_tool
 from tests.stages.envelope_support import (
     ATTACHMENT,
     BODY,
+    ENVELOPE_MARKER,
     LEGACY_DOCTOR,
     LEGACY_LAB,
     PDF,
     BridgeCtx,
+    client_sealed,
     header_block,
     marked_message,
     missing_inside,
     openssl_open,
     outside,
+    with_part_description,
     without_armor,
 )
 from tests.stages.test_protection import _policy
@@ -108,8 +111,9 @@ async def test_unsigned_smime_copy_uses_the_same_list(pki: TestPKI, tmp_path: Pa
 async def test_client_encrypted_pass_through_is_stripped_to_the_list(pki: TestPKI, tmp_path: Path) -> None:
     openssl = require_tool("openssl")
     ctx = BridgeCtx(pki, _policy())
-    sealed = encrypt_message(marked_message(ORG_EMAIL, PERSON_EMAIL), [pki["person_encrypt"].cert])
+    sealed = client_sealed(marked_message(ORG_EMAIL, PERSON_EMAIL), pki["person_encrypt"].cert)
     assert b"MRK-XPATIENT" in header_block(sealed)  # what a client that encrypts itself leaves outside
+    assert header_block(sealed).count(ENVELOPE_MARKER.encode()) == 3  # and what it names its envelope
     env = Envelope("H3", ORG_EMAIL, (PERSON_EMAIL,), auth_user=ORG_EMAIL, listener="submission")
     (out,) = (await _run(ctx, env, sealed)).outgoing
     assert out.form == "client-encrypted"
@@ -118,6 +122,8 @@ async def test_client_encrypted_pass_through_is_stripped_to_the_list(pki: TestPK
     assert out.data.split(b"\r\n\r\n", 1)[1] == sealed.split(b"\r\n\r\n", 1)[1]  # the envelope itself untouched
     outer = email.message_from_bytes(out.data, policy=email.policy.default)
     assert outer.get_content_type() == "application/pkcs7-mime" and str(outer["Subject"]) == "Message sécurisé"
+    assert outer.get_param("smime-type") == "enveloped-data" and outer.get_filename() == "smime.p7m"
+    assert outer.get_param("name") == "smime.p7m" and outer.get_param("x-document") is None
     (tmp_path / "ce.eml").write_bytes(out.data)
     import subprocess
 
@@ -161,9 +167,10 @@ async def test_legacy_pass_through_gets_the_allow_list_and_neutral_names(pki: Te
     """Legacy mail for a reader of the same format goes on in that format (not re-encoded): its
     outer headers are cut to the list and its attachment names made neutral all the same."""
     store = ApicryptKeyStore(keys_dir)
-    legacy = APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test", ["msgw.bridge", "dr.legacy"],
-                              store)
+    legacy = with_part_description(APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test",
+                                                    ["msgw.bridge", "dr.legacy"], store))
     assert b"MRK-XPATIENT" in legacy and ATTACHMENT.encode() in legacy  # as a legacy client sends it
+    assert b"MRK-DESCRIPTION" in legacy and b"MRK-DATE" in legacy
     ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
     env = Envelope("H5", LEGACY_LAB, (LEGACY_DOCTOR,), listener="legacy")
     (out,) = (await _run(ctx, env, legacy)).outgoing
@@ -195,6 +202,31 @@ def test_allow_list_function_alone() -> None:
     again = b"".join(allowed_outer_fields(msg, neutral_subject="x"))
     assert [f for f in again.split(b"\r\n") if f.startswith(b"Message-ID")] != \
         [f for f in block.split(b"\r\n") if f.startswith(b"Message-ID")]  # fresh and random each time
+
+
+@pytest.mark.parametrize("date, kept", [
+    (b"Thu, 3 Dec 2026 10:00 +0100 (Resultat DUPONT Jean)", "Thu, 03 Dec 2026 10:00:00 +0100"),
+    (b"Thu, 3 Dec 2026 10:00:00 +0100 (MRK-DATE)\r\n (DUPONT)", "Thu, 03 Dec 2026 10:00:00 +0100"),
+    (b"3 Dec 2026 10:00 -0000 (DUPONT)", "Thu, 03 Dec 2026 10:00:00 -0000"),
+    (b"Thu, 3 Dec 2026 10:00:00 GMT", "Thu, 03 Dec 2026 10:00:00 +0000"),
+])
+def test_outer_date_is_rebuilt_from_its_value(date: bytes, kept: str) -> None:
+    """A 7-bit Date went out verbatim, comment included (`(Resultat DUPONT Jean)`): the outer
+    Date is always rebuilt from the parsed date; the original (comment and all) stays inside."""
+    msg = b"From: <labo@labo-tests.sante.test>\r\nDate: " + date + b"\r\nSubject: x\r\n\r\nbody\r\n"
+    (line,) = [f for f in allowed_outer_fields(msg, neutral_subject="x") if f.startswith(b"Date:")]
+    assert line == f"Date: {kept}\r\n".encode()
+    assert b"Date: " + date + b"\r\n" in protected_entity(msg, b"Content-Type: text/plain\r\n\r\nx\r\n")
+
+
+def test_an_unparseable_date_goes_out_as_the_current_time() -> None:
+    import datetime as dt
+    import email.utils
+
+    msg = b"From: <labo@labo-tests.sante.test>\r\nDate: (DUPONT Jean) le 3 decembre\r\n\r\nbody\r\n"
+    (line,) = [f for f in allowed_outer_fields(msg, neutral_subject="x") if f.startswith(b"Date:")]
+    when = email.utils.parsedate_to_datetime(line[6:].decode())
+    assert b"DUPONT" not in line and abs(when - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
 
 
 def test_protected_entity_is_seven_bit_and_keeps_every_header() -> None:
