@@ -5,9 +5,10 @@ Python's `email` refolds and re-encodes headers when it serialises, which breaks
 and changes what the recipient sees; these helpers slice the raw header block instead.
 
 Outside an envelope (S/MIME, the client-encrypted pass-through, legacy copies) only an
-allow-list shows: From, To, Cc, Date (7-bit), a fresh random Message-ID, the neutral Subject,
-`Disposition-Notification-To` reduced to addresses when the original asked for an MDN, and
-`Sender` when the gateway sets it; the envelope adds its own MIME-Version and Content-*.
+allow-list shows: From, To, Cc and Date rebuilt from their parsed values (7-bit, no comment), a
+fresh random Message-ID, the neutral Subject, and `Disposition-Notification-To` reduced to
+addresses when the original asked for an MDN; the envelope adds its own MIME-Version and
+Content-* (reduced to its structure).
 Everything else (Message-ID, threading, X-*, Comments, raw 8-bit fields...) exists only
 inside, where *every* original header is copied onto the root entity of the cryptographic
 payload as protected headers (`protected-headers="v1"`, as Thunderbird and mutt read them),
@@ -137,7 +138,7 @@ def seven_bit_field(field: bytes) -> bytes | None:
     return folded_field(name.decode("ascii"), raw_text(value))
 
 
-def _addresses(field: bytes) -> list[tuple[str, str]]:
+def addresses(field: bytes) -> list[tuple[str, str]]:
     """(display name, ASCII address) pairs of an address field; non-ASCII addresses are left out
     (they cannot travel 7-bit outside; the original field is inside). The addresses are parsed
     from the raw value and only then the names decoded (RFC 2047 6.1): a word that decodes to
@@ -147,7 +148,7 @@ def _addresses(field: bytes) -> list[tuple[str, str]]:
             if addr and addr.isascii() and "@" in addr and not re.search(r"[\s<>,;\"]", addr)]
 
 
-def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
+def address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
     if not pairs:
         return None
     parts = []
@@ -172,7 +173,7 @@ def _outer_field(field: bytes) -> bytes | None:
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
         except (TypeError, ValueError, IndexError, OverflowError):
             return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")
-    return _address_field(label, _addresses(field))
+    return address_field(label, addresses(field))
 
 
 def fresh_message_id(fields: list[bytes]) -> str:
@@ -180,34 +181,29 @@ def fresh_message_id(fields: list[bytes]) -> str:
     domain = "msgw.invalid"
     for f in fields:
         if name_of(f) == "from":
-            found = _addresses(f)
+            found = addresses(f)
             if found:
                 domain = found[0][1].rpartition("@")[2] or domain
             break
     return f"<{secrets.token_hex(16)}@{domain}>"
 
 
-def allowed_outer_fields(message: bytes, *, neutral_subject: str, sender: str | None = None) -> list[bytes]:
+def allowed_outer_fields(message: bytes, *, neutral_subject: str) -> list[bytes]:
     """The header fields a protected copy of `message` shows outside its envelope (without the
-    envelope's MIME-Version and Content-*): the one allow-list of every protected form.
-
-    `sender`: the address the gateway names in Sender: (bridged copies, signed by the
-    organisation); a Sender: the client wrote travels inside only."""
+    envelope's MIME-Version and Content-*): the one allow-list of every protected form."""
     fields, _ = split_raw(message)
     out = [kept for f in fields if name_of(f) in OUTER_KEPT and (kept := _outer_field(f)) is not None]
     out.append(f"Message-ID: {fresh_message_id(fields)}\r\n".encode("ascii"))
     out.append(header_field("Subject", neutral_subject))
-    mdn = [pair for f in fields if name_of(f) == "disposition-notification-to" for pair in _addresses(f)]
-    dnt = _address_field("Disposition-Notification-To", mdn, names=False)
+    mdn = [pair for f in fields if name_of(f) == "disposition-notification-to" for pair in addresses(f)]
+    dnt = address_field("Disposition-Notification-To", mdn, names=False)
     if dnt is not None:
         out.append(dnt)
-    if sender:
-        out.append(f"Sender: <{sender}>\r\n".encode("ascii"))
     return out
 
 
-def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None,
-                   original: bytes | None = None, envelope_name: str | None = None) -> bytes:
+def restrict_outer(message: bytes, *, neutral_subject: str, original: bytes | None = None,
+                   envelope_name: str | None = None) -> bytes:
     """An already-protected message (client-encrypted, legacy armor) with its header block cut
     down to the allow-list; its own MIME-Version and Content-* stay, reduced to their structure
     (type, structural parameters, 7-bit), its body untouched. `original`: the message it was made
@@ -216,8 +212,7 @@ def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None =
     without it, names are kept as the encoder wrote them (neutral)."""
     fields, body = split_raw(message)
     envelope = _envelope_fields([f for f in fields if name_of(f) in ENVELOPE_FIELDS], envelope_name)
-    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject,
-                                 sender=sender)
+    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject)
     return join_raw(outer + envelope, body)
 
 

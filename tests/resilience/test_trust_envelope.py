@@ -9,7 +9,8 @@ summary table shows what got through even when a test fails:
   Date comment...), in a part's Content-Description and in the name a client gave its own
   envelope; none may show outside;
 - bridged provenance: on the legacy listener the provenance header and the banner are inside
-  the signature (the bridge key's), nothing of them outside;
+  the signature (the bridge key's), nothing of them outside, and the copy goes under the
+  bridge's own From (the signer's address), the legacy author in Reply-To;
 - legacy armor from a non-legacy path (a submission account with a key, one without, a relay
   partner): never decoded, never signed by the bridge key.
 """
@@ -30,7 +31,7 @@ from gateway.legacy.apicrypt1 import CODEC as APICRYPT1
 from gateway.legacy.apicrypt1 import decrypt
 from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
-from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
+from gateway.smime.testpki import ORG_EMAIL, OTHER_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import free_port, require_tool
 from tests.e2e.harness import PASSWORD, USER, GatewayProcess, GatewaySetup, Received, Sink, msgw, wait_port
 from tests.e2e.test_protection_flow import _protected_setup, submit_as_lab
@@ -43,10 +44,12 @@ from tests.stages.envelope_support import (
     MARKERS,
     PDF,
     client_sealed,
+    delivered_from,
     marked_message,
     missing_inside,
     openssl_open,
     outside,
+    signer_emails,
     signer_subject,
     with_part_description,
     without_armor,
@@ -224,6 +227,11 @@ def test_bridged_provenance_inside_the_signature(battery: Battery, resilience_re
         "signed by the bridge key": BRIDGE_SIGNER in signer_subject(openssl, signer, battery.folder),
         "provenance header inside": "sender-authenticated=no" in str(inner["X-Msgw-Bridged"]),
         "banner inside, text after it intact": BANNER_EN in text and text.endswith(HPRIM),
+        # A signature never re-labels its sender: the signer names the From shown, outside and inside.
+        "signer names the delivered From": delivered_from(content) == delivered_from(got.data)
+        == signer_emails(openssl, signer, battery.folder) == [OTHER_EMAIL],
+        "legacy author in Reply-To, no Sender": LEGACY_LAB in str(inner["Reply-To"]) and inner["Sender"] is None
+        and b"\r\nSender:" not in head,
     }
     failed = [k for k, ok in checks.items() if not ok]
     resilience_report.trust("bridged provenance inside the signature (legacy listener)", attempts=len(checks),

@@ -23,8 +23,7 @@ from tests.stages.test_protection import Ctx, _key
 
 #: The only header fields a protected copy may show outside its envelope.
 ALLOWED_OUTSIDE = frozenset({"from", "to", "cc", "date", "message-id", "subject", "mime-version", "content-type",
-                             "content-transfer-encoding", "content-disposition", "disposition-notification-to",
-                             "sender"})
+                             "content-transfer-encoding", "content-disposition", "disposition-notification-to"})
 LEGACY_DOCTOR = "dr.legacy@medical99.apicrypt.org"
 LEGACY_LAB = "labo.test@medical99.apicrypt.org"
 ATTACHMENT = "CR_MRK-FILENAME_DUPONT.pdf"
@@ -152,19 +151,26 @@ def missing_inside(entity: bytes) -> list[str]:
 def openssl_open(openssl: str, pki: TestPKI, raw: bytes, folder: Path, recipient: str = "person_encrypt",
                  tag: str = "x") -> tuple[bytes, bytes, bytes]:
     """(signed entity, content, signer PEM) of an S/MIME copy: `openssl cms -decrypt` then `-verify`."""
-    enc, signed, content, signer = (folder / f"{tag}-{n}" for n in ("enc.eml", "signed.eml", "content.eml",
-                                                                     "signer.pem"))
+    enc, signed = folder / f"{tag}-enc.eml", folder / f"{tag}-signed.eml"
     enc.write_bytes(raw)
     r = pki[recipient]
     dec = subprocess.run([openssl, "cms", "-decrypt", "-in", str(enc), "-recip", str(r.cert_path), "-inkey",
                           str(r.key_path), "-out", str(signed)], capture_output=True)
     assert dec.returncode == 0, dec.stderr
+    content_bytes, signer_pem = openssl_verify(openssl, pki, signed.read_bytes(), folder, tag=tag)
+    return signed.read_bytes(), content_bytes, signer_pem
+
+
+def openssl_verify(openssl: str, pki: TestPKI, signed: bytes, folder: Path, tag: str = "x") -> tuple[bytes, bytes]:
+    """(content, signer PEM) of a signed message, by `openssl cms -verify` against the TEST anchors."""
+    path, content, signer = (folder / f"{tag}-{n}" for n in ("verify.eml", "verified.eml", "verified-signer.pem"))
+    path.write_bytes(signed)
     ca = folder / "ca.pem"
     ca.write_bytes(b"".join(p.read_bytes() for p in sorted(pki.trust_dir.iterdir())))
-    ver = subprocess.run([openssl, "cms", "-verify", "-in", str(signed), "-CAfile", str(ca), "-purpose", "any",
+    ver = subprocess.run([openssl, "cms", "-verify", "-in", str(path), "-CAfile", str(ca), "-purpose", "any",
                           "-signer", str(signer), "-out", str(content)], capture_output=True)
     assert ver.returncode == 0, ver.stderr
-    return signed.read_bytes(), content.read_bytes(), signer.read_bytes()
+    return content.read_bytes(), signer.read_bytes()
 
 
 def signer_subject(openssl: str, pem: bytes, folder: Path) -> str:
@@ -172,6 +178,20 @@ def signer_subject(openssl: str, pem: bytes, folder: Path) -> str:
     path.write_bytes(pem)
     return subprocess.run([openssl, "x509", "-noout", "-subject", "-in", str(path)], capture_output=True,
                           text=True).stdout
+
+
+def signer_emails(openssl: str, pem: bytes, folder: Path) -> list[str]:
+    """The e-mail addresses `openssl x509 -email` reads in the signer's certificate."""
+    path = folder / "signer-email.pem"
+    path.write_bytes(pem)
+    out = subprocess.run([openssl, "x509", "-noout", "-email", "-in", str(path)], capture_output=True, text=True)
+    return [line.strip().lower() for line in out.stdout.splitlines() if line.strip()]
+
+
+def delivered_from(content: bytes) -> list[str]:
+    """The From addresses of a (protected) entity, read by the stdlib's strict parser."""
+    msg = email.message_from_bytes(content, policy=email.policy.default)
+    return [a.addr_spec.lower() for f in msg.get_all("From") or [] for a in f.addresses]
 
 
 @dataclass
