@@ -15,6 +15,7 @@ import email.header
 import email.message
 import email.policy
 import email.utils
+import functools
 import io
 import re
 import secrets
@@ -186,6 +187,14 @@ def _param_value(value: str | tuple[str | None, str | None, str]) -> str:
     return value if isinstance(value, str) else email.utils.collapse_rfc2231_value(value)
 
 
+def _no_name(real: str) -> None:
+    return None
+
+
+def _constant(name: str, real: str) -> str:
+    return name
+
+
 def neutral_attachment_names(raw: bytes) -> bytes:
     """A legacy message as it may show outside its armor: every body part reduced to its MIME
     structure (`structure_only`: no Content-Description or other free-text part header), every
@@ -197,9 +206,9 @@ def neutral_attachment_names(raw: bytes) -> bytes:
     leaves = [p for p in msg.walk() if not p.is_multipart()]
     for part in msg.walk():
         if part.is_multipart():
-            structure_only(part, rename=lambda real: None, fields=part is not msg)
+            structure_only(part, rename=_no_name, fields=part is not msg)
     for index, part in enumerate(leaves, 1):
-        structure_only(part, rename=lambda real, i=index, p=part: neutral_name(part_filename(p, i), i),
+        structure_only(part, rename=functools.partial(_constant, neutral_name(part_filename(part, index), index)),
                        fields=part is not msg)
     if all(part.items() == items for part, items in before):
         return raw
