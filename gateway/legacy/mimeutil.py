@@ -24,7 +24,8 @@ from collections.abc import Callable
 from gateway.legacy.codec import as_message
 from gateway.legacy.errors import MalformedPayload
 
-CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+#: CRLF lines, and no refolding: a header we did not write goes out folded as it came.
+CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
 _SKIP_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition",
                            "content-description", "content-id", "mime-version"})
 
