@@ -31,7 +31,6 @@ BRIDGE_HEADER = "X-Msgw-Bridged"
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
 #: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.
 OUR_PREFIX = "x-msgw-"
-OUR_HEADERS = (VERIFICATION_HEADER, BRIDGE_HEADER)
 #: Original fields kept outside an envelope (made 7-bit); the rest of the list is written fresh.
 OUTER_KEPT = ("from", "to", "cc", "date")
 #: The envelope's own fields that describe it (not its content) and stay outside with it.

@@ -29,11 +29,10 @@ from cryptography import x509
 
 from gateway.errors import GatewayError
 from gateway.pipeline import Outgoing, Refusal, WorkItem
-from gateway.smime.cms_envelope import encrypt_content
 from gateway.smime.cms_sign import sign_content
-from gateway.smime.engine import encrypt_message
+from gateway.smime.engine import encrypt_entity, encrypt_message
 from gateway.smime.keyapi import SigningKey
-from gateway.smime.mime import content_entity, multipart_signed, pkcs7_mime
+from gateway.smime.mime import content_entity, multipart_signed
 from gateway.smime.trust import check_signing_usage
 from gateway.stages.bridge import bridge_address, legacy_copy, relabel_bridged
 from gateway.stages.context import ProtectionContext
@@ -69,7 +68,7 @@ async def protect_smime(message: bytes, key: SigningKey | None, certs: list[x509
         der = await sign_content(entity, key, detached=True)
         inner = multipart_signed(outer, entity, der, "sha-256")
         return await asyncio.to_thread(encrypt_message, inner, certs, sender_copy=sender_copy)
-    return await asyncio.to_thread(_seal, outer, entity, certs, sender_copy)
+    return await asyncio.to_thread(encrypt_entity, outer, entity, certs, sender_copy=sender_copy)
 
 
 async def sign_protected(message: bytes, key: SigningKey) -> bytes:
@@ -88,14 +87,6 @@ async def sign_protected(message: bytes, key: SigningKey) -> bytes:
     outer, entity = await asyncio.to_thread(prepare)
     der = await sign_content(entity, key, detached=True)
     return await asyncio.to_thread(multipart_signed, outer, entity, der, "sha-256")
-
-
-def _seal(outer: tuple[bytes, ...], entity: bytes, certs: list[x509.Certificate],
-          sender_copy: x509.Certificate | None) -> bytes:
-    """Encrypt an entity as it is: its protected headers are part of the content, not outer fields
-    (`encrypt_message` would take them for the message's own headers and leave them outside)."""
-    recipients = list(certs) + ([sender_copy] if sender_copy is not None and sender_copy not in certs else [])
-    return pkcs7_mime(outer, encrypt_content(entity, recipients), "enveloped-data")
 
 
 class OutboundStage:
