@@ -157,7 +157,7 @@ def neutral_name(real: str, index: int) -> str:
 STRUCTURAL_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
 #: The Content-Type / Content-Disposition parameters that describe structure (file names apart).
 STRUCTURAL_PARAMS = frozenset({"boundary", "charset", "protocol", "micalg", "smime-type", "format", "delsp"})
-_NAME_PARAMS = {"content-type": "name", "content-disposition": "filename"}
+_NAME_PARAMS = {"Content-Type": "name", "Content-Disposition": "filename"}
 
 
 def structure_only(part: email.message.Message, *, rename: Callable[[str], str | None] = lambda real: real,
@@ -173,8 +173,7 @@ def structure_only(part: email.message.Message, *, rename: Callable[[str], str |
         if part.get(header) is None:
             continue
         params = part.get_params(header=header) or []
-        value = part.get_content_type() if header == "content-type" else (part.get_content_disposition()
-                                                                          or "attachment")
+        value = part.get_content_type() if header == "Content-Type" else _disposition(part)
         kept = [(k.lower(), _param_value(v)) for k, v in params[1:] if k.lower() in STRUCTURAL_PARAMS]
         real = _param_value(next((v for k, v in params[1:] if k.lower() == name_param), ""))
         new_name = rename(real) if real else None
@@ -182,6 +181,12 @@ def structure_only(part: email.message.Message, *, rename: Callable[[str], str |
         part[header] = value
         for key, text in kept + ([(name_param, new_name)] if new_name else []):
             part.set_param(key, text, header=header, charset=None if text.isascii() else "utf-8")
+
+
+def _disposition(part: email.message.Message) -> str:
+    """`inline` or `attachment`: any other disposition type is free text (read as attachment, RFC 2183)."""
+    found = part.get_content_disposition()
+    return found if found in ("inline", "attachment") else "attachment"
 
 
 def _param_value(value: str | tuple[str | None, str | None, str]) -> str:

@@ -21,7 +21,7 @@ from gateway.pipeline import Envelope, Pipeline
 from gateway.smime.engine import encrypt_message
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from gateway.stages.bridge import LegacyInboundStage, sanitize
-from gateway.stages.headers import allowed_outer_fields, protected_entity
+from gateway.stages.headers import allowed_outer_fields, protected_entity, restrict_outer
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from tests.conftest import require_tool
@@ -227,6 +227,22 @@ def test_an_unparseable_date_goes_out_as_the_current_time() -> None:
     (line,) = [f for f in allowed_outer_fields(msg, neutral_subject="x") if f.startswith(b"Date:")]
     when = email.utils.parsedate_to_datetime(line[6:].decode())
     assert b"DUPONT" not in line and abs(when - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+
+
+def test_envelope_fields_keep_their_structure_only() -> None:
+    """The envelope's own Content-* as a client wrote them: a disposition type, a name or a
+    parameter of its own can name the document; only the structure goes on."""
+    sealed = (b"From: <labo@labo-tests.sante.test>\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+              b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n name=\"CR DUPONT.p7m\"\r\n"
+              b"Content-Disposition: DUPONT-Jeanne; filename*=utf-8''CR%20DUPONT%20%C3%A9.p7m; size=12\r\n"
+              b"Content-Description: CR DUPONT\r\nContent-Transfer-Encoding: base64\r\n\r\nMIIB\r\n")
+    out = restrict_outer(sealed, neutral_subject="x", envelope_name="smime.p7m")
+    head = header_block(out)
+    assert b"dupont" not in head.lower() and b"size" not in head and b"Content-Description" not in head
+    msg = email.message_from_bytes(out, policy=email.policy.default)
+    assert msg.get_content_type() == "application/pkcs7-mime" and msg.get_param("smime-type") == "enveloped-data"
+    assert msg.get_content_disposition() == "attachment" and msg.get_filename() == "smime.p7m"
+    assert msg.get_param("name") == "smime.p7m" and out.endswith(b"\r\n\r\nMIIB\r\n")
 
 
 def test_protected_entity_is_seven_bit_and_keeps_every_header() -> None:
