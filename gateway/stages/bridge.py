@@ -145,13 +145,12 @@ def relabel_bridged(message: bytes, bridge: str) -> bytes:
     authors = [pair for f in fields if name_of(f) == "from" for pair in addresses(f)]
     replies = authors + [pair for f in fields if name_of(f) == "reply-to" for pair in addresses(f)
                          if pair[1].lower() not in {a.lower() for _, a in authors}]
-    shown = (authors[0][0] or authors[0][1].replace("@", " at ")) if authors else "?"
+    # The author's name, else its address (" at ": a display name must not look like another address).
+    shown = (authors[0][0] or authors[0][1].replace("@", " at ")) if authors else "expéditeur inconnu / unknown sender"
     kept = [_KEPT_AS[name_of(f)].encode() + b":" + f.partition(b":")[2] if name_of(f) in _KEPT_AS else f
             for f in fields if name_of(f) not in {"reply-to", "x-original-from", "x-original-sender"}]
-    relabelled = address_field("From", [(f"{shown} ({VIA})", bridge)])
-    reply_to = address_field("Reply-To", replies)
-    assert relabelled is not None
-    return join_raw([relabelled, *([reply_to] if reply_to else []), *kept], body)
+    head = [address_field("From", [(f"{shown} ({VIA})", bridge)]), address_field("Reply-To", replies)]
+    return join_raw([f for f in head if f is not None] + kept, body)
 
 
 async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, recipients: list[str]) -> bytes:

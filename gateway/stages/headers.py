@@ -92,22 +92,6 @@ def prepend_header(message: bytes, name: str, value: str) -> bytes:
     return header_field(name, value) + message
 
 
-def replace_header(message: bytes, name: str, value: str) -> bytes:
-    """Replace every `name` field by one with `value` (added when absent)."""
-    fields, body = split_raw(message)
-    out, done = [], False
-    for f in fields:
-        if name_of(f) == name.lower():
-            if not done:
-                out.append(header_field(name, value))
-                done = True
-            continue
-        out.append(f)
-    if not done:
-        out.append(header_field(name, value))
-    return join_raw(out, body)
-
-
 def _seven_bit(field: bytes) -> bool:
     return field.isascii() and all(len(line) <= MAX_LINE for line in field.split(b"\r\n"))
 
