@@ -247,17 +247,22 @@ async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Veri
         print("msgw: the bridged result did not reach the S/MIME doctor", file=sys.stderr)
         return False
     received = operator.received[before]
-    # The bridge signs as the organisation (named in Sender:), not as the legacy lab of From:.
-    bridge_view = Verifier(verifier.trust, verifier.crls, require_from_match=False)
-    opened = await unwrap_message(received, keys=[doctor], verifier=bridge_view)
+    # The bridge signs under its own address (From), the legacy lab named in the display name and
+    # in Reply-To: the strict verifier (signer = delivered From) passes it.
+    opened = await unwrap_message(received, keys=[doctor], verifier=verifier)
     # The provenance statement is a protected header inside the signed entity, never outside.
     outside = email.message_from_bytes(received, policy=email.policy.default)["X-Msgw-Bridged"]
-    bridged = email.message_from_bytes(opened.content, policy=email.policy.default)["X-Msgw-Bridged"]
+    inner = email.message_from_bytes(opened.content, policy=email.policy.default)
+    bridged = inner["X-Msgw-Bridged"]
     if outside is not None or bridged is None:
         print("msgw: the bridged provenance is not (only) inside the signed entity", file=sys.stderr)
         return False
-    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway; inside the signature: "
-          f"X-Msgw-Bridged: {' '.join(str(bridged).split())[:90]}")
+    if not opened.signatures[-1].from_matched:
+        print("msgw: the bridged copy's signer does not name its From", file=sys.stderr)
+        return False
+    _step(f"   arrived as S/MIME ({'+'.join(opened.layers)}), signed by the gateway under its own address: "
+          f"From: {inner['From']}, Reply-To: {inner['Reply-To']}")
+    _step(f"   inside the signature: X-Msgw-Bridged: {' '.join(str(bridged).split())[:90]}")
     text = next((p for p in email.message_from_bytes(opened.content, policy=email.policy.default).walk()
                  if p.get_content_type() == "text/plain"), None)
     banner = text.get_content().splitlines()[1] if text is not None else ""

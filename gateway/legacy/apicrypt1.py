@@ -55,6 +55,7 @@ from gateway.legacy.mimeutil import (
     outer_headers,
     part_filename,
     raw_header_fields,
+    raw_text,
     safe_filename,
     subparts,
     text_part,
@@ -334,7 +335,7 @@ class Apicrypt1Codec:
                                              a.data, a.content_type) for n, a in enumerate(attachments, 2)]
             if original.subject is not None:
                 headers = [(k, v) for k, v in headers if k.lower() != "subject"]
-                subject = original.subject
+                subject = raw_text(original.subject)  # written by any key holder: one line, no break
                 if not subject.isascii():
                     subject = Header(subject, "utf-8").encode(maxlinelen=0)
                 headers.append(("Subject", subject))

@@ -15,13 +15,17 @@ import email.header
 import email.message
 import email.policy
 import email.utils
+import functools
 import io
 import re
 import secrets
+from collections.abc import Callable
 
+from gateway.legacy.codec import as_message
 from gateway.legacy.errors import MalformedPayload
 
-CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n")
+#: CRLF lines, and no refolding: a header we did not write goes out folded as it came.
+CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
 _SKIP_HEADERS = frozenset({"content-type", "content-transfer-encoding", "content-disposition",
                            "content-description", "content-id", "mime-version"})
 
@@ -148,38 +152,79 @@ def neutral_name(real: str, index: int) -> str:
     return f"piece-jointe-{index}{extension.lower() if _EXTENSION.fullmatch(extension) else '.bin'}"
 
 
-def has_name(part: email.message.Message) -> bool:
-    return bool(part.get_filename() or part.get_param("name"))
+#: The header fields a body part needs to be read; any other (Content-Description, Content-ID,
+#: X-*...) is free text that can name the document or the patient.
+STRUCTURAL_FIELDS = frozenset({"content-type", "content-transfer-encoding", "content-disposition"})
+#: The Content-Type / Content-Disposition parameters that describe structure (file names apart).
+STRUCTURAL_PARAMS = frozenset({"boundary", "charset", "protocol", "micalg", "smime-type", "format", "delsp"})
+_NAME_PARAMS = {"Content-Type": "name", "Content-Disposition": "filename"}
 
 
-def rename(part: email.message.Message, name: str) -> None:
-    """Give a part `name` in Content-Type name= and Content-Disposition filename= (where present)."""
-    if part.get_param("name") is not None or part.get("Content-Disposition") is None:
-        part.set_param("name", name)
-    if part.get("Content-Disposition") is not None:
-        part.set_param("filename", name, header="Content-Disposition")
+def structure_only(part: email.message.Message, *, rename: Callable[[str], str | None] = lambda real: real,
+                   fields: bool = True) -> None:
+    """Reduce a part to its MIME structure, for what shows outside an envelope or an armor: with
+    `fields`, only the STRUCTURAL_FIELDS stay; its Content-Type and Content-Disposition keep their
+    type and STRUCTURAL_PARAMS, and their name (`name=`, `filename=`) becomes `rename(real name)`
+    (None: no name at all)."""
+    if fields:
+        for name in {k.lower() for k in part.keys()} - STRUCTURAL_FIELDS:
+            del part[name]
+    for header, name_param in _NAME_PARAMS.items():
+        if part.get(header) is None:
+            continue
+        params = part.get_params(header=header) or []
+        value = part.get_content_type() if header == "Content-Type" else _disposition(part)
+        kept = [(k.lower(), _param_value(v)) for k, v in params[1:] if k.lower() in STRUCTURAL_PARAMS]
+        real = _param_value(next((v for k, v in params[1:] if k.lower() == name_param), ""))
+        new_name = rename(real) if real else None
+        del part[header]
+        part[header] = value
+        for key, text in kept + ([(name_param, new_name)] if new_name else []):
+            part.set_param(key, text, header=header, charset=None if text.isascii() else "utf-8")
+
+
+def _disposition(part: email.message.Message) -> str:
+    """`inline` or `attachment`: any other disposition type is free text (read as attachment, RFC 2183)."""
+    found = part.get_content_disposition()
+    return found if found in ("inline", "attachment") else "attachment"
+
+
+def _param_value(value: str | tuple[str | None, str | None, str]) -> str:
+    return value if isinstance(value, str) else email.utils.collapse_rfc2231_value(value)
+
+
+def _no_name(real: str) -> None:
+    return None
+
+
+def _constant(name: str, real: str) -> str:
+    return name
 
 
 def neutral_attachment_names(raw: bytes) -> bytes:
-    """A legacy message with every leaf's file name made neutral (`neutral_name`, numbered like
-    the decoders number parts); returned unchanged when no part has a name."""
-    msg = as_parsed(raw)
+    """A legacy message as it may show outside its armor: every body part reduced to its MIME
+    structure (`structure_only`: no Content-Description or other free-text part header), every
+    leaf's file name made neutral (`neutral_name`, numbered like the decoders number parts), no
+    name on a multipart. The top-level header block is left to the caller's allow-list; returned
+    unchanged when there is nothing to reduce."""
+    msg = as_message(raw)
+    before = [(p, p.items()) for p in msg.walk()]
     leaves = [p for p in msg.walk() if not p.is_multipart()]
-    if not any(has_name(p) for p in leaves):
-        return raw
+    for part in msg.walk():
+        if part.is_multipart():
+            structure_only(part, rename=_no_name, fields=part is not msg)
     for index, part in enumerate(leaves, 1):
-        if has_name(part):
-            rename(part, neutral_name(part_filename(part, index), index))
+        structure_only(part, rename=functools.partial(_constant, neutral_name(part_filename(part, index), index)),
+                       fields=part is not msg)
+    if all(part.items() == items for part, items in before):
+        return raw
     return to_bytes(msg)
 
 
-def as_parsed(raw: bytes) -> email.message.Message:
-    return email.message_from_bytes(raw, policy=email.policy.compat32)
-
-
-def header_text(value: bytes | str) -> str:
-    """A header value as a reader sees it: raw 8-bit bytes read as UTF-8 (else Latin-1), RFC 2047
-    words decoded, unfolded, no line breaks (a value cannot inject a line into a text header)."""
+def raw_text(value: bytes | str) -> str:
+    """A raw header value as text, RFC 2047 words left as they are: 8-bit bytes read as UTF-8
+    (else Latin-1: never fails), on one line (every run of white space, line breaks included,
+    one space: a value cannot inject a line into a header)."""
     if isinstance(value, bytes):
         try:
             text = value.decode("utf-8")
@@ -187,6 +232,16 @@ def header_text(value: bytes | str) -> str:
             text = value.decode("latin-1")
     else:
         text = value
+    return " ".join(text.split())
+
+
+def header_text(value: bytes | str) -> str:
+    """A header value as a reader sees it: `raw_text` with its RFC 2047 words decoded (a word
+    that does not decode stays as written). Pure and shared by the codecs and the stages.
+
+    For an address field, decode the display names *after* parsing the addresses: a word can
+    decode to `<someone@else>` or a comma."""
+    text = raw_text(value)
     if "=?" in text:
         try:
             text = str(email.header.make_header(email.header.decode_header(text)))

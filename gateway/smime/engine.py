@@ -68,6 +68,16 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate], *, c
                     sender_copy: x509.Certificate | None = None) -> bytes:
     """Encrypt a message to every recipient (plus `sender_copy`, so the sent copy stays readable)."""
     outer, entity = content_entity(message)
+    return encrypt_entity(outer, entity, recipients, cipher=cipher, key_transport=key_transport,
+                          recipient_id=recipient_id, sender_copy=sender_copy)
+
+
+def encrypt_entity(outer: tuple[bytes, ...], entity: bytes, recipients: Sequence[x509.Certificate], *,
+                   cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
+                   recipient_id: RecipientId = "issuer-serial", sender_copy: x509.Certificate | None = None) -> bytes:
+    """Encrypt a canonical entity as it is, with `outer` fields around the envelope: for an entity
+    whose own header block carries protected headers (`encrypt_message` would take them for the
+    message's outer fields)."""
     certs = list(recipients)
     if sender_copy is not None and sender_copy not in certs:
         certs.append(sender_copy)
@@ -92,11 +102,6 @@ def _single_from(fields: Sequence[bytes], name: str = "from") -> str | None:
     if len(addrs) != 1:
         return None if not addrs else ""
     return addrs[0].strip().lower()
-
-
-def from_address(message: bytes) -> str | None:
-    """The single From address of a message, lowercased (None when absent)."""
-    return _single_from(split_message(message).fields)
 
 
 def _weak_key(cert: x509.Certificate) -> tuple[str, ...]:
@@ -124,21 +129,6 @@ class Verifier:
     #: Correspondents' certificates known from the directory: used to find a signer whose
     #: message carries no certificate (they are not trusted for that: the path still is checked).
     known_certificates: tuple[x509.Certificate, ...] = ()
-
-    async def verify_der(self, der: bytes, detached_content: bytes | None, sender: str | None,
-                         sender_ids: Iterable[str] = (), *, enforce_from: bool = True,
-                         ) -> tuple[bytes, tuple[VerificationResult, ...]]:
-        """Verify a SignedData (every signer); return (content, results) or raise a typed refusal.
-
-        With `enforce_from` (and `require_from_match`), a signer not naming `sender` (or one
-        of `sender_ids`) is refused; without it the mismatch is only recorded.
-        """
-        content, checked = await self.verify_signers(der, detached_content)
-        ids = tuple(sender_ids)
-        results = tuple(self.match_sender(r, sender, ids) for r in checked)
-        if self.require_from_match and enforce_from and any(r.from_matched is False for r in results):
-            raise SignerMismatch("signer certificate does not name the From address")
-        return content, results
 
     async def verify_signers(self, der: bytes, detached_content: bytes | None,
                       ) -> tuple[bytes, tuple[VerificationResult, ...]]:

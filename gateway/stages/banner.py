@@ -13,18 +13,16 @@ banner); the changed part is re-encoded base64. Pure code: bytes in, bytes out.
 from __future__ import annotations
 
 import base64
-import codecs
 import email
-import email.generator
 import email.message
 import email.policy
 import html
-import io
 import os
 import re
 import unicodedata
 
-_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
+from gateway.legacy.mimeutil import is_attachment, to_bytes
+
 _SYSTEMS = {"apicrypt1": "Apicrypt", "openpgp": "OpenPGP"}
 
 
@@ -52,13 +50,7 @@ def add_banner(message: bytes, lines: tuple[str, ...]) -> bytes:
             _prepend(part, lines)
     else:
         _new_first_part(msg, lines)
-    out = io.BytesIO()
-    email.generator.BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(msg)
-    return out.getvalue()
-
-
-def _is_attachment(part: email.message.Message) -> bool:
-    return str(part.get("Content-Disposition", "")).strip().lower().startswith("attachment")
+    return to_bytes(msg)
 
 
 def _first_text(msg: email.message.Message) -> list[email.message.Message]:
@@ -70,7 +62,7 @@ def _first_text(msg: email.message.Message) -> list[email.message.Message]:
             children = [p for p in part.get_payload() if isinstance(p, email.message.Message)]
             if kind == "multipart/alternative":
                 texts = [p for p in children if p.get_content_type() in ("text/plain", "text/html")
-                         and not _is_attachment(p)]
+                         and not is_attachment(p)]
                 if texts:
                     return texts
             for child in children:
@@ -78,7 +70,7 @@ def _first_text(msg: email.message.Message) -> list[email.message.Message]:
                 if found:
                     return found
             return None
-        if kind in ("text/plain", "text/html") and not _is_attachment(part):
+        if kind in ("text/plain", "text/html") and not is_attachment(part):
             return [part]
         return None
 
@@ -88,10 +80,13 @@ def _first_text(msg: email.message.Message) -> list[email.message.Message]:
 
 
 def _ascii_compatible(charset: str) -> bool:
+    """Does `charset` write ASCII as ASCII? A name Python does not know as a *text* encoding
+    (unknown, or a bytes codec such as `base64`, `hex`, `zlib` that a hostile part may name) is
+    treated as the ASCII superset nearly every mail charset is."""
     try:
-        return codecs.lookup(charset).encode("banner")[0] == b"banner"
-    except LookupError:
-        return True  # unknown to Python: treat as the ASCII superset nearly every mail charset is
+        return "banner".encode(charset) == b"banner"
+    except (LookupError, ValueError):  # str.encode refuses non-text codecs with LookupError
+        return True
 
 
 def _encoded(text: str, charset: str) -> bytes:

@@ -11,6 +11,10 @@
   with the gateway's organisation key and encrypted by the outbound stage — or delivered,
   flagged, to a local mailbox. A message that does not decode is a permanent error: its sender
   gets a DSN, nothing is delivered in clear.
+* `relabel_bridged`: what the bridge key signs goes under the bridge's own address, never the
+  legacy author's (a signature must not re-label its sender, issue 11 item 5): From is the
+  address of the bridge key's certificate with the author's name in the display name, Reply-To
+  the author, the original From kept as `X-Original-From` — what mailing lists do for DMARC.
 * `legacy_copy` (S/MIME → legacy) is used by the outbound stage for recipients whose only
   capability is `legacy:<codec>`: an S/MIME message encrypted to the bridge's certificate is
   opened and verified first, the verdict travels in `X-Msgw-Bridged` inside the encoding, then
@@ -29,11 +33,29 @@ from gateway.errors import GatewayError, PermanentError
 from gateway.legacy import LegacyCodec, detect_codec
 from gateway.legacy.mimeutil import neutral_attachment_names
 from gateway.pipeline import Outgoing, WorkItem
+from gateway.smime.identity import read_identity
+from gateway.smime.keyapi import SigningKey
+from gateway.smime.keystore import KeyUnavailable
 from gateway.stages.banner import add_banner, banner_lines
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import BRIDGE_HEADER, prepend_header, restrict_outer, strip_headers
+from gateway.stages.headers import (
+    BRIDGE_HEADER,
+    address_field,
+    addresses,
+    join_raw,
+    name_of,
+    prepend_header,
+    restrict_outer,
+    split_raw,
+    strip_headers,
+)
 from gateway.stages.inbound import summary
+
+#: After the legacy author's name in the From of a bridged copy (French and English, like the banner).
+VIA = "via la passerelle / via gateway"
+#: The legacy author's own fields, kept inside under these names (the bridge's From replaces them).
+_KEPT_AS = {"from": "X-Original-From", "sender": "X-Original-Sender"}
 
 
 async def sanitize(item: WorkItem) -> WorkItem:
@@ -102,6 +124,33 @@ def _bridged(codec: LegacyCodec, data: bytes, keys: Any, identity: str) -> bytes
     decoded = codec.decode(data, keys, recipient=identity)
     marked = add_banner(strip_headers(decoded.content), banner_lines(codec.name, decoded.sender_authenticated))
     return prepend_header(marked, BRIDGE_HEADER, f"from={decoded.provenance()}")
+
+
+def bridge_address(key: SigningKey) -> str:
+    """The address the bridge signs under: the first its certificate names. A certificate naming
+    none is a local configuration fault (the message waits, it is not bounced)."""
+    emails = read_identity(key.certificate).emails
+    if not emails:
+        raise KeyUnavailable("the bridge's signing certificate names no e-mail address: bridged mail cannot be "
+                             "signed under the bridge's own From")
+    return emails[0]
+
+
+def relabel_bridged(message: bytes, bridge: str) -> bytes:
+    """The bridged message as the bridge key signs it (pure): `From: "<author> (via ...)" <bridge>`,
+    `Reply-To:` the author's address (then any Reply-To the legacy message had), the original
+    From/Sender kept as X-Original-From/-Sender; no Sender (From is the signer now). Every
+    other field is left as it is; the outbound stage then protects them all inside."""
+    fields, body = split_raw(message)
+    authors = [pair for f in fields if name_of(f) == "from" for pair in addresses(f)]
+    replies = authors + [pair for f in fields if name_of(f) == "reply-to" for pair in addresses(f)
+                         if pair[1].lower() not in {a.lower() for _, a in authors}]
+    # The author's name, else its address (" at ": a display name must not look like another address).
+    shown = (authors[0][0] or authors[0][1].replace("@", " at ")) if authors else "expéditeur inconnu / unknown sender"
+    kept = [_KEPT_AS[name_of(f)].encode() + b":" + f.partition(b":")[2] if name_of(f) in _KEPT_AS else f
+            for f in fields if name_of(f) not in {"reply-to", "x-original-from", "x-original-sender"}]
+    head = [address_field("From", [(f"{shown} ({VIA})", bridge)]), address_field("Reply-To", replies)]
+    return join_raw([f for f in head if f is not None] + kept, body)
 
 
 async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, recipients: list[str]) -> bytes:

@@ -5,9 +5,10 @@ Python's `email` refolds and re-encodes headers when it serialises, which breaks
 and changes what the recipient sees; these helpers slice the raw header block instead.
 
 Outside an envelope (S/MIME, the client-encrypted pass-through, legacy copies) only an
-allow-list shows: From, To, Cc, Date (7-bit), a fresh random Message-ID, the neutral Subject,
-`Disposition-Notification-To` reduced to addresses when the original asked for an MDN, and
-`Sender` when the gateway sets it; the envelope adds its own MIME-Version and Content-*.
+allow-list shows: From, To, Cc and Date rebuilt from their parsed values (7-bit, no comment), a
+fresh random Message-ID, the neutral Subject, and `Disposition-Notification-To` reduced to
+addresses when the original asked for an MDN; the envelope adds its own MIME-Version and
+Content-* (reduced to its structure).
 Everything else (Message-ID, threading, X-*, Comments, raw 8-bit fields...) exists only
 inside, where *every* original header is copied onto the root entity of the cryptographic
 payload as protected headers (`protected-headers="v1"`, as Thunderbird and mutt read them),
@@ -16,17 +17,20 @@ so the reader's client still shows the real Subject and threads the conversation
 
 from __future__ import annotations
 
+import email
+import email.policy
 import email.utils
 import re
 import secrets
-from email.header import Header, decode_header, make_header
+from email.header import Header
+
+from gateway.legacy.mimeutil import header_text, raw_text, structure_only
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
 #: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.
 OUR_PREFIX = "x-msgw-"
-OUR_HEADERS = (VERIFICATION_HEADER, BRIDGE_HEADER)
 #: Original fields kept outside an envelope (made 7-bit); the rest of the list is written fresh.
 OUTER_KEPT = ("from", "to", "cc", "date")
 #: The envelope's own fields that describe it (not its content) and stay outside with it.
@@ -88,33 +92,8 @@ def prepend_header(message: bytes, name: str, value: str) -> bytes:
     return header_field(name, value) + message
 
 
-def replace_header(message: bytes, name: str, value: str) -> bytes:
-    """Replace every `name` field by one with `value` (added when absent)."""
-    fields, body = split_raw(message)
-    out, done = [], False
-    for f in fields:
-        if name_of(f) == name.lower():
-            if not done:
-                out.append(header_field(name, value))
-                done = True
-            continue
-        out.append(f)
-    if not done:
-        out.append(header_field(name, value))
-    return join_raw(out, body)
-
-
 def _seven_bit(field: bytes) -> bool:
     return field.isascii() and all(len(line) <= MAX_LINE for line in field.split(b"\r\n"))
-
-
-def _text(value: bytes) -> str:
-    """A raw header value as text: UTF-8 when it is, else Latin-1 (never fails); unfolded."""
-    try:
-        text = value.decode("utf-8")
-    except UnicodeDecodeError:
-        text = value.decode("latin-1")
-    return re.sub(r"\r?\n[ \t]", " ", text).replace("\r", " ").replace("\n", " ").strip()
 
 
 def folded_field(name: str, value: str) -> bytes:
@@ -139,23 +118,20 @@ def seven_bit_field(field: bytes) -> bytes | None:
     if _seven_bit(field):
         return field
     name, _, value = field.partition(b":")
-    return folded_field(name.decode("ascii"), _text(value))
+    return folded_field(name.decode("ascii"), raw_text(value))
 
 
-def _addresses(field: bytes) -> list[tuple[str, str]]:
+def addresses(field: bytes) -> list[tuple[str, str]]:
     """(display name, ASCII address) pairs of an address field; non-ASCII addresses are left out
-    (they cannot travel 7-bit outside; the original field is inside)."""
-    value = _text(field.partition(b":")[2])
-    if "=?" in value:
-        try:
-            value = str(make_header(decode_header(value)))
-        except (UnicodeError, LookupError, ValueError):
-            pass
-    return [(name, addr) for name, addr in email.utils.getaddresses([value])
+    (they cannot travel 7-bit outside; the original field is inside). The addresses are parsed
+    from the raw value and only then the names decoded (RFC 2047 6.1): a word that decodes to
+    `<someone@else>` or a comma stays part of a name, never becomes an address."""
+    value = raw_text(field.partition(b":")[2])
+    return [(header_text(name), addr) for name, addr in email.utils.getaddresses([value])
             if addr and addr.isascii() and "@" in addr and not re.search(r"[\s<>,;\"]", addr)]
 
 
-def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
+def address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
     if not pairs:
         return None
     parts = []
@@ -168,20 +144,19 @@ def _address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = Tru
 
 
 def _outer_field(field: bytes) -> bytes | None:
-    """An original From/To/Cc/Date as it may leave. Address fields are always rebuilt from their
-    parsed addresses (display name and address, RFC 2047 when needed): a comment or a group name
-    is free text and stays inside. A 7-bit Date goes as it is; any other is rebuilt."""
+    """An original From/To/Cc/Date as it may leave, always rebuilt from its parsed value: a
+    comment (`Date: ... (Resultat DUPONT Jean)`) or a group name is free text and stays inside.
+    Address fields keep display name and address (RFC 2047 when needed); an unparseable Date
+    becomes the current time."""
     name = name_of(field)
     label = {"from": "From", "to": "To", "cc": "Cc", "date": "Date"}[name]
     if name == "date":
-        if _seven_bit(field):
-            return field
         try:
-            when = email.utils.parsedate_to_datetime(_text(field.partition(b":")[2]))
+            when = email.utils.parsedate_to_datetime(raw_text(field.partition(b":")[2]))
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
-        except (TypeError, ValueError, IndexError):
+        except (TypeError, ValueError, IndexError, OverflowError):
             return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")
-    return _address_field(label, _addresses(field))
+    return address_field(label, addresses(field))
 
 
 def fresh_message_id(fields: list[bytes]) -> str:
@@ -189,43 +164,49 @@ def fresh_message_id(fields: list[bytes]) -> str:
     domain = "msgw.invalid"
     for f in fields:
         if name_of(f) == "from":
-            found = _addresses(f)
+            found = addresses(f)
             if found:
                 domain = found[0][1].rpartition("@")[2] or domain
             break
     return f"<{secrets.token_hex(16)}@{domain}>"
 
 
-def allowed_outer_fields(message: bytes, *, neutral_subject: str, sender: str | None = None) -> list[bytes]:
+def allowed_outer_fields(message: bytes, *, neutral_subject: str) -> list[bytes]:
     """The header fields a protected copy of `message` shows outside its envelope (without the
-    envelope's MIME-Version and Content-*): the one allow-list of every protected form.
-
-    `sender`: the address the gateway names in Sender: (bridged copies, signed by the
-    organisation); a Sender: the client wrote travels inside only."""
+    envelope's MIME-Version and Content-*): the one allow-list of every protected form."""
     fields, _ = split_raw(message)
     out = [kept for f in fields if name_of(f) in OUTER_KEPT and (kept := _outer_field(f)) is not None]
     out.append(f"Message-ID: {fresh_message_id(fields)}\r\n".encode("ascii"))
     out.append(header_field("Subject", neutral_subject))
-    mdn = [pair for f in fields if name_of(f) == "disposition-notification-to" for pair in _addresses(f)]
-    dnt = _address_field("Disposition-Notification-To", mdn, names=False)
+    mdn = [pair for f in fields if name_of(f) == "disposition-notification-to" for pair in addresses(f)]
+    dnt = address_field("Disposition-Notification-To", mdn, names=False)
     if dnt is not None:
         out.append(dnt)
-    if sender:
-        out.append(f"Sender: <{sender}>\r\n".encode("ascii"))
     return out
 
 
-def restrict_outer(message: bytes, *, neutral_subject: str, sender: str | None = None,
-                   original: bytes | None = None) -> bytes:
+def restrict_outer(message: bytes, *, neutral_subject: str, original: bytes | None = None,
+                   envelope_name: str | None = None) -> bytes:
     """An already-protected message (client-encrypted, legacy armor) with its header block cut
-    down to the allow-list; its own MIME-Version and Content-* stay (7-bit), its body untouched.
-    `original`: the message it was made from, whose raw headers the allow-list is taken from
-    (an encoder may have re-serialised them)."""
+    down to the allow-list; its own MIME-Version and Content-* stay, reduced to their structure
+    (type, structural parameters, 7-bit), its body untouched. `original`: the message it was made
+    from, whose raw headers the allow-list is taken from (an encoder may have re-serialised them).
+    `envelope_name`: the one name the envelope shows (`smime.p7m`), whatever its client named it;
+    without it, names are kept as the encoder wrote them (neutral)."""
     fields, body = split_raw(message)
-    envelope = [f for f in fields if name_of(f) in ENVELOPE_FIELDS and _seven_bit(f)]
-    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject,
-                                 sender=sender)
+    envelope = _envelope_fields([f for f in fields if name_of(f) in ENVELOPE_FIELDS], envelope_name)
+    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject)
     return join_raw(outer + envelope, body)
+
+
+def _envelope_fields(fields: list[bytes], name: str | None) -> list[bytes]:
+    """MIME-Version and Content-* of an envelope: Content-Type and Content-Disposition rebuilt from
+    their parsed values (`structure_only`: a client's own name for the envelope or any other
+    parameter can name the document); fields that are not 7-bit are left out."""
+    msg = email.message_from_bytes(b"".join(fields) + b"\r\n", policy=email.policy.compat32)
+    structure_only(msg, rename=(lambda real: real) if name is None else (lambda real: name), fields=False)
+    rebuilt = [header_field(key, str(value)) for key, value in msg.items()]
+    return [f for f in rebuilt if _seven_bit(f)]
 
 
 def protected_entity(message: bytes, entity: bytes) -> bytes:

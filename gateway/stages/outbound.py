@@ -9,13 +9,15 @@ Per recipient, in order (the destination policy comes from `[policy]`):
    `headers.allowed_outer_fields` (neutral Subject, fresh Message-ID, no X-*...); every
    original header is protected inside.
 3. the domain allows `trust-space-tls` and is on the authorised MSSanté list → signed copy
-   that delivery may only send over a TLS-required (mutual TLS) route.
+   (every header protected inside the signature) that delivery may only send over a
+   TLS-required (mutual TLS) route.
 4. otherwise → refused, with what every certificate source said.
 A message that the client already encrypted is passed on as it is (it is protected end to
 end by someone who holds the keys), its outer headers cut down to the same allow-list (nothing
 can be moved inside an envelope we cannot open); policy `refuse` still applies. The
 trust-space-TLS copy is signed, not encrypted, and travels only over mutual TLS: its headers
-are left as they are.
+are left as they are outside, and copied inside what is signed.
+Bridged legacy mail is signed by the bridge key, under the bridge's own From (`relabel_bridged`).
 """
 
 from __future__ import annotations
@@ -27,16 +29,22 @@ from cryptography import x509
 
 from gateway.errors import GatewayError
 from gateway.pipeline import Outgoing, Refusal, WorkItem
-from gateway.smime.cms_envelope import encrypt_content
 from gateway.smime.cms_sign import sign_content
-from gateway.smime.engine import encrypt_message, sign_message
-from gateway.smime.identity import read_identity
+from gateway.smime.engine import encrypt_entity, encrypt_message
 from gateway.smime.keyapi import SigningKey
-from gateway.smime.mime import content_entity, multipart_signed, pkcs7_mime
-from gateway.stages.bridge import legacy_copy
+from gateway.smime.mime import content_entity, multipart_signed
+from gateway.smime.trust import check_signing_usage
+from gateway.stages.bridge import bridge_address, legacy_copy, relabel_bridged
 from gateway.stages.context import ProtectionContext
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import allowed_outer_fields, protected_entity, replace_header, restrict_outer
+from gateway.stages.headers import (
+    NEVER_COPIED,
+    OUR_PREFIX,
+    allowed_outer_fields,
+    name_of,
+    protected_entity,
+    restrict_outer,
+)
 
 
 def _domain(address: str) -> str:
@@ -44,34 +52,41 @@ def _domain(address: str) -> str:
 
 
 async def protect_smime(message: bytes, key: SigningKey | None, certs: list[x509.Certificate], *,
-                        neutral_subject: str, sender_copy: x509.Certificate | None,
-                        sender: str | None = None) -> bytes:
+                        neutral_subject: str, sender_copy: x509.Certificate | None) -> bytes:
     """Sign (when a key is given) then encrypt, with header protection: the outer allow-list
-    outside, every original header inside. `sender`: the gateway's Sender: (bridged copies),
-    written inside and outside.
+    outside, every original header inside.
 
     The MIME and CMS work is CPU-bound and grows with the message: it runs in a worker thread
     so that a 50 MB result does not stall every SMTP session of the event loop."""
     def prepare() -> tuple[tuple[bytes, ...], bytes]:
-        source = replace_header(message, "Sender", f"<{sender}>") if sender else message
-        _, entity = content_entity(source)
-        outer = tuple(allowed_outer_fields(source, neutral_subject=neutral_subject, sender=sender))
-        return outer, protected_entity(source, entity)
+        _, entity = content_entity(message)
+        outer = tuple(allowed_outer_fields(message, neutral_subject=neutral_subject))
+        return outer, protected_entity(message, entity)
 
     outer, entity = await asyncio.to_thread(prepare)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
         inner = multipart_signed(outer, entity, der, "sha-256")
         return await asyncio.to_thread(encrypt_message, inner, certs, sender_copy=sender_copy)
-    return await asyncio.to_thread(_seal, outer, entity, certs, sender_copy)
+    return await asyncio.to_thread(encrypt_entity, outer, entity, certs, sender_copy=sender_copy)
 
 
-def _seal(outer: tuple[bytes, ...], entity: bytes, certs: list[x509.Certificate],
-          sender_copy: x509.Certificate | None) -> bytes:
-    """Encrypt an entity as it is: its protected headers are part of the content, not outer fields
-    (`encrypt_message` would take them for the message's own headers and leave them outside)."""
-    recipients = list(certs) + ([sender_copy] if sender_copy is not None and sender_copy not in certs else [])
-    return pkcs7_mime(outer, encrypt_content(entity, recipients), "enveloped-data")
+async def sign_protected(message: bytes, key: SigningKey) -> bytes:
+    """The trust-space-TLS copy: signed, not encrypted, every original header copied inside the
+    signed entity (protected headers, as `protect_smime` does) so that what the reader is shown —
+    From, Subject, a bridge's provenance — is what the signature covers. Outside, the message's
+    own fields as they are (the copy travels in clear over mutual TLS), except our `X-Msgw-*`
+    statements (inside only: nobody signed the outer ones) and Bcc (never copied)."""
+    check_signing_usage(key.certificate)
+
+    def prepare() -> tuple[tuple[bytes, ...], bytes]:
+        outer, entity = content_entity(message)
+        shown = tuple(f for f in outer if not name_of(f).startswith(OUR_PREFIX) and name_of(f) not in NEVER_COPIED)
+        return shown, protected_entity(message, entity)
+
+    outer, entity = await asyncio.to_thread(prepare)
+    der = await sign_content(entity, key, detached=True)
+    return await asyncio.to_thread(multipart_signed, outer, entity, der, "sha-256")
 
 
 class OutboundStage:
@@ -106,7 +121,7 @@ class OutboundStage:
             bridgeable = [r for r in allowed if self._legacy_only(r)]
             passing = [r for r in allowed if r not in bridgeable]
             if passing:
-                data = restrict_outer(item.data, neutral_subject=policy.neutral_subject)
+                data = restrict_outer(item.data, neutral_subject=policy.neutral_subject, envelope_name="smime.p7m")
                 outgoing.append(Outgoing(tuple(passing), data, form="client-encrypted"))
                 self._audit(item, passing, "client-encrypted")
             allowed = bridgeable
@@ -133,9 +148,13 @@ class OutboundStage:
                                         status=failure.status if failure.temporary else "5.7.1",
                                         temporary=failure.temporary))
         key = None
+        source = item.data
         if smime or tls_only:
             bridged = item.kind.startswith("bridged:")
             key = await (self.ctx.bridge_signing_key() if bridged else self.ctx.signing_key(env.auth_user))
+            if bridged and key is not None:
+                # Signed by the bridge, so sent under the bridge's own address (never the legacy author's).
+                source = await asyncio.to_thread(relabel_bridged, item.data, bridge_address(key))
         for codec_name, rcpts in legacy.items():
             try:
                 data = await legacy_copy(self.ctx, item, codec_name, rcpts)
@@ -155,20 +174,13 @@ class OutboundStage:
                     sender_copy = own[0] if own else None
                 except GatewayError:
                     sender_copy = None  # no certificate of ours to encrypt a copy to: not a reason to refuse
-            sender = None
-            if item.kind.startswith("bridged:") and key is not None:
-                # The bridge signs as the organisation: say so in Sender: (RFC 5322 3.6.2; RFC 8551 2.3
-                # matches the signer against From or Sender), From: stays the legacy author so the
-                # doctor sees who wrote it.
-                emails = read_identity(key.certificate).emails
-                sender = emails[0] if emails else None
-            data = await protect_smime(item.data, key, certs, neutral_subject=policy.neutral_subject,
-                                       sender_copy=sender_copy, sender=sender)
+            data = await protect_smime(source, key, certs, neutral_subject=policy.neutral_subject,
+                                       sender_copy=sender_copy)
             outgoing.append(Outgoing(tuple(smime), data, form="smime"))
             for rcpt, cs in smime.items():
                 self._audit(item, [rcpt], "smime", key=key, enc_serials=[format(c.serial_number, "x") for c in cs])
         if tls_only:
-            data = await sign_message(item.data, key) if key is not None else item.data
+            data = await sign_protected(source, key) if key is not None else source
             outgoing.append(Outgoing(tuple(tls_only), data, form="trust-space-tls", require_tls=True))
             self._audit(item, tls_only, "trust-space-tls", key=key)
         for refusal in refusals:

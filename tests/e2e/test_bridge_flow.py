@@ -17,7 +17,7 @@ import pytest
 from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
 from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
-from gateway.smime.testpki import PERSON_EMAIL, TestPKI
+from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import require_tool
 from tests.e2e.harness import GatewayProcess, Sink, msgw, queue_json
 from tests.e2e.test_protection_flow import _protected_setup
@@ -111,6 +111,15 @@ def test_legacy_lab_result_reaches_smime_doctor(pki: TestPKI, tmp_path: Path) ->
         assert b"TEST LABO MESSAGERIE SIGNATURE" in subprocess.run(
             [openssl, "x509", "-noout", "-subject", "-in", str(tmp_path / "signer.pem")], capture_output=True).stdout
         inner = email.message_from_bytes((tmp_path / "c.eml").read_bytes(), policy=email.policy.default)
+        # The signer names the From the reader is shown (issue 11, item 5): the bridge's own address,
+        # the legacy lab in the display name and in Reply-To, its original From kept inside.
+        signer_emails = subprocess.run([openssl, "x509", "-noout", "-email", "-in", str(tmp_path / "signer.pem")],
+                                       capture_output=True, text=True).stdout.split()
+        shown = [a.addr_spec for a in inner["From"].addresses]
+        assert shown == signer_emails == [ORG_EMAIL] and [a.addr_spec for a in outer["From"].addresses] == shown
+        assert "(via la passerelle / via gateway)" in inner["From"].addresses[0].display_name
+        assert [a.addr_spec for a in inner["Reply-To"].addresses] == [LAB] and LAB in str(inner["X-Original-From"])
+        assert inner["Sender"] is None and outer["Sender"] is None
         assert "codec=apicrypt1" in str(inner["X-Msgw-Bridged"]) and "sender-authenticated=no" in str(
             inner["X-Msgw-Bridged"])
         part = next(p for p in inner.walk() if p.get_content_type() == "text/plain")

@@ -437,3 +437,18 @@ def test_utf8_text_keeps_its_bom_after_the_bridge_header(store: ApicryptKeyStore
     assert text.startswith(b"\xef\xbb\xbf----") and "Objet / Subject: cœur".encode() in text
     decoded = CODEC.decode(encoded, store)
     assert decoded.text == b"\xef\xbb\xbf" + "Dose 5 µg ≥ seuil\r\n".encode()
+
+
+@pytest.mark.parametrize("newline", ["\n", "\r", "\x0b", "\x85"])
+def test_a_restored_subject_with_a_bare_line_break_stays_one_header(store: ApicryptKeyStore, newline: str) -> None:
+    """The text header is written by any key holder: a Subject line carrying a bare line break
+    is collapsed to one line (it raised an untyped HeaderParseError, and the message went to
+    quarantine), and nothing after the break becomes a header of its own."""
+    forged = ("---- En-tete du message d'origine / Original message header (msgw) ----\r\n"
+              f"Objet / Subject: hello{newline}X-Evil: 1\r\n---- Fin de l'en-tete / End of header ----\r\n\r\n"
+              ).encode("latin-1")
+    encoded = CODEC.encode(body_only(forged + b"text\r\n"), "labo.bio", ["dr.martin"], store, year=YEAR)
+    decoded = CODEC.decode(encoded, store, recipient="dr.martin")
+    back = email.message_from_bytes(decoded.content)
+    assert decoded.text == b"text\r\n" and back["X-Evil"] is None
+    assert " ".join(str(back["Subject"]).split()) == "hello X-Evil: 1"

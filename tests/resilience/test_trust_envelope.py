@@ -4,10 +4,13 @@ to end through a real `msgw serve`, real SMTP, and the real tools as the outside
 
 Every attack is recorded with `resilience_report.trust(...)` before it is asserted, so the
 summary table shows what got through even when a test fails:
-- outer headers of S/MIME copies, of the client-encrypted pass-through, of legacy copies: a
-  marker in every header kind (8-bit, folded, X-*, threading, Bcc...), none may show outside;
+- outer headers of S/MIME copies, of the client-encrypted pass-through, of legacy copies and of
+  the legacy pass-through: a marker in every header kind (8-bit, folded, X-*, threading, Bcc, a
+  Date comment...), in a part's Content-Description and in the name a client gave its own
+  envelope; none may show outside;
 - bridged provenance: on the legacy listener the provenance header and the banner are inside
-  the signature (the bridge key's), nothing of them outside;
+  the signature (the bridge key's), nothing of them outside, and the copy goes under the
+  bridge's own From (the signer's address), the legacy author in Reply-To;
 - legacy armor from a non-legacy path (a submission account with a key, one without, a relay
   partner): never decoded, never signed by the bridge key.
 """
@@ -28,8 +31,7 @@ from gateway.legacy.apicrypt1 import CODEC as APICRYPT1
 from gateway.legacy.apicrypt1 import decrypt
 from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
-from gateway.smime.engine import encrypt_message
-from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
+from gateway.smime.testpki import ORG_EMAIL, OTHER_EMAIL, PERSON_EMAIL, TestPKI
 from tests.conftest import free_port, require_tool
 from tests.e2e.harness import PASSWORD, USER, GatewayProcess, GatewaySetup, Received, Sink, msgw, wait_port
 from tests.e2e.test_protection_flow import _protected_setup, submit_as_lab
@@ -38,12 +40,18 @@ from tests.smime.support import shared_pki
 from tests.stages.envelope_support import (
     LEGACY_DOCTOR,
     LEGACY_LAB,
+    MARKED_FIELDS,
     MARKERS,
+    PDF,
+    client_sealed,
+    delivered_from,
     marked_message,
     missing_inside,
     openssl_open,
     outside,
+    signer_emails,
     signer_subject,
+    with_part_description,
     without_armor,
 )
 
@@ -133,44 +141,48 @@ identity = "msgw.bridge"
         sink.stop()
 
 
-def _attempts() -> int:
-    """Each marker is one leak attempt, plus Bcc and raw 8-bit bytes in the header block."""
-    return len(MARKERS) + 2
+def _attempts(sent: bytes) -> int:
+    """Each marker in what was sent is one leak attempt, plus Bcc and raw 8-bit bytes in the header block."""
+    return sum(m.encode() in sent for m in MARKERS) + 2
 
 
-def _record_outer(report: ResilienceReport, what: str, seen, note: str) -> None:
-    stopped = _attempts() - len(seen.leaked) - (1 if seen.eight_bit else 0)
+def _record_outer(report: ResilienceReport, what: str, seen, note: str, sent: bytes) -> None:
+    attempts = _attempts(sent)
+    stopped = attempts - len(seen.leaked) - (1 if seen.eight_bit else 0)
     extra = f"; unexpected outer fields {sorted(seen.unexpected)}" if seen.unexpected else ""
-    report.trust(f"outer headers: {what} ({_attempts()} markers incl. 8-bit)", attempts=_attempts(),
+    report.trust(f"outer headers: {what} ({attempts} markers incl. 8-bit)", attempts=attempts,
                  stopped=stopped, note=note + extra)
 
 
 def test_smime_copy_outer_headers(battery: Battery, resilience_report: ResilienceReport) -> None:
     openssl = require_tool("openssl")
-    (got,) = _submitted(battery, PERSON_EMAIL, marked_message(ORG_EMAIL, PERSON_EMAIL))
+    sent = marked_message(ORG_EMAIL, PERSON_EMAIL)
+    (got,) = _submitted(battery, PERSON_EMAIL, sent)
     seen = outside(got.data)
     _, content, signer = openssl_open(openssl, battery.pki, got.data, battery.folder, tag="smime")
     missing = missing_inside(content)
     _record_outer(resilience_report, "S/MIME copy", seen,
-                  f"openssl cms: signed by the lab, {len(MARKERS) - 1 - len(missing)}/{len(MARKERS) - 1} headers "
-                  "protected inside")
+                  f"openssl cms: signed by the lab, {len(MARKED_FIELDS) - len(missing)}/{len(MARKED_FIELDS)} headers "
+                  "protected inside", sent)
     assert seen.clean, seen
     assert missing == [] and LAB_SIGNER in signer_subject(openssl, signer, battery.folder)
 
 
 def test_client_encrypted_pass_through_outer_headers(battery: Battery, resilience_report: ResilienceReport) -> None:
-    sealed = encrypt_message(marked_message(ORG_EMAIL, PERSON_EMAIL), [battery.pki["person_encrypt"].cert])
+    # The client named its envelope after the document (name=, filename=, a parameter of its own).
+    sealed = client_sealed(marked_message(ORG_EMAIL, PERSON_EMAIL), battery.pki["person_encrypt"].cert)
     (got,) = _submitted(battery, PERSON_EMAIL, sealed)
     seen = outside(got.data)
     kept = got.data.split(b"\r\n\r\n", 1)[1] == sealed.split(b"\r\n\r\n", 1)[1]
     _record_outer(resilience_report, "client-encrypted pass-through", seen,
-                  "envelope forwarded unopened" if kept else "ENVELOPE CHANGED")
+                  "envelope forwarded unopened" if kept else "ENVELOPE CHANGED", sealed)
     assert seen.clean, seen
     assert kept
 
 
 def test_legacy_copy_outer_headers(battery: Battery, resilience_report: ResilienceReport) -> None:
-    (got,) = _submitted(battery, LEGACY_DOCTOR, marked_message(ORG_EMAIL, LEGACY_DOCTOR))
+    sent = marked_message(ORG_EMAIL, LEGACY_DOCTOR)
+    (got,) = _submitted(battery, LEGACY_DOCTOR, sent)
     clear = without_armor(got.data)
     seen = outside(got.data, clear)
     store = ApicryptKeyStore(battery.keys)
@@ -179,9 +191,27 @@ def test_legacy_copy_outer_headers(battery: Battery, resilience_report: Resilien
     subject = str(email.message_from_bytes(decoded.content, policy=email.policy.default)["Subject"])
     _record_outer(resilience_report, "legacy copy, apicrypt1", seen,
                   f"inside the armor: Subject {'ok' if 'MRK-SUBJECT' in subject else 'LOST'}, attachment "
-                  f"{'ok' if names == ['CR_MRK-FILENAME_DUPONT.pdf'] else 'LOST'}")
+                  f"{'ok' if names == ['CR_MRK-FILENAME_DUPONT.pdf'] else 'LOST'}", sent)
     assert seen.clean, (seen, clear[:2000])
     assert "MRK-SUBJECT" in subject and names == ["CR_MRK-FILENAME_DUPONT.pdf"]
+
+
+def test_legacy_pass_through_outer_headers(battery: Battery, resilience_report: ResilienceReport) -> None:
+    """Armor from the legacy lab for a reader of the same format goes on as it came (not
+    re-encoded): its headers, a part's Content-Description and the attachment name are what a
+    legacy client writes in clear around the armor."""
+    store = ApicryptKeyStore(battery.keys)
+    sent = with_part_description(APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test",
+                                                  ["msgw.bridge", "dr.legacy"], store))
+    (got,) = battery.send(battery.legacy_port, LEGACY_LAB, [LEGACY_DOCTOR], sent)
+    clear = without_armor(got.data)
+    seen = outside(got.data, clear)
+    decoded = APICRYPT1.decode(got.data, store, recipient="dr.legacy")
+    readable = [a.data for a in decoded.attachments] == [PDF]
+    _record_outer(resilience_report, "legacy pass-through, apicrypt1", seen,
+                  f"the doctor's keys read it: {'yes' if readable else 'NO'}", sent)
+    assert seen.clean, (seen, clear[:2000])
+    assert readable and got.recipients == [LEGACY_DOCTOR]
 
 
 def test_bridged_provenance_inside_the_signature(battery: Battery, resilience_report: ResilienceReport) -> None:
@@ -197,6 +227,11 @@ def test_bridged_provenance_inside_the_signature(battery: Battery, resilience_re
         "signed by the bridge key": BRIDGE_SIGNER in signer_subject(openssl, signer, battery.folder),
         "provenance header inside": "sender-authenticated=no" in str(inner["X-Msgw-Bridged"]),
         "banner inside, text after it intact": BANNER_EN in text and text.endswith(HPRIM),
+        # A signature never re-labels its sender: the signer names the From shown, outside and inside.
+        "signer names the delivered From": delivered_from(content) == delivered_from(got.data)
+        == signer_emails(openssl, signer, battery.folder) == [OTHER_EMAIL],
+        "legacy author in Reply-To, no Sender": LEGACY_LAB in str(inner["Reply-To"]) and inner["Sender"] is None
+        and b"\r\nSender:" not in head,
     }
     failed = [k for k, ok in checks.items() if not ok]
     resilience_report.trust("bridged provenance inside the signature (legacy listener)", attempts=len(checks),

@@ -23,8 +23,7 @@ from tests.stages.test_protection import Ctx, _key
 
 #: The only header fields a protected copy may show outside its envelope.
 ALLOWED_OUTSIDE = frozenset({"from", "to", "cc", "date", "message-id", "subject", "mime-version", "content-type",
-                             "content-transfer-encoding", "content-disposition", "disposition-notification-to",
-                             "sender"})
+                             "content-transfer-encoding", "content-disposition", "disposition-notification-to"})
 LEGACY_DOCTOR = "dr.legacy@medical99.apicrypt.org"
 LEGACY_LAB = "labo.test@medical99.apicrypt.org"
 ATTACHMENT = "CR_MRK-FILENAME_DUPONT.pdf"
@@ -33,6 +32,7 @@ BODY = "Glycémie 5,4 mmol/l - MRK-BODY, patiente inventée\r\n"
 #: Every kind of header a LIS or a mail client puts on a result, each with its own marker.
 #: (name, raw field bytes, marker); the raw 8-bit one is sent as UTF-8 bytes, not RFC 2047.
 MARKED_FIELDS: tuple[tuple[str, bytes, str], ...] = (
+    ("date", b"Date: Wed, 25 Nov 2026 09:00:00 +0100 (MRK-DATE Resultat DUPONT Jeanne)\r\n", "MRK-DATE"),
     ("subject", b"Subject: =?utf-8?q?R=C3=A9sultat_MRK-SUBJECT_de_Mme_DUPONT?=\r\n", "MRK-SUBJECT"),
     ("message-id", b"Message-ID: <MRK-MSGID.4412@labo-tests.sante.test>\r\n", "MRK-MSGID"),
     ("in-reply-to", b"In-Reply-To: <MRK-INREPLYTO.77@cabinet-parc.sante.test>\r\n", "MRK-INREPLYTO"),
@@ -52,7 +52,11 @@ MARKED_FIELDS: tuple[tuple[str, bytes, str], ...] = (
     ("x-long-folded", b"X-Long-Folded: MRK-LONGFOLDED" + b"".join(b"\r\n\tsegment-%02d of a long folded header" % i
                                                                   for i in range(12)) + b"\r\n", "MRK-LONGFOLDED"),
 )
-MARKERS = tuple(m for _, _, m in MARKED_FIELDS) + ("MRK-FILENAME",)
+#: A part-level header of the attachment (a LIS or a legacy client names the document there).
+DESCRIPTION = b"Content-Description: MRK-DESCRIPTION compte rendu DUPONT Jeanne\r\n"
+#: What a client that encrypts itself may write on its own envelope (name, filename, a parameter).
+ENVELOPE_MARKER = "MRK-ENVNAME"
+MARKERS = tuple(m for _, _, m in MARKED_FIELDS) + ("MRK-FILENAME", "MRK-DESCRIPTION", ENVELOPE_MARKER)
 #: Never copied anywhere: a blind copy must stay blind.
 BCC = b"Bcc: <MRK-BCC@ailleurs.sante.test>\r\n"
 
@@ -61,14 +65,32 @@ def marked_message(sender: str, to: str, *, raw_from_name: bool = True) -> bytes
     """A multipart result with a PDF attachment and a marker in every header kind (8-bit included)."""
     name = "Laboratoire TEST Élise".encode() if raw_from_name else b"Laboratoire TEST"
     head = (b"From: " + name + f" <{sender}>\r\nTo: Dr TEST <{to}>\r\n".encode()
-            + b"Date: Wed, 25 Nov 2026 09:00:00 +0100\r\n" + b"".join(f for _, f, _ in MARKED_FIELDS) + BCC
+            + b"".join(f for _, f, _ in MARKED_FIELDS) + BCC
             + b"MIME-Version: 1.0\r\nContent-Type: multipart/mixed; boundary=\"b-4412\"\r\n\r\n")
     body = (b"--b-4412\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Transfer-Encoding: 8bit\r\n\r\n"
             + BODY.encode() + b"--b-4412\r\nContent-Type: application/pdf; name=\"" + ATTACHMENT.encode()
             + b"\"\r\nContent-Disposition: attachment; filename=\"" + ATTACHMENT.encode()
-            + b"\"\r\nContent-Transfer-Encoding: base64\r\n\r\n" + base64.encodebytes(PDF).replace(b"\n", b"\r\n")
+            + b"\"\r\n" + DESCRIPTION + b"Content-Transfer-Encoding: base64\r\n\r\n"
+            + base64.encodebytes(PDF).replace(b"\n", b"\r\n")
             + b"--b-4412--\r\n")
     return head + body
+
+
+def client_sealed(message: bytes, cert: Any) -> bytes:
+    """`message` encrypted by its client, whose envelope carries a name, a filename and an extra
+    parameter of its own choosing (as some clients name it after the document)."""
+    from gateway.smime.engine import encrypt_message
+
+    sealed = encrypt_message(message, [cert])
+    own = f'name="{ENVELOPE_MARKER}_DUPONT.p7m"; x-document="{ENVELOPE_MARKER} CR DUPONT"'.encode()
+    sealed = sealed.replace(b'name="smime.p7m"', own, 1)
+    return sealed.replace(b'filename="smime.p7m"', f'filename="{ENVELOPE_MARKER}_DUPONT.p7m"'.encode(), 1)
+
+
+def with_part_description(legacy: bytes) -> bytes:
+    """A legacy client's armored message whose attachment part describes the document in a
+    `Content-Description` header (outside the armor)."""
+    return legacy.replace(b"Content-Disposition: attachment", DESCRIPTION + b"Content-Disposition: attachment", 1)
 
 
 def header_block(raw: bytes) -> bytes:
@@ -129,19 +151,26 @@ def missing_inside(entity: bytes) -> list[str]:
 def openssl_open(openssl: str, pki: TestPKI, raw: bytes, folder: Path, recipient: str = "person_encrypt",
                  tag: str = "x") -> tuple[bytes, bytes, bytes]:
     """(signed entity, content, signer PEM) of an S/MIME copy: `openssl cms -decrypt` then `-verify`."""
-    enc, signed, content, signer = (folder / f"{tag}-{n}" for n in ("enc.eml", "signed.eml", "content.eml",
-                                                                     "signer.pem"))
+    enc, signed = folder / f"{tag}-enc.eml", folder / f"{tag}-signed.eml"
     enc.write_bytes(raw)
     r = pki[recipient]
     dec = subprocess.run([openssl, "cms", "-decrypt", "-in", str(enc), "-recip", str(r.cert_path), "-inkey",
                           str(r.key_path), "-out", str(signed)], capture_output=True)
     assert dec.returncode == 0, dec.stderr
+    content_bytes, signer_pem = openssl_verify(openssl, pki, signed.read_bytes(), folder, tag=tag)
+    return signed.read_bytes(), content_bytes, signer_pem
+
+
+def openssl_verify(openssl: str, pki: TestPKI, signed: bytes, folder: Path, tag: str = "x") -> tuple[bytes, bytes]:
+    """(content, signer PEM) of a signed message, by `openssl cms -verify` against the TEST anchors."""
+    path, content, signer = (folder / f"{tag}-{n}" for n in ("verify.eml", "verified.eml", "verified-signer.pem"))
+    path.write_bytes(signed)
     ca = folder / "ca.pem"
     ca.write_bytes(b"".join(p.read_bytes() for p in sorted(pki.trust_dir.iterdir())))
-    ver = subprocess.run([openssl, "cms", "-verify", "-in", str(signed), "-CAfile", str(ca), "-purpose", "any",
+    ver = subprocess.run([openssl, "cms", "-verify", "-in", str(path), "-CAfile", str(ca), "-purpose", "any",
                           "-signer", str(signer), "-out", str(content)], capture_output=True)
     assert ver.returncode == 0, ver.stderr
-    return signed.read_bytes(), content.read_bytes(), signer.read_bytes()
+    return content.read_bytes(), signer.read_bytes()
 
 
 def signer_subject(openssl: str, pem: bytes, folder: Path) -> str:
@@ -149,6 +178,20 @@ def signer_subject(openssl: str, pem: bytes, folder: Path) -> str:
     path.write_bytes(pem)
     return subprocess.run([openssl, "x509", "-noout", "-subject", "-in", str(path)], capture_output=True,
                           text=True).stdout
+
+
+def signer_emails(openssl: str, pem: bytes, folder: Path) -> list[str]:
+    """The e-mail addresses `openssl x509 -email` reads in the signer's certificate."""
+    path = folder / "signer-email.pem"
+    path.write_bytes(pem)
+    out = subprocess.run([openssl, "x509", "-noout", "-email", "-in", str(path)], capture_output=True, text=True)
+    return [line.strip().lower() for line in out.stdout.splitlines() if line.strip()]
+
+
+def delivered_from(content: bytes) -> list[str]:
+    """The From addresses of a (protected) entity, read by the stdlib's strict parser."""
+    msg = email.message_from_bytes(content, policy=email.policy.default)
+    return [a.addr_spec.lower() for f in msg.get_all("From") or [] for a in f.addresses]
 
 
 @dataclass

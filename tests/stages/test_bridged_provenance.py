@@ -16,19 +16,29 @@ from gateway.legacy.apicrypt1 import CODEC as APICRYPT1
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.pipeline import Envelope, Pipeline
 from gateway.smime.engine import unwrap_message
-from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI, build_test_pki
+from gateway.smime.testpki import ORG_EMAIL, OTHER_EMAIL, PERSON_EMAIL, TestPKI, build_test_pki
 from gateway.stages.banner import add_banner, banner_lines
-from gateway.stages.bridge import LegacyInboundStage, sanitize
+from gateway.stages.bridge import LegacyInboundStage, relabel_bridged, sanitize
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from tests.conftest import require_tool
-from tests.stages.envelope_support import LEGACY_LAB, BridgeCtx, header_block, openssl_open, signer_subject
+from tests.stages.envelope_support import (
+    LEGACY_LAB,
+    BridgeCtx,
+    delivered_from,
+    header_block,
+    openssl_open,
+    openssl_verify,
+    signer_emails,
+    signer_subject,
+)
 from tests.stages.test_protection import _key, _policy
 
 YEAR = time.gmtime().tm_year
 HPRIM = ("H|~^\\&|||LABO TEST|||||||ORU|H2.2|20261125\r\nP|1||||TESTPATIENT^INVENTEE||19700101|F\r\n"
          "OBX|1|NM|GLY^Glycémie||5.4|mmol/l|3.9-5.8||||F\r\nL|1|||3\r\n").encode("latin-1")
 FR = "Message reçu d'une messagerie chiffrée ancienne (Apicrypt) et converti par la passerelle"
+BRIDGE_EMAIL = OTHER_EMAIL  # the address of the bridge's signing certificate in these tests
 EN = "Received from a legacy encrypted mail system (Apicrypt) and converted by the gateway; the sender was not " \
      "authenticated."
 
@@ -95,9 +105,9 @@ async def test_bridged_provenance_and_banner_inside_the_signature(pki: TestPKI, 
     (out,) = (await _run(ctx, env, legacy_mail(keys_dir))).outgoing
     head = header_block(out.data)
     assert b"X-Msgw-Bridged" not in head and b"codec=" not in head and b"TESTPATIENT" not in head
-    assert b"Sender: <someone.else@autre.sante.test>" in head  # the bridge's organisation key signs
     signed, content, signer = openssl_open(openssl, pki, out.data, tmp_path)
     assert "TEST AUTRE SIGNATAIRE" in signer_subject(openssl, signer, tmp_path)
+    _assert_relabelled(openssl, out.data, content, signer, tmp_path)
     inner = email.message_from_bytes(content, policy=email.policy.default)
     provenance = str(inner["X-Msgw-Bridged"])
     assert "codec=apicrypt1" in provenance and "sender-authenticated=no" in provenance
@@ -105,6 +115,80 @@ async def test_bridged_provenance_and_banner_inside_the_signature(pki: TestPKI, 
     text = next(p for p in inner.walk() if p.get_content_type() == "text/plain").get_payload(decode=True)
     banner = text[:-len(HPRIM)].decode("latin-1")
     assert text.endswith(HPRIM) and banner.startswith(FR) and EN in banner  # HPRIM byte for byte after it
+
+
+def _assert_relabelled(openssl: str, sent: bytes, content: bytes, signer: bytes, folder: Path) -> None:
+    """The bridge signs under its own address (issue 11, item 5: a signature never re-labels its
+    sender): From is the address the signer's certificate names (as `openssl x509 -email` reads
+    it), outside and inside alike, with the legacy author's name in the display name; replies go
+    to the author (Reply-To), whose original From is kept inside; no Sender: anywhere."""
+    outer = email.message_from_bytes(sent, policy=email.policy.default)
+    inner = email.message_from_bytes(content, policy=email.policy.default)
+    assert delivered_from(content) == signer_emails(openssl, signer, folder) == [BRIDGE_EMAIL]
+    assert delivered_from(sent) == [BRIDGE_EMAIL] and str(outer["From"]) == str(inner["From"])
+    name = inner["From"].addresses[0].display_name
+    assert name == f"{LEGACY_LAB.replace('@', ' at ')} (via la passerelle / via gateway)", name
+    assert [a.addr_spec for a in inner["Reply-To"].addresses] == [LEGACY_LAB]
+    assert LEGACY_LAB in str(inner["X-Original-From"]) and inner.get_param("protected-headers") == "v1"
+    assert outer["Sender"] is None and inner["Sender"] is None
+    assert outer["Reply-To"] is None or str(outer["Reply-To"]) == str(inner["Reply-To"])  # None: the allow-list
+
+
+async def test_bridged_copy_passes_a_strict_reader(pki: TestPKI, keys_dir: Path) -> None:
+    """Our own verifier checks the signer against the From it delivers, with no Sender fallback:
+    the bridged copy passes it (`from-match=yes`) and the reader gets one From, the bridge's."""
+    ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
+    env = Envelope("B5", LEGACY_LAB, (PERSON_EMAIL,), listener="legacy")
+    (out,) = (await _run(ctx, env, legacy_mail(keys_dir))).outgoing
+    opened = await unwrap_message(out.data, keys=[_key(pki, "person_encrypt")], verifier=ctx.verifier)
+    assert opened.layers == ("enveloped", "signed") and opened.signatures[-1].from_matched is True
+    delivered = email.message_from_bytes(opened.message, policy=email.policy.default)
+    assert [a.addr_spec for a in delivered["From"].addresses] == [BRIDGE_EMAIL]
+    assert len(delivered.get_all("From")) == 1 and delivered["Sender"] is None
+
+
+async def test_bridged_trust_space_tls_copy_carries_its_provenance_inside_the_signature(
+        pki: TestPKI, keys_dir: Path, tmp_path: Path) -> None:
+    """The trust-space-TLS copy is signed, not encrypted: every header (the bridge's provenance,
+    the relabelled From, the real Subject) is inside what the signature covers, as in the S/MIME
+    copy; outside, no X-Msgw-* statement that nobody signed."""
+    openssl = require_tool("openssl")
+    ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
+    env = Envelope("B6", LEGACY_LAB, ("dr@mss.test",), listener="legacy")
+    (out,) = (await _run(ctx, env, legacy_mail(keys_dir, to="dr@mss.test"))).outgoing
+    assert out.form == "trust-space-tls" and out.require_tls
+    head = header_block(out.data)
+    assert b"X-Msgw-Bridged" not in head and b"codec=" not in head
+    content, signer = openssl_verify(openssl, pki, out.data, tmp_path, tag="tls")
+    assert "TEST AUTRE SIGNATAIRE" in signer_subject(openssl, signer, tmp_path)
+    _assert_relabelled(openssl, out.data, content, signer, tmp_path)
+    inner = email.message_from_bytes(content, policy=email.policy.default)
+    provenance = str(inner["X-Msgw-Bridged"])
+    assert "codec=apicrypt1" in provenance and "sender-authenticated=no" in provenance
+    assert str(inner["Subject"]) == "Resultats TESTPATIENT"
+    text = next(p for p in inner.walk() if p.get_content_type() == "text/plain").get_payload(decode=True)
+    assert text.endswith(HPRIM) and text.startswith(FR.encode("latin-1"))
+    opened = await unwrap_message(out.data, verifier=ctx.verifier)
+    assert opened.layers == ("signed",) and opened.signatures[-1].from_matched is True
+
+
+def test_relabel_keeps_the_author_inside_and_only_the_bridge_as_from() -> None:
+    """What any key holder wrote (a Sender, its own X-Original-From, a second From) cannot come
+    out as the author or as the sender: one From (the bridge's), the author's name in it, the
+    author first in Reply-To, the original fields kept under X-Original-*."""
+    legacy = ("From: Dr Élise Légacy <dr.legacy@medical99.apicrypt.org>\r\nSender: <famous@hospital.example>\r\n"
+              "Reply-To: <secretariat@medical99.apicrypt.org>\r\nX-Original-From: <forged@hospital.example>\r\n"
+              "To: <dr@cabinet.test>\r\nSubject: Resultats\r\nContent-Type: text/plain\r\n\r\nbody\r\n").encode()
+    out = relabel_bridged(legacy, BRIDGE_EMAIL)
+    msg = email.message_from_bytes(out, policy=email.policy.default)
+    assert len(msg.get_all("From")) == 1 and msg["Sender"] is None
+    assert msg["From"].addresses[0].addr_spec == BRIDGE_EMAIL
+    assert msg["From"].addresses[0].display_name == "Dr Élise Légacy (via la passerelle / via gateway)"
+    assert [a.addr_spec for a in msg["Reply-To"].addresses] == ["dr.legacy@medical99.apicrypt.org",
+                                                               "secretariat@medical99.apicrypt.org"]
+    assert msg.get_all("X-Original-From") == ["Dr Élise Légacy <dr.legacy@medical99.apicrypt.org>"]
+    assert msg.get_all("X-Original-Sender") == ["<famous@hospital.example>"]
+    assert out.endswith(b"\r\n\r\nbody\r\n") and str(msg["Subject"]) == "Resultats"
 
 
 def test_banner_in_plain_html_alternatives_and_when_there_is_no_text() -> None:
@@ -131,3 +215,17 @@ def test_banner_in_plain_html_alternatives_and_when_there_is_no_text() -> None:
             + __import__("base64").b64encode(utf16) + b"\r\n")
     text = email.message_from_bytes(add_banner(leaf, lines), policy=email.policy.default).get_content()
     assert text.startswith(FR) and text.endswith("Résultat")
+
+
+@pytest.mark.parametrize("charset", ["base64", "hex", "zlib", "bz2", "rot13", "x-unknown-charset"])
+def test_banner_on_a_text_part_whose_charset_names_a_non_text_codec(charset: str) -> None:
+    """`charset=base64` (or hex, zlib...) names a bytes-to-bytes codec, not a text encoding: it
+    raised an untyped TypeError and the message went to quarantine. Read as an unknown charset
+    (an ASCII superset): the banner goes on top in ASCII, the text bytes after it unchanged."""
+    lines = banner_lines("apicrypt1", False)
+    for kind in ("plain", "html"):
+        leaf = (f"Subject: x\r\nContent-Type: text/{kind}; charset={charset}\r\n\r\nHPRIM body\r\n").encode()
+        part = email.message_from_bytes(add_banner(leaf, lines), policy=email.policy.compat32)
+        data = part.get_payload(decode=True)
+        assert data.endswith(b"HPRIM body\r\n") and data.isascii(), (charset, kind)
+        assert (b"Message recu d'une messagerie" if kind == "plain" else b"Message re&#231;u") in data, (charset, kind)

@@ -6,6 +6,7 @@ reduced to addresses), all 7-bit; every original header travels inside — check
 from __future__ import annotations
 
 import email
+import email.headerregistry
 import email.policy
 import time
 from pathlib import Path
@@ -20,22 +21,25 @@ from gateway.pipeline import Envelope, Pipeline
 from gateway.smime.engine import encrypt_message
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from gateway.stages.bridge import LegacyInboundStage, sanitize
-from gateway.stages.headers import allowed_outer_fields, protected_entity
+from gateway.stages.headers import allowed_outer_fields, protected_entity, restrict_outer
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from tests.conftest import require_tool
 from tests.stages.envelope_support import (
     ATTACHMENT,
     BODY,
+    ENVELOPE_MARKER,
     LEGACY_DOCTOR,
     LEGACY_LAB,
     PDF,
     BridgeCtx,
+    client_sealed,
     header_block,
     marked_message,
     missing_inside,
     openssl_open,
     outside,
+    with_part_description,
     without_armor,
 )
 from tests.stages.test_protection import _policy
@@ -107,8 +111,9 @@ async def test_unsigned_smime_copy_uses_the_same_list(pki: TestPKI, tmp_path: Pa
 async def test_client_encrypted_pass_through_is_stripped_to_the_list(pki: TestPKI, tmp_path: Path) -> None:
     openssl = require_tool("openssl")
     ctx = BridgeCtx(pki, _policy())
-    sealed = encrypt_message(marked_message(ORG_EMAIL, PERSON_EMAIL), [pki["person_encrypt"].cert])
+    sealed = client_sealed(marked_message(ORG_EMAIL, PERSON_EMAIL), pki["person_encrypt"].cert)
     assert b"MRK-XPATIENT" in header_block(sealed)  # what a client that encrypts itself leaves outside
+    assert header_block(sealed).count(ENVELOPE_MARKER.encode()) == 3  # and what it names its envelope
     env = Envelope("H3", ORG_EMAIL, (PERSON_EMAIL,), auth_user=ORG_EMAIL, listener="submission")
     (out,) = (await _run(ctx, env, sealed)).outgoing
     assert out.form == "client-encrypted"
@@ -117,6 +122,8 @@ async def test_client_encrypted_pass_through_is_stripped_to_the_list(pki: TestPK
     assert out.data.split(b"\r\n\r\n", 1)[1] == sealed.split(b"\r\n\r\n", 1)[1]  # the envelope itself untouched
     outer = email.message_from_bytes(out.data, policy=email.policy.default)
     assert outer.get_content_type() == "application/pkcs7-mime" and str(outer["Subject"]) == "Message sécurisé"
+    assert outer.get_param("smime-type") == "enveloped-data" and outer.get_filename() == "smime.p7m"
+    assert outer.get_param("name") == "smime.p7m" and outer.get_param("x-document") is None
     (tmp_path / "ce.eml").write_bytes(out.data)
     import subprocess
 
@@ -160,9 +167,10 @@ async def test_legacy_pass_through_gets_the_allow_list_and_neutral_names(pki: Te
     """Legacy mail for a reader of the same format goes on in that format (not re-encoded): its
     outer headers are cut to the list and its attachment names made neutral all the same."""
     store = ApicryptKeyStore(keys_dir)
-    legacy = APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test", ["msgw.bridge", "dr.legacy"],
-                              store)
+    legacy = with_part_description(APICRYPT1.encode(marked_message(LEGACY_LAB, LEGACY_DOCTOR), "labo.test",
+                                                    ["msgw.bridge", "dr.legacy"], store))
     assert b"MRK-XPATIENT" in legacy and ATTACHMENT.encode() in legacy  # as a legacy client sends it
+    assert b"MRK-DESCRIPTION" in legacy and b"MRK-DATE" in legacy
     ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir)
     env = Envelope("H5", LEGACY_LAB, (LEGACY_DOCTOR,), listener="legacy")
     (out,) = (await _run(ctx, env, legacy)).outgoing
@@ -182,18 +190,59 @@ def test_allow_list_function_alone() -> None:
            "Date: Wed, 25 Nov 2026 09:00:00 +0100\r\nSubject: secret\r\n"
            "Disposition-Notification-To: Secrétariat <labo@labo-tests.sante.test>, bad\r\n"
            "Message-ID: <orig@x>\r\n\r\nbody\r\n").encode()
-    fields = allowed_outer_fields(msg, neutral_subject="Message sécurisé", sender="org@labo-tests.sante.test")
+    fields = allowed_outer_fields(msg, neutral_subject="Message sécurisé")
     block = b"".join(fields)
     assert block.isascii() and b"secret" not in block and b"orig@x" not in block and b"MRK" not in block
     assert b"Cc: <cc@cabinet.test>,\r\n <s@cabinet.test>\r\n" in block
     text = block.decode()
     assert "To: <dr@cabinet.test>\r\n" in text and "=?utf-8?" in text.split("\r\n")[0]
     assert "Disposition-Notification-To: <labo@labo-tests.sante.test>\r\n" in text
-    assert "Sender: <org@labo-tests.sante.test>\r\n" in text
+    assert "Sender:" not in text  # the bridge signs under its own From (no Sender of ours)
     assert all(len(line) <= 998 for line in text.split("\r\n"))
     again = b"".join(allowed_outer_fields(msg, neutral_subject="x"))
     assert [f for f in again.split(b"\r\n") if f.startswith(b"Message-ID")] != \
         [f for f in block.split(b"\r\n") if f.startswith(b"Message-ID")]  # fresh and random each time
+
+
+@pytest.mark.parametrize("date, kept", [
+    (b"Thu, 3 Dec 2026 10:00 +0100 (Resultat DUPONT Jean)", "Thu, 03 Dec 2026 10:00:00 +0100"),
+    (b"Thu, 3 Dec 2026 10:00:00 +0100 (MRK-DATE)\r\n (DUPONT)", "Thu, 03 Dec 2026 10:00:00 +0100"),
+    (b"3 Dec 2026 10:00 -0000 (DUPONT)", "Thu, 03 Dec 2026 10:00:00 -0000"),
+    (b"Thu, 3 Dec 2026 10:00:00 GMT", "Thu, 03 Dec 2026 10:00:00 +0000"),
+])
+def test_outer_date_is_rebuilt_from_its_value(date: bytes, kept: str) -> None:
+    """A 7-bit Date went out verbatim, comment included (`(Resultat DUPONT Jean)`): the outer
+    Date is always rebuilt from the parsed date; the original (comment and all) stays inside."""
+    msg = b"From: <labo@labo-tests.sante.test>\r\nDate: " + date + b"\r\nSubject: x\r\n\r\nbody\r\n"
+    (line,) = [f for f in allowed_outer_fields(msg, neutral_subject="x") if f.startswith(b"Date:")]
+    assert line == f"Date: {kept}\r\n".encode()
+    assert b"Date: " + date + b"\r\n" in protected_entity(msg, b"Content-Type: text/plain\r\n\r\nx\r\n")
+
+
+def test_an_unparseable_date_goes_out_as_the_current_time() -> None:
+    import datetime as dt
+    import email.utils
+
+    msg = b"From: <labo@labo-tests.sante.test>\r\nDate: (DUPONT Jean) le 3 decembre\r\n\r\nbody\r\n"
+    (line,) = [f for f in allowed_outer_fields(msg, neutral_subject="x") if f.startswith(b"Date:")]
+    when = email.utils.parsedate_to_datetime(line[6:].decode())
+    assert b"DUPONT" not in line and abs(when - dt.datetime.now(dt.UTC)) < dt.timedelta(minutes=5)
+
+
+def test_envelope_fields_keep_their_structure_only() -> None:
+    """The envelope's own Content-* as a client wrote them: a disposition type, a name or a
+    parameter of its own can name the document; only the structure goes on."""
+    sealed = (b"From: <labo@labo-tests.sante.test>\r\nSubject: x\r\nMIME-Version: 1.0\r\n"
+              b"Content-Type: application/pkcs7-mime; smime-type=enveloped-data;\r\n name=\"CR DUPONT.p7m\"\r\n"
+              b"Content-Disposition: DUPONT-Jeanne; filename*=utf-8''CR%20DUPONT%20%C3%A9.p7m; size=12\r\n"
+              b"Content-Description: CR DUPONT\r\nContent-Transfer-Encoding: base64\r\n\r\nMIIB\r\n")
+    out = restrict_outer(sealed, neutral_subject="x", envelope_name="smime.p7m")
+    head = header_block(out)
+    assert b"dupont" not in head.lower() and b"size" not in head and b"Content-Description" not in head
+    msg = email.message_from_bytes(out, policy=email.policy.default)
+    assert msg.get_content_type() == "application/pkcs7-mime" and msg.get_param("smime-type") == "enveloped-data"
+    assert msg.get_content_disposition() == "attachment" and msg.get_filename() == "smime.p7m"
+    assert msg.get_param("name") == "smime.p7m" and out.endswith(b"\r\n\r\nMIIB\r\n")
 
 
 def test_protected_entity_is_seven_bit_and_keeps_every_header() -> None:
@@ -202,3 +251,42 @@ def test_protected_entity_is_seven_bit_and_keeps_every_header() -> None:
     assert entity.isascii() and max(map(len, entity.split(b"\r\n"))) <= 998
     assert missing_inside(entity) == [] and b"MRK-BCC" not in entity
     assert b'protected-headers="v1"' in entity
+
+
+#: RFC 2047 words a hostile client puts in display names: a broken base64 word, an unknown
+#: charset, and words that decode to an address or to a list separator.
+HOSTILE_NAMES = (b"=?utf-8?b?x?=", b"=?x-no-such-charset?q?Dr_X?=", b"=?utf-8?q?=3Cdr.forged=40evil.test=3E?=",
+                 b"=?utf-8?q?Dr_X=2C_dr.forged=40evil.test?=", b"=?utf-8?b?PGRyLmZvcmdlZEBldmlsLnRlc3Q+?=")
+
+
+def _hostile(name: bytes) -> bytes:
+    return (b"From: " + name + f" <{ORG_EMAIL}>\r\nTo: ".encode() + name + f" <{PERSON_EMAIL}>\r\n".encode()
+            + b"Cc: " + name + b" <cc@cabinet.test>\r\nDisposition-Notification-To: " + name
+            + f" <{ORG_EMAIL}>\r\nSubject: x\r\nDate: Wed, 25 Nov 2026 09:00:00 +0100\r\nMIME-Version: 1.0\r\n"
+              "Content-Type: text/plain; charset=us-ascii\r\n\r\nTEST\r\n".encode())
+
+
+def _outer_addresses(raw: bytes) -> dict[str, list[str]]:
+    """The addresses of each outer address field, read by the stdlib's strict parser (policy.default)."""
+    outer = email.message_from_bytes(raw, policy=email.policy.default)
+    found = {n: [a.addr_spec for a in outer[n].addresses] for n in ("From", "To", "Cc")}
+    dnt = email.headerregistry.HeaderRegistry()("To", str(outer["Disposition-Notification-To"]))  # parsed as To
+    return found | {"Disposition-Notification-To": [a.addr_spec for a in dnt.addresses]}
+
+
+@pytest.mark.parametrize("name", HOSTILE_NAMES)
+async def test_encoded_words_in_address_fields_are_decoded_after_parsing(pki: TestPKI, name: bytes) -> None:
+    """A broken RFC 2047 word raised an untyped HeaderParseError (the message went to
+    quarantine), and a word decoding to an address was parsed as one (an outer From naming
+    dr.forged@evil.test first). Names are decoded after the addresses are read: each field
+    shows exactly the addresses the client wrote, for the S/MIME copy and the pass-through."""
+    expected = {"From": [ORG_EMAIL], "To": [PERSON_EMAIL], "Cc": ["cc@cabinet.test"],
+                "Disposition-Notification-To": [ORG_EMAIL]}
+    fields = b"".join(allowed_outer_fields(_hostile(name), neutral_subject="x")) + b"\r\n"
+    assert _outer_addresses(fields) == expected
+    ctx = BridgeCtx(pki, _policy())
+    env = Envelope("H6", ORG_EMAIL, (PERSON_EMAIL,), auth_user=ORG_EMAIL, listener="submission")
+    sealed = encrypt_message(_hostile(name), [pki["person_encrypt"].cert])
+    for data, form in ((_hostile(name), "smime"), (sealed, "client-encrypted")):
+        (out,) = (await _run(ctx, env, data)).outgoing
+        assert out.form == form and _outer_addresses(out.data) == expected, form
