@@ -11,10 +11,13 @@ bounced. `check_keys` is run by `msgw check` and by `msgw serve` before it liste
 
 Each certificate is then checked by `gateway.smime.keycheck`: valid now and for 14 more days (a
 warning under 30), usages fitting its role, a path to the trust anchors with the configured CRLs
-(no network). The role of a key comes from the configuration: named in `[policy.sign_with]` or
-`[legacy] sign_key` (or `usage = "sign"`): it signs; `[legacy] decrypt_key` (or `usage =
-"decrypt"`): it decrypts; named by nothing: it is taken as a mailbox decryption key (the
-directory's `key_ref`s, which are not in the config), and a usage mismatch is only a warning.
+(no network). For a key that only decrypts, dates and path are warnings: last year's mailbox key
+stays configured after a renewal so that older mail still opens.
+
+The role of a key comes from the configuration: named in `[policy.sign_with]` or `[legacy]
+sign_key` (or `usage = "sign"`): it signs; `[legacy] decrypt_key` (or `usage = "decrypt"`): it
+decrypts; named by nothing: it is taken as a mailbox decryption key (the directory's `key_ref`s,
+which are not in the config), and a usage mismatch is only a warning.
 """
 
 from __future__ import annotations
@@ -146,17 +149,22 @@ async def _check_key(source: str, name: str, ref: KeyRef, roles: tuple[Role, ...
 async def _certificate(cert: x509.Certificate, chain: Sequence[x509.Certificate], roles: Sequence[Role],
                        inferred: bool, roots: Sequence[x509.Certificate], intermediates: Sequence[x509.Certificate],
                        trust: _Trust, now: dt.datetime, anchors_name: str) -> list[Finding]:
+    """Dates, usages and path of a certificate. For a decrypt-only key the dates and the path are
+    warnings: last year's mailbox key is kept after a renewal so that older mail still opens, and
+    decrypting needs no valid certificate; signing keys and TLS client certificates need one."""
     from gateway.smime.trust import candidate_chain
 
-    findings = keycheck.validity(cert, now)
-    out_of_date = any(f.severity == "error" for f in findings)
-    for role in roles:
-        findings += keycheck.usage(cert, role, severity="warning" if inferred else "error")
+    dates = keycheck.validity(cert, now)
+    out_of_date = any(f.severity == "error" for f in dates)
     crls, _ = await trust.crls.crls_and_failures(candidate_chain(cert, [*chain, *intermediates, *roots]), now)
-    for finding in await keycheck.chain(cert, chain, roots, intermediates, crls, now, anchors_name):
-        if not (out_of_date and finding.message in (keycheck.CHAIN_EXPIRED, keycheck.CHAIN_NOT_YET_VALID)):
-            findings.append(finding)  # (the leaf's own dates are already reported)
-    return findings
+    path = [f for f in await keycheck.chain(cert, chain, roots, intermediates, crls, now, anchors_name)
+            if not (out_of_date and f.message in (keycheck.CHAIN_EXPIRED, keycheck.CHAIN_NOT_YET_VALID))]
+    # (the leaf's own dates are already reported)
+    if tuple(roles) == ("decrypt",):
+        dates = [warning(f"{f.message} (decryption only: it still opens older mail)") for f in dates]
+        path = [warning(f"{f.message} (decryption only: it still opens older mail)") for f in path]
+    usages = [f for role in roles for f in keycheck.usage(cert, role, severity="warning" if inferred else "error")]
+    return [*dates, *usages, *path]
 
 
 def _readable(path: str | Path | None, what: str, findings: list[Finding], *, private: bool = False) -> bool:
