@@ -196,6 +196,34 @@ def test_old_decryption_keys_only_warn_and_serve_starts(pki: TestPKI, tmp_path: 
     assert {f"keys.{name}" for name in warned} <= logged
 
 
+def test_listener_certificate_dates_follow_the_key_rules(pki: TestPKI, tmp_path: Path) -> None:
+    """The listeners' TLS certificates get the same dates rule as the keys: an error under 14
+    days or when not yet valid, a warning under 30."""
+    tls = tmp_path / "tls"
+    ca = make_ca(tls, "TEST AC TLS")[:2]
+    cases = {"ten-days": dict(days_left=10.5), "not-yet": dict(not_before_days=2),
+             "twenty-days": dict(days_left=20.5)}
+    outcomes = {}
+    for name, dates in cases.items():
+        made = make_cert(tls, name, ca, eku=SERVER, **dates)  # type: ignore[arg-type]
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(made.cert_path, folder / "tls-cert.pem")
+        shutil.copy(made.key_path, folder / "tls-key.pem")
+        setup = write_config(folder, sink_port=9)  # keeps the listener certificate found there
+        outcomes[name] = (setup.config, msgw("check", "--config", str(setup.config)))
+    config, ten = outcomes["ten-days"]
+    assert ten.returncode == 2 and f"{config}: listeners.submission.tls_cert: certificate expires in 10 days" \
+        in ten.stderr.decode(), ten.stderr
+    config, early = outcomes["not-yet"]
+    assert early.returncode == 2 and f"{config}: listeners.relay.tls_cert: certificate not valid before" \
+        in early.stderr.decode(), early.stderr
+    config, twenty = outcomes["twenty-days"]
+    assert twenty.returncode == 0, twenty.stderr
+    assert f"warning: {config}: listeners.submission.tls_cert: certificate expires in 20 days" \
+        in twenty.stderr.decode()
+
+
 def test_route_client_certificates_are_checked(pki: TestPKI, tmp_path: Path) -> None:
     tls = tmp_path / "tls"
     ca_cert, ca_key, ca_file = make_ca(tls, "TEST AC TLS")
