@@ -321,6 +321,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
     """The certificate and key a route presents for mutual TLS: as `[keys.*]`, role clientAuth;
     the chain is checked against the `[trust]` anchors plus the route's `ca_file`."""
     from gateway.smime.softkeys import load_certificates
+    from gateway.smime.trust import split_anchors
 
     findings: list[Finding] = []
     cert: x509.Certificate | None = None
@@ -332,7 +333,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
     roots, intermediates = list(trust.roots), list(trust.intermediates)
     if ca_file is not None:
         try:
-            more = keycheck.split_anchors(load_certificates(ca_file))
+            more = split_anchors(load_certificates(ca_file))
             roots, intermediates = roots + more[0], intermediates + more[1]
         except GatewayError as exc:
             findings.append(error(f"ca_file: {exc}"))

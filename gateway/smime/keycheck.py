@@ -13,7 +13,7 @@ present), "client" (TLS client authentication: EKU clientAuth when an EKU is pre
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -22,10 +22,14 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pyhanko_certvalidator import CertificateValidator, ValidationContext
-from pyhanko_certvalidator import errors as pv_errors
 
-from gateway.smime.cmsutil import PARSE_ERRORS, to_asn1
+from gateway.smime.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRefused,
+    CertificateRevoked,
+    UnknownIssuer,
+)
 
 Severity = Literal["error", "warning"]
 Role = Literal["sign", "decrypt", "client"]
@@ -119,39 +123,29 @@ def file_mode(mode: int, what: str, path: str) -> Finding | None:
     return error(f"{what} {path} is readable by group or others (mode {mode & 0o777:04o}): chmod 600 it")
 
 
-def split_anchors(certs: Iterable[x509.Certificate]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-    """(self-signed roots, the others as intermediates)."""
-    roots: list[x509.Certificate] = []
-    others: list[x509.Certificate] = []
-    for cert in certs:
-        (roots if cert.issuer == cert.subject else others).append(cert)
-    return roots, others
-
-
 async def chain(cert: x509.Certificate, extra: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
                 intermediates: Sequence[x509.Certificate], crls: Sequence[bytes], now: dt.datetime,
                 anchors_name: str = "the trust anchors") -> list[Finding]:
-    """A path from `cert` to one of `roots`, valid now, not revoked by the given CRLs.
+    """A path from `cert` to one of `roots`, valid now, not revoked by the given CRLs: the path
+    validation of `gateway.smime.trust`, its refusals as findings.
 
     Soft-fail revocation: a certificate no given CRL covers is not an error here (the running
     gateway's own policy decides about fetching); one a CRL lists as revoked is."""
+    from gateway.smime.trust import TrustStore, validate_path  # pyhanko: loaded only when a path is checked
+
     if not roots:
         return [warning(f"chain not checked: no trust anchors to check it against ({anchors_name})")]
     try:
-        ctx = ValidationContext(trust_roots=[to_asn1(c) for c in roots],
-                                other_certs=[to_asn1(c) for c in [*extra, *intermediates]], crls=list(crls),
-                                revocation_mode="soft-fail", moment=now, allow_fetching=False)
-        await CertificateValidator(to_asn1(cert), validation_context=ctx).async_validate_path()
-    except pv_errors.PathBuildingError:
+        await validate_path(cert, TrustStore(tuple(roots), tuple(intermediates)), extra, crls, now,
+                            revocation_mode="soft-fail")
+    except UnknownIssuer:
         return [error(f"certificate does not chain to {anchors_name}")]
-    except pv_errors.RevokedError:
+    except CertificateRevoked:
         return [error("certificate is revoked (listed in a configured CRL)")]
-    except pv_errors.ExpiredError:
+    except CertificateExpired:
         return [error(CHAIN_EXPIRED)]
-    except pv_errors.NotYetValidError:
+    except CertificateNotYetValid:
         return [error(CHAIN_NOT_YET_VALID)]
-    except (pv_errors.PathValidationError, pv_errors.ValidationError) as exc:
-        return [error(f"certificate path to {anchors_name} is not valid ({type(exc).__name__})")]
-    except PARSE_ERRORS as exc:
-        return [error(f"certificate path cannot be processed ({type(exc).__name__})")]
+    except CertificateRefused as exc:
+        return [error(f"{exc}, against {anchors_name}")]
     return []

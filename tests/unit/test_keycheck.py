@@ -13,6 +13,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.smime import keycheck
 from gateway.smime.testpki import TestPKI
+from gateway.smime.trust import split_anchors
 from tests.smime.issue import CLIENT, SERVER, make_cert
 from tests.smime.support import shared_pki
 
@@ -73,6 +74,11 @@ def test_key_match_and_file_mode(pki: TestPKI) -> None:
     assert keycheck.file_mode(0o100400, "key file", "/k") is None
     loose = keycheck.file_mode(0o100640, "key file", "/k")
     assert loose is not None and loose.severity == "error" and "(mode 0640)" in loose.message
+
+
+def test_split_anchors_is_the_trust_stores(pki: TestPKI) -> None:
+    roots, others = split_anchors([pki["org_sign"].cert, pki.root.cert, pki.orgs_ca.cert])
+    assert roots == [pki.root.cert] and others == [pki["org_sign"].cert, pki.orgs_ca.cert]
 
 
 async def test_chain_to_the_anchors(pki: TestPKI) -> None:
