@@ -31,15 +31,14 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.smime import keycheck
 from gateway.smime.keycheck import Finding, Role, error, warning
-from gateway.smime.keystore import KeyRef
+from gateway.smime.keystore import KeyRef, token_certificates
 
 INFERRED = "decrypt, inferred: no sign_with or sign_key names it"
 
@@ -217,7 +216,7 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
     from gateway.smime.pkcs11 import TokenAbsent, parse_uri
     from gateway.smime.pkcs11.discovery import probe_key_async
     from gateway.smime.pkcs11.keys import resolve_module
-    from gateway.smime.softkeys import load_certificates
+    from gateway.smime.softkeys import same_public_key
 
     if ref.pin_file is not None:
         _readable(ref.pin_file, "PIN file", findings, private=True)
@@ -226,13 +225,11 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
     file_cert: x509.Certificate | None = None
     chain: tuple[x509.Certificate, ...] = ()
     try:
-        if ref.cert is not None and _readable(ref.cert, "certificate file", findings):
-            certs = load_certificates(ref.cert)
-            file_cert = certs[0] if certs else None
-            if file_cert is None:
-                findings.append(error(f"no certificate in {ref.cert}"))
-        if ref.chain is not None and _readable(ref.chain, "chain file", findings):
-            chain = tuple(load_certificates(ref.chain))
+        files = [_readable(path, what, findings) for path, what in ((ref.cert, "certificate file"),
+                                                                    (ref.chain, "chain file")) if path is not None]
+        if all(files):
+            file_cert, file_chain = token_certificates(ref)  # as the gateway will give them to the token
+            chain = tuple(file_chain or ())
         uri = parse_uri(ref.ref)
         module = resolve_module(uri, ref.module)
     except GatewayError as exc:
@@ -250,7 +247,7 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
         findings.append(error(str(exc)))
         return file_cert, chain
     cert = file_cert or probe.certificate
-    if file_cert is not None and probe.certificate is not None and not keycheck.same_public_key(
+    if file_cert is not None and probe.certificate is not None and not same_public_key(
             probe.certificate.public_key(), file_cert):
         findings.append(error(f"the token's certificate for {ref.ref} is not the one in `cert` ({ref.cert})"))
     if cert is None and not probe.objects:
@@ -344,7 +341,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
             if cert is None:
                 findings.append(error(f"no certificate in {cert_path}"))
             else:
-                findings += _client_key_matches(key_file, cert)
+                findings += _client_key_matches(key_file, cert_path)
                 findings += await _certificate(cert, certs[1:], ("client",), False, roots, intermediates, trust,
                                                now, "the trust anchors ([trust] anchors and ca_file)")
         except GatewayError as exc:
@@ -353,12 +350,12 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
                      cert.not_valid_after_utc if cert is not None else None)
 
 
-def _client_key_matches(key_file: Path, cert: x509.Certificate) -> list[Finding]:
-    data = key_file.read_bytes()
+def _client_key_matches(key_file: Path, cert_path: Path) -> list[Finding]:
+    """The key loads (PEM, no password: what the TLS client will load) and is the certificate's."""
+    from gateway.smime.softkeys import load_pem_key
+
     try:
-        key = serialization.load_pem_private_key(data, None)
-    except (ValueError, TypeError, CryptoUnsupported):
-        return [error(f"cannot load the private key in {key_file} (a PEM key without password is needed)")]
-    if not keycheck.same_public_key(key.public_key(), cert):
-        return [error("private key does not match its certificate")]
+        load_pem_key(key_file, cert_path)
+    except GatewayError as exc:
+        return [error(str(exc))]
     return []

@@ -18,9 +18,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.smime.errors import (
@@ -107,12 +105,6 @@ def usage(cert: x509.Certificate, role: Role, *, severity: Severity = "error") -
     elif not _eku_allows(cert, ExtendedKeyUsageOID.CLIENT_AUTH):
         problems.append("certificate extended key usage does not allow TLS client authentication (clientAuth)")
     return [Finding(severity, p) for p in problems]
-
-
-def same_public_key(public_key: PublicKeyTypes, cert: x509.Certificate) -> bool:
-    """Whether a private key (given by its public half) is the one the certificate certifies."""
-    fmt, enc = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
-    return public_key.public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt)
 
 
 def file_mode(mode: int, what: str, path: str) -> Finding | None:

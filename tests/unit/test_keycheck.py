@@ -12,6 +12,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
 from gateway.smime import keycheck
+from gateway.smime.softkeys import same_public_key
 from gateway.smime.testpki import TestPKI
 from gateway.smime.trust import split_anchors
 from tests.smime.issue import CLIENT, SERVER, make_cert
@@ -68,8 +69,8 @@ def test_usage_per_role(pki: TestPKI, tmp_path: Path) -> None:
 
 def test_key_match_and_file_mode(pki: TestPKI) -> None:
     org = pki["org_sign"]
-    assert keycheck.same_public_key(org.key.public_key(), org.cert)
-    assert not keycheck.same_public_key(org.key.public_key(), pki["org_encrypt"].cert)
+    assert same_public_key(org.key.public_key(), org.cert)  # the one softkeys loads keys with
+    assert not same_public_key(org.key.public_key(), pki["org_encrypt"].cert)
     assert keycheck.file_mode(0o100600, "key file", "/k") is None
     assert keycheck.file_mode(0o100400, "key file", "/k") is None
     loose = keycheck.file_mode(0o100640, "key file", "/k")
