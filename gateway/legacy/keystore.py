@@ -34,6 +34,7 @@ from gateway.legacy.apicrypt1_format import (
 )
 from gateway.legacy.errors import KeyPermissionError, KeyStoreUnavailable, LegacyKeyError
 from gateway.logs import event
+from gateway.smime.keycheck import loose_mode
 
 log = logging.getLogger("gateway.legacy.keystore")
 LOCK_NAME = ".apicrypt.lock"
@@ -153,8 +154,9 @@ def _read_private(path: Path, user: str, year: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise LegacyKeyError(f"key file {path.name} is not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyPermissionError(f"key file {path.name} has permissions {stat.S_IMODE(info.st_mode):04o}: "
+        loose = loose_mode(info.st_mode)
+        if loose is not None:
+            raise KeyPermissionError(f"key file {path.name} has permissions {loose}: "
                                      "group/other access refused, chmod 600 it")
         chunks = []
         while chunk := os.read(fd, 1 << 20):

@@ -13,6 +13,7 @@ present), "client" (TLS client authentication: EKU clientAuth when an EKU is pre
 from __future__ import annotations
 
 import datetime as dt
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -107,12 +108,18 @@ def usage(cert: x509.Certificate, role: Role, *, severity: Severity = "error") -
     return [Finding(severity, p) for p in problems]
 
 
+def loose_mode(mode: int) -> str | None:
+    """A private file (key, PIN, password) must not be open to group or others (0600 or stricter):
+    its permissions as text ("0644") when it is, else None. Also the Apicrypt key store's rule."""
+    return f"{stat.S_IMODE(mode):04o}" if mode & 0o077 else None
+
+
 def file_mode(mode: int, what: str, path: str) -> Finding | None:
-    """A private file (key, PIN, password) must not be open to group or others (0600 or stricter)."""
-    loose = mode & 0o077
-    if not loose:
+    """The finding for a private file open to group or others (see `loose_mode`)."""
+    loose = loose_mode(mode)
+    if loose is None:
         return None
-    return error(f"{what} {path} is readable by group or others (mode {mode & 0o777:04o}): chmod 600 it")
+    return error(f"{what} {path} is readable by group or others (mode {loose}): chmod 600 it")
 
 
 async def chain(cert: x509.Certificate, extra: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
