@@ -55,13 +55,23 @@ def warning(message: str) -> Finding:
     return Finding("warning", message)
 
 
-def validity(cert: x509.Certificate, now: dt.datetime) -> list[Finding]:
-    """Valid now, and for long enough that nobody learns of the expiry from a bounce."""
+def current(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why the certificate cannot be used at all now (expired, not yet valid), or None. Also what
+    the running gateway asks before it signs (`gateway.stages.build`)."""
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now < not_before:
-        return [error(f"certificate not valid before {not_before:%Y-%m-%d %H:%M} UTC")]
+        return f"certificate not valid before {not_before:%Y-%m-%d %H:%M} UTC"
     if now >= not_after:
-        return [error(f"certificate expired on {not_after:%Y-%m-%d}")]
+        return f"certificate expired on {not_after:%Y-%m-%d}"
+    return None
+
+
+def validity(cert: x509.Certificate, now: dt.datetime) -> list[Finding]:
+    """Valid now, and for long enough that nobody learns of the expiry from a bounce."""
+    problem = current(cert, now)
+    if problem is not None:
+        return [error(problem)]
+    not_after = cert.not_valid_after_utc
     days = (not_after - now).days
     text = f"certificate expires in {days} day{'s' if days != 1 else ''} ({not_after:%Y-%m-%d})"
     if days < MIN_DAYS:

@@ -45,6 +45,10 @@ def test_validity_thresholds(pki: TestPKI) -> None:
     assert keycheck.validity(cert, end) == [keycheck.error(f"certificate expired on {day}")]
     early = keycheck.validity(cert, cert.not_valid_before_utc - dt.timedelta(seconds=1))
     assert early[0].severity == "error" and "not valid before" in early[0].message
+    # what the running gateway asks before signing: usable at all now (no 14-day margin)
+    assert keycheck.current(cert, end - dt.timedelta(hours=3)) is None
+    assert keycheck.current(cert, end) == f"certificate expired on {day}"
+    assert keycheck.current(cert, cert.not_valid_before_utc - dt.timedelta(seconds=1)) == early[0].message
 
 
 def test_usage_per_role(pki: TestPKI, tmp_path: Path) -> None:
