@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.filemodes import loose_mode
 from gateway.legacy.apicrypt1_format import (
     HEADER_SIZE,
     MASTER_NAME,
@@ -34,7 +35,6 @@ from gateway.legacy.apicrypt1_format import (
 )
 from gateway.legacy.errors import KeyPermissionError, KeyStoreUnavailable, LegacyKeyError
 from gateway.logs import event
-from gateway.smime.keycheck import loose_mode
 
 log = logging.getLogger("gateway.legacy.keystore")
 LOCK_NAME = ".apicrypt.lock"

@@ -13,7 +13,6 @@ present), "client" (TLS client authentication: EKU clientAuth when an EKU is pre
 from __future__ import annotations
 
 import datetime as dt
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
@@ -22,6 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.filemodes import loose_mode
 from gateway.smime.errors import (
     CertificateExpired,
     CertificateNotYetValid,
@@ -118,14 +118,9 @@ def usage(cert: x509.Certificate, role: Role, *, severity: Severity = "error") -
     return [Finding(severity, p) for p in problems]
 
 
-def loose_mode(mode: int) -> str | None:
-    """A private file (key, PIN, password) must not be open to group or others (0600 or stricter):
-    its permissions as text ("0644") when it is, else None. Also the Apicrypt key store's rule."""
-    return f"{stat.S_IMODE(mode):04o}" if mode & 0o077 else None
-
-
 def file_mode(mode: int, what: str, path: str) -> Finding | None:
-    """The finding for a private file open to group or others (see `loose_mode`)."""
+    """The finding for a private file (key, PIN, password) open to group or others (0600 or stricter
+    is needed: `gateway.filemodes.loose_mode`, the Apicrypt key store's rule too)."""
     loose = loose_mode(mode)
     if loose is None:
         return None

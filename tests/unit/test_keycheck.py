@@ -11,6 +11,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.filemodes import loose_mode
 from gateway.smime import keycheck
 from gateway.smime.softkeys import same_public_key
 from gateway.smime.testpki import TestPKI
@@ -79,7 +80,7 @@ def test_key_match_and_file_mode(pki: TestPKI) -> None:
     assert keycheck.file_mode(0o100400, "key file", "/k") is None
     loose = keycheck.file_mode(0o100640, "key file", "/k")
     assert loose is not None and loose.severity == "error" and "(mode 0640)" in loose.message
-    assert keycheck.loose_mode(0o100600) is None and keycheck.loose_mode(0o104604) == "4604"
+    assert loose_mode(0o100600) is None and loose_mode(0o104604) == "4604"
 
 
 def test_split_anchors_is_the_trust_stores(pki: TestPKI) -> None:
