@@ -12,11 +12,17 @@ every other field. Editing a record breaks its hash; deleting or reordering reco
 seq/prev_hash sequence. Deleting the *last* record(s) leaves a valid shorter chain, so after
 every append we also write `<file>.head` (seq and hash of the last record, written to a
 temporary file, fsynced, renamed): `verify()` reports a trail shorter than its head as
-truncated. The head may lag by the record being appended when the process crashes between
-the two writes, so a trail *longer* than its head, with a valid chain, is accepted (and the
-head is brought forward on the next append). An attacker able to rewrite both file and head
-can still forge a consistent history: anchoring the head elsewhere (syslog, a remote store,
-an HMAC key) is the next step, not done here.
+truncated. An attacker able to rewrite both file and head can still forge a consistent
+history: anchoring the head elsewhere (syslog, a remote store, an HMAC key) is the next step,
+not done here.
+
+Batches: the running gateway writes what is queued in batches of up to `MAX_BATCH` records, one
+fsync of the trail and one head write per batch (a 10,000-recipient message would otherwise
+cost ~30,000 fsyncs). A batch that fails (full disk) is cut off again, so the trail never keeps
+part of an unacknowledged batch. A crash between a batch and its head leaves the head lagging by
+at most one batch, which `verify()` accepts (the next append brings the head forward); a crash
+in the middle of a batch leaves a torn last line, dropped with the rest of that batch on the
+next append, but only when the head names the record before the batch.
 
 No health content: only the fields in `ALLOWED_FIELDS` are accepted, as short strings or lists
 of strings (identifiers, serials, decisions), never a subject or body.
@@ -32,7 +38,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -52,6 +58,10 @@ ALLOWED_FIELDS = frozenset({
 _LIST_FIELDS = frozenset({"signer_identifiers", "encryption_serials"})
 _MAX_LEN = 512
 _TAIL_READ = 65536
+#: Records per batch: one fsync of the trail and one head write each; the most the head may lag.
+MAX_BATCH = 256
+#: How far back a torn batch is looked for (MAX_BATCH records of a few hundred bytes fit easily).
+_REPAIR_WINDOW = 8 * 1024 * 1024
 
 
 class AuditError(PermanentError):
@@ -137,7 +147,18 @@ class AuditTrail:
 
     def append(self, **fields: Any) -> dict[str, Any]:
         """Append one record and return it (with seq, time, prev_hash, hash). Durable on return."""
-        clean = _clean(fields)
+        return self.append_many([fields])[0]
+
+    def append_many(self, records: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Append records in order, as one chain, and return them. Durable on return.
+
+        The lock and the flock are taken once; each `MAX_BATCH` records cost one fsync of the
+        trail and one head write. A refused record (field not allowed) refuses them all before
+        anything is written; a write that fails cuts that batch off again (earlier batches of the
+        same call, already named by the head, stay: the writer never passes more than one)."""
+        clean = [_clean(fields) for fields in records]
+        if not clean:
+            return []
         with self._lock:
             try:
                 self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,27 +169,56 @@ class AuditTrail:
                 fcntl.flock(fd, fcntl.LOCK_EX)
                 self._repair_torn_tail(fd)
                 last = self._last_record()
-                record: dict[str, Any] = {
-                    "seq": (last["seq"] + 1) if last else 1,
-                    "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                    **clean,
-                    "prev_hash": last["hash"] if last else GENESIS,
-                }
-                record["hash"] = record_hash(record)
-                line = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-                os.write(fd, line.encode("utf-8"))
-                if self.fsync:
-                    os.fsync(fd)
-                self._write_head(record["seq"], record["hash"])
+                out: list[dict[str, Any]] = []
+                for at in range(0, len(clean), MAX_BATCH):
+                    batch = self._chain(clean[at:at + MAX_BATCH], last)
+                    self._write_batch(fd, batch)
+                    out += batch
+                    last = batch[-1]
+                return out
             except OSError as exc:
                 raise AuditUnavailable(f"cannot write the audit trail ({exc.strerror})") from None
             finally:
                 os.close(fd)  # also releases the flock
-        return record
+
+    @staticmethod
+    def _chain(clean: list[dict[str, Any]], last: dict[str, Any] | None) -> list[dict[str, Any]]:
+        """Records linked after `last`: seq, time, prev_hash and hash added to each."""
+        seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        out = []
+        for fields in clean:
+            seq += 1
+            record: dict[str, Any] = {"seq": seq, "time": now, **fields, "prev_hash": prev}
+            record["hash"] = prev = record_hash(record)
+            out.append(record)
+        return out
+
+    def _write_batch(self, fd: int, batch: list[dict[str, Any]]) -> None:
+        """Write, fsync, then name the last record in the head; on a failure before the head is in
+        place, cut the trail back (the batch was never acknowledged) and re-raise."""
+        size = os.fstat(fd).st_size
+        data = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
+                       for r in batch).encode("utf-8")
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            if self.fsync:
+                os.fsync(fd)
+            self._write_head_file(batch[-1]["seq"], batch[-1]["hash"])
+        except OSError:
+            try:
+                os.ftruncate(fd, size)
+            except OSError:
+                pass  # left for _repair_torn_tail / verify to see
+            raise
+        self._sync_folder()
 
     def _repair_torn_tail(self, fd: int) -> None:
-        """Drop a half-written last line left by a crash, but only if it was never acknowledged
-        (the head file names the record before it); anything else is left for `verify` to report."""
+        """Drop a half-written batch left by a crash (its torn last line and the complete records
+        before it), but only if it was never acknowledged: the head names the record just before
+        it. Anything else is left for `verify` to report."""
         size = os.fstat(fd).st_size
         if size == 0:
             return
@@ -176,28 +226,42 @@ class AuditTrail:
             fh.seek(size - 1)
             if fh.read(1) == b"\n":
                 return
-            fh.seek(max(0, size - _TAIL_READ))
-            tail = fh.read()
-        cut = tail.rfind(b"\n")
-        keep = size - len(tail) + cut + 1 if cut >= 0 else 0
-        if cut < 0 and size > _TAIL_READ:
-            return
-        head = self.head()
-        last = None
-        if keep > 0:
-            prefix = tail[:cut] if cut >= 0 else b""
-            prev_cut = prefix.rfind(b"\n")
-            try:
-                last = json.loads(prefix[prev_cut + 1:].decode("utf-8"))
-            except ValueError:
-                return
-        last_seq = last["seq"] if last else 0
-        if (head is None and last_seq == 0) or (head is not None and head[0] == last_seq):
+            start = max(0, size - _REPAIR_WINDOW)
+            fh.seek(start)
+            window = fh.read(size - start)
+        keep = self._end_of_acknowledged(window, start)
+        if keep is not None:
             os.ftruncate(fd, keep)
             if self.fsync:
                 os.fsync(fd)
 
-    def _write_head(self, seq: int, digest: str) -> None:
+    def _end_of_acknowledged(self, window: bytes, start: int) -> int | None:
+        """Offset just after the record the head names, when only a torn batch follows it."""
+        head = self.head()
+        if head is not None and head[0] < 0:
+            return None
+        complete = window[:window.rfind(b"\n") + 1]
+        lines: list[tuple[bytes, int]] = []  # (line, file offset just after it)
+        offset = start
+        for line in complete.split(b"\n")[:-1]:
+            offset += len(line) + 1
+            lines.append((line, offset))
+        if start > 0:
+            lines = lines[1:]  # the window may begin inside a line
+        for back, (line, end) in enumerate(reversed(lines)):
+            if back > MAX_BATCH:
+                return None
+            try:
+                record = json.loads(line.decode("utf-8"))
+            except ValueError:
+                return None
+            if head is not None and record.get("seq") == head[0]:
+                return end if record.get("hash") == head[1] else None
+        if start == 0 and head is None and len(lines) <= MAX_BATCH:
+            return 0  # the very first batch was torn: nothing was ever acknowledged
+        return None
+
+    def _write_head_file(self, seq: int, digest: str) -> None:
         tmp = self.head_path.with_name(self.head_path.name + ".tmp")
         data = json.dumps({"seq": seq, "hash": digest}).encode()
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
@@ -208,12 +272,19 @@ class AuditTrail:
         finally:
             os.close(fd)
         os.replace(tmp, self.head_path)
-        if self.fsync:
+
+    def _sync_folder(self) -> None:
+        """Make the head's rename durable (a failure here loses no record: the head may lag)."""
+        if not self.fsync:
+            return
+        try:
             dfd = os.open(self.path.parent, os.O_RDONLY)
             try:
                 os.fsync(dfd)
             finally:
                 os.close(dfd)
+        except OSError:
+            pass
 
     def _last_record(self) -> dict[str, Any] | None:
         """The last complete record, read from the end of the file (cheap, and sees other writers)."""
@@ -312,7 +383,7 @@ class AuditTrail:
                                f"trail truncated: last record is seq {last_seq}, head says {head_seq}", head_seq)
         if head_seq > 0 and hashes_by_seq.get(head_seq) != head_hash:
             return AuditReport(False, count, head_seq, "record at the head differs from the head file", head_seq)
-        if last_seq > head_seq + 1:
+        if last_seq > head_seq + MAX_BATCH:
             return AuditReport(False, count, head_seq + 1,
                                f"head file lags by {last_seq - head_seq} records (head file replaced?)", head_seq)
         return AuditReport(True, count, head_seq=head_seq)
@@ -325,14 +396,20 @@ def _log_failure(exc: AuditError) -> None:
 
 
 class AuditWriter:
-    """The running gateway's audit sink: records are queued and appended by one thread, because
-    the trail fsyncs every record and that must not stall the event loop; one writer keeps
-    them in order. `close()` drains what is queued."""
+    """The running gateway's audit sink: records are queued and written by one thread, because
+    the trail fsyncs and that must not stall the event loop; one writer keeps them in order.
+    What is queued when the thread wakes is written as one batch (`AuditTrail.append_many`).
+
+    No record is dropped silently: each one is written or reported through `on_error` (a refused
+    record alone; a batch the trail cannot take, with its count). `close()` waits until the
+    queue is written, however long that takes (or until each batch has failed and been reported)."""
 
     def __init__(self, trail: AuditTrail, on_error: Callable[[AuditError], None] | None = None) -> None:
         self.trail = trail
         self.on_error = on_error or _log_failure
         self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._closed = False
+        self._state = threading.Lock()  # a record is never queued behind the stop mark
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
@@ -343,21 +420,54 @@ class AuditWriter:
             if v in (None, [], ()):
                 continue
             clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
-        self._queue.put(clean)
+        with self._state:
+            if not self._closed:
+                self._queue.put(clean)
+                return
+        self.on_error(AuditError("audit writer closed: 1 record(s) not written"))
 
     def _run(self) -> None:
-        while True:
-            record = self._queue.get()
-            if record is None:
-                return
+        stop = False
+        while not stop:
+            batch: list[dict[str, Any]] = []
+            item = self._queue.get()
+            while True:
+                if item is None:
+                    stop = True
+                    break
+                batch.append(item)
+                if len(batch) >= MAX_BATCH:
+                    break
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            self._write(batch)
+
+    def _write(self, batch: list[dict[str, Any]]) -> None:
+        good: list[dict[str, Any]] = []
+        for fields in batch:
             try:
-                self.trail.append(**record)
+                good.append(_clean(fields))
             except AuditError as exc:
                 self.on_error(exc)
+        if not good:
+            return
+        try:
+            self.trail.append_many(good)
+        except AuditError as exc:
+            self.on_error(type(exc)(f"{exc}: {len(good)} record(s) not written"))
+        except Exception as exc:  # noqa: BLE001 - the writer must outlive a fault, or close() loses records
+            self.on_error(AuditError(f"audit writer fault ({type(exc).__name__}): {len(good)} record(s) not written"))
 
-    def close(self, timeout: float = 30) -> None:
-        self._queue.put(None)
-        self._thread.join(timeout=timeout)
+    def close(self) -> None:
+        """Write everything queued, then stop the thread (no time limit: records are not dropped)."""
+        with self._state:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(None)
+        self._thread.join()
 
 
 def audit_path(config: GatewayConfig) -> Path:
@@ -369,5 +479,5 @@ def audit_path(config: GatewayConfig) -> Path:
     return config.spool.path.parent / "audit.jsonl"
 
 
-__all__ = ["ALLOWED_FIELDS", "GENESIS", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail", "AuditWriter",
-           "audit_path", "canonical", "record_hash"]
+__all__ = ["ALLOWED_FIELDS", "GENESIS", "MAX_BATCH", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail",
+           "AuditWriter", "audit_path", "canonical", "record_hash"]

@@ -11,10 +11,13 @@ bounced. `check_keys` is run by `msgw check` and by `msgw serve` before it liste
 
 Each certificate is then checked by `gateway.smime.keycheck`: valid now and for 14 more days (a
 warning under 30), usages fitting its role, a path to the trust anchors with the configured CRLs
-(no network). The role of a key comes from the configuration: named in `[policy.sign_with]` or
-`[legacy] sign_key` (or `usage = "sign"`): it signs; `[legacy] decrypt_key` (or `usage =
-"decrypt"`): it decrypts; named by nothing: it is taken as a mailbox decryption key (the
-directory's `key_ref`s, which are not in the config), and a usage mismatch is only a warning.
+(no network). For a key that only decrypts, dates and path are warnings: last year's mailbox key
+stays configured after a renewal so that older mail still opens.
+
+The role of a key comes from the configuration: named in `[policy.sign_with]` or `[legacy]
+sign_key` (or `usage = "sign"`): it signs; `[legacy] decrypt_key` (or `usage = "decrypt"`): it
+decrypts; named by nothing: it is taken as a mailbox decryption key (the directory's `key_ref`s,
+which are not in the config), and a usage mismatch is only a warning.
 """
 
 from __future__ import annotations
@@ -28,15 +31,14 @@ from typing import Any
 
 from cryptography import x509
 from cryptography.exceptions import InvalidSignature
-from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
-from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec, padding, rsa
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.smime import keycheck
 from gateway.smime.keycheck import Finding, Role, error, warning
-from gateway.smime.keystore import KeyRef
+from gateway.smime.keystore import KeyRef, token_certificates
 
 INFERRED = "decrypt, inferred: no sign_with or sign_key names it"
 
@@ -146,17 +148,22 @@ async def _check_key(source: str, name: str, ref: KeyRef, roles: tuple[Role, ...
 async def _certificate(cert: x509.Certificate, chain: Sequence[x509.Certificate], roles: Sequence[Role],
                        inferred: bool, roots: Sequence[x509.Certificate], intermediates: Sequence[x509.Certificate],
                        trust: _Trust, now: dt.datetime, anchors_name: str) -> list[Finding]:
+    """Dates, usages and path of a certificate. For a decrypt-only key the dates and the path are
+    warnings: last year's mailbox key is kept after a renewal so that older mail still opens, and
+    decrypting needs no valid certificate; signing keys and TLS client certificates need one."""
     from gateway.smime.trust import candidate_chain
 
-    findings = keycheck.validity(cert, now)
-    out_of_date = any(f.severity == "error" for f in findings)
-    for role in roles:
-        findings += keycheck.usage(cert, role, severity="warning" if inferred else "error")
+    dates = keycheck.validity(cert, now)
+    out_of_date = any(f.severity == "error" for f in dates)
     crls, _ = await trust.crls.crls_and_failures(candidate_chain(cert, [*chain, *intermediates, *roots]), now)
-    for finding in await keycheck.chain(cert, chain, roots, intermediates, crls, now, anchors_name):
-        if not (out_of_date and finding.message in (keycheck.CHAIN_EXPIRED, keycheck.CHAIN_NOT_YET_VALID)):
-            findings.append(finding)  # (the leaf's own dates are already reported)
-    return findings
+    path = [f for f in await keycheck.chain(cert, chain, roots, intermediates, crls, now, anchors_name)
+            if not (out_of_date and f.message in (keycheck.CHAIN_EXPIRED, keycheck.CHAIN_NOT_YET_VALID))]
+    # (the leaf's own dates are already reported)
+    if tuple(roles) == ("decrypt",):
+        dates = [warning(f"{f.message} (decryption only: it still opens older mail)") for f in dates]
+        path = [warning(f"{f.message} (decryption only: it still opens older mail)") for f in path]
+    usages = [f for role in roles for f in keycheck.usage(cert, role, severity="warning" if inferred else "error")]
+    return [*dates, *usages, *path]
 
 
 def _readable(path: str | Path | None, what: str, findings: list[Finding], *, private: bool = False) -> bool:
@@ -209,7 +216,7 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
     from gateway.smime.pkcs11 import TokenAbsent, parse_uri
     from gateway.smime.pkcs11.discovery import probe_key_async
     from gateway.smime.pkcs11.keys import resolve_module
-    from gateway.smime.softkeys import load_certificates
+    from gateway.smime.softkeys import same_public_key
 
     if ref.pin_file is not None:
         _readable(ref.pin_file, "PIN file", findings, private=True)
@@ -218,13 +225,11 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
     file_cert: x509.Certificate | None = None
     chain: tuple[x509.Certificate, ...] = ()
     try:
-        if ref.cert is not None and _readable(ref.cert, "certificate file", findings):
-            certs = load_certificates(ref.cert)
-            file_cert = certs[0] if certs else None
-            if file_cert is None:
-                findings.append(error(f"no certificate in {ref.cert}"))
-        if ref.chain is not None and _readable(ref.chain, "chain file", findings):
-            chain = tuple(load_certificates(ref.chain))
+        files = [_readable(path, what, findings) for path, what in ((ref.cert, "certificate file"),
+                                                                    (ref.chain, "chain file")) if path is not None]
+        if all(files):
+            file_cert, file_chain = token_certificates(ref)  # as the gateway will give them to the token
+            chain = tuple(file_chain or ())
         uri = parse_uri(ref.ref)
         module = resolve_module(uri, ref.module)
     except GatewayError as exc:
@@ -242,7 +247,7 @@ async def _token(ref: KeyRef, roles: Sequence[Role], inferred: bool, login: bool
         findings.append(error(str(exc)))
         return file_cert, chain
     cert = file_cert or probe.certificate
-    if file_cert is not None and probe.certificate is not None and not keycheck.same_public_key(
+    if file_cert is not None and probe.certificate is not None and not same_public_key(
             probe.certificate.public_key(), file_cert):
         findings.append(error(f"the token's certificate for {ref.ref} is not the one in `cert` ({ref.cert})"))
     if cert is None and not probe.objects:
@@ -313,6 +318,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
     """The certificate and key a route presents for mutual TLS: as `[keys.*]`, role clientAuth;
     the chain is checked against the `[trust]` anchors plus the route's `ca_file`."""
     from gateway.smime.softkeys import load_certificates
+    from gateway.smime.trust import split_anchors
 
     findings: list[Finding] = []
     cert: x509.Certificate | None = None
@@ -324,7 +330,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
     roots, intermediates = list(trust.roots), list(trust.intermediates)
     if ca_file is not None:
         try:
-            more = keycheck.split_anchors(load_certificates(ca_file))
+            more = split_anchors(load_certificates(ca_file))
             roots, intermediates = roots + more[0], intermediates + more[1]
         except GatewayError as exc:
             findings.append(error(f"ca_file: {exc}"))
@@ -335,7 +341,7 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
             if cert is None:
                 findings.append(error(f"no certificate in {cert_path}"))
             else:
-                findings += _client_key_matches(key_file, cert)
+                findings += _client_key_matches(key_file, cert_path)
                 findings += await _certificate(cert, certs[1:], ("client",), False, roots, intermediates, trust,
                                                now, "the trust anchors ([trust] anchors and ca_file)")
         except GatewayError as exc:
@@ -344,12 +350,12 @@ async def _check_client(source: str, where: str, cert_path: Path | None, key_pat
                      cert.not_valid_after_utc if cert is not None else None)
 
 
-def _client_key_matches(key_file: Path, cert: x509.Certificate) -> list[Finding]:
-    data = key_file.read_bytes()
+def _client_key_matches(key_file: Path, cert_path: Path) -> list[Finding]:
+    """The key loads (PEM, no password: what the TLS client will load) and is the certificate's."""
+    from gateway.smime.softkeys import load_pem_key
+
     try:
-        key = serialization.load_pem_private_key(data, None)
-    except (ValueError, TypeError, CryptoUnsupported):
-        return [error(f"cannot load the private key in {key_file} (a PEM key without password is needed)")]
-    if not keycheck.same_public_key(key.public_key(), cert):
-        return [error("private key does not match its certificate")]
+        load_pem_key(key_file, cert_path)
+    except GatewayError as exc:
+        return [error(str(exc))]
     return []

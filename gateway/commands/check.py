@@ -15,6 +15,7 @@ from cryptography import x509
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.errors import ConfigError
+from gateway.smime import keycheck
 from gateway.startup import check_keys
 
 
@@ -36,12 +37,11 @@ def _check_files(config) -> list[tuple[str, str, str]]:
                 ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
                 ctx.load_cert_chain(str(lc.tls_cert), str(lc.tls_key))
                 cert = x509.load_pem_x509_certificate(lc.tls_cert.read_bytes())
-                if cert.not_valid_after_utc < now:
-                    problems.append((config.source, f"{key}.tls_cert", f"certificate expired on "
-                                     f"{cert.not_valid_after_utc:%Y-%m-%d}"))
-                elif (cert.not_valid_after_utc - now).days < 30:
-                    print(f"warning: {config.source}: {key}.tls_cert expires on "
-                          f"{cert.not_valid_after_utc:%Y-%m-%d}", file=sys.stderr)
+                for finding in keycheck.validity(cert, now):  # the keys' rule: error < 14 days, warning < 30
+                    if finding.severity == "error":
+                        problems.append((config.source, f"{key}.tls_cert", finding.message))
+                    else:
+                        print(f"warning: {config.source}: {key}.tls_cert: {finding.message}", file=sys.stderr)
             except (ssl.SSLError, ValueError, OSError) as exc:
                 problems.append((config.source, f"{key}.tls_cert", f"unusable certificate/key pair: {exc}"))
         if lc.client_ca and lc.client_ca.exists():

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gateway.filemodes import loose_mode
 from gateway.legacy.apicrypt1_format import (
     HEADER_SIZE,
     MASTER_NAME,
@@ -153,8 +154,9 @@ def _read_private(path: Path, user: str, year: int) -> bytes:
         info = os.fstat(fd)
         if not stat.S_ISREG(info.st_mode):
             raise LegacyKeyError(f"key file {path.name} is not a regular file")
-        if info.st_mode & 0o077:
-            raise KeyPermissionError(f"key file {path.name} has permissions {stat.S_IMODE(info.st_mode):04o}: "
+        loose = loose_mode(info.st_mode)
+        if loose is not None:
+            raise KeyPermissionError(f"key file {path.name} has permissions {loose}: "
                                      "group/other access refused, chmod 600 it")
         chunks = []
         while chunk := os.read(fd, 1 << 20):

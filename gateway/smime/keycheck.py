@@ -13,19 +13,22 @@ present), "client" (TLS client authentication: EKU clientAuth when an EKU is pre
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
-from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.x509.oid import ExtendedKeyUsageOID
-from pyhanko_certvalidator import CertificateValidator, ValidationContext
-from pyhanko_certvalidator import errors as pv_errors
 
-from gateway.smime.cmsutil import PARSE_ERRORS, to_asn1
+from gateway.filemodes import loose_mode
+from gateway.smime.errors import (
+    CertificateExpired,
+    CertificateNotYetValid,
+    CertificateRefused,
+    CertificateRevoked,
+    UnknownIssuer,
+)
 
 Severity = Literal["error", "warning"]
 Role = Literal["sign", "decrypt", "client"]
@@ -52,13 +55,23 @@ def warning(message: str) -> Finding:
     return Finding("warning", message)
 
 
-def validity(cert: x509.Certificate, now: dt.datetime) -> list[Finding]:
-    """Valid now, and for long enough that nobody learns of the expiry from a bounce."""
+def current(cert: x509.Certificate, now: dt.datetime) -> str | None:
+    """Why the certificate cannot be used at all now (expired, not yet valid), or None. Also what
+    the running gateway asks before it signs (`gateway.stages.build`)."""
     not_before, not_after = cert.not_valid_before_utc, cert.not_valid_after_utc
     if now < not_before:
-        return [error(f"certificate not valid before {not_before:%Y-%m-%d %H:%M} UTC")]
+        return f"certificate not valid before {not_before:%Y-%m-%d %H:%M} UTC"
     if now >= not_after:
-        return [error(f"certificate expired on {not_after:%Y-%m-%d}")]
+        return f"certificate expired on {not_after:%Y-%m-%d}"
+    return None
+
+
+def validity(cert: x509.Certificate, now: dt.datetime) -> list[Finding]:
+    """Valid now, and for long enough that nobody learns of the expiry from a bounce."""
+    problem = current(cert, now)
+    if problem is not None:
+        return [error(problem)]
+    not_after = cert.not_valid_after_utc
     days = (not_after - now).days
     text = f"certificate expires in {days} day{'s' if days != 1 else ''} ({not_after:%Y-%m-%d})"
     if days < MIN_DAYS:
@@ -105,53 +118,38 @@ def usage(cert: x509.Certificate, role: Role, *, severity: Severity = "error") -
     return [Finding(severity, p) for p in problems]
 
 
-def same_public_key(public_key: PublicKeyTypes, cert: x509.Certificate) -> bool:
-    """Whether a private key (given by its public half) is the one the certificate certifies."""
-    fmt, enc = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
-    return public_key.public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt)
-
-
 def file_mode(mode: int, what: str, path: str) -> Finding | None:
-    """A private file (key, PIN, password) must not be open to group or others (0600 or stricter)."""
-    loose = mode & 0o077
-    if not loose:
+    """The finding for a private file (key, PIN, password) open to group or others (0600 or stricter
+    is needed: `gateway.filemodes.loose_mode`, the Apicrypt key store's rule too)."""
+    loose = loose_mode(mode)
+    if loose is None:
         return None
-    return error(f"{what} {path} is readable by group or others (mode {mode & 0o777:04o}): chmod 600 it")
-
-
-def split_anchors(certs: Iterable[x509.Certificate]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
-    """(self-signed roots, the others as intermediates)."""
-    roots: list[x509.Certificate] = []
-    others: list[x509.Certificate] = []
-    for cert in certs:
-        (roots if cert.issuer == cert.subject else others).append(cert)
-    return roots, others
+    return error(f"{what} {path} is readable by group or others (mode {loose}): chmod 600 it")
 
 
 async def chain(cert: x509.Certificate, extra: Sequence[x509.Certificate], roots: Sequence[x509.Certificate],
                 intermediates: Sequence[x509.Certificate], crls: Sequence[bytes], now: dt.datetime,
                 anchors_name: str = "the trust anchors") -> list[Finding]:
-    """A path from `cert` to one of `roots`, valid now, not revoked by the given CRLs.
+    """A path from `cert` to one of `roots`, valid now, not revoked by the given CRLs: the path
+    validation of `gateway.smime.trust`, its refusals as findings.
 
     Soft-fail revocation: a certificate no given CRL covers is not an error here (the running
     gateway's own policy decides about fetching); one a CRL lists as revoked is."""
+    from gateway.smime.trust import TrustStore, validate_path  # pyhanko: loaded only when a path is checked
+
     if not roots:
         return [warning(f"chain not checked: no trust anchors to check it against ({anchors_name})")]
     try:
-        ctx = ValidationContext(trust_roots=[to_asn1(c) for c in roots],
-                                other_certs=[to_asn1(c) for c in [*extra, *intermediates]], crls=list(crls),
-                                revocation_mode="soft-fail", moment=now, allow_fetching=False)
-        await CertificateValidator(to_asn1(cert), validation_context=ctx).async_validate_path()
-    except pv_errors.PathBuildingError:
+        await validate_path(cert, TrustStore(tuple(roots), tuple(intermediates)), extra, crls, now,
+                            revocation_mode="soft-fail")
+    except UnknownIssuer:
         return [error(f"certificate does not chain to {anchors_name}")]
-    except pv_errors.RevokedError:
+    except CertificateRevoked:
         return [error("certificate is revoked (listed in a configured CRL)")]
-    except pv_errors.ExpiredError:
+    except CertificateExpired:
         return [error(CHAIN_EXPIRED)]
-    except pv_errors.NotYetValidError:
+    except CertificateNotYetValid:
         return [error(CHAIN_NOT_YET_VALID)]
-    except (pv_errors.PathValidationError, pv_errors.ValidationError) as exc:
-        return [error(f"certificate path to {anchors_name} is not valid ({type(exc).__name__})")]
-    except PARSE_ERRORS as exc:
-        return [error(f"certificate path cannot be processed ({type(exc).__name__})")]
+    except CertificateRefused as exc:
+        return [error(f"{exc}, against {anchors_name}")]
     return []

@@ -137,23 +137,30 @@ async def load_key_async(key: KeyRef | str, **options: Any) -> Any:
     return await asyncio.to_thread(_load_soft, ref)  # file reads, PKCS#12 key derivation: off the loop
 
 
+def token_certificates(ref: KeyRef) -> tuple[Any | None, list[Any] | None]:
+    """The certificate and chain a token key's `cert` / `chain` files give (None when not set),
+    read as the token will be given them; used by start-up checks too (blocking)."""
+    cert = _certs(ref.cert, "cert")[0] if ref.cert else None
+    chain = _certs(ref.chain, "chain") if ref.chain else None
+    return cert, chain
+
+
 def _token_options(ref: KeyRef) -> dict[str, Any]:
     from gateway.smime.pkcs11 import pin_source
 
-    cert = _certs(ref.cert)[0] if ref.cert else None
-    chain = _certs(ref.chain) if ref.chain else None
+    cert, chain = token_certificates(ref)
     return {"module": ref.module, "usage": ref.usage, "certificate": cert, "chain": chain,
             "pin": pin_source(pin_file=ref.pin_file, pin_env=ref.pin_env, pin_stdin=ref.pin_stdin),
             "processes": ref.processes, "concurrency": ref.concurrency, "max_waiting": ref.max_waiting,
             "defer_if_absent": ref.wait_for_token}
 
 
-def _certs(path: str) -> list[Any]:
+def _certs(path: str, key: str) -> list[Any]:
     from gateway.smime.softkeys import load_certificates
 
     certs = load_certificates(path)
     if not certs:
-        raise ConfigError([(path, "cert", "no certificate in the file")])
+        raise ConfigError([(path, key, "no certificate in the file")])
     return certs
 
 

@@ -17,6 +17,7 @@ from cryptography.exceptions import UnsupportedAlgorithm as CryptoUnsupported
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
+from cryptography.hazmat.primitives.asymmetric.types import PublicKeyTypes
 from cryptography.hazmat.primitives.serialization import pkcs12
 
 from gateway.smime.errors import DecryptionFailed, KeyLoadError, UnsupportedAlgorithm
@@ -143,10 +144,14 @@ def load_pkcs12(path: str | Path, password: bytes | None) -> SoftKey:
     return _matched(_check_key(key), cert, tuple(extra))
 
 
+def same_public_key(public_key: PublicKeyTypes, cert: x509.Certificate) -> bool:
+    """Whether a key (given by its public half) is the one the certificate certifies."""
+    fmt, enc = serialization.PublicFormat.SubjectPublicKeyInfo, serialization.Encoding.DER
+    return public_key.public_bytes(enc, fmt) == cert.public_key().public_bytes(enc, fmt)
+
+
 def _matched(key: SoftPrivateKey, cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> SoftKey:
-    pub = serialization.PublicFormat.SubjectPublicKeyInfo
-    if key.public_key().public_bytes(serialization.Encoding.DER, pub) != cert.public_key().public_bytes(
-            serialization.Encoding.DER, pub):
+    if not same_public_key(key.public_key(), cert):
         raise KeyLoadError("private key does not match its certificate")
     return SoftKey(key, cert, chain)
 

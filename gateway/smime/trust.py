@@ -13,9 +13,10 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes
@@ -55,13 +56,9 @@ class TrustStore:
         d = Path(directory)
         if not d.is_dir():
             raise KeyLoadError(f"trust store {d.name} is not a directory")
-        roots: list[x509.Certificate] = []
-        inter: list[x509.Certificate] = []
-        for path in sorted(d.iterdir()):
-            if path.suffix.lower() not in (".pem", ".crt", ".cer", ".der"):
-                continue
-            for cert in load_certificates(path):
-                (roots if cert.issuer == cert.subject else inter).append(cert)
+        certs = [cert for path in sorted(d.iterdir()) if path.suffix.lower() in (".pem", ".crt", ".cer", ".der")
+                 for cert in load_certificates(path)]
+        roots, inter = split_anchors(certs)
         if not roots:
             raise KeyLoadError(f"trust store {d.name} holds no root certificate")
         return cls(tuple(roots), tuple(inter))
@@ -69,6 +66,15 @@ class TrustStore:
     @property
     def all(self) -> tuple[x509.Certificate, ...]:
         return self.roots + self.intermediates
+
+
+def split_anchors(certs: Iterable[x509.Certificate]) -> tuple[list[x509.Certificate], list[x509.Certificate]]:
+    """(self-signed ones: trust anchors, the others: intermediates)."""
+    roots: list[x509.Certificate] = []
+    others: list[x509.Certificate] = []
+    for cert in certs:
+        (roots if cert.issuer == cert.subject else others).append(cert)
+    return roots, others
 
 
 @dataclass(frozen=True)
@@ -135,7 +141,7 @@ async def validate_recipient(cert: x509.Certificate, address: str | None, *, tru
     key = PathCache.key([cert, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, (), crl_der, now, failed, ocsp_der)
+        chain = await validate_path(cert, trust, (), crl_der, now, fetch_failed=failed, ocsp_der=ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     return PathResult(chain, "good")
@@ -191,7 +197,7 @@ async def validate_signer(cert: x509.Certificate, *, trust: TrustStore, crls: Cr
     key = PathCache.key([cert, *extra_certs, *trust.all], [*crl_der, *ocsp_der], now) if cache is not None else None
     chain = cache.get(key) if cache is not None and key is not None else None
     if chain is None:
-        chain = await _validate_path(cert, trust, extra_certs, crl_der, now, failed, ocsp_der)
+        chain = await validate_path(cert, trust, extra_certs, crl_der, now, fetch_failed=failed, ocsp_der=ocsp_der)
         if cache is not None and key is not None:
             cache.put(key, chain)
     check_signing_usage(cert)
@@ -210,16 +216,23 @@ async def _revocation_info(chain: Sequence[x509.Certificate], crls: CrlSource, o
     return crl_der, ocsp_der, (crl_failures + ocsp_failures) > 0
 
 
-async def _validate_path(cert: x509.Certificate, trust: TrustStore, extra_certs: Sequence[x509.Certificate],
-                         crl_der: list[bytes], now: dt.datetime, fetch_failed: bool,
-                         ocsp_der: Sequence[bytes] = ()) -> tuple[x509.Certificate, ...]:
-    """pyhanko-certvalidator, hard-fail: a certificate declaring a CRL distribution point or an OCSP
-    responder needs a fresh CRL or a good, fresh OCSP response (either suffices)."""
+RevocationMode = Literal["hard-fail", "soft-fail"]
+
+
+async def validate_path(cert: x509.Certificate, trust: TrustStore, extra_certs: Sequence[x509.Certificate],
+                        crl_der: Sequence[bytes], now: dt.datetime, *, revocation_mode: RevocationMode = "hard-fail",
+                        fetch_failed: bool = False, ocsp_der: Sequence[bytes] = ()) -> tuple[x509.Certificate, ...]:
+    """pyhanko-certvalidator with only the CRLs and OCSP responses given (it fetches nothing); the
+    path (leaf first) or a typed refusal. "hard-fail" (messages): a certificate declaring a CRL
+    distribution point or an OCSP responder needs a fresh CRL or a good, fresh OCSP response
+    (either suffices). "soft-fail" (start-up checks on CRL files only): missing revocation
+    information is no refusal, a revocation listed in a given CRL still is."""
     try:
         ctx = ValidationContext(
             trust_roots=[to_asn1(c) for c in trust.roots],
             other_certs=[to_asn1(c) for c in [*extra_certs, *trust.intermediates]],
-            crls=crl_der, ocsps=list(ocsp_der), revocation_mode="hard-fail", moment=now, allow_fetching=False)
+            crls=list(crl_der), ocsps=list(ocsp_der), revocation_mode=revocation_mode, moment=now,
+            allow_fetching=False)
         validator = CertificateValidator(to_asn1(cert), validation_context=ctx)
         path = await validator.async_validate_path()
     except pv_errors.PathBuildingError:

@@ -154,6 +154,76 @@ def test_warnings_only_check_passes_and_serve_starts(pki: TestPKI, tmp_path: Pat
     assert warned and warned[0]["key"] == "keys.later" and "20 days" in warned[0]["reason"]
 
 
+def test_old_decryption_keys_only_warn_and_serve_starts(pki: TestPKI, tmp_path: Path) -> None:
+    """Keeping last year's mailbox key after a renewal is normal (older mail must still open):
+    for a decrypt-only key, dates and the path to the anchors are warnings, not a refusal."""
+    made = tmp_path / "keys"
+    other_cert, other_key, _ = make_ca(made, "TEST AC INCONNUE")
+    last_year = make_cert(made, "last-year", pki.orgs_ca, days_left=-30, not_before_days=-400, sign=False)
+    mailbox = make_cert(made, "mailbox-old", pki.orgs_ca, days_left=-2, not_before_days=-400, sign=False)
+    ending = make_cert(made, "ending", pki.orgs_ca, days_left=5.5, sign=False)
+    future = make_cert(made, "future", pki.orgs_ca, days_left=400, not_before_days=3, sign=False)
+    stranger = make_cert(made, "stranger-decrypt", (other_cert, other_key), sign=False)
+    org_sign = pki["org_sign"]
+    decrypt = 'usage = "decrypt"'
+    keys = "".join([
+        _key_table("good", org_sign.key_path, org_sign.cert_path, org_sign.chain_path),
+        _key_table("last-year", last_year.key_path, last_year.cert_path, last_year.chain_path, decrypt),
+        _key_table("mailbox-old", mailbox.key_path, mailbox.cert_path, mailbox.chain_path),  # named by nothing
+        _key_table("ending", ending.key_path, ending.cert_path, ending.chain_path, decrypt),
+        _key_table("future", future.key_path, future.cert_path, future.chain_path, decrypt),
+        _key_table("stranger-decrypt", stranger.key_path, stranger.cert_path, stranger.chain_path, decrypt),
+    ])
+    setup = _config(tmp_path / "gw", pki, keys, {ORG_EMAIL: "good"})
+    cfg = str(setup.config)
+    out = msgw("check", "--config", cfg)
+    err, stdout = out.stderr.decode(), out.stdout.decode()
+    assert out.returncode == 0, err
+    warned = {
+        "last-year": f"certificate expired on {_day(last_year.cert_path)}",
+        "mailbox-old": "certificate expired on",
+        "ending": f"certificate expires in 5 days ({_day(ending.cert_path)})",
+        "future": "certificate not valid before",
+        "stranger-decrypt": "does not chain to the trust anchors",
+    }
+    for name, text in warned.items():
+        line = next((x for x in err.splitlines() if x.startswith(f"warning: {cfg}: keys.{name}: ")), "")
+        assert text in line and "decryption only" in line, (name, err)
+        assert f"keys.{name}: OK (decrypt" in stdout, (name, stdout)
+    with GatewayProcess(setup):
+        pass
+    logged = {e["key"] for e in log_events(setup) if e["event"] == "key-warning"}
+    assert {f"keys.{name}" for name in warned} <= logged
+
+
+def test_listener_certificate_dates_follow_the_key_rules(pki: TestPKI, tmp_path: Path) -> None:
+    """The listeners' TLS certificates get the same dates rule as the keys: an error under 14
+    days or when not yet valid, a warning under 30."""
+    tls = tmp_path / "tls"
+    ca = make_ca(tls, "TEST AC TLS")[:2]
+    cases = {"ten-days": dict(days_left=10.5), "not-yet": dict(not_before_days=2),
+             "twenty-days": dict(days_left=20.5)}
+    outcomes = {}
+    for name, dates in cases.items():
+        made = make_cert(tls, name, ca, eku=SERVER, **dates)  # type: ignore[arg-type]
+        folder = tmp_path / name
+        folder.mkdir()
+        shutil.copy(made.cert_path, folder / "tls-cert.pem")
+        shutil.copy(made.key_path, folder / "tls-key.pem")
+        setup = write_config(folder, sink_port=9)  # keeps the listener certificate found there
+        outcomes[name] = (setup.config, msgw("check", "--config", str(setup.config)))
+    config, ten = outcomes["ten-days"]
+    assert ten.returncode == 2 and f"{config}: listeners.submission.tls_cert: certificate expires in 10 days" \
+        in ten.stderr.decode(), ten.stderr
+    config, early = outcomes["not-yet"]
+    assert early.returncode == 2 and f"{config}: listeners.relay.tls_cert: certificate not valid before" \
+        in early.stderr.decode(), early.stderr
+    config, twenty = outcomes["twenty-days"]
+    assert twenty.returncode == 0, twenty.stderr
+    assert f"warning: {config}: listeners.submission.tls_cert: certificate expires in 20 days" \
+        in twenty.stderr.decode()
+
+
 def test_route_client_certificates_are_checked(pki: TestPKI, tmp_path: Path) -> None:
     tls = tmp_path / "tls"
     ca_cert, ca_key, ca_file = make_ca(tls, "TEST AC TLS")

@@ -2,14 +2,28 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
+import re
 import subprocess
 import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from gateway.audit import ALLOWED_FIELDS, GENESIS, AuditError, AuditTrail, audit_path, record_hash
+from gateway.audit import (
+    ALLOWED_FIELDS,
+    GENESIS,
+    MAX_BATCH,
+    AuditError,
+    AuditTrail,
+    AuditUnavailable,
+    AuditWriter,
+    audit_path,
+    record_hash,
+)
 from tests.conftest import MSGW
 
 
@@ -210,3 +224,148 @@ def test_cli_verify_and_show(tmp_path: Path) -> None:
     assert json.loads(r.stdout)["first_bad_seq"] == 5
     trail.path.write_text(original)
     assert msgw("verify").returncode == 0
+
+
+# -- batches (the running gateway's writer) ---------------------------------------------------------
+def _fields(i: int) -> dict:
+    return {"message_id": f"q{i}", "sender": "lis@lab.test", "recipient": f"dr{i}@mssante.test",
+            "decision": "smime", "outcome": "delivered 2.0.0"}
+
+
+class _FsyncCounter:
+    """Counts the real fsyncs (each one still done): what a batch costs in disk flushes."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.calls = 0
+        real = os.fsync
+
+        def counting(fd: int) -> None:
+            self.calls += 1
+            real(fd)
+
+        monkeypatch.setattr(os, "fsync", counting)
+
+
+def test_append_many_is_one_chain_with_one_flush_per_batch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    first = trail.append(**_fields(0))
+    fsyncs = _FsyncCounter(monkeypatch)
+    recs = trail.append_many([_fields(i) for i in range(1, 101)])
+    assert fsyncs.calls == 3  # the trail once, the head's file and its folder: per batch, not per record
+    assert [r["seq"] for r in recs] == list(range(2, 102))
+    assert recs[0]["prev_hash"] == first["hash"]
+    assert all(b["prev_hash"] == a["hash"] for a, b in zip(recs, recs[1:], strict=False))
+    assert list(trail.records()) == [first, *recs] and trail.head() == (101, recs[-1]["hash"])
+    assert trail.verify().ok and trail.verify().records == 101
+    assert trail.append(message_id="cli")["seq"] == 102 and trail.verify().ok  # the CLI's single append
+    # a refused record refuses the batch: nothing of it is written
+    with pytest.raises(AuditError):
+        trail.append_many([_fields(200), {"message_id": "m", "subject": "Résultats"}])
+    assert trail.verify().records == 102
+
+
+def test_a_crash_between_a_batch_and_its_head_still_verifies(tmp_path: Path) -> None:
+    """The head may lag by the batch that was being appended (not only by one record), no more."""
+    trail = AuditTrail(tmp_path / "audit.jsonl", fsync=False)
+    trail.append_many([_fields(i) for i in range(3)])
+    head = trail.head_path.read_text()
+    trail.append_many([_fields(i) for i in range(3, 3 + MAX_BATCH)])
+    trail.head_path.write_text(head)  # as if we crashed between the batch and the head
+    report = trail.verify()
+    assert report.ok and report.records == 3 + MAX_BATCH, report
+    trail.append(message_id="next")  # the next append brings the head forward
+    assert trail.verify().ok and trail.head()[0] == 4 + MAX_BATCH
+    head = trail.head_path.read_text()
+    trail.append_many([_fields(i) for i in range(MAX_BATCH + 1)])
+    trail.head_path.write_text(head)  # more than one batch behind: not a crash, a replaced head
+    report = trail.verify()
+    assert not report.ok and "lags" in report.reason
+
+
+def test_a_batch_torn_by_a_crash_is_dropped_if_never_acknowledged(tmp_path: Path) -> None:
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    kept = trail.append_many([_fields(i) for i in range(3)])
+    good = trail.path.read_bytes()
+    head = trail.head_path.read_text()
+    trail.append_many([_fields(i) for i in range(3, 8)])  # complete records of the batch ...
+    trail.head_path.write_text(head)
+    with open(trail.path, "ab") as fh:
+        fh.write(b'{"seq":9,"time":')  # ... and the one the crash cut: none acknowledged
+    assert not trail.verify().ok
+    rec = trail.append(message_id="after")
+    assert rec["seq"] == 4 and rec["prev_hash"] == kept[-1]["hash"]
+    assert trail.path.read_bytes().startswith(good) and trail.verify().ok and trail.verify().records == 4
+
+
+def test_a_full_disk_leaves_no_part_of_a_batch(tmp_path: Path, tmpfs_factory) -> None:
+    disk = tmpfs_factory("64k")
+    trail = AuditTrail(disk / "audit.jsonl")
+    trail.append_many([_fields(i) for i in range(5)])
+    before = trail.path.read_bytes()
+    filler = disk / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:  # fill the disk to its last byte
+        while os.write(fd, b"x" * 512):
+            pass
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+    with pytest.raises(AuditUnavailable):
+        trail.append_many([_fields(i) for i in range(5, 5 + MAX_BATCH)])
+    assert trail.path.read_bytes() == before and trail.verify().ok  # rolled back, not torn
+    filler.unlink()
+    assert trail.append(message_id="after")["seq"] == 6 and trail.verify().ok
+
+
+def test_writer_writes_in_batches_and_close_writes_everything(tmp_path: Path, capsys: pytest.CaptureFixture,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    n = 10_000
+    # before: one append per record (what the writer did): three fsyncs and a tail read each
+    single = AuditTrail(tmp_path / "single" / "audit.jsonl")
+    fsyncs = _FsyncCounter(monkeypatch)
+    start = time.perf_counter()
+    for i in range(n):
+        single.append(**_fields(i))
+    single_s, single_fsyncs = time.perf_counter() - start, fsyncs.calls
+    assert single.verify().records == n
+
+    # after: the writer drains what is queued in batches
+    trail = AuditTrail(tmp_path / "batched" / "audit.jsonl")
+    trail.path.parent.mkdir()
+    trail.path.touch()
+    failures: list[AuditError] = []
+    writer = AuditWriter(trail, on_error=failures.append)
+    fsyncs.calls = 0
+    start = time.perf_counter()
+    with open(trail.path, "rb") as held:  # another process holds the trail: everything queues up
+        fcntl.flock(held, fcntl.LOCK_EX)
+        for i in range(n):
+            writer(**_fields(i))
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.close()  # returns once every queued record is written
+    batched_s = time.perf_counter() - start
+    report = trail.verify()
+    assert failures == [] and report.ok and report.records == n, report
+    assert [r["message_id"] for r in trail.records()] == [f"q{i}" for i in range(n)]
+    assert fsyncs.calls <= 3 * (n // MAX_BATCH + 2)
+    with capsys.disabled():
+        print(f"\naudit, {n} records: one append each {single_s:.2f} s ({single_fsyncs} fsyncs); "
+              f"AuditWriter batches {batched_s:.2f} s ({fsyncs.calls} fsyncs)")
+
+
+def test_writer_reports_what_it_cannot_write_and_ends(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("")
+    failures: list[AuditError] = []
+    writer = AuditWriter(AuditTrail(blocker / "audit.jsonl"), on_error=failures.append)
+    for i in range(5):
+        writer(**_fields(i))
+    writer(message_id="m", subject="Résultats")  # refused on its own, the others still tried
+    writer.close()
+    assert failures and all(isinstance(f, AuditError) for f in failures)
+    lost = sum(int(m.group(1)) for f in failures if (m := re.search(r"(\d+) record\(s\) not written", str(f))))
+    assert lost == 5 and any("subject" in str(f) for f in failures)
+    assert "Résultats" not in " ".join(str(f) for f in failures)
+    writer(message_id="late")  # after close: reported, not silently dropped
+    assert "closed" in str(failures[-1])

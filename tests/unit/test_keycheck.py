@@ -11,8 +11,11 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID
 
+from gateway.filemodes import loose_mode
 from gateway.smime import keycheck
+from gateway.smime.softkeys import same_public_key
 from gateway.smime.testpki import TestPKI
+from gateway.smime.trust import split_anchors
 from tests.smime.issue import CLIENT, SERVER, make_cert
 from tests.smime.support import shared_pki
 
@@ -43,6 +46,10 @@ def test_validity_thresholds(pki: TestPKI) -> None:
     assert keycheck.validity(cert, end) == [keycheck.error(f"certificate expired on {day}")]
     early = keycheck.validity(cert, cert.not_valid_before_utc - dt.timedelta(seconds=1))
     assert early[0].severity == "error" and "not valid before" in early[0].message
+    # what the running gateway asks before signing: usable at all now (no 14-day margin)
+    assert keycheck.current(cert, end - dt.timedelta(hours=3)) is None
+    assert keycheck.current(cert, end) == f"certificate expired on {day}"
+    assert keycheck.current(cert, cert.not_valid_before_utc - dt.timedelta(seconds=1)) == early[0].message
 
 
 def test_usage_per_role(pki: TestPKI, tmp_path: Path) -> None:
@@ -67,12 +74,18 @@ def test_usage_per_role(pki: TestPKI, tmp_path: Path) -> None:
 
 def test_key_match_and_file_mode(pki: TestPKI) -> None:
     org = pki["org_sign"]
-    assert keycheck.same_public_key(org.key.public_key(), org.cert)
-    assert not keycheck.same_public_key(org.key.public_key(), pki["org_encrypt"].cert)
+    assert same_public_key(org.key.public_key(), org.cert)  # the one softkeys loads keys with
+    assert not same_public_key(org.key.public_key(), pki["org_encrypt"].cert)
     assert keycheck.file_mode(0o100600, "key file", "/k") is None
     assert keycheck.file_mode(0o100400, "key file", "/k") is None
     loose = keycheck.file_mode(0o100640, "key file", "/k")
     assert loose is not None and loose.severity == "error" and "(mode 0640)" in loose.message
+    assert loose_mode(0o100600) is None and loose_mode(0o104604) == "4604"
+
+
+def test_split_anchors_is_the_trust_stores(pki: TestPKI) -> None:
+    roots, others = split_anchors([pki["org_sign"].cert, pki.root.cert, pki.orgs_ca.cert])
+    assert roots == [pki.root.cert] and others == [pki["org_sign"].cert, pki.orgs_ca.cert]
 
 
 async def test_chain_to_the_anchors(pki: TestPKI) -> None:

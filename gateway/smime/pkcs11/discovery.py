@@ -150,17 +150,12 @@ class KeyProbe:
     chain: tuple[x509.Certificate, ...] = ()
 
 
-def probe_key(module_path: str, uri: Pkcs11Uri) -> KeyProbe:
-    """Load the module, find the token and the URI's objects, never touching the PIN (blocking).
+async def probe_key_async(module_path: str, uri: Pkcs11Uri) -> KeyProbe:
+    """Load the module, find the token and the URI's objects, never touching the PIN; on the
+    module's thread, without blocking the event loop.
 
     Raises ModuleError (module does not load), TokenAbsent (no such token), KeyNotFound (several
     tokens match)."""
-    worker = get_worker(module_path)
-    return worker.run_sync(_probe_on_thread, worker, uri)
-
-
-async def probe_key_async(module_path: str, uri: Pkcs11Uri) -> KeyProbe:
-    """`probe_key` without blocking the event loop."""
     worker = get_worker(module_path)
     return await worker.run(_probe_on_thread, worker, uri)
 
