@@ -33,6 +33,7 @@ from gateway.routing.certsources import (
 )
 from gateway.routing.directory import SqliteDirectory, directory_path
 from gateway.routing.trustspace import TrustSpace
+from gateway.smime import keycheck
 from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.keyapi import DecryptionKey, HashName, KeyTransportPadding, SignaturePadding, SigningKey
 from gateway.smime.keystore import KeyUnavailable, load_key_async
@@ -270,11 +271,9 @@ _LOCAL_FAULTS = frozenset({"pkcs11-pin-rejected", "pkcs11-pin-unavailable", "pkc
 def _certificate_current(cert: x509.Certificate) -> None:
     """We do not sign with a certificate that is expired (or not yet valid): recipients would
     refuse the signature; the message waits for the renewed certificate."""
-    now = dt.datetime.now(dt.UTC)
-    if now >= cert.not_valid_after_utc:
-        raise KeyUnavailable(f"its certificate expired on {cert.not_valid_after_utc:%Y-%m-%d}")
-    if now < cert.not_valid_before_utc:
-        raise KeyUnavailable(f"its certificate is not valid before {cert.not_valid_before_utc:%Y-%m-%d %H:%M} UTC")
+    reason = keycheck.current(cert, dt.datetime.now(dt.UTC))
+    if reason is not None:
+        raise KeyUnavailable(reason)
 
 
 class GuardedKey:
