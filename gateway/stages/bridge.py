@@ -27,12 +27,14 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import replace
+from email.utils import getaddresses
 from typing import Any
 
-from gateway.errors import GatewayError, PermanentError
+from gateway.errors import GatewayError, MalformedInput, PermanentError
 from gateway.legacy import LegacyCodec, detect_codec
 from gateway.legacy.mimeutil import neutral_attachment_names
 from gateway.pipeline import Outgoing, WorkItem
+from gateway.senders import header_fields
 from gateway.smime.identity import read_identity
 from gateway.smime.keyapi import SigningKey
 from gateway.smime.keystore import KeyUnavailable
@@ -104,6 +106,15 @@ class LegacyInboundStage:
         identity = self.ctx.legacy_identity(codec.name)
         loop = asyncio.get_running_loop()
         mime = await loop.run_in_executor(None, _bridged, codec, item.data, keys, identity)
+        # Qualified by its envelope sender only (not a legacy listener): the armor must say the same
+        # author, or a known correspondent's address would carry anyone's content through the bridge.
+        if not self.ctx.bridges_from(env.listener, "") and _author(mime) != env.sender.lower():
+            for rcpt in env.recipients:
+                if rcpt not in item.handled:
+                    self.ctx.audit(message_id=env.queue_id, sender=env.sender, recipient=rcpt,
+                                   decision="legacy-not-bridged", codec=codec.name,
+                                   reason="the armor's From is not the legacy correspondent that sent it")
+            return item.with_note(f"{codec.name} armor not bridged: author and envelope sender differ")
         for rcpt in same:
             self.ctx.audit(message_id=env.queue_id, sender=env.sender, recipient=rcpt,
                            decision=f"legacy-passthrough:{codec.name}", codec=codec.name)
@@ -116,6 +127,16 @@ class LegacyInboundStage:
             passthrough = (Outgoing(same, data, form=f"legacy:{codec.name}"),)
         return replace(item, data=mime, kind=f"bridged:{codec.name}", outgoing=(*item.outgoing, *passthrough),
                        notes=(*item.notes, f"decoded from {codec.name}"))
+
+
+def _author(message: bytes) -> str | None:
+    """The single From address of the decoded message, or None (none, several, unreadable)."""
+    try:
+        values = [v for name, v in header_fields(message) if name == "from"]
+    except MalformedInput:
+        return None
+    addresses = [a.strip().lower() for _, a in getaddresses(values) if a.strip()]
+    return addresses[0] if len(values) == 1 and len(addresses) == 1 else None
 
 
 def _bridged(codec: LegacyCodec, data: bytes, keys: Any, identity: str) -> bytes:

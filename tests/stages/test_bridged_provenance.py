@@ -56,8 +56,8 @@ def keys_dir(tmp_path: Path) -> Path:
     return folder
 
 
-def legacy_mail(keys_dir: Path, to: str = PERSON_EMAIL) -> bytes:
-    mime = (f"From: <{LEGACY_LAB}>\r\nTo: <{to}>\r\nSubject: Resultats TESTPATIENT\r\nMIME-Version: 1.0\r\n"
+def legacy_mail(keys_dir: Path, to: str = PERSON_EMAIL, author: str = LEGACY_LAB) -> bytes:
+    mime = (f"From: <{author}>\r\nTo: <{to}>\r\nSubject: Resultats TESTPATIENT\r\nMIME-Version: 1.0\r\n"
             "Content-Type: text/plain; charset=iso-8859-1\r\nContent-Transfer-Encoding: 8bit\r\n\r\n").encode() + HPRIM
     return APICRYPT1.encode(mime, "labo.test", ["msgw.bridge"], ApicryptKeyStore(keys_dir))
 
@@ -93,6 +93,17 @@ async def test_armor_from_an_account_without_key_or_a_partner_is_never_signed(pk
         opened = await unwrap_message(out.data, keys=[_key(pki, "person_encrypt")], verifier=ctx.verifier)
         assert opened.layers == ("enveloped",) and not opened.signatures, n
         assert b"#BINASCII1#" in opened.content
+
+
+async def test_a_known_correspondent_address_does_not_carry_another_author(pki: TestPKI, keys_dir: Path) -> None:
+    """Anyone may type a known legacy lab's address in MAIL FROM on the relay listener: armor whose
+    own From names someone else is not bridged (nor signed by the bridge key) on that path."""
+    ctx = BridgeCtx(pki, _policy(), keys_dir=keys_dir, legacy_senders=(LEGACY_LAB,))
+    env = Envelope("B5", LEGACY_LAB, (PERSON_EMAIL,), listener="relay")
+    (out,) = (await _run(ctx, env, legacy_mail(keys_dir, author="dr.someone@elsewhere.test"))).outgoing
+    opened = await unwrap_message(out.data, keys=[_key(pki, "person_encrypt")], verifier=ctx.verifier)
+    assert opened.layers == ("enveloped",) and not opened.signatures
+    assert b"#BINASCII1#" in opened.content
 
 
 @pytest.mark.parametrize("listener, known", [("legacy", ()), ("relay", (LEGACY_LAB,))])
