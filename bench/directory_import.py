@@ -3,7 +3,7 @@
 1. Generates an invented MSSanté mailbox extraction (the 31 public column names, `|`-separated,
    UTF-8; invented names, RPPS numbers with a Luhn key, `.test` domains) of --rows rows
    (default 1,000,000; --quick 100,000).
-2. Imports it with gateway.routing.annuaire.import_file into a fresh SqliteDirectory: rows/second.
+2. Imports it with gateway.directory.annuaire.import_file into a fresh SqliteDirectory: rows/second.
 3. 10,000 random look-ups by RPPS (`by_rpps`) and 10,000 by address (`by_address`): p50/p99 in µs.
 Baseline (the floor), in the same run: read the same file, split each line, keep (address, RPPS)
 and `executemany` them into a bare 2-column SQLite table (same WAL + synchronous=NORMAL settings,
@@ -28,8 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _support import default_json, loadavg, machine, percentile, print_table, write_json  # noqa: E402
 
-from gateway.routing.annuaire import import_file  # noqa: E402
-from gateway.routing.directory import SqliteDirectory  # noqa: E402
+from gateway.directory.annuaire import import_file  # noqa: E402
+from gateway.directory.directory import SqliteDirectory  # noqa: E402
 
 MSSANTE_HEADER = [
     "Type de BAL", "Adresse BAL", "Type Identifiant PP", "Identifiant PP", "Identification nationale PP",

@@ -35,11 +35,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _support import body_lines, default_json, loadavg, machine, print_table, write_json  # noqa: E402
 from lxml import etree  # noqa: E402
 
+from gateway.directory.directory import AddressInput, DirectoryItem, Identity, SqliteDirectory  # noqa: E402
 from gateway.intake.process import intake_bytes  # noqa: E402
 from gateway.intake.resolve import resolve_recipients  # noqa: E402
 from gateway.intake.settings import RoutingSettings  # noqa: E402
 from gateway.intake.wrap import payload_message  # noqa: E402
-from gateway.routing.directory import AddressInput, DirectoryItem, Identity, SqliteDirectory  # noqa: E402
 from gateway.routing.payload import read_payload  # noqa: E402
 from gateway.routing.xdm import XdmDocument, build_xdm  # noqa: E402
 

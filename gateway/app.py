@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
 from gateway.delivery.manager import DeliveryManager
+from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.logs import event
 from gateway.pipeline import Pipeline
-from gateway.routing.directory import SqliteDirectory, directory_path
 from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
 

@@ -71,7 +71,7 @@ def prepare_test_pki(folder: Path, state_dir: Path) -> None:
     """Generate the TEST PKI (again when its CRLs run out) and seed the directory with the
     demo correspondents: the lab's own mailbox (local, decrypted with the TEST org key) and
     a doctor elsewhere who reads S/MIME (the TEST CPS-shaped person's encryption certificate)."""
-    from gateway.routing.directory import Identity, SqliteDirectory, operator_item
+    from gateway.directory.directory import Identity, SqliteDirectory, operator_item
     from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, PERSON_RPPS, build_test_pki
 
     pki_dir = folder / "pki"

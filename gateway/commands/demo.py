@@ -219,7 +219,7 @@ def _register_legacy_lab(config) -> None:
     """The legacy lab of step 6 is a known legacy correspondent (as an operator would enter it with
     `msgw directory add ... --capability legacy:apicrypt1`): only such senders, or the listeners of
     `[legacy] listeners`, get their armor bridged."""
-    from gateway.routing.directory import SqliteDirectory, directory_path, operator_item
+    from gateway.directory.directory import SqliteDirectory, directory_path, operator_item
 
     with SqliteDirectory(directory_path(config)) as directory:
         directory.put(operator_item(LEGACY_LAB, "legacy:apicrypt1", key_ref="labo.legacy", mailbox_type="APP"))

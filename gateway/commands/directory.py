@@ -67,14 +67,14 @@ def _fail(reason: str, code: int = 2) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from gateway.routing.directory import SqliteDirectory, directory_path
+    from gateway.directory.directory import SqliteDirectory, directory_path
 
     return SqliteDirectory(directory_path(config_from(args)))
 
 
 def run_import(args: argparse.Namespace) -> int:
-    from gateway.routing.annuaire import RowError, import_file
-    from gateway.routing.directory import DirectoryError, ImportFormatError
+    from gateway.directory.annuaire import RowError, import_file
+    from gateway.directory.directory import DirectoryError, ImportFormatError
 
     path = Path(args.file)
     if not path.is_file():
@@ -163,7 +163,7 @@ def _read_certs(files: list[str]) -> list[bytes]:
 
 
 def run_add(args: argparse.Namespace) -> int:
-    from gateway.routing.directory import DirectoryError, EntityKind, Identity, national_id_for, operator_item
+    from gateway.directory.directory import DirectoryError, EntityKind, Identity, national_id_for, operator_item
 
     try:
         certs = _read_certs(args.cert)
@@ -192,7 +192,7 @@ def run_add(args: argparse.Namespace) -> int:
 
 
 def run_remove(args: argparse.Namespace) -> int:
-    from gateway.routing.directory import normalise_address
+    from gateway.directory.directory import normalise_address
 
     with _open(args) as store:
         removed = store.remove("addr:" + normalise_address(args.address))

@@ -63,11 +63,11 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], kind: str) -> int:
+    from gateway.directory.directory import SqliteDirectory, directory_path
     from gateway.intake.bundle import bundle_files
     from gateway.intake.dedup import DedupStore
     from gateway.intake.process import accept_all, intake_bytes
     from gateway.intake.service import DEDUP_FILE
-    from gateway.routing.directory import SqliteDirectory, directory_path
 
     routing = config.intake.routing
     now = dt.datetime.now(dt.UTC)

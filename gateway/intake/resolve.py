@@ -2,7 +2,7 @@
 
 Why pure (no I/O but the directory object passed in): routing decisions must be testable
 alone and auditable; the directory is any object with ``by_rpps``/``by_national_id``/
-``by_adeli`` (the :class:`~gateway.routing.directory.DirectoryStore` protocol).
+``by_adeli`` (the :class:`~gateway.directory.directory.DirectoryStore` protocol).
 
 Rules:
 - a party that is the patient (HL7 PRT copy to the patient's own mailbox) is never used:
@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.routing.directory import LOCAL, SMIME, TRUSTED_DOMAIN, Correspondent, is_address
+from gateway.directory.directory import LOCAL, SMIME, TRUSTED_DOMAIN, Correspondent, is_address
 from gateway.routing.payload import PartyRef, PayloadInfo
 
 

@@ -46,7 +46,7 @@ class IntakeService:
             return
         loop = asyncio.get_running_loop()
         if self.directory is None:
-            from gateway.routing.directory import SqliteDirectory
+            from gateway.directory.directory import SqliteDirectory
             self.directory = await loop.run_in_executor(None, SqliteDirectory, self.directory_path)
         self.dedup = await loop.run_in_executor(
             None, lambda: DedupStore(self.state_dir / DEDUP_FILE, window=self.config.routing.dedup_window))

@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from gateway.directory.directory import SqliteDirectory
 from gateway.errors import MalformedInput
 from gateway.intake.bundle import Bundle, SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import accept_all, intake_bytes
 from gateway.intake.service import DEDUP_FILE
 from gateway.intake.settings import RoutingSettings
-from gateway.routing.directory import SqliteDirectory
 from gateway.routing.payload import detect_payload
 from gateway.routing.sidecar import looks_like_sidecar
 

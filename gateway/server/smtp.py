@@ -507,8 +507,8 @@ class GatewayHandler:
     async def _route_payload(self, session: Session, sender: str, rcpts: list[str], data: bytes,
                              auth_user: str | None) -> str:
         """A bare payload mailed to the routing address: its recipients come from its content."""
+        from gateway.directory.directory import directory_path
         from gateway.intake.smtp_payload import route_smtp_payload
-        from gateway.routing.directory import directory_path
 
         others = [r for r in rcpts if r.lower() != self.payload_address]
         loop = asyncio.get_running_loop()

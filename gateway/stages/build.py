@@ -19,11 +19,8 @@ from cryptography import x509
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig, PolicyConfig
-from gateway.errors import GatewayError, PermanentError
-from gateway.logs import event
-from gateway.pipeline import DEFAULT_STAGES, Pipeline, Refusal, WorkItem
-from gateway.routing.certdiscovery import CertificateDiscovery, CertificateDiscoveryError, NoCertificate
-from gateway.routing.certsources import (
+from gateway.directory.certdiscovery import CertificateDiscovery, CertificateDiscoveryError, NoCertificate
+from gateway.directory.certsources import (
     CertificateSource,
     DirectorySource,
     DnsCertSource,
@@ -31,8 +28,11 @@ from gateway.routing.certsources import (
     HarvestStore,
     LdapSource,
 )
-from gateway.routing.directory import SqliteDirectory, directory_path
-from gateway.routing.trustspace import TrustSpace
+from gateway.directory.directory import SqliteDirectory, directory_path
+from gateway.directory.trustspace import TrustSpace
+from gateway.errors import GatewayError, PermanentError
+from gateway.logs import event
+from gateway.pipeline import DEFAULT_STAGES, Pipeline, Refusal, WorkItem
 from gateway.smime import keycheck
 from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.keyapi import DecryptionKey, HashName, KeyTransportPadding, SignaturePadding, SigningKey

@@ -9,14 +9,14 @@ from collections.abc import Callable, Sequence
 
 import pytest
 
-from gateway.errors import GatewayError, PermanentError, TemporaryError
-from gateway.routing.certdiscovery import (
+from gateway.directory.certdiscovery import (
     CertificateDiscovery,
     CertificateDiscoveryError,
     NoCertificate,
     NoCertificateTemporary,
 )
-from gateway.routing.certsources import DirectorySource, SourceAnswer
+from gateway.directory.certsources import DirectorySource, SourceAnswer
+from gateway.errors import GatewayError, PermanentError, TemporaryError
 
 from .conftest import Checker, Clock, Pki, der
 
@@ -191,7 +191,7 @@ async def test_slow_and_buggy_sources_are_temporary_failures(pki: Pki, checker: 
     buggy = Book(error=lambda: RuntimeError("bug"))
     discovery = CertificateDiscovery([SlowSource(), DirectorySource(buggy, name="buggy")], checker,
                                      source_timeout=0.1, clock=clock)
-    with caplog.at_level(logging.ERROR, logger="gateway.routing.certdiscovery"):
+    with caplog.at_level(logging.ERROR, logger="gateway.directory.certdiscovery"):
         with pytest.raises(NoCertificateTemporary) as info:
             await discovery.find("alice@example.org")
     assert info.value.trace == ("slow: timeout", "buggy: error (RuntimeError)")

@@ -7,8 +7,8 @@ import hashlib
 
 import pytest
 
-from gateway.routing.certdiscovery import CertificateDiscovery, NoCertificate, NoCertificateTemporary
-from gateway.routing.certsources import DnsCertSource, SmimeaSource
+from gateway.directory.certdiscovery import CertificateDiscovery, NoCertificate, NoCertificateTemporary
+from gateway.directory.certsources import DnsCertSource, SmimeaSource
 from tests.dnsserver import DNSServer
 
 from .conftest import Checker, Pki, der

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.certdiscovery import CertificateDiscovery
-from gateway.routing.certsources import DirectorySource, LdapSource
+from gateway.directory.certdiscovery import CertificateDiscovery
+from gateway.directory.certsources import DirectorySource, LdapSource
 from tests.conftest import free_port, require_tool
 
 from .conftest import Checker, Pki, der

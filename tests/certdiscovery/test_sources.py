@@ -6,7 +6,7 @@ import sqlite3
 
 from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 
-from gateway.routing.certsources import (
+from gateway.directory.certsources import (
     CertificateSource,
     DirectorySource,
     HarvestSource,

@@ -161,7 +161,7 @@ def test_a_directory_fault_at_rcpt_is_temporary_and_says_nothing_inside(tmp_path
     from aiosmtpd.smtp import Envelope, Session
 
     from gateway.app import local_mailbox_lookup
-    from gateway.routing.directory import SqliteDirectory
+    from gateway.directory.directory import SqliteDirectory
     from gateway.server.smtp import LocalMailboxes
 
     setup = write_config(tmp_path, sink_port=9)

@@ -9,9 +9,9 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.default_setup import make_self_signed
+from gateway.directory.directory import AddressInput, DirectoryItem, Identity, SqliteDirectory
 from gateway.intake.dedup import DedupStore
 from gateway.intake.settings import RoutingSettings
-from gateway.routing.directory import AddressInput, DirectoryItem, Identity, SqliteDirectory
 from gateway.spool.store import Spool
 from tests.intake import samples as s
 

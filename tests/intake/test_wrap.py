@@ -88,9 +88,9 @@ def test_pdf_media_type() -> None:
 
 
 def test_mdn_requested_when_configured() -> None:
+    from gateway.directory.directory import SqliteDirectory
     from gateway.intake.process import intake_bytes
     from gateway.intake.settings import RoutingSettings
-    from gateway.routing.directory import SqliteDirectory
 
     with SqliteDirectory(":memory:") as directory:
         settings = RoutingSettings(unrouted_default="tri@labo.test", request_mdn=True)

@@ -9,7 +9,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.default_setup import make_self_signed
-from gateway.routing.directory import SqliteDirectory
+from gateway.directory.directory import SqliteDirectory
 
 
 @pytest.fixture

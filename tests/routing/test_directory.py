@@ -7,8 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.errors import GatewayError, PermanentError
-from gateway.routing.directory import (
+from gateway.directory.directory import (
     LOCAL,
     SMIME,
     TRUSTED_DOMAIN,
@@ -25,6 +24,7 @@ from gateway.routing.directory import (
     fold,
     operator_item,
 )
+from gateway.errors import GatewayError, PermanentError
 
 RPPS = "10000000017"
 

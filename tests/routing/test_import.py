@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.annuaire import (
+from gateway.directory.annuaire import (
     ImportFormatError,
     detect_encoding,
     detect_format,
     import_file,
     read_mssante,
 )
-from gateway.routing.directory import SMIME, TRUSTED_DOMAIN, SqliteDirectory
+from gateway.directory.directory import SMIME, TRUSTED_DOMAIN, SqliteDirectory
 from tests.conftest import corpus_dir
 from tests.routing.gen_extractions import (
     MSSANTE_HEADER,
@@ -210,7 +210,7 @@ def test_csv_import(store: SqliteDirectory, tmp_path: Path, cert_pair) -> None:
 
 def test_reader_is_streaming(tmp_path: Path) -> None:
     f = write_mssante(tmp_path / "m.txt", 10)
-    from gateway.routing.annuaire import iter_lines
+    from gateway.directory.annuaire import iter_lines
 
     gen = read_mssante(iter_lines(f, "utf-8"))
     first = next(gen)
@@ -263,11 +263,11 @@ def test_corpus_samples(store: SqliteDirectory) -> None:
 
 
 def test_concurrent_import_of_the_same_source_is_refused(tmp_path: Path) -> None:
-    from gateway.routing.directory import DirectoryUnavailable
+    from gateway.directory.directory import DirectoryUnavailable
 
     f = write_mssante(tmp_path / "m.txt", 30)
     with SqliteDirectory(tmp_path / "d.sqlite") as one, SqliteDirectory(tmp_path / "d.sqlite") as two:
-        from gateway.routing.annuaire import iter_lines
+        from gateway.directory.annuaire import iter_lines
 
         def items():
             for n, item in enumerate(read_mssante(iter_lines(f, "utf-8"))):

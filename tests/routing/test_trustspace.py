@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from gateway.directory.trustspace import DestinationPolicy, TrustSpace, parse_domain_list
 from gateway.errors import ConfigError
-from gateway.routing.trustspace import DestinationPolicy, TrustSpace, parse_domain_list
 
 
 def test_parse_comments_blank_lines_and_problems() -> None:

@@ -33,16 +33,16 @@ from dataclasses import dataclass
 
 from cryptography import x509
 
+from gateway.directory.certsources import CertificateSource, SourceAnswer, fingerprint, split_address
 from gateway.errors import GatewayError, PolicyError, TemporaryError
 from gateway.logs import event
-from gateway.routing.certsources import CertificateSource, SourceAnswer, fingerprint, split_address
 
 __all__ = [
     "CertificateDiscovery", "DiscoveryResult", "Rejection", "NoCertificate", "NoCertificateTemporary",
     "CertificateDiscoveryError", "UsableCheck", "normalise_address",
 ]
 
-log = logging.getLogger("gateway.routing.certdiscovery")
+log = logging.getLogger("gateway.directory.certdiscovery")
 
 #: The injected validator: returns when `cert` may encrypt to `address`, raises GatewayError otherwise.
 UsableCheck = Callable[[x509.Certificate, str], Awaitable[None]]

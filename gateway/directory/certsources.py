@@ -4,7 +4,7 @@ Why separate sources: each place (our directory, certificates harvested from ver
 an LDAP directory, DNS CERT/SMIMEA records) fails in its own way, and the caller must be able
 to say *which source said what* when no certificate is usable. A source therefore never raises
 for "not found" or for "could not ask": it returns a :class:`SourceAnswer` with the candidate
-certificates (unvalidated: choosing is :mod:`gateway.routing.certdiscovery`'s job), a short
+certificates (unvalidated: choosing is :mod:`gateway.directory.certdiscovery`'s job), a short
 note, and ``failed=True`` when the answer is unknown for a temporary reason (timeout, SERVFAIL,
 LDAP server down) so that a lookup with nothing found elsewhere is retried, not bounced.
 

@@ -33,7 +33,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gateway.routing.directory import (
+from gateway.directory.directory import (
     MAILBOX_TYPES,
     TRUSTED_DOMAIN,
     Activity,
