@@ -29,7 +29,7 @@ run: venv
 
 lint: venv
 	$(BIN)/ruff check .
-	$(BIN)/mypy --ignore-missing-imports gateway
+	$(BIN)/mypy
 
 test: deps venv lint
 	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
