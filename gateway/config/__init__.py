@@ -8,7 +8,7 @@ message) before raising `ConfigError`, so `msgw check` can print them all at onc
 Secrets (passwords of outbound connections, PINs) are never written in the TOML: a key names a
 file (`*_file`) or an environment variable (`*_env`) and `Secret.read()` fetches it when needed.
 Relative paths are resolved against the config file's folder (the embedded default resolves
-against the working directory, so `./var` is where you ran `msgw`).
+against the working directory, so `./var` is where you ran `msgw`). Loading creates no file.
 
 Import the names from here (`from gateway.config import GatewayConfig, load_config`); the section
 modules import each other by their own names, never this package (no cycle).

@@ -3,7 +3,9 @@ and loading a TOML file (or the embedded default).
 
 Why here and not in each section: a section module reads its own table; what involves two
 sections (a trust-space destination needs a mutual-TLS route, `network:` signers need a listener
-with senders...) is checked once the whole document is read.
+with senders...) is checked once the whole document is read. Loading has no side effect: the
+embedded default names files under `./var/default` that `msgw init` / `msgw serve` / `msgw demo`
+create (`gateway.default_setup`) *before* they load it; a missing one is a reported problem.
 """
 
 from __future__ import annotations
@@ -204,13 +206,18 @@ def default_config_text() -> str:
 
 
 def load_default_config(base: Path | None = None) -> GatewayConfig:
-    """The embedded default: loopback listeners, ./var spool and Maildir, a demo account.
+    """The embedded default: loopback listeners, ./var spool and Maildir, demo accounts, TEST PKI.
 
-    The TLS certificate and the demo account's password hash are created under
-    `./var/default/` on first use (see `gateway.defaults`)."""
-    from gateway.default_setup import prepare_default_files
-
+    Reads only: the TLS pair, the demo password hash, the TEST PKI and legacy keys it names under
+    `./var/default/` are made by `msgw init`, `msgw serve` or `msgw demo` (`gateway.default_setup`).
+    Without them, the problems say which file is missing and how to make it."""
     base = (base or Path.cwd()).resolve()
-    prepare_default_files(base / DEFAULT_FILES)
     data = tomllib.loads(default_config_text())
-    return parse_config(data, source=DEFAULT_SOURCE, base=base)
+    try:
+        return parse_config(data, source=DEFAULT_SOURCE, base=base)
+    except ConfigError as exc:
+        if (base / DEFAULT_FILES).is_dir():
+            raise
+        hint = (DEFAULT_SOURCE, "-", f"the first-run files under {base / DEFAULT_FILES} do not exist: "
+                "run `msgw init` (or `msgw serve` once) in this folder first")
+        raise ConfigError([hint, *exc.problems]) from None

@@ -1,5 +1,5 @@
 """Issue 12 item 6: every section typed and validated ([audit], [directory], [routing], [intake]
-included), every problem reported at once with file and key."""
+included), every problem reported at once with file and key, and no side effect on load."""
 
 from __future__ import annotations
 
@@ -16,8 +16,10 @@ from gateway.config import (
     DirectoryConfig,
     GatewayConfig,
     IntakeConfig,
+    load_default_config,
     parse_config,
 )
+from gateway.default_setup import prepare_default_files
 from gateway.directory.directory import directory_path
 
 RELAY = '[listeners.relay]\nkind = "relay"\n'
@@ -77,3 +79,23 @@ def test_msgw_check_lists_every_problem_with_file_and_key(tmp_path: Path, capsys
                  f"{bad}: routing.x: unknown key"):
         assert line in err, err
     assert "3 problem(s) in the configuration" in err
+
+
+def _tree(folder: Path) -> dict[str, tuple[int, int]]:
+    return {str(p.relative_to(folder)): (p.stat().st_mtime_ns, p.stat().st_size) for p in folder.rglob("*")}
+
+
+def test_loading_the_default_config_creates_no_file(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as err:
+        load_default_config(tmp_path)
+    assert list(tmp_path.iterdir()) == []  # no TLS pair, no demo account, no TEST PKI, no ./var
+    first = err.value.problems[0]
+    assert first[0] == "<embedded default>" and "msgw init" in first[2]
+    assert any(key == "listeners.submission.tls_cert" and "file not found" in message
+               for _source, key, message in err.value.problems)
+
+    prepare_default_files(tmp_path / "var" / "default")  # what `msgw init` / `msgw serve` do first
+    before = _tree(tmp_path)
+    config = load_default_config(tmp_path)
+    assert config.keys and config.trust is not None and config.legacy is not None
+    assert _tree(tmp_path) == before
