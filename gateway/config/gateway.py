@@ -210,14 +210,11 @@ def load_default_config(base: Path | None = None) -> GatewayConfig:
 
     Reads only: the TLS pair, the demo password hash, the TEST PKI and legacy keys it names under
     `./var/default/` are made by `msgw init`, `msgw serve` or `msgw demo` (`gateway.default_setup`).
-    Without them, the problems say which file is missing and how to make it."""
+    Without that folder, the one problem says how to make it (the list of every file it lacks
+    would only repeat it); with it, a missing file is reported like any other."""
     base = (base or Path.cwd()).resolve()
+    if not (base / DEFAULT_FILES).is_dir():
+        raise ConfigError([(DEFAULT_SOURCE, "-", f"the first-run files under {base / DEFAULT_FILES} do not exist: "
+                            "run `msgw init` (or `msgw serve` once) in this folder first")])
     data = tomllib.loads(default_config_text())
-    try:
-        return parse_config(data, source=DEFAULT_SOURCE, base=base)
-    except ConfigError as exc:
-        if (base / DEFAULT_FILES).is_dir():
-            raise
-        hint = (DEFAULT_SOURCE, "-", f"the first-run files under {base / DEFAULT_FILES} do not exist: "
-                "run `msgw init` (or `msgw serve` once) in this folder first")
-        raise ConfigError([hint, *exc.problems]) from None
+    return parse_config(data, source=DEFAULT_SOURCE, base=base)

@@ -89,10 +89,8 @@ def test_loading_the_default_config_creates_no_file(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as err:
         load_default_config(tmp_path)
     assert list(tmp_path.iterdir()) == []  # no TLS pair, no demo account, no TEST PKI, no ./var
-    first = err.value.problems[0]
-    assert first[0] == "<embedded default>" and "msgw init" in first[2]
-    assert any(key == "listeners.submission.tls_cert" and "file not found" in message
-               for _source, key, message in err.value.problems)
+    [(source, _key, message)] = err.value.problems
+    assert source == "<embedded default>" and "run `msgw init`" in message
 
     prepare_default_files(tmp_path / "var" / "default")  # what `msgw init` / `msgw serve` do first
     before = _tree(tmp_path)
