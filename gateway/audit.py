@@ -471,12 +471,9 @@ class AuditWriter:
 
 
 def audit_path(config: GatewayConfig) -> Path:
-    """`[audit] path` (relative to the config file's folder), default `audit.jsonl` beside the spool folder."""
-    table = config.raw.get("audit", {}) if isinstance(config.raw, dict) else {}
-    value = table.get("path") if isinstance(table, dict) else None
-    if isinstance(value, str) and value:
-        return config.path(value)
-    return config.spool.path.parent / "audit.jsonl"
+    """The trail of a configuration (`[audit] path`, validated by `gateway.config`; default
+    `audit.jsonl` beside the spool folder). `AuditTrail` itself takes a path."""
+    return config.audit.path
 
 
 __all__ = ["ALLOWED_FIELDS", "GENESIS", "MAX_BATCH", "AuditError", "AuditUnavailable", "AuditReport", "AuditTrail",

@@ -1,7 +1,8 @@
 """First-run files for the embedded default config: a self-signed loopback TLS certificate
 and a demo account whose random password is written beside it (mode 0600).
 
-Only used by `msgw serve`/`msgw demo` without --config; a real deployment names its own
+Made by `msgw init`, `msgw demo` and `msgw serve` without --config, before they load the default
+(loading a config never creates files); a real deployment names its own
 certificate and account hashes in its TOML file.
 """
 

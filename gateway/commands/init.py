@@ -1,7 +1,9 @@
-"""`msgw init`: create the loopback TLS pair and demo account under ./var/default.
+"""`msgw init`: create the first-run files under ./var/default (loopback TLS pair, demo account,
+TEST PKI with its demo directory entries, TEST legacy keys, the demo drop folder).
 
-The embedded default does this by itself; the example config/gateway.toml points at the
-same files, so `msgw init` makes it usable on a fresh clone.
+Loading a configuration never creates files: `msgw serve` (on the embedded default), `msgw demo`
+and this command make them. The example config/gateway.toml points at the same files, so
+`msgw init` makes it usable on a fresh clone, and other commands can then use the default.
 """
 
 from __future__ import annotations

@@ -6,9 +6,12 @@ import argparse
 import asyncio
 import logging
 import sys
+from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.commands.common import add_config_option, config_from
+from gateway.config import DEFAULT_FILES
+from gateway.default_setup import prepare_default_files
 from gateway.logs import event, setup_logging
 from gateway.startup import check_keys
 
@@ -23,6 +26,10 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if not args.config:
+        # The embedded default names first-run files (TLS pair, demo account, TEST PKI); loading
+        # it creates nothing, so the command that runs it makes them first (reused on later runs).
+        prepare_default_files(Path.cwd() / DEFAULT_FILES)
     config = config_from(args)
     setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
     if not keys_usable(config):

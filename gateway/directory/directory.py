@@ -771,12 +771,9 @@ def operator_item(address: str, capability: str, *, key_ref: str | None = None,
 
 
 def directory_path(config: GatewayConfig) -> Path:
-    """`[directory] path` (relative to the config file's folder), default beside the spool folder."""
-    table = config.raw.get("directory", {}) if isinstance(config.raw, dict) else {}
-    value = table.get("path") if isinstance(table, dict) else None
-    if isinstance(value, str) and value:
-        return config.path(value)
-    return config.spool.path.parent / "directory.sqlite"
+    """The directory file of a configuration (`[directory] path`, validated by `gateway.config`;
+    default `directory.sqlite` beside the spool folder). Everything else here takes a path."""
+    return config.directory.path
 
 
 __all__ = [

@@ -1,0 +1,143 @@
+"""`[delivery]` and `[delivery.routes."<domain>"]`: how copies leave (smarthost, MX, per-route TLS)."""
+
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from gateway.config.reader import Reader, is_domain, parse_duration
+
+TlsPolicy = Literal["required", "opportunistic", "none"]
+
+_DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
+                  "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes"}
+_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency"}
+
+
+@dataclass(frozen=True)
+class TlsSettings:
+    """The TLS a delivery to one destination uses (a route's, or `[delivery]`'s as fallback)."""
+
+    policy: TlsPolicy = "opportunistic"
+    ca_file: Path | None = None
+    client_cert: Path | None = None
+    client_key: Path | None = None
+
+    def mutual_tls_problem(self, where: str) -> str | None:
+        """Why this cannot carry a copy protected by mutual TLS only (trust-space TLS), or None:
+        the one rule for `msgw check`, the delivery manager and the SMTP client."""
+        if self.policy != "required":
+            return f"{where} does not require TLS, and a copy protected by transport security only needs mutual TLS"
+        if not (self.client_cert and self.client_key):
+            return f"{where} presents no client certificate, and a copy protected by transport security only " \
+                   "needs mutual TLS"
+        return None
+
+
+@dataclass(frozen=True)
+class RouteConfig:
+    domain: str
+    host: str | None
+    port: int
+    tls: TlsPolicy
+    ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    concurrency: int
+
+
+@dataclass(frozen=True)
+class DeliveryConfig:
+    smarthost: str | None
+    smarthost_port: int
+    tls: TlsPolicy
+    ca_file: Path | None
+    client_cert: Path | None
+    client_key: Path | None
+    connect_timeout: float
+    command_timeout: float
+    max_parallel: int
+    per_destination: int
+    dns_nameservers: tuple[str, ...]
+    dns_port: int
+    mx_port: int
+    routes: tuple[RouteConfig, ...]
+
+    def tls_for(self, route: RouteConfig | None) -> TlsSettings:
+        """The TLS of a route, its missing CA and client certificate taken from `[delivery]`."""
+        if route is None:
+            return TlsSettings(self.tls, self.ca_file, self.client_cert, self.client_key)
+        return TlsSettings(route.tls, route.ca_file or self.ca_file, route.client_cert or self.client_cert,
+                           route.client_key or self.client_key)
+
+    def route_for(self, domain: str) -> RouteConfig | None:
+        domain = domain.lower()
+        for route in self.routes:
+            if route.domain == domain or (route.domain.startswith(".") and domain.endswith(route.domain)):
+                return route
+        return None
+
+
+def _tls_policy(r: Reader, spec: dict[str, Any], prefix: str, default: str) -> TlsPolicy:
+    return r.choice(spec, "tls", prefix, ("required", "opportunistic", "none"), default)  # type: ignore[return-value]
+
+
+def _routes(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[RouteConfig, ...]:
+    routes = []
+    for domain, rspec in r.get(spec, "routes", prefix, dict, {}).items():
+        rprefix = f"delivery.routes.\"{domain}\"."
+        if not isinstance(rspec, dict):
+            r.problem(rprefix[:-1], "expected a table")
+            continue
+        r.unknown(rspec, _ROUTE_KEYS, rprefix)
+        if not is_domain(domain.lstrip(".")):
+            r.problem(rprefix[:-1], "not a domain name")
+        routes.append(RouteConfig(
+            domain=domain.lower(), host=r.get(rspec, "host", rprefix, str, None),
+            port=r.port(rspec, "port", rprefix, 25), tls=_tls_policy(r, rspec, rprefix, "required"),
+            ca_file=r.path(rspec, "ca_file", rprefix, must_exist=True),
+            client_cert=r.path(rspec, "client_cert", rprefix, must_exist=True),
+            client_key=r.path(rspec, "client_key", rprefix, must_exist=True),
+            concurrency=r.positive(rspec, "concurrency", rprefix, 5),
+        ))
+    return tuple(routes)
+
+
+def _smarthost(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[str | None, int]:
+    smarthost = r.get(spec, "smarthost", prefix, str, None)
+    if smarthost and ":" in smarthost.rsplit("]", 1)[-1]:
+        host, _, port_text = smarthost.rpartition(":")
+        if port_text.isdigit() and 0 < int(port_text) < 65536:
+            return host, int(port_text)
+        r.problem(prefix + "smarthost", "port must be a number between 1 and 65535")
+    return smarthost, 25
+
+
+def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
+    spec = r.table(data, "delivery")
+    prefix = "delivery."
+    r.unknown(spec, _DELIVERY_KEYS, prefix)
+    routes = _routes(r, spec, prefix)
+    smarthost, smarthost_port = _smarthost(r, spec, prefix)
+    nameservers = []
+    for i, ns in enumerate(r.get(spec, "dns_nameservers", prefix, list, [])):
+        try:
+            nameservers.append(str(ipaddress.ip_address(str(ns))))
+        except ValueError:
+            r.problem(f"{prefix}dns_nameservers[{i}]", f"not an IP address: {ns!r}")
+    return DeliveryConfig(
+        smarthost=smarthost, smarthost_port=smarthost_port,
+        tls=_tls_policy(r, spec, prefix, "opportunistic"),
+        ca_file=r.path(spec, "ca_file", prefix, must_exist=True),
+        client_cert=r.path(spec, "client_cert", prefix, must_exist=True),
+        client_key=r.path(spec, "client_key", prefix, must_exist=True),
+        connect_timeout=r.convert(spec, "connect_timeout", prefix, parse_duration, 30),
+        command_timeout=r.convert(spec, "command_timeout", prefix, parse_duration, 300),
+        max_parallel=r.positive(spec, "max_parallel", prefix, 20),
+        per_destination=r.positive(spec, "per_destination", prefix, 5),
+        dns_nameservers=tuple(nameservers), dns_port=r.port(spec, "dns_port", prefix, 53),
+        mx_port=r.port(spec, "mx_port", prefix, 25),
+        routes=routes,
+    )
