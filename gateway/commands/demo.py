@@ -228,11 +228,11 @@ def _register_legacy_lab(config) -> None:
 async def _bridged_exchanges(config, operator: _Operator, doctor, verifier: Verifier, relay_host: str,
                              relay_port: int, pki_dir: Path) -> bool:
     """6. Legacy ⇄ S/MIME through the bridge, one message each way."""
+    from gateway.legacy import codec as legacy_codecs
     from gateway.legacy.apicrypt1 import Apicrypt1Codec, decrypt
     from gateway.legacy.apicrypt1_format import dearmor
-    from gateway.legacy.keystore import ApicryptKeyStore
 
-    keys = ApicryptKeyStore(config.legacy.codec("apicrypt1").keys)
+    keys = legacy_codecs.get("apicrypt1").open_keys(config.legacy.codec("apicrypt1").keys, None, {})
     before = len(operator.received)
     hprim = (b"H|~^\\&|||LABO LEGACY TEST|||||||ORU|H2.2|20261125\r\nP|1||||PATIENT^INVENTE\r\n"
              b"OBX|1|NM|GLY^Glycemie||5.4|mmol/l\r\nL|1|||3\r\n")

@@ -1,5 +1,9 @@
 """`msgw legacy decode|encode` on files (see ../shared/CLI.md), for operators and interop checks.
 
+The codecs, their key-store option (``--keys``, ``--keyring``) and their own options come from
+the codec registry (``gateway.legacy.codec``): a new codec needs no change here. An option of
+another codec than ``--codec`` is bad usage.
+
 Exit codes: 0 success, 1 a "no" (checksum mismatch, not for us, keys that do not decrypt it,
 a bad signature, or --require-signature unmet), 2 bad usage or bad input (malformed armor,
 missing key file, unreadable file). One line on stderr for 1 and 2; never message content.
@@ -15,11 +19,10 @@ from typing import Any
 from gateway.commands.common import read_input, write_output
 from gateway.errors import GatewayError
 from gateway.legacy import codec as registry
-from gateway.legacy.codec import DecodedMessage, SignatureStatus
+from gateway.legacy.codec import CodecOption, DecodedMessage, LegacyCodec, SignatureStatus
 from gateway.legacy.errors import ChecksumMismatch, DecryptionFailed, NotForRecipient
 
 _NO_ANSWERS = (ChecksumMismatch, NotForRecipient, DecryptionFailed)
-CODECS = ("apicrypt1", "openpgp")
 
 
 class _Usage(Exception):
@@ -39,18 +42,29 @@ def _write_out(path: str, data: bytes) -> None:
     write_output(path, data, _Usage)
 
 
+def _given(args: argparse.Namespace, option: CodecOption) -> Any:
+    value = getattr(args, option.name, None)
+    return None if value is False else value
+
+
+def _options(args: argparse.Namespace, codec: LegacyCodec, attribute: str) -> dict[str, Any]:
+    """The values given for ``codec``'s options of one kind; another codec's option is bad usage."""
+    own = {o.name for o in getattr(codec, attribute)}
+    values = {o.name: _given(args, o) for o in _all_options(attribute)}
+    stray = [name for name, value in values.items() if value is not None and name not in own]
+    if stray:
+        owners = sorted({c.name for c in _codecs() for o in getattr(c, attribute) if o.name in stray})
+        flags = " and ".join("--" + name.replace("_", "-") for name in stray)
+        raise _Usage(f"{flags} {'apply' if len(stray) > 1 else 'applies'} to --codec {' or '.join(owners)} only")
+    return {name: value for name, value in values.items() if name in own and value is not None}
+
+
 def _keys(args: argparse.Namespace) -> Any:
-    if args.codec == "apicrypt1":
-        from gateway.legacy.keystore import ApicryptKeyStore
-
-        if not args.keys:
-            raise _Usage("--keys DIR is required with --codec apicrypt1")
-        return ApicryptKeyStore(args.keys)
-    from gateway.legacy.openpgp import OpenPgpKeyring
-
-    if not args.keyring:
-        raise _Usage("--keyring DIR is required with --codec openpgp")
-    return OpenPgpKeyring(args.keyring, passphrase_file=args.passphrase_file, passphrase_env=args.passphrase_env)
+    codec = registry.get(args.codec)
+    folder = getattr(args, _dest(codec.keys_option), None)
+    if not folder:
+        raise _Usage(f"--{codec.keys_option} DIR is required with --codec {codec.name}")
+    return codec.open_keys(folder, None, _options(args, codec, "config_fields"))
 
 
 def _report(decoded: DecodedMessage) -> dict[str, Any]:
@@ -80,24 +94,13 @@ def _decode(args: argparse.Namespace) -> int:
 
 
 def _encode(args: argparse.Namespace) -> int:
+    codec = registry.get(args.codec)
+    options = _options(args, codec, "encode_options")
     data = _read_in(args.infile)
-    keys = _keys(args)
-    if args.codec == "apicrypt1":
-        from gateway.legacy.apicrypt1 import CODEC as APICRYPT
-
-        if args.raw:
-            result = APICRYPT.encode_text(data, args.user, args.to, keys, year=args.year)
-        else:
-            result = APICRYPT.encode_with_report(data, args.user, args.to, keys, year=args.year)
-        _write_out(args.out, result.message)
-        for name in result.wrapped:
-            print(f"msgw legacy: warning: the key stream of {name} wrapped (key material reused)", file=sys.stderr)
-        return 0
-    if args.raw or args.year:
-        raise _Usage("--raw and --year apply to --codec apicrypt1 only")
-    from gateway.legacy.openpgp import CODEC as OPENPGP
-
-    _write_out(args.out, OPENPGP.encode(data, args.user, args.to, keys, sign_only=args.sign_only))
+    result = codec.encode_file(data, args.user, args.to, _keys(args), options)
+    _write_out(args.out, result.message)
+    for warning in result.warnings:
+        print(f"msgw legacy: warning: {warning}", file=sys.stderr)
     return 0
 
 
@@ -114,12 +117,39 @@ def _run(func: Any) -> Any:
     return run
 
 
+def _dest(option: str) -> str:
+    return option.replace("-", "_")
+
+
+def _codecs() -> tuple[LegacyCodec, ...]:
+    return tuple(registry.get(name) for name in registry.names())
+
+
+def _all_options(attribute: str) -> tuple[CodecOption, ...]:
+    """Every codec's options of one kind (``config_fields`` or ``encode_options``), each name once."""
+    seen: dict[str, CodecOption] = {}
+    for codec in _codecs():
+        for option in getattr(codec, attribute):
+            seen.setdefault(option.name, option)
+    return tuple(seen.values())
+
+
+def _add_options(p: argparse.ArgumentParser, options: tuple[CodecOption, ...]) -> None:
+    for o in options:
+        if o.kind == "bool":
+            p.add_argument(o.flag, dest=o.name, action="store_true", help=o.help)
+        else:
+            p.add_argument(o.flag, dest=o.name, type=int if o.kind == "int" else str, help=o.help)
+
+
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codec", required=True, choices=CODECS)
-    p.add_argument("--keys", metavar="DIR", help="apicrypt1 key folder (files <user>.<YY>, Master.<YY>; mode 0600)")
-    p.add_argument("--keyring", metavar="DIR", help="openpgp: GnuPG home folder")
-    p.add_argument("--passphrase-file", help="openpgp: file holding our secret key's passphrase")
-    p.add_argument("--passphrase-env", help="openpgp: environment variable holding that passphrase")
+    p.add_argument("--codec", required=True, choices=registry.names())
+    keys_options: dict[str, str] = {}
+    for codec in _codecs():
+        keys_options.setdefault(codec.keys_option, codec.keys_help)
+    for option, help_ in keys_options.items():
+        p.add_argument(f"--{option}", dest=_dest(option), metavar="DIR", help=help_)
+    _add_options(p, _all_options("config_fields"))
     p.add_argument("--user", required=True, metavar="ID",
                    help="our identity: Apicrypt user name, or our OpenPGP key's uid/fingerprint")
     p.add_argument("--in", dest="infile", required=True, metavar="MSG", help="input file, - for stdin")
@@ -127,7 +157,8 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 
 def register(subparsers: Any) -> None:
-    parser = subparsers.add_parser("legacy", help="encode/decode legacy encrypted mail (apicrypt1, openpgp)")
+    codecs = ", ".join(registry.names())
+    parser = subparsers.add_parser("legacy", help=f"encode/decode legacy encrypted mail ({codecs})")
     sub = parser.add_subparsers(dest="legacy_command", required=True)
     decode = sub.add_parser("decode", help="decrypt (and verify) a legacy message into MIME")
     _common(decode)
@@ -139,8 +170,6 @@ def register(subparsers: Any) -> None:
     _common(encode)
     encode.add_argument("--to", action="append", required=True, metavar="ID",
                         help="recipient (Apicrypt user name / OpenPGP uid); repeat for several")
-    encode.add_argument("--year", type=int, help="apicrypt1: key year (default: the current year)")
-    encode.add_argument("--raw", action="store_true", help="apicrypt1: input is bare text, output a bare armor")
-    encode.add_argument("--sign-only", action="store_true", help="openpgp: multipart/signed, not encrypted")
+    _add_options(encode, _all_options("encode_options"))
     encode.set_defaults(func=_run(_encode))
 

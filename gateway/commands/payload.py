@@ -14,15 +14,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gateway.routing.payload import (
-    PartyRef,
-    PatientId,
-    PayloadError,
-    PayloadInfo,
-    detect_payload,
-    mask,
-    read_payload,
-)
+from gateway.routing.model import PartyRef, PatientId, PayloadError, PayloadInfo, mask
+from gateway.routing.payload import detect_payload, read_payload
 from gateway.routing.sidecar import looks_like_sidecar, read_sidecar
 
 

@@ -28,7 +28,7 @@ from gateway.config.gateway import (
     parse_config,
 )
 from gateway.config.intake import IntakeConfig
-from gateway.config.legacy import _LEGACY_CODECS, LegacyCodecConfig, LegacyConfig
+from gateway.config.legacy import LegacyCodecConfig, LegacyConfig
 from gateway.config.listeners import ListenerConfig
 from gateway.config.local import LocalConfig, LocalMode
 from gateway.config.log import LogConfig
@@ -44,6 +44,6 @@ __all__ = [
     "DestinationPolicy", "DirectoryConfig", "DiscoveryConfig", "GatewayConfig", "IntakeConfig", "LegacyCodecConfig",
     "LegacyConfig", "ListenerConfig", "LocalConfig", "LocalMode", "LogConfig", "PartnerConfig", "PolicyConfig",
     "Reader", "RouteConfig", "RoutingConfig", "Secret", "SpoolConfig", "TlsPolicy", "TlsSettings", "TrustConfig",
-    "_LEGACY_CODECS", "_POLICIES", "default_config_text", "is_address", "is_domain", "load_config",
+    "_POLICIES", "default_config_text", "is_address", "is_domain", "load_config",
     "load_default_config", "parse_config", "parse_duration", "parse_size",
 ]

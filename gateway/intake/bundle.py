@@ -18,7 +18,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from gateway.routing.payload import PayloadError, PayloadInfo, detect_payload, read_payload, read_pdf
+from gateway.routing.model import PayloadError, PayloadInfo
+from gateway.routing.payload import detect_payload, read_payload
+from gateway.routing.pdf import read_pdf
 from gateway.routing.sidecar import looks_like_sidecar, read_sidecar
 
 MAX_COMPANION_PDFS = 10

@@ -26,17 +26,13 @@ because intake work runs in executor threads.
 from __future__ import annotations
 
 import hashlib
-import re
 import sqlite3
 import threading
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from gateway.errors import TemporaryError
-from gateway.routing.payload import PartyRef, PayloadError, PayloadInfo
-
-if TYPE_CHECKING:
-    from gateway.routing.hl7 import Message
+from gateway.routing import formats
+from gateway.routing.model import PartyRef, PayloadInfo
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS sent (
@@ -58,39 +54,25 @@ class DedupError(TemporaryError):
     status = "4.3.0"
 
 
-def _hl7(payload: bytes) -> Message | None:
-    from gateway.routing.hl7 import parse_message
-
-    try:
-        return parse_message(payload)
-    except PayloadError:
-        return None
-
-
-def _hl7_result_statuses(msg: Message | None) -> str:
-    """OBR-25 result statuses of an HL7 message, e.g. "F" or "P" ('' when unreadable or absent)."""
-    if msg is None:
-        return ""
-    return "".join(sorted({msg.value(obr, 25).upper() for obr in msg.all("OBR")} - {""}))
-
-
-def document_key(info: PayloadInfo, payload: bytes | None = None, *, hl7: Message | None = None
-                 ) -> DocumentKey | None:
-    """(kind, document id) or (kind, set id + version); None when the payload names no document.
-
-    Why HL7 adds its OBR-25 result statuses (given the payload): an HL7 result keeps the filler
-    order number as its id from the preliminary report (``P``) to the final one (``F``); without
-    the status the final result would be suppressed as a duplicate of the preliminary one.
-    """
+def _document_key(info: PayloadInfo, qualifier: str) -> DocumentKey | None:
     if info.document_id:
-        ident = info.document_id
-        if info.kind == "hl7v2" and payload is not None:
-            statuses = _hl7_result_statuses(hl7 if hl7 is not None else _hl7(payload))
-            ident += f"|{statuses}" if statuses else ""
-        return info.kind, ident
+        return info.kind, info.document_id + (f"|{qualifier}" if qualifier else "")
     if info.set_id:
         return info.kind, f"{info.set_id}#v{info.version if info.version is not None else ''}"
     return None
+
+
+def document_key(info: PayloadInfo, payload: bytes | None = None) -> DocumentKey | None:
+    """(kind, document id) or (kind, set id + version); None when the payload names no document.
+
+    Given the payload, the format may qualify the id (:class:`~gateway.routing.model.DedupFacts`):
+    an HL7 result keeps the filler order number as its id from the preliminary report (``P``)
+    to the final one (``F``), so its OBR-25 statuses are added; without them the final result
+    would be suppressed as a duplicate of the preliminary one.
+    """
+    if payload is None or not info.document_id:
+        return _document_key(info, "")
+    return _document_key(info, formats.of(info).dedup_facts(info, payload).qualifier)
 
 
 def _party(party: PartyRef | None) -> str:
@@ -107,44 +89,27 @@ def sending_facility(info: PayloadInfo, envelope_sender: str) -> str:
     return named or envelope_sender.strip().lower()
 
 
-_LINE_END = re.compile(rb"\r\n|\r|\n")
-
-
-def content_digest(info: PayloadInfo, payload: bytes, *, hl7: Message | None = None) -> bytes:
-    """SHA-256 of what the document says, without what changes when it is only sent again."""
-    digest = hashlib.sha256()
-    if info.kind == "hl7v2":
-        msg = hl7 if hl7 is not None else _hl7(payload)
-        if msg is not None:  # every segment but MSH (control id, send time); batch segments are dropped
-            for seg in msg.segments:
-                if seg.name != "MSH":
-                    digest.update("\x1f".join(seg.fields).encode("utf-8", "surrogatepass") + b"\n")
-            return digest.digest()
-    if info.kind in ("pdf", "xdm"):
-        digest.update(payload)
-        return digest.digest()
-    skip: tuple[bytes, ...] = ()
-    if info.kind == "hprim" and info.document_type.code != "HPRIM-MEDECIN":
-        skip = (b"H|", b"L|")  # file name, date and record counts of this transmission
-    for line in _LINE_END.split(payload):
-        if line and not (skip and line.startswith(skip)):
-            digest.update(line + b"\n")
-    return digest.digest()
+def content_digest(info: PayloadInfo, payload: bytes) -> bytes:
+    """SHA-256 of what the document says, without what changes when it is only sent again (the
+    format decides: HL7 leaves out MSH, HPRIM its H and L records, binary formats count every byte)."""
+    return formats.of(info).dedup_facts(info, payload).digest
 
 
 def dedup_key(info: PayloadInfo, payload: bytes, envelope_sender: str) -> DocumentKey | None:
     """The duplicate-suppression key: ``(kind, "<document id>#<digest>")``, the digest covering
     the sending facility, the patient identifiers and the content (see the module docstring);
     None when the payload names no document."""
-    hl7 = _hl7(payload) if info.kind == "hl7v2" else None
-    base = document_key(info, payload, hl7=hl7)
+    if not (info.document_id or info.set_id):
+        return None
+    facts = formats.of(info).dedup_facts(info, payload)
+    base = _document_key(info, facts.qualifier)
     if base is None:
         return None
     digest = hashlib.sha256()
     patients = sorted(f"{p.kind}^{p.authority}^{p.value}" for p in info.patient_ids)
     for part in (sending_facility(info, envelope_sender), *patients):
         digest.update(part.encode("utf-8", "surrogatepass") + b"\0")
-    digest.update(content_digest(info, payload, hl7=hl7))
+    digest.update(facts.digest)
     return base[0], f"{base[1]}#{digest.hexdigest()}"
 
 

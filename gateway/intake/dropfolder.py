@@ -67,7 +67,7 @@ from gateway.intake.process import accept_all, intake_bytes
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import DropSettings, RoutingSettings
 from gateway.logs import event
-from gateway.routing.payload import MAX_PAYLOAD_BYTES, PayloadError
+from gateway.routing.model import MAX_PAYLOAD_BYTES, PayloadError
 
 log = logging.getLogger(__name__)
 

@@ -34,7 +34,8 @@ from gateway.intake.resolve import Directory
 from gateway.intake.settings import MllpSettings, RoutingSettings
 from gateway.logs import event
 from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
-from gateway.routing.payload import MllpError, PayloadError, UnsupportedPayload, detect_payload
+from gateway.routing.model import MllpError, PayloadError, UnsupportedPayload
+from gateway.routing.payload import detect_payload
 from gateway.server.clientcert import subject_allowed
 
 log = logging.getLogger(__name__)

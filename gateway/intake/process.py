@@ -24,7 +24,8 @@ from gateway.intake.dedup import DedupStore, DocumentKey, dedup_key
 from gateway.intake.resolve import Directory, Resolution, resolve_recipients
 from gateway.intake.settings import RoutingSettings, valid_address
 from gateway.intake.wrap import notice_message, payload_message
-from gateway.routing.payload import PayloadInfo, read_payload
+from gateway.routing.model import PayloadInfo
+from gateway.routing.payload import read_payload
 
 
 class Unroutable(PolicyError):
@@ -74,7 +75,7 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
                  now: dt.datetime, info: PayloadInfo | None = None, pdfs: Sequence[bytes] = ()) -> IntakeResult:
     """Read a payload and build the messages to queue.
 
-    Raises :class:`~gateway.routing.payload.PayloadError` (malformed/unsupported, permanent),
+    Raises :class:`~gateway.routing.model.PayloadError` (malformed/unsupported, permanent),
     :class:`Unroutable` (permanent) and temporary errors from the directory or duplicate store.
     An empty ``outgoing`` means everything was already sent within the window (success).
     ``info`` is given when the caller already read the payload (a sidecar's description of a

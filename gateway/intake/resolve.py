@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from gateway.directory.directory import LOCAL, SMIME, TRUSTED_DOMAIN, Correspondent, is_address
-from gateway.routing.payload import PartyRef, PayloadInfo
+from gateway.routing.model import PartyRef, PayloadInfo
 
 
 class Directory(Protocol):

@@ -15,63 +15,38 @@ Why these choices:
   parameter tells the receiving software how MSH-18 was applied.
 - HPRIM as ``text/plain`` with the file's charset (what HPRIM-integrating software expects),
   CDA as ``text/xml`` with its declared encoding, PDF as ``application/pdf``.
+- Each of these answers is the payload format's (:class:`~gateway.routing.model.PayloadFormat`,
+  found in :mod:`gateway.routing.formats`): this module never switches on a format's name.
 - An ``X-Msgw-Replaces: yes`` header (and ``X-Msgw-Cancels: yes``) marks corrections so that
   downstream stages and the audit can see it without parsing the payload.
 """
 
 from __future__ import annotations
 
-import base64
-import binascii
 import datetime as dt
 import logging
 import re
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from email import policy
 from email.message import EmailMessage
 from email.utils import format_datetime, make_msgid
 
 from gateway.logs import event
-from gateway.routing.payload import PartyRef, PayloadError, PayloadInfo
+from gateway.routing import formats
+from gateway.routing.model import EmbeddedDocument, MediaType, PartyRef, PayloadError, PayloadInfo
 
 log = logging.getLogger(__name__)
 
-_LAB_CODES = {"11502-2"}
 _EXT = re.compile(r"^[A-Za-z0-9]{1,5}$")
-_NEUTRAL_STEM = {"hprim": "resultat", "hl7v2": "message", "cda": "document", "pdf": "document", "xdm": "IHE_XDM"}
-_IANA_CHARSETS = {"cp1252": "windows-1252", "latin-1": "iso-8859-1", "utf8": "utf-8"}
-_DEFAULT_EXT = {"hprim": "hpr", "hl7v2": "hl7", "cda": "xml", "pdf": "pdf", "xdm": "zip"}
-
-
-@dataclass(frozen=True)
-class Attachment:
-    """One attached document (content kept out of repr)."""
-
-    data: bytes = field(repr=False)
-    info: PayloadInfo
-    media_type: str
-
 
 def is_lab_result(info: PayloadInfo) -> bool:
-    if info.kind == "hprim":
-        return True
-    if info.kind == "hl7v2":
-        return info.document_type.code.startswith("ORU")
-    if info.kind in ("cda", "pdf"):  # a PDF's type comes from its sidecar
-        return info.document_type.code in _LAB_CODES
-    return any(is_lab_result(e) for e in info.embedded) if info.embedded else False
+    return formats.is_lab_result(info)
 
 
 def subject_for(info: PayloadInfo) -> str:
     """A neutral subject: the document family and whether it corrects or cancels, nothing else."""
-    if is_lab_result(info):
-        base = "Résultat de laboratoire"
-    elif info.kind in ("cda", "hl7v2", "xdm"):
-        base = "Compte rendu"
-    else:
-        base = "Document médical"
+    base = "Résultat de laboratoire" if is_lab_result(info) else formats.of(info).report_subject
     if info.cancels:
         return base + " (annulation)"
     if info.replaces:
@@ -85,59 +60,17 @@ def attachment_name(info: PayloadInfo, filename: str | None = None) -> str:
     if filename and "." in filename:
         candidate = filename.rsplit(".", 1)[1]
         ext = candidate.lower() if _EXT.match(candidate) else ""
-    return f"{_NEUTRAL_STEM.get(info.kind, 'document')}.{ext or _DEFAULT_EXT.get(info.kind, 'bin')}"
+    return formats.of(info).attachment_name(ext)
 
 
-def media_type_for(info: PayloadInfo) -> tuple[str, str, dict[str, str]]:
+def media_type_for(info: PayloadInfo) -> MediaType:
     """(maintype, subtype, params) of the payload attachment."""
-    charset = _IANA_CHARSETS.get((info.encoding or "").lower(), (info.encoding or "").lower())
-    if info.kind == "hprim":
-        return "text", "plain", {"charset": charset or "iso-8859-1"}
-    if info.kind == "hl7v2":
-        return "application", "hl7-v2", {"charset": charset} if charset else {}
-    if info.kind == "cda":
-        return "text", "xml", {"charset": charset or "utf-8"}
-    if info.kind == "pdf":
-        return "application", "pdf", {}
-    return "application", "zip", {}
+    return formats.of(info).media_type(info)
 
 
-def embedded_documents(payload: bytes, info: PayloadInfo) -> list[Attachment]:
-    """CDA/PDF documents carried base64 in HL7 OBX (type ED), with what their reader said.
-
-    Why re-read them here: :class:`PayloadInfo` keeps what a document *says*, not its bytes, and
-    the XDM package and the PDF attachment need the bytes. Unreadable ones are skipped (the HL7
-    reader already reported them as warnings).
-    """
-    if info.kind != "hl7v2" or not info.embedded:
-        return []
-    from gateway.routing.cda import read_cda
-    from gateway.routing.hl7 import parse_message
-    from gateway.routing.payload import read_pdf
-
-    out: list[Attachment] = []
-    try:
-        msg = parse_message(payload)
-    except PayloadError:
-        return []
-    for obx in msg.all("OBX"):
-        if msg.value(obx, 2).upper() != "ED":
-            continue
-        comps = obx.raw(5).split(msg.delims.rep)[0].split(msg.delims.comp)
-        if len(comps) < 5 or comps[3].strip().upper() != "BASE64":
-            continue
-        try:
-            data = base64.b64decode(re.sub(r"\s+", "", comps[4]), validate=True)
-        except (binascii.Error, ValueError):
-            continue
-        try:
-            if data.lstrip().startswith(b"%PDF"):
-                out.append(Attachment(data, read_pdf(data), "application/pdf"))
-            elif data.lstrip().startswith(b"<"):
-                out.append(Attachment(data, read_cda(data), "text/xml"))
-        except PayloadError:
-            continue
-    return out
+def embedded_documents(payload: bytes, info: PayloadInfo) -> list[EmbeddedDocument]:
+    """Documents the payload carries (CDA/PDF in HL7 OBX), with what their reader said."""
+    return formats.of(info).embedded_documents(payload, info)
 
 
 def _when(value: str | None) -> str:
@@ -180,14 +113,14 @@ def human_text(info: PayloadInfo, names: Sequence[str]) -> str:
     return "\r\n".join(lines)
 
 
-def _xdm(payload: bytes, info: PayloadInfo, embedded: Sequence[Attachment], *, now: dt.datetime,
+def _xdm(payload: bytes, info: PayloadInfo, embedded: Sequence[EmbeddedDocument], *, now: dt.datetime,
          source_id: str, intended: Sequence[PartyRef]) -> bytes | None:
     from gateway.routing.xdm import XdmDocument, build_xdm
 
-    if info.kind == "cda":
+    if formats.of(info).xdm_document:
         docs = [XdmDocument(payload, info, "text/xml")]
     else:
-        docs = [XdmDocument(a.data, a.info, a.media_type) for a in embedded if a.info.kind == "cda"]
+        docs = [XdmDocument(a.data, a.info, a.media_type) for a in embedded if formats.of(a.info).xdm_document]
     if not docs:
         return None
     try:
@@ -229,20 +162,21 @@ def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipient
     if info.cancels:
         msg["X-Msgw-Cancels"] = "yes"
 
+    fmt = formats.of(info)
     embedded = embedded_documents(payload, info)
-    name = attachment_name(info, filename)
     attachments: list[tuple[bytes, str, str, str, dict[str, str]]] = []
     maintype, subtype, params = media_type_for(info)
-    attachments.append((payload, maintype, subtype, name if info.kind != "xdm" else "IHE_XDM.ZIP", params))
+    attachments.append((payload, maintype, subtype, attachment_name(info, filename), params))
+    is_pdf = (maintype, subtype) == ("application", "pdf")
     all_pdfs = [*pdfs, *(a.data for a in embedded if a.media_type == "application/pdf")]
-    if info.kind == "pdf":  # the payload is itself "document.pdf": number the others from 2
+    if is_pdf:  # the payload is itself "document.pdf": number the others from 2
         all_pdfs = [payload, *all_pdfs]
     for n, pdf in enumerate(all_pdfs, start=1):
-        if info.kind == "pdf" and n == 1:
+        if is_pdf and n == 1:
             continue
         attachments.append((pdf, "application", "pdf", "document.pdf" if len(all_pdfs) == 1 else
                             f"document-{n}.pdf", {}))
-    if xdm and info.kind != "xdm":
+    if xdm and not fmt.xdm_package:
         package = _xdm(payload, info, embedded, now=now, source_id=xdm_source_id or default_source_id(sender),
                        intended=intended)
         if package is not None:
@@ -283,5 +217,5 @@ def notice_message(notices: Sequence[str], info: PayloadInfo, *, sender: str, to
     return msg.as_bytes(policy=policy.SMTP)
 
 
-__all__ = ["Attachment", "attachment_name", "default_source_id", "embedded_documents", "human_text",
+__all__ = ["attachment_name", "default_source_id", "embedded_documents", "human_text",
            "is_lab_result", "media_type_for", "notice_message", "payload_message", "subject_for"]

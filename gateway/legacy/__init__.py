@@ -5,15 +5,19 @@ Knows nothing about SMTP, routing or S/MIME: the pipeline picks a codec from the
 """
 
 from gateway.legacy.codec import (
+    CodecOption,
     DecodedAttachment,
     DecodedMessage,
+    EncodedFile,
     LegacyCodec,
     SignatureStatus,
     detect_codec,
+    display_name,
     get,
     names,
     register,
+    unregister,
 )
 
-__all__ = ["DecodedAttachment", "DecodedMessage", "LegacyCodec", "SignatureStatus", "detect_codec", "get", "names",
-           "register"]
+__all__ = ["CodecOption", "DecodedAttachment", "DecodedMessage", "EncodedFile", "LegacyCodec", "SignatureStatus",
+           "detect_codec", "display_name", "get", "names", "register", "unregister"]

@@ -17,9 +17,11 @@ from __future__ import annotations
 import datetime
 import email.message
 import email.utils
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from email.header import Header
+from pathlib import Path
+from typing import Any
 
 from gateway.legacy.apicrypt1_format import (
     ATTACHMENT_LABEL,
@@ -42,7 +44,15 @@ from gateway.legacy.apicrypt1_format import (
     valid_user,
     xor,
 )
-from gateway.legacy.codec import DecodedAttachment, DecodedMessage, MessageInput, SignatureStatus, as_message
+from gateway.legacy.codec import (
+    CodecOption,
+    DecodedAttachment,
+    DecodedMessage,
+    EncodedFile,
+    MessageInput,
+    SignatureStatus,
+    as_message,
+)
 from gateway.legacy.errors import DecryptionFailed, MalformedPayload, NotForRecipient
 from gateway.legacy.keystore import ApicryptKeyStore, Reservation
 from gateway.legacy.mimeutil import (
@@ -269,12 +279,29 @@ class Apicrypt1Codec:
     """The `apicrypt1` LegacyCodec (keys: an ApicryptKeyStore)."""
 
     name = NAME
+    display_name = "Apicrypt"
+    config_fields: tuple[CodecOption, ...] = ()
+    keys_option = "keys"
+    keys_help = "apicrypt1 key folder (files <user>.<YY>, Master.<YY>; mode 0600)"
+    encode_options = (CodecOption("year", "int", "apicrypt1: key year (default: the current year)"),
+                      CodecOption("raw", "bool", "apicrypt1: input is bare text, output a bare armor"))
 
     def __init__(self, *, clock: datetime.datetime | None = None) -> None:
         self._clock = clock
 
     def _year(self) -> int:
         return (self._clock or datetime.datetime.now(datetime.UTC)).year
+
+    def open_keys(self, keys_path: str | Path, identity: str | None, options: Mapping[str, Any]) -> ApicryptKeyStore:
+        return ApicryptKeyStore(keys_path, identities=[identity] if identity else ())
+
+    def encode_file(self, data: bytes, sender: str, recipients: Sequence[str], keys: ApicryptKeyStore,
+                    options: Mapping[str, Any]) -> EncodedFile:
+        """A MIME message (or, with ``raw``, bare text into a bare armor); warns when a key stream wrapped."""
+        encode = self.encode_text if options.get("raw") else self.encode_with_report
+        result = encode(data, sender, recipients, keys, year=options.get("year"))
+        return EncodedFile(result.message, tuple(f"the key stream of {name} wrapped (key material reused)"
+                                                 for name in result.wrapped))
 
     def detect(self, message: MessageInput) -> bool:
         """The spec's rule (a text/plain part starting with #BINASCII1# and ending with #ENDBINASCII1#),

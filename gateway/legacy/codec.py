@@ -4,7 +4,11 @@ Why an interface: the pipeline bridges legacy formats (Apicrypt v1, OpenPGP, ...
 S/MIME without knowing any of them. A codec is pure with respect to the network: it gets the
 message bytes and a key object (its own kind of key store) and returns bytes. Each format is
 one module of this package exposing a module-level ``CODEC`` object; the registry discovers
-those modules, so adding a format touches that one module only.
+those modules, so adding a format touches that one module only: the codec also says what it is
+called in the banner (``display_name``), which keys of ``[legacy.<name>]`` it reads beyond
+``keys`` and ``identity`` (``config_fields``), how to open its key store (``open_keys``) and how
+`msgw legacy encode` drives it (``keys_option``, ``encode_options``, ``encode_file``). The
+configuration, the bridge, the banner and the command line ask it; none of them names a codec.
 
 A decode result always says what could and could NOT be established about the sender:
 a bridge must never present an unauthenticated legacy sender as verified.
@@ -19,9 +23,10 @@ import enum
 import importlib
 import logging
 import pkgutil
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
 
 from gateway.legacy.errors import UnknownCodec
 
@@ -89,11 +94,57 @@ def _header_safe(value: str) -> str:
     return cleaned[:120]
 
 
+@dataclass(frozen=True)
+class CodecOption:
+    """A codec-specific setting: a key of ``[legacy.<codec>]`` or an option of `msgw legacy`.
+
+    On the command line it is ``--`` + the name with dashes (``passphrase_file`` →
+    ``--passphrase-file``); ``help`` is shown there. A ``path`` is relative to the configuration
+    file; ``must_exist`` makes a missing one a configuration problem.
+    """
+
+    name: str
+    kind: Literal["str", "int", "bool", "path"] = "str"
+    help: str = ""
+    must_exist: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.name.replace("_", "-")
+
+
+@dataclass(frozen=True)
+class EncodedFile:
+    """What `msgw legacy encode` writes, and warnings for the operator (no content)."""
+
+    message: bytes
+    warnings: tuple[str, ...] = ()
+
+
 @runtime_checkable
 class LegacyCodec(Protocol):
     """A legacy format. `keys` is the codec's own key object (key store, keyring)."""
 
     name: str
+    #: What people call the system ("Apicrypt"): shown in the provenance banner of bridged mail.
+    display_name: str
+    #: Keys of ``[legacy.<name>]`` this codec reads beyond ``keys`` and ``identity``.
+    config_fields: tuple[CodecOption, ...]
+    #: `msgw legacy`: the option naming the key store folder ("keys" → ``--keys DIR``) and its help.
+    keys_option: str
+    keys_help: str
+    #: `msgw legacy encode` options of this codec only (``--year``, ``--sign-only``...).
+    encode_options: tuple[CodecOption, ...]
+
+    def open_keys(self, keys_path: str | Path, identity: str | None, options: Mapping[str, Any]) -> Any:
+        """The key object ``decode``/``encode`` take: the store at ``keys_path``, acting for
+        ``identity`` (None: whoever the caller names), with the ``config_fields`` values given."""
+        ...
+
+    def encode_file(self, data: bytes, sender: str, recipients: Sequence[str], keys: Any,
+                    options: Mapping[str, Any]) -> EncodedFile:
+        """`msgw legacy encode`: encode ``data`` with the ``encode_options`` values given."""
+        ...
 
     def detect(self, message: MessageInput) -> bool:
         """True when the message is in this format (cheap, never raises on odd input)."""
@@ -147,6 +198,11 @@ def _discover() -> None:
             register(codec)
 
 
+def unregister(name: str) -> None:
+    """Remove a codec (tests that register one of their own put things back with it)."""
+    _REGISTRY.pop(name, None)
+
+
 def names() -> tuple[str, ...]:
     _discover()
     return tuple(sorted(_REGISTRY))
@@ -159,6 +215,13 @@ def get(name: str) -> LegacyCodec:
     except KeyError:
         known = ", ".join(sorted(_REGISTRY)) or "none"
         raise UnknownCodec(f"unknown legacy codec {name!r} (known: {known})") from None
+
+
+def display_name(name: str) -> str:
+    """The codec's display name, or ``name`` itself when no such codec is registered."""
+    _discover()
+    codec = _REGISTRY.get(name)
+    return codec.display_name if codec is not None else name
 
 
 def detect_codec(message: MessageInput) -> LegacyCodec | None:

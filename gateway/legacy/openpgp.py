@@ -24,14 +24,14 @@ import email.utils
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import gnupg
 
-from gateway.legacy.codec import DecodedMessage, MessageInput, SignatureStatus, as_message
+from gateway.legacy.codec import CodecOption, DecodedMessage, EncodedFile, MessageInput, SignatureStatus, as_message
 from gateway.legacy.errors import DecryptionFailed, LegacyKeyError, MalformedPayload, NotForRecipient, ToolError
 from gateway.legacy.mimeutil import (
     binary_part,
@@ -241,6 +241,23 @@ class OpenPgpCodec:
     """The `openpgp` LegacyCodec (keys: an OpenPgpKeyring)."""
 
     name = NAME
+    display_name = "OpenPGP"
+    config_fields = (CodecOption("passphrase_file", "path", "openpgp: file holding our secret key's passphrase",
+                                 must_exist=True),
+                     CodecOption("passphrase_env", "str", "openpgp: environment variable holding that passphrase"))
+    keys_option = "keyring"
+    keys_help = "openpgp: GnuPG home folder"
+    encode_options = (CodecOption("sign_only", "bool", "openpgp: multipart/signed, not encrypted"),)
+
+    def open_keys(self, keys_path: str | Path, identity: str | None, options: Mapping[str, Any]) -> OpenPgpKeyring:
+        passphrase_file = options.get("passphrase_file")
+        return OpenPgpKeyring(keys_path, passphrase_file=str(passphrase_file) if passphrase_file else None,
+                              passphrase_env=options.get("passphrase_env"),
+                              identities=[identity] if identity else ())
+
+    def encode_file(self, data: bytes, sender: str, recipients: Sequence[str], keys: OpenPgpKeyring,
+                    options: Mapping[str, Any]) -> EncodedFile:
+        return EncodedFile(self.encode(data, sender, recipients, keys, sign_only=bool(options.get("sign_only"))))
 
     def detect(self, message: MessageInput) -> bool:
         if isinstance(message, bytes) and message.lstrip().startswith(BEGIN_MESSAGE):

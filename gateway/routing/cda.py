@@ -16,17 +16,24 @@ from __future__ import annotations
 
 from lxml import etree
 
-from gateway.routing.payload import (
+from gateway.routing.model import (
     INS_OIDS,
+    LAB_RESULT_CODES,
     RPPS_OID,
+    SIGNATURE,
     CdaError,
     DocumentType,
     IdType,
+    MediaType,
     PartyRef,
     PatientId,
     PayloadError,
+    PayloadFormat,
     PayloadInfo,
     UnsafePayload,
+    iana_charset,
+    leading,
+    payload_head,
     professional_id_type,
 )
 
@@ -252,3 +259,29 @@ def _body(root: etree._Element) -> tuple[str | None, str]:
     if nonxml is not None:
         return "nonxml", _attr(_find(nonxml, "h:text"), "mediaType") or "application/octet-stream"
     raise CdaError("body is neither structuredBody nor nonXMLBody", "/ClinicalDocument/component")
+
+
+class CdaFormat(PayloadFormat):
+    """CDA R2: ``text/xml`` in its declared encoding; the document packaged in IHE XDM."""
+
+    kind = "cda"
+    label = "CDA"
+    extensions = ("xml",)
+    attachment_stem = "document"
+    report_subject = "Compte rendu"
+    xdm_document = True
+
+    def detect(self, data: bytes) -> int:
+        return SIGNATURE if leading(data).startswith(b"<") and b"ClinicalDocument" in payload_head(data) else 0
+
+    def read(self, data: bytes, filename: str | None = None) -> PayloadInfo:
+        return read_cda(data)
+
+    def media_type(self, info: PayloadInfo) -> MediaType:
+        return "text", "xml", {"charset": iana_charset(info.encoding) or "utf-8"}
+
+    def is_lab_result(self, info: PayloadInfo) -> bool:
+        return info.document_type.code in LAB_RESULT_CODES
+
+
+FORMAT = CdaFormat()

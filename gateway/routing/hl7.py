@@ -20,26 +20,36 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.routing.payload import (
+from gateway.routing.model import (
     INS_OIDS,
     RPPS_OID,
+    SIGNATURE,
+    DedupFacts,
     DocumentType,
+    EmbeddedDocument,
     Hl7Error,
     IdType,
+    MediaType,
     MllpError,
     PartyRef,
     PatientId,
     PayloadError,
+    PayloadFormat,
     PayloadInfo,
     UnsafePayload,
     UnsupportedPayload,
     decode_text,
+    digest_lines,
+    iana_charset,
+    leading,
     professional_id_type,
 )
+from gateway.routing.pdf import read_pdf
 
 _SEGMENT_NAME = re.compile(r"^[A-Z][A-Z0-9]{2}$")
 _SEGMENT_SPLIT = re.compile(r"\r\n|\r|\n")
@@ -324,7 +334,6 @@ def _embedded(msg: Message, obx: Segment, reader: Callable[[bytes], PayloadInfo]
 
 def _read_embedded(data: bytes) -> PayloadInfo:
     from gateway.routing.cda import read_cda
-    from gateway.routing.payload import read_pdf
     return read_pdf(data) if data.lstrip().startswith(b"%PDF") else read_cda(data)
 
 
@@ -564,3 +573,92 @@ class MLLPDecoder:
     def idle(self) -> bool:
         """True when no partial frame is buffered (a clean place to close the connection)."""
         return not self._in_frame
+
+
+# --- the format -----------------------------------------------------------------------------------
+
+def _result_statuses(msg: Message) -> str:
+    """OBR-25 result statuses of a message, e.g. "F" or "P" ('' when absent)."""
+    return "".join(sorted({msg.value(obr, 25).upper() for obr in msg.all("OBR")} - {""}))
+
+
+def embedded_documents(data: bytes, info: PayloadInfo) -> list[EmbeddedDocument]:
+    """CDA/PDF documents carried base64 in OBX (type ED), with what their reader said.
+
+    Why read again: :class:`PayloadInfo` keeps what a document *says*, not its bytes, and the
+    XDM package and the PDF attachment need the bytes. Unreadable ones are skipped (the reader
+    already reported them as warnings).
+    """
+    if not info.embedded:
+        return []
+    from gateway.routing.cda import read_cda
+
+    out: list[EmbeddedDocument] = []
+    try:
+        msg = parse_message(data)
+    except PayloadError:
+        return []
+    for obx in msg.all("OBX"):
+        if msg.value(obx, 2).upper() != "ED":
+            continue
+        comps = obx.raw(5).split(msg.delims.rep)[0].split(msg.delims.comp)
+        if len(comps) < 5 or comps[3].strip().upper() != "BASE64":
+            continue
+        try:
+            doc = base64.b64decode(re.sub(r"\s+", "", comps[4]), validate=True)
+        except (binascii.Error, ValueError):
+            continue
+        try:
+            if doc.lstrip().startswith(b"%PDF"):
+                out.append(EmbeddedDocument(doc, read_pdf(doc), "application/pdf"))
+            elif doc.lstrip().startswith(b"<"):
+                out.append(EmbeddedDocument(doc, read_cda(doc), "text/xml"))
+        except PayloadError:
+            continue
+    return out
+
+
+class Hl7Format(PayloadFormat):
+    """HL7 v2 (ER7): ``application/hl7-v2`` (no IANA type exists; a non-text type keeps lines as they are)."""
+
+    kind = "hl7v2"
+    label = "HL7 v2"
+    extensions = ("hl7", "er7")
+    attachment_stem = "message"
+    report_subject = "Compte rendu"
+
+    def detect(self, data: bytes) -> int:
+        start = leading(data)
+        if start[:3] in (b"MSH", b"FHS", b"BHS") and len(start) > 3 and not start[3:4].isalnum():
+            return SIGNATURE
+        return 0
+
+    def read(self, data: bytes, filename: str | None = None) -> PayloadInfo:
+        return read_hl7(data)
+
+    def media_type(self, info: PayloadInfo) -> MediaType:
+        charset = iana_charset(info.encoding)
+        return "application", "hl7-v2", {"charset": charset} if charset else {}
+
+    def is_lab_result(self, info: PayloadInfo) -> bool:
+        return info.document_type.code.startswith("ORU")
+
+    def embedded_documents(self, data: bytes, info: PayloadInfo) -> list[EmbeddedDocument]:
+        return embedded_documents(data, info)
+
+    def dedup_facts(self, info: PayloadInfo, data: bytes) -> DedupFacts:
+        """Every segment but MSH (control id, send time) counts, batch segments do not; the OBR-25
+        statuses qualify the id, since a result keeps its filler order number from the
+        preliminary (``P``) to the final (``F``) report."""
+        try:
+            msg = parse_message(data)
+        except PayloadError:
+            return DedupFacts("", digest_lines(data))
+        digest = hashlib.sha256()
+        for seg in msg.segments:
+            if seg.name != "MSH":
+                digest.update("\x1f".join(seg.fields).encode("utf-8", "surrogatepass") + b"\n")
+        return DedupFacts(_result_statuses(msg), digest.digest())
+
+
+FORMAT = Hl7Format()

@@ -22,14 +22,23 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gateway.routing.payload import (
+from gateway.routing.model import (
+    MARKER,
+    SIGNATURE,
+    DedupFacts,
     DocumentType,
     HprimError,
     IdType,
+    MediaType,
     PartyRef,
     PatientId,
+    PayloadFormat,
     PayloadInfo,
     decode_text,
+    digest_lines,
+    iana_charset,
+    leading,
+    payload_head,
     professional_id_type,
 )
 
@@ -357,3 +366,42 @@ def _dedupe(parties: list[PartyRef]) -> tuple[PartyRef, ...]:
             seen.add(key)
             out.append(p)
     return tuple(out)
+
+
+class HprimFormat(PayloadFormat):
+    """HPRIM Santé: always a lab result, attached as ``text/plain`` in the file's own charset."""
+
+    kind = "hprim"
+    label = "HPRIM"
+    extensions = ("hpr", "hpm", "hprim")
+    attachment_stem = "resultat"
+
+    def detect(self, data: bytes) -> int:
+        """``H|`` at the start (record layout); else, in a text that is not XML, the text layout's markers."""
+        start = leading(data)
+        if start.startswith(b"H|"):
+            return SIGNATURE
+        if start.startswith(b"<"):
+            return 0
+        if b"****LAB****" in data or b"****FINFICHIER****" in data:
+            return MARKER
+        if any(line.startswith((b"RES|", b"TEX|")) for line in payload_head(data).splitlines()[:4]):
+            return MARKER
+        return 0
+
+    def read(self, data: bytes, filename: str | None = None) -> PayloadInfo:
+        return read_hprim(data)
+
+    def media_type(self, info: PayloadInfo) -> MediaType:
+        return "text", "plain", {"charset": iana_charset(info.encoding) or "iso-8859-1"}
+
+    def is_lab_result(self, info: PayloadInfo) -> bool:
+        return True
+
+    def dedup_facts(self, info: PayloadInfo, data: bytes) -> DedupFacts:
+        """The H and L records (file name, date and record counts of this transmission) do not count."""
+        skip = (b"H|", b"L|") if info.document_type.code != "HPRIM-MEDECIN" else ()
+        return DedupFacts("", digest_lines(data, skip))
+
+
+FORMAT = HprimFormat()

@@ -26,7 +26,7 @@ the unrouted mailbox instead of the doctor; the error names the key's JSON path.
 Why no patient fields: routing does not need them, and what is not written cannot leak. The
 patient's identity stays inside the PDF.
 
-Pure: bytes in, :class:`~gateway.routing.payload.PayloadInfo` out; errors are
+Pure: bytes in, :class:`~gateway.routing.model.PayloadInfo` out; errors are
 :class:`SidecarError` with a JSON path and never echo values.
 """
 
@@ -38,7 +38,7 @@ import re
 import unicodedata
 from typing import Any
 
-from gateway.routing.payload import DocumentType, IdType, PartyRef, PayloadError, PayloadInfo, professional_id_type
+from gateway.routing.model import DocumentType, IdType, PartyRef, PayloadError, PayloadInfo, professional_id_type
 
 MAX_SIDECAR_BYTES = 64 * 1024
 SIDECAR_VERSION = 1

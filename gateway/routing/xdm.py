@@ -29,18 +29,25 @@ from dataclasses import dataclass, field
 from lxml import etree
 
 from gateway.routing.cda import parse_xml
-from gateway.routing.payload import (
+from gateway.routing.model import (
     INS_OIDS,
+    LAB_RESULT_CODES,
     RPPS_OID,
+    SIGNATURE,
+    DedupFacts,
     DocumentType,
+    MediaType,
     PartyRef,
     PatientId,
     PayloadError,
+    PayloadFormat,
     PayloadInfo,
     UnsafePayload,
     XdmError,
+    leading,
     professional_id_type,
 )
+from gateway.routing.pdf import read_pdf
 
 RIM = "urn:oasis:names:tc:ebxml-regrep:xsd:rim:3.0"
 LCM = "urn:oasis:names:tc:ebxml-regrep:xsd:lcm:3.0"
@@ -515,7 +522,6 @@ def _recipient_party(value: str, n: int) -> PartyRef | None:
 def read_xdm_payload(zip_bytes: bytes) -> PayloadInfo:
     """An inbound XDM package as a PayloadInfo: the documents it carries are in ``embedded``."""
     from gateway.routing.cda import read_cda
-    from gateway.routing.payload import read_pdf
 
     package = read_xdm(zip_bytes)
     embedded: list[PayloadInfo] = []
@@ -541,3 +547,36 @@ def read_xdm_payload(zip_bytes: bytes) -> PayloadInfo:
                        patient_ids=patient, author=embedded[0].author if embedded else None, recipients=recipients,
                        document_id=package.submission_unique_id or None, media_type="application/zip",
                        embedded=tuple(embedded), warnings=tuple(warnings))
+
+
+class XdmFormat(PayloadFormat):
+    """An inbound IHE XDM package: attached as IHE_XDM.ZIP byte for byte, never packaged again."""
+
+    kind = "xdm"
+    label = "IHE XDM"
+    extensions = ("zip",)
+    attachment_stem = "IHE_XDM"
+    report_subject = "Compte rendu"
+    xdm_package = True
+
+    def detect(self, data: bytes) -> int:
+        return SIGNATURE if leading(data).startswith(b"PK\x03\x04") else 0
+
+    def read(self, data: bytes, filename: str | None = None) -> PayloadInfo:
+        return read_xdm_payload(data)
+
+    def media_type(self, info: PayloadInfo) -> MediaType:
+        return "application", "zip", {}
+
+    def is_lab_result(self, info: PayloadInfo) -> bool:
+        """A lab result when a document it carries is one (they are CDA or PDF: their LOINC type says)."""
+        return any(e.document_type.code in LAB_RESULT_CODES for e in info.embedded)
+
+    def attachment_name(self, ext: str) -> str:
+        return "IHE_XDM.ZIP"  # the name the IHE XDM profile gives the archive
+
+    def dedup_facts(self, info: PayloadInfo, data: bytes) -> DedupFacts:
+        return DedupFacts("", hashlib.sha256(data).digest())  # binary: every byte counts
+
+
+FORMAT = XdmFormat()

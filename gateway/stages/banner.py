@@ -21,14 +21,13 @@ import os
 import re
 import unicodedata
 
+from gateway.legacy.codec import display_name
 from gateway.legacy.mimeutil import is_attachment, to_bytes
-
-_SYSTEMS = {"apicrypt1": "Apicrypt", "openpgp": "OpenPGP"}
 
 
 def banner_lines(codec: str, sender_authenticated: bool) -> tuple[str, str]:
     """(French, English) provenance sentences for a message bridged from `codec`."""
-    system = _SYSTEMS.get(codec, codec)
+    system = display_name(codec)  # "Apicrypt", "OpenPGP": the codec says what people call it
     if sender_authenticated:
         return (f"Message reçu d'une messagerie chiffrée ancienne ({system}) et converti par la passerelle ; "
                 f"l'expéditeur a été authentifié par sa signature {system}.",

@@ -207,18 +207,11 @@ class GatewayContext:
         if cfg is None:
             return None
         if codec not in self._legacy_keys:
-            if codec == "apicrypt1":
-                from gateway.legacy.keystore import ApicryptKeyStore
+            from gateway.legacy import codec as legacy_codecs
 
-                self._legacy_keys[codec] = ApicryptKeyStore(cfg.keys, identities=[cfg.identity])
-            elif codec == "openpgp":
-                from gateway.legacy.openpgp import OpenPgpKeyring
-
-                self._legacy_keys[codec] = OpenPgpKeyring(
-                    cfg.keys, passphrase_file=str(cfg.passphrase_file) if cfg.passphrase_file else None,
-                    passphrase_env=cfg.passphrase_env, identities=[cfg.identity])
-            else:
+            if codec not in legacy_codecs.names():
                 return None
+            self._legacy_keys[codec] = legacy_codecs.get(codec).open_keys(cfg.keys, cfg.identity, cfg.options)
         return self._legacy_keys[codec]
 
     def legacy_identity(self, codec: str) -> str:

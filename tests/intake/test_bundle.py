@@ -11,7 +11,7 @@ import pytest
 
 from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.intake.process import intake_bytes
-from gateway.routing.payload import PayloadError
+from gateway.routing.model import PayloadError
 from gateway.routing.sidecar import SidecarError
 from tests.intake import samples as s
 

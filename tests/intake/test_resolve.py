@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from gateway.intake.resolve import resolve_recipients
-from gateway.routing.payload import DocumentType, PartyRef, PayloadInfo, read_payload
+from gateway.routing.model import DocumentType, PartyRef, PayloadInfo
+from gateway.routing.payload import read_payload
 from tests.intake import samples as s
 
 LAB_CODES = {("labx", "DRZEP"): s.RPPS_LABCODE}

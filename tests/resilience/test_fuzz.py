@@ -33,7 +33,8 @@ from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.routing.cda import read_cda
 from gateway.routing.hl7 import read_hl7
 from gateway.routing.hprim import read_hprim
-from gateway.routing.payload import UnsafePayload, read_payload
+from gateway.routing.model import UnsafePayload
+from gateway.routing.payload import read_payload
 from gateway.routing.sidecar import read_sidecar
 from gateway.routing.xdm import XdmDocument, build_xdm, read_xdm
 from gateway.smime import mime

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.routing.cda import read_cda
-from gateway.routing.payload import CdaError, PayloadError, UnsafePayload
+from gateway.routing.model import CdaError, PayloadError, UnsafePayload
 
 from . import fixtures as fx
 

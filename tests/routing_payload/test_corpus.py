@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.routing.payload import PayloadError, read_payload
+from gateway.routing.model import PayloadError
+from gateway.routing.payload import read_payload
 from tests.conftest import corpus_dir
 
 _CORPUS = os.environ.get("MSGW_CORPUS", "")

@@ -11,7 +11,8 @@ import pytest
 from gateway.routing.cda import read_cda
 from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame, read_hl7
 from gateway.routing.hprim import read_hprim
-from gateway.routing.payload import PayloadError, read_payload
+from gateway.routing.model import PayloadError
+from gateway.routing.payload import read_payload
 from gateway.routing.xdm import XdmDocument, build_xdm, read_xdm
 
 from . import fixtures as fx

@@ -8,7 +8,7 @@ import datetime as dt
 import pytest
 
 from gateway.routing.hl7 import Delimiters, MLLPDecoder, build_ack, mllp_frame, parse_message, read_hl7, unescape
-from gateway.routing.payload import Hl7Error, MllpError, PayloadError, UnsafePayload, UnsupportedPayload
+from gateway.routing.model import Hl7Error, MllpError, PayloadError, UnsafePayload, UnsupportedPayload
 
 from . import fixtures as fx
 

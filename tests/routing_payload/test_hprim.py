@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from gateway.routing.hprim import read_hprim
-from gateway.routing.payload import HprimError, PayloadError
+from gateway.routing.model import HprimError, PayloadError
 
 from . import fixtures as fx
 

@@ -5,16 +5,15 @@ from __future__ import annotations
 import pytest
 
 from gateway.errors import MalformedInput
-from gateway.routing.payload import (
+from gateway.routing.model import (
     DocumentType,
     PartyRef,
     PatientId,
     PayloadError,
     PayloadInfo,
     UnsupportedPayload,
-    detect_payload,
-    read_payload,
 )
+from gateway.routing.payload import detect_payload, read_payload
 
 from . import fixtures as fx
 

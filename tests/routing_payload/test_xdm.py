@@ -11,7 +11,8 @@ import pytest
 from lxml import etree
 
 from gateway.routing.cda import read_cda
-from gateway.routing.payload import PartyRef, UnsafePayload, XdmError, read_payload
+from gateway.routing.model import PartyRef, UnsafePayload, XdmError
+from gateway.routing.payload import read_payload
 from gateway.routing.xdm import RIM, S_TYPE, XDS_CODES, XdmDocument, build_xdm, read_xdm
 
 from . import fixtures as fx
@@ -162,7 +163,7 @@ def test_entry_without_a_name_is_a_typed_error() -> None:
     import io
     import zipfile
 
-    from gateway.routing.payload import XdmError
+    from gateway.routing.model import XdmError
     from gateway.routing.xdm import read_xdm
 
     buf = io.BytesIO()

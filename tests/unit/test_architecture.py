@@ -1,0 +1,154 @@
+"""The import rules of docs/architecture.md, checked on the code itself.
+
+Why a test: an import cycle (even through an import hidden inside a function) means two modules
+cannot be understood, tested or replaced apart; the issue that untangled them (#12) asks that
+none come back. The complexity ceiling keeps the pure decision and protection code readable.
+"""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+PACKAGE = ROOT / "gateway"
+
+
+def _modules(root: Path, package: Path) -> dict[str, Path]:
+    mods = {}
+    for path in package.rglob("*.py"):
+        parts = path.relative_to(root).with_suffix("").parts
+        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        mods[name] = path
+    return mods
+
+
+def import_graph(root: Path = ROOT, package: Path = PACKAGE) -> dict[str, set[str]]:
+    """module → modules of the package it imports, anywhere in the file (functions included).
+
+    Importing `a.b.c` runs the package `a.b` first, so that edge counts too."""
+    mods = _modules(root, package)
+    graph: dict[str, set[str]] = {m: set() for m in mods}
+    for name, path in mods.items():
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            targets: list[str] = []
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    parts = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*parts, base] if base else parts)
+                targets = [base, *(f"{base}.{alias.name}" for alias in node.names)]
+            for target in targets:
+                while target and target not in mods:
+                    target = target.rpartition(".")[0]
+                # the packages a target lives in run first
+                chain = target.split(".")
+                for i in range(1, len(chain) + 1):
+                    step = ".".join(chain[:i])
+                    if step in mods and step != name and not name.startswith(step + "."):
+                        graph[name].add(step)
+    return graph
+
+
+def cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: list[list[str]] = []
+    counter = 0
+    for root in sorted(graph):
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                low[work[-1][0]] = min(low[work[-1][0]], low[node])
+            if low[node] == index[node]:
+                component = []
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.append(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.append(sorted(component))
+    return found
+
+
+def test_the_checker_sees_a_cycle_through_a_function_level_import() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert cycles(graph) == [["a", "b", "c"]]
+
+
+def test_the_checker_reads_imports_inside_functions_and_packages(tmp_path: Path) -> None:
+    pkg = tmp_path / "pkg"
+    (pkg / "sub").mkdir(parents=True)
+    (pkg / "__init__.py").write_text("")
+    (pkg / "sub" / "__init__.py").write_text("from pkg import a\n")
+    (pkg / "a.py").write_text("def late():\n    from . import b\n    return b\n")
+    (pkg / "b.py").write_text("import pkg.sub.c\n")
+    (pkg / "sub" / "c.py").write_text("X = 1\n")
+    graph = import_graph(tmp_path, pkg)
+    assert graph["pkg.a"] == {"pkg.b"}
+    assert graph["pkg.b"] == {"pkg.sub", "pkg.sub.c"}
+    assert cycles(graph) == [["pkg.a", "pkg.b", "pkg.sub"]]
+
+
+def test_no_import_cycles_between_gateway_modules() -> None:
+    assert cycles(import_graph()) == []
+
+
+def test_delivery_does_not_import_the_pipeline() -> None:
+    """Delivery moves prepared bytes; it never decides or protects (issue 12)."""
+    graph = import_graph()
+    for name, targets in graph.items():
+        if name.startswith("gateway.delivery"):
+            assert not {t for t in targets if t.startswith(("gateway.pipeline", "gateway.stages"))}, name
+
+
+def test_pure_layers_do_not_import_the_server_spool_or_delivery() -> None:
+    graph = import_graph()
+    io_layers = ("gateway.server", "gateway.spool", "gateway.delivery", "gateway.runner", "gateway.app",
+                 "gateway.commands", "gateway.intake")
+    for name, targets in graph.items():
+        if name.startswith(("gateway.smime", "gateway.legacy", "gateway.routing", "gateway.stages")):
+            assert not {t for t in targets if t.startswith(io_layers)}, name
+
+
+def test_stages_and_smime_stay_below_complexity_15() -> None:
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    if not Path(ruff).exists():
+        pytest.fail("ruff is needed (it is in the test extras)")
+    result = subprocess.run(
+        [ruff, "check", "--no-cache", "--select", "C901", "--config", "lint.mccabe.max-complexity=15",
+         "--output-format", "concise", "gateway/stages", "gateway/smime"],
+        cwd=ROOT, capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stdout
