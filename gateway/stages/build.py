@@ -315,7 +315,7 @@ def protection_stages(ctx: ProtectionContext) -> list[Stage]:
 
 async def fail_closed(item: WorkItem) -> WorkItem:
     """The last stage under a protection policy: a recipient no stage gave a form is refused,
-    never sent as it came (the pass-through `wrap` is for the plain relay only)."""
+    never sent as it came (the pass-through `relay` is for the plain relay only)."""
     left = [r for r in item.envelope.recipients if r not in item.handled]
     if not left:
         return item
