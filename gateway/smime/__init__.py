@@ -4,6 +4,9 @@
   decrypt_message, unwrap_message, Verifier (strict trust policy).
 - `cms_sign`, `cms_verify`, `cms_envelope`, `cms_decrypt`: the CMS layer on DER/BER bytes
   (hand-built with asn1crypto + cryptography primitives; each module says why).
+- `protect`: the outgoing protection a gateway applies, one call per form: `protect_smime`
+  (sign + encrypt + header protection), `sign_protected` (the trust-space-TLS copy).
+- `headers`: header protection — the outer allow-list and the protected headers inside.
 - `mime`: canonical entities, multipart/signed and pkcs7-mime framing on raw bytes.
 - `trust`, `revocation`: trust store folder, path validation (pyhanko-certvalidator), CRLs.
 - `identity`: e-mail addresses and RPPS/ADELI/FINESS/SIRET read from certificates.

@@ -30,28 +30,20 @@ from dataclasses import replace
 from email.utils import getaddresses
 from typing import Any
 
+from gateway.directory.capability import Capability
 from gateway.errors import GatewayError, MalformedInput, PermanentError
 from gateway.legacy import LegacyCodec, detect_codec
 from gateway.legacy.mimeutil import neutral_attachment_names
 from gateway.pipeline import Outgoing, WorkItem
 from gateway.senders import header_fields
+from gateway.smime.headers import address_field, addresses, join_raw, name_of, split_raw
 from gateway.smime.identity import read_identity
 from gateway.smime.keyapi import SigningKey
 from gateway.smime.keystore import KeyUnavailable
 from gateway.stages.banner import add_banner, banner_lines
-from gateway.stages.context import ProtectionContext
+from gateway.stages.context import ProtectionContext, capability_of
 from gateway.stages.forms import is_encrypted
-from gateway.stages.headers import (
-    BRIDGE_HEADER,
-    address_field,
-    addresses,
-    join_raw,
-    name_of,
-    prepend_header,
-    restrict_outer,
-    split_raw,
-    strip_headers,
-)
+from gateway.stages.headers import BRIDGE_HEADER, prepend_header, restrict_outer, strip_headers
 from gateway.stages.inbound import summary
 
 #: After the legacy author's name in the From of a bridged copy (French and English, like the banner).
@@ -101,8 +93,8 @@ class LegacyInboundStage:
         if keys is None:
             raise PermanentError(f"message in the legacy format {codec.name}, which this gateway does not bridge",
                                  status="5.6.1")
-        same = tuple(r for r in env.recipients
-                     if r not in item.handled and self.ctx.recipient(r).capability == f"legacy:{codec.name}")
+        reads_it = Capability.legacy(codec.name)
+        same = tuple(r for r in env.recipients if r not in item.handled and capability_of(self.ctx, r) == reads_it)
         identity = self.ctx.legacy_identity(codec.name)
         loop = asyncio.get_running_loop()
         mime = await loop.run_in_executor(None, _bridged, codec, item.data, keys, identity)

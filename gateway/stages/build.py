@@ -19,7 +19,7 @@ from cryptography import x509
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig, PolicyConfig
-from gateway.directory.certdiscovery import CertificateDiscovery, CertificateDiscoveryError, NoCertificate
+from gateway.directory.certdiscovery import CertificateDiscovery
 from gateway.directory.certsources import (
     CertificateSource,
     DirectorySource,
@@ -32,7 +32,7 @@ from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.directory.trustspace import TrustSpace
 from gateway.errors import GatewayError, PermanentError
 from gateway.logs import event
-from gateway.pipeline import DEFAULT_STAGES, Pipeline, Refusal, WorkItem
+from gateway.pipeline import RELAY_STAGES, Pipeline, Refusal, Stage, WorkItem
 from gateway.smime import keycheck
 from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.keyapi import DecryptionKey, HashName, KeyTransportPadding, SignaturePadding, SigningKey
@@ -42,13 +42,12 @@ from gateway.smime.result import UnwrapResult
 from gateway.smime.revocation import CrlSource, http_fetch
 from gateway.smime.trust import PathCache, TrustStore, validate_recipient
 from gateway.stages.bridge import LegacyInboundStage, sanitize
-from gateway.stages.context import RecipientView
+from gateway.stages.context import ProtectionContext, RecipientView, capability_of
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
+from gateway.stages.route import RCPT_CHECK_TIMEOUT, RouteStage, rcpt_decision, rcpt_refusal_reason
 
 log = logging.getLogger("gateway.policy")
-
-RCPT_CHECK_TIMEOUT = 3.0
 
 
 class GatewayContext:
@@ -177,28 +176,13 @@ class GatewayContext:
 
     # -- RCPT-time decision -------------------------------------------------------------------
     async def rcpt_refusal(self, address: str) -> str | None:
-        """The 550 reason when a remote recipient certainly cannot be protected, else None.
+        """The 550 reason when a recipient certainly cannot be protected, else None.
 
-        Only certain answers refuse here (policy `refuse`, or no certificate anywhere and no
-        trust-space fallback); anything slow or temporary is decided after queueing."""
-        domain = address.rpartition("@")[2].lower()
-        if self.is_local(domain):
-            return None
-        policy = self.policy.for_domain(domain)
-        if policy == "refuse":
-            return f"destination {domain} is refused by policy"
-        if policy == "trust-space-tls" and self.authorised_domain(domain):
-            return None
-        capability = self.recipient(address).capability or ""
-        if capability.startswith("legacy:") and self.legacy_keys(capability[7:]) is not None:
-            return None  # the bridge can protect it in its legacy format
-        try:
-            await asyncio.wait_for(self.discovery.find(address), RCPT_CHECK_TIMEOUT)
-        except NoCertificate as exc:
-            return f"no protection possible for {address}: {str(exc)[:200]}"
-        except (CertificateDiscoveryError, GatewayError, TimeoutError):
-            return None
-        return None
+        The decision table of the route stage (`gateway.stages.decide`), on the facts known at
+        RCPT time; certificate discovery bounded by RCPT_CHECK_TIMEOUT. Only certain answers
+        refuse (policy `refuse`, or no certificate anywhere and no other form); anything slow or
+        temporary is decided after queueing."""
+        return rcpt_refusal_reason(await rcpt_decision(self, address, timeout=RCPT_CHECK_TIMEOUT))
 
     # -- legacy bridging ---------------------------------------------------------------------
     def legacy_keys(self, codec: str) -> Any | None:
@@ -233,7 +217,10 @@ class GatewayContext:
             return False
         if listener in legacy.listeners:
             return True
-        return bool(sender) and (self.recipient(sender).capability or "").startswith("legacy:")
+        if not sender:
+            return False
+        capability = capability_of(self, sender)
+        return capability is not None and capability.is_legacy
 
     async def bridge_signing_key(self) -> SigningKey | None:
         name = self.config.legacy.sign_key if self.config.legacy is not None else None
@@ -304,16 +291,24 @@ class GuardedKey:
 
 
 def build_pipeline(config: GatewayConfig) -> tuple[Pipeline, GatewayContext | None]:
-    """The stages for this config: protection when `[policy]` is on, else pass-through."""
+    """The stages for this config: protection when `[policy]` is on, else the plain relay.
+
+    sanitize (our own headers out) → legacy inbound (bridge legacy armor) → route (the decision
+    table's plan) → inbound (local mailboxes) → outbound (one executor per form) → fail_closed."""
     if config.policy is None or not config.policy.enabled:
-        return Pipeline(DEFAULT_STAGES), None
+        return Pipeline(RELAY_STAGES), None
     ctx = GatewayContext(config)
-    return Pipeline([sanitize, LegacyInboundStage(ctx), InboundStage(ctx), OutboundStage(ctx), fail_closed]), ctx
+    return Pipeline(protection_stages(ctx)), ctx
+
+
+def protection_stages(ctx: ProtectionContext) -> list[Stage]:
+    """The stage list under a protection policy (tests build it on their own contexts)."""
+    return [sanitize, LegacyInboundStage(ctx), RouteStage(ctx), InboundStage(ctx), OutboundStage(ctx), fail_closed]
 
 
 async def fail_closed(item: WorkItem) -> WorkItem:
     """The last stage under a protection policy: a recipient no stage gave a form is refused,
-    never sent as it came (the pass-through `wrap` is for the plain relay only)."""
+    never sent as it came (the pass-through `relay` is for the plain relay only)."""
     left = [r for r in item.envelope.recipients if r not in item.handled]
     if not left:
         return item

@@ -7,15 +7,20 @@ domain list and the audit trail. Tests can build one from real keys with no serv
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cryptography import x509
 
 from gateway.config import PolicyConfig
+from gateway.directory.capability import Capability, InvalidCapability
+from gateway.logs import event
 from gateway.smime.engine import Verifier
 from gateway.smime.keyapi import DecryptionKey, SigningKey
 from gateway.smime.result import UnwrapResult
+
+log = logging.getLogger("gateway.policy")
 
 
 @dataclass(frozen=True)
@@ -80,3 +85,14 @@ class ProtectionContext(Protocol):
     async def bridge_unwrap(self, data: bytes) -> UnwrapResult:
         """Open and verify S/MIME encrypted to the bridge's certificate (typed refusal otherwise)."""
         ...
+
+
+def capability_of(ctx: ProtectionContext, address: str) -> Capability | None:
+    """The directory's capability of `address`, parsed; a value that does not parse is no
+    capability (as before it was parsed: only a readable `legacy:<codec>` ever changed a
+    decision), and the operator is told which kind of problem the directory holds."""
+    try:
+        return Capability.read(ctx.recipient(address).capability)
+    except InvalidCapability as exc:
+        event(log, "directory-capability-invalid", logging.WARNING, code=exc.code)
+        return None

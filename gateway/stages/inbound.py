@@ -26,7 +26,7 @@ from dataclasses import dataclass, replace
 from cryptography.hazmat.primitives import hashes
 
 from gateway.errors import GatewayError
-from gateway.pipeline import Outgoing, Refusal, WorkItem
+from gateway.pipeline import Local, Outgoing, Refusal, WorkItem
 from gateway.smime.engine import unwrap_message
 from gateway.smime.errors import NotForUs, WeakAlgorithm
 from gateway.smime.keyapi import DecryptionKey
@@ -110,7 +110,7 @@ class InboundStage:
         data = item.data
         env = item.envelope
         handled = item.handled
-        local = [r for r in env.recipients if r not in handled and self.ctx.is_local(_domain(r))]
+        local = [r for r in env.recipients if r not in handled and self._local(item, r)]
         if not local:
             return replace(item, data=data)
         encrypted = is_encrypted(data)
@@ -130,6 +130,12 @@ class InboundStage:
                 assert verdict.data is not None
                 outgoing.append(Outgoing(tuple(rcpts), verdict.data, form=verdict.form))
         return replace(item, data=data, outgoing=(*item.outgoing, *outgoing), refusals=(*item.refusals, *refusals))
+
+    def _local(self, item: WorkItem, rcpt: str) -> bool:
+        """Planned `Local` by the route stage; without a plan (a pipeline built without a route
+        stage), by its domain — the table's first row."""
+        planned = item.planned.get(rcpt)
+        return isinstance(planned, Local) if planned is not None else self.ctx.is_local(_domain(rcpt))
 
     async def _verdict(self, item: WorkItem, data: bytes, key: DecryptionKey | None, encrypted: bool) -> _Verdict:
         """Unwrap once for a group of recipients sharing `key` (or none) and decide their copy."""

@@ -24,9 +24,9 @@ import pytest
 from gateway.smime.cms_envelope import encrypt_content
 from gateway.smime.engine import sign_message
 from gateway.smime.mime import pkcs7_mime
+from gateway.smime.protect import protect_smime
 from gateway.smime.softkeys import load_key
 from gateway.smime.testpki import ORG_EMAIL, OTHER_EMAIL, PERSON_EMAIL, TestPKI
-from gateway.stages.outbound import protect_smime
 from tests.conftest import require_tool
 from tests.e2e.harness import GatewayProcess, GatewaySetup, log_events
 from tests.e2e.test_protection_flow import _protected_setup

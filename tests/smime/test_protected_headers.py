@@ -17,8 +17,8 @@ from gateway.smime import errors as E
 from gateway.smime.cms_envelope import encrypt_content
 from gateway.smime.engine import Verifier, sign_message, unwrap_message
 from gateway.smime.mime import pkcs7_mime, split_message
+from gateway.smime.protect import protect_smime
 from gateway.smime.testpki import ORG_EMAIL, OTHER_EMAIL, PERSON_EMAIL, TestPKI
-from gateway.stages.outbound import protect_smime
 from tests.conftest import require_tool
 
 INNER_SUBJECT = "Compte rendu TEST-INNER"

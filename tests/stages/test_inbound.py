@@ -82,7 +82,7 @@ async def test_protected_headers_are_delivered_once(pki: TestPKI, tmp_path: Path
 
 
 async def test_gateway_own_format_after_decryption_is_one_header_block(pki: TestPKI) -> None:
-    from gateway.stages.outbound import protect_smime
+    from gateway.smime.protect import protect_smime
 
     original = (f"From: <{PERSON_EMAIL}>\r\nTo: <{ORG_EMAIL}>\r\nSubject: {INNER_SUBJECT}\r\n"
                 "Date: Wed, 25 Nov 2026 09:00:00 +0100\r\nMessage-ID: <m1@cabinet-parc.sante.test>\r\n"

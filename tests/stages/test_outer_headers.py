@@ -19,9 +19,10 @@ from gateway.legacy.apicrypt1_format import dearmor
 from gateway.legacy.keystore import ApicryptKeyStore, make_key_file
 from gateway.pipeline import Envelope, Pipeline
 from gateway.smime.engine import encrypt_message
+from gateway.smime.headers import allowed_outer_fields, protected_entity
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI
 from gateway.stages.bridge import LegacyInboundStage, sanitize
-from gateway.stages.headers import allowed_outer_fields, protected_entity, restrict_outer
+from gateway.stages.headers import restrict_outer
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from tests.conftest import require_tool

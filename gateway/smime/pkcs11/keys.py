@@ -20,7 +20,7 @@ from gateway.smime.pkcs11.errors import KeyNotFound, MechanismRefused, ModuleErr
 from gateway.smime.pkcs11.limiter import PerLoopLimiter
 from gateway.smime.pkcs11.mechanisms import plan_key_transport, plan_signature
 from gateway.smime.pkcs11.pin import PinSource
-from gateway.smime.pkcs11.session import KeyHandle, TokenState, token_state
+from gateway.smime.pkcs11.session import KeyHandle, TokenState, find_key_on_thread
 from gateway.smime.pkcs11.uri import Pkcs11Uri, parse_uri
 from gateway.smime.pkcs11.worker import ModuleWorker, get_worker
 
@@ -108,7 +108,7 @@ class TokenKey:
         """The token state and key handle; a deferred key looks for its token first (TokenAbsent
         while it is still away) and checks the token's key is the configured certificate's."""
         if self._state is None or self._handle is None:
-            state, handle = await self._worker.run(_find_on_thread, self._worker, self._uri, self._pin,
+            state, handle = await self._worker.run(find_key_on_thread, self._worker, self._uri, self._pin,
                                                    self._usage)
             if handle.certificate is not None and not _same_key(handle.certificate, self._certificate):
                 raise KeyNotFound(f"the key {self.uri} on the token does not match the configured "
@@ -155,7 +155,7 @@ def open_token_key(ref: str | Pkcs11Uri, *, module: str | os.PathLike[str] | Non
     that looks for it at each use (TokenAbsent, temporary, until it is there) instead of failing."""
     uri, worker = _prepare(ref, module)
     try:
-        state, handle = worker.run_sync(_find_on_thread, worker, uri, pin, usage)
+        state, handle = worker.run_sync(find_key_on_thread, worker, uri, pin, usage)
     except TokenAbsent:
         if not (defer_if_absent and certificate is not None):
             raise
@@ -173,7 +173,7 @@ async def open_token_key_async(ref: str | Pkcs11Uri, *, module: str | os.PathLik
     """`open_token_key` without blocking the event loop."""
     uri, worker = _prepare(ref, module)
     try:
-        state, handle = await worker.run(_find_on_thread, worker, uri, pin, usage)
+        state, handle = await worker.run(find_key_on_thread, worker, uri, pin, usage)
     except TokenAbsent:
         if not (defer_if_absent and certificate is not None):
             raise
@@ -185,12 +185,6 @@ async def open_token_key_async(ref: str | Pkcs11Uri, *, module: str | os.PathLik
 def _prepare(ref: str | Pkcs11Uri, module: str | os.PathLike[str] | None) -> tuple[Pkcs11Uri, ModuleWorker]:
     uri = parse_uri(ref) if isinstance(ref, str) else ref
     return uri, get_worker(resolve_module(uri, module))
-
-
-def _find_on_thread(worker: ModuleWorker, uri: Pkcs11Uri, pin: PinSource | None,
-                    usage: str | None) -> tuple[TokenState, KeyHandle]:
-    state = token_state(worker, uri.token_selector)
-    return state, state.find_key(uri, pin, usage)
 
 
 def _build(worker: ModuleWorker, state: TokenState, handle: KeyHandle, pin: PinSource | None,

@@ -48,7 +48,7 @@ def _child_init(module_path: str, uri_text: str, pin: str | None, usage: str | N
 def _child_open() -> tuple[Any, Any, Any, PinSource | None]:
     global _opened
     if _opened is None:
-        from gateway.smime.pkcs11.keys import _find_on_thread
+        from gateway.smime.pkcs11.session import find_key_on_thread
         from gateway.smime.pkcs11.uri import parse_uri
         from gateway.smime.pkcs11.worker import get_worker
 
@@ -60,7 +60,7 @@ def _child_open() -> tuple[Any, Any, Any, PinSource | None]:
         pin_source = StaticPin(pin) if pin else None
         for attempt in range(1, _OPEN_ATTEMPTS + 1):
             try:
-                state, handle = _find_on_thread(worker, parse_uri(uri_text), pin_source, usage)
+                state, handle = find_key_on_thread(worker, parse_uri(uri_text), pin_source, usage)
                 break
             except TokenAbsent:
                 # The parent has just used this token, so it is there: SoftHSM's file store can

@@ -377,6 +377,14 @@ def token_state(worker: ModuleWorker, selector: TokenSelector) -> TokenState:
     return state
 
 
+def find_key_on_thread(worker: ModuleWorker, uri: Pkcs11Uri, pin: PinSource | None,
+                       usage: str | None) -> tuple[TokenState, KeyHandle]:
+    """Log in (once per token) and find the key of `uri` (worker thread only). Here, not in
+    `keys`, so that the worker processes of `pool` can open a key without importing `keys`."""
+    state = token_state(worker, uri.token_selector)
+    return state, state.find_key(uri, pin, usage)
+
+
 def _probe(key: Any) -> None:
     """A cheap call on the key's session: raises the session-lost error if it is dead."""
     key[Attribute.CLASS]
