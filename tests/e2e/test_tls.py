@@ -15,7 +15,7 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from gateway.config import load_config
-from gateway.delivery.manager import DeliveryManager
+from gateway.runner import QueueService as DeliveryManager
 from gateway.pipeline import Outgoing, Pipeline, WorkItem
 from gateway.spool import RecipientState, Spool
 from tests.conftest import free_port

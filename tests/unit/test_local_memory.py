@@ -12,7 +12,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.delivery.local import deliver_lmtp
-from gateway.delivery.manager import DeliveryManager
+from gateway.runner import QueueService as DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.pipeline import Outgoing, Pipeline, WorkItem
 from gateway.spool import Spool
