@@ -27,7 +27,8 @@ index when it reopens after a clean stop), so a spool that filled up could neith
 record a delivery nor delete a message. Three rules keep it working:
 * a *reserve* file (`reserve`, pre-allocated, 1 MiB by default) holds space for queue state:
   a write that fails for lack of space releases it (and checkpoints the WAL so its space is
-  reused) and tries again; deferrals, which change nothing that matters, never use it;
+  reused) and tries again; deferrals, which change nothing that matters, never use it, nor
+  does a preparation (the runner then sends it from memory, see gateway/runner.py);
 * new mail never eats the reserve: `accept()` first puts it back, and answers SpoolError
   (452 4.3.1) while it cannot, so mail is refused until space returns;
 * what frees space goes first: a finished or deleted message loses its file before its rows
@@ -582,7 +583,9 @@ class Spool:
             return True
 
         try:
-            done = self._write("record a prepared message", record)
+            # Never the reserve: it pays for outcomes, which free space. On a full disk the runner
+            # sends an unrecorded preparation from memory instead (see gateway/runner.py).
+            done = self._write("record a prepared message", record, reserve=False)
         except SpoolError:
             self._unlink_copies(f for _, f in files)
             raise
