@@ -1,7 +1,11 @@
-"""The running gateway: spool + listeners + delivery, with graceful shutdown.
+"""The running gateway: listeners → spool → pipeline runner → delivery, with graceful shutdown.
 
-SIGTERM/SIGINT: stop accepting (listeners closed), let in-flight deliveries finish within
-`spool.shutdown_grace`, then cancel the rest (they stay pending in the spool), close the spool.
+Accepted mail is *received* in the spool; the runner prepares it once (pipeline → copies in the
+spool) and wakes delivery, which moves the prepared bytes (see gateway/runner.py).
+
+SIGTERM/SIGINT: stop accepting (listeners closed), let in-flight preparations and deliveries
+finish within `spool.shutdown_grace`, then cancel the rest (they stay pending in the spool),
+close the spool.
 """
 
 from __future__ import annotations
@@ -13,10 +17,10 @@ from typing import TYPE_CHECKING
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
-from gateway.delivery.manager import DeliveryManager
 from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.logs import event
 from gateway.pipeline import Pipeline
+from gateway.runner import QueueService
 from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
 
@@ -41,7 +45,7 @@ class Gateway:
         self.spool = Spool(config.spool.path)
         self.pipeline = pipeline
         self.context: GatewayContext | None = None
-        self.delivery: DeliveryManager | None = None
+        self.queue: QueueService | None = None
         self.server: SmtpServer | None = None
         self.intake: IntakeService | None = None
         self._own_directory: SqliteDirectory | None = None
@@ -62,18 +66,18 @@ class Gateway:
         else:  # the plain relay audits what its listeners refuse too
             self._own_audit = AuditWriter(AuditTrail(audit_path(self.config)))
             audit = self._own_audit
-        delivery = self.delivery = DeliveryManager(self.config, self.spool, self.pipeline, audit=audit)
+        queue = self.queue = QueueService(self.config, self.spool, self.pipeline, audit=audit)
         directory = self.context.directory if self.context is not None else self._open_directory()
-        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: delivery.wake(),
+        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: queue.wake(),
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
         await self.server.start()
-        delivery.start()
+        queue.start()
         if self.config.intake is not None and self.config.intake.enabled:
             from gateway.intake.service import IntakeService
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
-                                        self.config.state_dir, lambda _id: delivery.wake(),
+                                        self.config.state_dir, lambda _id: queue.wake(),
                                         self.config.spool.max_queue_lifetime)
             await self.intake.start()
 
@@ -86,8 +90,8 @@ class Gateway:
             await self.intake.stop()
         if self.server is not None:
             await self.server.stop()
-        if self.delivery is not None:
-            await self.delivery.stop()
+        if self.queue is not None:
+            await self.queue.stop()
         self.spool.close()
         if self.context is not None:
             self.context.close()

@@ -1,7 +1,10 @@
 """`msgw queue list|show|retry|delete`: look at and act on the spool of a (running) gateway.
 
 Works beside a running `msgw serve`: SQLite WAL lets both read, and the runner picks up
-`retry` (next attempt set to now) at its next poll.
+`retry` (next attempt set to now) at its next poll: a *received* recipient (not prepared yet,
+e.g. its signing key was unavailable) is prepared again, a *prepared* one is sent again (the
+same bytes). `list`/`show` print each message's stage and its prepared copies' forms; with
+`--json`, the keys `stage`, `copies` and per recipient `stage`, `copy`, `form` are added.
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_config_option(sp)
     sp.add_argument("--json", action="store_true")
     sp.set_defaults(func=run_show)
-    rp = qsub.add_parser("retry", help="retry deferred recipients now")
+    rp = qsub.add_parser("retry", help="retry deferred recipients now (a received one: its preparation)")
     rp.add_argument("id", nargs="?")
     rp.add_argument("--all", action="store_true")
     add_config_option(rp)
@@ -47,15 +50,19 @@ def _when(ts: float) -> str:
 
 
 def _print_message(msg: QueuedMessage) -> None:
-    print(f"{msg.id}  {msg.size:>9} B  received {_when(msg.received)}  from <{msg.sender}>"
+    print(f"{msg.id}  {msg.size:>9} B  received {_when(msg.received)}  from <{msg.sender}>  {msg.stage}"
           f"{'  QUARANTINED' if msg.quarantined else ''}")
+    forms = {c.id: c.form for c in msg.copies}
+    for c in msg.copies:
+        print(f"    copy {c.id}: {c.form}, {c.size} B{', mutual TLS only' if c.require_tls else ''}")
     for r in msg.recipients:
         extra = ""
         if r.state.value == "deferred":
             extra = f" next {_when(r.next_attempt)} ({r.attempts} attempts): {r.last_error or ''}"
         elif r.state.value in ("bounced", "delivered"):
             extra = f" {r.last_status or ''} {r.last_error or ''}".rstrip()
-        print(f"    {r.state.value:<9} <{r.address}>{extra}")
+        stage = f"copy {r.copy_id} ({forms.get(r.copy_id, '?')})" if r.copy_id is not None else "received"
+        print(f"    {r.state.value:<9} <{r.address}> [{stage}]{extra}")
 
 
 def run_list(args: argparse.Namespace) -> int:

@@ -18,7 +18,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
-from gateway.errors import DeliveryError, PermanentError
+from gateway.delivery.smtp_client import RecipientResult
+from gateway.errors import DeliveryError, GatewayError, PermanentError
 
 _SAFE_MAILBOX_CHARS = re.compile(r"[a-z0-9._+=@-]")
 _MAX_MAILBOX_NAME = 200
@@ -318,3 +319,28 @@ async def deliver_lmtp(host: str, port: int, *, sender: str, recipients: Sequenc
     finally:
         await client.close()
     return results
+
+
+# --------------------------------------------------------------------------------------------
+# Per-recipient results (what the Maildir and LMTP transports report)
+# --------------------------------------------------------------------------------------------
+
+async def maildir_results(root: Path, sender: str, recipients: Sequence[str], data: bytes
+                          ) -> dict[str, RecipientResult]:
+    """Deliver into every recipient's Maildir, off the event loop, each from the one shared
+    buffer (the two added header lines, then `data` itself: no per-recipient copy)."""
+    results: dict[str, RecipientResult] = {}
+    for rcpt in recipients:
+        try:
+            await asyncio.to_thread(deliver_maildir, root, rcpt, data, return_path=sender, delivered_to=rcpt)
+            results[rcpt] = RecipientResult(250, "2.0.0 delivered to maildir")
+        except GatewayError as exc:
+            code = 451 if exc.temporary else 550
+            results[rcpt] = RecipientResult(code, f"{exc.status} {exc}")
+    return results
+
+
+async def lmtp_results(host: str, port: int, *, sender: str, recipients: Sequence[str], data: bytes,
+                       lhlo_name: str) -> dict[str, RecipientResult]:
+    replies = await deliver_lmtp(host, port, sender=sender, recipients=recipients, message=data, lhlo_name=lhlo_name)
+    return {r: RecipientResult(code, text) for r, (code, text) in replies.items()}

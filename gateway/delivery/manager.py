@@ -1,5 +1,9 @@
-"""The queue runner: takes due messages from the spool, runs the pipeline, delivers each copy,
-and records per-recipient outcomes (delivered, deferred with backoff, bounced with a DSN).
+"""Delivery: takes due *prepared* recipients from the spool, reads their copy's bytes, hands
+them to the transport the next-hop table names, and records per-recipient outcomes (delivered,
+deferred with backoff, bounced with a DSN). It moves bytes only: the content was processed
+once, before (gateway/runner.py), so a retry re-sends the same bytes (no new signature, no new
+decision); it never imports the pipeline. DSNs and delay notices enter the spool as prepared
+copies of themselves (`Spool.accept_prepared`), so they never meet the pipeline either.
 
 Ordering rules that keep the "never lose, never leak" promise:
 * queue state changes only after the next hop answered; a crash or a SIGTERM in between
@@ -30,13 +34,15 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
-from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
+from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
-from gateway.pipeline import Envelope, Outgoing, Pipeline
-from gateway.spool import Outcome, QueuedMessage, QueuedRecipient, RecipientState, Spool
+from gateway.spool import Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.delivery")
+
+#: One prepared copy, its bytes, and the recipients of this attempt that receive it.
+Batch = tuple[PreparedCopy, bytes, list[QueuedRecipient]]
 
 CRASH_LIMIT = 5
 
@@ -52,13 +58,11 @@ def _utc(ts: float) -> dt.datetime:
 class DeliveryManager:
     """Runs deliveries from the spool until stopped."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
-                 resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
-                 audit: Callable[..., None] | None = None) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
+                 clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None) -> None:
         self.config = config
         self.audit = audit
         self.spool = spool
-        self.pipeline = pipeline or Pipeline()
         self.resolver = resolver or NextHopResolver(config)
         self.clock = clock
         self._wake = asyncio.Event()
@@ -114,11 +118,13 @@ class DeliveryManager:
         while not self._stopping:
             await self._finish_postponed()
             try:
-                due = await self._io(self.spool.due, self.clock(), limit=self.config.delivery.max_parallel * 4,
-                                     exclude=set(self._inflight) | self._held_now())
+                due = await self._io(self.spool.due_prepared, self.clock(), limit=self.config.delivery.max_parallel * 4,
+                                     exclude=set(self._inflight) | self._held_now(),
+                                     delay_notice_before=self._delay_notice_before())
             except GatewayError as exc:
                 event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
                 due = []
+            due += await self._backlog_due()
             for msg in due:
                 if self._stopping:
                     break
@@ -128,6 +134,22 @@ class DeliveryManager:
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+
+    async def _backlog_due(self) -> list[QueuedMessage]:
+        """Messages with outcomes waiting in memory whose hold is over, that the spool would not
+        list as due (their preparation itself could not be recorded): written, then finished."""
+        skip = set(self._inflight) | self._held_now()
+        out = []
+        for msg_id in set(self._unwritten) - skip:
+            msg = await self._io(self.spool.get, msg_id)
+            if msg is not None and not any(r.prepared for r in msg.pending):
+                out.append(msg)
+        return out
+
+    def _delay_notice_before(self) -> float | None:
+        """Messages received before this time may owe their sender a delay notice."""
+        delay = self.config.spool.delay_warning
+        return self.clock() - delay if delay > 0 else None
 
     def _held_now(self) -> set[str]:
         now = self.clock()
@@ -146,7 +168,9 @@ class DeliveryManager:
     async def run_once(self) -> int:
         """Process everything due now and wait for it (tests and `msgw queue flush`)."""
         await self._finish_postponed()
-        due = self.spool.due(self.clock(), exclude=set(self._inflight) | self._held_now())
+        due = self.spool.due_prepared(self.clock(), exclude=set(self._inflight) | self._held_now(),
+                                      delay_notice_before=self._delay_notice_before())
+        due += await self._backlog_due()
         await asyncio.gather(*(self._process_guarded(m) for m in due))
         return len(due)
 
@@ -166,7 +190,7 @@ class DeliveryManager:
                 raise
             except GatewayError as exc:
                 event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
-                await self._defer(msg, list(msg.pending), str(exc), exc.status if exc.temporary else "4.3.0")
+                await self._defer(msg, _prepared(msg), str(exc), exc.status if exc.temporary else "4.3.0")
             except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
                 event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
                 try:
@@ -177,13 +201,13 @@ class DeliveryManager:
                 if quarantined:
                     event(log, "quarantined", logging.ERROR, msg=msg.id)
                 else:
-                    await self._defer(msg, list(msg.pending), "internal error while processing", "4.3.0")
+                    await self._defer(msg, _prepared(msg), "internal error while processing", "4.3.0")
 
     async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
     async def _process(self, msg: QueuedMessage) -> None:
-        pending = [r for r in msg.pending if r.next_attempt <= self.clock()]
+        pending = [r for r in msg.pending if r.prepared and r.next_attempt <= self.clock()]
         if not pending:
             await self._after(msg.id)  # only DSNs owed
             return
@@ -193,54 +217,59 @@ class DeliveryManager:
                                f"(last error: {pending[0].last_error or 'none'})", "4.4.7")
             await self._after(msg.id)
             return
-        data = await self._io(self.spool.message_bytes, msg.id)
-        if len(data) != msg.size:  # e.g. emptied by `msgw queue delete` on a full disk: never send it
-            raise SpoolError(f"queued message {msg.id} is damaged ({len(data)} bytes on disk, {msg.size} queued)")
-        envelope = Envelope(queue_id=msg.id, sender=msg.sender, recipients=tuple(r.address for r in pending),
-                            auth_user=msg.auth_user, listener=msg.listener)
-        by_address = {r.address: r for r in pending}
-        try:
-            result = await self.pipeline.run(envelope, data)
-        except GatewayError as exc:
-            if exc.temporary:
-                await self._defer(msg, pending, str(exc), exc.status)
-            else:
-                await self._bounce(msg, pending, str(exc), exc.status)
+        by_copy: dict[int, list[QueuedRecipient]] = defaultdict(list)
+        for rcpt in pending:
+            by_copy[rcpt.copy_id or 0].append(rcpt)
+        batches = []
+        for copy_id, rcpts in by_copy.items():
+            copy = msg.copy(copy_id)
+            data = await self._io(self.spool.copy_bytes, copy)  # SpoolError when damaged: never sent
+            batches.append((copy, data, rcpts))
+        await self._send(msg, batches)
+        await self._after(msg.id)
+
+    async def deliver_unrecorded(self, msg: QueuedMessage, batches: list[Batch], outcomes: list[Outcome]) -> None:
+        """Send a preparation the spool could not record (full disk) from memory.
+
+        Its outcomes then wait in memory like any other (`_write`), and the runner leaves the
+        message alone while they do (`backlog`): this process sends it once; a restart before
+        they are written prepares and sends it again (at worst twice, never zero)."""
+        async with self._global:
+            await self._write(msg, outcomes)
+            await self._send(msg, batches)
             await self._after(msg.id)
-            return
-        refused: list[Outcome] = []
-        for refusal in result.refusals:
-            rcpt = by_address.get(refusal.recipient)
-            if rcpt is None:
-                continue
-            if refusal.temporary:
-                refused.append(self._deferral(msg, rcpt, refusal.reason, refusal.status))
-            else:
-                refused.append(_bounced(rcpt, refusal.reason, refusal.status))
-        await self._write(msg, refused)
+
+    def backlog(self) -> set[str]:
+        """Messages whose outcomes wait in memory to be written."""
+        return set(self._unwritten)
+
+    async def _send(self, msg: QueuedMessage, batches: list[Batch]) -> None:
+        """Each copy to its recipients, grouped by destination, every group at once."""
         destinations: dict[str, Destination] = {}
         jobs = []
-        for data, require_tls, addresses in _shared_copies(result.outgoing):
+        for copy, data, rcpts in batches:
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
-            for address in addresses:
-                rcpt = by_address.get(address)
-                if rcpt is not None:
-                    domain = _domain(address)
-                    dest = destinations.get(domain)
-                    if dest is None:
-                        dest = destinations[domain] = self.resolver.destination(domain)
-                    groups[dest].append(rcpt)
-            for dest, rcpts in groups.items():
-                problem = None
-                if require_tls and not dest.local:
-                    problem = dest.tls.mutual_tls_problem(f"the route to {dest.domain}")
+            for rcpt in rcpts:
+                domain = _domain(rcpt.address)
+                dest = destinations.get(domain)
+                if dest is None:
+                    dest = destinations[domain] = self.resolver.destination(domain)
+                groups[dest].append(rcpt)
+            for dest, group in groups.items():
+                problem = self._tls_problem(copy, dest)
                 if problem:
                     # Fail closed: this copy is protected only by (mutual) TLS, and this route cannot give it.
-                    await self._bounce(msg, rcpts, problem, "5.7.10")
+                    await self._bounce(msg, group, problem, "5.7.10")
                     continue
-                jobs.append(self._deliver_group(msg, dest, rcpts, data, mutual_tls=require_tls))
+                jobs.append(self._deliver_group(msg, dest, group, data, mutual_tls=copy.require_tls))
         await asyncio.gather(*jobs)
-        await self._after(msg.id)
+
+    @staticmethod
+    def _tls_problem(copy: PreparedCopy, dest: Destination) -> str | None:
+        """Why this route cannot carry a copy that relies on mutual TLS (None when it can)."""
+        if not copy.require_tls or dest.local:
+            return None
+        return dest.tls.mutual_tls_problem(f"the route to {dest.domain}")
 
     async def _deliver_group(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
                              data: bytes, *, mutual_tls: bool = False) -> None:
@@ -248,7 +277,8 @@ class DeliveryManager:
         async with sem:
             started = time.monotonic()
             try:
-                results, remote = await self._attempt(msg, dest, rcpts, data, mutual_tls=mutual_tls)
+                transport = transport_for(Hop(self.config, dest, self.resolver, require_client_cert=mutual_tls))
+                results, remote = await transport.deliver(msg.sender, [r.address for r in rcpts], data)
             except DeliveryError as exc:
                 event(log, "delivery-failed", logging.WARNING, msg=msg.id, dest=dest.key, rcpts=len(rcpts),
                       temporary=exc.temporary, status=exc.status, reason=str(exc))
@@ -276,27 +306,6 @@ class DeliveryManager:
         await self._write(msg, outcomes)
         event(log, "delivery", msg=msg.id, dest=dest.key, remote=remote, size=len(data), delivered=delivered,
               deferred=deferred, bounced=bounced, ms=elapsed)
-
-    async def _attempt(self, msg: QueuedMessage, dest: Destination, rcpts: list[QueuedRecipient],
-                       data: bytes, *, mutual_tls: bool = False) -> tuple[dict[str, RecipientResult], str]:
-        if dest.local:
-            return await self.resolver.deliver_local(msg.sender, [r.address for r in rcpts], data)
-        hops = await self.resolver.hops(dest)
-        last_error: DeliveryError | None = None
-        for hop in hops:
-            for address in hop.addresses:
-                try:
-                    results = await send_via_smtp(
-                        host=hop.host, address=address, port=hop.port, sender=msg.sender,
-                        recipients=[r.address for r in rcpts], data=data, tls=dest.tls,
-                        helo_name=self.config.hostname, connect_timeout=self.config.delivery.connect_timeout,
-                        command_timeout=self.config.delivery.command_timeout, require_client_cert=mutual_tls)
-                    return results, hop.host
-                except DeliveryError as exc:
-                    if not exc.temporary:
-                        raise
-                    last_error = exc
-        raise last_error or DeliveryError(f"no usable next hop for {dest.key}", temporary=True, status="4.4.4")
 
     # -- outcomes ---------------------------------------------------------------------------
     def _next_attempt(self, attempts: int) -> float:
@@ -446,23 +455,17 @@ class DeliveryManager:
         dsn = await asyncio.to_thread(
             lambda: build_dsn(original=returned_headers(original), envelope_id=msg.id, envelope_from=msg.sender,
                               reporting_mta=self.config.hostname, recipients=reports, arrival=_utc(msg.received)))
-        dsn_id = await self._io(self.spool.accept, "", [msg.sender], dsn,
+        # Queued as a prepared copy of itself: identifying headers only, so it goes as it is (a
+        # sender we cannot protect must still learn that its message failed).
+        dsn_id = await self._io(self.spool.accept_prepared, "", [msg.sender], dsn, form="dsn",
                                 lifetime=self.config.spool.max_queue_lifetime, listener="dsn")
         event(log, "dsn-queued", msg=msg.id, dsn=dsn_id, action=action, rcpts=len(rcpts))
         self._wake.set()
 
 
-def _shared_copies(outgoing: Iterable[Outgoing]) -> list[tuple[bytes, bool, list[str]]]:
-    """Copies that share one buffer (and the same TLS demand) merged into one recipient list.
-
-    Why: a stage may give each local mailbox its own Outgoing on the same bytes; delivered one
-    by one, each would be its own LMTP transaction (and its own DATA buffers). Merged by the
-    buffer's identity, not its content: comparing 10 MB buffers would cost what it saves."""
-    merged: dict[tuple[int, bool], tuple[bytes, bool, dict[str, None]]] = {}
-    for copy in outgoing:
-        entry = merged.setdefault((id(copy.data), copy.require_tls), (copy.data, copy.require_tls, {}))
-        entry[2].update(dict.fromkeys(copy.recipients))
-    return [(data, require_tls, list(addresses)) for data, require_tls, addresses in merged.values()]
+def _prepared(msg: QueuedMessage) -> list[QueuedRecipient]:
+    """The pending recipients that are delivery's (the received ones are the runner's)."""
+    return [r for r in msg.pending if r.prepared]
 
 
 def _bounced(rcpt: QueuedRecipient, error: str, status: str, remote: str | None = None) -> Outcome:

@@ -2,23 +2,24 @@
 or the domain's MX hosts (with the implicit-MX fallback of RFC 5321 §5.1).
 
 Decisions are made per domain and are pure given the config; only `hops()` (DNS) and
-`deliver_local()` (Maildir / LMTP) do I/O.
+`deliver_local()` (Maildir / LMTP) do I/O. Like Postfix's transport(5) table, a destination
+names its *transport* (`smtp`, `lmtp`, `maildir`: see `gateway.delivery.transports`), which is
+all the delivery manager needs to know to hand the bytes over.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import ipaddress
 from dataclasses import dataclass
 
 import dns.asyncresolver
 
 from gateway.config import GatewayConfig, TlsSettings
-from gateway.delivery.local import deliver_lmtp, deliver_maildir
+from gateway.delivery.local import lmtp_results, maildir_results
 from gateway.delivery.mx import NextHop, resolve_next_hops
 from gateway.delivery.smtp_client import RecipientResult
-from gateway.errors import DeliveryError, GatewayError
+from gateway.errors import DeliveryError
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,8 @@ class Destination:
     port: int = 25
     tls: TlsSettings = TlsSettings()
     concurrency: int = 5
+    #: The name of the transport that carries the bytes (a key of `transports.TRANSPORTS`).
+    transport: str = "smtp"
 
 
 class NextHopResolver:
@@ -45,7 +48,8 @@ class NextHopResolver:
     def destination(self, domain: str) -> Destination:
         cfg, d = self.config, self.config.delivery
         if cfg.is_local(domain):
-            return Destination(key="local", domain=domain, local=True, concurrency=d.per_destination)
+            return Destination(key="local", domain=domain, local=True, concurrency=d.per_destination,
+                               transport=cfg.local.mode)
         route = d.route_for(domain)
         if route is not None:
             tls = d.tls_for(route)
@@ -79,21 +83,10 @@ class NextHopResolver:
 
     async def deliver_local(self, sender: str, recipients: list[str], data: bytes
                             ) -> tuple[dict[str, RecipientResult], str]:
+        """Local delivery as configured (`[local] mode`): what the `lmtp` and `maildir`
+        transports do, for callers that hold a resolver rather than a destination."""
         local = self.config.local
         if local.mode == "lmtp":
-            replies = await deliver_lmtp(local.lmtp_host, local.lmtp_port, sender=sender, recipients=recipients,
-                                         message=data, lhlo_name=self.config.hostname)
-            return {r: RecipientResult(code, text) for r, (code, text) in replies.items()}, "lmtp"
-        loop = asyncio.get_running_loop()
-        results: dict[str, RecipientResult] = {}
-        for rcpt in recipients:
-            # Every mailbox is written from the one shared buffer (the two added header lines,
-            # then `data` itself): no per-recipient copy of the message.
-            try:
-                await loop.run_in_executor(None, functools.partial(
-                    deliver_maildir, local.maildir, rcpt, data, return_path=sender, delivered_to=rcpt))
-                results[rcpt] = RecipientResult(250, "2.0.0 delivered to maildir")
-            except GatewayError as exc:
-                code = 451 if exc.temporary else 550
-                results[rcpt] = RecipientResult(code, f"{exc.status} {exc}")
-        return results, "maildir"
+            return await lmtp_results(local.lmtp_host, local.lmtp_port, sender=sender, recipients=recipients,
+                                      data=data, lhlo_name=self.config.hostname), "lmtp"
+        return await maildir_results(local.maildir, sender, recipients, data), "maildir"

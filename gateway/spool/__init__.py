@@ -2,7 +2,9 @@
 
 from gateway.spool.store import (
     PENDING,
+    NewCopy,
     Outcome,
+    PreparedCopy,
     QueuedMessage,
     QueuedRecipient,
     RecipientState,
@@ -10,4 +12,5 @@ from gateway.spool.store import (
     new_message_id,
 )
 
-__all__ = ["PENDING", "Outcome", "QueuedMessage", "QueuedRecipient", "RecipientState", "Spool", "new_message_id"]
+__all__ = ["PENDING", "NewCopy", "Outcome", "PreparedCopy", "QueuedMessage", "QueuedRecipient", "RecipientState",
+           "Spool", "new_message_id"]

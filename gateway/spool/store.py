@@ -13,12 +13,22 @@ is moved to `orphans/` for inspection; every recipient not in a final state is d
 A message is deleted (file and rows) only once every recipient is final. Messages whose
 processing crashes repeatedly are moved to `quarantine/` rather than retried forever.
 
+Two states (issue 12, "prepare once"): a recipient is *received* until the pipeline runner
+prepared it, then it points at a *prepared copy* (one row per copy: form, mutual-TLS demand,
+size, and its bytes in a file of `copy/`, or the message file itself when the copy is the
+message as it came). `prepare()` writes and fsyncs the copy files first, then one transaction
+inserts the copy rows, links the recipients, records the refusals and marks the message
+prepared: a crash before that commit leaves the recipients received (recovery removes the copy
+files no row names) and preparation runs again; after it, never again. Delivery then only
+reads bytes. A spool of the older schema gains the columns on open; its messages are received.
+
 A full disk (issue 11): SQLite needs free space for every write (WAL frames, and the -shm
 index when it reopens after a clean stop), so a spool that filled up could neither start nor
 record a delivery nor delete a message. Three rules keep it working:
 * a *reserve* file (`reserve`, pre-allocated, 1 MiB by default) holds space for queue state:
   a write that fails for lack of space releases it (and checkpoints the WAL so its space is
-  reused) and tries again; deferrals, which change nothing that matters, never use it;
+  reused) and tries again; deferrals, which change nothing that matters, never use it, nor
+  does a preparation (the runner then sends it from memory, see gateway/runner.py);
 * new mail never eats the reserve: `accept()` first puts it back, and answers SpoolError
   (452 4.3.1) while it cannot, so mail is refused until space returns;
 * what frees space goes first: a finished or deleted message loses its file before its rows
@@ -79,7 +89,23 @@ CREATE TABLE IF NOT EXISTS recipients (
 );
 CREATE INDEX IF NOT EXISTS recipients_due ON recipients(state, next_attempt);
 CREATE INDEX IF NOT EXISTS recipients_msg ON recipients(message_id);
+CREATE TABLE IF NOT EXISTS copies (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    message_id TEXT NOT NULL REFERENCES messages(id) ON DELETE CASCADE,
+    form TEXT NOT NULL,
+    require_tls INTEGER NOT NULL DEFAULT 0,
+    size INTEGER NOT NULL,
+    file TEXT NOT NULL
+);
+CREATE INDEX IF NOT EXISTS copies_msg ON copies(message_id);
 """
+
+#: Columns added after the first schema (issue 12): added on open to an older spool, whose
+#: messages are then simply *received* (prepared = 0, no copy).
+_MIGRATIONS = (
+    ("messages", "prepared", "INTEGER NOT NULL DEFAULT 0"),
+    ("recipients", "copy_id", "INTEGER"),
+)
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
@@ -117,6 +143,38 @@ class QueuedRecipient:
     remote: str | None
     updated: float
     dsn_sent: bool
+    #: The prepared copy this recipient receives; None while it is still *received*.
+    copy_id: int | None = None
+
+    @property
+    def prepared(self) -> bool:
+        return self.copy_id is not None
+
+
+@dataclass(frozen=True)
+class PreparedCopy:
+    """A copy made once by the pipeline runner: what delivery sends, as bytes in `file`."""
+
+    id: int
+    message_id: str
+    form: str
+    require_tls: bool
+    size: int
+    file: str
+
+
+@dataclass(frozen=True)
+class NewCopy:
+    """A copy to record with `Spool.prepare`: its bytes and the recipient rows it is for.
+
+    `same_as_message`: the bytes are the message as it came, so the message file serves (no
+    second file for a relayed or as-is copy)."""
+
+    form: str
+    require_tls: bool
+    data: bytes
+    rcpt_ids: tuple[int, ...]
+    same_as_message: bool = False
 
 
 @dataclass(frozen=True)
@@ -133,20 +191,33 @@ class QueuedMessage:
     crashes: int
     quarantined: bool
     recipients: tuple[QueuedRecipient, ...]
+    copies: tuple[PreparedCopy, ...] = ()
 
     @property
     def pending(self) -> tuple[QueuedRecipient, ...]:
         return tuple(r for r in self.recipients if not r.state.final)
 
+    @property
+    def stage(self) -> str:
+        """`received` while a pending recipient still waits for preparation, else `prepared`."""
+        return "received" if any(not r.prepared for r in self.pending) else "prepared"
+
+    def copy(self, copy_id: int) -> PreparedCopy:
+        return next(c for c in self.copies if c.id == copy_id)
+
     def to_json(self) -> dict:
+        forms = {c.id: c.form for c in self.copies}
         return {
             "id": self.id, "sender": self.sender, "size": self.size, "received": self.received,
             "expires": self.expires, "listener": self.listener, "client": self.client,
-            "auth_user": self.auth_user, "quarantined": self.quarantined,
+            "auth_user": self.auth_user, "quarantined": self.quarantined, "stage": self.stage,
+            "copies": [{"id": c.id, "form": c.form, "require_tls": c.require_tls, "size": c.size}
+                       for c in self.copies],
             "recipients": [{
                 "address": r.address, "state": r.state.value, "attempts": r.attempts,
                 "next_attempt": r.next_attempt, "last_error": r.last_error, "last_status": r.last_status,
-                "remote": r.remote,
+                "remote": r.remote, "stage": "prepared" if r.prepared else "received",
+                "copy": r.copy_id, "form": forms.get(r.copy_id) if r.copy_id is not None else None,
             } for r in self.recipients],
         }
 
@@ -187,6 +258,7 @@ class Spool:
     def __init__(self, path: Path, *, reserve: int = RESERVE_BYTES) -> None:
         self.path = Path(path)
         self.msg_dir = self.path / "msg"
+        self.copy_dir = self.path / "copy"
         self.tmp_dir = self.path / "tmp"
         self.quarantine_dir = self.path / "quarantine"
         self.orphan_dir = self.path / "orphans"
@@ -200,7 +272,7 @@ class Spool:
         """Open (and by default recover) the spool. On a full disk SQLite cannot even rebuild
         its WAL index after a clean stop: the reserve pays for that (a second try)."""
         try:
-            for d in (self.path, self.msg_dir, self.tmp_dir, self.quarantine_dir, self.orphan_dir):
+            for d in (self.path, self.msg_dir, self.copy_dir, self.tmp_dir, self.quarantine_dir, self.orphan_dir):
                 d.mkdir(parents=True, exist_ok=True, mode=0o700)
             db = self._connect()
         except (OSError, sqlite3.Error) as exc:
@@ -222,6 +294,7 @@ class Spool:
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
             db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool
+            _migrate(db)
         except BaseException:
             db.close()
             raise
@@ -360,6 +433,7 @@ class Spool:
                 with contextlib.suppress(OSError):
                     os.replace(f, self.orphan_dir / f.name)
                     stats["orphans"] += 1
+        stats["copies_removed"] = self._remove_unrecorded_copies()
         with self._lock:
             stats["pending"] = self.db.execute(
                 "SELECT COUNT(*) FROM recipients WHERE state IN (?, ?)", PENDING).fetchone()[0]
@@ -379,11 +453,38 @@ class Spool:
             event(log, "spool-reserve-missing", logging.WARNING, free=self._free_bytes(), wanted=self.reserve_size)
         return stats
 
+    def _remove_unrecorded_copies(self) -> int:
+        """Copy files no row names: written by a preparation that crashed before its commit
+        (the recipients are still received and will be prepared again)."""
+        with self._lock:
+            known = {row[0] for row in self.db.execute("SELECT file FROM copies")}
+        removed = 0
+        for f in self.copy_dir.iterdir():
+            if f"copy/{f.name}" not in known:
+                with contextlib.suppress(OSError):
+                    f.unlink()
+                    removed += 1
+        return removed
+
     # -- accepting --------------------------------------------------------------------------
     def accept(self, sender: str, recipients: Iterable[str], data: bytes, *, lifetime: float,
                listener: str = "", client: str = "", auth_user: str | None = None,
                now: float | None = None) -> str:
-        """Store a message durably and return its queue id; raise SpoolError otherwise."""
+        """Store a message durably (as *received*) and return its queue id; SpoolError otherwise."""
+        return self._accept(sender, recipients, data, lifetime=lifetime, listener=listener, client=client,
+                            auth_user=auth_user, now=now)
+
+    def accept_prepared(self, sender: str, recipients: Iterable[str], data: bytes, *, form: str,
+                        lifetime: float, listener: str = "", require_tls: bool = False,
+                        now: float | None = None) -> str:
+        """Store a message that needs no preparation (our DSNs and notices) directly as one
+        prepared copy of itself: delivery sends it as it is, the pipeline never sees it."""
+        return self._accept(sender, recipients, data, lifetime=lifetime, listener=listener, now=now,
+                            prepared=(form, require_tls))
+
+    def _accept(self, sender: str, recipients: Iterable[str], data: bytes, *, lifetime: float,
+                listener: str = "", client: str = "", auth_user: str | None = None, now: float | None = None,
+                prepared: tuple[str, bool] | None = None) -> str:
         rcpts = list(dict.fromkeys(recipients))
         if not rcpts:
             raise GatewayError("no recipients", status="5.5.1")
@@ -392,8 +493,34 @@ class Spool:
             raise SpoolError("cannot store message: insufficient disk space (the queue's reserve is in use)")
         now = time.time() if now is None else now
         msg_id = new_message_id()
-        tmp = self.tmp_dir / msg_id
         final = self.msg_dir / msg_id
+        self._store_file(final, data, "store message")
+
+        def record(db: sqlite3.Connection) -> None:
+            db.execute(
+                "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user, prepared)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user, int(bool(prepared))))
+            copy_id = None
+            if prepared is not None:
+                copy_id = db.execute(
+                    "INSERT INTO copies (message_id, form, require_tls, size, file) VALUES (?, ?, ?, ?, ?)",
+                    (msg_id, prepared[0], int(prepared[1]), len(data), f"msg/{msg_id}")).lastrowid
+            db.executemany(
+                "INSERT INTO recipients (message_id, address, state, next_attempt, updated, copy_id)"
+                " VALUES (?, ?, 'queued', ?, ?, ?)", [(msg_id, r, now, now, copy_id) for r in rcpts])
+
+        try:
+            self._write("record message", record, reserve=False)  # new mail never uses the reserve
+        except SpoolError:
+            with contextlib.suppress(OSError):
+                final.unlink()
+            raise
+        return msg_id
+
+    def _store_file(self, final: Path, data: bytes, what: str, *, sync_dir: bool = True) -> None:
+        """tmp → fsync → rename (→ directory fsync): the file is whole or absent after a crash."""
+        tmp = self.tmp_dir / final.name
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
             try:
@@ -405,27 +532,72 @@ class Spool:
             finally:
                 os.close(fd)
             os.replace(tmp, final)
-            _fsync_dir(self.msg_dir)
+            if sync_dir:
+                _fsync_dir(final.parent)
         except OSError as exc:
             with contextlib.suppress(OSError):
                 tmp.unlink()
-            raise SpoolError(f"cannot store message: {_describe(exc)}") from None
-        def record(db: sqlite3.Connection) -> None:
-            db.execute(
-                "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user))
-            db.executemany(
-                "INSERT INTO recipients (message_id, address, state, next_attempt, updated)"
-                " VALUES (?, ?, 'queued', ?, ?)", [(msg_id, r, now, now) for r in rcpts])
+            raise SpoolError(f"cannot {what}: {_describe(exc)}") from None
+
+    # -- preparing --------------------------------------------------------------------------
+    def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
+        """Record a preparation: copy files first (fsynced), then one transaction that inserts
+        the copy rows, links their recipients, writes the refusals and marks the message
+        prepared. False when the message is gone (deleted meanwhile): nothing is recorded.
+
+        Only recipients still received and pending are linked, so a late preparation never
+        undoes an operator's delete nor gives a recipient a second copy."""
+        items = list(copies)
+        results = list(outcomes)
+        name = _safe_id(msg_id)
+        files: list[tuple[NewCopy, str]] = []
+        try:
+            for n, copy in enumerate(items):
+                if copy.same_as_message:
+                    files.append((copy, f"msg/{name}"))
+                    continue
+                file = self.copy_dir / f"{name}C{n}{secrets.token_hex(3).upper()}"
+                self._store_file(file, copy.data, "store a prepared copy", sync_dir=False)
+                files.append((copy, f"copy/{file.name}"))
+            if len(files) > sum(c.same_as_message for c in items):
+                _fsync_dir(self.copy_dir)
+        except (OSError, SpoolError) as exc:
+            self._unlink_copies(f for _, f in files)
+            raise exc if isinstance(exc, SpoolError) else SpoolError(
+                f"cannot store a prepared copy: {_describe(exc)}") from None
+        now = time.time()
+
+        def record(db: sqlite3.Connection) -> bool:
+            if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
+                return False
+            for copy, file in files:
+                copy_id = db.execute(
+                    "INSERT INTO copies (message_id, form, require_tls, size, file) VALUES (?, ?, ?, ?, ?)",
+                    (msg_id, copy.form, int(copy.require_tls), len(copy.data), file)).lastrowid
+                db.executemany(
+                    "UPDATE recipients SET copy_id = ?, updated = ? WHERE id = ? AND message_id = ?"
+                    " AND copy_id IS NULL AND state IN (?, ?)",
+                    [(copy_id, now, rid, msg_id, *PENDING) for rid in copy.rcpt_ids])
+            _apply_outcomes(db, results, now)
+            db.execute("UPDATE messages SET prepared = 1 WHERE id = ?", (msg_id,))
+            return True
 
         try:
-            self._write("record message", record, reserve=False)  # new mail never uses the reserve
+            # Never the reserve: it pays for outcomes, which free space. On a full disk the runner
+            # sends an unrecorded preparation from memory instead (see gateway/runner.py).
+            done = self._write("record a prepared message", record, reserve=False)
         except SpoolError:
-            with contextlib.suppress(OSError):
-                final.unlink()
+            self._unlink_copies(f for _, f in files)
             raise
-        return msg_id
+        if not done:
+            self._unlink_copies(f for _, f in files)
+        return done
+
+    def _unlink_copies(self, files: Iterable[str]) -> None:
+        for file in files:
+            if file.startswith("copy/"):
+                with contextlib.suppress(OSError):
+                    (self.copy_dir / file[5:]).unlink()
 
     # -- reading ----------------------------------------------------------------------------
     def message_bytes(self, msg_id: str) -> bytes:
@@ -434,30 +606,70 @@ class Spool:
         except OSError as exc:
             raise SpoolError(f"cannot read queued message {msg_id}: {_describe(exc)}") from None
 
+    def copy_bytes(self, copy: PreparedCopy) -> bytes:
+        """A prepared copy's bytes; SpoolError when unreadable or damaged (a size other than
+        recorded, e.g. emptied by `msgw queue delete` on a full disk): never sent then."""
+        folder, _, name = copy.file.partition("/")
+        base = {"msg": self.msg_dir, "copy": self.copy_dir}.get(folder)
+        if base is None:
+            raise SpoolError(f"not a copy file: {copy.file[:40]!r}")
+        try:
+            data = (base / _safe_id(name)).read_bytes()
+        except OSError as exc:
+            raise SpoolError(f"cannot read prepared copy {copy.id} of {copy.message_id}: {_describe(exc)}") from None
+        if len(data) != copy.size:
+            raise SpoolError(f"prepared copy {copy.id} of {copy.message_id} is damaged "
+                             f"({len(data)} bytes on disk, {copy.size} recorded)")
+        return data
+
     def get(self, msg_id: str) -> QueuedMessage | None:
         with self._lock:
-            row = self.db.execute("SELECT * FROM messages WHERE id = ?", (msg_id,)).fetchone()
+            row = self.db.execute(_MESSAGE_COLUMNS + " WHERE id = ?", (msg_id,)).fetchone()
             if row is None:
                 return None
             return self._message(row)
 
     def list(self) -> list[QueuedMessage]:
         with self._lock:
-            rows = self.db.execute("SELECT * FROM messages ORDER BY received, id").fetchall()
+            rows = self.db.execute(_MESSAGE_COLUMNS + " ORDER BY received, id").fetchall()
             return [self._message(row) for row in rows]
 
     def due(self, now: float | None = None, limit: int = 500, exclude: set[str] | frozenset[str] = frozenset()
             ) -> builtins.list[QueuedMessage]:
-        """Messages with at least one pending recipient whose next attempt has come."""
+        """Messages with at least one pending recipient whose next attempt has come (either
+        step), or a bounce whose DSN is still owed."""
+        return self._due("", now, limit, exclude)
+
+    def due_received(self, now: float | None = None, limit: int = 500,
+                     exclude: set[str] | frozenset[str] = frozenset()) -> builtins.list[QueuedMessage]:
+        """Messages with a received (not yet prepared) recipient due now: the runner's work."""
+        return self._due("received", now, limit, exclude)
+
+    def due_prepared(self, now: float | None = None, limit: int = 500,
+                     exclude: set[str] | frozenset[str] = frozenset(), *, delay_notice_before: float | None = None
+                     ) -> builtins.list[QueuedMessage]:
+        """Messages with a prepared recipient due now, or a DSN owed: delivery's work. With
+        `delay_notice_before`, also messages received before then whose sender is owed a delay
+        notice (a recipient deferred, at either step, and none sent yet)."""
+        return self._due("prepared", now, limit, exclude, delay_notice_before)
+
+    def _due(self, stage: str, now: float | None, limit: int, exclude: set[str] | frozenset[str],
+             delay_notice_before: float | None = None) -> builtins.list[QueuedMessage]:
         now = time.time() if now is None else now
+        pending = "(r.state IN (?, ?) AND r.next_attempt <= ?"
+        pending += {"received": " AND r.copy_id IS NULL)", "prepared": " AND r.copy_id IS NOT NULL)"}.get(stage, ")")
+        # A bounce whose DSN is still owed (a crash between recording the bounce and queueing
+        # the DSN, or a refusal at preparation) is delivery's work.
+        owed = "" if stage == "received" else " OR (r.state = 'bounced' AND r.dsn_sent = 0)"
+        args: list[object] = [*PENDING, now]
+        if delay_notice_before is not None:
+            owed += " OR (r.state = 'deferred' AND m.delay_notified = 0 AND m.sender != '' AND m.received <= ?)"
+            args.append(delay_notice_before)
         with self._lock:
-            # Due: a pending recipient whose time has come, or a bounce whose DSN is still owed
-            # (a crash between recording the bounce and queueing the DSN).
             ids = [r[0] for r in self.db.execute(
-                "SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"
-                " WHERE ((r.state IN (?, ?) AND r.next_attempt <= ?) OR (r.state = 'bounced' AND r.dsn_sent = 0))"
-                " AND m.quarantined = 0 GROUP BY r.message_id ORDER BY MIN(r.next_attempt) LIMIT ?",
-                (*PENDING, now, limit + len(exclude)))]
+                f"SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
+                f" WHERE ({pending}{owed}) AND m.quarantined = 0 GROUP BY r.message_id"
+                f" ORDER BY MIN(r.next_attempt) LIMIT ?", (*args, limit + len(exclude)))]
             out = []
             for msg_id in ids:
                 if msg_id in exclude:
@@ -483,7 +695,10 @@ class Spool:
     def _message(self, row: tuple) -> QueuedMessage:
         rcpts = self.db.execute(
             "SELECT id, message_id, address, state, attempts, next_attempt, last_error, last_status, remote,"
-            " updated, dsn_sent FROM recipients WHERE message_id = ? ORDER BY id", (row[0],)).fetchall()
+            " updated, dsn_sent, copy_id FROM recipients WHERE message_id = ? ORDER BY id", (row[0],)).fetchall()
+        copies = self.db.execute(
+            "SELECT id, message_id, form, require_tls, size, file FROM copies WHERE message_id = ? ORDER BY id",
+            (row[0],)).fetchall()
         return QueuedMessage(
             id=row[0], sender=row[1], size=row[2], received=row[3], expires=row[4], listener=row[5],
             client=row[6], auth_user=row[7], delay_notified=bool(row[8]), crashes=row[9],
@@ -491,7 +706,9 @@ class Spool:
             recipients=tuple(QueuedRecipient(
                 id=r[0], message_id=r[1], address=r[2], state=RecipientState(r[3]), attempts=r[4],
                 next_attempt=r[5], last_error=r[6], last_status=r[7], remote=r[8], updated=r[9],
-                dsn_sent=bool(r[10])) for r in rcpts))
+                dsn_sent=bool(r[10]), copy_id=r[11]) for r in rcpts),
+            copies=tuple(PreparedCopy(id=c[0], message_id=c[1], form=c[2], require_tls=bool(c[3]), size=c[4],
+                                      file=c[5]) for c in copies))
 
     # -- state changes ----------------------------------------------------------------------
     def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
@@ -502,13 +719,8 @@ class Spool:
         items = list(outcomes)
         if not items:
             return
-        rows = [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
-                 o.rcpt_id, *PENDING) for o in items]
-        self._write("update queue state", lambda db: db.executemany(
-            "UPDATE recipients SET state = ?, attempts = attempts + ?, last_error = ?,"
-            " last_status = ?, remote = COALESCE(?, remote), next_attempt = COALESCE(?, next_attempt),"
-            " updated = ? WHERE id = ? AND state IN (?, ?)", rows),
-            reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+        self._write("update queue state", lambda db: _apply_outcomes(db, items, now),
+                    reserve=any(o.state is not RecipientState.DEFERRED for o in items))
 
     def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
              remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
@@ -592,8 +804,9 @@ class Spool:
         try:
             self._write("delete a queued message", mark)
         except SpoolError:
-            with contextlib.suppress(FileNotFoundError), open(self.msg_dir / name, "r+b") as f:
-                f.truncate(0)
+            for path in [self.msg_dir / name, *self._copy_paths(msg_id)]:
+                with contextlib.suppress(FileNotFoundError), open(path, "r+b") as f:
+                    f.truncate(0)
             self._make_room("delete")
             self._write("delete a queued message", mark)
         self.finish_if_done(msg_id)
@@ -612,19 +825,50 @@ class Spool:
                 " OR (state = 'bounced' AND dsn_sent = 0))", (msg_id, *PENDING)).fetchone()[0]
         if left:
             return False
-        try:
-            (self.msg_dir / name).unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            raise SpoolError(f"cannot remove finished message {msg_id}: {_describe(exc)}") from None
+        for path in [*self._copy_paths(msg_id), self.msg_dir / name]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise SpoolError(f"cannot remove finished message {msg_id}: {_describe(exc)}") from None
 
         def remove(db: sqlite3.Connection) -> None:
             db.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
+            db.execute("DELETE FROM copies WHERE message_id = ?", (msg_id,))
             db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
 
         self._write("remove a finished message", remove)
         return True
+
+
+    def _copy_paths(self, msg_id: str) -> builtins.list[Path]:
+        """The files of a message's own prepared copies (not the message file it may share)."""
+        with self._lock:
+            files = [r[0] for r in self.db.execute("SELECT file FROM copies WHERE message_id = ?", (msg_id,))]
+        return [self.copy_dir / _safe_id(f[5:]) for f in files if f.startswith("copy/")]
+
+
+_MESSAGE_COLUMNS = ("SELECT id, sender, size, received, expires, listener, client, auth_user, delay_notified,"
+                    " crashes, quarantined, prepared FROM messages")
+
+
+def _migrate(db: sqlite3.Connection) -> None:
+    """Add the columns of a newer schema to an older spool (written only when missing)."""
+    for table, column, decl in _MIGRATIONS:
+        have = {row[1] for row in db.execute(f"PRAGMA table_info({table})")}
+        if column not in have:
+            db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {decl}")
+
+
+def _apply_outcomes(db: sqlite3.Connection, outcomes: builtins.list[Outcome], now: float) -> None:
+    """Only pending recipients change: an operator's delete is not undone by a late result."""
+    db.executemany(
+        "UPDATE recipients SET state = ?, attempts = attempts + ?, last_error = ?,"
+        " last_status = ?, remote = COALESCE(?, remote), next_attempt = COALESCE(?, next_attempt),"
+        " updated = ? WHERE id = ? AND state IN (?, ?)",
+        [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
+          o.rcpt_id, *PENDING) for o in outcomes])
 
 
 def _safe_id(msg_id: str) -> str:

@@ -15,8 +15,8 @@ from pathlib import Path
 from aiosmtpd.controller import Controller
 
 from gateway.config import load_config
-from gateway.delivery.manager import DeliveryManager
 from gateway.pipeline import Outgoing, Pipeline, WorkItem
+from gateway.runner import QueueService as DeliveryManager
 from gateway.spool import RecipientState, Spool
 from tests.conftest import free_port
 from tests.e2e.harness import GatewayProcess, SinkHandler, make_message, queue_json, write_config

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.config import load_config
-from gateway.delivery.manager import DeliveryManager
+from gateway.runner import QueueService as DeliveryManager
 from gateway.spool import RecipientState, Spool
 from tests.diskfull import fill
 from tests.e2e.harness import Sink, SinkHandler, make_message, write_config

@@ -12,9 +12,9 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.delivery.local import deliver_lmtp
-from gateway.delivery.manager import DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.pipeline import Outgoing, Pipeline, WorkItem
+from gateway.runner import QueueService as DeliveryManager
 from gateway.spool import Spool
 from tests.e2e.harness import write_config
 from tests.unit.lmtp_discard import start_discard_lmtp

@@ -49,6 +49,8 @@ class TokenKey:
         if pool is not None:  # keep every process busy with full batches
             concurrency = max(concurrency, 2 * pool.processes * pool.batch)
         self._limiter = PerLoopLimiter(concurrency, max_waiting, name=f"token key {self.uri}")
+        #: Signatures the token made with this key in this process (operators, tests).
+        self.signatures = 0
 
     # -- protocol properties -------------------------------------------------------------
     @property
@@ -90,8 +92,11 @@ class TokenKey:
                 raise MechanismRefused(f"the key {self.uri} is not allowed to sign (CKA_SIGN false)")
             plan = plan_signature(data, hash_name, padding, handle.key_type, handle.offered, self._prefer_raw)
             if self._pool is not None:
-                return await self._pool.sign(plan)
-            return await self._worker.run(state.sign, handle, plan, self._pin)
+                signature = await self._pool.sign(plan)
+            else:
+                signature = await self._worker.run(state.sign, handle, plan, self._pin)
+            self.signatures += 1
+            return signature
 
     async def decrypt_key(self, encrypted_key: bytes, padding: KeyTransportPadding) -> bytes:
         """Unwrap a content-encryption key on the token (PKCS#1 v1.5 or OAEP)."""

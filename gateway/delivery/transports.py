@@ -1,0 +1,111 @@
+"""Transports: how a prepared copy's bytes reach a destination (Postfix's transport(5) model).
+
+The next-hop table (`nexthop.NextHopResolver.destination`) names a transport per destination;
+the delivery manager looks the name up in `TRANSPORTS`, builds it for that hop and calls
+`deliver(sender, recipients, data)`. It gets one result per recipient (so one full mailbox or
+one refused RCPT never makes the others retry) and the name of the remote that answered.
+
+Adding a transport (the MLLP client to a hospital DPI is the next one) is one class with that
+`deliver` method plus one line in `TRANSPORTS`; the manager does not change. A transport raises
+`DeliveryError` for a failure of the whole hop (temporary → deferred, permanent → bounced).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from gateway.config import GatewayConfig
+from gateway.delivery.local import lmtp_results, maildir_results
+from gateway.delivery.nexthop import Destination, NextHopResolver
+from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
+from gateway.errors import DeliveryError
+
+Results = tuple[dict[str, RecipientResult], str]
+
+
+@dataclass(frozen=True)
+class Hop:
+    """What a transport is built for: one destination, for one copy."""
+
+    config: GatewayConfig
+    destination: Destination
+    resolver: NextHopResolver
+    #: The copy is protected by trust-space (mutual) TLS only: our client certificate must be
+    #: presented, or nothing is sent (see smtp_client).
+    require_client_cert: bool = False
+
+
+class Transport(Protocol):
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
+        """Hand `data` over for `recipients`: (per-recipient result, the remote that answered)."""
+        ...
+
+
+class SmtpTransport:
+    """SMTP to the destination's hosts: its MX hosts (or its fixed route / smart host), in
+    order, every address of each; a temporary failure tries the next, a permanent one stops."""
+
+    def __init__(self, hop: Hop) -> None:
+        self.hop = hop
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
+        hop, dest = self.hop, self.hop.destination
+        delivery = hop.config.delivery
+        last_error: DeliveryError | None = None
+        for host in await hop.resolver.hops(dest):
+            for address in host.addresses:
+                try:
+                    results = await send_via_smtp(
+                        host=host.host, address=address, port=host.port, sender=sender, recipients=list(recipients),
+                        data=data, tls=dest.tls, helo_name=hop.config.hostname,
+                        connect_timeout=delivery.connect_timeout, command_timeout=delivery.command_timeout,
+                        require_client_cert=hop.require_client_cert)
+                    return results, host.host
+                except DeliveryError as exc:
+                    if not exc.temporary:
+                        raise
+                    last_error = exc
+        raise last_error or DeliveryError(f"no usable next hop for {dest.key}", temporary=True, status="4.4.4")
+
+
+class LmtpTransport:
+    """LMTP to the local delivery agent (Dovecot, Cyrus): one reply per recipient (RFC 2033)."""
+
+    def __init__(self, hop: Hop) -> None:
+        self.hop = hop
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
+        local = self.hop.config.local
+        results = await lmtp_results(local.lmtp_host, local.lmtp_port, sender=sender, recipients=recipients,
+                                     data=data, lhlo_name=self.hop.config.hostname)
+        return results, "lmtp"
+
+
+class MaildirTransport:
+    """Into Maildirs on this host, durably (file and directory fsynced), one per recipient."""
+
+    def __init__(self, hop: Hop) -> None:
+        self.hop = hop
+
+    async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
+        return await maildir_results(self.hop.config.local.maildir, sender, recipients, data), "maildir"
+
+
+#: Transport name (as the next-hop table gives it) → how to build one for a hop.
+TRANSPORTS: dict[str, Callable[[Hop], Transport]] = {
+    "smtp": SmtpTransport,
+    "lmtp": LmtpTransport,
+    "maildir": MaildirTransport,
+}
+
+
+def transport_for(hop: Hop) -> Transport:
+    """The transport the next-hop table chose; an unknown name is our configuration's fault,
+    so temporary (the mail waits for the operator, it is not bounced)."""
+    factory = TRANSPORTS.get(hop.destination.transport)
+    if factory is None:
+        raise DeliveryError(f"no transport named {hop.destination.transport!r} for {hop.destination.key}",
+                            temporary=True, status="4.3.5")
+    return factory(hop)

@@ -1,0 +1,331 @@
+"""The pipeline runner: turns *received* messages into *prepared* copies, once (Postfix's
+cleanup before the queue, Mailman's pipeline runner before its `out` queue).
+
+For each received message due, the runner runs `Pipeline.run` once for the recipients still
+received (the stages are async and push their CPU work to threads themselves), then records the
+result with `Spool.prepare`: the copies' bytes in files, then one transaction that links every
+recipient to its copy, writes the refusals (permanent → bounced with the reason, temporary →
+still received, with a backoff) and marks the message prepared. Delivery (gateway/delivery/)
+then only moves those bytes: a retry re-sends the same copy, it never signs, encrypts or decides
+again, so the stages' audit decisions are written once per preparation (a crash before the
+commit prepares again: at least once, as delivery itself).
+
+A temporary failure of the whole run (a key that is unavailable, a directory that does not
+answer) leaves every recipient received with a backoff; an unexpected exception counts as a
+crash, and after `CRASH_LIMIT` of them the message is quarantined for an operator. A full disk
+(SpoolError) holds the message in memory and tries again later; nothing is lost, as the
+recipients stay received on disk.
+
+`QueueService` runs the runner and the delivery manager together (what `gateway.app` starts):
+the runner wakes delivery as soon as it prepared something.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Awaitable, Callable, Iterable
+from typing import Any
+
+from gateway.config import GatewayConfig
+from gateway.delivery.manager import CRASH_LIMIT, Batch, DeliveryManager
+from gateway.delivery.nexthop import NextHopResolver
+from gateway.errors import GatewayError, SpoolError
+from gateway.logs import event
+from gateway.pipeline import Envelope, Pipeline, PipelineResult
+from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
+
+log = logging.getLogger("gateway.runner")
+
+__all__ = ["CRASH_LIMIT", "PipelineRunner", "QueueService"]
+
+#: Sends a preparation the spool could not record: (message, copies, refusals' outcomes).
+Unrecorded = Callable[[QueuedMessage, list[Batch], list[Outcome]], Awaitable[None]]
+
+
+class PipelineRunner:
+    """Prepares received messages from the spool until stopped."""
+
+    def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None, *,
+                 clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
+                 on_prepared: Callable[[str], None] | None = None, unrecorded: Unrecorded | None = None,
+                 busy: Callable[[], set[str]] = set) -> None:
+        self.config = config
+        self.spool = spool
+        self.pipeline = pipeline or Pipeline()
+        self.clock = clock
+        self.audit = audit
+        self.on_prepared = on_prepared
+        #: Where a preparation the spool cannot record (full disk) is sent from memory.
+        self.unrecorded = unrecorded
+        #: Messages another worker holds in memory (their state not written yet): not prepared again.
+        self.busy = busy
+        self._wake = asyncio.Event()
+        self._stopping = False
+        self._inflight: dict[str, asyncio.Task[None]] = {}
+        #: Messages whose preparation could not be written (full disk): left alone until then.
+        self._held: dict[str, float] = {}
+        self._parallel = asyncio.Semaphore(config.delivery.max_parallel)
+        self._task: asyncio.Task[None] | None = None
+
+    # -- life cycle -------------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run(), name="pipeline-runner")
+
+    def wake(self) -> None:
+        """Called after a message was accepted, so it is prepared without waiting for the poll."""
+        self._wake.set()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Stop taking new work; let preparations in flight finish for `grace` seconds, then
+        cancel them (their recipients stay received and are prepared on the next start)."""
+        self._stopping = True
+        self._wake.set()
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        tasks = list(self._inflight.values())
+        if tasks:
+            _, pending = await asyncio.wait(tasks, timeout=self.config.spool.shutdown_grace if grace is None
+                                            else grace)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.gather(*pending, return_exceptions=True)
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while not self._stopping:
+            try:
+                due = await asyncio.to_thread(self.spool.due_received, self.clock(),
+                                              limit=self.config.delivery.max_parallel * 4,
+                                              exclude=self._excluded())
+            except GatewayError as exc:
+                event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
+                due = []
+            for msg in due:
+                if self._stopping:
+                    break
+                task = loop.create_task(self._prepare_guarded(msg), name=f"prepare-{msg.id}")
+                self._inflight[msg.id] = task
+                task.add_done_callback(functools.partial(self._done, msg.id))
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+
+    def _done(self, msg_id: str, _task: object = None) -> None:
+        self._inflight.pop(msg_id, None)
+        self._wake.set()
+
+    def _excluded(self) -> set[str]:
+        return set(self._inflight) | self._held_now() | self.busy()
+
+    def _held_now(self) -> set[str]:
+        now = self.clock()
+        for msg_id in [m for m, until in self._held.items() if until <= now]:
+            del self._held[msg_id]
+        return set(self._held)
+
+    def _hold(self, msg_id: str, exc: GatewayError) -> None:
+        self._held[msg_id] = self.clock() + self.config.spool.retry_schedule[0]
+        event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
+
+    async def run_once(self) -> int:
+        """Prepare everything due now and wait for it (tests and `QueueService.run_once`)."""
+        due = await asyncio.to_thread(self.spool.due_received, self.clock(),
+                                      exclude=self._excluded())
+        await asyncio.gather(*(self._prepare_guarded(m) for m in due))
+        return len(due)
+
+    # -- one message ------------------------------------------------------------------------
+    async def _prepare_guarded(self, msg: QueuedMessage) -> None:
+        todo = [r for r in msg.pending if not r.prepared and r.next_attempt <= self.clock()]
+        if not todo:
+            return
+        async with self._parallel:
+            try:
+                await self._prepare(msg, todo)
+            except asyncio.CancelledError:
+                raise
+            except GatewayError as exc:
+                event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
+                await self._defer(msg, todo, str(exc), exc.status if exc.temporary else "4.3.0")
+            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
+                await self._crashed(msg, todo, exc)
+
+    async def _crashed(self, msg: QueuedMessage, todo: list[QueuedRecipient], exc: Exception) -> None:
+        event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
+        try:
+            quarantined = await asyncio.to_thread(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
+        except GatewayError as again:
+            self._hold(msg.id, again)
+            return
+        if quarantined:
+            event(log, "quarantined", logging.ERROR, msg=msg.id)
+        else:
+            await self._defer(msg, todo, "internal error while processing", "4.3.0")
+
+    async def _prepare(self, msg: QueuedMessage, todo: list[QueuedRecipient]) -> None:
+        if self.clock() >= msg.expires:
+            await self._write(msg, [_bounced(r, "message expired in the queue before it could be delivered "
+                                             f"(last error: {todo[0].last_error or 'none'})", "4.4.7")
+                                    for r in todo])
+            return
+        data = await asyncio.to_thread(self.spool.message_bytes, msg.id)
+        if len(data) != msg.size:  # e.g. emptied by `msgw queue delete` on a full disk: never send it
+            raise SpoolError(f"queued message {msg.id} is damaged ({len(data)} bytes on disk, {msg.size} queued)")
+        envelope = Envelope(queue_id=msg.id, sender=msg.sender, recipients=tuple(r.address for r in todo),
+                            auth_user=msg.auth_user, listener=msg.listener)
+        try:
+            result = await self.pipeline.run(envelope, data)
+        except GatewayError as exc:
+            if exc.temporary:
+                await self._defer(msg, todo, str(exc), exc.status)
+            else:
+                await self._write(msg, [_bounced(r, str(exc), exc.status) for r in todo])
+            return
+        copies, outcomes = self._plan(msg, todo, data, result)
+        try:
+            await asyncio.to_thread(self.spool.prepare, msg.id, copies, outcomes)
+        except SpoolError as exc:  # full disk: the recipients stay received on disk
+            self._hold(msg.id, exc)
+            if self.unrecorded is not None:
+                await self.unrecorded(msg, _batches(msg, copies), outcomes)
+            return
+        event(log, "prepared", msg=msg.id, copies=len(copies), forms=sorted({c.form for c in copies}),
+              rcpts=sum(len(c.rcpt_ids) for c in copies), refused=len(outcomes))
+        self._report(msg, outcomes)
+        self._prepared(msg.id)
+
+    def _plan(self, msg: QueuedMessage, todo: list[QueuedRecipient], data: bytes, result: PipelineResult
+              ) -> tuple[list[NewCopy], list[Outcome]]:
+        """The pipeline's result as spool rows: one copy per distinct buffer and TLS demand, and
+        an outcome for every refused recipient (and for any the stages left without a copy)."""
+        by_address = {r.address: r for r in todo}
+        outcomes: list[Outcome] = []
+        for refusal in result.refusals:
+            rcpt = by_address.pop(refusal.recipient, None)
+            if rcpt is None:
+                continue
+            if refusal.temporary:
+                outcomes.append(self._deferral(msg, rcpt, refusal.reason, refusal.status))
+            else:
+                outcomes.append(_bounced(rcpt, refusal.reason, refusal.status))
+        copies: list[NewCopy] = []
+        for copy_data, form, require_tls, addresses in _shared_copies(result.outgoing):
+            ids = tuple(by_address.pop(a).id for a in addresses if a in by_address)
+            if ids:
+                same = copy_data is data or copy_data == data
+                copies.append(NewCopy(form, require_tls, copy_data, ids, same_as_message=same))
+        # A recipient no stage gave a copy or a refusal: kept, and tried again later.
+        outcomes += [self._deferral(msg, r, "no copy was prepared for this recipient", "4.3.0")
+                     for r in by_address.values()]
+        return copies, outcomes
+
+    # -- outcomes ---------------------------------------------------------------------------
+    def _deferral(self, msg: QueuedMessage, rcpt: QueuedRecipient, error: str, status: str) -> Outcome:
+        """Received again at the next attempt, or bounced when that would be past the expiry."""
+        status = status if status.startswith("4") else "4" + status[1:]
+        schedule = self.config.spool.retry_schedule
+        when = self.clock() + schedule[min(rcpt.attempts, len(schedule) - 1)]
+        if when > msg.expires:
+            return _bounced(rcpt, f"retry period expired; last error: {error}", "4.4.7")
+        return Outcome(rcpt.id, RecipientState.DEFERRED, status, error[:500], next_attempt=when,
+                       address=rcpt.address)
+
+    async def _defer(self, msg: QueuedMessage, rcpts: list[QueuedRecipient], error: str, status: str) -> None:
+        await self._write(msg, [self._deferral(msg, r, error, status) for r in rcpts])
+
+    async def _write(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+        """Record outcomes without copies (the whole run failed, or the message expired)."""
+        try:
+            await asyncio.to_thread(self.spool.record_outcomes, outcomes)
+        except SpoolError as exc:
+            self._hold(msg.id, exc)  # nothing recorded: the recipients are still received
+            return
+        self._report(msg, outcomes)
+        self._prepared(msg.id)
+
+    def _prepared(self, msg_id: str) -> None:
+        if self.on_prepared is not None:
+            self.on_prepared(msg_id)
+
+    def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:
+        counts: dict[tuple[RecipientState, str], int] = defaultdict(int)
+        for o in outcomes:
+            counts[(o.state, o.status)] += 1
+            if o.state is RecipientState.BOUNCED:
+                self._audit(msg, o)
+        for (state, status), n in counts.items():
+            if state is RecipientState.DEFERRED:
+                event(log, "deferred", msg=msg.id, rcpts=n, status=status)
+            elif state is RecipientState.BOUNCED:
+                event(log, "bounced", logging.WARNING, msg=msg.id, rcpts=n, status=status)
+
+    def _audit(self, msg: QueuedMessage, outcome: Outcome) -> None:
+        if self.audit is None:
+            return
+        try:
+            self.audit(message_id=msg.id, sender=msg.sender, recipient=outcome.address, decision="outcome",
+                       outcome=f"{outcome.state.value} {outcome.status}", next_hop=None)
+        except GatewayError as exc:
+            event(log, "audit-failed", logging.ERROR, msg=msg.id, reason=str(exc))
+
+
+def _shared_copies(outgoing: Iterable[Any]) -> list[tuple[bytes, str, bool, list[str]]]:
+    """Copies that share one buffer (and the same TLS demand) merged into one recipient list.
+
+    Why: a stage may give each local mailbox its own Outgoing on the same bytes; stored and
+    delivered one by one, each would be its own file and its own LMTP transaction. Merged by the
+    buffer's identity, not its content: comparing 10 MB buffers would cost what it saves."""
+    merged: dict[tuple[int, bool], tuple[bytes, str, bool, dict[str, None]]] = {}
+    for copy in outgoing:
+        entry = merged.setdefault((id(copy.data), copy.require_tls), (copy.data, copy.form, copy.require_tls, {}))
+        entry[3].update(dict.fromkeys(copy.recipients))
+    return [(data, form, require_tls, list(addresses)) for data, form, require_tls, addresses in merged.values()]
+
+
+def _batches(msg: QueuedMessage, copies: list[NewCopy]) -> list[Batch]:
+    """Copies the spool could not record, in the form delivery sends (no row: id 0, no file)."""
+    rcpts = {r.id: r for r in msg.recipients}
+    return [(PreparedCopy(0, msg.id, c.form, c.require_tls, len(c.data), ""), c.data,
+             [rcpts[i] for i in c.rcpt_ids]) for c in copies]
+
+
+def _bounced(rcpt: QueuedRecipient, error: str, status: str) -> Outcome:
+    return Outcome(rcpt.id, RecipientState.BOUNCED, status, error[:500], address=rcpt.address)
+
+
+class QueueService:
+    """The spool's two workers: the runner (received → prepared) and delivery (prepared →
+    sent). The runner wakes delivery as soon as it prepared something."""
+
+    def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
+                 resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
+                 audit: Callable[..., None] | None = None) -> None:
+        self.delivery = DeliveryManager(config, spool, resolver, clock=clock, audit=audit)
+        self.runner = PipelineRunner(config, spool, pipeline, clock=clock, audit=audit,
+                                     on_prepared=lambda _id: self.delivery.wake(),
+                                     unrecorded=self.delivery.deliver_unrecorded, busy=self.delivery.backlog)
+
+    def start(self) -> None:
+        self.runner.start()
+        self.delivery.start()
+
+    def wake(self) -> None:
+        """A message was accepted: prepare it now (delivery is woken once it is prepared)."""
+        self.runner.wake()
+
+    async def stop(self, grace: float | None = None) -> None:
+        """Both stop taking work and share the one grace period (run side by side)."""
+        await asyncio.gather(self.runner.stop(grace), self.delivery.stop(grace))
+
+    async def run_once(self) -> int:
+        """Prepare, then deliver, everything due now (tests and one-shot commands)."""
+        prepared = await self.runner.run_once()
+        return prepared + await self.delivery.run_once()
