@@ -19,6 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gateway.errors import DeliveryError, PermanentError
+from gateway.fsutil import publish, write_synced
 
 _SAFE_MAILBOX_CHARS = re.compile(r"[a-z0-9._+=@-]")
 _MAX_MAILBOX_NAME = 200
@@ -72,27 +73,6 @@ def _make_dirs(box: Path) -> None:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, chunks: Sequence[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: str, delivered_to: str) -> Path:
     """Deliver durably into root/<mailbox>/new; returns the final path.
 
@@ -111,11 +91,10 @@ def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: st
         _make_dirs(box)
         name = _unique_name()
         tmp_path = box / "tmp" / name
-        _write_file(tmp_path, (headers, message))
+        write_synced(tmp_path, (headers, message))
         final = box / "new" / name
-        os.rename(tmp_path, final)
+        publish(tmp_path, final)
         tmp_path = None
-        _fsync_dir(box / "new")
         return final
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)

@@ -54,13 +54,13 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.fsutil import fsync_dir, write_atomic
 from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import accept_all, intake_bytes
@@ -117,28 +117,14 @@ def file_ref(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(_IGNORED_SUFFIXES)
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 def _place(src: Path, folder: Path, name: str) -> Path:
@@ -157,14 +143,9 @@ def _place(src: Path, folder: Path, name: str) -> Path:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
                 raise
-            tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
             if target.exists():
-                tmp.unlink()
                 continue
-            os.replace(tmp, target)
+            write_atomic(target, _chunks(src), sync_dir=False)  # the folder is fsynced below
         fsync_dir(folder)
         return target
     raise OSError(errno.EEXIST, "too many files of the same name")
@@ -373,7 +354,7 @@ class DropFolderWatcher:
         return data if isinstance(data, dict) else {"state": "pending", "token": "", "attempts": 0}
 
     def _save_journal(self, path: Path, data: dict[str, Any]) -> None:
-        _write_atomic(path.with_name(path.name + JOURNAL_SUFFIX), json.dumps(data).encode())
+        write_atomic(path.with_name(path.name + JOURNAL_SUFFIX), json.dumps(data).encode())
 
     def _queued_indexes(self, token: str) -> set[int]:
         """Indexes of this file's messages the spool already holds (after a crash mid-way)."""
@@ -505,7 +486,7 @@ class DropFolderWatcher:
         reason = (f"Fichier refusé par la passerelle / file rejected by the gateway\n"
                   f"drop folder: {self.settings.name}\ncode: {journal.get('code', '')}\n"
                   f"error: {journal.get('what', '')}\n" + (f"where: {where}\n" if where else "") + f"time: {stamp}\n")
-        _write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
+        write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
         self._move_parts(path, folder)
         placed = _place(path, folder, target_name)
         if placed.name != target_name:  # lost a race for the name: keep the reason beside the file

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import GatewayError, SpoolError
+from gateway.fsutil import write_atomic
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -170,14 +171,6 @@ class Outcome:
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -392,23 +385,10 @@ class Spool:
             raise SpoolError("cannot store message: insufficient disk space (the queue's reserve is in use)")
         now = time.time() if now is None else now
         msg_id = new_message_id()
-        tmp = self.tmp_dir / msg_id
         final = self.msg_dir / msg_id
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            _fsync_dir(self.msg_dir)
+            write_atomic(final, data, tmp_dir=self.tmp_dir)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise SpoolError(f"cannot store message: {_describe(exc)}") from None
         def record(db: sqlite3.Connection) -> None:
             db.execute(
