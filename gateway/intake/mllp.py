@@ -6,6 +6,7 @@ Each framed message is answered, in order, with an HL7 ACK:
 - ``AR`` when the message itself is refused (malformed, unsupported type, unroutable): resending
   it unchanged will not help; MSA-3/ERR say what and where, never the content;
 - ``AE`` when the failure is ours and temporary (spool or store unavailable): the sender resends.
+Which of the two is `gateway.errors.is_temporary`'s answer, the one SMTP gives with 4xx/5xx.
 A stream that loses MLLP sync (bytes outside a frame, a frame over ``max_frame``) gets an ``AR``
 and the connection is closed, since the next frame boundary cannot be trusted.
 
@@ -27,7 +28,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, is_temporary
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import accept_all, intake_bytes
 from gateway.intake.resolve import Directory
@@ -51,6 +52,22 @@ def control_id(frame: bytes) -> str:
     fields = first.split(first[3:4])
     value = fields[9].decode("latin-1") if len(fields) > 9 else ""
     return value if _CONTROL_ID.match(value) else ""
+
+
+def ack_for(error: BaseException) -> tuple[str, str, str]:
+    """(ACK code, MSA-3/ERR text, HL7 table 0357 error code) for a frame that was not queued.
+
+    Retry or refuse is `is_temporary`'s answer (SMTP's 4xx/5xx for the same error): ``AE`` asks the
+    sender to resend, ``AR`` refuses the message as it is. The text says what and where for a
+    refused payload, never an internal detail for a failure of ours."""
+    if not is_temporary(error):
+        if isinstance(error, PayloadError):
+            err = "200" if isinstance(error, UnsupportedPayload) else "102"  # unsupported type / data type error
+            return "AR", f"{error.what} ({error.where})" if error.where else error.what, err
+        return "AR", error.reason if isinstance(error, GatewayError) else "message refused", "207"
+    if isinstance(error, GatewayError):
+        return "AE", "temporary failure, resend later", "207"
+    return "AE", "internal error, resend later", "207"  # application internal error
 
 
 def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
@@ -175,25 +192,26 @@ class MllpListener:
                                   dedup=self.dedup, settings=self.routing, now=now)
             ids = accept_all(result, self.spool, lifetime=self.lifetime, listener="mllp", client=f"mllp:{ip}",
                              dedup=self.dedup, now=now, auth_user=self.settings.sender or None)
-        except PayloadError as exc:
-            event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=len(frame),
-                  code=exc.code, reason=exc.what, where=exc.where)
-            err = "200" if isinstance(exc, UnsupportedPayload) else "102"
-            return "AR", f"{exc.what} ({exc.where})" if exc.where else exc.what, err, []
-        except GatewayError as exc:
-            ack = "AE" if exc.temporary else "AR"
-            event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
-                  control_id=ctrl, size=len(frame), ack=ack, code=exc.code)
-            reason = "temporary failure, resend later" if exc.temporary else exc.reason
-            return ack, reason, "207", []
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender
-            event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
-            return "AE", "internal error, resend later", "207", []
+            ack, reason, err = ack_for(exc)
+            self._log_not_queued(exc, ack, ip, ctrl, len(frame))
+            return ack, reason, err, []
         event(log, "mllp-accepted", client=ip, control_id=ctrl, type=result.info.document_type.code,
               size=len(frame), rcpts=len(result.outgoing[0].recipients) if result.outgoing else 0,
               unresolved=len(result.resolution.unresolved), duplicates=len(result.suppressed),
               replaces=result.info.replaces, queued=",".join(ids))
         return "AA", None, None, ids
 
+    @staticmethod
+    def _log_not_queued(exc: Exception, ack: str, ip: str, ctrl: str, size: int) -> None:
+        if isinstance(exc, PayloadError):
+            event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=size,
+                  code=exc.code, reason=exc.what, where=exc.where)
+        elif isinstance(exc, GatewayError):
+            event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
+                  control_id=ctrl, size=size, ack=ack, code=exc.code)
+        else:
+            event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
 
-__all__ = ["MllpListener", "control_id", "server_context"]
+
+__all__ = ["MllpListener", "ack_for", "control_id", "server_context"]
