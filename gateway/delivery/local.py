@@ -20,6 +20,7 @@ from pathlib import Path
 
 from gateway.errors import DeliveryError, PermanentError
 from gateway.fsutil import publish, write_synced
+from gateway.rawmime import line_ending
 
 _SAFE_MAILBOX_CHARS = re.compile(r"[a-z0-9._+=@-]")
 _MAX_MAILBOX_NAME = 200
@@ -57,12 +58,6 @@ def _header_line(name: str, value: str, eol: bytes) -> bytes:
     return f"{name}: {clean}".encode("utf-8", "replace") + eol
 
 
-def _line_ending(message: bytes) -> bytes:
-    """The message's own line ending (CRLF unless its first line ends with a bare LF)."""
-    first = message.find(b"\n")
-    return b"\n" if first == 0 or (first > 0 and message[first - 1] != 0x0D) else b"\r\n"
-
-
 def _make_dirs(box: Path) -> None:
     for sub in ("", "cur", "new", "tmp"):
         path = box / sub if sub else box
@@ -80,7 +75,7 @@ def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: st
     the two added header lines use the message's own line ending. Blocking: call it in an executor.
     """
     dirname = mailbox_dirname(mailbox)
-    eol = _line_ending(message)
+    eol = line_ending(message)
     headers = (_header_line("Return-Path", f"<{return_path.strip().strip('<>')}>", eol)
                + _header_line("Delivered-To", delivered_to.strip(), eol))
     box = Path(root) / dirname

@@ -24,7 +24,9 @@ import re
 import secrets
 from email.header import Header
 
-from gateway.legacy.mimeutil import header_text, raw_text, structure_only
+from gateway.legacy.mimeutil import structure_only
+from gateway.rawmime import FIELD_START, header_text, join_raw, raw_text, split_raw
+from gateway.rawmime import field_name as name_of
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
 BRIDGE_HEADER = "X-Msgw-Bridged"
@@ -38,33 +40,6 @@ ENVELOPE_FIELDS = ("mime-version", "content-type", "content-transfer-encoding", 
 #: Never copied anywhere, not even inside: every recipient would see who else got a blind copy.
 NEVER_COPIED = ("bcc", "resent-bcc")
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
-_NAME = re.compile(rb"^[!-9;-~]+:")
-
-
-def split_raw(message: bytes) -> tuple[list[bytes], bytes]:
-    """(header fields with their continuation lines and CRLF, body) of a CRLF message."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        head, body = message, b""
-    else:
-        head, body = message[:end + 2], message[end + 4:]
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"
-        else:
-            fields.append(line + b"\r\n")
-    return fields, body
-
-
-def name_of(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-
-def join_raw(fields: list[bytes], body: bytes) -> bytes:
-    return b"".join(fields) + b"\r\n" + body
 
 
 def strip_headers(message: bytes) -> bytes:
@@ -113,7 +88,7 @@ def folded_field(name: str, value: str) -> bytes:
 def seven_bit_field(field: bytes) -> bytes | None:
     """The field as it is when 7-bit with short lines; else re-encoded (RFC 2047); None when the
     field has no valid name (it cannot be copied faithfully)."""
-    if not _NAME.match(field):
+    if not FIELD_START.match(field):
         return None
     if _seven_bit(field):
         return field
