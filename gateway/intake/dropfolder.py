@@ -63,7 +63,7 @@ from gateway.errors import GatewayError
 from gateway.fsutil import fsync_dir, write_atomic
 from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import DropSettings, RoutingSettings
 from gateway.logs import event
@@ -151,19 +151,16 @@ def _place(src: Path, folder: Path, name: str) -> Path:
     raise OSError(errno.EEXIST, "too many files of the same name")
 
 
-class DropFolderWatcher:
+class DropFolderWatcher(IntakeDoor):
     """Polls one drop folder; ``poll_sync()`` does one pass (blocking), ``start``/``stop`` run it as a task."""
 
     def __init__(self, settings: DropSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
+        super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
+                         auth_user=settings.sender)
         self.settings = settings
-        self.spool = spool
-        self.directory = directory
-        self.dedup = dedup
-        self.on_accept = on_accept
-        self.lifetime = lifetime
-        self.routing = routing or RoutingSettings()
+        self.listener = f"drop:{settings.name}"
         #: (name, inode) -> when this watcher first saw the file (monotonic). Waits are measured
         #: from here, not from mtime: copies that keep timestamps (rsync -t, robocopy, SMB) and
         #: skewed file-server clocks make a file that just arrived look old.
@@ -177,7 +174,7 @@ class DropFolderWatcher:
             folder.mkdir(parents=True, exist_ok=True)
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.prepare)
+        await self.run_blocking(self.prepare)
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"drop-{self.settings.name}")
         event(log, "drop-watching", drop=self.settings.name, rule=self.settings.complete)
@@ -191,10 +188,8 @@ class DropFolderWatcher:
             self._task = None
 
     async def poll(self) -> list[str]:
-        ids = await asyncio.get_running_loop().run_in_executor(None, self.poll_sync)
-        if self.on_accept is not None:
-            for msg_id in ids:
-                self.on_accept(msg_id)
+        ids = await self.run_blocking(self.poll_sync)
+        self.wake(ids)
         return ids
 
     async def _run(self) -> None:
@@ -400,12 +395,8 @@ class DropFolderWatcher:
             submitted = [SubmittedFile(f.read_bytes(), f.name) for f in files]
             data = submitted[0].data
             bundle = bundle_files(submitted)
-            result = intake_bytes(bundle.data, bundle.filename, sender=self.settings.sender,
-                                  directory=self.directory, dedup=self.dedup, settings=self.routing, now=now,
-                                  info=bundle.info, pdfs=bundle.pdfs)
-            ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=f"drop:{self.settings.name}",
-                             client=str(journal["token"]), dedup=self.dedup, now=now, skip=skip,
-                             auth_user=self.settings.sender)
+            result, ids = self.submit(bundle.data, bundle.filename, client=str(journal["token"]), now=now,
+                                      info=bundle.info, pdfs=bundle.pdfs, skip=skip)
         except GatewayError as exc:  # PayloadError included
             if exc.temporary:
                 event(log, "drop-deferred", logging.WARNING, drop=self.settings.name, file=ref, code=exc.code)

@@ -30,7 +30,7 @@ from typing import Any
 
 from gateway.errors import GatewayError, is_temporary
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import MllpSettings, RoutingSettings
 from gateway.logs import event
@@ -89,19 +89,17 @@ def client_allowed(settings: MllpSettings, der: bytes | None) -> bool:
     return subject_allowed(der, settings.allowed_client_subjects)
 
 
-class MllpListener:
+class MllpListener(IntakeDoor):
     """An asyncio MLLP server: ``await start()``, ``await stop()``; ``bound`` is the listening port."""
+
+    listener = "mllp"
 
     def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
+        super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
+                         auth_user=settings.sender or None)
         self.settings = settings
-        self.spool = spool
-        self.directory = directory
-        self.dedup = dedup
-        self.on_accept = on_accept
-        self.lifetime = lifetime
-        self.routing = routing or RoutingSettings()
         self.bound: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -174,11 +172,8 @@ class MllpListener:
                 await writer.drain()
 
     async def _handle(self, frame: bytes, ip: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        code, error, error_code, ids = await loop.run_in_executor(None, self._process, frame, ip)
-        if self.on_accept is not None:
-            for msg_id in ids:
-                self.on_accept(msg_id)
+        code, error, error_code, ids = await self.run_blocking(self._process, frame, ip)
+        self.wake(ids)
         return build_ack(frame, code, error, error_code=error_code)
 
     def _process(self, frame: bytes, ip: str) -> tuple[str, str | None, str | None, list[str]]:
@@ -188,10 +183,7 @@ class MllpListener:
         try:
             if detect_payload(frame) != "hl7v2":
                 raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
-            result = intake_bytes(frame, "message.hl7", sender=self.settings.sender, directory=self.directory,
-                                  dedup=self.dedup, settings=self.routing, now=now)
-            ids = accept_all(result, self.spool, lifetime=self.lifetime, listener="mllp", client=f"mllp:{ip}",
-                             dedup=self.dedup, now=now, auth_user=self.settings.sender or None)
+            result, ids = self.submit(frame, "message.hl7", client=f"mllp:{ip}", now=now)
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender
             ack, reason, err = ack_for(exc)
             self._log_not_queued(exc, ack, ip, ctrl, len(frame))
