@@ -36,6 +36,7 @@ from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, smtp_reply
 from gateway.logs import event
+from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
 from gateway.server.passwords import hash_password, verify_password
@@ -52,8 +53,8 @@ _COMMAND_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 AUTH_FAILURE_DELAY = 1.0
 LISTEN_BACKLOG = 1024
 #: Async check of one recipient at RCPT time: None to accept, else a refusal, as a reason (a
-#: policy refusal, 5.7.1) or a typed error (its own status and temporary flag).
-RcptCheck = Callable[[str], Awaitable[str | GatewayError | None]]
+#: policy refusal, 5.7.1), a typed error or a pipeline `Refusal` (their own status and flag).
+RcptCheck = Callable[[str], Awaitable[str | GatewayError | Refusal | None]]
 #: Async lookup of a local address in the directory: True when it is a `local` mailbox there.
 MailboxLookup = Callable[[str], Awaitable[bool]]
 #: Audit sink (the trail's writer): keyword fields of one record.
@@ -75,6 +76,15 @@ def dummy_hash(scheme: Literal["scrypt", "argon2"] = "scrypt") -> str:
 def accounts_scheme(config: GatewayConfig) -> Literal["scrypt", "argon2"]:
     argon2 = sum(a.password_hash.startswith("$argon2") for a in config.accounts)
     return "argon2" if argon2 * 2 > len(config.accounts) else "scrypt"
+
+
+def _refusal_error(refusal: str | GatewayError | Refusal) -> GatewayError:
+    """A RCPT-time refusal as the typed error `smtp_reply` translates (one table for every reply)."""
+    if isinstance(refusal, GatewayError):
+        return refusal
+    if isinstance(refusal, Refusal):
+        return GatewayError(refusal.reason, temporary=refusal.temporary, status=refusal.status, code="refusal")
+    return PolicyError(refusal)
 
 
 def has_bare_newline(data: bytes) -> bool:
@@ -443,7 +453,7 @@ class GatewayHandler:
             if refusal is not None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="no-protection")
-                return smtp_reply(refusal if isinstance(refusal, GatewayError) else PolicyError(refusal))
+                return smtp_reply(_refusal_error(refusal))
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
