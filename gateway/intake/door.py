@@ -39,7 +39,7 @@ class IntakeDoor:
 
     def __init__(self, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *, routing: RoutingSettings | None = None,
-                 sender: str = "", auth_user: str | None = None) -> None:
+                 sender: str = "", auth_user: str | None = None, listener: str | None = None) -> None:
         self.spool = spool
         self.directory = directory
         self.dedup = dedup
@@ -50,6 +50,8 @@ class IntakeDoor:
         self.sender = sender
         #: The identity the door speaks for: it chooses the signing key, never the payload.
         self.auth_user = auth_user
+        if listener is not None:  # one name per instance (a drop folder's own name)
+            self.listener = listener
 
     async def start(self) -> None:
         """Begin receiving (listen, watch); a door that only receives through another's socket has nothing to do."""

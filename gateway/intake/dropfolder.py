@@ -158,9 +158,8 @@ class DropFolderWatcher(IntakeDoor):
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
         super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
-                         auth_user=settings.sender)
+                         auth_user=settings.sender, listener=f"drop:{settings.name}")
         self.settings = settings
-        self.listener = f"drop:{settings.name}"
         #: (name, inode) -> when this watcher first saw the file (monotonic). Waits are measured
         #: from here, not from mtime: copies that keep timestamps (rsync -t, robocopy, SMB) and
         #: skewed file-server clocks make a file that just arrived look old.
