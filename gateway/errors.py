@@ -13,12 +13,13 @@ the MLLP ACK AE/AR, the drop folder's retry or error/), so they agree for the sa
 
 from __future__ import annotations
 
+from typing import Literal
+
+#: What an error answers: a recipient (RCPT) or the message (DATA, and anything after it).
+SmtpCommand = Literal["RCPT", "DATA"]
 #: RFC 5321 4.2.3's 452 "insufficient system storage": RFC 3463 X.3.1 (mail system full) and
 #: X.5.3 (too many recipients, RFC 5321 4.5.3.1.10) say the same thing in the enhanced code.
 _STORAGE_STATUSES = frozenset({"3.1", "5.3"})
-#: RFC 3463 subjects that refuse *this* recipient or *this* message (addressing, mailbox, media,
-#: security or policy): 550. The others (mail system, network, protocol) fail the transaction: 554.
-_REFUSAL_SUBJECTS = frozenset({"1", "2", "6", "7"})
 #: What an unexpected fault (a bug, an exception that is no GatewayError) answers: its text never shows.
 UNEXPECTED_TEXT = "Temporary failure, try again later"
 #: Longest reason text put in a reply (a reply line is at most 512 octets, RFC 5321 4.5.3.1.5).
@@ -49,9 +50,9 @@ class GatewayError(Exception):
     def reason(self) -> str:
         return str(self)
 
-    def smtp_reply(self) -> str:
+    def smtp_reply(self, command: SmtpCommand = "DATA") -> str:
         """The SMTP reply line for this error (see `smtp_reply`)."""
-        return smtp_reply(self)
+        return smtp_reply(self, command)
 
 
 class TemporaryError(GatewayError):
@@ -137,27 +138,29 @@ def enhanced_status(error: BaseException) -> str:
     return ("4" if err.temporary else "5") + err.status[1:]
 
 
-def reply_code(error: BaseException) -> int:
-    """The RFC 5321 basic code for an error, chosen by its temporary flag and enhanced status.
+def reply_code(error: BaseException, command: SmtpCommand = "DATA") -> int:
+    """The RFC 5321 basic code for an error, chosen by its temporary flag, its enhanced status
+    and what it answers.
 
     Temporary: 452 "insufficient system storage" when the status says so (4.3.1 mail system full,
-    4.5.3 too many recipients), else 451 "local error in processing". A full spool used to get
-    452 on the DATA path and 451 on the payload-routing path: 4.3.1 is storage, so 452 for both.
-    Permanent: 550 when the status refuses this recipient or this message (X.1 address, X.2
-    mailbox, X.6 content, X.7 policy; an unreadable From: got 550 and an unreadable mailed payload
-    554 before), else 554 "transaction failed". The same rule answers at RCPT and at DATA.
+    4.5.3 too many recipients), else 451 "local error in processing", at RCPT as at DATA. A full
+    spool used to get 452 on the DATA path and 451 on the payload-routing path: 4.3.1 is
+    storage, so 452 for both.
+    Permanent: 550 for a refused recipient (RCPT) and for a message refused for its content or
+    format (X.6.x: an unreadable From: got 550 but an unreadable mailed payload 554 before), else
+    554 "transaction failed".
     """
     subject, _, detail = enhanced_status(error)[2:].partition(".")
     if as_gateway_error(error).temporary:
         return 452 if f"{subject}.{detail}" in _STORAGE_STATUSES else 451
-    return 550 if subject in _REFUSAL_SUBJECTS else 554
+    return 550 if command == "RCPT" or subject == "6" else 554
 
 
-def smtp_reply(error: BaseException, prefix: str = "") -> str:
+def smtp_reply(error: BaseException, command: SmtpCommand = "DATA", prefix: str = "") -> str:
     """The SMTP reply line for any error: code, enhanced status, ``prefix`` + the reason on one line.
 
     Never a stack trace nor an unexpected exception's text (see `as_gateway_error`); the reason
     is the error's own text, which by the rule of this module says what and where, not content."""
     err = as_gateway_error(error)
     text = " ".join(f"{prefix}{err.reason}".split())[:MAX_REPLY_TEXT] or UNEXPECTED_TEXT
-    return f"{reply_code(err)} {enhanced_status(err)} {text}"
+    return f"{reply_code(err, command)} {enhanced_status(err)} {text}"

@@ -64,12 +64,14 @@ class IntakeService:
 
     def _build_doors(self) -> list[IntakeDoor]:
         """The configured doors, in start order: a new kind of door is built here (one line)."""
-        assert self.directory is not None
         common = (self.spool, self.directory, self.dedup, self.on_accept, self.lifetime)
+        doors: list[IntakeDoor] = []
         if self.config.mllp is not None:
             self.mllp = MllpListener(self.config.mllp, *common, routing=self.config.routing)
+            doors.append(self.mllp)
         self.watchers = [DropFolderWatcher(drop, *common, routing=self.config.routing) for drop in self.config.drops]
-        return [*([self.mllp] if self.mllp is not None else []), *self.watchers]
+        doors.extend(self.watchers)
+        return doors
 
     async def stop(self) -> None:
         for door in self.doors:

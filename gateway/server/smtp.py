@@ -425,7 +425,7 @@ class GatewayHandler:
         if not _ADDRESS.match(address):
             return "553 5.1.3 Malformed recipient address"
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
-            return smtp_reply(TemporaryError("Too many recipients", status="4.5.3"))
+            return smtp_reply(TemporaryError("Too many recipients", status="4.5.3"), "RCPT")
         domain = address.rpartition("@")[2].lower()
         if self.payload_address and address.lower() == self.payload_address:
             # Routing from content is for known systems only (authenticated, or a partner network).
@@ -438,7 +438,7 @@ class GatewayHandler:
                 mailbox = await self.mailboxes.resolve(address)
             except Exception as exc:  # noqa: BLE001 - a directory fault (full disk, lock) is temporary
                 event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, exc_type=type(exc).__name__)
-                return smtp_reply(TemporaryError("Mailbox lookup temporarily unavailable"))
+                return smtp_reply(TemporaryError("Mailbox lookup temporarily unavailable"), "RCPT")
             if mailbox is None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="unknown-mailbox")
@@ -453,7 +453,7 @@ class GatewayHandler:
             if refusal is not None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="no-protection")
-                return smtp_reply(_refusal_error(refusal))
+                return smtp_reply(_refusal_error(refusal), "RCPT")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -503,7 +503,7 @@ class GatewayHandler:
         except MalformedInput as exc:
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="sender-header-unreadable", identity=identity.name)
-            return smtp_reply(exc, "Message refused: ")
+            return smtp_reply(exc, prefix="Message refused: ")
         if not refused:
             return None
         event(log, "sender-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
