@@ -30,6 +30,7 @@ of strings (identifiers, serials, decisions), never a subject or body.
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import hashlib
 import json
@@ -44,6 +45,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gateway.errors import PermanentError
+from gateway.filemodes import GROUP_READABLE_FILE
+from gateway.fsutil import fsync_dir, write_atomic
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -262,29 +265,16 @@ class AuditTrail:
         return None
 
     def _write_head_file(self, seq: int, digest: str) -> None:
-        tmp = self.head_path.with_name(self.head_path.name + ".tmp")
-        data = json.dumps({"seq": seq, "hash": digest}).encode()
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o640)
-        try:
-            os.write(fd, data)
-            if self.fsync:
-                os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, self.head_path)
+        # The folder is synced by _sync_folder, whose failure must not cut an acknowledged batch.
+        write_atomic(self.head_path, json.dumps({"seq": seq, "hash": digest}).encode(), mode=GROUP_READABLE_FILE,
+                     sync=self.fsync, sync_dir=False)
 
     def _sync_folder(self) -> None:
         """Make the head's rename durable (a failure here loses no record: the head may lag)."""
         if not self.fsync:
             return
-        try:
-            dfd = os.open(self.path.parent, os.O_RDONLY)
-            try:
-                os.fsync(dfd)
-            finally:
-                os.close(dfd)
-        except OSError:
-            pass
+        with contextlib.suppress(OSError):
+            fsync_dir(self.path.parent)
 
     def _last_record(self) -> dict[str, Any] | None:
         """The last complete record, read from the end of the file (cheap, and sees other writers)."""

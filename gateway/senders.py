@@ -6,12 +6,12 @@ typed. The same identity then chooses the signing key (`PolicyConfig.signing_key
 a login without a key of its own cannot borrow one by writing someone else's MAIL FROM or
 From: (Postfix's `reject_sender_login_mismatch` does the first half of this).
 
-Pure: the server gives it the account or the certificate and the message's header block.
+Pure: the server gives it the account or the certificate and the message's header block, read
+strictly by `gateway.rawmime.header_fields` (a line that is no field is an error, not skipped).
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 from email.utils import getaddresses
 from typing import Literal
@@ -20,6 +20,7 @@ from cryptography import x509
 
 from gateway.config import Account, GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import MalformedInput
+from gateway.rawmime import MAX_HEADER_BLOCK, header_fields
 
 IdentityKind = Literal["account", "partner", "network"]
 #: Header fields that name the author or the sender of a message (RFC 5322 3.6.2).
@@ -89,37 +90,6 @@ def certificate_senders(der: bytes) -> tuple[str, ...]:
         if is_domain(value) and "." in value:
             out.append("@" + value)
     return tuple(dict.fromkeys(out))
-
-
-#: Past this, a header block is refused rather than parsed (it would stall the listener).
-MAX_HEADER_BLOCK = 256 * 1024
-_FIELD = re.compile(rb"^([!-9;-~]+)[ \t]*:")
-
-
-def header_fields(message: bytes) -> list[tuple[str, str]]:
-    """(lowercased name, unfolded value) of every field of the top header block, read as mail
-    servers and clients read it: `From :` (RFC 5322 obsolete syntax, white space before the
-    colon) is a From field. A line that is neither a field nor a continuation is an error, so
-    no field can hide from this check and still be read by someone else."""
-    end = message.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK + 4)
-    if end < 0:
-        if len(message) > MAX_HEADER_BLOCK:
-            raise MalformedInput(f"header block longer than {MAX_HEADER_BLOCK // 1024} KiB", "message header")
-        end = len(message)
-    fields: list[tuple[str, list[bytes]]] = []
-    for number, line in enumerate(message[:end].split(b"\r\n"), start=1):
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t"):
-            if not fields:
-                raise MalformedInput("continuation line before any field", f"header line {number}")
-            fields[-1][1].append(line)
-            continue
-        match = _FIELD.match(line)
-        if match is None:
-            raise MalformedInput("header line without a field name", f"header line {number}")
-        fields.append((match.group(1).decode("ascii").lower(), [line[match.end():]]))
-    return [(name, " ".join(b" ".join(parts).decode("utf-8", "replace").split())) for name, parts in fields]
 
 
 def claimed_senders(message: bytes) -> list[str]:

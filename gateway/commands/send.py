@@ -10,7 +10,6 @@ beside an HPRIM/HL7/CDA file, or the PDF a JSON sidecar describes (``msgw send X
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import sys
 from pathlib import Path
 
@@ -66,19 +65,18 @@ def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], 
     from gateway.directory.directory import SqliteDirectory, directory_path
     from gateway.intake.bundle import bundle_files
     from gateway.intake.dedup import DedupStore
-    from gateway.intake.process import accept_all, intake_bytes
+    from gateway.intake.door import IntakeDoor
     from gateway.intake.service import DEDUP_FILE
 
     routing = config.intake.routing
-    now = dt.datetime.now(dt.UTC)
     bundle = bundle_files(files)
     dedup = DedupStore(config.state_dir / DEDUP_FILE, window=routing.dedup_window)
     with SqliteDirectory(directory_path(config)) as directory, Spool(config.spool.path).open(recover=False) as spool:
-        result = intake_bytes(bundle.data, bundle.filename, sender=args.sender, envelope_recipients=args.recipients,
-                              directory=directory, dedup=dedup, settings=routing, now=now, info=bundle.info,
-                              pdfs=bundle.pdfs)
-        ids = accept_all(result, spool, lifetime=config.spool.max_queue_lifetime, listener="cli",
-                         client="msgw-send", dedup=dedup, now=now, auth_user=args.sender)
+        # The operator on this host speaks for --from (they can read the key files anyway).
+        door = IntakeDoor(spool, directory, dedup, None, config.spool.max_queue_lifetime, routing=routing,
+                          sender=args.sender, auth_user=args.sender, listener="cli")
+        _, ids = door.submit(bundle.data, bundle.filename, client="msgw-send", info=bundle.info, pdfs=bundle.pdfs,
+                             envelope_recipients=args.recipients)
     if not ids:
         print(f"msgw: {kind} payload already sent to every recipient within the dedup window", file=sys.stderr)
     for msg_id in ids:

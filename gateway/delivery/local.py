@@ -20,6 +20,8 @@ from pathlib import Path
 
 from gateway.delivery.smtp_client import RecipientResult
 from gateway.errors import DeliveryError, GatewayError, PermanentError
+from gateway.fsutil import publish, write_synced
+from gateway.rawmime import line_ending
 
 _SAFE_MAILBOX_CHARS = re.compile(r"[a-z0-9._+=@-]")
 _MAX_MAILBOX_NAME = 200
@@ -57,12 +59,6 @@ def _header_line(name: str, value: str, eol: bytes) -> bytes:
     return f"{name}: {clean}".encode("utf-8", "replace") + eol
 
 
-def _line_ending(message: bytes) -> bytes:
-    """The message's own line ending (CRLF unless its first line ends with a bare LF)."""
-    first = message.find(b"\n")
-    return b"\n" if first == 0 or (first > 0 and message[first - 1] != 0x0D) else b"\r\n"
-
-
 def _make_dirs(box: Path) -> None:
     for sub in ("", "cur", "new", "tmp"):
         path = box / sub if sub else box
@@ -73,27 +69,6 @@ def _make_dirs(box: Path) -> None:
                 raise NotADirectoryError(errno.ENOTDIR, "not a directory", str(path)) from None
 
 
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_file(path: Path, chunks: Sequence[bytes]) -> None:
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        for chunk in chunks:
-            view = memoryview(chunk)
-            while view:
-                written = os.write(fd, view)
-                view = view[written:]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: str, delivered_to: str) -> Path:
     """Deliver durably into root/<mailbox>/new; returns the final path.
 
@@ -101,7 +76,7 @@ def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: st
     the two added header lines use the message's own line ending. Blocking: call it in an executor.
     """
     dirname = mailbox_dirname(mailbox)
-    eol = _line_ending(message)
+    eol = line_ending(message)
     headers = (_header_line("Return-Path", f"<{return_path.strip().strip('<>')}>", eol)
                + _header_line("Delivered-To", delivered_to.strip(), eol))
     box = Path(root) / dirname
@@ -112,11 +87,10 @@ def deliver_maildir(root: Path, mailbox: str, message: bytes, *, return_path: st
         _make_dirs(box)
         name = _unique_name()
         tmp_path = box / "tmp" / name
-        _write_file(tmp_path, (headers, message))
+        write_synced(tmp_path, (headers, message))
         final = box / "new" / name
-        os.rename(tmp_path, final)
+        publish(tmp_path, final)
         tmp_path = None
-        _fsync_dir(box / "new")
         return final
     except OSError as exc:
         reason = errno.errorcode.get(exc.errno or 0, type(exc).__name__)

@@ -19,7 +19,7 @@ import dns.name
 import dns.resolver
 import dns.rrset
 
-from gateway.errors import DeliveryError
+from gateway.errors import DeliveryError, TemporaryError
 
 #: RFC 3463 X.4.3 "directory server failure": DNS did not answer usefully; X.1.2 bad system.
 _TEMP_DNS = "4.4.3"
@@ -36,8 +36,11 @@ class NextHop:
     preference: int
 
 
-class _Temporary(Exception):
-    """A lookup that failed in a way that may heal (SERVFAIL, timeout)."""
+class _Temporary(TemporaryError):
+    """A lookup that failed in a way that may heal (SERVFAIL, timeout): RFC 3463 4.4.3."""
+
+    code = "dns-temporary"
+    status = _TEMP_DNS
 
 
 def _literal(domain: str, port: int) -> list[NextHop] | None:

@@ -54,16 +54,16 @@ import json
 import logging
 import os
 import secrets
-import shutil
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
 from gateway.errors import GatewayError
+from gateway.fsutil import fsync_dir, write_atomic
 from gateway.intake.bundle import SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import DropSettings, RoutingSettings
 from gateway.logs import event
@@ -117,28 +117,14 @@ def file_ref(name: str) -> str:
     return hashlib.sha256(name.encode("utf-8", "surrogateescape")).hexdigest()[:12]
 
 
-def fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
-
-
 def _ignored(name: str) -> bool:
     return name.startswith(".") or name.lower().endswith(_IGNORED_SUFFIXES)
+
+
+def _chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
+    with open(path, "rb") as fh:
+        while chunk := fh.read(size):
+            yield chunk
 
 
 def _place(src: Path, folder: Path, name: str) -> Path:
@@ -157,32 +143,23 @@ def _place(src: Path, folder: Path, name: str) -> Path:
         except OSError as exc:
             if exc.errno not in (errno.EXDEV, errno.EPERM, errno.ENOTSUP):
                 raise
-            tmp = folder / f".{name}.{secrets.token_hex(4)}.tmp"
-            shutil.copyfile(src, tmp)
-            with open(tmp, "rb+") as fh:
-                os.fsync(fh.fileno())
             if target.exists():
-                tmp.unlink()
                 continue
-            os.replace(tmp, target)
+            write_atomic(target, _chunks(src), sync_dir=False)  # the folder is fsynced below
         fsync_dir(folder)
         return target
     raise OSError(errno.EEXIST, "too many files of the same name")
 
 
-class DropFolderWatcher:
+class DropFolderWatcher(IntakeDoor):
     """Polls one drop folder; ``poll_sync()`` does one pass (blocking), ``start``/``stop`` run it as a task."""
 
     def __init__(self, settings: DropSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
+        super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
+                         auth_user=settings.sender, listener=f"drop:{settings.name}")
         self.settings = settings
-        self.spool = spool
-        self.directory = directory
-        self.dedup = dedup
-        self.on_accept = on_accept
-        self.lifetime = lifetime
-        self.routing = routing or RoutingSettings()
         #: (name, inode) -> when this watcher first saw the file (monotonic). Waits are measured
         #: from here, not from mtime: copies that keep timestamps (rsync -t, robocopy, SMB) and
         #: skewed file-server clocks make a file that just arrived look old.
@@ -196,7 +173,7 @@ class DropFolderWatcher:
             folder.mkdir(parents=True, exist_ok=True)
 
     async def start(self) -> None:
-        await asyncio.get_running_loop().run_in_executor(None, self.prepare)
+        await self.run_blocking(self.prepare)
         self._stopping = asyncio.Event()
         self._task = asyncio.create_task(self._run(), name=f"drop-{self.settings.name}")
         event(log, "drop-watching", drop=self.settings.name, rule=self.settings.complete)
@@ -210,10 +187,8 @@ class DropFolderWatcher:
             self._task = None
 
     async def poll(self) -> list[str]:
-        ids = await asyncio.get_running_loop().run_in_executor(None, self.poll_sync)
-        if self.on_accept is not None:
-            for msg_id in ids:
-                self.on_accept(msg_id)
+        ids = await self.run_blocking(self.poll_sync)
+        self.wake(ids)
         return ids
 
     async def _run(self) -> None:
@@ -373,7 +348,7 @@ class DropFolderWatcher:
         return data if isinstance(data, dict) else {"state": "pending", "token": "", "attempts": 0}
 
     def _save_journal(self, path: Path, data: dict[str, Any]) -> None:
-        _write_atomic(path.with_name(path.name + JOURNAL_SUFFIX), json.dumps(data).encode())
+        write_atomic(path.with_name(path.name + JOURNAL_SUFFIX), json.dumps(data).encode())
 
     def _queued_indexes(self, token: str) -> set[int]:
         """Indexes of this file's messages the spool already holds (after a crash mid-way)."""
@@ -419,12 +394,8 @@ class DropFolderWatcher:
             submitted = [SubmittedFile(f.read_bytes(), f.name) for f in files]
             data = submitted[0].data
             bundle = bundle_files(submitted)
-            result = intake_bytes(bundle.data, bundle.filename, sender=self.settings.sender,
-                                  directory=self.directory, dedup=self.dedup, settings=self.routing, now=now,
-                                  info=bundle.info, pdfs=bundle.pdfs)
-            ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=f"drop:{self.settings.name}",
-                             client=str(journal["token"]), dedup=self.dedup, now=now, skip=skip,
-                             auth_user=self.settings.sender)
+            result, ids = self.submit(bundle.data, bundle.filename, client=str(journal["token"]), now=now,
+                                      info=bundle.info, pdfs=bundle.pdfs, skip=skip)
         except GatewayError as exc:  # PayloadError included
             if exc.temporary:
                 event(log, "drop-deferred", logging.WARNING, drop=self.settings.name, file=ref, code=exc.code)
@@ -505,7 +476,7 @@ class DropFolderWatcher:
         reason = (f"Fichier refusé par la passerelle / file rejected by the gateway\n"
                   f"drop folder: {self.settings.name}\ncode: {journal.get('code', '')}\n"
                   f"error: {journal.get('what', '')}\n" + (f"where: {where}\n" if where else "") + f"time: {stamp}\n")
-        _write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
+        write_atomic(folder / f"{target_name}.reason.txt", reason.encode("utf-8"))
         self._move_parts(path, folder)
         placed = _place(path, folder, target_name)
         if placed.name != target_name:  # lost a race for the name: keep the reason beside the file

@@ -6,6 +6,7 @@ Each framed message is answered, in order, with an HL7 ACK:
 - ``AR`` when the message itself is refused (malformed, unsupported type, unroutable): resending
   it unchanged will not help; MSA-3/ERR say what and where, never the content;
 - ``AE`` when the failure is ours and temporary (spool or store unavailable): the sender resends.
+Which of the two is `gateway.errors.is_temporary`'s answer, the one SMTP gives with 4xx/5xx.
 A stream that loses MLLP sync (bytes outside a frame, a frame over ``max_frame``) gets an ``AR``
 and the connection is closed, since the next frame boundary cannot be trusted.
 
@@ -27,9 +28,9 @@ import ssl
 from collections.abc import Callable
 from typing import Any
 
-from gateway.errors import GatewayError
+from gateway.errors import GatewayError, is_temporary
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import MllpSettings, RoutingSettings
 from gateway.logs import event
@@ -54,6 +55,22 @@ def control_id(frame: bytes) -> str:
     return value if _CONTROL_ID.match(value) else ""
 
 
+def ack_for(error: BaseException) -> tuple[str, str, str]:
+    """(ACK code, MSA-3/ERR text, HL7 table 0357 error code) for a frame that was not queued.
+
+    Retry or refuse is `is_temporary`'s answer (SMTP's 4xx/5xx for the same error): ``AE`` asks the
+    sender to resend, ``AR`` refuses the message as it is. The text says what and where for a
+    refused payload, never an internal detail for a failure of ours."""
+    if not is_temporary(error):
+        if isinstance(error, PayloadError):
+            err = "200" if isinstance(error, UnsupportedPayload) else "102"  # unsupported type / data type error
+            return "AR", f"{error.what} ({error.where})" if error.where else error.what, err
+        return "AR", error.reason if isinstance(error, GatewayError) else "message refused", "207"
+    if isinstance(error, GatewayError):
+        return "AE", "temporary failure, resend later", "207"
+    return "AE", "internal error, resend later", "207"  # application internal error
+
+
 def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -73,19 +90,17 @@ def client_allowed(settings: MllpSettings, der: bytes | None) -> bool:
     return subject_allowed(der, settings.allowed_client_subjects)
 
 
-class MllpListener:
+class MllpListener(IntakeDoor):
     """An asyncio MLLP server: ``await start()``, ``await stop()``; ``bound`` is the listening port."""
+
+    listener = "mllp"
 
     def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
+        super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
+                         auth_user=settings.sender or None)
         self.settings = settings
-        self.spool = spool
-        self.directory = directory
-        self.dedup = dedup
-        self.on_accept = on_accept
-        self.lifetime = lifetime
-        self.routing = routing or RoutingSettings()
         self.bound: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -158,11 +173,8 @@ class MllpListener:
                 await writer.drain()
 
     async def _handle(self, frame: bytes, ip: str) -> bytes:
-        loop = asyncio.get_running_loop()
-        code, error, error_code, ids = await loop.run_in_executor(None, self._process, frame, ip)
-        if self.on_accept is not None:
-            for msg_id in ids:
-                self.on_accept(msg_id)
+        code, error, error_code, ids = await self.run_blocking(self._process, frame, ip)
+        self.wake(ids)
         return build_ack(frame, code, error, error_code=error_code)
 
     def _process(self, frame: bytes, ip: str) -> tuple[str, str | None, str | None, list[str]]:
@@ -172,29 +184,27 @@ class MllpListener:
         try:
             if detect_payload(frame) != "hl7v2":
                 raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
-            result = intake_bytes(frame, "message.hl7", sender=self.settings.sender, directory=self.directory,
-                                  dedup=self.dedup, settings=self.routing, now=now)
-            ids = accept_all(result, self.spool, lifetime=self.lifetime, listener="mllp", client=f"mllp:{ip}",
-                             dedup=self.dedup, now=now, auth_user=self.settings.sender or None)
-        except PayloadError as exc:
-            event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=len(frame),
-                  code=exc.code, reason=exc.what, where=exc.where)
-            err = "200" if isinstance(exc, UnsupportedPayload) else "102"
-            return "AR", f"{exc.what} ({exc.where})" if exc.where else exc.what, err, []
-        except GatewayError as exc:
-            ack = "AE" if exc.temporary else "AR"
-            event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
-                  control_id=ctrl, size=len(frame), ack=ack, code=exc.code)
-            reason = "temporary failure, resend later" if exc.temporary else exc.reason
-            return ack, reason, "207", []
+            result, ids = self.submit(frame, "message.hl7", client=f"mllp:{ip}", now=now)
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender
-            event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
-            return "AE", "internal error, resend later", "207", []
+            ack, reason, err = ack_for(exc)
+            self._log_not_queued(exc, ack, ip, ctrl, len(frame))
+            return ack, reason, err, []
         event(log, "mllp-accepted", client=ip, control_id=ctrl, type=result.info.document_type.code,
               size=len(frame), rcpts=len(result.outgoing[0].recipients) if result.outgoing else 0,
               unresolved=len(result.resolution.unresolved), duplicates=len(result.suppressed),
               replaces=result.info.replaces, queued=",".join(ids))
         return "AA", None, None, ids
 
+    @staticmethod
+    def _log_not_queued(exc: Exception, ack: str, ip: str, ctrl: str, size: int) -> None:
+        if isinstance(exc, PayloadError):
+            event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=size,
+                  code=exc.code, reason=exc.what, where=exc.where)
+        elif isinstance(exc, GatewayError):
+            event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
+                  control_id=ctrl, size=size, ack=ack, code=exc.code)
+        else:
+            event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
 
-__all__ = ["MllpListener", "control_id", "server_context"]
+
+__all__ = ["MllpListener", "ack_for", "control_id", "server_context"]

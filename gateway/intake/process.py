@@ -35,8 +35,12 @@ class Unroutable(PolicyError):
     status = "5.1.1"
 
 
-class Outgoing(NamedTuple):
-    """One message to queue. Unpacks as ``recipients, message, envelope_sender``."""
+class Submission(NamedTuple):
+    """One message the intake hands to the spool. Unpacks as ``recipients, message, envelope_sender``.
+
+    Not `gateway.pipeline.Outgoing` (a protected copy the pipeline made, with its form): this is
+    what enters the queue *before* the pipeline, with its own envelope sender (``""`` for the
+    sender's notice)."""
 
     recipients: tuple[str, ...]
     message: bytes
@@ -49,7 +53,7 @@ class IntakeResult:
 
     info: PayloadInfo
     resolution: Resolution
-    outgoing: tuple[Outgoing, ...]
+    outgoing: tuple[Submission, ...]
     suppressed: tuple[str, ...] = ()
     dedup_key: DocumentKey | None = None
     dedup_recipients: tuple[str, ...] = ()
@@ -111,17 +115,17 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
         suppressed = tuple(r for r in recipients if dedup.seen(key, r, stamp, settings.dedup_window))
         recipients = tuple(r for r in recipients if r not in suppressed)
 
-    outgoing: list[Outgoing] = []
+    outgoing: list[Submission] = []
     if recipients:
         message = payload_message(data, info, sender=sender, recipients=recipients, filename=filename, now=now,
                                   xdm=settings.xdm, xdm_source_id=settings.xdm_source_id,
                                   intended=[p for p, _ in resolution.resolved],
                                   mdn_to=sender if settings.request_mdn and valid_address(sender) else None,
                                   pdfs=pdfs)
-        outgoing.append(Outgoing(recipients, message, sender))
+        outgoing.append(Submission(recipients, message, sender))
         if notices and settings.notify_sender and sender and valid_address(sender):
             notice_from = settings.notice_from or f"postmaster@{sender.rpartition('@')[2]}"
-            outgoing.append(Outgoing((sender.lower(),), notice_message(notices, info, sender=notice_from, to=sender,
+            outgoing.append(Submission((sender.lower(),), notice_message(notices, info, sender=notice_from, to=sender,
                                                                       now=now), ""))
     return IntakeResult(info=info, resolution=resolution, outgoing=tuple(outgoing), suppressed=suppressed,
                         dedup_key=key, dedup_recipients=recipients if key is not None else ())
@@ -150,4 +154,4 @@ def accept_all(result: IntakeResult, spool: Any, *, lifetime: float, listener: s
     return ids
 
 
-__all__ = ["IntakeResult", "Outgoing", "Unroutable", "accept_all", "intake_bytes"]
+__all__ = ["IntakeResult", "Submission", "Unroutable", "accept_all", "intake_bytes"]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from gateway.intake.dedup import DedupStore
+from gateway.intake.door import IntakeDoor
 from gateway.intake.dropfolder import DropFolderWatcher
 from gateway.intake.mllp import MllpListener
 from gateway.intake.settings import IntakeConfig
@@ -40,6 +41,8 @@ class IntakeService:
         self.dedup: DedupStore | None = None
         self.mllp: MllpListener | None = None
         self.watchers: list[DropFolderWatcher] = []
+        #: Every door started, in start order (stopped in the same order).
+        self.doors: list[IntakeDoor] = []
 
     async def start(self) -> None:
         if not self.config.enabled:
@@ -51,26 +54,30 @@ class IntakeService:
         self.dedup = await loop.run_in_executor(
             None, lambda: DedupStore(self.state_dir / DEDUP_FILE, window=self.config.routing.dedup_window))
         try:
-            if self.config.mllp is not None:
-                self.mllp = MllpListener(self.config.mllp, self.spool, self.directory, self.dedup, self.on_accept,
-                                         self.lifetime, routing=self.config.routing)
-                await self.mllp.start()
-            for drop in self.config.drops:
-                watcher = DropFolderWatcher(drop, self.spool, self.directory, self.dedup, self.on_accept,
-                                            self.lifetime, routing=self.config.routing)
-                await watcher.start()
-                self.watchers.append(watcher)
+            for door in self._build_doors():
+                self.doors.append(door)
+                await door.start()
         except BaseException:
             await self.stop()
             raise
         event(log, "intake-started", mllp=self.mllp.bound if self.mllp else None, drops=len(self.watchers))
 
+    def _build_doors(self) -> list[IntakeDoor]:
+        """The configured doors, in start order: a new kind of door is built here (one line)."""
+        common = (self.spool, self.directory, self.dedup, self.on_accept, self.lifetime)
+        doors: list[IntakeDoor] = []
+        if self.config.mllp is not None:
+            self.mllp = MllpListener(self.config.mllp, *common, routing=self.config.routing)
+            doors.append(self.mllp)
+        self.watchers = [DropFolderWatcher(drop, *common, routing=self.config.routing) for drop in self.config.drops]
+        doors.extend(self.watchers)
+        return doors
+
     async def stop(self) -> None:
-        if self.mllp is not None:
-            await self.mllp.stop()
-            self.mllp = None
-        for watcher in self.watchers:
-            await watcher.stop()
+        for door in self.doors:
+            await door.stop()
+        self.doors = []
+        self.mllp = None
         self.watchers = []
         if self.dedup is not None:
             self.dedup.close()

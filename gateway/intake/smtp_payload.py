@@ -5,13 +5,12 @@ content exactly as if it had been dropped in a folder.
 `find_payload` (pure) collects the attachments that are payloads, PDFs or a JSON sidecar and
 bundles them (:mod:`gateway.intake.bundle`: an HPRIM file with its PDF, a PDF with its sidecar),
 or takes the text body when the body itself is the payload (labs often paste HPRIM in the body).
-`route_smtp_payload` (blocking: run in an executor) runs the shared intake and queues the
-copies; the SMTP layer answers 250 only after it returned.
+`route_smtp_payload` (blocking: run in an executor) runs the shared intake through an
+`SmtpPayloadDoor` and queues the copies; the SMTP layer answers 250 only after it returned.
 """
 
 from __future__ import annotations
 
-import datetime as dt
 import email
 import email.policy
 from collections.abc import Sequence
@@ -22,7 +21,7 @@ from gateway.directory.directory import SqliteDirectory
 from gateway.errors import MalformedInput
 from gateway.intake.bundle import Bundle, SubmittedFile, bundle_files
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import accept_all, intake_bytes
+from gateway.intake.door import IntakeDoor
 from gateway.intake.service import DEDUP_FILE
 from gateway.intake.settings import RoutingSettings
 from gateway.routing.payload import detect_payload
@@ -54,6 +53,14 @@ def find_payload(message: bytes) -> Bundle:
     raise MalformedInput("no HPRIM, HL7 v2, CDA or PDF payload in the message", "body and attachments")
 
 
+class SmtpPayloadDoor(IntakeDoor):
+    """A door without a socket of its own: the SMTP listener receives, and answers with
+    `gateway.errors.smtp_reply`. One per mailed payload: its sender is the MAIL FROM, its
+    ``auth_user`` the authenticated identity that mailed it (which chooses the signing key)."""
+
+    listener = "smtp-payload"
+
+
 def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequence[str], spool: Any,
                        directory_path: Path, state_dir: Path, settings: RoutingSettings, lifetime: float,
                        client: str, auth_user: str | None = None) -> list[str]:
@@ -61,11 +68,13 @@ def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequenc
 
     ``auth_user``: the authenticated identity that mailed it (it chooses the signing key)."""
     bundle = find_payload(message)
-    now = dt.datetime.now(dt.UTC)
     dedup = DedupStore(state_dir / DEDUP_FILE, window=settings.dedup_window)
-    with SqliteDirectory(directory_path) as directory:
-        result = intake_bytes(bundle.data, bundle.filename, sender=sender, envelope_recipients=other_recipients,
-                              directory=directory, dedup=dedup, settings=settings, now=now, info=bundle.info,
-                              pdfs=bundle.pdfs)
-        return accept_all(result, spool, lifetime=lifetime, listener="smtp-payload", client=client, dedup=dedup,
-                          now=now, auth_user=auth_user)
+    try:
+        with SqliteDirectory(directory_path) as directory:
+            door = SmtpPayloadDoor(spool, directory, dedup, None, lifetime, routing=settings, sender=sender,
+                                   auth_user=auth_user)
+            _, ids = door.submit(bundle.data, bundle.filename, client=client, info=bundle.info, pdfs=bundle.pdfs,
+                                 envelope_recipients=other_recipients)
+            return ids
+    finally:
+        dedup.close()

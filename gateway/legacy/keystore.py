@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.filemodes import loose_mode
+from gateway.fsutil import fsync_dir, write_atomic, write_synced
 from gateway.legacy.apicrypt1_format import (
     HEADER_SIZE,
     MASTER_NAME,
@@ -186,28 +187,10 @@ def _parse(path: Path, user: str, year: int, data: bytes) -> KeyFile:
 
 
 def _write_atomic(path: Path, data: bytes) -> None:
-    """Write temp (0600) + fsync + rename + fsync of the folder: the old or the new file, never half."""
-    temp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """The old or the new file, never half (`gateway.fsutil`); a failure is a temporary fault."""
     try:
-        fd = os.open(temp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(temp, path)
-        folder = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
+        write_atomic(path, data)
     except OSError as exc:
-        try:
-            temp.unlink()
-        except OSError:
-            pass
         raise KeyStoreUnavailable(f"cannot update key file {path.name} ({exc.strerror})") from None
 
 
@@ -224,14 +207,8 @@ def make_key_file(path: str | os.PathLike[str], user: str, year: int, size: int)
     target = ApicryptKeyStore(folder).path_for(user, year)
     header = KeyHeader.build(user, year, size)
     try:
-        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+        write_synced(target, header.raw + os.urandom(size))  # exclusive: never over an existing file
     except FileExistsError:
         raise LegacyKeyError(f"key file {target.name} already exists: not overwritten") from None
-    try:
-        view = memoryview(header.raw + os.urandom(size))
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    fsync_dir(folder)
     return target

@@ -9,9 +9,7 @@ through the email package may change; `raw_multipart_parts` slices them from the
 from __future__ import annotations
 
 import base64
-import email.errors
 import email.generator
-import email.header
 import email.message
 import email.policy
 import email.utils
@@ -23,6 +21,14 @@ from collections.abc import Callable
 
 from gateway.legacy.codec import as_message
 from gateway.legacy.errors import MalformedPayload
+
+# The raw-bytes helpers live in gateway.rawmime (shared with smime/, stages/, senders); named
+# here too so the codecs' imports stay as they are.
+from gateway.rawmime import header_text as header_text
+from gateway.rawmime import raw_body as raw_body
+from gateway.rawmime import raw_header_fields as raw_header_fields
+from gateway.rawmime import raw_text as raw_text
+from gateway.rawmime import to_crlf as to_crlf
 
 #: CRLF lines, and no refolding: a header we did not write goes out folded as it came.
 CRLF_POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
@@ -221,35 +227,6 @@ def neutral_attachment_names(raw: bytes) -> bytes:
     return to_bytes(msg)
 
 
-def raw_text(value: bytes | str) -> str:
-    """A raw header value as text, RFC 2047 words left as they are: 8-bit bytes read as UTF-8
-    (else Latin-1: never fails), on one line (every run of white space, line breaks included,
-    one space: a value cannot inject a line into a header)."""
-    if isinstance(value, bytes):
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = value.decode("latin-1")
-    else:
-        text = value
-    return " ".join(text.split())
-
-
-def header_text(value: bytes | str) -> str:
-    """A header value as a reader sees it: `raw_text` with its RFC 2047 words decoded (a word
-    that does not decode stays as written). Pure and shared by the codecs and the stages.
-
-    For an address field, decode the display names *after* parsing the addresses: a word can
-    decode to `<someone@else>` or a comma."""
-    text = raw_text(value)
-    if "=?" in text:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
-            pass
-    return " ".join(text.split())
-
-
 def raw_multipart_parts(raw: bytes, boundary: str) -> list[bytes]:
     """The exact bytes of each body part of a multipart message body (RFC 2046 section 5.1.1).
 
@@ -271,34 +248,6 @@ def raw_multipart_parts(raw: bytes, boundary: str) -> list[bytes]:
             start += 1
         parts.append(raw[start:following.start()])
     return parts
-
-
-def raw_body(raw: bytes) -> bytes:
-    """The bytes after the header block of a raw message (first empty line, CRLF or LF)."""
-    ends = [(index, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (index := raw.find(sep)) >= 0]
-    if not ends:
-        return b""
-    index, size = min(ends)
-    return raw[index + size:]
-
-
-def to_crlf(data: bytes) -> bytes:
-    """Canonical CRLF line ends (RFC 3156 signs the canonical form)."""
-    return re.sub(rb"\r?\n", b"\r\n", data)
-
-
-def raw_header_fields(raw: bytes) -> list[tuple[str, bytes]]:
-    """(lower-case name, exact field bytes including folded continuation lines) of the header block."""
-    ends = [(index, len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (index := raw.find(sep)) >= 0]
-    block = raw[:min(ends)[0]] if ends else raw
-    fields: list[tuple[str, bytes]] = []
-    for line in re.split(rb"\r?\n", block):
-        if line[:1] in (b" ", b"\t") and fields:
-            name, value = fields[-1]
-            fields[-1] = (name, value + b"\r\n" + line)
-        elif b":" in line:
-            fields.append((line.split(b":", 1)[0].strip().decode("ascii", "replace").lower(), line))
-    return fields
 
 
 def is_attachment(part: email.message.Message) -> bool:

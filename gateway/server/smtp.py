@@ -1,7 +1,8 @@
 """SMTP listeners on aiosmtpd: `submission` (STARTTLS then AUTH, authenticated users relay)
 and `relay` (local domains for anyone; other domains only for partners allowed by client
 certificate or network). Hooks return the SMTP reply, aiosmtpd's way; this module maps
-gateway errors to reply codes and never lets a stack trace reach a client.
+gateway errors to replies with `gateway.errors.smtp_reply` (the one translation) and never lets a
+stack trace reach a client.
 
 What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
 * bare LF / bare CR in DATA is refused (SMTP smuggling), aiosmtpd passes them through;
@@ -33,8 +34,9 @@ from typing import Any, AnyStr, Literal
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
-from gateway.errors import GatewayError, MalformedInput
+from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, smtp_reply
 from gateway.logs import event
+from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
 from gateway.server.passwords import hash_password, verify_password
@@ -50,8 +52,9 @@ _ADDRESS = re.compile(r"^[^@\s<>()\[\],;:\"\x00-\x1f\x7f]+@[A-Za-z0-9.-]+\Z"
 _COMMAND_CONTROL = re.compile(r"[\x00-\x08\x0a-\x1f\x7f]")
 AUTH_FAILURE_DELAY = 1.0
 LISTEN_BACKLOG = 1024
-#: Async check of one recipient at RCPT time: a refusal reason, or None to accept.
-RcptCheck = Callable[[str], Awaitable[str | None]]
+#: Async check of one recipient at RCPT time: None to accept, else a refusal, as a reason (a
+#: policy refusal, 5.7.1), a typed error or a pipeline `Refusal` (their own status and flag).
+RcptCheck = Callable[[str], Awaitable[str | GatewayError | Refusal | None]]
 #: Async lookup of a local address in the directory: True when it is a `local` mailbox there.
 MailboxLookup = Callable[[str], Awaitable[bool]]
 #: Audit sink (the trail's writer): keyword fields of one record.
@@ -75,8 +78,13 @@ def accounts_scheme(config: GatewayConfig) -> Literal["scrypt", "argon2"]:
     return "argon2" if argon2 * 2 > len(config.accounts) else "scrypt"
 
 
-def _one_line(text: str, limit: int = 400) -> str:
-    return " ".join(text.split())[:limit]
+def _refusal_error(refusal: str | GatewayError | Refusal) -> GatewayError:
+    """A RCPT-time refusal as the typed error `smtp_reply` translates (one table for every reply)."""
+    if isinstance(refusal, GatewayError):
+        return refusal
+    if isinstance(refusal, Refusal):
+        return GatewayError(refusal.reason, temporary=refusal.temporary, status=refusal.status, code="refusal")
+    return PolicyError(refusal)
 
 
 def has_bare_newline(data: bytes) -> bool:
@@ -371,9 +379,10 @@ class GatewayHandler:
 
     # -- hooks ------------------------------------------------------------------------------
     async def handle_exception(self, error: Exception) -> str:
-        """An unexpected error in a hook: logged by type, a temporary reply (never its text)."""
+        """An error escaping a hook: logged by type; a typed error gets its reply, anything else a
+        temporary one that never shows its text."""
         event(log, "session-error", logging.ERROR, listener=self.listener.name, exc_type=type(error).__name__)
-        return "451 4.3.0 Temporary failure, try again later"
+        return smtp_reply(error)
 
     async def handle_HELO(self, server: SMTP, session: Session, envelope: Envelope, hostname: str) -> str:
         if not valid_helo(hostname):
@@ -416,7 +425,7 @@ class GatewayHandler:
         if not _ADDRESS.match(address):
             return "553 5.1.3 Malformed recipient address"
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
-            return "452 4.5.3 Too many recipients"
+            return smtp_reply(TemporaryError("Too many recipients", status="4.5.3"), "RCPT")
         domain = address.rpartition("@")[2].lower()
         if self.payload_address and address.lower() == self.payload_address:
             # Routing from content is for known systems only (authenticated, or a partner network).
@@ -429,7 +438,7 @@ class GatewayHandler:
                 mailbox = await self.mailboxes.resolve(address)
             except Exception as exc:  # noqa: BLE001 - a directory fault (full disk, lock) is temporary
                 event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, exc_type=type(exc).__name__)
-                return "451 4.3.0 Mailbox lookup temporarily unavailable"
+                return smtp_reply(TemporaryError("Mailbox lookup temporarily unavailable"), "RCPT")
             if mailbox is None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="unknown-mailbox")
@@ -444,7 +453,7 @@ class GatewayHandler:
             if refusal is not None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="no-protection")
-                return f"550 5.7.1 {_one_line(refusal)}"
+                return smtp_reply(_refusal_error(refusal), "RCPT")
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -473,14 +482,13 @@ class GatewayHandler:
             msg_id = await loop.run_in_executor(None, lambda: self.spool.accept(
                 sender, rcpts, data, lifetime=self.config.spool.max_queue_lifetime,
                 listener=self.listener.name, client=_peer_ip(session), auth_user=auth_user))
-        except GatewayError as exc:
-            event(log, "spool-refused", logging.ERROR, listener=self.listener.name, client=_peer_ip(session),
-                  size=len(data), reason=str(exc))
-            code = "452" if exc.temporary else "554"
-            return f"{code} {exc.status} {exc.reason}"
         except Exception as exc:  # noqa: BLE001 - never a stack trace to the client, never a 250
-            event(log, "spool-crashed", logging.ERROR, listener=self.listener.name, exc_type=type(exc).__name__)
-            return "451 4.3.0 Temporary failure, try again later"
+            if isinstance(exc, GatewayError):
+                event(log, "spool-refused", logging.ERROR, listener=self.listener.name, client=_peer_ip(session),
+                      size=len(data), reason=str(exc))
+            else:
+                event(log, "spool-crashed", logging.ERROR, listener=self.listener.name, exc_type=type(exc).__name__)
+            return smtp_reply(exc)
         event(log, "accepted", msg=msg_id, listener=self.listener.name, client=_peer_ip(session),
               size=len(data), rcpts=len(rcpts), tls=bool(session.ssl), auth=auth_user is not None,
               ms=round((time.monotonic() - started) * 1000, 1))
@@ -495,7 +503,7 @@ class GatewayHandler:
         except MalformedInput as exc:
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="sender-header-unreadable", identity=identity.name)
-            return f"550 5.6.0 Message refused: {_one_line(exc.what)}"
+            return smtp_reply(exc, prefix="Message refused: ")
         if not refused:
             return None
         event(log, "sender-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
@@ -521,8 +529,7 @@ class GatewayHandler:
         except GatewayError as exc:
             event(log, "payload-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   size=len(data), code=exc.code, temporary=exc.temporary)
-            code = "451" if exc.temporary else "554"
-            return f"{code} {exc.status} {_one_line(str(exc))}"
+            return smtp_reply(exc)
         event(log, "payload-routed", listener=self.listener.name, client=_peer_ip(session), size=len(data),
               copies=len(ids))
         for msg_id in ids:

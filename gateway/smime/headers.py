@@ -27,6 +27,9 @@ import re
 import secrets
 from email.header import Header
 
+from gateway.rawmime import FIELD_START, header_text, join_raw, raw_text, split_raw
+from gateway.rawmime import field_name as name_of
+
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
 #: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.
 OUR_PREFIX = "x-msgw-"
@@ -35,58 +38,8 @@ OUTER_KEPT = ("from", "to", "cc", "date")
 #: Never copied anywhere, not even inside: every recipient would see who else got a blind copy.
 NEVER_COPIED = ("bcc", "resent-bcc")
 MAX_LINE = 998  # RFC 5322 2.1.1, without the CRLF
-_NAME = re.compile(rb"^[!-9;-~]+:")
 
 
-
-def _raw_text(value: bytes | str) -> str:
-    """A raw header value as text, RFC 2047 words left as they are: 8-bit bytes read as UTF-8
-    (else Latin-1: never fails), on one line. (The same as `gateway.legacy.mimeutil.raw_text`:
-    smime/ does not import legacy/; one shared raw-MIME module is due to replace both.)"""
-    if isinstance(value, bytes):
-        try:
-            text = value.decode("utf-8")
-        except UnicodeDecodeError:
-            text = value.decode("latin-1")
-    else:
-        text = value
-    return " ".join(text.split())
-
-
-def _header_text(value: bytes | str) -> str:
-    """A header value as a reader sees it: `_raw_text` with its RFC 2047 words decoded (a word
-    that does not decode stays as written)."""
-    text = _raw_text(value)
-    if "=?" in text:
-        try:
-            text = str(email.header.make_header(email.header.decode_header(text)))
-        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
-            pass
-    return " ".join(text.split())
-
-
-def split_raw(message: bytes) -> tuple[list[bytes], bytes]:
-    """(header fields with their continuation lines and CRLF, body) of a CRLF message."""
-    end = message.find(b"\r\n\r\n")
-    if end < 0:
-        head, body = message, b""
-    else:
-        head, body = message[:end + 2], message[end + 4:]
-    fields: list[bytes] = []
-    for line in head.split(b"\r\n"):
-        if not line:
-            continue
-        if line[:1] in (b" ", b"\t") and fields:
-            fields[-1] += line + b"\r\n"
-        else:
-            fields.append(line + b"\r\n")
-    return fields, body
-
-def name_of(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-def join_raw(fields: list[bytes], body: bytes) -> bytes:
-    return b"".join(fields) + b"\r\n" + body
 
 def header_field(name: str, value: str) -> bytes:
     """A folded, 7-bit header field (RFC 2047 when the value is not ASCII)."""
@@ -118,20 +71,20 @@ def folded_field(name: str, value: str) -> bytes:
 def seven_bit_field(field: bytes) -> bytes | None:
     """The field as it is when 7-bit with short lines; else re-encoded (RFC 2047); None when the
     field has no valid name (it cannot be copied faithfully)."""
-    if not _NAME.match(field):
+    if not FIELD_START.match(field):
         return None
     if is_seven_bit(field):
         return field
     name, _, value = field.partition(b":")
-    return folded_field(name.decode("ascii"), _raw_text(value))
+    return folded_field(name.decode("ascii"), raw_text(value))
 
 def addresses(field: bytes) -> list[tuple[str, str]]:
     """(display name, ASCII address) pairs of an address field; non-ASCII addresses are left out
     (they cannot travel 7-bit outside; the original field is inside). The addresses are parsed
     from the raw value and only then the names decoded (RFC 2047 6.1): a word that decodes to
     `<someone@else>` or a comma stays part of a name, never becomes an address."""
-    value = _raw_text(field.partition(b":")[2])
-    return [(_header_text(name), addr) for name, addr in email.utils.getaddresses([value])
+    value = raw_text(field.partition(b":")[2])
+    return [(header_text(name), addr) for name, addr in email.utils.getaddresses([value])
             if addr and addr.isascii() and "@" in addr and not re.search(r"[\s<>,;\"]", addr)]
 
 def address_field(name: str, pairs: list[tuple[str, str]], *, names: bool = True) -> bytes | None:
@@ -154,7 +107,7 @@ def _outer_field(field: bytes) -> bytes | None:
     label = {"from": "From", "to": "To", "cc": "Cc", "date": "Date"}[name]
     if name == "date":
         try:
-            when = email.utils.parsedate_to_datetime(_raw_text(field.partition(b":")[2]))
+            when = email.utils.parsedate_to_datetime(raw_text(field.partition(b":")[2]))
             return f"Date: {email.utils.format_datetime(when)}\r\n".encode("ascii")
         except (TypeError, ValueError, IndexError, OverflowError):
             return f"Date: {email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")

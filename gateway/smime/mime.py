@@ -19,16 +19,12 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
+from gateway.rawmime import FIELD_START, field_name, is_continuation, to_crlf
 from gateway.smime.errors import MalformedSmime
 
 _POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
 _CONTENT_HEADERS = ("content-", "mime-version")
 MAX_MESSAGE_SIZE = 64 * 1024 * 1024
-
-
-def to_crlf(data: bytes) -> bytes:
-    """Every line ending as CRLF (bare LF and bare CR included)."""
-    return re.sub(rb"\r\n|\r|\n", b"\r\n", data)
 
 
 @dataclass(frozen=True)
@@ -46,18 +42,11 @@ class Split:
         return email.message_from_bytes(b"".join(self.fields) + b"\r\n", policy=email.policy.compat32)
 
 
-def field_name(field: bytes) -> str:
-    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
-
-
-_FIELD = re.compile(rb"^[!-9;-~]+:")
-
-
 def split_message(raw: bytes) -> Split:
     """Split canonical (CRLF) bytes at the first empty line into header fields and body."""
     if len(raw) > MAX_MESSAGE_SIZE:
         raise MalformedSmime("message too large")
-    data = to_crlf(raw)
+    data = to_crlf(raw, bare_cr=True)
     if data.startswith(b"\r\n"):
         return Split((), data[2:])
     head, sep, body = data.partition(b"\r\n\r\n")
@@ -66,11 +55,11 @@ def split_message(raw: bytes) -> Split:
     fields: list[bytes] = []
     lines = (head + b"\r\n").splitlines(keepends=True)
     for i, line in enumerate(lines):
-        if line[:1] in (b" ", b"\t"):
+        if is_continuation(line):
             if fields:
                 fields[-1] += line
             # else: a stray continuation before any field (seen in the wild): dropped
-        elif _FIELD.match(line):
+        elif FIELD_START.match(line):
             fields.append(line)
         elif not fields:
             raise MalformedSmime("message header cannot be parsed")
@@ -109,7 +98,7 @@ def _reencode(entity: bytes) -> bytes:
             original = text.encode("ascii", "surrogateescape")  # the bytes as received
         except UnicodeEncodeError:
             original = None
-        if original is not None and _is_7bit(to_crlf(original)):
+        if original is not None and _is_7bit(to_crlf(original, bare_cr=True)):
             continue  # already 7-bit clean: left exactly as it is
         data = part.get_payload(decode=True)
         if not isinstance(data, bytes):
@@ -119,7 +108,7 @@ def _reencode(entity: bytes) -> bytes:
         part["Content-Transfer-Encoding"] = "base64"
     out = io.BytesIO()
     email.generator.BytesGenerator(out, mangle_from_=False, policy=_POLICY).flatten(msg)
-    return to_crlf(out.getvalue())
+    return to_crlf(out.getvalue(), bare_cr=True)
 
 
 def content_entity(message: bytes) -> tuple[tuple[bytes, ...], bytes]:

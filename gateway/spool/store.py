@@ -55,6 +55,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import GatewayError, SpoolError
+from gateway.fsutil import fsync_dir, write_atomic
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -241,14 +242,6 @@ class Outcome:
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class Spool:
@@ -520,23 +513,9 @@ class Spool:
 
     def _store_file(self, final: Path, data: bytes, what: str, *, sync_dir: bool = True) -> None:
         """tmp → fsync → rename (→ directory fsync): the file is whole or absent after a crash."""
-        tmp = self.tmp_dir / final.name
         try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-            try:
-                view = memoryview(data)
-                while view:
-                    written = os.write(fd, view)
-                    view = view[written:]
-                os.fsync(fd)
-            finally:
-                os.close(fd)
-            os.replace(tmp, final)
-            if sync_dir:
-                _fsync_dir(final.parent)
+            write_atomic(final, data, tmp_dir=self.tmp_dir, sync_dir=sync_dir)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink()
             raise SpoolError(f"cannot {what}: {_describe(exc)}") from None
 
     # -- preparing --------------------------------------------------------------------------
@@ -560,7 +539,7 @@ class Spool:
                 self._store_file(file, copy.data, "store a prepared copy", sync_dir=False)
                 files.append((copy, f"copy/{file.name}"))
             if len(files) > sum(c.same_as_message for c in items):
-                _fsync_dir(self.copy_dir)
+                fsync_dir(self.copy_dir)
         except (OSError, SpoolError) as exc:
             self._unlink_copies(f for _, f in files)
             raise exc if isinstance(exc, SpoolError) else SpoolError(

@@ -180,3 +180,42 @@ def test_a_directory_fault_at_rcpt_is_temporary_and_says_nothing_inside(tmp_path
     reply, unexpected = asyncio.run(rcpt())
     assert reply.startswith("451 4.3.0") and "Error" not in reply
     assert unexpected.startswith("451 4.3.0") and "internal detail" not in unexpected
+
+
+
+def test_rcpt_refusals_are_translated_by_the_one_reply_table(tmp_path: Path) -> None:
+    """Whatever shape the RCPT check refuses with (a reason, a typed error, a pipeline Refusal),
+    the reply over a real socket comes from `gateway.errors.smtp_reply`: certain refusals 550,
+    temporary ones 451 with their own status, never the refusal object's repr."""
+    from gateway.errors import TemporaryError
+    from gateway.pipeline import Refusal
+    from gateway.server.smtp import SmtpServer
+
+    setup = write_config(tmp_path, sink_port=9, relay_networks='["127.0.0.0/8"]')
+    config = load_config(setup.config)
+    refusals = {"a@refused.example": "destination refused.example is refused by policy",
+                "b@slow.example": TemporaryError("certificate directory unreachable", status="4.4.3"),
+                "c@later.example": Refusal("c@later.example", "no answer from the directory yet", status="4.4.3",
+                                           temporary=True)}
+
+    async def check(address: str):
+        return refusals.get(address)
+
+    def rcpt_replies(port: int) -> dict[str, tuple[int, bytes]]:
+        with smtplib.SMTP("127.0.0.1", port, timeout=20) as client:
+            client.ehlo("client.example")
+            client.mail("lis@lab.example")
+            return {address: client.rcpt(address) for address in refusals}
+
+    async def run() -> dict[str, tuple[int, bytes]]:
+        server = SmtpServer(config, Spool(setup.spool).open(), rcpt_check=check)
+        await server.start()
+        try:
+            return await asyncio.to_thread(rcpt_replies, server.bound["relay"][1])
+        finally:
+            await server.stop()
+
+    replies = asyncio.run(run())
+    assert replies["a@refused.example"] == (550, b"5.7.1 destination refused.example is refused by policy")
+    assert replies["b@slow.example"] == (451, b"4.4.3 certificate directory unreachable")
+    assert replies["c@later.example"] == (451, b"4.4.3 no answer from the directory yet")

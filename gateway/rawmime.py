@@ -1,0 +1,174 @@
+"""Raw-bytes MIME: header fields and bodies sliced from the bytes, never re-serialised.
+
+Why bytes and not Python's `email`: `email` refolds and re-encodes headers when it writes a
+message back, which breaks signatures (S/MIME, PGP/MIME sign exact bytes) and changes what a
+reader sees. The S/MIME framing (`gateway.smime.mime`), the header allow-list
+(`gateway.stages.headers`), the legacy codecs (`gateway.legacy.mimeutil`) and the sender check
+(`gateway.senders`) read and cut header blocks with the helpers here, so they agree on where a
+field starts, what its name is and where the body begins.
+
+Pure: no I/O, no gateway import (it is a leaf every package may import). A *field* is its
+exact bytes: the first line, its continuation lines and their line ends.
+"""
+
+from __future__ import annotations
+
+import email.errors
+import email.header
+import re
+
+from gateway.errors import MalformedInput
+
+#: A field's first line (RFC 5322 2.2: printable ASCII but the colon, then the colon).
+FIELD_START = re.compile(rb"^[!-9;-~]+:")
+#: The same, read the way servers and clients also read it: white space before the colon is the
+#: obsolete syntax (RFC 5322 4.5, `From :`); group 1 is the name.
+LAX_FIELD_START = re.compile(rb"^([!-9;-~]+)[ \t]*:")
+#: Past this, a header block is refused rather than parsed (it would stall a listener).
+MAX_HEADER_BLOCK = 256 * 1024
+_ANY_LINE_END = re.compile(rb"\r\n|\r|\n")
+_LF_LINE_END = re.compile(rb"\r?\n")
+
+
+def field_name(field: bytes) -> str:
+    """The lower-case name of a raw field (what is before its first colon, white space trimmed)."""
+    return field.split(b":", 1)[0].strip().decode("ascii", "replace").lower()
+
+
+def is_continuation(line: bytes) -> bool:
+    """A folded line (RFC 5322 2.2.3): it starts with white space and belongs to the field above."""
+    return line[:1] in (b" ", b"\t")
+
+
+def to_crlf(data: bytes, *, bare_cr: bool = False) -> bytes:
+    """Every LF (with or without its CR) as CRLF: the canonical form RFC 3156 and RFC 5751 sign.
+
+    ``bare_cr``: a CR alone is a line end too (S/MIME framing reads it so); without it, a CR
+    that is not before a LF is content and stays (HPRIM lines end with CR)."""
+    return (_ANY_LINE_END if bare_cr else _LF_LINE_END).sub(b"\r\n", data)
+
+
+def line_ending(message: bytes) -> bytes:
+    """The message's own line ending: CRLF unless its first line ends with a bare LF."""
+    first = message.find(b"\n")
+    return b"\n" if first == 0 or (first > 0 and message[first - 1] != 0x0D) else b"\r\n"
+
+
+def header_end(raw: bytes) -> tuple[int, int] | None:
+    """(end of the header block, start of the body) at the first empty line, CRLF or LF; None
+    when the message has no empty line (all header)."""
+    ends = [(index, index + len(sep)) for sep in (b"\r\n\r\n", b"\n\n") if (index := raw.find(sep)) >= 0]
+    return min(ends) if ends else None
+
+
+def raw_body(raw: bytes) -> bytes:
+    """The bytes after the header block of a raw message (first empty line, CRLF or LF)."""
+    end = header_end(raw)
+    return raw[end[1]:] if end is not None else b""
+
+
+def raw_header_fields(raw: bytes) -> list[tuple[str, bytes]]:
+    """(lower-case name, the field's bytes without its last line end, continuation lines joined
+    by CRLF) of the header block of a CRLF or LF message; a line that is no field is skipped."""
+    end = header_end(raw)
+    block = raw[:end[0]] if end is not None else raw
+    fields: list[tuple[str, bytes]] = []
+    for line in _LF_LINE_END.split(block):
+        if is_continuation(line) and fields:
+            name, value = fields[-1]
+            fields[-1] = (name, value + b"\r\n" + line)
+        elif b":" in line:
+            fields.append((field_name(line), line))
+    return fields
+
+
+def split_raw(message: bytes) -> tuple[list[bytes], bytes]:
+    """(header fields, each with its continuation lines and CRLF, body) of a CRLF message.
+
+    For messages the gateway already holds in CRLF form (the SMTP listener refuses bare LF):
+    `join_raw` puts them back byte for byte."""
+    end = message.find(b"\r\n\r\n")
+    if end < 0:
+        head, body = message, b""
+    else:
+        head, body = message[:end + 2], message[end + 4:]
+    fields: list[bytes] = []
+    for line in head.split(b"\r\n"):
+        if not line:
+            continue
+        if is_continuation(line) and fields:
+            fields[-1] += line + b"\r\n"
+        else:
+            fields.append(line + b"\r\n")
+    return fields, body
+
+
+def join_raw(fields: list[bytes], body: bytes) -> bytes:
+    """The message again from `split_raw`'s parts (fields as they are, the empty line, the body)."""
+    return b"".join(fields) + b"\r\n" + body
+
+
+def unfold(value: bytes) -> str:
+    """A raw field value on one line: UTF-8 (undecodable bytes replaced), every run of white
+    space, line breaks included, one space (a value cannot carry a line into another header)."""
+    return " ".join(value.decode("utf-8", "replace").split())
+
+
+def header_fields(message: bytes) -> list[tuple[str, str]]:
+    """(lowercased name, unfolded value) of every field of the top header block of a CRLF
+    message, read strictly: `From :` is a From field (obsolete syntax, as servers and clients
+    read it), and a line that is neither a field nor a continuation is MalformedInput, so no field
+    can hide from a check and still be read by someone else."""
+    end = message.find(b"\r\n\r\n", 0, MAX_HEADER_BLOCK + 4)
+    if end < 0:
+        if len(message) > MAX_HEADER_BLOCK:
+            raise MalformedInput(f"header block longer than {MAX_HEADER_BLOCK // 1024} KiB", "message header")
+        end = len(message)
+    fields: list[tuple[str, list[bytes]]] = []
+    for number, line in enumerate(message[:end].split(b"\r\n"), start=1):
+        if not line:
+            continue
+        if is_continuation(line):
+            if not fields:
+                raise MalformedInput("continuation line before any field", f"header line {number}")
+            fields[-1][1].append(line)
+            continue
+        match = LAX_FIELD_START.match(line)
+        if match is None:
+            raise MalformedInput("header line without a field name", f"header line {number}")
+        fields.append((match.group(1).decode("ascii").lower(), [line[match.end():]]))
+    return [(name, unfold(b" ".join(parts))) for name, parts in fields]
+
+
+def raw_text(value: bytes | str) -> str:
+    """A raw header value as text, RFC 2047 words left as they are: 8-bit bytes read as UTF-8
+    (else Latin-1: never fails), on one line (every run of white space, line breaks included,
+    one space: a value cannot inject a line into a header)."""
+    if isinstance(value, bytes):
+        try:
+            text = value.decode("utf-8")
+        except UnicodeDecodeError:
+            text = value.decode("latin-1")
+    else:
+        text = value
+    return " ".join(text.split())
+
+
+def header_text(value: bytes | str) -> str:
+    """A header value as a reader sees it: `raw_text` with its RFC 2047 words decoded (a word
+    that does not decode stays as written).
+
+    For an address field, decode the display names *after* parsing the addresses: a word can
+    decode to `<someone@else>` or a comma."""
+    text = raw_text(value)
+    if "=?" in text:
+        try:
+            text = str(email.header.make_header(email.header.decode_header(text)))
+        except (UnicodeError, LookupError, ValueError, email.errors.HeaderParseError):
+            pass
+    return " ".join(text.split())
+
+
+__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "field_name", "header_end", "header_fields",
+           "header_text", "is_continuation", "join_raw", "line_ending", "raw_body", "raw_header_fields", "raw_text",
+           "split_raw", "to_crlf", "unfold"]
