@@ -26,7 +26,7 @@ from gateway.intake.dedup import DedupStore
 from gateway.intake.process import IntakeResult, accept_all, intake_bytes
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import RoutingSettings
-from gateway.routing.payload import PayloadInfo
+from gateway.routing.model import PayloadInfo
 
 T = TypeVar("T")
 

@@ -20,7 +20,7 @@ from gateway.intake.dedup import DedupError
 from gateway.intake.mllp import ack_for
 from gateway.intake.process import Unroutable
 from gateway.legacy.errors import KeyStoreUnavailable
-from gateway.routing.payload import Hl7Error, UnsupportedPayload
+from gateway.routing.model import Hl7Error, UnsupportedPayload
 from gateway.smime.errors import MalformedSmime, SignatureInvalid
 
 _NO_TRACE: dict = {"address": "a@x.example", "trace": (), "rejected": ()}
