@@ -14,6 +14,7 @@ import sys
 from cryptography import x509
 
 from gateway.commands.common import add_config_option, config_from
+from gateway.delivery.transports import unknown_transports
 from gateway.errors import ConfigError
 from gateway.smime import keycheck
 from gateway.startup import check_keys
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{source}: {key}: {message}", file=sys.stderr)
         print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
         return 2
-    problems = _check_files(config)
+    problems = _check_files(config) + unknown_transports(config)
     statuses = asyncio.run(check_keys(config, login=args.login))
     for status in statuses:
         problems += [(status.source, status.where, message) for message in status.errors]

@@ -12,6 +12,7 @@ from gateway.app import Gateway
 from gateway.commands.common import add_config_option, config_from
 from gateway.config import DEFAULT_FILES
 from gateway.default_setup import prepare_default_files
+from gateway.delivery.transports import unknown_transports
 from gateway.logs import event, setup_logging
 from gateway.startup import check_keys
 
@@ -32,7 +33,10 @@ def run(args: argparse.Namespace) -> int:
         prepare_default_files(Path.cwd() / DEFAULT_FILES)
     config = config_from(args)
     setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
-    if not keys_usable(config):
+    unknown = unknown_transports(config)
+    for source, key, message in unknown:
+        print(f"{source}: {key}: {message}", file=sys.stderr)
+    if unknown or not keys_usable(config):
         return 2
     if not args.config:
         print(_default_banner(config), file=sys.stderr)

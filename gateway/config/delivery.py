@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -13,7 +14,7 @@ TlsPolicy = Literal["required", "opportunistic", "none"]
 
 _DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
                   "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes"}
-_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency"}
+_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport"}
 
 
 @dataclass(frozen=True)
@@ -46,6 +47,9 @@ class RouteConfig:
     client_cert: Path | None
     client_key: Path | None
     concurrency: int
+    #: The transport that carries this route's copies (a name in `gateway.delivery.transports.
+    #: TRANSPORTS`, checked by `msgw check` / `msgw serve`): `smtp`, `lmtp`, `maildir`, ...
+    transport: str = "smtp"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,19 @@ def _tls_policy(r: Reader, spec: dict[str, Any], prefix: str, default: str) -> T
     return r.choice(spec, "tls", prefix, ("required", "opportunistic", "none"), default)  # type: ignore[return-value]
 
 
+_TRANSPORT_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
+
+
+def _transport_name(r: Reader, spec: dict[str, Any], prefix: str) -> str:
+    """A transport's name; whether one is registered by that name is checked at start-up (the
+    registry lives with delivery, which the configuration does not import)."""
+    name = r.get(spec, "transport", prefix, str, "smtp")
+    if not _TRANSPORT_NAME.fullmatch(name):
+        r.problem(prefix + "transport", "not a transport name (lower-case letters, digits, - and _)")
+        return "smtp"
+    return name
+
+
 def _routes(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[RouteConfig, ...]:
     routes = []
     for domain, rspec in r.get(spec, "routes", prefix, dict, {}).items():
@@ -101,6 +118,7 @@ def _routes(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[RouteConfig, 
             client_cert=r.path(rspec, "client_cert", rprefix, must_exist=True),
             client_key=r.path(rspec, "client_key", rprefix, must_exist=True),
             concurrency=r.positive(rspec, "concurrency", rprefix, 5),
+            transport=_transport_name(r, rspec, rprefix),
         ))
     return tuple(routes)
 

@@ -22,7 +22,7 @@ from typing import Any, Literal
 
 from gateway.config.reader import Reader, parse_size, valid_address
 from gateway.errors import ConfigError
-from gateway.routing.hl7 import DEFAULT_MAX_FRAME
+from gateway.routing.model import DEFAULT_MAX_FRAME
 
 CompleteRule = Literal["rename", "ok-marker"]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network

@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 from gateway.delivery.smtp_client import RecipientResult
-from gateway.errors import DeliveryError, GatewayError, PermanentError
+from gateway.errors import DeliveryError, GatewayError, PermanentError, reply_code
 from gateway.fsutil import publish, write_synced
 from gateway.rawmime import line_ending
 
@@ -309,8 +309,8 @@ async def maildir_results(root: Path, sender: str, recipients: Sequence[str], da
             await asyncio.to_thread(deliver_maildir, root, rcpt, data, return_path=sender, delivered_to=rcpt)
             results[rcpt] = RecipientResult(250, "2.0.0 delivered to maildir")
         except GatewayError as exc:
-            code = 451 if exc.temporary else 550
-            results[rcpt] = RecipientResult(code, f"{exc.status} {exc}")
+            # A Maildir's answer for one recipient, as an LMTP server would give it after DATA.
+            results[rcpt] = RecipientResult(reply_code(exc, "RCPT"), f"{exc.status} {exc}")
     return results
 
 

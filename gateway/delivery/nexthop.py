@@ -54,7 +54,7 @@ class NextHopResolver:
         if route is not None:
             tls = d.tls_for(route)
             return Destination(key=f"route:{route.domain}", domain=domain, host=route.host, port=route.port,
-                               tls=tls, concurrency=route.concurrency)
+                               tls=tls, concurrency=route.concurrency, transport=route.transport)
         tls = d.tls_for(None)
         if d.smarthost:
             # One transaction for all recipients that go through the smart host.

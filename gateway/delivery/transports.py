@@ -71,16 +71,18 @@ class SmtpTransport:
 
 
 class LmtpTransport:
-    """LMTP to the local delivery agent (Dovecot, Cyrus): one reply per recipient (RFC 2033)."""
+    """LMTP to a delivery agent (Dovecot, Cyrus): one reply per recipient (RFC 2033). The local
+    one of `[local]`, or the host and port of a route that names this transport."""
 
     def __init__(self, hop: Hop) -> None:
         self.hop = hop
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
-        local = self.hop.config.local
-        results = await lmtp_results(local.lmtp_host, local.lmtp_port, sender=sender, recipients=recipients,
+        local, dest = self.hop.config.local, self.hop.destination
+        host, port = (dest.host, dest.port) if dest.host and not dest.local else (local.lmtp_host, local.lmtp_port)
+        results = await lmtp_results(host, port, sender=sender, recipients=recipients,
                                      data=data, lhlo_name=self.hop.config.hostname)
-        return results, "lmtp"
+        return results, "lmtp" if dest.local else f"lmtp:{host}"
 
 
 class MaildirTransport:
@@ -99,6 +101,16 @@ TRANSPORTS: dict[str, Callable[[Hop], Transport]] = {
     "lmtp": LmtpTransport,
     "maildir": MaildirTransport,
 }
+
+
+def unknown_transports(config: GatewayConfig) -> list[tuple[str, str, str]]:
+    """(file, key, problem) of the next-hop table for `msgw check` and `msgw serve`: routes naming
+    a transport that no module registered (the configuration cannot know the registry: it lives
+    here, above the configuration)."""
+    known = ", ".join(sorted(TRANSPORTS))
+    return [(config.source, f'delivery.routes."{route.domain}".transport',
+             f"no transport named {route.transport!r} (known: {known})")
+            for route in config.delivery.routes if route.transport not in TRANSPORTS]
 
 
 def transport_for(hop: Hop) -> Transport:

@@ -1,7 +1,7 @@
 """Intake of structured payloads from systems (issue 6): MLLP, drop folders, shared processing.
 
-``settings.parse_intake`` reads ``[intake]``; ``service.IntakeService`` runs the MLLP listener and
-the drop-folder watchers; ``process.intake_bytes`` is the one path every door uses
-(read → resolve → duplicate check → wrap). Imports stay lazy here so that ``gateway.config``
-can import the settings parser without pulling asyncio servers in.
+``[intake]`` is read by ``gateway.config.intake`` (re-exported by ``settings``);
+``service.IntakeService`` builds and runs the doors (``door.IntakeDoor``: MLLP, drop folders, the
+payload address); ``process.intake_bytes`` is the one path every door uses
+(read → resolve → duplicate check → wrap).
 """

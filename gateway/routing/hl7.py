@@ -26,6 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.routing.model import (
+    DEFAULT_MAX_FRAME,
     INS_OIDS,
     RPPS_OID,
     SIGNATURE,
@@ -509,7 +510,6 @@ def build_ack(message_bytes: bytes, code: str, error: str | None = None, *, cont
 
 MLLP_START = b"\x0b"
 MLLP_END = b"\x1c\x0d"
-DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 
 def mllp_frame(message: bytes) -> bytes:

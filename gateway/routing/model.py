@@ -43,6 +43,8 @@ RPPS_OID = "1.2.250.1.71.4.2.1"
 STRUCTURE_OID = "1.2.250.1.71.4.2.2"
 
 MAX_PAYLOAD_BYTES = 64 * 1024 * 1024
+#: The largest MLLP frame read by default (an HL7 v2 message with an embedded PDF fits).
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 
 
 class PayloadError(MalformedInput):

@@ -79,3 +79,59 @@ def test_delivery_never_imports_the_pipeline() -> None:
             for module in modules:
                 assert not module.startswith(("gateway.pipeline", "gateway.stages", "gateway.runner")), \
                     f"{path.name} imports {module}"
+
+
+def _with_route(setup_config: Path, route: str) -> None:
+    text = setup_config.read_text()
+    setup_config.write_text(text + "\n" + route + "\n")
+
+
+def test_a_route_names_its_transport_and_lmtp_goes_to_the_route_host(tmp_path: Path) -> None:
+    """The next-hop table is configurable (Postfix transport(5)): `[delivery.routes."d"] transport`
+    sends that domain's copies through the named transport, here LMTP to the route's own host
+    (a hospital's Dovecot), while other domains keep SMTP to the smart host."""
+    from tests.conftest import free_port
+    from tests.unit.test_local_delivery import LMTPController, LMTPHandler
+
+    handler = LMTPHandler()
+    handler.refuse_rcpt = {}
+    handler.after_data = {}
+    lmtp = LMTPController(handler, hostname="127.0.0.1", port=free_port())
+    lmtp.start()
+    try:
+        setup = write_config(tmp_path / "gw", sink_port=9)
+        _with_route(setup.config, f'[delivery.routes."chu.example"]\nhost = "127.0.0.1"\nport = {lmtp.port}\n'
+                                  'tls = "none"\ntransport = "lmtp"\n')
+        config = load_config(setup.config)
+        assert config.delivery.route_for("chu.example").transport == "lmtp"  # type: ignore[union-attr]
+        spool = Spool(config.spool.path).open()
+        data = b"From: lab@lab.example\r\nSubject: s\r\n\r\nresult\r\n"
+        msg_id = spool.accept("lab@lab.example", ["dr.b@chu.example"], data, lifetime=3600)
+        audit: list[dict] = []
+        asyncio.run(QueueService(config, spool, audit=lambda **kw: audit.append(kw)).run_once())
+        assert [(r[1], r[2]) for r in handler.received] == [(["dr.b@chu.example"], data)]
+        assert spool.get(msg_id) is None
+        assert audit[-1]["next_hop"] == "lmtp:127.0.0.1"
+    finally:
+        lmtp.stop()
+
+
+def test_a_route_naming_an_unknown_transport_stops_check_and_serve(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from gateway.config import ConfigError
+
+    setup = write_config(tmp_path / "gw", sink_port=9)
+    _with_route(setup.config, '[delivery.routes."dpi.example"]\nhost = "127.0.0.1"\ntransport = "mllp"\n')
+    msgw = Path(sys.executable).with_name("msgw")
+    for command in ("check", "serve"):
+        run = subprocess.run([str(msgw), command, "--config", str(setup.config)], capture_output=True, text=True,
+                             timeout=60, check=False)
+        assert run.returncode == 2, (command, run.stdout, run.stderr)
+        assert "delivery.routes.\"dpi.example\".transport: no transport named 'mllp'" in run.stderr, command
+    # A name that is not even a name is a configuration problem with its key.
+    _with_route(setup.config, '[delivery.routes."x.example"]\nhost = "127.0.0.1"\ntransport = "Smtp; rm"\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(setup.config)
+    assert any(key == 'delivery.routes."x.example".transport' for _, key, _ in err.value.problems)

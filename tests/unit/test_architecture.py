@@ -143,6 +143,27 @@ def test_pure_layers_do_not_import_the_server_spool_or_delivery() -> None:
             assert not {t for t in targets if t.startswith(io_layers)}, name
 
 
+#: What the libraries may import outside their own package (docs/architecture.md, section 3).
+LIBRARY_IMPORTS = {
+    "gateway.smime": {"gateway.errors", "gateway.rawmime", "gateway.filemodes"},
+    "gateway.routing": {"gateway.errors"},
+    "gateway.legacy": {"gateway.errors", "gateway.rawmime", "gateway.filemodes", "gateway.fsutil", "gateway.logs"},
+    "gateway.pipeline": set(),
+    "gateway.spool": {"gateway.errors", "gateway.fsutil", "gateway.filemodes", "gateway.logs"},
+    "gateway.rawmime": {"gateway.errors"},
+    "gateway.fsutil": {"gateway.filemodes"},
+    "gateway.errors": set(),
+}
+
+
+@pytest.mark.parametrize("package", sorted(LIBRARY_IMPORTS))
+def test_libraries_import_only_the_ground_below_them(package: str) -> None:
+    graph = import_graph()
+    outside = {t for name, targets in graph.items() if name == package or name.startswith(package + ".")
+               for t in targets if t != package and not t.startswith(package + ".")}
+    assert outside <= LIBRARY_IMPORTS[package], sorted(outside - LIBRARY_IMPORTS[package])
+
+
 def test_stages_and_smime_stay_below_complexity_15() -> None:
     ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
     if not Path(ruff).exists():
