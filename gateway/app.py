@@ -68,7 +68,7 @@ class Gateway:
             audit = self._own_audit
         queue = self.queue = QueueService(self.config, self.spool, self.pipeline, audit=audit)
         directory = self.context.directory if self.context is not None else self._open_directory()
-        self.server = SmtpServer(self.config, self.spool, on_accept=lambda _id: queue.wake(),
+        self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
         await self.server.start()
@@ -77,7 +77,7 @@ class Gateway:
             from gateway.intake.service import IntakeService
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
-                                        self.config.state_dir, lambda _id: queue.wake(),
+                                        self.config.state_dir, queue.accepted,
                                         self.config.spool.max_queue_lifetime)
             await self.intake.start()
 

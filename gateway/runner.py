@@ -53,7 +53,8 @@ class PipelineRunner:
     def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None, *,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_prepared: Callable[[str], None] | None = None, unrecorded: Unrecorded | None = None,
-                 busy: Callable[[], set[str]] = set) -> None:
+                 busy: Callable[[], set[str]] = set,
+                 handoff: Callable[[QueuedMessage, dict[int, bytes]], object] | None = None) -> None:
         self.config = config
         self.spool = spool
         self.pipeline = pipeline or Pipeline()
@@ -64,6 +65,9 @@ class PipelineRunner:
         self.unrecorded = unrecorded
         #: Messages another worker holds in memory (their state not written yet): not prepared again.
         self.busy = busy
+        #: Where a message goes once prepared, with its copies' bytes (delivery, without a poll).
+        #: Only while running (`start`): `run_once` leaves delivery to its caller.
+        self.handoff = handoff
         self._wake = asyncio.Event()
         self._stopping = False
         self._inflight: dict[str, asyncio.Task[None]] = {}
@@ -111,6 +115,8 @@ class PipelineRunner:
             for msg in due:
                 if self._stopping:
                     break
+                if msg.id in self._inflight:  # handed over at accept time while the query ran
+                    continue
                 task = loop.create_task(self._prepare_guarded(msg), name=f"prepare-{msg.id}")
                 self._inflight[msg.id] = task
                 task.add_done_callback(functools.partial(self._done, msg.id))
@@ -119,8 +125,29 @@ class PipelineRunner:
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
 
     def _done(self, msg_id: str, _task: object = None) -> None:
+        # No wake: a finished preparation makes nothing new due here (what it deferred waits
+        # for its time, which the poll finds); a query per message would cost what it saves.
         self._inflight.pop(msg_id, None)
-        self._wake.set()
+
+    def prepare_now(self, msg_id: str) -> None:
+        """A message just accepted (SMTP, intake doors): prepared at once, without a poll of the
+        spool. Not running, already in hand or stopping: the poll takes it as any other."""
+        if self._stopping or self._task is None or msg_id in self._inflight:
+            self._wake.set()
+            return
+        task = asyncio.get_running_loop().create_task(self._fetch_and_prepare(msg_id), name=f"prepare-{msg_id}")
+        self._inflight[msg_id] = task
+        task.add_done_callback(functools.partial(self._done, msg_id))
+
+    async def _fetch_and_prepare(self, msg_id: str) -> None:
+        try:
+            msg = await asyncio.to_thread(self.spool.get, msg_id)
+        except GatewayError as exc:
+            event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
+            self._wake.set()
+            return
+        if msg is not None and not msg.quarantined:
+            await self._prepare_guarded(msg)
 
     def _excluded(self) -> set[str]:
         return set(self._inflight) | self._held_now() | self.busy()
@@ -191,7 +218,7 @@ class PipelineRunner:
             return
         copies, outcomes = self._plan(msg, todo, data, result)
         try:
-            await asyncio.to_thread(self.spool.prepare, msg.id, copies, outcomes)
+            fresh = await asyncio.to_thread(self._record, msg.id, copies, outcomes)
         except SpoolError as exc:  # full disk: the recipients stay received on disk
             self._hold(msg.id, exc)
             if self.unrecorded is not None:
@@ -200,7 +227,17 @@ class PipelineRunner:
         event(log, "prepared", msg=msg.id, copies=len(copies), forms=sorted({c.form for c in copies}),
               rcpts=sum(len(c.rcpt_ids) for c in copies), refused=len(outcomes))
         self._report(msg, outcomes)
-        self._prepared(msg.id)
+        if fresh is not None and self.handoff is not None and self._task is not None:
+            self.handoff(fresh, _in_memory(fresh, copies))
+        else:
+            self._prepared(msg.id)
+
+    def _record(self, msg_id: str, copies: list[NewCopy], outcomes: list[Outcome]) -> QueuedMessage | None:
+        """`Spool.prepare`, then the message as it now is (for the hand-off to delivery), in one
+        trip to a worker thread; None when it was deleted meanwhile."""
+        if not self.spool.prepare(msg_id, copies, outcomes):
+            return None
+        return self.spool.get(msg_id)
 
     def _plan(self, msg: QueuedMessage, todo: list[QueuedRecipient], data: bytes, result: PipelineResult
               ) -> tuple[list[NewCopy], list[Outcome]]:
@@ -290,6 +327,14 @@ def _shared_copies(outgoing: Iterable[Any]) -> list[tuple[bytes, str, bool, list
     return [(data, form, require_tls, list(addresses)) for data, form, require_tls, addresses in merged.values()]
 
 
+def _in_memory(msg: QueuedMessage, copies: list[NewCopy]) -> dict[int, bytes]:
+    """The bytes of the copies just recorded, by their row id: `prepare` inserts them in order,
+    in one transaction, so they are the message's last `len(copies)` copies."""
+    rows = sorted(msg.copies, key=lambda c: c.id)[-len(copies):] if copies else []
+    return {row.id: new.data for row, new in zip(rows, copies, strict=False)
+            if row.size == len(new.data) and row.form == new.form}
+
+
 def _batches(msg: QueuedMessage, copies: list[NewCopy]) -> list[Batch]:
     """Copies the spool could not record, in the form delivery sends (no row: id 0, no file)."""
     rcpts = {r.id: r for r in msg.recipients}
@@ -308,9 +353,11 @@ class QueueService:
     def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
                  resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
                  audit: Callable[..., None] | None = None) -> None:
-        self.delivery = DeliveryManager(config, spool, resolver, clock=clock, audit=audit)
+        self.delivery = DeliveryManager(config, spool, resolver, clock=clock, audit=audit,
+                                        on_unprepared=lambda _id: self.runner.wake())
         self.runner = PipelineRunner(config, spool, pipeline, clock=clock, audit=audit,
                                      on_prepared=lambda _id: self.delivery.wake(),
+                                     handoff=self.delivery.deliver_now,
                                      unrecorded=self.delivery.deliver_unrecorded, busy=self.delivery.backlog)
 
     def start(self) -> None:
@@ -318,8 +365,12 @@ class QueueService:
         self.delivery.start()
 
     def wake(self) -> None:
-        """A message was accepted: prepare it now (delivery is woken once it is prepared)."""
+        """Look at the spool now (a retry, a recovery): what is due is prepared, then delivered."""
         self.runner.wake()
+
+    def accepted(self, msg_id: str) -> None:
+        """A message was accepted: prepared now, then handed to delivery (no poll on the way)."""
+        self.runner.prepare_now(msg_id)
 
     async def stop(self, grace: float | None = None) -> None:
         """Both stop taking work and share the one grace period (run side by side)."""

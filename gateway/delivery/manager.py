@@ -28,7 +28,7 @@ import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from gateway.config import GatewayConfig
@@ -37,7 +37,7 @@ from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
-from gateway.spool import Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
+from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.delivery")
 
@@ -59,9 +59,12 @@ class DeliveryManager:
     """Runs deliveries from the spool until stopped."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
-                 clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None) -> None:
+                 clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
+                 on_unprepared: Callable[[str], None] | None = None) -> None:
         self.config = config
         self.audit = audit
+        #: Called when a damaged copy was forgotten: its recipients wait for the runner again.
+        self.on_unprepared = on_unprepared
         self.spool = spool
         self.resolver = resolver or NextHopResolver(config)
         self.clock = clock
@@ -128,12 +131,28 @@ class DeliveryManager:
             for msg in due:
                 if self._stopping:
                     break
+                if msg.id in self._inflight:  # handed over by the runner while the query ran
+                    continue
                 task = loop.create_task(self._process_guarded(msg), name=f"deliver-{msg.id}")
                 self._inflight[msg.id] = task
                 task.add_done_callback(functools.partial(self._done, msg.id))
             self._wake.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+
+    def deliver_now(self, msg: QueuedMessage, preloaded: Mapping[int, bytes]) -> bool:
+        """The runner's hand-off of a message it has just prepared, with its copies' bytes still
+        in memory: delivered at once, without a poll of the spool nor a re-read of the files
+        (they are the very bytes the copy rows describe). False when the message is already in
+        hand here, held, or we are stopping: then the poll takes it as any other."""
+        if self._stopping or msg.id in self._inflight or msg.id in self._held or msg.id in self._unwritten:
+            self._wake.set()
+            return False
+        task = asyncio.get_running_loop().create_task(self._process_guarded(msg, preloaded),
+                                                      name=f"deliver-{msg.id}")
+        self._inflight[msg.id] = task
+        task.add_done_callback(functools.partial(self._done, msg.id))
+        return True
 
     async def _backlog_due(self) -> list[QueuedMessage]:
         """Messages with outcomes waiting in memory whose hold is over, that the spool would not
@@ -162,8 +181,10 @@ class DeliveryManager:
         event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
 
     def _done(self, msg_id: str, _task: object = None) -> None:
+        # No wake: new work arrives by hand-off (`deliver_now`) or is woken by whoever made it
+        # (a DSN, a retry command); what an attempt deferred waits for its time, which the poll
+        # finds. A spool query per delivered message would cost what the hand-off saves.
         self._inflight.pop(msg_id, None)
-        self._wake.set()
 
     async def run_once(self) -> int:
         """Process everything due now and wait for it (tests and `msgw queue flush`)."""
@@ -175,7 +196,7 @@ class DeliveryManager:
         return len(due)
 
     # -- one message ------------------------------------------------------------------------
-    async def _process_guarded(self, msg: QueuedMessage) -> None:
+    async def _process_guarded(self, msg: QueuedMessage, preloaded: Mapping[int, bytes] | None = None) -> None:
         async with self._global:
             try:
                 if msg.id in self._unwritten:
@@ -185,7 +206,8 @@ class DeliveryManager:
                     if fresh is None:
                         return
                     msg = fresh
-                await self._process(msg)
+                    preloaded = None
+                await self._process(msg, preloaded)
             except asyncio.CancelledError:
                 raise
             except GatewayError as exc:
@@ -206,7 +228,7 @@ class DeliveryManager:
     async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
 
-    async def _process(self, msg: QueuedMessage) -> None:
+    async def _process(self, msg: QueuedMessage, preloaded: Mapping[int, bytes] | None = None) -> None:
         pending = [r for r in msg.pending if r.prepared and r.next_attempt <= self.clock()]
         if not pending:
             await self._after(msg.id)  # only DSNs owed
@@ -223,7 +245,17 @@ class DeliveryManager:
         batches = []
         for copy_id, rcpts in by_copy.items():
             copy = msg.copy(copy_id)
-            data = await self._io(self.spool.copy_bytes, copy)  # SpoolError when damaged: never sent
+            try:
+                data = preloaded.get(copy.id) if preloaded else None
+                if data is None:
+                    data = await self._io(self.spool.copy_bytes, copy)
+            except DamagedCopy as exc:  # never sent: its recipients are prepared again
+                event(log, "copy-damaged", logging.WARNING, msg=msg.id, copy=copy.id, rcpts=len(rcpts),
+                      reason=str(exc))
+                await self._io(self.spool.unprepare, msg.id, copy.id)
+                if self.on_unprepared is not None:
+                    self.on_unprepared(msg.id)
+                continue
             batches.append((copy, data, rcpts))
         await self._send(msg, batches)
         await self._after(msg.id)

@@ -20,7 +20,7 @@ from cryptography.hazmat.primitives.asymmetric import padding as asym_padding
 from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
-from gateway.smime.cmsutil import issuer_and_serial, subject_key_id
+from gateway.smime.cmsutil import der_length, issuer_and_serial, subject_key_id
 from gateway.smime.errors import UnsupportedAlgorithm, WrongKeyUsage
 
 CipherName = Literal["aes256-cbc", "aes256-gcm"]
@@ -74,13 +74,6 @@ def _recipient_info(cert: x509.Certificate, cek: bytes, key_transport: KeyTransp
         "version": version, "rid": rid, "key_encryption_algorithm": alg, "encrypted_key": encrypted})})
 
 
-def _der_length(n: int) -> bytes:
-    if n < 0x80:
-        return bytes([n])
-    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
-    return bytes([0x80 | len(body)]) + body
-
-
 def _envelope_der(kind: str, version: str, infos: list[cms.RecipientInfo], eci_head: bytes,
                   ciphertext: Sequence[bytes], trailer: bytes = b"") -> bytes:
     """ContentInfo { kind, [0] { version, recipientInfos, EncryptedContentInfo { eci_head,
@@ -92,16 +85,16 @@ def _envelope_der(kind: str, version: str, infos: list[cms.RecipientInfo], eci_h
     into the result. The tests compare this output with asn1crypto's, byte for byte.
     """
     ct_len = sum(len(c) for c in ciphertext)
-    octet_head = b"\x80" + _der_length(ct_len)  # encryptedContent [0] IMPLICIT OCTET STRING, primitive
+    octet_head = b"\x80" + der_length(ct_len)  # encryptedContent [0] IMPLICIT OCTET STRING, primitive
     eci_len = len(eci_head) + len(octet_head) + ct_len
-    eci_hdr = b"\x30" + _der_length(eci_len)
+    eci_hdr = b"\x30" + der_length(eci_len)
     version_der = cms.CMSVersion(version).dump()
     infos_der = cms.RecipientInfos(infos).dump()
     inner_len = len(version_der) + len(infos_der) + len(eci_hdr) + eci_len + len(trailer)
-    inner_hdr = b"\x30" + _der_length(inner_len)
-    explicit_hdr = b"\xa0" + _der_length(len(inner_hdr) + inner_len)
+    inner_hdr = b"\x30" + der_length(inner_len)
+    explicit_hdr = b"\xa0" + der_length(len(inner_hdr) + inner_len)
     oid = cms.ContentType(kind).dump()
-    outer_hdr = b"\x30" + _der_length(len(oid) + len(explicit_hdr) + len(inner_hdr) + inner_len)
+    outer_hdr = b"\x30" + der_length(len(oid) + len(explicit_hdr) + len(inner_hdr) + inner_len)
     return b"".join([outer_hdr, oid, explicit_hdr, inner_hdr, version_der, infos_der, eci_hdr, eci_head,
                      octet_head, *ciphertext, trailer])
 

@@ -42,6 +42,14 @@ def parse_content_info(der: bytes) -> cms.ContentInfo:
     return info
 
 
+def der_length(n: int) -> bytes:
+    """The DER length octets of a content of `n` bytes (X.690 8.1.3: short form below 128)."""
+    if n < 0x80:
+        return bytes([n])
+    body = n.to_bytes((n.bit_length() + 7) // 8, "big")
+    return bytes([0x80 | len(body)]) + body
+
+
 def to_asn1(cert: x509.Certificate) -> asn1_x509.Certificate:
     return asn1_x509.Certificate.load(cert.public_bytes(serialization.Encoding.DER))
 

@@ -2,6 +2,7 @@
 
 from gateway.spool.store import (
     PENDING,
+    DamagedCopy,
     NewCopy,
     Outcome,
     PreparedCopy,
@@ -12,5 +13,6 @@ from gateway.spool.store import (
     new_message_id,
 )
 
-__all__ = ["PENDING", "NewCopy", "Outcome", "PreparedCopy", "QueuedMessage", "QueuedRecipient", "RecipientState",
+__all__ = ["PENDING", "DamagedCopy", "NewCopy", "Outcome", "PreparedCopy", "QueuedMessage", "QueuedRecipient",
+           "RecipientState",
            "Spool", "new_message_id"]

@@ -15,12 +15,18 @@ processing crashes repeatedly are moved to `quarantine/` rather than retried for
 
 Two states (issue 12, "prepare once"): a recipient is *received* until the pipeline runner
 prepared it, then it points at a *prepared copy* (one row per copy: form, mutual-TLS demand,
-size, and its bytes in a file of `copy/`, or the message file itself when the copy is the
-message as it came). `prepare()` writes and fsyncs the copy files first, then one transaction
-inserts the copy rows, links the recipients, records the refusals and marks the message
-prepared: a crash before that commit leaves the recipients received (recovery removes the copy
-files no row names) and preparation runs again; after it, never again. Delivery then only
-reads bytes. A spool of the older schema gains the columns on open; its messages are received.
+size, SHA-256, and its bytes in a file of `copy/`, or the message file itself when the copy is
+the message as it came). `prepare()` writes the copy files, then one transaction inserts the
+copy rows, links the recipients, records the refusals and marks the message prepared: a crash
+before that commit leaves the recipients received (recovery removes the copy files no row
+names) and preparation runs again; after it, never again. Delivery then only reads bytes.
+A prepared copy is a *verified cache*, not a record the gateway would lose mail without (the
+message is durable since `accept()`): its file is not fsynced and its transaction does not wait
+for the disk (synchronous=NORMAL; the next synchronous commit makes it durable), which keeps the
+runner's step off the disk's critical path (measured in bench/relay_throughput.py). A copy that a
+power cut left missing or different from its digest is never sent: delivery forgets it
+(`unprepare()`) and it is prepared again. A spool of the older schema gains the columns on open;
+its messages are received.
 
 A full disk (issue 11): SQLite needs free space for every write (WAL frames, and the -shm
 index when it reopens after a clean stop), so a spool that filled up could neither start nor
@@ -42,6 +48,7 @@ from __future__ import annotations
 import builtins
 import contextlib
 import errno
+import hashlib
 import logging
 import os
 import secrets
@@ -55,7 +62,7 @@ from pathlib import Path
 from typing import TypeVar
 
 from gateway.errors import GatewayError, SpoolError
-from gateway.fsutil import fsync_dir, write_atomic
+from gateway.fsutil import write_atomic
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -96,7 +103,8 @@ CREATE TABLE IF NOT EXISTS copies (
     form TEXT NOT NULL,
     require_tls INTEGER NOT NULL DEFAULT 0,
     size INTEGER NOT NULL,
-    file TEXT NOT NULL
+    file TEXT NOT NULL,
+    digest TEXT
 );
 CREATE INDEX IF NOT EXISTS copies_msg ON copies(message_id);
 """
@@ -106,6 +114,7 @@ CREATE INDEX IF NOT EXISTS copies_msg ON copies(message_id);
 _MIGRATIONS = (
     ("messages", "prepared", "INTEGER NOT NULL DEFAULT 0"),
     ("recipients", "copy_id", "INTEGER"),
+    ("copies", "digest", "TEXT"),
 )
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -162,6 +171,8 @@ class PreparedCopy:
     require_tls: bool
     size: int
     file: str
+    #: SHA-256 of the bytes, hex; None for a copy that is the message file itself (fsynced).
+    digest: str | None = None
 
 
 @dataclass(frozen=True)
@@ -239,6 +250,12 @@ class Outcome:
     address: str = ""
 
 
+class DamagedCopy(SpoolError):
+    """A prepared copy whose file is missing or differs from what was prepared: prepare again."""
+
+    code = "spool-copy-damaged"
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -312,9 +329,11 @@ class Spool:
         return self._db
 
     @contextlib.contextmanager
-    def _tx(self) -> Iterator[sqlite3.Connection]:
+    def _tx(self, durable: bool = True) -> Iterator[sqlite3.Connection]:
         with self._lock:
             db = self.db
+            if not durable:
+                db.execute("PRAGMA synchronous=NORMAL")
             try:
                 db.execute("BEGIN IMMEDIATE")
                 yield db
@@ -323,14 +342,18 @@ class Spool:
                 with contextlib.suppress(sqlite3.Error):
                     db.execute("ROLLBACK")
                 raise
+            finally:
+                if not durable:
+                    db.execute("PRAGMA synchronous=FULL")
 
-    def _write(self, what: str, work: Callable[[sqlite3.Connection], T], *, reserve: bool = True) -> T:
+    def _write(self, what: str, work: Callable[[sqlite3.Connection], T], *, reserve: bool = True,
+               durable: bool = True) -> T:
         """Run `work` in one transaction; SpoolError when it cannot be written.
 
         On a full disk (and when `reserve`), make room — checkpoint the WAL so it is reused,
         release the reserve file — and try once more."""
         try:
-            with self._tx() as db:
+            with self._tx(durable) as db:
                 return work(db)
         except (sqlite3.Error, OSError) as exc:
             if not (reserve and self._lacks_space(exc)):
@@ -520,28 +543,36 @@ class Spool:
 
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
-        """Record a preparation: copy files first (fsynced), then one transaction that inserts
-        the copy rows, links their recipients, writes the refusals and marks the message
-        prepared. False when the message is gone (deleted meanwhile): nothing is recorded.
+        """Record a preparation: copy files first, then one transaction that inserts the copy
+        rows (with each copy's SHA-256), links their recipients, writes the refusals and marks
+        the message prepared. False when the message is gone (deleted meanwhile): nothing is
+        recorded.
+
+        A prepared copy is a *verified cache* of the pipeline's result, not the only record of
+        anything: the message itself is durable since `accept()`. So the copy files are not
+        fsynced and the transaction is committed without waiting for the disk (WAL with
+        synchronous=NORMAL: atomic, durable at the next synchronous commit, which any outcome
+        or accept is). After a crash, either the preparation is gone (the recipients are
+        received again: prepared again) or `copy_bytes` finds a copy missing or not matching
+        its digest (`DamagedCopy`: delivery calls `unprepare`, and it is prepared again). Either
+        way a copy can be signed twice or sent twice, never lost: at least once, as delivery.
 
         Only recipients still received and pending are linked, so a late preparation never
         undoes an operator's delete nor gives a recipient a second copy."""
         items = list(copies)
         results = list(outcomes)
         name = _safe_id(msg_id)
-        files: list[tuple[NewCopy, str]] = []
+        files: list[tuple[NewCopy, str, str | None]] = []
         try:
             for n, copy in enumerate(items):
                 if copy.same_as_message:
-                    files.append((copy, f"msg/{name}"))
+                    files.append((copy, f"msg/{name}", None))
                     continue
                 file = self.copy_dir / f"{name}C{n}{secrets.token_hex(3).upper()}"
-                self._store_file(file, copy.data, "store a prepared copy", sync_dir=False)
-                files.append((copy, f"copy/{file.name}"))
-            if len(files) > sum(c.same_as_message for c in items):
-                fsync_dir(self.copy_dir)
+                write_atomic(file, copy.data, tmp_dir=self.tmp_dir, sync=False)
+                files.append((copy, f"copy/{file.name}", hashlib.sha256(copy.data).hexdigest()))
         except (OSError, SpoolError) as exc:
-            self._unlink_copies(f for _, f in files)
+            self._unlink_copies(f for _, f, _ in files)
             raise exc if isinstance(exc, SpoolError) else SpoolError(
                 f"cannot store a prepared copy: {_describe(exc)}") from None
         now = time.time()
@@ -549,10 +580,10 @@ class Spool:
         def record(db: sqlite3.Connection) -> bool:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
                 return False
-            for copy, file in files:
+            for copy, file, digest in files:
                 copy_id = db.execute(
-                    "INSERT INTO copies (message_id, form, require_tls, size, file) VALUES (?, ?, ?, ?, ?)",
-                    (msg_id, copy.form, int(copy.require_tls), len(copy.data), file)).lastrowid
+                    "INSERT INTO copies (message_id, form, require_tls, size, file, digest) VALUES (?, ?, ?, ?, ?, ?)",
+                    (msg_id, copy.form, int(copy.require_tls), len(copy.data), file, digest)).lastrowid
                 db.executemany(
                     "UPDATE recipients SET copy_id = ?, updated = ? WHERE id = ? AND message_id = ?"
                     " AND copy_id IS NULL AND state IN (?, ?)",
@@ -564,13 +595,30 @@ class Spool:
         try:
             # Never the reserve: it pays for outcomes, which free space. On a full disk the runner
             # sends an unrecorded preparation from memory instead (see gateway/runner.py).
-            done = self._write("record a prepared message", record, reserve=False)
+            done = self._write("record a prepared message", record, reserve=False, durable=False)
         except SpoolError:
-            self._unlink_copies(f for _, f in files)
+            self._unlink_copies(f for _, f, _ in files)
             raise
         if not done:
-            self._unlink_copies(f for _, f in files)
+            self._unlink_copies(f for _, f, _ in files)
         return done
+
+    def unprepare(self, msg_id: str, copy_id: int) -> None:
+        """Forget a copy that is missing or damaged (see `prepare`): its pending recipients are
+        received again, so the runner prepares them anew. Durable, as any state change."""
+        def forget(db: sqlite3.Connection) -> str | None:
+            row = db.execute("SELECT file FROM copies WHERE id = ? AND message_id = ?", (copy_id, msg_id)).fetchone()
+            if row is None:
+                return None
+            db.execute("UPDATE recipients SET copy_id = NULL WHERE copy_id = ? AND state IN (?, ?)",
+                       (copy_id, *PENDING))
+            db.execute("DELETE FROM copies WHERE id = ?", (copy_id,))
+            db.execute("UPDATE messages SET prepared = 0 WHERE id = ?", (msg_id,))
+            return str(row[0])
+
+        file = self._write("forget a damaged copy", forget)
+        if file is not None:
+            self._unlink_copies([file])
 
     def _unlink_copies(self, files: Iterable[str]) -> None:
         for file in files:
@@ -586,19 +634,25 @@ class Spool:
             raise SpoolError(f"cannot read queued message {msg_id}: {_describe(exc)}") from None
 
     def copy_bytes(self, copy: PreparedCopy) -> bytes:
-        """A prepared copy's bytes; SpoolError when unreadable or damaged (a size other than
-        recorded, e.g. emptied by `msgw queue delete` on a full disk): never sent then."""
+        """A prepared copy's bytes. `DamagedCopy` when the file is missing or is not what was
+        prepared (size or digest: a crash before the unsynced file reached the disk, or a
+        truncation by `msgw queue delete` on a full disk): never sent, prepared again.
+        SpoolError when it cannot be read now (I/O error, permissions): tried again later."""
         folder, _, name = copy.file.partition("/")
         base = {"msg": self.msg_dir, "copy": self.copy_dir}.get(folder)
         if base is None:
             raise SpoolError(f"not a copy file: {copy.file[:40]!r}")
         try:
             data = (base / _safe_id(name)).read_bytes()
+        except FileNotFoundError:
+            raise DamagedCopy(f"prepared copy {copy.id} of {copy.message_id} is missing") from None
         except OSError as exc:
             raise SpoolError(f"cannot read prepared copy {copy.id} of {copy.message_id}: {_describe(exc)}") from None
         if len(data) != copy.size:
-            raise SpoolError(f"prepared copy {copy.id} of {copy.message_id} is damaged "
-                             f"({len(data)} bytes on disk, {copy.size} recorded)")
+            raise DamagedCopy(f"prepared copy {copy.id} of {copy.message_id} is damaged "
+                              f"({len(data)} bytes on disk, {copy.size} recorded)")
+        if copy.digest is not None and hashlib.sha256(data).hexdigest() != copy.digest:
+            raise DamagedCopy(f"prepared copy {copy.id} of {copy.message_id} is damaged (digest differs)")
         return data
 
     def get(self, msg_id: str) -> QueuedMessage | None:
@@ -676,7 +730,7 @@ class Spool:
             "SELECT id, message_id, address, state, attempts, next_attempt, last_error, last_status, remote,"
             " updated, dsn_sent, copy_id FROM recipients WHERE message_id = ? ORDER BY id", (row[0],)).fetchall()
         copies = self.db.execute(
-            "SELECT id, message_id, form, require_tls, size, file FROM copies WHERE message_id = ? ORDER BY id",
+            "SELECT id, message_id, form, require_tls, size, file, digest FROM copies WHERE message_id = ? ORDER BY id",
             (row[0],)).fetchall()
         return QueuedMessage(
             id=row[0], sender=row[1], size=row[2], received=row[3], expires=row[4], listener=row[5],
@@ -687,7 +741,7 @@ class Spool:
                 next_attempt=r[5], last_error=r[6], last_status=r[7], remote=r[8], updated=r[9],
                 dsn_sent=bool(r[10]), copy_id=r[11]) for r in rcpts),
             copies=tuple(PreparedCopy(id=c[0], message_id=c[1], form=c[2], require_tls=bool(c[3]), size=c[4],
-                                      file=c[5]) for c in copies))
+                                      file=c[5], digest=c[6]) for c in copies))
 
     # -- state changes ----------------------------------------------------------------------
     def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
