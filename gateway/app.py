@@ -19,7 +19,7 @@ from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
 from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.logs import event
-from gateway.pipeline import Pipeline
+from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
 from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
@@ -61,6 +61,9 @@ class Gateway:
             from gateway.stages.build import build_pipeline
 
             self.pipeline, self.context = await loop.run_in_executor(None, build_pipeline, self.config)
+        if self.pipeline is not None and tuple(self.pipeline.stages) == RELAY_STAGES:
+            # Nothing to prepare: each message is recorded at accept as the one copy of itself.
+            self.spool.prepare_on_accept = "as-is"
         if self.context is not None:
             audit = self.context.audit
         else:  # the plain relay audits what its listeners refuse too

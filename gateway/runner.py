@@ -140,6 +140,14 @@ class PipelineRunner:
         task.add_done_callback(functools.partial(self._done, msg_id))
 
     async def _fetch_and_prepare(self, msg_id: str) -> None:
+        kept = self.spool.take_accepted(msg_id)  # as accepted, with its bytes: nothing to read back
+        if kept is not None:
+            fresh, data = kept
+            if fresh.stage == "prepared" and self.handoff is not None:  # accepted as its own copy
+                self.handoff(fresh, {copy.id: data for copy in fresh.copies})
+                return
+            await self._prepare_guarded(fresh, data)
+            return
         try:
             msg = await asyncio.to_thread(self.spool.get, msg_id)
         except GatewayError as exc:
@@ -170,13 +178,13 @@ class PipelineRunner:
         return len(due)
 
     # -- one message ------------------------------------------------------------------------
-    async def _prepare_guarded(self, msg: QueuedMessage) -> None:
+    async def _prepare_guarded(self, msg: QueuedMessage, data: bytes | None = None) -> None:
         todo = [r for r in msg.pending if not r.prepared and r.next_attempt <= self.clock()]
         if not todo:
             return
         async with self._parallel:
             try:
-                await self._prepare(msg, todo)
+                await self._prepare(msg, todo, data)
             except asyncio.CancelledError:
                 raise
             except GatewayError as exc:
@@ -197,13 +205,14 @@ class PipelineRunner:
         else:
             await self._defer(msg, todo, "internal error while processing", "4.3.0")
 
-    async def _prepare(self, msg: QueuedMessage, todo: list[QueuedRecipient]) -> None:
+    async def _prepare(self, msg: QueuedMessage, todo: list[QueuedRecipient], data: bytes | None = None) -> None:
         if self.clock() >= msg.expires:
             await self._write(msg, [_bounced(r, "message expired in the queue before it could be delivered "
                                              f"(last error: {todo[0].last_error or 'none'})", "4.4.7")
                                     for r in todo])
             return
-        data = await asyncio.to_thread(self.spool.message_bytes, msg.id)
+        if data is None:
+            data = await asyncio.to_thread(self.spool.message_bytes, msg.id)
         if len(data) != msg.size:  # e.g. emptied by `msgw queue delete` on a full disk: never send it
             raise SpoolError(f"queued message {msg.id} is damaged ({len(data)} bytes on disk, {msg.size} queued)")
         envelope = Envelope(queue_id=msg.id, sender=msg.sender, recipients=tuple(r.address for r in todo),

@@ -46,6 +46,7 @@ record a delivery nor delete a message. Three rules keep it working:
 from __future__ import annotations
 
 import builtins
+import collections
 import contextlib
 import errno
 import hashlib
@@ -256,6 +257,11 @@ class DamagedCopy(SpoolError):
     code = "spool-copy-damaged"
 
 
+#: How many just-accepted messages (and bytes) the spool keeps for the runner (`take_accepted`).
+ACCEPTED_KEPT = 256
+ACCEPTED_KEPT_BYTES = 64 * 1024 * 1024
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -276,6 +282,15 @@ class Spool:
         self.reserve_size = reserve
         self._lock = threading.RLock()
         self._db: sqlite3.Connection | None = None
+        #: Messages just accepted, with their bytes, for the runner to take without reading them
+        #: back (`take_accepted`); bounded, oldest dropped first: those are read from disk.
+        self._accepted: collections.OrderedDict[str, tuple[QueuedMessage, bytes]] = collections.OrderedDict()
+        self._accepted_bytes = 0
+        self._accepted_lock = threading.Lock()
+        #: A gateway whose pipeline changes nothing (the plain relay, no `[policy]`) records each
+        #: accepted message as the one prepared copy of itself, with this form: exactly what the
+        #: runner would record, without the runner's transaction (set by `gateway.app`).
+        self.prepare_on_accept: str | None = None
 
     # -- life cycle -------------------------------------------------------------------------
     def open(self, *, recover: bool = True) -> Spool:
@@ -486,9 +501,11 @@ class Spool:
     def accept(self, sender: str, recipients: Iterable[str], data: bytes, *, lifetime: float,
                listener: str = "", client: str = "", auth_user: str | None = None,
                now: float | None = None) -> str:
-        """Store a message durably (as *received*) and return its queue id; SpoolError otherwise."""
+        """Store a message durably (as *received*, or prepared as itself under `prepare_on_accept`)
+        and return its queue id; SpoolError otherwise. The runner can `take_accepted` it."""
+        prepared = (self.prepare_on_accept, False) if self.prepare_on_accept else None
         return self._accept(sender, recipients, data, lifetime=lifetime, listener=listener, client=client,
-                            auth_user=auth_user, now=now)
+                            auth_user=auth_user, now=now, prepared=prepared, keep=True)
 
     def accept_prepared(self, sender: str, recipients: Iterable[str], data: bytes, *, form: str,
                         lifetime: float, listener: str = "", require_tls: bool = False,
@@ -500,7 +517,7 @@ class Spool:
 
     def _accept(self, sender: str, recipients: Iterable[str], data: bytes, *, lifetime: float,
                 listener: str = "", client: str = "", auth_user: str | None = None, now: float | None = None,
-                prepared: tuple[str, bool] | None = None) -> str:
+                prepared: tuple[str, bool] | None = None, keep: bool = False) -> str:
         rcpts = list(dict.fromkeys(recipients))
         if not rcpts:
             raise GatewayError("no recipients", status="5.5.1")
@@ -525,14 +542,47 @@ class Spool:
             db.executemany(
                 "INSERT INTO recipients (message_id, address, state, next_attempt, updated, copy_id)"
                 " VALUES (?, ?, 'queued', ?, ?, ?)", [(msg_id, r, now, now, copy_id) for r in rcpts])
+            if keep:
+                rows[:] = db.execute("SELECT id, address, copy_id FROM recipients WHERE message_id = ? ORDER BY id",
+                                     (msg_id,)).fetchall()
 
+        rows: list[tuple[int, str, int | None]] = []
         try:
             self._write("record message", record, reserve=False)  # new mail never uses the reserve
         except SpoolError:
             with contextlib.suppress(OSError):
                 final.unlink()
             raise
+        if rows:
+            copy_id = rows[0][2]
+            copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
+                if prepared is not None and copy_id is not None else ()
+            self._remember(QueuedMessage(
+                id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
+                client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
+                recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
+                                                 None, now, False, cid) for rid, address, cid in rows),
+                copies=copies), data)
         return msg_id
+
+    def _remember(self, msg: QueuedMessage, data: bytes) -> None:
+        with self._accepted_lock:
+            self._accepted[msg.id] = (msg, data)
+            self._accepted_bytes += len(data)
+            while self._accepted and (len(self._accepted) > ACCEPTED_KEPT
+                                      or self._accepted_bytes > ACCEPTED_KEPT_BYTES):
+                _, (_, dropped) = self._accepted.popitem(last=False)
+                self._accepted_bytes -= len(dropped)
+
+    def take_accepted(self, msg_id: str) -> tuple[QueuedMessage, bytes] | None:
+        """The message as `accept()` recorded it a moment ago, and its bytes, once; None when it
+        is no longer kept (then read it with `get` and `message_bytes`). The state is the one
+        committed at accept: fresh, received, nothing tried yet."""
+        with self._accepted_lock:
+            entry = self._accepted.pop(msg_id, None)
+            if entry is not None:
+                self._accepted_bytes -= len(entry[1])
+            return entry
 
     def _store_file(self, final: Path, data: bytes, what: str, *, sync_dir: bool = True) -> None:
         """tmp → fsync → rename (→ directory fsync): the file is whole or absent after a crash."""
@@ -825,6 +875,7 @@ class Spool:
         If even that fails, SpoolError says so and the (now empty) file is never delivered:
         the runner checks a message's size before sending it."""
         name = _safe_id(msg_id)
+        self.take_accepted(msg_id)  # never prepared from memory after its deletion
         with self._lock:
             found = self.db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone()
         if not found:

@@ -138,3 +138,40 @@ def test_a_dsn_is_queued_prepared(tmp_path: Path) -> None:
     assert msg.recipients[0].copy_id == msg.copies[0].id
     assert spool.due_received() == [] and [m.id for m in spool.due_prepared()] == [dsn_id]
     assert msg.to_json()["recipients"][0]["form"] == "dsn"
+
+
+def test_a_just_accepted_message_is_taken_once_as_the_spool_recorded_it(tmp_path: Path, monkeypatch) -> None:
+    """The runner prepares fresh mail from memory (no read back); what it gets is exactly the
+    recorded state, once, and never a message deleted meanwhile; the memory is bounded."""
+    spool = Spool(tmp_path).open()
+    msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600,
+                          listener="relay", client="192.0.2.1", auth_user="network:relay")
+    msg, data = spool.take_accepted(msg_id)  # type: ignore[misc]
+    assert data == MESSAGE and msg == spool.get(msg_id)
+    assert spool.take_accepted(msg_id) is None
+    gone = spool.accept("lab@lab.example", ["a@y.example"], MESSAGE, lifetime=3600)
+    assert spool.delete(gone)
+    assert spool.take_accepted(gone) is None
+    monkeypatch.setattr("gateway.spool.store.ACCEPTED_KEPT", 2)
+    ids = [spool.accept("lab@lab.example", ["a@y.example"], MESSAGE, lifetime=3600) for _ in range(3)]
+    assert spool.take_accepted(ids[0]) is None, "the oldest is dropped: read from disk instead"
+    assert all(spool.take_accepted(i) is not None for i in ids[1:])
+    prepared = spool.accept_prepared("", ["lab@lab.example"], MESSAGE, form="dsn", lifetime=3600)
+    assert spool.take_accepted(prepared) is None, "nothing to prepare: not kept"
+
+
+def test_a_plain_relay_records_each_message_prepared_at_accept(tmp_path: Path) -> None:
+    """Without a protection policy the pipeline changes nothing: the message is recorded at
+    accept as the one prepared copy of itself (what the runner would record), in one transaction."""
+    spool = Spool(tmp_path).open()
+    spool.prepare_on_accept = "as-is"
+    msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600)
+    msg = spool.get(msg_id)
+    assert msg is not None and msg.stage == "prepared"
+    (copy,) = msg.copies
+    assert (copy.form, copy.require_tls, copy.file) == ("as-is", False, f"msg/{msg_id}")
+    assert {r.copy_id for r in msg.recipients} == {copy.id}
+    assert spool.copy_bytes(copy) == MESSAGE
+    kept, data = spool.take_accepted(msg_id)  # type: ignore[misc]
+    assert kept == msg and data == MESSAGE
+    assert spool.due_received() == [] and [m.id for m in spool.due_prepared()] == [msg_id]
