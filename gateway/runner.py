@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any
 
+from gateway.aiotasks import cancel_loop, finish_or_cancel
 from gateway.config import GatewayConfig
 from gateway.delivery.manager import CRASH_LIMIT, Batch, DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
@@ -89,18 +90,8 @@ class PipelineRunner:
         cancel them (their recipients stay received and are prepared on the next start)."""
         self._stopping = True
         self._wake.set()
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        tasks = list(self._inflight.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.spool.shutdown_grace if grace is None
-                                            else grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
+        await cancel_loop(self._task)
+        await finish_or_cancel(self._inflight.values(), self.config.spool.shutdown_grace if grace is None else grace)
 
     async def _run(self) -> None:
         loop = asyncio.get_running_loop()

@@ -31,6 +31,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from gateway.aiotasks import cancel_loop, finish_or_cancel
 from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
@@ -96,19 +97,11 @@ class DeliveryManager:
         cancel them (their recipients stay pending and are retried on the next start)."""
         self._stopping = True
         self._wake.set()
-        if self._runner:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._runner
-        tasks = list(self._inflight.values())
-        if tasks:
-            _, pending = await asyncio.wait(tasks, timeout=self.config.spool.shutdown_grace if grace is None
-                                            else grace)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.gather(*pending, return_exceptions=True)
-            event(log, "shutdown", finished=len(tasks) - len(pending), requeued=len(pending))
+        await cancel_loop(self._runner)
+        finished, requeued = await finish_or_cancel(
+            self._inflight.values(), self.config.spool.shutdown_grace if grace is None else grace)
+        if finished or requeued:
+            event(log, "shutdown", finished=finished, requeued=requeued)
         for msg_id in list(self._unwritten):
             if not await self._flush(msg_id):
                 # Those recipients are still pending on disk: the next start sends them again.
