@@ -23,21 +23,19 @@ the runner wakes delivery as soon as it prepared something.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
-from gateway.aiotasks import cancel_loop, finish_or_cancel
 from gateway.config import GatewayConfig
 from gateway.delivery.manager import CRASH_LIMIT, Batch, DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import event
 from gateway.pipeline import Envelope, Pipeline, PipelineResult
+from gateway.queueworker import QueueWorker
 from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.runner")
@@ -48,18 +46,19 @@ __all__ = ["CRASH_LIMIT", "PipelineRunner", "QueueService"]
 Unrecorded = Callable[[QueuedMessage, list[Batch], list[Outcome]], Awaitable[None]]
 
 
-class PipelineRunner:
+class PipelineRunner(QueueWorker):
     """Prepares received messages from the spool until stopped."""
+
+    name = "prepare"
 
     def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None, *,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_prepared: Callable[[str], None] | None = None, unrecorded: Unrecorded | None = None,
                  busy: Callable[[], set[str]] = set,
                  handoff: Callable[[QueuedMessage, dict[int, bytes]], object] | None = None) -> None:
-        self.config = config
+        super().__init__(config, clock, log)
         self.spool = spool
         self.pipeline = pipeline or Pipeline()
-        self.clock = clock
         self.audit = audit
         self.on_prepared = on_prepared
         #: Where a preparation the spool cannot record (full disk) is sent from memory.
@@ -69,66 +68,37 @@ class PipelineRunner:
         #: Where a message goes once prepared, with its copies' bytes (delivery, without a poll).
         #: Only while running (`start`): `run_once` leaves delivery to its caller.
         self.handoff = handoff
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        #: Messages whose preparation could not be written (full disk): left alone until then.
-        self._held: dict[str, float] = {}
         self._parallel = asyncio.Semaphore(config.delivery.max_parallel)
-        self._task: asyncio.Task[None] | None = None
-
-    # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run(), name="pipeline-runner")
-
-    def wake(self) -> None:
-        """Called after a message was accepted, so it is prepared without waiting for the poll."""
-        self._wake.set()
 
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking new work; let preparations in flight finish for `grace` seconds, then
         cancel them (their recipients stay received and are prepared on the next start)."""
-        self._stopping = True
-        self._wake.set()
-        await cancel_loop(self._task)
-        await finish_or_cancel(self._inflight.values(), self.config.spool.shutdown_grace if grace is None else grace)
+        await self._stop_taking_work(grace)
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        while not self._stopping:
-            try:
-                due = await asyncio.to_thread(self.spool.due_received, self.clock(),
-                                              limit=self.config.delivery.max_parallel * 4,
-                                              exclude=self._excluded())
-            except GatewayError as exc:
-                event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
-                due = []
-            for msg in due:
-                if self._stopping:
-                    break
-                if msg.id in self._inflight:  # handed over at accept time while the query ran
-                    continue
-                task = loop.create_task(self._prepare_guarded(msg), name=f"prepare-{msg.id}")
-                self._inflight[msg.id] = task
-                task.add_done_callback(functools.partial(self._done, msg.id))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+    async def _due(self) -> list[QueuedMessage]:
+        return await asyncio.to_thread(self.spool.due_received, self.clock(),
+                                       limit=self.config.delivery.max_parallel * 4, exclude=self._excluded())
 
-    def _done(self, msg_id: str, _task: object = None) -> None:
-        # No wake: a finished preparation makes nothing new due here (what it deferred waits
-        # for its time, which the poll finds); a query per message would cost what it saves.
-        self._inflight.pop(msg_id, None)
+    def _work(self, msg: QueuedMessage) -> Coroutine[Any, Any, None]:
+        return self._prepare_guarded(msg)
+
+    def _excluded(self) -> set[str]:
+        return super()._excluded() | self.busy()
+
+    async def run_once(self) -> int:
+        """Prepare everything due now and wait for it (tests and `QueueService.run_once`)."""
+        due = await asyncio.to_thread(self.spool.due_received, self.clock(),
+                                      exclude=self._excluded())
+        await asyncio.gather(*(self._prepare_guarded(m) for m in due))
+        return len(due)
 
     def prepare_now(self, msg_id: str) -> None:
         """A message just accepted (SMTP, intake doors): prepared at once, without a poll of the
         spool. Not running, already in hand or stopping: the poll takes it as any other."""
-        if self._stopping or self._task is None or msg_id in self._inflight:
+        if not self.running or msg_id in self._inflight:
             self._wake.set()
             return
-        task = asyncio.get_running_loop().create_task(self._fetch_and_prepare(msg_id), name=f"prepare-{msg_id}")
-        self._inflight[msg_id] = task
-        task.add_done_callback(functools.partial(self._done, msg_id))
+        self._take(msg_id, self._fetch_and_prepare(msg_id))
 
     async def _fetch_and_prepare(self, msg_id: str) -> None:
         kept = self.spool.take_accepted(msg_id)  # as accepted, with its bytes: nothing to read back
@@ -147,26 +117,6 @@ class PipelineRunner:
             return
         if msg is not None and not msg.quarantined:
             await self._prepare_guarded(msg)
-
-    def _excluded(self) -> set[str]:
-        return set(self._inflight) | self._held_now() | self.busy()
-
-    def _held_now(self) -> set[str]:
-        now = self.clock()
-        for msg_id in [m for m, until in self._held.items() if until <= now]:
-            del self._held[msg_id]
-        return set(self._held)
-
-    def _hold(self, msg_id: str, exc: GatewayError) -> None:
-        self._held[msg_id] = self.clock() + self.config.spool.retry_schedule[0]
-        event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
-
-    async def run_once(self) -> int:
-        """Prepare everything due now and wait for it (tests and `QueueService.run_once`)."""
-        due = await asyncio.to_thread(self.spool.due_received, self.clock(),
-                                      exclude=self._excluded())
-        await asyncio.gather(*(self._prepare_guarded(m) for m in due))
-        return len(due)
 
     # -- one message ------------------------------------------------------------------------
     async def _prepare_guarded(self, msg: QueuedMessage, data: bytes | None = None) -> None:
@@ -227,7 +177,7 @@ class PipelineRunner:
         event(log, "prepared", msg=msg.id, copies=len(copies), forms=sorted({c.form for c in copies}),
               rcpts=sum(len(c.rcpt_ids) for c in copies), refused=len(outcomes))
         self._report(msg, outcomes)
-        if fresh is not None and self.handoff is not None and self._task is not None:
+        if fresh is not None and self.handoff is not None and self.running:
             self.handoff(fresh, _in_memory(fresh, copies))
         else:
             self._prepared(msg.id)

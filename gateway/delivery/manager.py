@@ -22,22 +22,21 @@ Ordering rules that keep the "never lose, never leak" promise:
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import functools
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Coroutine, Iterable, Mapping
 from typing import Any
 
-from gateway.aiotasks import cancel_loop, finish_or_cancel
 from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
+from gateway.queueworker import QueueWorker
 from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.delivery")
@@ -56,25 +55,20 @@ def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
 
-class DeliveryManager:
+class DeliveryManager(QueueWorker):
     """Runs deliveries from the spool until stopped."""
+
+    name = "deliver"
 
     def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_unprepared: Callable[[str], None] | None = None) -> None:
-        self.config = config
+        super().__init__(config, clock, log)
         self.audit = audit
         #: Called when a damaged copy was forgotten: its recipients wait for the runner again.
         self.on_unprepared = on_unprepared
         self.spool = spool
         self.resolver = resolver or NextHopResolver(config)
-        self.clock = clock
-        self._wake = asyncio.Event()
-        self._stopping = False
-        self._inflight: dict[str, asyncio.Task[None]] = {}
-        #: Messages whose new state could not be written (spool full or unwritable): left alone
-        #: in memory until this time, instead of being picked up again at once (a busy loop).
-        self._held: dict[str, float] = {}
         #: Outcomes the spool could not write, per message, in order: written before the
         #: message is processed again (a delivered copy is not sent twice by this process).
         self._unwritten: dict[str, list[Callable[[], None]]] = {}
@@ -82,24 +76,12 @@ class DeliveryManager:
         self._unfinished: set[str] = set()
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
-        self._runner: asyncio.Task[None] | None = None
 
     # -- life cycle -------------------------------------------------------------------------
-    def start(self) -> None:
-        self._runner = asyncio.get_running_loop().create_task(self._run(), name="delivery-runner")
-
-    def wake(self) -> None:
-        """Called after a message was accepted, so it goes out without waiting for the poll."""
-        self._wake.set()
-
     async def stop(self, grace: float | None = None) -> None:
         """Stop taking new work; let in-flight deliveries finish for `grace` seconds, then
         cancel them (their recipients stay pending and are retried on the next start)."""
-        self._stopping = True
-        self._wake.set()
-        await cancel_loop(self._runner)
-        finished, requeued = await finish_or_cancel(
-            self._inflight.values(), self.config.spool.shutdown_grace if grace is None else grace)
+        finished, requeued = await self._stop_taking_work(grace)
         if finished or requeued:
             event(log, "shutdown", finished=finished, requeued=requeued)
         for msg_id in list(self._unwritten):
@@ -108,30 +90,15 @@ class DeliveryManager:
                 event(log, "outcomes-unwritten-at-stop", logging.ERROR, msg=msg_id,
                       outcomes=len(self._unwritten.get(msg_id, ())))
 
-    async def _run(self) -> None:
-        loop = asyncio.get_running_loop()
-        due: list[QueuedMessage]
-        while not self._stopping:
-            await self._finish_postponed()
-            try:
-                due = await self._io(self.spool.due_prepared, self.clock(), limit=self.config.delivery.max_parallel * 4,
-                                     exclude=set(self._inflight) | self._held_now(),
-                                     delay_notice_before=self._delay_notice_before())
-            except GatewayError as exc:
-                event(log, "spool-unavailable", logging.ERROR, reason=str(exc))
-                due = []
-            due += await self._backlog_due()
-            for msg in due:
-                if self._stopping:
-                    break
-                if msg.id in self._inflight:  # handed over by the runner while the query ran
-                    continue
-                task = loop.create_task(self._process_guarded(msg), name=f"deliver-{msg.id}")
-                self._inflight[msg.id] = task
-                task.add_done_callback(functools.partial(self._done, msg.id))
-            self._wake.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.config.spool.poll_interval)
+    async def _due(self) -> list[QueuedMessage]:
+        await self._finish_postponed()
+        due: list[QueuedMessage] = await self._io(
+            self.spool.due_prepared, self.clock(), limit=self.config.delivery.max_parallel * 4,
+            exclude=self._excluded(), delay_notice_before=self._delay_notice_before())
+        return due + await self._backlog_due()
+
+    def _work(self, msg: QueuedMessage) -> Coroutine[Any, Any, None]:
+        return self._process_guarded(msg)
 
     def deliver_now(self, msg: QueuedMessage, preloaded: Mapping[int, bytes]) -> bool:
         """The runner's hand-off of a message it has just prepared, with its copies' bytes still
@@ -141,10 +108,7 @@ class DeliveryManager:
         if self._stopping or msg.id in self._inflight or msg.id in self._held or msg.id in self._unwritten:
             self._wake.set()
             return False
-        task = asyncio.get_running_loop().create_task(self._process_guarded(msg, preloaded),
-                                                      name=f"deliver-{msg.id}")
-        self._inflight[msg.id] = task
-        task.add_done_callback(functools.partial(self._done, msg.id))
+        self._take(msg.id, self._process_guarded(msg, preloaded))
         return True
 
     async def _backlog_due(self) -> list[QueuedMessage]:
@@ -163,26 +127,10 @@ class DeliveryManager:
         delay = self.config.spool.delay_warning
         return self.clock() - delay if delay > 0 else None
 
-    def _held_now(self) -> set[str]:
-        now = self.clock()
-        for msg_id in [m for m, until in self._held.items() if until <= now]:
-            del self._held[msg_id]
-        return set(self._held)
-
-    def _hold(self, msg_id: str, exc: GatewayError) -> None:
-        self._held[msg_id] = self.clock() + self.config.spool.retry_schedule[0]
-        event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
-
-    def _done(self, msg_id: str, _task: object = None) -> None:
-        # No wake: new work arrives by hand-off (`deliver_now`) or is woken by whoever made it
-        # (a DSN, a retry command); what an attempt deferred waits for its time, which the poll
-        # finds. A spool query per delivered message would cost what the hand-off saves.
-        self._inflight.pop(msg_id, None)
-
     async def run_once(self) -> int:
         """Process everything due now and wait for it (tests and `msgw queue flush`)."""
         await self._finish_postponed()
-        due = self.spool.due_prepared(self.clock(), exclude=set(self._inflight) | self._held_now(),
+        due = self.spool.due_prepared(self.clock(), exclude=self._excluded(),
                                       delay_notice_before=self._delay_notice_before())
         due += await self._backlog_due()
         await asyncio.gather(*(self._process_guarded(m) for m in due))
