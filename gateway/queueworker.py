@@ -13,12 +13,16 @@ import asyncio
 import contextlib
 import functools
 import logging
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.logs import event
+from gateway.spool import Spool
+
+#: Unexpected failures of one message before it is quarantined (kept, not retried).
+CRASH_LIMIT = 5
 
 
 class QueueWorker:
@@ -27,8 +31,9 @@ class QueueWorker:
     #: The loop's task name, and the prefix of each message's task.
     name = "queue-worker"
 
-    def __init__(self, config: GatewayConfig, clock: Callable[[], float], log: logging.Logger) -> None:
+    def __init__(self, config: GatewayConfig, spool: Spool, clock: Callable[[], float], log: logging.Logger) -> None:
         self.config = config
+        self.spool = spool
         self.clock = clock
         self._log = log
         self._wake = asyncio.Event()
@@ -47,6 +52,35 @@ class QueueWorker:
     def _work(self, msg: Any) -> Coroutine[Any, Any, None]:
         """What to do with one due message."""
         raise NotImplementedError
+
+    async def _defer(self, msg: Any, rcpts: list[Any], error: str, status: str) -> None:
+        """Put these recipients back for a later attempt (with the backoff)."""
+        raise NotImplementedError
+
+    # -- one message, guarded -----------------------------------------------------------------
+    async def _guard(self, msg: Any, rcpts: list[Any], work: Awaitable[None]) -> None:
+        """Run one message's work. A typed error defers its recipients (a permanent one as
+        4.3.0: at this point it is ours, not the message's); anything else is a crash, counted in
+        the spool: after CRASH_LIMIT the message is quarantined for an operator instead of
+        stopping the worker or being retried forever."""
+        try:
+            await work
+        except asyncio.CancelledError:
+            raise
+        except GatewayError as exc:
+            event(self._log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
+            await self._defer(msg, rcpts, str(exc), exc.status if exc.temporary else "4.3.0")
+        except Exception as exc:  # noqa: BLE001 - a poison message must not stop the worker
+            event(self._log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
+            try:
+                quarantined = await asyncio.to_thread(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
+            except GatewayError as again:
+                self._hold(msg.id, again)
+                return
+            if quarantined:
+                event(self._log, "quarantined", logging.ERROR, msg=msg.id)
+            else:
+                await self._defer(msg, rcpts, "internal error while processing", "4.3.0")
 
     # -- life cycle -------------------------------------------------------------------------
     def start(self) -> None:
@@ -134,4 +168,4 @@ async def finish_or_cancel(tasks: Iterable[asyncio.Task[None]], grace: float) ->
     return len(running) - len(pending), len(pending)
 
 
-__all__ = ["QueueWorker", "cancel_loop", "finish_or_cancel"]
+__all__ = ["CRASH_LIMIT", "QueueWorker", "cancel_loop", "finish_or_cancel"]

@@ -30,12 +30,12 @@ from collections.abc import Awaitable, Callable, Coroutine, Iterable
 from typing import Any
 
 from gateway.config import GatewayConfig
-from gateway.delivery.manager import CRASH_LIMIT, Batch, DeliveryManager
+from gateway.delivery.manager import Batch, DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import event
 from gateway.pipeline import Envelope, Pipeline, PipelineResult
-from gateway.queueworker import QueueWorker
+from gateway.queueworker import CRASH_LIMIT, QueueWorker
 from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
 
 log = logging.getLogger("gateway.runner")
@@ -56,8 +56,7 @@ class PipelineRunner(QueueWorker):
                  on_prepared: Callable[[str], None] | None = None, unrecorded: Unrecorded | None = None,
                  busy: Callable[[], set[str]] = set,
                  handoff: Callable[[QueuedMessage, dict[int, bytes]], object] | None = None) -> None:
-        super().__init__(config, clock, log)
-        self.spool = spool
+        super().__init__(config, spool, clock, log)
         self.pipeline = pipeline or Pipeline()
         self.audit = audit
         self.on_prepared = on_prepared
@@ -124,27 +123,7 @@ class PipelineRunner(QueueWorker):
         if not todo:
             return
         async with self._parallel:
-            try:
-                await self._prepare(msg, todo, data)
-            except asyncio.CancelledError:
-                raise
-            except GatewayError as exc:
-                event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
-                await self._defer(msg, todo, str(exc), exc.status if exc.temporary else "4.3.0")
-            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
-                await self._crashed(msg, todo, exc)
-
-    async def _crashed(self, msg: QueuedMessage, todo: list[QueuedRecipient], exc: Exception) -> None:
-        event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
-        try:
-            quarantined = await asyncio.to_thread(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
-        except GatewayError as again:
-            self._hold(msg.id, again)
-            return
-        if quarantined:
-            event(log, "quarantined", logging.ERROR, msg=msg.id)
-        else:
-            await self._defer(msg, todo, "internal error while processing", "4.3.0")
+            await self._guard(msg, todo, self._prepare(msg, todo, data))
 
     async def _prepare(self, msg: QueuedMessage, todo: list[QueuedRecipient], data: bytes | None = None) -> None:
         if self.clock() >= msg.expires:

@@ -44,7 +44,6 @@ log = logging.getLogger("gateway.delivery")
 #: One prepared copy, its bytes, and the recipients of this attempt that receive it.
 Batch = tuple[PreparedCopy, bytes, list[QueuedRecipient]]
 
-CRASH_LIMIT = 5
 
 
 def _domain(address: str) -> str:
@@ -63,11 +62,10 @@ class DeliveryManager(QueueWorker):
     def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_unprepared: Callable[[str], None] | None = None) -> None:
-        super().__init__(config, clock, log)
+        super().__init__(config, spool, clock, log)
         self.audit = audit
         #: Called when a damaged copy was forgotten: its recipients wait for the runner again.
         self.on_unprepared = on_unprepared
-        self.spool = spool
         self.resolver = resolver or NextHopResolver(config)
         #: Outcomes the spool could not write, per message, in order: written before the
         #: message is processed again (a delivered copy is not sent twice by this process).
@@ -139,32 +137,19 @@ class DeliveryManager(QueueWorker):
     # -- one message ------------------------------------------------------------------------
     async def _process_guarded(self, msg: QueuedMessage, preloaded: Mapping[int, bytes] | None = None) -> None:
         async with self._global:
-            try:
-                if msg.id in self._unwritten:
-                    if not await self._flush(msg.id):
-                        return
-                    fresh = await self._io(self.spool.get, msg.id)
-                    if fresh is None:
-                        return
-                    msg = fresh
-                    preloaded = None
-                await self._process(msg, preloaded)
-            except asyncio.CancelledError:
-                raise
-            except GatewayError as exc:
-                event(log, "processing-deferred", logging.WARNING, msg=msg.id, reason=str(exc))
-                await self._defer(msg, _prepared(msg), str(exc), exc.status if exc.temporary else "4.3.0")
-            except Exception as exc:  # noqa: BLE001 - a poison message must not stop the runner
-                event(log, "processing-crashed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
-                try:
-                    quarantined = await self._io(self.spool.record_crash, msg.id, limit=CRASH_LIMIT)
-                except GatewayError as again:
-                    self._hold(msg.id, again)
-                    return
-                if quarantined:
-                    event(log, "quarantined", logging.ERROR, msg=msg.id)
-                else:
-                    await self._defer(msg, _prepared(msg), "internal error while processing", "4.3.0")
+            await self._guard(msg, _prepared(msg), self._process_written(msg, preloaded))
+
+    async def _process_written(self, msg: QueuedMessage, preloaded: Mapping[int, bytes] | None) -> None:
+        """Write what a full disk kept in memory for this message first, then deliver it as the
+        spool now has it."""
+        if msg.id in self._unwritten:
+            if not await self._flush(msg.id):
+                return
+            fresh = await self._io(self.spool.get, msg.id)
+            if fresh is None:
+                return
+            msg, preloaded = fresh, None
+        await self._process(msg, preloaded)
 
     async def _io(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         return await asyncio.get_running_loop().run_in_executor(None, functools.partial(fn, *args, **kwargs))
