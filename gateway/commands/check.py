@@ -15,6 +15,7 @@ from cryptography import x509
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.delivery.transports import unknown_transports
+from gateway.directory.trustspace import TrustSpace
 from gateway.errors import ConfigError
 from gateway.smime import keycheck
 from gateway.startup import check_keys
@@ -60,6 +61,39 @@ def _check_files(config) -> list[tuple[str, str, str]]:
     return problems
 
 
+#: A liste blanche older than this gets a warning (the ANS refresh period is not published).
+TRUST_SPACE_STALE = dt.timedelta(days=7)
+
+
+def _check_trust_space(config) -> list[tuple[str, str, str]]:
+    """The authorised-domain list: how many domains, how old. Unreadable is a problem; bad
+    entries, an empty list and a list older than TRUST_SPACE_STALE are warnings."""
+    path = config.trust.authorised_domains_file if config.trust is not None else None
+    if path is None:
+        return []
+    key = "trust.authorised_domains_file"
+    try:
+        space = TrustSpace(path)
+    except ConfigError as exc:
+        return [(config.source, key, message) for _, _, message in exc.problems]
+    domains = space.domains
+    if not len(domains):
+        print(f"warning: {config.source}: {key}: the list authorises no domain", file=sys.stderr)
+    for problem in domains.problems:
+        print(f"warning: {config.source}: {key}: {problem}", file=sys.stderr)
+    age = dt.datetime.now(dt.UTC) - dt.datetime.fromtimestamp(space.modified or 0, dt.UTC)
+    print(f"{config.source}: {key}: {len(domains)} authorised domain(s), written {_age(age)} ago")
+    if age > TRUST_SPACE_STALE:
+        print(f"warning: {config.source}: {key}: older than {TRUST_SPACE_STALE.days} days; the ANS publishes it at "
+              "https://espacedeconfiance.mssante.fr/listeblanchemssante.xml", file=sys.stderr)
+    return []
+
+
+def _age(age: dt.timedelta) -> str:
+    hours = age.total_seconds() / 3600
+    return f"{hours:.0f} hour(s)" if hours < 48 else f"{hours / 24:.0f} day(s)"
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         config = config_from(args)
@@ -68,7 +102,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{source}: {key}: {message}", file=sys.stderr)
         print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
         return 2
-    problems = _check_files(config) + unknown_transports(config)
+    problems = _check_files(config) + unknown_transports(config) + _check_trust_space(config)
     statuses = asyncio.run(check_keys(config, login=args.login))
     for status in statuses:
         problems += [(status.source, status.where, message) for message in status.errors]

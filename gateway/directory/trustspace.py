@@ -1,9 +1,14 @@
 """The MSSanté trust space: the list of authorised domains, and the names of destination policies.
 
-File format (kept in one parser, `parse_domain_list`, because the ANS distribution format is
-not confirmed): one domain per line; `#` starts a comment (whole line or trailing); blank lines
-are ignored; names are case-insensitive, a trailing dot is dropped, internationalised names are
-stored in their ASCII (IDNA) form.
+Two file formats, told apart by their first character (one entry point, `parse_domain_list`):
+- the ANS *liste blanche* as published (`https://espacedeconfiance.mssante.fr/listeblanchemssante.xml`):
+  XML whose domain names are `//Domaine/Nom` in the namespace `https://listeblanche.mssante.fr/schema`,
+  some of them internationalised (IDN). Parsed with entities, DTDs and network access off; a
+  document that declares a DOCTYPE or entities is refused whole;
+- a plain list: one domain per line; `#` starts a comment (whole line or trailing); blank lines
+  are ignored.
+Names are case-insensitive, a trailing dot is dropped, internationalised names are stored in
+their ASCII (IDNA) form.
 
 Matching rule, chosen to stay closed by default:
 - `example.fr` authorises exactly `example.fr` — not its subdomains (an operator's subdomain
@@ -28,6 +33,8 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+
+from lxml import etree
 
 from gateway.errors import ConfigError
 
@@ -87,8 +94,16 @@ def normalise_domain(domain: str) -> str | None:
     return name
 
 
-def parse_domain_list(text: str) -> DomainList:
-    """THE parser of the authorised-domain file (see the module docstring for the format)."""
+LISTE_BLANCHE_NS = "https://listeblanche.mssante.fr/schema"
+
+
+def parse_domain_list(content: str | bytes) -> DomainList:
+    """THE parser of the authorised-domain file (see the module docstring for the formats). Give
+    it the file's bytes: an XML list may declare its own encoding."""
+    data = content if isinstance(content, bytes) else content.encode("utf-8")
+    if data.lstrip(b"\xef\xbb\xbf \t\r\n").startswith(b"<"):
+        return parse_liste_blanche(data)
+    text = data.decode("utf-8", errors="replace")
     exact: set[str] = set()
     suffixes: set[str] = set()
     problems: list[LineProblem] = []
@@ -108,6 +123,30 @@ def parse_domain_list(text: str) -> DomainList:
     return DomainList(frozenset(exact), frozenset(suffixes), tuple(problems))
 
 
+def parse_liste_blanche(data: bytes) -> DomainList:
+    """The ANS liste blanche XML: every `Domaine/Nom` is one authorised domain, exactly (the
+    ANS lists each domain by name: no wildcard). Problems name the XML line."""
+    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+        return DomainList(frozenset(), frozenset(), (LineProblem(1, "XML with a DOCTYPE or entities (refused)"),))
+    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
+    try:
+        root = etree.fromstring(data, parser)
+    except etree.XMLSyntaxError as exc:
+        return DomainList(frozenset(), frozenset(), (LineProblem(exc.lineno or 1, f"not well-formed XML: {exc.msg}"),))
+    exact: set[str] = set()
+    problems: list[LineProblem] = []
+    names = root.xpath("//lb:Domaine/lb:Nom", namespaces={"lb": LISTE_BLANCHE_NS})
+    if not names and root.xpath("//Domaine/Nom"):
+        problems.append(LineProblem(root.sourceline or 1, f"Domaine/Nom outside the namespace {LISTE_BLANCHE_NS}"))
+    for node in names:
+        name = normalise_domain((node.text or "").strip())
+        if name is None:
+            problems.append(LineProblem(node.sourceline or 0, "not a domain name"))
+            continue
+        exact.add(name)
+    return DomainList(frozenset(exact), frozenset(), tuple(problems))
+
+
 class TrustSpace:
     """The authorised-domain list from a file, reloaded when the file changes."""
 
@@ -120,6 +159,8 @@ class TrustSpace:
         self.load_problem: str | None = None
         self._list = DomainList(frozenset(), frozenset())
         self.reloads = 0
+        #: When the list in use was written (the file's mtime, seconds since the epoch).
+        self.modified: float | None = None
         if not self._reload():
             raise ConfigError([(str(self.path), "trust.authorised_domains_file",
                                 f"cannot read the authorised-domain list: {self.load_problem}")])
@@ -157,14 +198,15 @@ class TrustSpace:
     def _reload_locked(self) -> bool:
         try:
             st = os.stat(self.path)
-            text = self.path.read_bytes().decode("utf-8", errors="replace")
+            data = self.path.read_bytes()
         except OSError as exc:
             self.load_problem = exc.strerror or "cannot read"
             log.warning("trust space list unreadable, keeping the previous one", extra={"fields": {
                 "file": str(self.path), "error": self.load_problem}})
             return False
-        self._list = parse_domain_list(text)
+        self._list = parse_domain_list(data)
         self._stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
+        self.modified = st.st_mtime
         self.load_problem = None
         self.reloads += 1
         for problem in self._list.problems:
@@ -173,4 +215,5 @@ class TrustSpace:
         return True
 
 
-__all__ = ["DestinationPolicy", "DomainList", "LineProblem", "TrustSpace", "normalise_domain", "parse_domain_list"]
+__all__ = ["LISTE_BLANCHE_NS", "DestinationPolicy", "DomainList", "LineProblem", "TrustSpace", "normalise_domain",
+           "parse_domain_list", "parse_liste_blanche"]
