@@ -37,6 +37,7 @@ from pathlib import Path
 from lxml import etree
 
 from gateway.errors import ConfigError
+from gateway.safexml import declares_dtd, parser
 
 log = logging.getLogger("msgw.trustspace")
 _LABEL = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,61}[a-z0-9])?$")
@@ -126,11 +127,10 @@ def parse_domain_list(content: str | bytes) -> DomainList:
 def parse_liste_blanche(data: bytes) -> DomainList:
     """The ANS liste blanche XML: every `Domaine/Nom` is one authorised domain, exactly (the
     ANS lists each domain by name: no wildcard). Problems name the XML line."""
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    if declares_dtd(data):
         return DomainList(frozenset(), frozenset(), (LineProblem(1, "XML with a DOCTYPE or entities (refused)"),))
-    parser = etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, huge_tree=False)
     try:
-        root = etree.fromstring(data, parser)
+        root = etree.fromstring(data, parser())
     except etree.XMLSyntaxError as exc:
         return DomainList(frozenset(), frozenset(), (LineProblem(exc.lineno or 1, f"not well-formed XML: {exc.msg}"),))
     exact: set[str] = set()

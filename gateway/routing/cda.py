@@ -36,15 +36,11 @@ from gateway.routing.model import (
     payload_head,
     professional_id_type,
 )
+from gateway.safexml import declares_dtd, parser
 
 NS = "urn:hl7-org:v3"
 _N = {"h": NS}
 MAX_CDA_BYTES = 50 * 1024 * 1024
-
-
-def _parser() -> etree.XMLParser:
-    return etree.XMLParser(resolve_entities=False, no_network=True, load_dtd=False, dtd_validation=False,
-                           huge_tree=False, remove_comments=True, remove_pis=True)
 
 
 def xpath_of(elem: etree._Element) -> str:
@@ -67,10 +63,10 @@ def parse_xml(data: bytes, error: type[PayloadError] = CdaError) -> etree._Eleme
     """Parse untrusted XML safely; DOCTYPE/ENTITY declarations raise :class:`UnsafePayload`."""
     if len(data) > MAX_CDA_BYTES:
         raise error(f"XML document larger than {MAX_CDA_BYTES} bytes", "/")
-    if b"<!DOCTYPE" in data or b"<!ENTITY" in data:
+    if declares_dtd(data):
         raise UnsafePayload("XML document declares a DOCTYPE or entities (refused)", "/")
     try:
-        root = etree.fromstring(data, _parser())
+        root = etree.fromstring(data, parser())
     except etree.XMLSyntaxError as exc:
         line = exc.lineno if exc.lineno else 0
         raise error(f"XML not well-formed ({_short(exc.msg)})", f"line {line}") from exc
