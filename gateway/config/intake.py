@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.config.cisis import CisisSettings, read_cisis
 from gateway.config.reader import Reader, parse_size, valid_address
 from gateway.errors import ConfigError
 from gateway.routing.model import DEFAULT_MAX_FRAME
@@ -115,6 +116,8 @@ class IntakeConfig:
     mllp: MllpSettings | None = None
     drops: tuple[DropSettings, ...] = ()
     routing: RoutingSettings = field(default_factory=RoutingSettings)
+    #: CI-SIS "Transmission de document(s) CDA en HL7v2": msgw as the GESTIONNAIRE.
+    cisis: CisisSettings = field(default_factory=CisisSettings)
 
     @property
     def enabled(self) -> bool:
@@ -306,7 +309,7 @@ def parse_intake(raw: Mapping[str, Any], *, source: str, base: Path) -> IntakeCo
 
 
 def _intake(r: Reader, data: dict[str, Any]) -> IntakeConfig:
-    r.unknown(data, {"mllp", "drop", "routing"}, "intake.")
+    r.unknown(data, {"mllp", "drop", "routing", "cisis"}, "intake.")
     mllp = _mllp(r, r.table(data, "mllp", "intake.")) if "mllp" in data else None
     drops = _drops(r, r.table(data, "drop", "intake."))
     routing = _routing(r, r.table(data, "routing", "intake."))
@@ -315,7 +318,8 @@ def _intake(r: Reader, data: dict[str, Any]) -> IntakeConfig:
     for key, sender in senders:
         if routing.unrouted_for(sender) is None:
             r.problem(key, "no unrouted mailbox for this sender: set intake.routing.unrouted or unrouted_default")
-    return IntakeConfig(mllp=mllp, drops=drops, routing=routing)
+    cisis = read_cisis(r, r.table(data, "cisis", "intake."))
+    return IntakeConfig(mllp=mllp, drops=drops, routing=routing, cisis=cisis)
 
 
 __all__ = ["CompleteRule", "DropSettings", "IntakeConfig", "MllpSettings", "RoutingSettings", "load_lab_codes",
