@@ -111,6 +111,20 @@ def record_hash(record: dict[str, Any]) -> str:
 
 #: Accepted spellings stored under their canonical name (the inbound stage says `signer_ids`).
 _ALIASES = {"signer_ids": "signer_identifiers"}
+#: Mon espace santé mailboxes are ``<INS>@patient.mssante.fr``: the address *is* the patient's
+#: national identifier, which the trail must not hold in clear.
+PATIENT_MAIL_DOMAIN = "patient.mssante.fr"
+_ADDRESS_FIELDS = ("sender", "recipient", "identity")
+
+
+def pseudonymous_address(address: str) -> str:
+    """A patient mailbox as ``ins-<16 hex of SHA-256>@patient.mssante.fr`` (the same patient gives
+    the same value, so an operator can follow one patient's copies without seeing the INS);
+    every other address unchanged."""
+    local, at, domain = address.rpartition("@")
+    if not at or domain.strip().lower() != PATIENT_MAIL_DOMAIN or local.startswith("ins-"):
+        return address
+    return "ins-" + hashlib.sha256(local.strip().lower().encode("utf-8")).hexdigest()[:16] + "@" + PATIENT_MAIL_DOMAIN
 
 
 def _clean(fields: dict[str, Any]) -> dict[str, Any]:
@@ -132,7 +146,7 @@ def _clean(fields: dict[str, Any]) -> dict[str, Any]:
         else:
             if not isinstance(value, (str, int)) or isinstance(value, bool):
                 raise AuditError(f"audit field {key} must be a string")
-            text = str(value)
+            text = pseudonymous_address(str(value)) if key in _ADDRESS_FIELDS else str(value)
             if len(text) > _MAX_LEN or "\n" in text or "\r" in text:
                 raise AuditError(f"audit field {key} is too long or has a line break")
             out[key] = text

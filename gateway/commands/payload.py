@@ -1,4 +1,5 @@
-"""`msgw payload inspect FILE [--json] [--show-patient]`: what a lab's or hospital's payload says.
+"""`msgw payload inspect FILE [--json] [--show-patient]`: what a lab's or hospital's payload says
+(`msgw payload plan`, for the CI-SIS HL7v2 profile, is in `gateway.commands.payload_plan`).
 
 For operators diagnosing a sender's output: kind, document type, author, recipients'
 identifiers, document id, replacement status. Patient identifiers are masked unless
@@ -14,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from gateway.commands.payload_plan import register as register_plan
 from gateway.routing.model import PartyRef, PatientId, PayloadError, PayloadInfo, mask
 from gateway.routing.payload import detect_payload, read_payload
 from gateway.routing.sidecar import looks_like_sidecar, read_sidecar
@@ -28,6 +30,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     inspect.add_argument("--show-patient", action="store_true",
                          help="show patient identifiers in clear (prints a warning)")
     inspect.set_defaults(func=run_inspect)
+    register_plan(psub)
 
 
 def _party(p: PartyRef | None, show: bool) -> dict[str, Any] | None:

@@ -10,7 +10,12 @@ loop. A door only adds how it receives (a socket, a folder) and how it answers (
 moved to ``done/`` or ``error/``, an SMTP reply); "retry or refuse" for a failure is
 `gateway.errors.is_temporary`, the same answer at every door.
 
-A new door (a CI-SIS HL7 v2 MLLP variant, a DPI export) is one subclass: set `listener`,
+A message of the CI-SIS profile "Transmission de document(s) CDA en HL7v2" (MSH-21
+``CISIS_CDA_HL7_V2``) is not routed by its content here: `submit` hands it to the door's
+`gateway.cisis.gestionnaire.Gestionnaire` (the profile's own rules: flag matrix, MSSanté copies,
+business acknowledgments), whichever door it came through.
+
+A new door (a DPI export, another HL7 transport) is one subclass: set `listener`,
 implement `start`/`stop`, call `submit` (blocking: in an executor, `run_blocking`) and `wake`;
 then build it in `gateway.intake.service.IntakeService.start`.
 """
@@ -22,11 +27,13 @@ import datetime as dt
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any, TypeVar
 
+from gateway.cisis.model import CisisError
+from gateway.cisis.reader import is_transmission
 from gateway.intake.dedup import DedupStore
-from gateway.intake.process import IntakeResult, accept_all, intake_bytes
-from gateway.intake.resolve import Directory
+from gateway.intake.process import IntakeResult, Submission, accept_all, intake_bytes
+from gateway.intake.resolve import Directory, Resolution
 from gateway.intake.settings import RoutingSettings
-from gateway.routing.model import PayloadInfo
+from gateway.routing.model import DocumentType, PayloadInfo
 
 T = TypeVar("T")
 
@@ -52,6 +59,8 @@ class IntakeDoor:
         self.auth_user = auth_user
         if listener is not None:  # one name per instance (a drop folder's own name)
             self.listener = listener
+        #: The CI-SIS GESTIONNAIRE (`gateway.cisis.gestionnaire.Gestionnaire`) when the profile is served.
+        self.gestionnaire: Any = None
 
     async def start(self) -> None:
         """Begin receiving (listen, watch); a door that only receives through another's socket has nothing to do."""
@@ -69,12 +78,32 @@ class IntakeDoor:
         crash); ``info``/``pdfs`` when the caller bundled the payload with its PDFs or sidecar.
         Raises what `intake_bytes` and the spool raise (`GatewayError`s)."""
         now = now or dt.datetime.now(dt.UTC)
+        if is_transmission(data):
+            return self._submit_transmission(data, client=client, now=now)
         result = intake_bytes(data, filename, sender=self.sender, envelope_recipients=envelope_recipients,
                               directory=self.directory, dedup=self.dedup, settings=self.routing, now=now, info=info,
                               pdfs=pdfs)
         ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=self.listener, client=client,
                          dedup=self.dedup, now=now, skip=skip, auth_user=self.auth_user)
         return result, ids
+
+    def _submit_transmission(self, data: bytes, *, client: str, now: dt.datetime) -> tuple[IntakeResult, list[str]]:
+        """A CI-SIS profile message: the GESTIONNAIRE's rules, never the content routing's."""
+        if self.gestionnaire is None:
+            raise CisisError("this gateway does not serve the CI-SIS CDA-in-HL7v2 profile (no [intake.cisis] "
+                             "application_mailbox)", "MSH-21", rule="PROFILE_NOT_SERVED", hl7_error="200")
+        done = self.gestionnaire.submit(data, listener=self.listener, client=client, auth_user=self.auth_user, now=now)
+        plan = done.planned.plan
+        docs = plan.transmission.documents
+        info = docs[0].info if docs and docs[0].info is not None else PayloadInfo(
+            kind="hl7v2", document_type=DocumentType(plan.transmission.header.message_type, system="HL7v2"))
+        addresses = tuple(b for built in done.planned.built for b in built.recipients)
+        outgoing = tuple(Submission(built.recipients, built.data, self.gestionnaire.settings.application_mailbox or "")
+                         for built in done.planned.built)
+        result = IntakeResult(info=info, resolution=Resolution(addresses=addresses, resolved=(), unresolved=(),
+                                                               notices=()),
+                              outgoing=outgoing, plan=plan)
+        return result, list(done.queue_ids)
 
     def wake(self, ids: Iterable[str]) -> None:
         """Tell delivery about new queue ids (from the event loop, never from an executor thread)."""

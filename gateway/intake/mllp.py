@@ -14,6 +14,13 @@ MLLP has no authentication: connections are limited to ``allowed_networks`` (loo
 default), TLS (1.2 minimum) is available, and with ``client_ca`` the sending system must present
 a certificate from that CA (mutual TLS, as between MSSanté operators), optionally one of
 ``allowed_client_subjects`` (CN or RFC 4514 subject) — the way to open MLLP beyond one host.
+A message of the CI-SIS profile "Transmission de document(s) CDA en HL7v2" is acknowledged with
+that profile's meanings (IG ``profils-messages``: "AE: le message contient des erreurs ; AR: le
+message est rejeté pour une raison circonstancielle, il peut être réémis plus tard"): ``AE``
+when it is refused (its ERR names the profile rule in ERR-5 and the place in ERR-2), ``AR``
+when the failure is ours and temporary — the opposite letters of the other messages, kept as
+they were for the labs already plugged in.
+
 Logs carry the peer, MSH-10 control id, message type, sizes and decisions — never a segment's content.
 """
 
@@ -26,8 +33,10 @@ import logging
 import re
 import ssl
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
+from gateway.cisis.model import CisisError
+from gateway.cisis.reader import is_transmission
 from gateway.errors import GatewayError, is_temporary
 from gateway.intake.dedup import DedupStore
 from gateway.intake.door import IntakeDoor
@@ -71,6 +80,19 @@ def ack_for(error: BaseException) -> tuple[str, str, str]:
     return "AE", "internal error, resend later", "207"  # application internal error
 
 
+def profile_ack_for(error: BaseException) -> tuple[str, str, str, str | None, tuple[str, str, str] | None]:
+    """(ACK code, text, ERR-3 code, ERR-2 location, ERR-5) for a CI-SIS profile message not queued."""
+    if is_temporary(error):
+        text = "temporary failure, resend later" if isinstance(error, GatewayError) else "internal error, resend later"
+        return "AR", text, "207", None, None
+    if isinstance(error, CisisError):
+        return "AE", error.what, error.hl7_error, error.where or None, (error.rule, error.what, "CISIS")
+    if isinstance(error, PayloadError):
+        err = "200" if isinstance(error, UnsupportedPayload) else "102"
+        return "AE", error.what, err, error.where or None, None
+    return "AE", error.reason if isinstance(error, GatewayError) else "message refused", "207", None, None
+
+
 def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
     if settings.tls_cert is None or settings.tls_key is None:
         return None
@@ -88,6 +110,17 @@ def client_allowed(settings: MllpSettings, der: bytes | None) -> bool:
     if not settings.allowed_client_subjects:
         return True
     return subject_allowed(der, settings.allowed_client_subjects)
+
+
+class _Reply(NamedTuple):
+    """What to acknowledge: MSA-1, MSA-3 text, ERR-3, the queued ids, ERR-2, ERR-5."""
+
+    code: str
+    error: str | None
+    error_code: str | None
+    ids: list[str]
+    location: str | None = None
+    application_error: tuple[str, str, str] | None = None
 
 
 class MllpListener(IntakeDoor):
@@ -173,33 +206,44 @@ class MllpListener(IntakeDoor):
                 await writer.drain()
 
     async def _handle(self, frame: bytes, ip: str) -> bytes:
-        code, error, error_code, ids = await self.run_blocking(self._process, frame, ip)
-        self.wake(ids)
-        return build_ack(frame, code, error, error_code=error_code)
+        reply = await self.run_blocking(self._process, frame, ip)
+        self.wake(reply.ids)
+        return build_ack(frame, reply.code, reply.error, error_code=reply.error_code,
+                         error_location=reply.location, application_error=reply.application_error)
 
-    def _process(self, frame: bytes, ip: str) -> tuple[str, str | None, str | None, list[str]]:
+    def _process(self, frame: bytes, ip: str) -> _Reply:
         """Blocking part (parse, directory, dedup, spool): runs in an executor thread."""
         now = dt.datetime.now(dt.UTC)
         ctrl = control_id(frame)
+        profile = is_transmission(frame)
         try:
             if detect_payload(frame) != "hl7v2":
                 raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
             result, ids = self.submit(frame, "message.hl7", client=f"mllp:{ip}", now=now)
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender
+            if profile:
+                ack, reason, err, where, app_err = profile_ack_for(exc)
+                self._log_not_queued(exc, ack, ip, ctrl, len(frame))
+                return _Reply(ack, reason, err, [], where, app_err)
             ack, reason, err = ack_for(exc)
             self._log_not_queued(exc, ack, ip, ctrl, len(frame))
-            return ack, reason, err, []
+            return _Reply(ack, reason, err, [])
+        if result.plan is not None:
+            event(log, "mllp-accepted", client=ip, control_id=ctrl, profile="cisis", size=len(frame),
+                  copies=len(ids), row=result.plan.row.name if result.plan.row is not None else "none",
+                  zams=len(result.plan.zams), queued=",".join(ids))
+            return _Reply("AA", None, None, ids)
         event(log, "mllp-accepted", client=ip, control_id=ctrl, type=result.info.document_type.code,
               size=len(frame), rcpts=len(result.outgoing[0].recipients) if result.outgoing else 0,
               unresolved=len(result.resolution.unresolved), duplicates=len(result.suppressed),
               replaces=result.info.replaces, queued=",".join(ids))
-        return "AA", None, None, ids
+        return _Reply("AA", None, None, ids)
 
     @staticmethod
     def _log_not_queued(exc: Exception, ack: str, ip: str, ctrl: str, size: int) -> None:
         if isinstance(exc, PayloadError):
             event(log, "mllp-rejected", logging.WARNING, client=ip, control_id=ctrl, size=size,
-                  code=exc.code, reason=exc.what, where=exc.where)
+                  code=exc.code, reason=exc.what, where=exc.where, rule=getattr(exc, "rule", None))
         elif isinstance(exc, GatewayError):
             event(log, "mllp-not-queued", logging.ERROR if exc.temporary else logging.WARNING, client=ip,
                   control_id=ctrl, size=size, ack=ack, code=exc.code)
@@ -207,4 +251,4 @@ class MllpListener(IntakeDoor):
             event(log, "mllp-crashed", logging.ERROR, client=ip, control_id=ctrl, exc_type=type(exc).__name__)
 
 
-__all__ = ["MllpListener", "ack_for", "control_id", "server_context"]
+__all__ = ["MllpListener", "ack_for", "control_id", "profile_ack_for", "server_context"]

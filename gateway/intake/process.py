@@ -57,6 +57,8 @@ class IntakeResult:
     suppressed: tuple[str, ...] = ()
     dedup_key: DocumentKey | None = None
     dedup_recipients: tuple[str, ...] = ()
+    #: The CI-SIS plan (`gateway.cisis.model.Plan`) when the payload was a profile message.
+    plan: Any = None
 
     def __iter__(self) -> Any:
         return iter(self.outgoing)
