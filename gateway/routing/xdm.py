@@ -111,6 +111,13 @@ XDS_CODES: dict[str, XdsCodes] = {
     "18748-4": XdsCodes(_CR, _CISIS_FORMAT, _PS_AMBU, Code("18748-4", "CR d'imagerie médicale", LOINC)),
 }
 _DEFAULT_CODES = XdsCodes(_CR, _CISIS_FORMAT, _PS_AMBU, Code("", "", LOINC))
+#: The extra-metadata slot of a DocumentEntry that says what the consumer does with it, as the
+#: CI-SIS HL7v2 transmission IG names it (exemples 2 and 3: « une extra-metadata « action » »):
+#: ``C`` (Change: replaces the version named by relatedDocument/parentDocument/id), ``D``
+#: (Deleted: the document of ClinicalDocument/id is to be deleted). The IG gives the bare name
+#: ``action``, not an IHE-style URN (ITI TF-3 4.1.14), so that is the name written and read.
+ACTION_SLOT = "action"
+ACTIONS = ("C", "D")
 #: healthcareFacilityTypeCode (JDV_J02, TRE_R02-SecteurActivite); deployments override it (verify).
 DEFAULT_FACILITY = Code("SA07", "Cabinet individuel", "1.2.250.1.71.4.2.4")
 
@@ -127,6 +134,10 @@ class XdmDocument:
     data: bytes = field(repr=False)
     info: PayloadInfo
     mime_type: str = "text/xml"
+    #: The extra-metadata ``action`` of the DocumentEntry (CI-SIS "Transmission de document(s) CDA
+    #: en HL7v2", exemples 2 and 3): ``C`` this document replaces its previous version, ``D`` it
+    #: is to be deleted; None for an initial send (no slot written).
+    action: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,6 +156,7 @@ class XdmEntry:
     creation_time: str
     patient_id: str = field(repr=False)
     slots: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)
+    action: str | None = None  # the extra-metadata "action" slot (C replace, D delete), None when absent
 
 
 @dataclass(frozen=True)
@@ -257,6 +269,10 @@ def build_metadata(documents: Sequence[XdmDocument], names: Sequence[str], *, so
         _slot(eo, "sourcePatientId", patient)
         if info.legal_authenticator is not None:
             _slot(eo, "legalAuthenticator", _xcn(info.legal_authenticator))
+        if doc.action is not None:
+            if doc.action not in ACTIONS:
+                raise ValueError(f"XDM action must be one of {ACTIONS} (or None for an initial send)")
+            _slot(eo, ACTION_SLOT, doc.action)
         _name(eo, info.title or info.document_type.label or info.document_type.code)
         _author(eo, obj, f"cl{n:02d}a", S_DOC_AUTHOR, info.author)
         _classify(eo, obj, f"cl{n:02d}c", S_CLASS, codes.class_code)
@@ -477,7 +493,7 @@ def read_xdm(zip_bytes: bytes, *, max_entries: int = MAX_ENTRIES, max_total: int
             unique_id=_external(eo, S_DOC_UNIQUE), type_code=_classification(eo, S_TYPE),
             class_code=_classification(eo, S_CLASS), format_code=_classification(eo, S_FORMAT),
             creation_time=(slots.get("creationTime") or ("",))[0], patient_id=_external(eo, S_DOC_PATIENT),
-            slots=slots))
+            slots=slots, action=(slots.get(ACTION_SLOT) or (None,))[0] or None))
     if not documents:
         raise XdmError("METADATA.XML lists no document", "METADATA.XML")
     package = next(root.iter(f"{{{RIM}}}RegistryPackage"), None)
