@@ -47,10 +47,9 @@ from email.utils import format_datetime, make_msgid
 
 from gateway.cisis import cdapdf
 from gateway.cisis.model import Action, CopyPlan, Document, Recipient, RecipientKind, Transmission
-from gateway.intake.wrap import default_source_id
 from gateway.routing.cda import read_cda
 from gateway.routing.model import RPPS_OID, PartyRef, PayloadInfo, professional_id_type
-from gateway.routing.xdm import XDS_CODES, XdmDocument, XdmPackage, build_xdm, read_xdm
+from gateway.routing.xdm import XDS_CODES, XdmDocument, XdmPackage, build_xdm, default_source_id, read_xdm
 
 SUBJECT_PREFIX = "XDM/1.0/DDM+"
 XDM_NAME = "IHE_XDM.ZIP"

@@ -112,7 +112,9 @@ def read_cisis(r: Reader, spec: Mapping[str, Any]) -> CisisSettings:
     r.unknown(spec, _CISIS_KEYS, prefix)
     mailbox = r.address(spec, "application_mailbox", prefix, required=True)
     nil = r.string(spec, "nil", prefix, "") or ""
-    if nil and not _NIL.match(nil):
+    if not nil:
+        r.problem(prefix + "nil", "required: the X-MSS-NIL product number every MSSanté message carries")
+    elif not _NIL.match(nil):
         r.problem(prefix + "nil", "the X-MSS-NIL product number: letters, digits, '.', '-', '_'")
         nil = ""
     creators: list[CreatorSettings] = []

@@ -26,7 +26,6 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import re
-import uuid
 from collections.abc import Sequence
 from email import policy
 from email.message import EmailMessage
@@ -35,6 +34,7 @@ from email.utils import format_datetime, make_msgid
 from gateway.logs import event
 from gateway.routing import formats
 from gateway.routing.model import EmbeddedDocument, MediaType, PartyRef, PayloadError, PayloadInfo
+from gateway.routing.xdm import default_source_id
 
 log = logging.getLogger(__name__)
 
@@ -129,11 +129,6 @@ def _xdm(payload: bytes, info: PayloadInfo, embedded: Sequence[EmbeddedDocument]
         # e.g. no patient identifier with an OID: the payload still goes, without the package
         event(log, "xdm-skipped", logging.WARNING, reason=getattr(exc, "what", type(exc).__name__))
         return None
-
-
-def default_source_id(sender: str) -> str:
-    """An OID for XDSSubmissionSet.sourceId when none is configured: ``2.25.<UUID of the sender>`` (X.667)."""
-    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "mailto:" + sender.lower()).int)
 
 
 def payload_message(payload: bytes, info: PayloadInfo, *, sender: str, recipients: Sequence[str],

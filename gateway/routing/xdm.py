@@ -239,6 +239,11 @@ def _author(parent: etree._Element, obj: str, cid: str, scheme: str, author: Par
         _slot(cl, "authorInstitution", author.organisation)
 
 
+def default_source_id(sender: str) -> str:
+    """An OID for XDSSubmissionSet.sourceId when none is configured: ``2.25.<UUID of the sender>`` (X.667)."""
+    return "2.25." + str(uuid.uuid5(uuid.NAMESPACE_URL, "mailto:" + sender.lower()).int)
+
+
 def _uuid(*parts: str) -> str:
     return "urn:uuid:" + str(uuid.uuid5(uuid.NAMESPACE_OID, "|".join(parts)))
 
