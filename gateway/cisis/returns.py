@@ -81,13 +81,19 @@ def _address(value: object) -> str:
     return text.split(";", 1)[1].strip().strip("<>").lower() if ";" in text else text.strip("<>").lower()
 
 
+def _parts(msg: Message) -> list[Message]:
+    """The sub-parts of a multipart (or a message/*) part; [] for a leaf."""
+    payload = msg.get_payload()
+    return [p for p in payload if isinstance(p, Message)] if isinstance(payload, list) else []
+
+
 def _unwrap(msg: Message) -> Message:
     """The report inside a ``multipart/signed`` (the signature is not what makes it a report)."""
     for depth in range(3):
         if msg.get_content_type() != "multipart/signed":
             return msg
-        parts = msg.get_payload()
-        if not isinstance(parts, list) or not parts:
+        parts = _parts(msg)
+        if not parts:
             raise ReturnError("multipart/signed without its signed content", f"level {depth + 1}")
         msg = parts[0]
     raise ReturnError("multipart/signed nested too deeply", "top")
@@ -99,8 +105,8 @@ def parse_returns(data: bytes) -> list[Return]:
     if msg.get_content_type() != "multipart/report":
         raise ReturnError(f"not a report ({msg.get_content_type()})", "Content-Type")
     report_type = str(msg.get_param("report-type", "") or "").lower()
-    parts = msg.get_payload()
-    if not isinstance(parts, list):
+    parts = _parts(msg)
+    if not parts:
         raise ReturnError("multipart/report without parts", "body")
     if report_type == "delivery-status":
         return _dsn(parts)
@@ -132,12 +138,13 @@ def _returned_message_id(parts: list[Message], after: int) -> str:
     for part in parts[after + 1:]:
         ctype = part.get_content_type()
         if ctype in ("message/rfc822", "message/global"):
-            inner = part.get_payload()
-            if isinstance(inner, list) and inner and _field(inner[0], "Message-ID"):
+            inner = _parts(part)
+            if inner and _field(inner[0], "Message-ID"):
                 return message_id_key(_text(_field(inner[0], "Message-ID")))
         elif ctype in ("text/rfc822-headers", "message/global-headers"):
-            raw = part.get_payload(decode=True) or b""
-            headers = HeaderParser(policy=compat32).parsestr(raw.decode("utf-8", "replace"))
+            raw = part.get_payload(decode=True)
+            text = raw.decode("utf-8", "replace") if isinstance(raw, bytes) else ""
+            headers = HeaderParser(policy=compat32).parsestr(text)
             if _field(headers, "Message-ID"):
                 return message_id_key(_text(_field(headers, "Message-ID")))
     return ""
