@@ -190,6 +190,9 @@ class ZamLedger:
         recipient, only when the CRÉATEUR asked ACK_RECEPTION), queued in the same transaction."""
         when = self.clock() if now is None else now
         out: list[bytes] = []
+        if not self._read("SELECT 1 FROM copies WHERE queue_id=? AND recipient_address=? AND z02='' LIMIT 1",
+                          (queue_id, recipient.lower())):
+            return out  # not a CI-SIS copy, or its Z02 is already queued: no write transaction
         with self._tx("record a delivery outcome") as db:
             rows = db.execute("SELECT c.id, c.recipient_address, c.recipient_id, t.creator, t.header FROM copies c "
                               "JOIN transmissions t ON t.id = c.transmission WHERE c.queue_id=? AND "
