@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from gateway.cisis.model import MessageHeader, ZamEvent
-from gateway.cisis.returns import Return, message_id_key
+from gateway.cisis.returns import Return, message_id_key, parse_returns
 from gateway.cisis.zam import ERROR_SYSTEM, build_zam, parse_zam
 from gateway.errors import TemporaryError
 from gateway.filemodes import PRIVATE_FILE
@@ -222,6 +222,15 @@ class ZamLedger:
                 return []
             apply = self._apply_mdn if ret.kind == "mdn" else self._apply_dsn
             return apply(db, ret, mine[0], when)
+
+    def apply_report(self, data: bytes) -> list[bytes]:
+        """A mail received by the application mailbox: parsed (a `ReturnError` when it is no
+        DSN/MDN), then each recipient's outcome applied; the ZAMs queued. The SMTP listener's
+        ``returns_sink``: it runs before the 250, so a report is never acknowledged unapplied."""
+        out: list[bytes] = []
+        for ret in parse_returns(data):
+            out.extend(self.on_return(ret))
+        return out
 
     def _apply_dsn(self, db: sqlite3.Connection, ret: Return, row: tuple, now: float) -> list[bytes]:
         cid, address, rid, z02, _, creator, header, ack_reception, _ = row
