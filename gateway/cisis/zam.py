@@ -78,9 +78,8 @@ def build_zam(event: ZamEvent, original: MessageHeader, *, ok: bool, recipient_a
               now: dt.datetime) -> bytes:
     """One ZAM (unframed, segments ended by CR) answering ``original``.
 
-    ``error`` is ERR-5 as (code, label, coding system); when ``ok`` is False and no error is
-    given, the event's coding system with code ``906``/"other" is not guessed: the caller must
-    say why (a ZAM N without ERR breaks the IG's condition)."""
+    ``error`` is ERR-5 as (code, label, coding system), required when ``ok`` is False: the IG
+    makes ERR mandatory for an N, and only the caller knows the cause (no code is guessed)."""
     if event is not ZamEvent.DMP_RECEPTION and not recipient_address:
         raise ValueError(f"ZAM^{event.value} needs the MSSanté recipient's address")
     if not ok and error is None:
