@@ -61,9 +61,13 @@ class DeliveryManager(QueueWorker):
 
     def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
-                 on_unprepared: Callable[[str], None] | None = None) -> None:
+                 on_unprepared: Callable[[str], None] | None = None,
+                 on_outcome: Callable[[str, str, str, str, str | None], None] | None = None) -> None:
         super().__init__(config, spool, clock, log)
         self.audit = audit
+        #: Told of each final outcome once it is written: (queue id, recipient, "delivered" or
+        #: "bounced", status, remote reply). Runs in the spool's executor thread (it may block).
+        self.on_outcome = on_outcome
         #: Called when a damaged copy was forgotten: its recipients wait for the runner again.
         self.on_unprepared = on_unprepared
         self.resolver = resolver or NextHopResolver(config)
@@ -296,7 +300,7 @@ class DeliveryManager(QueueWorker):
         kept in memory and written before the message is processed again."""
         if not outcomes:
             return
-        write = functools.partial(self.spool.record_outcomes, outcomes)
+        write = functools.partial(self._record_outcomes, msg, outcomes)
         if msg.id in self._unwritten:  # earlier outcomes wait: keep the order
             self._unwritten[msg.id].append(write)
         else:
@@ -308,6 +312,19 @@ class DeliveryManager(QueueWorker):
                     return  # nothing recorded, nothing to report: the recipients are simply still due
                 self._unwritten[msg.id] = [write]
         self._report(msg, outcomes)
+
+    def _record_outcomes(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+        """Write outcomes, then tell `on_outcome` of the final ones: only what is on disk is
+        told (also when a full disk delayed the write); a listener fault never breaks delivery."""
+        self.spool.record_outcomes(outcomes)
+        if self.on_outcome is None:
+            return
+        for o in outcomes:
+            if o.state in (RecipientState.DELIVERED, RecipientState.BOUNCED):
+                try:
+                    self.on_outcome(msg.id, o.address, o.state.value, o.status, o.error)
+                except Exception as exc:  # noqa: BLE001 - the listener's fault is not the delivery's
+                    event(log, "outcome-listener-failed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
 
     def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:
         counts: dict[tuple[RecipientState, str], int] = defaultdict(int)

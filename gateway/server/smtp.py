@@ -34,7 +34,7 @@ from typing import Any, AnyStr, Literal
 from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
-from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, smtp_reply
+from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, as_gateway_error, smtp_reply
 from gateway.logs import event
 from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
@@ -299,7 +299,8 @@ class GatewayHandler:
     def __init__(self, config: GatewayConfig, listener: ListenerConfig, spool: Spool,
                  on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None, *,
                  throttle: AuthThrottle | None = None, audit: Audit | None = None,
-                 mailboxes: LocalMailboxes | None = None) -> None:
+                 mailboxes: LocalMailboxes | None = None,
+                 returns_sink: Callable[[bytes], object] | None = None) -> None:
         self.config = config
         self.listener = listener
         self.spool = spool
@@ -312,6 +313,10 @@ class GatewayHandler:
         intake = getattr(config, "intake", None)
         address = intake.routing.smtp_address if intake is not None else None
         self.payload_address = address.lower() if address else None
+        cisis = intake.cisis.application_mailbox if intake is not None else None
+        #: The CI-SIS application mailbox: DSNs and MDNs for it go to `returns_sink` (issue 13).
+        self.returns_address = cisis.lower() if cisis and returns_sink is not None else None
+        self.returns_sink = returns_sink
 
     # -- helpers ----------------------------------------------------------------------------
     async def check_password(self, login: bytes, password: bytes) -> bool:
@@ -433,6 +438,9 @@ class GatewayHandler:
                 return "550 5.7.1 Payload routing is for authenticated systems"
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK (routed from the payload)"
+        if self.returns_address and address.lower() == self.returns_address:
+            envelope.rcpt_tos.append(address)  # reports come from any MTA: no relay right needed
+            return "250 2.1.5 OK"
         if self.config.is_local(domain):
             try:
                 mailbox = await self.mailboxes.resolve(address)
@@ -469,6 +477,8 @@ class GatewayHandler:
             refusal = self._header_refusal(identity, session, data)
             if refusal is not None:
                 return refusal
+        if self.returns_address and self.returns_address in (r.lower() for r in envelope.rcpt_tos):
+            return await self._take_returns(session, envelope.rcpt_tos, data)
         data = self._received_header(server, session, envelope) + data
         auth_user = identity.name if identity is not None else None
         # aiosmtpd keeps the null reverse-path as the text "<>" (an empty one means "no MAIL yet").
@@ -537,6 +547,23 @@ class GatewayHandler:
                 self.on_accept(msg_id)
         return f"250 2.0.0 OK routed as {len(ids)} message(s)" + (f": {' '.join(ids)}" if ids else " (already sent)")
 
+    async def _take_returns(self, session: Session, rcpts: list[str], data: bytes) -> str:
+        """A DSN or MDN for the CI-SIS application mailbox: applied (ZAMs queued) before the 250."""
+        if any(r.lower() != self.returns_address for r in rcpts) or self.returns_sink is None:
+            return "550 5.5.1 the application mailbox takes reports in a transaction of their own"
+        sink = self.returns_sink
+        try:
+            await asyncio.get_running_loop().run_in_executor(None, sink, data)
+        except Exception as exc:  # noqa: BLE001 - never a stack trace to the client, never a 250
+            err = as_gateway_error(exc)
+            event(log, "returns-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+                  size=len(data), code=err.code, temporary=err.temporary)
+            if err.temporary:
+                return smtp_reply(err)
+            return "550 5.7.1 this mailbox only receives delivery and read notifications"
+        event(log, "returns-applied", listener=self.listener.name, client=_peer_ip(session), size=len(data))
+        return "250 2.0.0 OK report applied"
+
     def _received_header(self, server: SMTP, session: Session, envelope: Envelope) -> bytes:
         proto = "ESMTP" if session.extended_smtp else "SMTP"
         if session.ssl:
@@ -558,6 +585,9 @@ class SmtpServer:
                  mailbox_lookup: MailboxLookup | None = None) -> None:
         self.config = config
         self.spool = spool
+        #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
+        #: mailbox (`gateway.cisis.ledger.ZamLedger.apply_report`); None: the mailbox is not served.
+        self.returns_sink: Callable[[bytes], object] | None = None
         self.on_accept = on_accept
         self.rcpt_check = rcpt_check
         self.audit = audit
@@ -569,7 +599,8 @@ class SmtpServer:
 
     def _factory(self, listener: ListenerConfig) -> Callable[[], GatewaySMTP]:
         handler = GatewayHandler(self.config, listener, self.spool, self.on_accept, self.rcpt_check,
-                                 throttle=self.throttle, audit=self.audit, mailboxes=self.mailboxes)
+                                 throttle=self.throttle, audit=self.audit, mailboxes=self.mailboxes,
+                                 returns_sink=self.returns_sink)
         tls = server_tls_context(listener)
         submission = listener.kind == "submission"
 
