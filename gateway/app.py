@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
@@ -24,7 +24,9 @@ from gateway.runner import QueueService
 from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
 
-if TYPE_CHECKING:  # both are imported where used: the plain relay needs neither
+if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
+    from gateway.cisis.ledger import ZamLedger
+    from gateway.cisis.zamsender import ZamSender
     from gateway.intake.service import IntakeService
     from gateway.stages.build import GatewayContext
 
@@ -48,6 +50,9 @@ class Gateway:
         self.queue: QueueService | None = None
         self.server: SmtpServer | None = None
         self.intake: IntakeService | None = None
+        #: CI-SIS GESTIONNAIRE (issue 13): what is owed to the CRÉATEURs, and their sender.
+        self.zam_ledger: ZamLedger | None = None
+        self.zam_sender: ZamSender | None = None
         self._own_directory: SqliteDirectory | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
@@ -74,6 +79,7 @@ class Gateway:
         self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
+        gestionnaire = await self._start_cisis(queue, audit)
         await self.server.start()
         queue.start()
         if self.config.intake is not None and self.config.intake.enabled:
@@ -81,8 +87,45 @@ class Gateway:
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
                                         self.config.state_dir, queue.accepted,
-                                        self.config.spool.max_queue_lifetime)
+                                        self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire)
             await self.intake.start()
+
+    async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:
+        """The CI-SIS GESTIONNAIRE when ``[intake.cisis]`` is set: its ledger, the ZAM sender, the
+        delivery outcomes and the reports mailed to the application mailbox wired to the ledger."""
+        settings = self.config.intake.cisis if self.config.intake is not None else None
+        if settings is None or not settings.enabled:
+            return None
+        from gateway.cisis.gestionnaire import Gestionnaire
+        from gateway.cisis.ledger import ZamLedger
+        from gateway.cisis.zamsender import ZamSender
+
+        loop = asyncio.get_running_loop()
+        spool = self.config.spool
+        ledger = self.zam_ledger = await loop.run_in_executor(
+            None, lambda: ZamLedger.beside(spool.path, retry_schedule=spool.retry_schedule,
+                                           lifetime=spool.max_queue_lifetime))
+        sender = self.zam_sender = ZamSender(settings, ledger, poll_interval=spool.poll_interval,
+                                             shutdown_grace=spool.shutdown_grace)
+
+        def wake_sender(zams: object) -> None:
+            if zams:
+                loop.call_soon_threadsafe(sender.wake)
+
+        def outcome(queue_id: str, rcpt: str, state: str, status: str, reply: str | None) -> None:
+            wake_sender(ledger.on_outcome(queue_id, rcpt, state == "delivered", status, reply))
+
+        def returns(data: bytes) -> object:
+            zams = ledger.apply_report(data)
+            wake_sender(zams)
+            return zams
+
+        queue.listen_outcomes(outcome)
+        assert self.server is not None
+        self.server.returns_sink = returns
+        sender.start()
+        return Gestionnaire(settings, self.spool, ledger, lifetime=spool.max_queue_lifetime, audit=audit,
+                            on_owed=lambda: loop.call_soon_threadsafe(sender.wake))
 
     def _open_directory(self) -> SqliteDirectory:
         self._own_directory = SqliteDirectory(directory_path(self.config))
@@ -95,6 +138,10 @@ class Gateway:
             await self.server.stop()
         if self.queue is not None:
             await self.queue.stop()
+        if self.zam_sender is not None:
+            await self.zam_sender.stop()
+        if self.zam_ledger is not None:
+            self.zam_ledger.close()
         self.spool.close()
         if self.context is not None:
             self.context.close()

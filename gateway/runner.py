@@ -64,6 +64,9 @@ class PipelineRunner(QueueWorker):
         self.unrecorded = unrecorded
         #: Messages another worker holds in memory (their state not written yet): not prepared again.
         self.busy = busy
+        #: Told of each recipient bounced here once it is written (the same listener as delivery's:
+        #: queue id, recipient, "bounced", status, reason), e.g. the CI-SIS ZAM ledger.
+        self.on_outcome: Callable[[str, str, str, str, str | None], None] | None = None
         #: Where a message goes once prepared, with its copies' bytes (delivery, without a poll).
         #: Only while running (`start`): `run_once` leaves delivery to its caller.
         self.handoff = handoff
@@ -227,11 +230,21 @@ class PipelineRunner(QueueWorker):
             counts[(o.state, o.status)] += 1
             if o.state is RecipientState.BOUNCED:
                 self._audit(msg, o)
+                self._tell(msg, o)
         for (state, status), n in counts.items():
             if state is RecipientState.DEFERRED:
                 event(log, "deferred", msg=msg.id, rcpts=n, status=status)
             elif state is RecipientState.BOUNCED:
                 event(log, "bounced", logging.WARNING, msg=msg.id, rcpts=n, status=status)
+
+    def _tell(self, msg: QueuedMessage, outcome: Outcome) -> None:
+        """The outcome listener hears of a refusal here as of a bounce in delivery; its fault is its own."""
+        if self.on_outcome is None:
+            return
+        try:
+            self.on_outcome(msg.id, outcome.address, outcome.state.value, outcome.status, outcome.error)
+        except Exception as exc:  # noqa: BLE001 - the listener's fault is not the runner's
+            event(log, "outcome-listener-failed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
 
     def _audit(self, msg: QueuedMessage, outcome: Outcome) -> None:
         if self.audit is None:
@@ -288,6 +301,11 @@ class QueueService:
                                      on_prepared=lambda _id: self.delivery.wake(),
                                      handoff=self.delivery.deliver_now,
                                      unrecorded=self.delivery.deliver_unrecorded, busy=self.delivery.backlog)
+
+    def listen_outcomes(self, listener: Callable[[str, str, str, str, str | None], None]) -> None:
+        """Tell ``listener`` of every final outcome, from the runner (refusals) and delivery alike."""
+        self.runner.on_outcome = listener
+        self.delivery.on_outcome = listener
 
     def start(self) -> None:
         self.runner.start()

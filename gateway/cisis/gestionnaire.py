@@ -23,7 +23,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from gateway.cisis.ledger import Ledger
+from gateway.cisis.ledger import ZamLedger
 from gateway.cisis.model import Plan, ZamEvent
 from gateway.cisis.mssmail import BuiltCopy, build_copy
 from gateway.cisis.plan import creator_of, plan_transmission
@@ -37,6 +37,11 @@ log = logging.getLogger(__name__)
 #: ERR-5 of the ``ZAM^Z01`` owed when the CRÉATEUR asked for the DMP: msgw has no DMP connector.
 DMP_NOT_PERFORMED = ("DMP_NON_TRAITE", "Alimentation du DMP non réalisée : la plateforme n'a pas de "
                      "connecteur DMP", "DMPERRORCODE")
+
+
+def _zam_control_id(now: dt.datetime) -> str:
+    """MSH-10 of a ZAM built at intake (the ledger numbers the ones it builds ``MSGWZAM<n>``)."""
+    return "MSGWZ" + now.strftime("%y%m%d%H%M%S%f")
 
 
 @dataclass(frozen=True)
@@ -67,9 +72,11 @@ def plan_only(data: bytes, settings: CisisSettings, now: dt.datetime) -> Planned
 class Gestionnaire:
     """The runtime side: the spool for copies, the ledger for what is owed to the CRÉATEURs."""
 
-    def __init__(self, settings: CisisSettings, spool: Any, ledger: Ledger, *, lifetime: float,
-                 audit: Callable[..., None] | None = None) -> None:
+    def __init__(self, settings: CisisSettings, spool: Any, ledger: ZamLedger, *, lifetime: float,
+                 audit: Callable[..., None] | None = None, on_owed: Callable[[], None] | None = None) -> None:
         self.settings = settings
+        #: Called (from the worker thread) when ZAMs were queued at intake: wakes the ZAM sender.
+        self.on_owed = on_owed
         self.spool = spool
         self.ledger = ledger
         self.lifetime = lifetime
@@ -92,14 +99,16 @@ class Gestionnaire:
         owed_now: list[bytes] = []
         if tx.flag("DESTDMP"):
             owed_now.append(build_zam(ZamEvent.DMP_RECEPTION, tx.header, ok=False, error=DMP_NOT_PERFORMED,
-                                      control_id=self.ledger.next_control_id(), now=now))
+                                      control_id=_zam_control_id(now), now=now))
         creator = creator_of(tx, self.settings)
-        self.ledger.record(tx, creator.name if creator is not None else None,
+        self.ledger.record(tx.header, creator.name if creator is not None else "", tx.flags,
                            copies=[(qid, b.message_id, r.address, r.identifier, c.kind)
                                    for qid, b, c in zip(ids, planned.built, plan.copies, strict=True)
                                    for r in c.recipients],
-                           owed_now=owed_now, now=now)
+                           owed_now=owed_now, now=now.timestamp())
         self._audit(planned, ids, mailbox)
+        if owed_now and self.on_owed is not None:
+            self.on_owed()
         return Submitted(planned, tuple(ids))
 
     def _audit(self, planned: Planned, ids: list[str], mailbox: str) -> None:

@@ -46,8 +46,10 @@ CREATE TABLE IF NOT EXISTS transmissions (
     header TEXT NOT NULL,
     ack_reception INTEGER NOT NULL,
     ack_read INTEGER NOT NULL,
-    created REAL NOT NULL
+    created REAL NOT NULL,
+    origin TEXT NOT NULL DEFAULT ''
 );
+CREATE INDEX IF NOT EXISTS transmissions_origin ON transmissions(origin);
 CREATE TABLE IF NOT EXISTS copies (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     transmission INTEGER NOT NULL REFERENCES transmissions(id),
@@ -77,6 +79,11 @@ CREATE TABLE IF NOT EXISTS ignored (
     count INTEGER NOT NULL
 );
 """
+
+def origin_key(header: MessageHeader) -> str:
+    """Who sent which message: MSH-3, MSH-4 and MSH-10 (the CRÉATEUR's own unique id)."""
+    return "|".join((header.sending_application.casefold(), header.sending_facility.casefold(), header.control_id))
+
 
 #: One recipient of one MSSanté copy: (queue id, Message-ID, address, RPPS or other id, kind).
 CopyRow = tuple[str, str, str, str, str]
@@ -154,10 +161,10 @@ class ZamLedger:
         (call after the spool accepted the copies, before the ACK AA); its id."""
         when = self.clock() if now is None else now
         with self._tx("record a transmission") as db:
-            cur = db.execute("INSERT INTO transmissions (creator, header, ack_reception, ack_read, created) "
-                             "VALUES (?, ?, ?, ?, ?)",
+            cur = db.execute("INSERT INTO transmissions (creator, header, ack_reception, ack_read, created, origin) "
+                             "VALUES (?, ?, ?, ?, ?, ?)",
                              (creator, json.dumps(dataclasses.asdict(header)), int(bool(flags.get("ACK_RECEPTION"))),
-                              int(bool(flags.get("ACK_LECTURE_MSS"))), when))
+                              int(bool(flags.get("ACK_LECTURE_MSS"))), when, origin_key(header)))
             tid = int(cur.lastrowid or 0)
             db.executemany("INSERT INTO copies (transmission, queue_id, message_id, recipient_address, recipient_id, "
                            "kind) VALUES (?, ?, ?, ?, ?, ?)",
@@ -165,6 +172,11 @@ class ZamLedger:
             for data in owed_now:
                 self._enqueue(db, creator, data, when)
         return tid
+
+    def known(self, header: MessageHeader) -> bool:
+        """True when this CRÉATEUR's message (MSH-3, MSH-4, MSH-10) was already taken in charge:
+        its ACK was lost on the way back and it is sent again; nothing must go twice."""
+        return bool(self._read("SELECT 1 FROM transmissions WHERE origin = ? LIMIT 1", (origin_key(header),)))
 
     def _enqueue(self, db: sqlite3.Connection, creator: str, data: bytes, now: float) -> None:
         control_id = parse_zam(data).get("MSH-10", "")

@@ -10,7 +10,9 @@ beside an HPRIM/HL7/CDA file, or the PDF a JSON sidecar describes (``msgw send X
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 from gateway.commands.common import add_config_option, config_from
@@ -61,6 +63,28 @@ def run(args: argparse.Namespace) -> int:
     return _send_payload(config, args, files, kind)
 
 
+@contextlib.contextmanager
+def _gestionnaire(config, spool: Spool) -> Iterator[object]:
+    """The CI-SIS GESTIONNAIRE for a profile message given to `msgw send` (None when the profile is
+    not served): its ZAMs go into the ledger, which the running gateway's sender reads."""
+    settings = config.intake.cisis
+    if not settings.enabled:
+        yield None
+        return
+    from gateway.audit import AuditTrail, AuditWriter, audit_path
+    from gateway.cisis.gestionnaire import Gestionnaire
+    from gateway.cisis.ledger import ZamLedger
+
+    ledger = ZamLedger.beside(config.spool.path, retry_schedule=config.spool.retry_schedule,
+                              lifetime=config.spool.max_queue_lifetime)
+    audit = AuditWriter(AuditTrail(audit_path(config)))
+    try:
+        yield Gestionnaire(settings, spool, ledger, lifetime=config.spool.max_queue_lifetime, audit=audit)
+    finally:
+        audit.close()
+        ledger.close()
+
+
 def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], kind: str) -> int:
     from gateway.directory.directory import SqliteDirectory, directory_path
     from gateway.intake.bundle import bundle_files
@@ -75,8 +99,9 @@ def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], 
         # The operator on this host speaks for --from (they can read the key files anyway).
         door = IntakeDoor(spool, directory, dedup, None, config.spool.max_queue_lifetime, routing=routing,
                           sender=args.sender, auth_user=args.sender, listener="cli")
-        _, ids = door.submit(bundle.data, bundle.filename, client="msgw-send", info=bundle.info, pdfs=bundle.pdfs,
-                             envelope_recipients=args.recipients)
+        with _gestionnaire(config, spool) as door.gestionnaire:
+            _, ids = door.submit(bundle.data, bundle.filename, client="msgw-send", info=bundle.info,
+                                 pdfs=bundle.pdfs, envelope_recipients=args.recipients)
     if not ids:
         print(f"msgw: {kind} payload already sent to every recipient within the dedup window", file=sys.stderr)
     for msg_id in ids:

@@ -29,7 +29,8 @@ class IntakeService:
     """``IntakeService(config.intake, spool, directory_path, state_dir, on_accept, lifetime)``."""
 
     def __init__(self, intake_config: IntakeConfig, spool: Any, directory_path: str | Path, state_dir: str | Path,
-                 on_accept: Callable[[str], None] | None, lifetime: float, *, directory: Any = None) -> None:
+                 on_accept: Callable[[str], None] | None, lifetime: float, *, directory: Any = None,
+                 gestionnaire: Any = None) -> None:
         self.config = intake_config
         self.spool = spool
         self.directory_path = Path(directory_path)
@@ -37,6 +38,8 @@ class IntakeService:
         self.on_accept = on_accept
         self.lifetime = lifetime
         self.directory = directory
+        #: The CI-SIS GESTIONNAIRE every door hands the profile's messages to (None: not served).
+        self.gestionnaire = gestionnaire
         self._own_directory = directory is None
         self.dedup: DedupStore | None = None
         self.mllp: MllpListener | None = None
@@ -55,6 +58,7 @@ class IntakeService:
             None, lambda: DedupStore(self.state_dir / DEDUP_FILE, window=self.config.routing.dedup_window))
         try:
             for door in self._build_doors():
+                door.gestionnaire = self.gestionnaire
                 self.doors.append(door)
                 await door.start()
         except BaseException:
