@@ -102,12 +102,13 @@ def app(ident: str = "APPFICT1", *, address: str = "appli.fictive@hopital-imagin
     return Prt("RCT", device=ident, address=address)
 
 
-def patient(ins: str | None = INS, *, address: str | None = None, typed: bool = True, oid: str = "") -> Prt:
+def patient(ins: str = INS, *, address: str | None = None, in_prt5: bool = True, typed: bool = True,
+            oid: str = "") -> Prt:
     """The patient as a recipient: PRT-5 with the INS (typed ``INS`` in PRT-5.13, or only its
     authority in PRT-5.9 when ``oid``) and ``<INS>@patient…`` in PRT-15.4 unless ``address`` says otherwise.
-    ``ins=None`` gives the IG's other form: no PRT-5, the INS only in the address."""
+    ``in_prt5=False`` gives the IG's other form: no PRT-5, the INS only in the address."""
     addr = address if address is not None else f"{ins}@{PATIENT_DOMAIN}"
-    if ins is None:
+    if not in_prt5:
         return Prt("RCT", address=addr)
     authority = f"&{oid}&ISO" if oid else ""
     type_code = "INS" if typed else ""
