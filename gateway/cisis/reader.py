@@ -388,8 +388,9 @@ def _patient_recipient(msg: Message, prt: Segment, address: str, patient: Patien
         given = address
         warnings.append(f"{where}-15: the patient's address differs from the one built from the INS; "
                         "the built one is used")
-    return Recipient(RecipientKind.PATIENT, built, identifier=ins, authority=_comp(person, 9, 2) or patient.ins_oid or "",
-                     family=_comp(person, 2), given=_comp(person, 3), where=where, given_address=given)
+    authority = _comp(person, 9, 2) or patient.ins_oid or ""
+    return Recipient(RecipientKind.PATIENT, built, identifier=ins, authority=authority, family=_comp(person, 2),
+                     given=_comp(person, 3), where=where, given_address=given)
 
 
 def _recipient(msg: Message, prt: Segment, patient: Patient, warnings: list[str]) -> Recipient:

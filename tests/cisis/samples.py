@@ -182,7 +182,8 @@ class Spec:
 
     def _msh(self) -> str:
         version = self.version or ("2.5" if self.kind == "ORU" else "2.6")
-        msg_type = self.message_type or f"{self.kind}^{self._trigger()}^{self.kind}_{'R01' if self.kind == 'ORU' else 'T02'}"
+        structure = "ORU_R01" if self.kind == "ORU" else "MDM_T02"
+        msg_type = self.message_type or f"{self.kind}^{self._trigger()}^{structure}"
         return (f"MSH|^~\\&|SGLFICTIF|LABOFICTIF|PFIFICTIVE|ORGFICTIVE|20250115100000||{msg_type}|{self.control_id}|P|"
                 f"{version}|||||FRA|{self.charset}|||{self.profile}")
 
@@ -203,7 +204,7 @@ class Spec:
             orc = self.orc if self.orc is not None else _ORDER_CONTROLS[self.action]
             segs.append(f"ORC|{orc}|CMD1^CABX|REQ42^LABX")
         segs.append("OBR|1|CMD1^CABX|REQ42^LABX|11502-2^CR d'examens biologiques^LN|||20250115083000||||||||||||||"
-                    f"||||F")
+                    "||||F")
         return segs
 
     def _documents(self) -> list[str]:

@@ -68,9 +68,9 @@ def test_ack_err_location_and_application_error() -> None:
 
 def test_ack_without_the_new_arguments_is_unchanged() -> None:
     data = Spec().build()
-    expected = ("MSH|^~\\&|PFIFICTIVE|ORGFICTIVE|SGLFICTIF|LABOFICTIF|20250115103000||ACK^R01^ACK|ACK3|P|2.5|||||"
-                "FRA|UNICODE UTF-8\rMSA|AE|CTRLCISIS1|spool full\r"
-                "ERR|||207^Application internal error^HL70357|E||||spool full\r").encode()
+    expected = (b"MSH|^~\\&|PFIFICTIVE|ORGFICTIVE|SGLFICTIF|LABOFICTIF|20250115103000||ACK^R01^ACK|ACK3|P|2.5|||||"
+                b"FRA|UNICODE UTF-8\rMSA|AE|CTRLCISIS1|spool full\r"
+                b"ERR|||207^Application internal error^HL70357|E||||spool full\r")
     assert build_ack(data, "AE", "spool full", now=NOW, control_id="ACK3") == expected
     assert build_ack(data, "AE", "spool full", now=NOW, control_id="ACK3", error_location=None,
                      application_error=None) == expected

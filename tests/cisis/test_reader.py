@@ -59,7 +59,7 @@ def test_not_of_the_profile_is_refused_by_read() -> None:
     assert err.where == "MSH[1]-21"
 
 
-# --- header and message type ---------------------------------------------------------------------------------
+# --- header and message type --------------------------------------------------------------------------------
 
 def test_oru_header() -> None:
     tx = read_transmission(Spec().build())
@@ -105,7 +105,7 @@ def test_missing_segments() -> None:
     assert refused(no_pid, "SEGMENT_MISSING").where == "PID"
 
 
-# --- documents -------------------------------------------------------------------------------------------------
+# --- documents ----------------------------------------------------------------------------------------------
 
 def test_oru_carries_the_n1_and_the_n3() -> None:
     tx = read_transmission(Spec().build())
@@ -160,7 +160,7 @@ def test_the_cda_patient_must_be_the_pid_patient() -> None:
     assert err.where == "OBX[1]-5"
 
 
-# --- action ------------------------------------------------------------------------------------------------------
+# --- action -------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize(("action", "orc"), [("F", "NW"), ("C", "RO"), ("D", "CA")])
 def test_oru_action_and_order_control(action: str, orc: str) -> None:
@@ -193,7 +193,7 @@ def test_document_statuses() -> None:
     assert refused(Spec(statuses=("F", "C")), "OBX_STATUS_MISMATCH").where == "OBX[2]-11"
 
 
-# --- patient --------------------------------------------------------------------------------------------------------
+# --- patient ------------------------------------------------------------------------------------------------
 
 def test_patient_from_pid() -> None:
     p = read_transmission(Spec().build()).patient
@@ -215,7 +215,7 @@ def test_patient_ins_under_a_production_authority() -> None:
     assert tx.patient.ins_oid == "1.2.250.1.213.1.4.8"
 
 
-# --- MetaDMPMSS flags ------------------------------------------------------------------------------------------------
+# --- MetaDMPMSS flags ---------------------------------------------------------------------------------------
 
 def test_flags_read_with_their_place() -> None:
     tx = read_transmission(Spec(flags={"DESTDMP": "Y", "ACK_LECTURE_MSS": "N"}).build())
@@ -228,7 +228,7 @@ def test_flags_read_with_their_place() -> None:
 def test_optional_flags_default_to_n() -> None:
     tx = read_transmission(Spec(flags={"ACK_RECEPTION": None, "ACK_LECTURE_MSS": None}).build())
     assert tx.flags["ACK_RECEPTION"] is False and tx.flags["ACK_LECTURE_MSS"] is False
-    assert tx.flags.where("ACK_RECEPTION") == ""
+    assert isinstance(tx.flags, Flags) and tx.flags.where("ACK_RECEPTION") == ""
 
 
 @pytest.mark.parametrize("flag", ["MASQUE_PS", "INVISIBLE_PATIENT", "INVISIBLE_REP_LEGAUX", "CONNEXION_SECRETE",
@@ -293,7 +293,7 @@ def test_a_body_that_is_not_base64() -> None:
     assert err.where == "OBX[13]-5"
 
 
-# --- PRT ----------------------------------------------------------------------------------------------------------------
+# --- PRT ----------------------------------------------------------------------------------------------------
 
 def test_sender_reply_to_and_recipients() -> None:
     tx = read_transmission(Spec(recipients=(ps(), org(), app(), patient())).build())
@@ -367,7 +367,7 @@ def test_no_sender_no_reply() -> None:
     assert tx.sender is None and tx.reply_to is None
 
 
-# --- the small tilde of the ANS ORU examples -------------------------------------------------------------------------
+# --- the small tilde of the ANS ORU examples ----------------------------------------------------------------
 
 def test_small_tilde_message_reads_like_the_plain_one() -> None:
     plain = read_transmission(Spec().build())
@@ -376,7 +376,7 @@ def test_small_tilde_message_reads_like_the_plain_one() -> None:
     assert [d.data for d in tilde.documents] == [d.data for d in plain.documents]
 
 
-# --- errors are typed and permanent ------------------------------------------------------------------------------------
+# --- errors are typed and permanent -------------------------------------------------------------------------
 
 def test_refusals_are_permanent_payload_errors() -> None:
     err = refused(Spec(flags={"DESTDMP": "X"}), "FLAG_VALUE")
