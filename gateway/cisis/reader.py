@@ -127,29 +127,28 @@ def _first_rep(msg: Message, seg: Segment, n: int) -> list[list[str]]:
     return msg.reps(seg, n)[0]
 
 
-def _decode_base64(value: str, where: str) -> bytes:
+def _decode_base64(value: str, where: str, rule: str) -> bytes:
     """Strict alphabet, but a cut end is accepted: missing ``=`` padding is added, and a last
     lone character (6 bits, no whole byte) is dropped. The ANS ORU examples' CORPSMAIL_PS is cut
     that way (93 characters, no padding): what there is is decoded, as the examples intend."""
     value = value.strip()
     if not _BASE64.fullmatch(value):
-        raise CisisError("OBX-5.5 is not base64", where, rule="DOCUMENT_ENCODING", hl7_error="102")
+        raise CisisError("OBX-5.5 is not base64", where, rule=rule, hl7_error="102")
     bare = value.rstrip("=")
     bare = bare[:len(bare) - 1] if len(bare) % 4 == 1 else bare
     try:
         return base64.b64decode(bare + "=" * (-len(bare) % 4), validate=True)
     except (binascii.Error, ValueError) as exc:
-        raise CisisError("OBX-5.5 is not base64", where, rule="DOCUMENT_ENCODING", hl7_error="102") from exc
+        raise CisisError("OBX-5.5 is not base64", where, rule=rule, hl7_error="102") from exc
 
 
-def _ed_data(msg: Message, obx: Segment) -> bytes:
+def _ed_data(msg: Message, obx: Segment, rule: str = "DOCUMENT_ENCODING") -> bytes:
     """OBX-5 of type ED written ``^TEXT^XML^Base64^<data>``: the decoded data (component 5)."""
     where = _where(msg, obx, 5)
     rep = _first_rep(msg, obx, 5)
     if _comp(rep, 4).upper() != "BASE64" or len(rep) < 5:
-        raise CisisError("OBX-5 must be ^TEXT^XML^Base64^<data> (ED, base64)", where, rule="DOCUMENT_ENCODING",
-                         hl7_error="102")
-    return _decode_base64(rep[4][0], where)
+        raise CisisError("OBX-5 must be ^TEXT^XML^Base64^<data> (ED, base64)", where, rule=rule, hl7_error="102")
+    return _decode_base64(rep[4][0], where, rule)
 
 
 def _is_meta(msg: Message, obx: Segment) -> bool:
@@ -273,7 +272,7 @@ def _action(msg: Message, docs: tuple[Document, ...], header: MessageHeader, war
 
 def _body_text(msg: Message, obx: Segment) -> str:
     """CORPSMAIL_*: base64 text, UTF-8 (the IG examples), else the message's MSH-18 charset."""
-    data = _ed_data(msg, obx)
+    data = _ed_data(msg, obx, "BODY_ENCODING")
     for charset in dict.fromkeys(("utf-8", msg.charset)):
         try:
             return data.decode(charset)
@@ -374,12 +373,13 @@ def _patient_recipient(msg: Message, prt: Segment, address: str, patient: Patien
     PRT-5 (or the address's local part), and only for the patient of the document."""
     person = _first_rep(msg, prt, 5)
     typed = _comp(person, 13).upper() == "INS" or _comp(person, 9, 2) in INS_OIDS
-    ins = _comp(person, 1) if typed and _comp(person, 1) else address.partition("@")[0]
+    # an INS-NIR may hold letters (2A/2B, Corsica) and addresses are lower-cased: compare upper-case
+    ins = (_comp(person, 1) if typed and _comp(person, 1) else address.partition("@")[0]).upper()
     where = _where(msg, prt)
     if not ins:
         raise CisisError("a patient recipient needs the INS (PRT-5) or its address (PRT-15.4)", f"{where}-5",
                          rule="RCT_ADDRESS", hl7_error="101")
-    if patient.ins is None or ins != patient.ins:
+    if patient.ins is None or ins != patient.ins.upper():
         raise CisisError("a patient copy may only go to the patient of the document (PRT-5 / PRT-15.4 vs PID-3)",
                          where, rule="PATIENT_NOT_DOCUMENT_PATIENT", hl7_error="207")
     built = f"{ins}@{PATIENT_DOMAIN}".lower()

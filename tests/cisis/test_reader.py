@@ -289,8 +289,18 @@ def test_a_cut_body_is_decoded_as_far_as_it_goes() -> None:
 
 
 def test_a_body_that_is_not_base64() -> None:
-    err = refused(Spec(raw_bodies={"CORPSMAIL_PATIENT": "pas du base64 !"}), "DOCUMENT_ENCODING")
+    err = refused(Spec(raw_bodies={"CORPSMAIL_PATIENT": "pas du base64 !"}), "BODY_ENCODING")
     assert err.where == "OBX[13]-5"
+    text = "Bonjour".encode("utf-16")  # not UTF-8, the message's charset (MSH-18 UNICODE UTF-8)
+    assert refused(Spec(raw_bodies={"CORPSMAIL_PS": b64(text)}), "BODY_ENCODING").hl7_error == "102"
+
+
+def test_a_patient_ins_with_letters_matches_whatever_the_case() -> None:
+    ins = "2A0129912345678"  # a Corsican NIR shape
+    docs = (cda_n1().replace(INS.encode(), ins.encode()), cda_n3().replace(INS.encode(), ins.encode()))
+    tx = read_transmission(Spec(ins=ins, documents=docs, recipients=(patient(ins, in_prt5=False),)).build())
+    (r,) = tx.recipients
+    assert r.address == "2a0129912345678@patient.mssante.fr" and r.identifier == ins and tx.warnings == ()
 
 
 # --- PRT ----------------------------------------------------------------------------------------------------
