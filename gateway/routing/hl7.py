@@ -183,6 +183,24 @@ def _charset(msh_line: bytes, d: Delimiters) -> str | None:
     return _CHARSETS[raw]
 
 
+#: MSH-1/MSH-2 written ``|^˜\&`` with SMALL TILDE (U+02DC, UTF-8 ``CB 9C``) for the repetition
+#: separator, as in the ANS ORU examples of the CI-SIS profile (a word processor's "smart" tilde).
+_SMALL_TILDE_MSH = re.compile(rb"(?:^|[\r\n])MSH(?P<fs>[^A-Za-z0-9\s])\^\xcb\x9c\\&(?P=fs)")
+
+
+def _normalise_tilde(data: bytes) -> bytes:
+    """Read ``^˜\\&`` (U+02DC in UTF-8) as ``^~\\&``: the message then means what its writer meant.
+
+    Narrow on purpose: only when MSH-2 is exactly ``^``, U+02DC, ``\\``, ``&``. The writer used
+    U+02DC as its repetition separator everywhere (PID-11 of the ANS examples), so every U+02DC
+    becomes ``~``; a literal ``~`` in the data was plain text for that writer, so it becomes the
+    escape ``\\R\\`` first and still reads as ``~``.
+    """
+    if not _SMALL_TILDE_MSH.search(data[:4096]):
+        return data
+    return data.replace(b"~", b"\\R\\").replace("\u02dc".encode(), b"~")
+
+
 def parse_message(data: bytes) -> Message:
     """Split one HL7 v2 message (CR, LF or CRLF segment ends; FHS/BHS batch envelopes of one message)."""
     if data.startswith(b"\xef\xbb\xbf"):
@@ -190,6 +208,7 @@ def parse_message(data: bytes) -> Message:
     framed = data.strip(b" \t\r\n")
     if framed.startswith(b"\x0b") and framed.endswith((b"\x1c", b"\x1c\r")):
         data = framed[1:].rstrip(b"\r").removesuffix(b"\x1c")  # a file written with its MLLP framing
+    data = _normalise_tilde(data)
     raw_lines = [ln for ln in re.split(rb"\r\n|\r|\n", data) if ln.strip()]
     msh_positions = [i for i, ln in enumerate(raw_lines) if ln.startswith(b"MSH")]
     if not msh_positions:
@@ -459,14 +478,25 @@ def _escape(text: str, d: Delimiters) -> str:
     return re.sub(r"[\r\n\x0b\x1c]+", " ", out)
 
 
+def _components(parts: tuple[str, ...] | list[str], d: Delimiters) -> str:
+    """One field of components, each escaped (a ``^`` inside a text stays text)."""
+    return d.comp.join(_escape(p, d) for p in parts)
+
+
 def build_ack(message_bytes: bytes, code: str, error: str | None = None, *, control_id: str | None = None,
-              now: dt.datetime | None = None, error_code: str | None = None) -> bytes:
+              now: dt.datetime | None = None, error_code: str | None = None, error_location: str | None = None,
+              application_error: tuple[str, str, str] | None = None) -> bytes:
     """An HL7 ACK for a received message (unframed; wrap with :func:`mllp_frame`).
 
     MSH-3/4 and MSH-5/6 are swapped from the original, MSA-1 is ``code``, MSA-2 the original
     MSH-10. With ``error``, MSA-3 and an ERR segment (ERR-3 HL7 table 0357 code, ERR-4 severity,
     ERR-8 user message) carry it. The text must say what and where, never patient data. When
     the original is unreadable (AR for junk), defaults are used and MSA-2 stays empty.
+
+    ``error_location`` fills ERR-2 (ERL, components written with ``^``: ``OBX^8^5`` is field 5
+    of the 8th OBX) and ``application_error`` ERR-5 (code, text, coding system: the profile rule
+    a CRÉATEUR's software can act on, e.g. ``("MATRIX", "combinaison ... non prévue", "CISIS")``);
+    both only with ``error``. Without them the ACK is byte-identical to what it always was.
     """
     if code not in ("AA", "AE", "AR"):
         raise ValueError("ACK code must be AA, AE or AR")
@@ -501,8 +531,10 @@ def build_ack(message_bytes: bytes, code: str, error: str | None = None, *, cont
         err_code = error_code or ("207" if code == "AE" else "200")
         label = {"100": "Segment sequence error", "101": "Required field missing", "102": "Data type error",
                  "200": "Unsupported message type", "207": "Application internal error"}.get(err_code, "")
-        segments.append(d.field.join(["ERR", "", "", d.comp.join([err_code, label, "HL70357"]), "E", "", "", "",
-                                      _escape(error, d)]))
+        location = _components(error_location.split("^"), d) if error_location else ""
+        application = _components(application_error, d) if application_error else ""
+        segments.append(d.field.join(["ERR", "", location, d.comp.join([err_code, label, "HL70357"]), "E",
+                                      application, "", "", _escape(error, d)]))
     return ("\r".join(segments) + "\r").encode(charset, errors="replace")
 
 
