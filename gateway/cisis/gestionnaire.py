@@ -18,6 +18,7 @@ MSH-10: an ACK lost on the way back) is acknowledged again without sending anyth
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -37,6 +38,16 @@ log = logging.getLogger(__name__)
 #: ERR-5 of the ``ZAM^Z01`` owed when the CRÉATEUR asked for the DMP: msgw has no DMP connector.
 DMP_NOT_PERFORMED = ("DMP_NON_TRAITE", "Alimentation du DMP non réalisée : la plateforme n'a pas de "
                      "connecteur DMP", "DMPERRORCODE")
+
+
+def resend_digest(data: bytes) -> str:
+    """SHA-256 of the message without MSH-7 (a CRÉATEUR resending after a lost ACK may stamp a
+    new time): the same document from the same MSH-10 is a resend, another one is not."""
+    first, sep, rest = data.partition(b"\r")
+    fields = first.split(first[3:4]) if len(first) > 3 else [first]
+    if len(fields) > 6:
+        fields[6] = b""
+    return hashlib.sha256(first[3:4].join(fields) + sep + rest).hexdigest()[:32]
 
 
 def _zam_control_id(now: dt.datetime) -> str:
@@ -88,7 +99,8 @@ class Gestionnaire:
         now = now or dt.datetime.now(dt.UTC)
         planned = plan_only(data, self.settings, now)
         plan, tx = planned.plan, planned.plan.transmission
-        if self.ledger.known(tx.header):
+        digest = resend_digest(data)
+        if self.ledger.known(tx.header, digest):
             event(log, "cisis-duplicate", control_id=tx.header.control_id, application=tx.header.sending_application)
             return Submitted(planned, (), duplicate=True)
         mailbox = self.settings.application_mailbox or ""
@@ -105,7 +117,7 @@ class Gestionnaire:
                            copies=[(qid, b.message_id, r.address, r.identifier, c.kind)
                                    for qid, b, c in zip(ids, planned.built, plan.copies, strict=True)
                                    for r in c.recipients],
-                           owed_now=owed_now, now=now.timestamp())
+                           owed_now=owed_now, now=now.timestamp(), digest=digest)
         self._audit(planned, ids, mailbox)
         if owed_now and self.on_owed is not None:
             self.on_owed()

@@ -80,9 +80,11 @@ CREATE TABLE IF NOT EXISTS ignored (
 );
 """
 
-def origin_key(header: MessageHeader) -> str:
-    """Who sent which message: MSH-3, MSH-4 and MSH-10 (the CRÉATEUR's own unique id)."""
-    return "|".join((header.sending_application.casefold(), header.sending_facility.casefold(), header.control_id))
+def origin_key(header: MessageHeader, digest: str = "") -> str:
+    """Who sent which message: MSH-3, MSH-4, MSH-10 (the CRÉATEUR's own unique id) and a digest of
+    what it said (a CRÉATEUR that reuses a control id for another document is not a resend)."""
+    return "|".join((header.sending_application.casefold(), header.sending_facility.casefold(), header.control_id,
+                     digest))
 
 
 #: One recipient of one MSSanté copy: (queue id, Message-ID, address, RPPS or other id, kind).
@@ -156,7 +158,7 @@ class ZamLedger:
 
     # -- recording ------------------------------------------------------------------------------
     def record(self, header: MessageHeader, creator: str, flags: Mapping[str, bool], copies: Sequence[CopyRow] = (),
-               owed_now: Sequence[bytes] = (), now: float | None = None) -> int:
+               owed_now: Sequence[bytes] = (), now: float | None = None, digest: str = "") -> int:
         """Remember a transmission, its copies and the ZAMs owed at once, in one transaction
         (call after the spool accepted the copies, before the ACK AA); its id."""
         when = self.clock() if now is None else now
@@ -164,7 +166,7 @@ class ZamLedger:
             cur = db.execute("INSERT INTO transmissions (creator, header, ack_reception, ack_read, created, origin) "
                              "VALUES (?, ?, ?, ?, ?, ?)",
                              (creator, json.dumps(dataclasses.asdict(header)), int(bool(flags.get("ACK_RECEPTION"))),
-                              int(bool(flags.get("ACK_LECTURE_MSS"))), when, origin_key(header)))
+                              int(bool(flags.get("ACK_LECTURE_MSS"))), when, origin_key(header, digest)))
             tid = int(cur.lastrowid or 0)
             db.executemany("INSERT INTO copies (transmission, queue_id, message_id, recipient_address, recipient_id, "
                            "kind) VALUES (?, ?, ?, ?, ?, ?)",
@@ -173,10 +175,10 @@ class ZamLedger:
                 self._enqueue(db, creator, data, when)
         return tid
 
-    def known(self, header: MessageHeader) -> bool:
-        """True when this CRÉATEUR's message (MSH-3, MSH-4, MSH-10) was already taken in charge:
-        its ACK was lost on the way back and it is sent again; nothing must go twice."""
-        return bool(self._read("SELECT 1 FROM transmissions WHERE origin = ? LIMIT 1", (origin_key(header),)))
+    def known(self, header: MessageHeader, digest: str = "") -> bool:
+        """True when this CRÉATEUR's message (MSH-3, MSH-4, MSH-10, same content) was already taken
+        in charge: its ACK was lost on the way back and it is sent again; nothing must go twice."""
+        return bool(self._read("SELECT 1 FROM transmissions WHERE origin = ? LIMIT 1", (origin_key(header, digest),)))
 
     def _enqueue(self, db: sqlite3.Connection, creator: str, data: bytes, now: float) -> None:
         control_id = parse_zam(data).get("MSH-10", "")
