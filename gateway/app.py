@@ -125,7 +125,7 @@ class Gateway:
         self.server.returns_sink = returns
         sender.start()
         return Gestionnaire(settings, self.spool, ledger, lifetime=spool.max_queue_lifetime, audit=audit,
-                            on_owed=lambda: loop.call_soon_threadsafe(sender.wake))
+                            on_owed=lambda: wake_sender(True))
 
     def _open_directory(self) -> SqliteDirectory:
         self._own_directory = SqliteDirectory(directory_path(self.config))

@@ -78,7 +78,8 @@ def _send(port: int, data: bytes, rcpts: list[str]) -> tuple[int, bytes]:
 def _serve(tmp_path: Path, sink, messages: list[tuple[bytes, list[str]]]) -> list[tuple[int, bytes]]:
     from gateway.server.smtp import SmtpServer
 
-    setup = write_config(tmp_path / "gw", sink_port=1, extra=f'[intake.cisis]\napplication_mailbox = "{MAILBOX}"\nnil = "TEST0001"\n')
+    extra = f'[intake.cisis]\napplication_mailbox = "{MAILBOX}"\nnil = "TEST0001"\n'
+    setup = write_config(tmp_path / "gw", sink_port=1, extra=extra)
     config = load_config(setup.config)
     spool = Spool(config.spool.path).open()
 

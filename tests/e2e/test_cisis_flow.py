@@ -177,7 +177,8 @@ application_mailbox = "{MAILBOX}"
 nil = "{NIL}"
 {creators}"""
     setup = write_config(folder, extra=extra, delivery=delivery)
-    text = setup.config.read_text().replace('domains = ["msgw.test"]', 'domains = ["msgw.test", "labo-tests.sante.test"]')
+    text = setup.config.read_text().replace('domains = ["msgw.test"]',
+                                            'domains = ["msgw.test", "labo-tests.sante.test"]')
     setup.config.write_text(text)
     person_pem = folder / "person-encrypt.pem"
     person_pem.write_bytes(pki["person_encrypt"].cert.public_bytes(serialization.Encoding.PEM))
@@ -281,7 +282,7 @@ def _send_oru(cisis: Cisis, name: str) -> dict[str, EmailMessage]:
     copies = cisis.new_copies(2)
     by_to = {str(c["To"]): c for c in copies}
     assert set(by_to) == {DOCTOR, PATIENT_BOX}  # the patient copy: DESTMSSANTEPAT=Y, INS qualified
-    for to, copy in by_to.items():
+    for copy in by_to.values():
         assert copy.get_content_type() == "multipart/signed"  # trust-space TLS copy, signed by the lab
         assert copy["From"] == MAILBOX and copy["X-MSS-NIL"] == NIL
         assert copy["X-MSS-CODECDA"] == "11502-2" and copy["X-MSS-INS"] == "O"
