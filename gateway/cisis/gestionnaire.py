@@ -93,9 +93,12 @@ class Gestionnaire:
         self.lifetime = lifetime
         self.audit = audit
 
-    def submit(self, data: bytes, *, listener: str, client: str, auth_user: str | None,
-               now: dt.datetime | None = None) -> Submitted:
-        """Queue the copies of one transmission and record what is owed (blocking)."""
+    def submit(self, data: bytes, *, listener: str, client: str, now: dt.datetime | None = None) -> Submitted:
+        """Queue the copies of one transmission and record what is owed (blocking).
+
+        The copies speak for the platform's application mailbox (their ``From:``, IG mapping-mss):
+        that configured identity, not the door's nor anything in the message, chooses the signing
+        key (``[policy.sign_with]``), so the signature names the address the reader sees."""
         now = now or dt.datetime.now(dt.UTC)
         planned = plan_only(data, self.settings, now)
         plan, tx = planned.plan, planned.plan.transmission
@@ -107,7 +110,7 @@ class Gestionnaire:
         ids: list[str] = []
         for n, built in enumerate(planned.built):
             ids.append(self.spool.accept(mailbox, built.recipients, built.data, lifetime=self.lifetime,
-                                         listener=listener, client=f"{client}#{n}", auth_user=auth_user))
+                                         listener=listener, client=f"{client}#{n}", auth_user=mailbox))
         owed_now: list[bytes] = []
         if tx.flag("DESTDMP"):
             owed_now.append(build_zam(ZamEvent.DMP_RECEPTION, tx.header, ok=False, error=DMP_NOT_PERFORMED,

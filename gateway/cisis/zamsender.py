@@ -80,6 +80,7 @@ async def send_mllp(creator: CreatorSettings, entry: OutboxEntry, timeout: float
 def write_to_folder(creator: CreatorSettings, entry: OutboxEntry) -> None:
     """``<folder>/<outbox id>.hl7``, atomically (zero-padded: a listing is the send order)."""
     assert creator.folder is not None
+    creator.folder.mkdir(parents=True, exist_ok=True, mode=0o750)  # loading the config creates no folder
     write_atomic(creator.folder / f"{entry.id:010d}.hl7", entry.data)
 
 

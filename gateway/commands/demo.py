@@ -8,7 +8,11 @@ folder (TEST PKI, loopback only). Exit 0 when every step worked.
    the doctor's TEST key to show it is readable by them;
 4. the doctor answers signed and encrypted; the gateway decrypts and verifies it into the
    lab's Maildir with its verification header;
-5. the audit trail's hash chain verifies.
+5. a LIS and a hospital drop an HL7 result and a CDA letter, routed from their content;
+6. legacy (Apicrypt-v1-style) mail is bridged to and from S/MIME;
+7. a Ségur SGL hands a CR-BIO over MLLP (CI-SIS CDA-in-HL7v2): the doctor and the patient's Mon
+   espace santé get their MSSanté copies, the SGL its business acknowledgments (ZAM);
+8. the audit trail's hash chain verifies.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from aiosmtpd.controller import Controller
 
 from gateway.app import Gateway
 from gateway.audit import AuditTrail, audit_path
+from gateway.commands.demo_segur import SegurSetup, segur_flow
 from gateway.config import default_config_text, parse_config
 from gateway.default_setup import (
     LEGACY_DOCTOR,
@@ -95,6 +100,12 @@ async def _demo(base: Path) -> int:
                                   for domain in ("cabinet-parc.sante.test", "medical99.apicrypt.org")}
     data["listeners"]["relay"]["allowed_networks"] = ["127.0.0.0/8"]
     data["intake"]["drop"]["lis"]["poll_interval"] = "200ms"
+    segur = SegurSetup(base)
+    with socket.socket() as probe:  # the patient's Mon espace santé operator (mutual TLS)
+        probe.bind(("127.0.0.1", 0))
+        segur_port = probe.getsockname()[1]
+    await segur.start(segur_port)
+    segur.configure(data, segur_port)
     config = parse_config(data, source="<embedded default>", base=base)
     _register_legacy_lab(config)
     password = (base / "var" / "default" / "demo.password").read_text().strip()
@@ -168,11 +179,15 @@ async def _demo(base: Path) -> int:
             return 1
         if not await _bridged_exchanges(config, operator, doctor, verifier, relay_host, relay_port, pki_dir):
             return 1
+        if not await segur_flow(gateway, segur, operator.received, doctor, verifier, (relay_host, relay_port),
+                                _wait):
+            return 1
     finally:
         await gateway.stop()
         sink.stop()
+        segur.stop()
     report = AuditTrail(audit_path(config)).verify()
-    _step(f"7. audit trail: {report}")
+    _step(f"8. audit trail: {report}")
     if not report.ok:
         return 1
     _step("demo finished: OK")

@@ -92,7 +92,7 @@ class IntakeDoor:
         if self.gestionnaire is None:
             raise CisisError("this gateway does not serve the CI-SIS CDA-in-HL7v2 profile (no [intake.cisis] "
                              "application_mailbox)", "MSH-21", rule="PROFILE_NOT_SERVED", hl7_error="200")
-        done = self.gestionnaire.submit(data, listener=self.listener, client=client, auth_user=self.auth_user, now=now)
+        done = self.gestionnaire.submit(data, listener=self.listener, client=client, now=now)
         plan = done.planned.plan
         docs = plan.transmission.documents
         info = docs[0].info if docs and docs[0].info is not None else PayloadInfo(

@@ -36,7 +36,7 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gateway.cisis.model import CisisError
-from gateway.cisis.reader import is_transmission
+from gateway.cisis.reader import error_location, is_transmission
 from gateway.errors import GatewayError, is_temporary
 from gateway.intake.dedup import DedupStore
 from gateway.intake.door import IntakeDoor
@@ -86,10 +86,10 @@ def profile_ack_for(error: BaseException) -> tuple[str, str, str, str | None, tu
         text = "temporary failure, resend later" if isinstance(error, GatewayError) else "internal error, resend later"
         return "AR", text, "207", None, None
     if isinstance(error, CisisError):
-        return "AE", error.what, error.hl7_error, error.where or None, (error.rule, error.what, "CISIS")
+        return "AE", error.what, error.hl7_error, error_location(error.where), (error.rule, error.what, "CISIS")
     if isinstance(error, PayloadError):
         err = "200" if isinstance(error, UnsupportedPayload) else "102"
-        return "AE", error.what, err, error.where or None, None
+        return "AE", error.what, err, error_location(error.where), None
     return "AE", error.reason if isinstance(error, GatewayError) else "message refused", "207", None, None
 
 

@@ -163,6 +163,7 @@ neutral_subject = "Message sécurisé"
 
 [policy.sign_with]
 "{ORG_EMAIL}" = "labo-sign"
+"{MAILBOX}" = "labo-sign"
 
 [intake.mllp]
 address = "127.0.0.1"

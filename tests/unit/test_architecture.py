@@ -143,6 +143,21 @@ def test_pure_layers_do_not_import_the_server_spool_or_delivery() -> None:
             assert not {t for t in targets if t.startswith(io_layers)}, name
 
 
+#: The CI-SIS profile's pure part (reading, deciding, building): no I/O layer, no ledger or sender.
+CISIS_PURE = ("gateway.cisis.model", "gateway.cisis.reader", "gateway.cisis.matrix", "gateway.cisis.plan",
+              "gateway.cisis.mssmail", "gateway.cisis.cdapdf", "gateway.cisis.zam", "gateway.cisis.returns")
+
+
+def test_the_cisis_decisions_are_pure() -> None:
+    graph = import_graph()
+    forbidden = ("gateway.server", "gateway.spool", "gateway.delivery", "gateway.runner", "gateway.app",
+                 "gateway.commands", "gateway.intake", "gateway.stages", "gateway.smime", "gateway.cisis.ledger",
+                 "gateway.cisis.zamsender", "gateway.cisis.gestionnaire")
+    for name in CISIS_PURE:
+        assert name in graph, name
+        assert not {t for t in graph[name] if t.startswith(forbidden)}, name
+
+
 #: What the libraries may import outside their own package (docs/architecture.md, section 3).
 LIBRARY_IMPORTS = {
     "gateway.smime": {"gateway.errors", "gateway.rawmime", "gateway.filemodes"},

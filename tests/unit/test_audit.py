@@ -369,3 +369,20 @@ def test_writer_reports_what_it_cannot_write_and_ends(tmp_path: Path) -> None:
     assert "Résultats" not in " ".join(str(f) for f in failures)
     writer(message_id="late")  # after close: reported, not silently dropped
     assert "closed" in str(failures[-1])
+
+
+def test_patient_mailboxes_are_pseudonymised(tmp_path: Path) -> None:
+    """``<INS>@patient.mssante.fr`` is the patient's national identifier: the trail keeps a stable
+    pseudonym (one patient's copies can still be followed), never the INS."""
+    trail = AuditTrail(tmp_path / "audit.jsonl", fsync=False)
+    ins = "299129912345678"
+    trail.append(message_id="Q1", recipient=f"{ins}@patient.mssante.fr", decision="cisis-patient")
+    trail.append(message_id="Q2", recipient=f"{ins}@PATIENT.MSSANTE.FR", decision="outcome")
+    trail.append(message_id="Q3", recipient="dr.x@cabinet.mssante.fr", decision="outcome")
+    records = list(trail.records())
+    assert ins not in (tmp_path / "audit.jsonl").read_text()
+    first, second, doctor = (r["recipient"] for r in records)
+    assert first.startswith("ins-") and first.endswith("@patient.mssante.fr") and len(first.split("@")[0]) == 20
+    assert second == first
+    assert doctor == "dr.x@cabinet.mssante.fr"
+    assert trail.verify().ok
