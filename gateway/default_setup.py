@@ -58,7 +58,7 @@ def make_self_signed(hostname: str = "localhost") -> tuple[bytes, bytes]:
 def _pki_fresh(pki_dir: Path) -> bool:
     """The TEST PKI exists and its CRLs (7 days) are good for at least another day."""
     crls = sorted((pki_dir / "crl").glob("*.crl")) if (pki_dir / "crl").is_dir() else []
-    if len(crls) < 3:
+    if len(crls) < 3 or not (pki_dir / "app_sign.pem").exists():  # made by an older msgw: make it again
         return False
     soon = dt.datetime.now(dt.UTC) + dt.timedelta(days=1)
     for path in crls:

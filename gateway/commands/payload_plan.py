@@ -86,7 +86,7 @@ def _print_text(d: dict[str, Any]) -> None:
     print(f"{d['message']} {d['control_id']} from {d['creator']}: {d['action']}, "
           f"{len(d['documents'])} document(s), matrix row {d['matrix_row'] or '-'}")
     for c in d["copies"]:
-        print(f"copy to {c['kind']}s:")
+        print(f"copy for the {'patient' if c['kind'] == 'patient' else 'professionals'}:")
         for r in c["recipients"]:
             print(f"  {r['kind']:<8} {r['address']}")
         for k, v in c["headers"]:

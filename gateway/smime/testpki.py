@@ -40,7 +40,7 @@ PERSON_PROFESSION = "Médecin"
 ORG_SIRET = "12345678900013"
 ORG_EMAIL = "labo@labo-tests.sante.test"
 #: The lab's MSSanté application mailbox (BAL applicative: `From:` of the CI-SIS copies), named by
-#: the organisation signing certificate beside ORG_EMAIL.
+#: its own organisation signing certificate (``app_sign``).
 APPLICATION_EMAIL = "pfi@labo-tests.sante.test"
 OTHER_EMAIL = "someone.else@autre.sante.test"
 
@@ -267,7 +267,10 @@ def build_test_pki(directory: str | Path, crl_base_url: str = "http://127.0.0.1:
                                    eku=email_eku, san=person_san, crl_slug="persons")
     org_san: list[x509.GeneralName] = [x509.RFC822Name(ORG_EMAIL)]
     ent["org_sign"] = b.cert("org_sign", _org_subject("TEST LABO MESSAGERIE SIGNATURE"), _rsa(), orgs,
-                             ku=_ku(sign=True), eku=email_eku, san=[*org_san, x509.RFC822Name(APPLICATION_EMAIL)],
+                             ku=_ku(sign=True), eku=email_eku, san=org_san, crl_slug="orgs")
+    # The lab's MSSanté application mailbox has its own organisation signing certificate.
+    ent["app_sign"] = b.cert("app_sign", _org_subject("TEST LABO BAL APPLICATIVE SIGNATURE"), _rsa(), orgs,
+                             ku=_ku(sign=True), eku=email_eku, san=[x509.RFC822Name(APPLICATION_EMAIL)],
                              crl_slug="orgs")
     ent["org_encrypt"] = b.cert("org_encrypt", _org_subject("TEST LABO MESSAGERIE CHIFFREMENT"), _rsa(), orgs,
                                 ku=_ku(encipher=True), eku=email_eku, san=org_san, crl_slug="orgs")

@@ -151,6 +151,8 @@ def _config(folder: Path, pki: TestPKI, ca: TestCA, tls_port: int, zam_port: int
     extra = f"""
 {key_toml('labo-sign', pki['org_sign'])}
 
+{key_toml('pfi-sign', pki['app_sign'])}
+
 {trust_toml(pki)}authorised_domains_file = "{listed}"
 
 [policy]
@@ -163,7 +165,7 @@ neutral_subject = "Message sécurisé"
 
 [policy.sign_with]
 "{ORG_EMAIL}" = "labo-sign"
-"{MAILBOX}" = "labo-sign"
+"{MAILBOX}" = "pfi-sign"
 
 [intake.mllp]
 address = "127.0.0.1"
