@@ -89,6 +89,27 @@ def _check_trust_space(config) -> list[tuple[str, str, str]]:
     return []
 
 
+def _check_cisis(config) -> list[tuple[str, str, str]]:
+    """The CI-SIS GESTIONNAIRE: what it speaks as, for whom; a warning when nothing signs its copies
+    (trust-space copies then leave unsigned) or when no MLLP listener nor drop folder can receive."""
+    settings = config.intake.cisis
+    if not settings.enabled:
+        return []
+    key = "intake.cisis"
+    names = ", ".join(f"{c.name} ({c.application}/{c.facility or '*'} → "
+                      f"{f'{c.mllp_host}:{c.mllp_port}' if c.mllp_host else c.folder})" for c in settings.creators)
+    print(f"{config.source}: {key}: application mailbox {settings.application_mailbox}, X-MSS-NIL {settings.nil}; "
+          f"CRÉATEURs: {names or 'none (only messages that owe no ZAM are accepted)'}")
+    policy = config.policy
+    if policy is not None and policy.enabled and policy.signing_key_name(settings.application_mailbox) is None:
+        print(f"warning: {config.source}: {key}.application_mailbox: no [policy.sign_with] key for it: the MSSanté "
+              "copies leave unsigned", file=sys.stderr)
+    if config.intake.mllp is None and not config.intake.drops:
+        print(f"warning: {config.source}: {key}: no [intake.mllp] nor drop folder: only 'msgw send' can hand "
+              "messages to the profile", file=sys.stderr)
+    return []
+
+
 def _age(age: dt.timedelta) -> str:
     hours = age.total_seconds() / 3600
     return f"{hours:.0f} hour(s)" if hours < 48 else f"{hours / 24:.0f} day(s)"
@@ -102,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"{source}: {key}: {message}", file=sys.stderr)
         print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
         return 2
-    problems = _check_files(config) + unknown_transports(config) + _check_trust_space(config)
+    problems = _check_files(config) + unknown_transports(config) + _check_trust_space(config) + _check_cisis(config)
     statuses = asyncio.run(check_keys(config, login=args.login))
     for status in statuses:
         problems += [(status.source, status.where, message) for message in status.errors]

@@ -87,3 +87,11 @@ def test_plan_out_writes_each_unprotected_copy_and_says_so(tmp_path: Path) -> No
 def test_plan_of_something_else_points_to_inspect(tmp_path: Path) -> None:
     code, _, err = _plan(tmp_path, Spec(profile="").build())
     assert code == 2 and "msgw payload inspect" in err
+
+
+def test_check_says_what_the_gestionnaire_speaks_as(tmp_path: Path) -> None:
+    out = msgw("check", "--config", str(_config(tmp_path)))
+    assert out.returncode == 0, out.stderr
+    assert b"intake.cisis: application mailbox pfi@pfi-fictive.mssante.test, X-MSS-NIL TEST0001" in out.stdout
+    assert b"sgl (SGLFICTIF/LABOFICTIF" in out.stdout
+    assert b"no [intake.mllp] nor drop folder" in out.stderr
