@@ -123,7 +123,7 @@ class SegurSetup:
         self.sgl.stop()
 
 
-def _cda_n1() -> bytes:
+def cda_n1() -> bytes:
     """An invented CR-BIO, CDA level 1: its PDF in the nonXMLBody (a one-line TEST PDF)."""
     pdf = base64.b64encode(b"%PDF-1.4\n% TEST msgw demo: resultat invente\n%%EOF\n").decode()
     return f"""<?xml version="1.0" encoding="UTF-8"?>
@@ -162,7 +162,7 @@ def sgl_oru() -> bytes:
             "ORC|NW|CMD1^CAB|R1^LABO",
             "OBR|1|CMD1^CAB|R1^LABO|11502-2^CR d'examens biologiques^LN|||20261203083000||||||||||||||||||F",
             "OBX|1|ED|11502-2^CR d'examens biologiques^LN||^TEXT^XML^Base64^"
-            + base64.b64encode(_cda_n1()).decode() + "||||||F",
+            + base64.b64encode(cda_n1()).decode() + "||||||F",
             "PRT||UC||SB^^HL70912|810109999998^BIOLOGISTE^Demo^^^^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^IDNPS",
             f"PRT||UC||RCT^^HL70912|8{PERSON_RPPS}^TEST-DUPONT^JEAN^^^^^^ASIP-SANTE-PS&1.2.250.1.71.4.2.1&ISO^D^^^"
             f"IDNPS||||||||||^^X.400^{PERSON_EMAIL}",
@@ -252,4 +252,4 @@ async def segur_flow(gateway: Any, setup: SegurSetup, operator_received: list[by
     return events == ["Z01", "Z02", "Z02", "Z03"]
 
 
-__all__ = ["SegurSetup", "segur_flow", "sgl_oru"]
+__all__ = ["INS", "SegurSetup", "cda_n1", "segur_flow", "sgl_oru"]
