@@ -14,8 +14,8 @@ import email.policy
 from email.message import EmailMessage, Message
 from email.utils import getaddresses
 
-from gateway.lps.model import IncomingMail
-from gateway.routing.model import PayloadError
+from gateway.lps.model import IncomingMail, IntegrationError
+from gateway.routing.model import PayloadError, UnsafePayload, XdmError
 from gateway.routing.xdm import XdmPackage, read_xdm
 
 XDM_NAME = "IHE_XDM.ZIP"
@@ -100,6 +100,18 @@ def _is_pdf(part: Message) -> bool:
         name.endswith(".pdf") and part.get_content_type() == "application/octet-stream")
 
 
+def _read_archive(data: bytes, where: str) -> XdmPackage:
+    """`read_xdm`; a corrupted archive (bad zip, hash/size mismatch) is the ANS 906, so the sender is
+    told "Erreur 'Autre'" rather than nothing. A hostile one (`UnsafePayload`) keeps its type."""
+    try:
+        return read_xdm(data)
+    except UnsafePayload:
+        raise
+    except XdmError as exc:
+        raise IntegrationError("906", f"IHE_XDM.ZIP unreadable ({exc.what})",
+                               f"{where} {exc.where}".strip()) from exc
+
+
 def _parse(data: bytes) -> EmailMessage:
     try:
         msg = email.message_from_bytes(data, policy=email.policy.default)
@@ -123,7 +135,7 @@ def read_incoming(data: bytes, *, recipient: str,
         if _is_xdm(part):
             if archive is not None:
                 raise PayloadError("more than one IHE_XDM.ZIP attachment", where)
-            archive = read_xdm(_payload(part, where))
+            archive = _read_archive(_payload(part, where), where)
         elif _is_pdf(part):
             pdfs.append(_payload(part, where))
         elif body is None and part.get_content_type() == "text/plain" and not _is_attachment(part):

@@ -121,7 +121,7 @@ def _txa(header: CdaHeader, now: datetime, replacing: bool) -> str:
     if replacing and header.parent_root:
         fields[12] = _ei(header.parent_root, header.parent_extension)
     fields[16] = "AU"
-    fields[21] = escape((header.authenticator.id or header.author.id))
+    fields[21] = escape(header.authenticator.id or header.author.id)
     return _segment("TXA", *fields)
 
 
@@ -162,29 +162,33 @@ def header_of(entry: XdmEntry) -> CdaHeader:
         raise IntegrationError("906", f"CDA unreadable ({exc.what})", f"{entry.uri} {exc.where}".strip()) from exc
 
 
-def delivered_of(header: CdaHeader, entry: XdmEntry) -> Delivered:
+def delivered_of(header: CdaHeader, entry: XdmEntry, set_id: str = "") -> Delivered:
+    """What the store keeps; ``set_id`` is the replaced version's set when the CDA has no setId."""
     p = header.patient
-    return Delivered(unique_id=header.unique_id, set_id=header.set_id or header.unique_id, version=header.version,
+    return Delivered(unique_id=header.unique_id, set_id=header.set_id or set_id or header.unique_id,
+                     version=header.version,
                      author=header.author.id, patient=f"{p.ins}^^^&{p.ins_oid}&ISO",
                      organisation=header.author.organisation_id, confidentiality=dmp_codes(entry))
 
 
-def _modified(entry: XdmEntry, header: CdaHeader, previous: Callable[[str], Delivered | None] | None) -> bool:
-    """MODIF_CONF_CODE: a replacement whose DMP confidentiality codes differ from the delivered version's."""
+def _before(entry: XdmEntry, header: CdaHeader,
+            previous: Callable[[str], Delivered | None] | None) -> Delivered | None:
+    """The delivered version a replacement replaces (None for a first send or when unknown)."""
     if entry.action != "C" or previous is None or not header.parent_id:
-        return False
-    before = previous(header.parent_id)
-    return before is not None and tuple(sorted(before.confidentiality)) != dmp_codes(entry)
+        return None
+    return previous(header.parent_id)
 
 
 def build_mdm(mail: IncomingMail, entry: XdmEntry, consumer: ConsumerSettings, *, now: datetime,
-              control_id: str, modified: bool = False) -> Mdm:
-    """The MDM of one CDA entry (``modified`` sets MODIF_CONF_CODE)."""
+              control_id: str, before: Delivered | None = None) -> Mdm:
+    """The MDM of one CDA entry; ``before`` (the version it replaces, if delivered here) sets
+    MODIF_CONF_CODE = Y when the DMP confidentiality codes changed, and gives the set id."""
     if entry.action not in _EVENTS:
         raise IntegrationError("906", "unknown XDM action", f"{entry.uri} action")
     trigger, order, status = _EVENTS[entry.action]
     header = header_of(entry)
     codes = dmp_codes(entry)
+    modified = before is not None and tuple(sorted(before.confidentiality)) != codes
     document = base64.b64encode(entry.data).decode("ascii")
     body = base64.b64encode(mail.body.encode("utf-8")).decode("ascii")
     segments = [
@@ -202,7 +206,7 @@ def build_mdm(mail: IncomingMail, entry: XdmEntry, consumer: ConsumerSettings, *
     data = ("\r".join(segments) + "\r").encode("utf-8")
     parent = header.parent_id if entry.action in ("C", "D") else None
     return Mdm(data=data, unique_id=header.unique_id, parent_id=parent, trigger=trigger,
-               delivered=delivered_of(header, entry))
+               delivered=delivered_of(header, entry, before.set_id if before is not None else ""))
 
 
 def build_mdms(mail: IncomingMail, package: XdmPackage, pdfs: Sequence[bytes], consumer: ConsumerSettings, *,
@@ -219,7 +223,7 @@ def build_mdms(mail: IncomingMail, package: XdmPackage, pdfs: Sequence[bytes], c
     if not entries:
         raise IntegrationError("906", "the XDM archive holds no CDA document", "METADATA.XML")
     return [build_mdm(mail, entry, consumer, now=now, control_id=control_id(),
-                      modified=_modified(entry, header_of(entry), previous)) for entry in entries]
+                      before=_before(entry, header_of(entry), previous)) for entry in entries]
 
 
 def read_consumer_ack(data: bytes) -> tuple[str, str, str | None]:

@@ -20,7 +20,7 @@ from email.message import EmailMessage
 from email.policy import SMTP
 
 from gateway.routing.cda import read_cda
-from gateway.routing.xdm import CONFIDENTIALITY_SCHEME, build_xdm, XdmDocument
+from gateway.routing.xdm import XdmDocument, build_xdm
 from tests.routing_payload.fixtures import INS, INS_OID_TEST
 
 __all__ = ["APP", "AUTHOR", "DOC_ID", "DOCTOR", "INS", "INS_OID_TEST", "ORG", "OTHER_INS", "REPLY", "cda", "mail",
@@ -37,7 +37,7 @@ DOC_ROOT = "1.2.250.1.999.7.1"
 DOC_ID = f"{DOC_ROOT}.1"
 SET_ID = "1.2.250.1.999.7.2.SET1"
 DMP_SCHEME = "1.2.250.1.213.1.1.4.13"  # the DMP's confidentiality codes (MASQUE_PS...)
-NOW = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.timezone.utc)
+NOW = dt.datetime(2026, 3, 2, 10, 30, tzinfo=dt.UTC)
 
 
 def cda(*, ins: str = INS, ins_oid: str = INS_OID_TEST, family: str = "TESTPATIENTE", given: str = "Ondine",
@@ -122,7 +122,8 @@ def xdm(*documents: bytes, action: str | None = None, confidentiality: tuple[str
 
 def mail(*documents: bytes, action: str | None = None, confidentiality: tuple[str, ...] = (),
          subject: str = "XDM/1.0/DDM+Compte rendu TESTPATIENTE Ondine", body: str = "Chère consœur, voici le CR.",
-         sender: str = DOCTOR, reply_to: str | None = REPLY, dnt: str | None = DOCTOR, message_id: str = "<lps-1@cabinet.test>",
+         sender: str = DOCTOR, reply_to: str | None = REPLY, dnt: str | None = DOCTOR,
+         message_id: str = "<lps-1@cabinet.test>",
          zip_name: str = "IHE_XDM.ZIP", zip_type: str = "application/zip", pdf: bytes | None = None,
          original_recipient: str | None = None, archive: bytes | None = None) -> bytes:
     """The decrypted MIME a doctor's client sends: text body, IHE_XDM.ZIP, optional PDF (CRLF)."""
