@@ -173,10 +173,13 @@ def delivered_of(header: CdaHeader, entry: XdmEntry, set_id: str = "") -> Delive
 
 def _before(entry: XdmEntry, header: CdaHeader,
             previous: Callable[[str], Delivered | None] | None) -> Delivered | None:
-    """The delivered version a replacement replaces (None for a first send or when unknown)."""
-    if entry.action != "C" or previous is None or not header.parent_id:
+    """The delivered version a replacement replaces, or a deletion deletes (None for a first send
+    or when the gateway never delivered it)."""
+    if previous is None:
         return None
-    return previous(header.parent_id)
+    if entry.action == "C":
+        return previous(header.parent_id) if header.parent_id else None
+    return previous(header.unique_id) if entry.action == "D" else None
 
 
 def build_mdm(mail: IncomingMail, entry: XdmEntry, consumer: ConsumerSettings, *, now: datetime,
@@ -188,7 +191,7 @@ def build_mdm(mail: IncomingMail, entry: XdmEntry, consumer: ConsumerSettings, *
     trigger, order, status = _EVENTS[entry.action]
     header = header_of(entry)
     codes = dmp_codes(entry)
-    modified = before is not None and tuple(sorted(before.confidentiality)) != codes
+    modified = entry.action == "C" and before is not None and tuple(sorted(before.confidentiality)) != codes
     document = base64.b64encode(entry.data).decode("ascii")
     body = base64.b64encode(mail.body.encode("utf-8")).decode("ascii")
     segments = [
