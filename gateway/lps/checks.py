@@ -16,6 +16,7 @@ from collections.abc import Callable
 from gateway.lps.cdaheader import CdaHeader
 from gateway.lps.mdm import cda_entries, header_of
 from gateway.lps.model import Delivered, IncomingMail, IntegrationError
+from gateway.routing.model import INS_OIDS
 from gateway.routing.xdm import ACTIONS, XdmEntry, XdmPackage
 
 
@@ -50,7 +51,8 @@ def _identity(header: CdaHeader, entry: XdmEntry, package: XdmPackage, seen: set
     ins = (p.ins, p.ins_oid)
     for label, cx in (("DocumentEntry.patientId", entry.patient_id),
                       ("SubmissionSet.patientId", package.patient_id)):
-        if cx and _cx_id(cx) != ins:
+        # a local id (IPP under the sender's OID) in the metadata says nothing about the INS
+        if cx and _cx_id(cx)[1] in INS_OIDS and _cx_id(cx) != ins:
             raise IntegrationError("904", f"CDA INS differs from the XDM {label}", entry.uri)
     if seen and ins not in seen:
         raise IntegrationError("904", "CDA INS differs from another CDA of the archive", entry.uri)

@@ -79,6 +79,13 @@ def test_904_cda_ins_differs_from_the_xdm_metadata() -> None:
     assert _code(mail(archive=out.getvalue())) == "904"
 
 
+def test_a_local_patient_id_in_the_metadata_is_not_a_904() -> None:
+    incoming, package = _read(mail(cda()))
+    local = "IPP0042^^^&1.2.250.1.999.3&ISO"
+    entry = dataclasses.replace(package.documents[0], patient_id=local)
+    check(incoming, dataclasses.replace(package, patient_id=local, documents=(entry,)), _store())
+
+
 def test_904_two_cdas_of_two_patients() -> None:
     """build_xdm refuses such a package; another sender's tool may not: the entry is made by hand."""
     incoming, package = _read(mail(cda()))
