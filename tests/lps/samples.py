@@ -125,11 +125,12 @@ def mail(*documents: bytes, action: str | None = None, confidentiality: tuple[st
          sender: str = DOCTOR, reply_to: str | None = REPLY, dnt: str | None = DOCTOR,
          message_id: str = "<lps-1@cabinet.test>",
          zip_name: str = "IHE_XDM.ZIP", zip_type: str = "application/zip", pdf: bytes | None = None,
-         original_recipient: str | None = None, archive: bytes | None = None) -> bytes:
+         original_recipient: str | None = None, archive: bytes | None = None, to: str = APP,
+         display: str = "Dr Zéphyr MEDECINFICTIF") -> bytes:
     """The decrypted MIME a doctor's client sends: text body, IHE_XDM.ZIP, optional PDF (CRLF)."""
     msg = EmailMessage(policy=SMTP)
-    msg["From"] = f"Dr Zéphyr MEDECINFICTIF <{sender}>"
-    msg["To"] = APP
+    msg["From"] = f"{display} <{sender}>"
+    msg["To"] = to
     if reply_to:
         msg["Reply-To"] = reply_to
     msg["Subject"] = subject

@@ -63,7 +63,7 @@ def _example_mail(folder: Path, cda: bytes, expected: Message, action: str | Non
     body = base64.b64decode(expected.value(obx2, 5, 5)).decode("utf-8")
     return mail(cda, action=action, confidentiality=codes, subject=expected.value(obx2, 3, 2), body=body,
                 sender=SENDER, reply_to=expected.value(reply, 15, 4), dnt=SENDER,
-                message_id="<cr-radio@medecin.mssante.fr>")
+                message_id="<cr-radio@medecin.mssante.fr>", to=APP, display="Dr Thomas Eric")
 
 
 def _consumer(expected: Message) -> ConsumerSettings:
