@@ -81,6 +81,8 @@ def _parts(msg: Message) -> list[tuple[str, Message]]:
             return
         for n, child in enumerate(children, start=1):
             where = f"{label}.{n}" if label else f"part {n}"
+            if child.get_content_maintype() == "message":
+                continue  # a forwarded mail's archive is not this mail's
             if child.is_multipart():
                 walk(child, where)
             else:

@@ -59,3 +59,16 @@ def test_two_archives_are_refused() -> None:
     with pytest.raises(PayloadError) as info:
         read_incoming(msg.as_bytes(), recipient=APP, return_path=DOCTOR)
     assert "IHE_XDM" in str(info.value) and "TESTPATIENTE" not in str(info.value)
+
+
+def test_an_archive_inside_a_forwarded_mail_is_not_this_mails() -> None:
+    from email import message_from_bytes, policy
+    from email.message import EmailMessage
+
+    outer = EmailMessage(policy=policy.SMTP)
+    outer["From"] = DOCTOR
+    outer["Subject"] = "Fwd"
+    outer.set_content("voir le message joint")
+    outer.add_attachment(message_from_bytes(mail(cda()), policy=policy.SMTP))
+    incoming, package, _ = read_incoming(outer.as_bytes(), recipient=APP, return_path=DOCTOR)
+    assert package is None and incoming.body == "voir le message joint"
