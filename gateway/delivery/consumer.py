@@ -47,11 +47,13 @@ from gateway.lps.model import LABELS, ConsumerSettings, Delivered, IntegrationEr
 from gateway.lps.store import DeliveredStore
 from gateway.rawmime import header_fields
 from gateway.routing.hl7 import MLLPDecoder, mllp_frame
-from gateway.stages.headers import VERIFICATION_HEADER
 
 log = logging.getLogger("gateway.delivery.consumer")
 
 Results = tuple[dict[str, RecipientResult], str]
+
+#: `gateway.stages.headers.VERIFICATION_HEADER` (delivery never imports the pipeline's stages).
+VERIFICATION_HEADER = "X-Msgw-Verification"
 
 
 class HopLike(Protocol):
