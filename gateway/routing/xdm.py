@@ -157,6 +157,8 @@ class XdmEntry:
     patient_id: str = field(repr=False)
     slots: dict[str, tuple[str, ...]] = field(repr=False, default_factory=dict)
     action: str | None = None  # the extra-metadata "action" slot (C replace, D delete), None when absent
+    #: every confidentialityCode of the entry (N/R/V and the DMP's MASQUE_PS, INVISIBLE_PATIENT...)
+    confidentiality: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -498,7 +500,9 @@ def read_xdm(zip_bytes: bytes, *, max_entries: int = MAX_ENTRIES, max_total: int
             unique_id=_external(eo, S_DOC_UNIQUE), type_code=_classification(eo, S_TYPE),
             class_code=_classification(eo, S_CLASS), format_code=_classification(eo, S_FORMAT),
             creation_time=(slots.get("creationTime") or ("",))[0], patient_id=_external(eo, S_DOC_PATIENT),
-            slots=slots, action=(slots.get(ACTION_SLOT) or (None,))[0] or None))
+            slots=slots, action=(slots.get(ACTION_SLOT) or (None,))[0] or None,
+            confidentiality=tuple(cl.get("nodeRepresentation", "") for cl in eo.iter(f"{{{RIM}}}Classification")
+                                  if cl.get("classificationScheme") == S_CONFIDENTIALITY)))
     if not documents:
         raise XdmError("METADATA.XML lists no document", "METADATA.XML")
     package = next(root.iter(f"{{{RIM}}}RegistryPackage"), None)
