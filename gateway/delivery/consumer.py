@@ -46,7 +46,7 @@ from gateway.lps import checks, incoming, mdm
 from gateway.lps.model import LABELS, ConsumerSettings, Delivered, IntegrationError, Mdm
 from gateway.lps.store import DeliveredStore
 from gateway.rawmime import header_fields
-from gateway.routing.hl7 import MLLPDecoder, mllp_frame
+from gateway.routing.hl7 import MLLPDecoder, mllp_frame, parse_message
 
 log = logging.getLogger("gateway.delivery.consumer")
 
@@ -110,15 +110,26 @@ async def _read_ack(reader: asyncio.StreamReader, decoder: MLLPDecoder) -> bytes
 
 def _verdict(ack: bytes, control_id: str | None) -> None:
     """Raise `_Refused` for AE/AR, DeliveryError (temporary) for an answer that is not ours."""
-    code, acked, error = mdm.read_consumer_ack(ack)
+    try:
+        code, acked, error = mdm.read_consumer_ack(ack)
+    except GatewayError as exc:
+        raise DeliveryError(f"unreadable answer from the consumer ({exc.code})", temporary=True,
+                            status="4.4.2") from None
     if code in ("AA", "CA"):
         if control_id is not None and acked and acked != control_id:
             raise DeliveryError("the consumer acknowledged another message", temporary=True, status="4.4.2")
         return
     if code in ("AE", "AR", "CE", "CR"):
-        found = ans_error(error) if error else None
-        raise _Refused(*found) if found else _Refused("906", (error or "").strip() or LABELS["906"])
+        found = ans_error(error)
+        raise _Refused(*found) if found else _Refused("906", _reason(ack, error))
     raise DeliveryError("the consumer's answer is not an ACK", temporary=True, status="4.4.2")
+
+
+def _reason(ack: bytes, error: str | None) -> str:
+    """The text of a refusal without an ANS code: MSA-3, else the ERR's text, else the IG label."""
+    msg = parse_message(ack)
+    text = msg.value(msg.first("MSA"), 3) or (error or "").partition("^")[2] or LABELS["906"]
+    return " ".join(text.replace("^", " ").split())[:200]
 
 
 async def send_mdms(consumer: ConsumerConfig, mdms: Sequence[Mdm], control_ids: Sequence[str]) -> None:

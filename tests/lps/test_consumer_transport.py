@@ -16,61 +16,12 @@ from gateway.delivery.consumer import INTEGRATED, ConsumerTransport
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.delivery.transports import TRANSPORTS, Hop
 from gateway.errors import DeliveryError
-from gateway.lps import checks, incoming, mdm
-from gateway.lps.model import Delivered, IncomingMail, IntegrationError, Mdm
 from gateway.lps.store import DeliveredStore
 from gateway.routing.hl7 import parse_message
 from gateway.routing.xdm import read_xdm
 from tests.e2e.tlspki import TestCA
-from tests.lps.transport_support import DOCTOR, MAILBOX, Dpi, ack, xdm_mail
-
-
-# -- stand-ins for the pure part (gateway.lps.incoming/checks/mdm), used only while those modules
-#    still raise NotImplementedError; the tests then run against the real ones unchanged. -----
-def _stub_read_incoming(data: bytes, *, recipient: str, return_path: str):
-    msg = email.message_from_bytes(data, policy=email.policy.default)
-    zipped = next((p.get_content() for p in msg.iter_attachments() if p.get_filename() == "IHE_XDM.ZIP"), None)
-    mail = IncomingMail(message_id=str(msg["Message-ID"]), sender=DOCTOR, reply_to=None, recipient=recipient,
-                        subject=str(msg["Subject"]), body="",
-                        disposition_notification_to=msg["Disposition-Notification-To"],
-                        return_path=return_path, original_recipient=None)
-    return mail, read_xdm(zipped) if zipped else None, ()
-
-
-def _stub_check(mail, package, previous) -> None:
-    for entry in package.documents:
-        if entry.action in ("C", "D") and previous(entry.unique_id) is None:
-            raise IntegrationError("900", "no previous version delivered", entry.uri)
-
-
-def _stub_build_mdms(mail, package, pdfs, consumer, *, now, control_id):
-    trigger = {"C": "T10", "D": "T04"}
-    out = []
-    for entry in package.documents:
-        t = trigger.get(entry.action or "", "T02")
-        data = (f"MSH|^~\\&|MSGW||{consumer.application}|{consumer.facility}|20261203||MDM^{t}^MDM_T02|"
-                f"{control_id()}|P|2.6\rTXA|1|CR||||||||||||{entry.unique_id}\r").encode()
-        out.append(Mdm(data=data, unique_id=entry.unique_id, parent_id=None, trigger=t,
-                       delivered=Delivered(entry.unique_id, entry.unique_id, 1, "810000000001", "x")))
-    return out
-
-
-def _stub_read_consumer_ack(data: bytes):
-    msg = parse_message(data)
-    msa, err = msg.first("MSA"), msg.first("ERR")
-    text = f"{msg.value(err, 5, 1)}^{msg.value(err, 5, 2)}" if err is not None else None
-    return msg.value(msa, 1), msg.value(msa, 2), text
-
-
-@pytest.fixture(autouse=True)
-def pure_part(monkeypatch: pytest.MonkeyPatch) -> None:
-    try:
-        incoming.read_incoming(xdm_mail(), recipient=MAILBOX, return_path=DOCTOR)
-    except NotImplementedError:
-        monkeypatch.setattr(incoming, "read_incoming", _stub_read_incoming)
-        monkeypatch.setattr(checks, "check", _stub_check)
-        monkeypatch.setattr(mdm, "build_mdms", _stub_build_mdms)
-        monkeypatch.setattr(mdm, "read_consumer_ack", _stub_read_consumer_ack)
+from tests.lps.samples import cda
+from tests.lps.transport_support import DOCTOR, DOMAIN, MAILBOX, Dpi, ack, replacement, xdm_mail
 
 
 # -- configuration ------------------------------------------------------------------------------
@@ -81,7 +32,7 @@ kind = "relay"
 [spool]
 path = "{tmp_path / 'spool'}"
 [local]
-domains = ["hopital-fictif.mssante.test"]
+domains = ["{DOMAIN}"]
 maildir = "{tmp_path / 'maildir'}"
 [delivery.consumers."{MAILBOX}"]
 {consumer}
@@ -107,7 +58,7 @@ def test_the_table_is_read_and_every_problem_collected(tmp_path: Path) -> None:
 [listeners.relay]
 kind = "relay"
 [local]
-domains = ["hopital-fictif.mssante.test"]
+domains = ["{DOMAIN}"]
 [delivery.consumers."dpi@elsewhere.test"]
 mllp = "127.0.0.1:2575"
 [delivery.consumers."{MAILBOX}"]
@@ -129,7 +80,7 @@ def test_a_consumer_mailbox_is_its_own_destination_other_addresses_of_the_domain
     dest = resolver.destination_for(MAILBOX.upper())
     assert (dest.key, dest.transport, dest.concurrency) == (f"consumer:{MAILBOX}", "consumer", 1)
     assert TRANSPORTS[dest.transport] is ConsumerTransport
-    other = resolver.destination_for("secretariat@hopital-fictif.mssante.test")
+    other = resolver.destination_for(f"secretariat@{DOMAIN}")
     assert (other.key, other.transport) == ("local", "maildir")
 
 
@@ -149,6 +100,18 @@ async def test_aa_delivers_and_records_the_document(tmp_path: Path) -> None:
     store = DeliveredStore.beside(cfg.spool.path)
     assert store.previous(unique_id) is not None
     store.close()
+
+
+async def test_a_replacement_passes_the_checks_once_its_first_version_was_delivered(tmp_path: Path) -> None:
+    dpi = Dpi(ack("AA"))
+    port = await dpi.start()
+    cfg = config(tmp_path, f'mllp = "127.0.0.1:{port}"')
+    first, _ = await transport(cfg).deliver(DOCTOR, [MAILBOX], xdm_mail())
+    second, _ = await transport(cfg).deliver(DOCTOR, [MAILBOX], replacement())
+    await dpi.stop()
+    assert first[MAILBOX].ok and second[MAILBOX].ok
+    triggers = [parse_message(m).value(parse_message(m).segments[0], 9, 2) for m in dpi.received]
+    assert triggers == ["T02", "T10"]
 
 
 def read_xdm_unique_id() -> str:
@@ -231,9 +194,9 @@ async def test_a_check_failure_bounces_with_its_code_and_the_dpi_sees_nothing(tm
     dpi = Dpi(ack("AA"))
     port = await dpi.start()
     cfg = config(tmp_path, f'mllp = "127.0.0.1:{port}"')
-    results, _ = await transport(cfg).deliver(DOCTOR, [MAILBOX], xdm_mail(action="C"))
+    results, _ = await transport(cfg).deliver(DOCTOR, [MAILBOX], xdm_mail(document=cda(ins="")))
     await dpi.stop()
-    assert results[MAILBOX].message.startswith("5.6.0 900^") and dpi.received == []
+    assert results[MAILBOX].message == "5.6.0 903^INS non présent dans le document" and dpi.received == []
 
 
 # -- folder, and mail without an archive --------------------------------------------------------------

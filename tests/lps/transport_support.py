@@ -4,42 +4,34 @@ transport, the reporter and the end-to-end tests (nothing copied from the ANS ex
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import ssl
 from collections.abc import Callable
-from email.message import EmailMessage
 
-from gateway.routing.cda import read_cda
 from gateway.routing.hl7 import MLLPDecoder, mllp_frame, parse_message
-from gateway.routing.xdm import XdmDocument, build_xdm
-from tests.cisis.samples import cda_n1
+from tests.lps.samples import APP, DOC_ID, DOCTOR, cda, mail
 
-DOCTOR = "adam.hoda@cabinet-fictif.mssante.test"
-MAILBOX = "dpi@hopital-fictif.mssante.test"
-NOW = dt.datetime(2026, 12, 3, 10, 0, tzinfo=dt.UTC)
+__all__ = ["DOCTOR", "MAILBOX", "Dpi", "ack", "replacement", "xdm_mail"]
+
+MAILBOX = APP
+DOMAIN = MAILBOX.rpartition("@")[2]
 
 
-def xdm_mail(*, cda: bytes | None = None, action: str | None = None, mdn: bool = True, xdm: bool = True,
-             message_id: str = "<lettre-1@cabinet-fictif.mssante.test>", verification: str | None = None) -> bytes:
-    """A doctor's letter to the DPI's mailbox with an IHE_XDM.ZIP (the CDA N1 of the samples)."""
-    msg = EmailMessage()
-    msg["From"] = DOCTOR
-    msg["To"] = MAILBOX
-    msg["Message-ID"] = message_id
-    msg["Date"] = "Thu, 03 Dec 2026 10:00:00 +0000"
-    msg["Subject"] = "Compte rendu fictif"
-    if mdn:
-        msg["Disposition-Notification-To"] = DOCTOR
-    msg.set_content("Bonjour, ci-joint un compte rendu fictif.\n")
-    if xdm:
-        data = cda or cda_n1()
-        zipped = build_xdm([XdmDocument(data, read_cda(data), action=action)], source_id="1.2.250.1.999.1",
-                           now=NOW)
-        msg.add_attachment(zipped, maintype="application", subtype="zip", filename="IHE_XDM.ZIP")
-    raw = msg.as_bytes().replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
+def xdm_mail(*, document: bytes | None = None, action: str | None = None, mdn: bool = True, xdm: bool = True,
+             message_id: str = "<lettre-1@cabinet-imaginaire.mssante.test>", verification: str | None = None) -> bytes:
+    """A doctor's letter to the DPI's mailbox with an IHE_XDM.ZIP (`tests.lps.samples`), as the inbound
+    pipeline hands it over (CRLF, our verification header on top when ``verification``)."""
+    docs = (document or cda(),) if xdm else ()
+    raw = mail(*docs, action=action, dnt=DOCTOR if mdn else None, message_id=message_id)
+    raw = raw.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
     if verification is not None:
         raw = f"X-Msgw-Verification: {verification}\r\n".encode() + raw
     return raw
+
+
+def replacement() -> bytes:
+    """Version 2 of the sample document (XDM action C): needs version 1 delivered before."""
+    return xdm_mail(document=cda(version=2, doc="2", parent=DOC_ID), action="C",
+                    message_id="<lettre-2@cabinet-imaginaire.mssante.test>")
 
 
 def ack(code: str, err: str | None = None) -> Callable[[bytes], bytes]:
