@@ -32,7 +32,6 @@ import re
 import ssl
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import GatewayConfig
@@ -90,12 +89,18 @@ def consumer_tls_context(consumer: ConsumerConfig) -> ssl.SSLContext:
     return ctx
 
 
-@dataclass(frozen=True)
-class _Refused(Exception):
-    """The consumer answered AE/AR: the ANS error to report (not a fault of the hop)."""
+class ConsumerRefusal(GatewayError):
+    """The consumer answered AE/AR: the ANS error to report (not a fault of the hop: the
+    recipient is bounced, the others of the hop are not concerned)."""
 
-    code: str
-    label: str
+    code = "lps-consumer-refused"
+    temporary = False
+    status = REFUSED_STATUS
+
+    def __init__(self, ans_code: str, label: str) -> None:
+        super().__init__(f"the consumer refused the document ({ans_code})")
+        self.ans_code = ans_code
+        self.label = label
 
 
 async def _read_ack(reader: asyncio.StreamReader, decoder: MLLPDecoder) -> bytes:
@@ -109,7 +114,7 @@ async def _read_ack(reader: asyncio.StreamReader, decoder: MLLPDecoder) -> bytes
 
 
 def _verdict(ack: bytes, control_id: str | None) -> None:
-    """Raise `_Refused` for AE/AR, DeliveryError (temporary) for an answer that is not ours."""
+    """Raise `ConsumerRefusal` for AE/AR, DeliveryError (temporary) for an answer that is not ours."""
     try:
         code, acked, error = mdm.read_consumer_ack(ack)
     except GatewayError as exc:
@@ -121,7 +126,7 @@ def _verdict(ack: bytes, control_id: str | None) -> None:
         return
     if code in ("AE", "AR", "CE", "CR"):
         found = ans_error(error)
-        raise _Refused(*found) if found else _Refused("906", _reason(ack, error))
+        raise ConsumerRefusal(*found) if found else ConsumerRefusal("906", _reason(ack, error))
     raise DeliveryError("the consumer's answer is not an ACK", temporary=True, status="4.4.2")
 
 
@@ -133,7 +138,7 @@ def _reason(ack: bytes, error: str | None) -> str:
 
 
 async def send_mdms(consumer: ConsumerConfig, mdms: Sequence[Mdm], control_ids: Sequence[str]) -> None:
-    """Each MDM on one MLLP connection, each ACK awaited; `_Refused` or DeliveryError otherwise."""
+    """Each MDM on one MLLP connection, each ACK awaited; `ConsumerRefusal` or DeliveryError otherwise."""
     host, port = consumer.mllp_host or "", consumer.mllp_port
     writer: asyncio.StreamWriter | None = None
     ids: Sequence[str | None] = control_ids if len(control_ids) == len(mdms) else [None] * len(mdms)
@@ -251,9 +256,9 @@ class ConsumerTransport:
         mdms, control_ids = prepared
         try:
             await self._send(consumer, mdms, control_ids)
-        except _Refused as refusal:
-            event(log, "lps-refused", dest=self.hop.destination.key, code=refusal.code, reason="consumer ACK")
-            return _refused(recipients, refusal.code, refusal.label), remote
+        except ConsumerRefusal as refusal:
+            event(log, "lps-refused", dest=self.hop.destination.key, code=refusal.ans_code, reason="consumer ACK")
+            return _refused(recipients, refusal.ans_code, refusal.label), remote
         try:
             await asyncio.to_thread(_record, store_path, [m.delivered for m in mdms])
         except GatewayError as exc:  # delivered already: a store fault must not send them again

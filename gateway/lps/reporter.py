@@ -14,9 +14,11 @@ a delivery into the fallback Maildir (no archive) is not an integration and gets
 refusal without an ANS code (``no_xdm = "refuse"``) has its DSN already.
 
 It is queued with the null envelope sender (RFC 8098 §2.1) through `Spool.accept`, so the
-pipeline prepares it like any mail: the protection policy signs it, and encrypts it to the
-doctor when a certificate is known. It runs in the delivery's executor thread: blocking is fine;
-a fault is logged (no content) and never breaks delivery.
+pipeline prepares it like any mail: the protection policy signs it with the key
+``[policy.sign_with]`` names for the mailbox (the mailbox is its identity, as for the CI-SIS
+gestionnaire's copies), and encrypts it to the doctor when a certificate is known. It runs in
+the delivery's executor thread: blocking is fine; a fault is logged (no content) and never
+breaks delivery.
 """
 
 from __future__ import annotations
@@ -92,7 +94,9 @@ class MdnReporter:
         rcpts = _to(out)
         if not rcpts:
             raise LookupError("the notification names no recipient")
-        return self.spool.accept("", rcpts, out, lifetime=self.config.spool.max_queue_lifetime, listener=LISTENER)
+        # The mailbox speaks (as the CI-SIS gestionnaire's copies do): its [policy.sign_with] key signs.
+        return self.spool.accept("", rcpts, out, lifetime=self.config.spool.max_queue_lifetime, listener=LISTENER,
+                                 auth_user=mailbox)
 
 
 def _to(message: bytes) -> list[str]:

@@ -57,6 +57,7 @@ def test_integrated_gets_the_processed_mdn_from_the_null_sender(setup) -> None:
     (mdn_id,) = queued
     queued_msg = spool.get(mdn_id)
     assert queued_msg is not None and queued_msg.sender == "" and queued_msg.listener == LISTENER
+    assert queued_msg.auth_user == MAILBOX  # the mailbox signs it ([policy.sign_with])
     assert [r.address for r in queued_msg.recipients] == [DOCTOR]
     assert queued_msg.stage == "received"  # the pipeline prepares it: the protection policy applies
     (ret,) = parse_returns(spool.message_bytes(mdn_id))
