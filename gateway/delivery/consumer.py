@@ -32,6 +32,7 @@ import re
 import ssl
 import uuid
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Protocol
 
 from gateway.config import GatewayConfig
@@ -43,6 +44,7 @@ from gateway.fsutil import write_atomic
 from gateway.logs import event
 from gateway.lps import checks, incoming, mdm
 from gateway.lps.model import LABELS, ConsumerSettings, Delivered, IntegrationError, Mdm
+from gateway.lps.store import FILE_NAME as STORE_FILE
 from gateway.lps.store import DeliveredStore
 from gateway.rawmime import header_fields
 from gateway.routing.hl7 import MLLPDecoder, mllp_frame, parse_message
@@ -166,7 +168,8 @@ async def send_mdms(consumer: ConsumerConfig, mdms: Sequence[Mdm], control_ids: 
 
 
 def write_mdms(consumer: ConsumerConfig, mdms: Sequence[Mdm], control_ids: Sequence[str]) -> None:
-    """One ``<control id>.hl7`` per MDM in the drop folder, each written atomically (blocking)."""
+    """One ``<UTC time>-<n>-<control id>.hl7`` per MDM in the drop folder (a listing is the send
+    order), each written atomically (blocking)."""
     assert consumer.folder is not None
     consumer.folder.mkdir(parents=True, exist_ok=True, mode=0o750)
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%d%H%M%S%f")
@@ -185,14 +188,14 @@ def verification_failed(data: bytes) -> bool:
     return any(v.strip().lower().startswith("fail") for n, v in fields if n == name)
 
 
-def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: object
+def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Path
              ) -> tuple[list[Mdm], list[str]] | None:
     """Read, check and build (blocking, pure but for the store's lookups): the MDMs and their
     control ids, or None when the mail carries no archive. IntegrationError when refused."""
     mail, package, pdfs = incoming.read_incoming(data, recipient=consumer.address, return_path=sender)
     if package is None:
         return None
-    store = DeliveredStore(store_path)  # type: ignore[arg-type]
+    store = DeliveredStore(store_path)
     try:
         checks.check(mail, package, store.previous)
     finally:
@@ -209,8 +212,8 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: obj
     return mdms, control_ids
 
 
-def _record(store_path: object, documents: list[Delivered]) -> None:
-    store = DeliveredStore(store_path)  # type: ignore[arg-type]
+def _record(store_path: Path, documents: list[Delivered]) -> None:
+    store = DeliveredStore(store_path)
     try:
         store.record_all(documents)
     finally:
@@ -240,7 +243,7 @@ class ConsumerTransport:
         if verification_failed(data):
             event(log, "lps-refused", dest=self.hop.destination.key, code="906", reason="verification failed")
             return _refused(recipients, "906", "Signature invalide"), remote
-        store_path = self.hop.config.spool.path / "lps.sqlite"
+        store_path = self.hop.config.spool.path / STORE_FILE
         try:
             prepared = await asyncio.to_thread(_prepare, consumer, sender, data, store_path)
         except IntegrationError as exc:
