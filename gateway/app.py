@@ -80,6 +80,7 @@ class Gateway:
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
         gestionnaire = await self._start_cisis(queue, audit)
+        self._start_lps(queue)
         await self.server.start()
         queue.start()
         if self.config.intake is not None and self.config.intake.enabled:
@@ -120,12 +121,27 @@ class Gateway:
             wake_sender(zams)
             return zams
 
-        queue.listen_outcomes(outcome)
+        queue.add_outcome_listener(outcome)
         assert self.server is not None
         self.server.returns_sink = returns
         sender.start()
         return Gestionnaire(settings, self.spool, ledger, lifetime=spool.max_queue_lifetime, audit=audit,
                             on_owed=lambda: wake_sender(True))
+
+    def _start_lps(self, queue: QueueService) -> None:
+        """Application mailboxes (``[delivery.consumers]``, issue 14): the ``consumer`` transport
+        needs no wiring (the next-hop table names it); their outcomes become MDNs, which are
+        queued from the delivery's thread and handed to the runner on the loop."""
+        if not self.config.delivery.consumers:
+            return
+        from gateway.lps.reporter import MdnReporter
+
+        loop = asyncio.get_running_loop()
+
+        def queued(msg_id: str) -> None:
+            loop.call_soon_threadsafe(queue.accepted, msg_id)
+
+        queue.add_outcome_listener(MdnReporter(self.config, self.spool, on_queued=queued))
 
     def _open_directory(self) -> SqliteDirectory:
         self._own_directory = SqliteDirectory(directory_path(self.config))

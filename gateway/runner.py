@@ -295,6 +295,7 @@ class QueueService:
     def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
                  resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
                  audit: Callable[..., None] | None = None) -> None:
+        self._listeners: list[Callable[[str, str, str, str, str | None], None]] = []
         self.delivery = DeliveryManager(config, spool, resolver, clock=clock, audit=audit,
                                         on_unprepared=lambda _id: self.runner.wake())
         self.runner = PipelineRunner(config, spool, pipeline, clock=clock, audit=audit,
@@ -302,10 +303,22 @@ class QueueService:
                                      handoff=self.delivery.deliver_now,
                                      unrecorded=self.delivery.deliver_unrecorded, busy=self.delivery.backlog)
 
-    def listen_outcomes(self, listener: Callable[[str, str, str, str, str | None], None]) -> None:
-        """Tell ``listener`` of every final outcome, from the runner (refusals) and delivery alike."""
-        self.runner.on_outcome = listener
-        self.delivery.on_outcome = listener
+    def add_outcome_listener(self, listener: Callable[[str, str, str, str, str | None], None]) -> None:
+        """Tell ``listener`` of every final outcome, from the runner (refusals) and delivery alike;
+        several listeners (the CI-SIS ledger, the LPS reporter) each hear every outcome, in the
+        order added, one's fault not keeping the others from hearing it."""
+        self._listeners.append(listener)
+        self.runner.on_outcome = self.delivery.on_outcome = self._tell_all
+
+    #: The one-listener name of before (issue 13); adds a listener.
+    listen_outcomes = add_outcome_listener
+
+    def _tell_all(self, queue_id: str, rcpt: str, state: str, status: str, reply: str | None) -> None:
+        for listener in self._listeners:
+            try:
+                listener(queue_id, rcpt, state, status, reply)
+            except Exception as exc:  # noqa: BLE001 - one listener's fault is not the others'
+                event(log, "outcome-listener-failed", logging.ERROR, msg=queue_id, exc_type=type(exc).__name__)
 
     def start(self) -> None:
         self.runner.start()

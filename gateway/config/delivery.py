@@ -8,12 +8,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from gateway.config.consumers import ConsumerConfig, read_consumers
 from gateway.config.reader import Reader, is_domain, parse_duration
 
 TlsPolicy = Literal["required", "opportunistic", "none"]
 
 _DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
-                  "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes"}
+                  "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes",
+                  "consumers"}
 _ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport"}
 
 
@@ -68,6 +70,13 @@ class DeliveryConfig:
     dns_port: int
     mx_port: int
     routes: tuple[RouteConfig, ...]
+    #: Application mailboxes delivered to a DPI/RIS as MDMs (`gateway.config.consumers`).
+    consumers: tuple[ConsumerConfig, ...] = ()
+
+    def consumer_for(self, address: str) -> ConsumerConfig | None:
+        """The consumer mailbox at this exact address, if any (a per-address row, before domains)."""
+        address = address.lower()
+        return next((c for c in self.consumers if c.address == address), None)
 
     def tls_for(self, route: RouteConfig | None) -> TlsSettings:
         """The TLS of a route, its missing CA and client certificate taken from `[delivery]`."""
@@ -158,4 +167,5 @@ def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
         dns_nameservers=tuple(nameservers), dns_port=r.port(spec, "dns_port", prefix, 53),
         mx_port=r.port(spec, "mx_port", prefix, 25),
         routes=routes,
+        consumers=read_consumers(r, spec, prefix),
     )

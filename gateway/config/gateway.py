@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.config.accounts import Account, AuthConfig, PartnerConfig, read_accounts, read_auth, read_partners
 from gateway.config.audit import AuditConfig, read_audit
+from gateway.config.consumers import check_local as check_consumers_local
 from gateway.config.delivery import DeliveryConfig, read_delivery
 from gateway.config.directory import DirectoryConfig, read_directory
 from gateway.config.intake import IntakeConfig, read_intake
@@ -142,6 +143,7 @@ def _check_across(r: Reader, config: GatewayConfig) -> None:
     if not config.listeners:
         r.problem("listeners", "at least one listener is needed")
     _check_trust_space_routes(r, config)
+    check_consumers_local(r, config.delivery.consumers, config.local.domains)
     _check_network_signers(r, config)
     if config.legacy is not None:
         names = {lc.name for lc in config.listeners}

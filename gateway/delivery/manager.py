@@ -45,11 +45,6 @@ log = logging.getLogger("gateway.delivery")
 Batch = tuple[PreparedCopy, bytes, list[QueuedRecipient]]
 
 
-
-def _domain(address: str) -> str:
-    return address.rpartition("@")[2].lower()
-
-
 def _utc(ts: float) -> dt.datetime:
     return dt.datetime.fromtimestamp(ts, dt.UTC)
 
@@ -212,10 +207,10 @@ class DeliveryManager(QueueWorker):
         for copy, data, rcpts in batches:
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
             for rcpt in rcpts:
-                domain = _domain(rcpt.address)
-                dest = destinations.get(domain)
+                address = rcpt.address.lower()  # per address: an application mailbox has its own
+                dest = destinations.get(address)
                 if dest is None:
-                    dest = destinations[domain] = self.resolver.destination(domain)
+                    dest = destinations[address] = self.resolver.destination_for(address)
                 groups[dest].append(rcpt)
             for dest, group in groups.items():
                 problem = self._tls_problem(copy, dest)

@@ -24,7 +24,7 @@ from gateway.errors import DeliveryError
 
 @dataclass(frozen=True)
 class Destination:
-    key: str                  # the semaphore / log key: "local", "route:dom", "smarthost", "mx:dom"
+    key: str                  # the semaphore / log key: "local", "route:dom", "smarthost", "mx:dom", "consumer:addr"
     domain: str
     local: bool = False
     host: str | None = None   # fixed host (route or smart host); None → MX lookup
@@ -44,6 +44,16 @@ class NextHopResolver:
             resolver.nameservers = list(d.dns_nameservers)
             resolver.port = d.dns_port
         self.resolver = resolver
+
+    def destination_for(self, address: str) -> Destination:
+        """Where one recipient's copy goes: an application mailbox's consumer (per address, the
+        first lookup, `[delivery.consumers]`), else its domain's destination."""
+        consumer = self.config.delivery.consumer_for(address)
+        if consumer is not None:
+            # One destination per mailbox: its MDMs go one at a time, in order, to its consumer.
+            return Destination(key=f"consumer:{consumer.address}", domain=consumer.address.rpartition("@")[2],
+                               local=True, concurrency=1, transport="consumer")
+        return self.destination(address.rpartition("@")[2].lower())
 
     def destination(self, domain: str) -> Destination:
         cfg, d = self.config, self.config.delivery

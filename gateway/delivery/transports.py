@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import GatewayConfig
+from gateway.delivery.consumer import ConsumerTransport
 from gateway.delivery.local import lmtp_results, maildir_results
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
@@ -100,6 +101,7 @@ TRANSPORTS: dict[str, Callable[[Hop], Transport]] = {
     "smtp": SmtpTransport,
     "lmtp": LmtpTransport,
     "maildir": MaildirTransport,
+    "consumer": ConsumerTransport,
 }
 
 

@@ -274,6 +274,7 @@ class LocalMailboxes:
             known.update(s for s in account.senders if not s.startswith("@"))
         known.add(config.postmaster.lower())
         known.update(f"postmaster@{d}" for d in config.local.domains)
+        known.update(c.address for c in config.delivery.consumers)  # application mailboxes (issue 14)
         routing = getattr(config.intake, "routing", None)
         if routing is not None:
             if routing.unrouted_default:
