@@ -12,7 +12,9 @@ folder (TEST PKI, loopback only). Exit 0 when every step worked.
 6. legacy (Apicrypt-v1-style) mail is bridged to and from S/MIME;
 7. a Ségur SGL hands a CR-BIO over MLLP (CI-SIS CDA-in-HL7v2): the doctor and the patient's Mon
    espace santé get their MSSanté copies, the SGL its business acknowledgments (ZAM);
-8. the audit trail's hash chain verifies.
+8. a doctor's letter with its IHE_XDM.ZIP reaches the hospital's DPI as an HL7 MDM over MLLP
+   (CI-SIS "Transmission au LPS"), and the doctor gets the integration MDN (then a 904 refusal);
+9. the audit trail's hash chain verifies.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ from aiosmtpd.controller import Controller
 
 from gateway.app import Gateway
 from gateway.audit import AuditTrail, audit_path
+from gateway.commands.demo_dpi import DpiStandIn, dpi_flow, register_dpi_mailbox
 from gateway.commands.demo_segur import SegurSetup, segur_flow
 from gateway.config import default_config_text, parse_config
 from gateway.default_setup import (
@@ -106,7 +109,11 @@ async def _demo(base: Path) -> int:
         segur_port = probe.getsockname()[1]
     await segur.start(segur_port)
     segur.configure(data, segur_port)
+    dpi = DpiStandIn()
+    await dpi.start()
+    dpi.configure(data)
     config = parse_config(data, source="<embedded default>", base=base)
+    register_dpi_mailbox(config, pki_dir)
     _register_legacy_lab(config)
     password = (base / "var" / "default" / "demo.password").read_text().strip()
     gateway = Gateway(config)
@@ -182,12 +189,15 @@ async def _demo(base: Path) -> int:
         if not await segur_flow(gateway, segur, operator.received, doctor, verifier, (relay_host, relay_port),
                                 _wait):
             return 1
+        if not await dpi_flow(dpi, operator.received, doctor, verifier, (relay_host, relay_port), pki_dir, _wait):
+            return 1
     finally:
         await gateway.stop()
         sink.stop()
         segur.stop()
+        dpi.stop()
     report = AuditTrail(audit_path(config)).verify()
-    _step(f"8. audit trail: {report}")
+    _step(f"9. audit trail: {report}")
     if not report.ok:
         return 1
     _step("demo finished: OK")

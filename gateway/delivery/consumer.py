@@ -195,11 +195,6 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Pat
     mail, package, pdfs = incoming.read_incoming(data, recipient=consumer.address, return_path=sender)
     if package is None:
         return None
-    store = DeliveredStore(store_path)
-    try:
-        checks.check(mail, package, store.previous)
-    finally:
-        store.close()
     control_ids: list[str] = []
 
     def control_id() -> str:
@@ -208,7 +203,14 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Pat
 
     settings = ConsumerSettings(address=consumer.address, application=consumer.application,
                                 facility=consumer.facility, organisation=consumer.organisation)
-    mdms = mdm.build_mdms(mail, package, pdfs, settings, now=dt.datetime.now().astimezone(), control_id=control_id)
+    store = DeliveredStore(store_path)
+    try:
+        checks.check(mail, package, store.previous)
+        # the delivered version tells a replacement's set id and whether its confidentiality changed
+        mdms = mdm.build_mdms(mail, package, pdfs, settings, now=dt.datetime.now().astimezone(),
+                              control_id=control_id, previous=store.previous)
+    finally:
+        store.close()
     return mdms, control_ids
 
 

@@ -20,7 +20,7 @@ from gateway.lps.store import DeliveredStore
 from gateway.routing.hl7 import parse_message
 from gateway.routing.xdm import read_xdm
 from tests.e2e.tlspki import TestCA
-from tests.lps.samples import cda
+from tests.lps.samples import DOC_ID, cda, mail
 from tests.lps.transport_support import DOCTOR, DOMAIN, MAILBOX, Dpi, ack, replacement, xdm_mail
 
 
@@ -112,6 +112,29 @@ async def test_a_replacement_passes_the_checks_once_its_first_version_was_delive
     assert first[MAILBOX].ok and second[MAILBOX].ok
     triggers = [parse_message(m).value(parse_message(m).segments[0], 9, 2) for m in dpi.received]
     assert triggers == ["T02", "T10"]
+
+
+async def test_a_replacement_that_changes_confidentiality_says_modif_conf_code(tmp_path: Path) -> None:
+    """The transport gives the pure builder the delivered version: MODIF_CONF_CODE is Y only when the
+    replacement's DMP confidentiality codes differ from what the DPI got before."""
+    dpi = Dpi(ack("AA"))
+    port = await dpi.start()
+    cfg = config(tmp_path, f'mllp = "127.0.0.1:{port}"')
+    await transport(cfg).deliver(DOCTOR, [MAILBOX], xdm_mail())
+    hidden = mail(cda(version=2, doc="2", parent=DOC_ID), action="C", confidentiality=("INVISIBLE_PATIENT",),
+                  message_id="<lettre-3@cabinet-imaginaire.mssante.test>").replace(b"\r\n", b"\n").replace(
+                      b"\n", b"\r\n")
+    results, _ = await transport(cfg).deliver(DOCTOR, [MAILBOX], hidden)
+    await dpi.stop()
+    assert results[MAILBOX].ok
+
+    def flag(message: bytes, name: str) -> str:
+        msg = parse_message(message)
+        obx = next(o for o in msg.all("OBX") if msg.value(o, 3) == name)
+        return msg.value(obx, 5)
+
+    assert [flag(m, "MODIF_CONF_CODE") for m in dpi.received] == ["N", "Y"]
+    assert [flag(m, "INVISIBLE_PATIENT") for m in dpi.received] == ["N", "Y"]
 
 
 def read_xdm_unique_id() -> str:
