@@ -101,6 +101,17 @@ class TestPKI:
         return tuple(sorted(self.crl_dir.glob("*.crl")))
 
 
+def legacy_p12(name: str, key: PrivateKey, cert: x509.Certificate, chain: tuple[x509.Certificate, ...]) -> bytes:
+    """PKCS#12 with PBES1 3DES/SHA-1 (fresh salt and IV each call): the only form gpgsm 2.2 reads.
+
+    gpgsm 2.2.40 fails to parse about one such file in twenty ("possibly bad passphrase given",
+    whatever the salt drew), so the gpgsm tests write the file again when an import fails."""
+    legacy = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
+              .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
+              .hmac_hash(hashes.SHA1()).build(TEST_PASSWORD.encode()))  # noqa: S303 - gpgsm 2.2 reads only this
+    return pkcs12.serialize_key_and_certificates(name.encode(), key, cert, list(chain), legacy)
+
+
 def _name(attrs: list[tuple[ObjectIdentifier, str]]) -> x509.Name:
     return x509.Name([x509.NameAttribute(oid, value) for oid, value in attrs])
 
@@ -180,10 +191,7 @@ class _Builder:
         pw = TEST_PASSWORD.encode()
         p12_path.write_bytes(pkcs12.serialize_key_and_certificates(
             name.encode(), key, cert, list(chain), serialization.BestAvailableEncryption(pw)))
-        legacy = (serialization.PrivateFormat.PKCS12.encryption_builder().kdf_rounds(2048)
-                  .key_cert_algorithm(pkcs12.PBES.PBESv1SHA1And3KeyTripleDESCBC)
-                  .hmac_hash(hashes.SHA1()).build(pw))  # noqa: S303 - gpgsm 2.2 reads only this
-        legacy_path.write_bytes(pkcs12.serialize_key_and_certificates(name.encode(), key, cert, list(chain), legacy))
+        legacy_path.write_bytes(legacy_p12(name, key, cert, chain))
         issued = Issued(name, cert, key, cert_path, key_path, p12_path, legacy_path, chain)
         issued.chain_path.write_bytes(b"".join(c.public_bytes(serialization.Encoding.PEM) for c in chain))
         return issued

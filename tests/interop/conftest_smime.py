@@ -18,13 +18,14 @@ import shutil
 import subprocess
 import tempfile
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 
-from gateway.smime.testpki import TestPKI
+from gateway.smime.testpki import Issued, TestPKI, legacy_p12
 from tests.conftest import require_tool
 from tests.smime.support import Served, shared_pki
 
@@ -73,9 +74,11 @@ def _gpgsm_home(exe: str) -> Gpgsm:
             subprocess.run([gpgconf, "--homedir", str(home), action, "gpg-agent"], capture_output=True, timeout=30,
                            env={**os.environ, "GNUPGHOME": str(home)})
 
-    def run_until(ok: bytes | tuple[bytes, ...], *args: str | Path, passphrase: bool = False) -> None:
+    def run_until(ok: bytes | tuple[bytes, ...], *args: str | Path, passphrase: bool = False,
+                  rewrite: Callable[[], None] | None = None) -> None:
         """Under load the agent sometimes misses the loopback passphrase or is not up yet ("possibly
-        bad passphrase given", a failed import): retry with a restarted agent before giving up."""
+        bad passphrase given", a failed import): retry with a restarted agent before giving up.
+        ``rewrite`` makes the imported file again (a PKCS#12 gpgsm 2.2 cannot parse: fresh salt)."""
         wanted = (ok,) if isinstance(ok, bytes) else ok
         errors = []
         for attempt in range(5):
@@ -83,6 +86,8 @@ def _gpgsm_home(exe: str) -> Gpgsm:
             if r.returncode == 0 and any(w in r.stderr for w in wanted):
                 return
             errors.append(r.stderr.decode(errors="replace"))
+            if rewrite is not None and b"PKCS#12" in r.stderr:
+                rewrite()
             agent("--kill")
             time.sleep(0.5 * (attempt + 1))
             agent("--launch")
@@ -97,8 +102,13 @@ def _gpgsm_home(exe: str) -> Gpgsm:
     # Not org_sign_ec: gpgsm 2.2.40 segfaults importing an EC P-256 key from PKCS#12 (any
     # encryption), so gpgsm only *verifies* ECDSA here; it never signs with EC.
     for name in ("person_sign", "person_encrypt", "org_encrypt"):
-        run_until((b"secret keys imported: 1", b"secret keys unchanged: 1"), "--import", pki[name].legacy_p12_path,
-                  passphrase=True)
+        issued = pki[name]
+
+        def rewrite(issued: Issued = issued) -> None:
+            issued.legacy_p12_path.write_bytes(legacy_p12(issued.name, issued.key, issued.cert, issued.chain))
+
+        run_until((b"secret keys imported: 1", b"secret keys unchanged: 1"), "--import", issued.legacy_p12_path,
+                  passphrase=True, rewrite=rewrite)
     return gpg
 
 
