@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import datetime as dt
 import json
-import os
 import re
 import sqlite3
 import threading
@@ -35,7 +34,7 @@ from gateway.cisis.model import MessageHeader, ZamEvent
 from gateway.cisis.returns import Return, message_id_key, parse_returns
 from gateway.cisis.zam import ERROR_SYSTEM, build_zam, parse_zam
 from gateway.errors import TemporaryError
-from gateway.filemodes import PRIVATE_FILE
+from gateway.sqlitefile import open_private_db
 
 FILE_NAME = "cisis.sqlite"
 
@@ -123,12 +122,7 @@ class ZamLedger:
         self.clock = clock
         self._lock = threading.RLock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_private_db(self.path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise LedgerError(f"cannot open the CI-SIS ledger ({type(exc).__name__})") from None
 

@@ -10,7 +10,6 @@ beside the spool, opened like the CI-SIS ledger; any SQLite fault is a temporary
 
 from __future__ import annotations
 
-import os
 import sqlite3
 import threading
 import time
@@ -19,8 +18,8 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from gateway.errors import TemporaryError
-from gateway.filemodes import PRIVATE_FILE
 from gateway.lps.model import Delivered
+from gateway.sqlitefile import open_private_db
 
 FILE_NAME = "lps.sqlite"
 
@@ -61,12 +60,7 @@ class DeliveredStore:
         self.clock = clock
         self._lock = threading.RLock()
         try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            os.close(os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW, PRIVATE_FILE))
-            self._db = sqlite3.connect(str(self.path), check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=FULL")
-            self._db.executescript(_SCHEMA)
+            self._db = open_private_db(self.path, _SCHEMA)
         except (OSError, sqlite3.Error) as exc:
             raise StoreError(f"cannot open the delivered-documents store ({type(exc).__name__})") from None
 
