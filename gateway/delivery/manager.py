@@ -206,11 +206,15 @@ class DeliveryManager(QueueWorker):
         jobs = []
         for copy, data, rcpts in batches:
             groups: dict[Destination, list[QueuedRecipient]] = defaultdict(list)
+            consumers = self.config.delivery.consumers
             for rcpt in rcpts:
-                address = rcpt.address.lower()  # per address: an application mailbox has its own
-                dest = destinations.get(address)
+                address = rcpt.address.lower()
+                # an application mailbox has its own destination; everyone else shares their domain's
+                key = address if consumers and self.config.delivery.consumer_for(address) else \
+                    address.rpartition("@")[2]
+                dest = destinations.get(key)
                 if dest is None:
-                    dest = destinations[address] = self.resolver.destination_for(address)
+                    dest = destinations[key] = self.resolver.destination_for(address)
                 groups[dest].append(rcpt)
             for dest, group in groups.items():
                 problem = self._tls_problem(copy, dest)

@@ -241,3 +241,28 @@ async def test_without_archive_goes_to_the_maildir_or_is_refused(tmp_path: Path,
     refusing = config(tmp_path, f'mllp = "127.0.0.1:{port_factory()}"\nno_xdm = "refuse"')
     results, _ = await transport(refusing).deliver(DOCTOR, [MAILBOX], xdm_mail(xdm=False))
     assert results[MAILBOX].code == 554 and results[MAILBOX].status == "5.6.0"
+
+
+async def test_one_copy_for_the_dpi_mailbox_and_a_colleague_goes_two_ways(tmp_path: Path) -> None:
+    """The delivery manager groups a copy's recipients by destination: the application mailbox
+    by its address (its consumer), the other mailboxes of its domain by the domain (the Maildir)."""
+    from gateway.delivery.manager import DeliveryManager
+    from gateway.spool import RecipientState, Spool
+
+    dpi = Dpi(ack("AA"))
+    port = await dpi.start()
+    cfg = config(tmp_path, f'mllp = "127.0.0.1:{port}"')
+    spool = Spool(cfg.spool.path).open()
+    spool.prepare_on_accept = "as-is"
+    try:
+        colleagues = [f"secretariat@{DOMAIN}", f"accueil@{DOMAIN}"]
+        msg_id = spool.accept(DOCTOR, [colleagues[0], MAILBOX, colleagues[1]], xdm_mail(), lifetime=3600)
+        await DeliveryManager(cfg, spool).run_once()
+        msg = spool.get(msg_id)
+        assert msg is None or all(r.state is RecipientState.DELIVERED for r in msg.recipients)
+        assert len(dpi.received) == 1
+        for colleague in colleagues:
+            assert len(list((tmp_path / "maildir" / colleague / "new").iterdir())) == 1
+    finally:
+        spool.close()
+        await dpi.stop()
