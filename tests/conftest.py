@@ -32,10 +32,20 @@ def require_tool(name: str) -> str:
     return path
 
 
+#: Ports this test process already handed out: the kernel may give the same free port to two
+#: calls in a row (a gateway's submission and relay listeners then collide), so never twice.
+_GIVEN_PORTS: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    for _ in range(100):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        if port not in _GIVEN_PORTS:
+            _GIVEN_PORTS.add(port)
+            return port
+    raise RuntimeError("no fresh loopback port after 100 tries")
 
 
 @pytest.fixture
