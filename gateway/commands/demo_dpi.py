@@ -10,7 +10,6 @@ gets ``processed/Error: 904^…`` and never reaches the DPI.
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import email
 import email.policy
@@ -22,9 +21,8 @@ from email.utils import make_msgid
 from pathlib import Path
 from typing import Any
 
-from gateway.commands.demo_segur import INS, cda_n1
+from gateway.commands.demo_segur import INS, MllpRecorder, cda_n1
 from gateway.routing.cda import read_cda
-from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
 from gateway.routing.xdm import XdmDocument, build_xdm
 from gateway.smime.engine import Verifier, sign_and_encrypt_message, unwrap_message
 from gateway.smime.softkeys import load_key
@@ -33,35 +31,13 @@ from gateway.smime.testpki import PERSON_EMAIL
 DPI_MAILBOX = "dpi@labo-tests.sante.test"
 
 
-class DpiStandIn:
+class DpiStandIn(MllpRecorder):
     """The DPI's MLLP listener: records each MDM and answers AA."""
-
-    def __init__(self) -> None:
-        self.messages: list[bytes] = []
-        self.server: asyncio.AbstractServer | None = None
-        self.port = 0
-
-    async def start(self) -> None:
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
-
-    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        decoder = MLLPDecoder()
-        while data := await reader.read(65536):
-            for frame in decoder.feed(data):
-                self.messages.append(frame)
-                writer.write(mllp_frame(build_ack(frame, "AA")))
-                await writer.drain()
-        writer.close()
 
     def configure(self, data: dict[str, Any]) -> None:
         data["delivery"].setdefault("consumers", {})[DPI_MAILBOX] = {
             "mllp": f"127.0.0.1:{self.port}", "application": "DPI-DEMO", "facility": "HOPITAL-DEMO",
             "organisation": "Service de démonstration^^^^^1.2.250.9999.5^UF^^^0001"}
-
-    def stop(self) -> None:
-        if self.server is not None:
-            self.server.close()
 
 
 def register_dpi_mailbox(config: Any, pki_dir: Path) -> None:
@@ -128,16 +104,16 @@ async def dpi_flow(dpi: DpiStandIn, operator_received: list[bytes], doctor: Any,
         report = parse_returns(opened.content)[0]
         inner = email.message_from_bytes(opened.content, policy=email.policy.default)
         if n == 0:
-            mdm = dpi.messages[-1].split(b"\r")[0].decode() if dpi.messages else "nothing"
+            mdm = dpi.received[-1].split(b"\r")[0].decode() if dpi.received else "nothing"
             print(f"==>    the DPI stand-in got {mdm.split('|')[8] if '|' in mdm else mdm} over MLLP and answered AA",
                   flush=True)
             print(f"==>    the doctor's MDN ({'+'.join(opened.layers)}): {report.kind}, ok={report.ok}", flush=True)
-            if not report.ok or not dpi.messages:
+            if not report.ok or not dpi.received:
                 return False
         else:
             print(f"==>    a mail whose archive names another patient: MDN \"{inner['Subject']}\", code "
-                  f"{report.code}; the DPI got nothing more ({len(dpi.messages)} MDM in all)", flush=True)
-            if report.ok or report.code != "904" or len(dpi.messages) != 1:
+                  f"{report.code}; the DPI got nothing more ({len(dpi.received)} MDM in all)", flush=True)
+            if report.ok or report.code != "904" or len(dpi.received) != 1:
                 return False
     return True
 

@@ -52,11 +52,12 @@ class Recorder:
         return "250 2.0.0 OK"
 
 
-class SglListener:
-    """The SGL's MLLP listener for ZAM messages: records each and answers AA."""
+class MllpRecorder:
+    """A stand-in MLLP listener (the SGL's for ZAMs, the DPI's for MDMs): records each message
+    and answers AA."""
 
     def __init__(self) -> None:
-        self.zams: list[bytes] = []
+        self.received: list[bytes] = []
         self.server: asyncio.AbstractServer | None = None
         self.port = 0
 
@@ -68,7 +69,7 @@ class SglListener:
         decoder = MLLPDecoder()
         while data := await reader.read(65536):
             for frame in decoder.feed(data):
-                self.zams.append(frame)
+                self.received.append(frame)
                 writer.write(mllp_frame(build_ack(frame, "AA")))
                 await writer.drain()
         writer.close()
@@ -86,7 +87,7 @@ class SegurSetup:
         self.base = base
         self.ca = TestCA(base / "var" / "demo-tls")
         self.patient_operator = Recorder()
-        self.sgl = SglListener()
+        self.sgl = MllpRecorder()
         self.controller: Controller | None = None
 
     async def start(self, port: int) -> None:
@@ -236,20 +237,20 @@ async def segur_flow(gateway: Any, setup: SegurSetup, operator_received: list[by
     print(f"==>    the patient's copy went over mutual TLS to the Mon espace santé operator: "
           f"{patient.get_content_type()}, X-MSS-INS {patient['X-MSS-INS']}, X-MSS-NIL {patient['X-MSS-NIL']}",
           flush=True)
-    if not await wait(lambda: len(setup.sgl.zams) >= 3):
+    if not await wait(lambda: len(setup.sgl.received) >= 3):
         print("msgw: the SGL did not get its reception acknowledgments", file=sys.stderr)
         return False
     await aiosmtplib.send(_mdn(str(inner["Message-ID"])), sender=PERSON_EMAIL, recipients=[APPLICATION_MAILBOX],
                           hostname=relay[0], port=relay[1], start_tls=False)
     print("==>    the doctor opens it: the client's read receipt (MDN) comes back to the platform's mailbox",
           flush=True)
-    if not await wait(lambda: len(setup.sgl.zams) >= 4):
+    if not await wait(lambda: len(setup.sgl.received) >= 4):
         print("msgw: the SGL did not get the read acknowledgment", file=sys.stderr)
         return False
-    for frame in setup.sgl.zams:
+    for frame in setup.sgl.received:
         print(f"==>    SGL received {_zam_line(frame)}", flush=True)
-    events = [parse_zam(z)["MSH-9"].split("^")[1] for z in setup.sgl.zams]
+    events = [parse_zam(z)["MSH-9"].split("^")[1] for z in setup.sgl.received]
     return events == ["Z01", "Z02", "Z02", "Z03"]
 
 
-__all__ = ["INS", "SegurSetup", "cda_n1", "segur_flow", "sgl_oru"]
+__all__ = ["INS", "MllpRecorder", "SegurSetup", "cda_n1", "segur_flow", "sgl_oru"]
