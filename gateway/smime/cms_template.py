@@ -144,15 +144,21 @@ class SignerTemplate:
         signer_info = tlv(0x30, b"".join([self.signer_head, tlv(0xA0, _contents(signed_attributes)),
                                           self.signature_algorithm, tlv(0x04, signature)]))
         if content is None:
-            encap = _DETACHED_ENCAP
-        else:  # one copy of the content, into the result's parts
+            encap = [_DETACHED_ENCAP]
+        else:
             octets_head = b"\x04" + der_length(len(content))
             explicit_head = b"\xa0" + der_length(len(octets_head) + len(content))
             encap_len = len(_DATA_OID) + len(explicit_head) + len(octets_head) + len(content)
-            encap = b"".join([b"\x30", der_length(encap_len), _DATA_OID, explicit_head, octets_head, content])
-        body = b"".join([self.signed_data_head, encap, self.certificates, tlv(0x31, signer_info)])
-        signed = tlv(0x30, body)
-        return tlv(0x30, _SIGNED_DATA_OID + tlv(0xA0, signed))
+            encap = [b"\x30" + der_length(encap_len), _DATA_OID, explicit_head, octets_head, content]
+        signer_infos = tlv(0x31, signer_info)
+        body_len = (len(self.signed_data_head) + sum(len(p) for p in encap) + len(self.certificates)
+                    + len(signer_infos))
+        signed_head = b"\x30" + der_length(body_len)
+        explicit = b"\xa0" + der_length(len(signed_head) + body_len)
+        outer = b"\x30" + der_length(len(_SIGNED_DATA_OID) + len(explicit) + len(signed_head) + body_len)
+        # one join: an encapsulated content is copied once, into the result
+        return b"".join([outer, _SIGNED_DATA_OID, explicit, signed_head, self.signed_data_head, *encap,
+                         self.certificates, signer_infos])
 
 
 def _contents(element: bytes) -> bytes:
