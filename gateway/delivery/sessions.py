@@ -17,7 +17,7 @@ Rules that keep it invisible to everything but the connection count:
   the transport opens a new one (once, transparently: never a deferral for our cache's sake).
 * **Bounded.** Idle at most `connection_cache_time` (default 2 s, Postfix's default), at most
   `connection_reuse_limit` messages (default 100) and `MAX_AGE` seconds per session, at most
-  the destination's concurrency idle sessions per destination; QUIT on shutdown (`close`).
+  the destination's concurrency idle sessions per key; QUIT on shutdown (`close`).
 
 Event-loop only (no locks): `take` and `give_back` never await, so no two deliveries can get
 the same session.
@@ -98,13 +98,14 @@ class SessionCache:
         entry = _Idle(session)
         entry.timer = asyncio.get_running_loop().call_later(self.idle_time, self._expire, key, entry)
         self._idle.setdefault(key, []).append(entry)
-        self._trim(key.destination)
+        self._trim(key)
 
-    def _trim(self, destination: Destination) -> None:
-        """At most the destination's concurrency idle sessions for it: the oldest released go."""
-        mine = [(key, entry) for key, entries in self._idle.items() if key.destination.key == destination.key
-                for entry in entries]
-        for key, entry in mine[:max(0, len(mine) - destination.concurrency)]:
+    def _trim(self, key: SessionKey) -> None:
+        """At most the destination's concurrency idle sessions per key: the oldest released go.
+        Per key, not per destination: a route carrying both trust-space and ordinary copies would
+        otherwise close one demand's session for the other's at every message."""
+        entries = self._idle.get(key, [])
+        for entry in entries[:max(0, len(entries) - key.destination.concurrency)]:
             self._drop(key, entry)
 
     def _expire(self, key: SessionKey, entry: _Idle) -> None:
