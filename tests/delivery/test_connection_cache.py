@@ -317,10 +317,17 @@ def test_mutual_tls_copy_never_rides_on_a_session_opened_without_our_certificate
                                      make_message(sender, "other@mss.example", "s", "protected by TLS only"),
                                      lifetime=3600)
             service.accepted(protected)
-            await _until(lambda: spool.get(protected).recipients[0].state is RecipientState.DEFERRED)
+
+            def state() -> RecipientState | None:
+                msg = spool.get(protected)
+                return None if msg is None else msg.recipients[0].state
+
+            await _until(lambda: len(handler.snapshot()) == 2 or state() in (RecipientState.DEFERRED, None))
+            assert [m.recipients for m in handler.snapshot()] == [["dr@mss.example"]], \
+                "a trust-space copy went out on a session without our client certificate"
             assert sessions is not None and sessions.reused == 0
             assert sessions.idle_count() == 1, "the ordinary session stays for ordinary copies"
-            rcpt = spool.get(protected).recipients[0]
+            rcpt = spool.get(protected).recipients[0]  # type: ignore[union-attr]
             assert rcpt.state is RecipientState.DEFERRED and rcpt.last_status == "4.7.5"
             assert "client certificate" in (rcpt.last_error or "")
         finally:
