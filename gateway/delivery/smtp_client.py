@@ -1,5 +1,10 @@
 """Outbound SMTP for one hop: connect, STARTTLS per policy, MAIL, RCPT each, DATA.
 
+`open_session` does the first part (up to and including the TLS checks) and returns an
+`SmtpSession`, which `send`s one transaction at a time; the connection cache
+(`gateway.delivery.sessions`) keeps a session for the next message to the same destination, with
+an RSET (`SmtpSession.reset`) before it. `send_via_smtp` is the one-shot form.
+
 aiosmtplib does the protocol; we drive it command by command (rather than `sendmail`) to get
 one reply per recipient, which is what per-recipient queue state needs. TLS policies:
 
