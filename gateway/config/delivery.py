@@ -15,7 +15,7 @@ TlsPolicy = Literal["required", "opportunistic", "none"]
 
 _DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
                   "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes",
-                  "consumers"}
+                  "consumers", "connection_cache_time", "connection_reuse_limit"}
 _ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport"}
 
 
@@ -72,6 +72,12 @@ class DeliveryConfig:
     routes: tuple[RouteConfig, ...]
     #: Application mailboxes delivered to a DPI/RIS as MDMs (`gateway.config.consumers`).
     consumers: tuple[ConsumerConfig, ...] = ()
+    #: How long an SMTP session to a destination stays open, idle, for the next message (Postfix's
+    #: `smtp_connection_cache_time_limit`); 0 turns the connection cache off.
+    connection_cache_time: float = 2.0
+    #: Messages sent over one cached session before it is closed (Postfix's
+    #: `smtp_connection_reuse_count_limit`).
+    connection_reuse_limit: int = 100
 
     def consumer_for(self, address: str) -> ConsumerConfig | None:
         """The consumer mailbox at this exact address, if any (a per-address row, before domains)."""
@@ -168,4 +174,6 @@ def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
         mx_port=r.port(spec, "mx_port", prefix, 25),
         routes=routes,
         consumers=read_consumers(r, spec, prefix),
+        connection_cache_time=r.convert(spec, "connection_cache_time", prefix, parse_duration, 2),
+        connection_reuse_limit=r.positive(spec, "connection_reuse_limit", prefix, 100),
     )

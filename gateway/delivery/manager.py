@@ -33,6 +33,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
+from gateway.delivery.sessions import SessionCache
 from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
@@ -73,6 +74,10 @@ class DeliveryManager(QueueWorker):
         self._unfinished: set[str] = set()
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
+        d = config.delivery
+        #: Idle SMTP sessions kept for the next message to the same destination (None: off).
+        self.sessions = SessionCache(d.connection_cache_time, d.connection_reuse_limit) \
+            if d.connection_cache_time > 0 else None
 
     # -- life cycle -------------------------------------------------------------------------
     async def stop(self, grace: float | None = None) -> None:
@@ -81,6 +86,7 @@ class DeliveryManager(QueueWorker):
         finished, requeued = await self._stop_taking_work(grace)
         if finished or requeued:
             event(log, "shutdown", finished=finished, requeued=requeued)
+        await self._close_sessions()
         for msg_id in list(self._unwritten):
             if not await self._flush(msg_id):
                 # Those recipients are still pending on disk: the next start sends them again.
@@ -131,7 +137,14 @@ class DeliveryManager(QueueWorker):
                                       delay_notice_before=self._delay_notice_before())
         due += await self._backlog_due()
         await asyncio.gather(*(self._process_guarded(m) for m in due))
+        # A one-shot run (`msgw queue flush`, tests) keeps no session past its end (nor its loop).
+        await self._close_sessions()
         return len(due)
+
+    async def _close_sessions(self) -> None:
+        """QUIT the cached sessions (shutdown, the end of a one-shot run)."""
+        if self.sessions is not None:
+            await self.sessions.close()
 
     # -- one message ------------------------------------------------------------------------
     async def _process_guarded(self, msg: QueuedMessage, preloaded: Mapping[int, bytes] | None = None) -> None:
@@ -238,7 +251,8 @@ class DeliveryManager(QueueWorker):
         async with sem:
             started = time.monotonic()
             try:
-                transport = transport_for(Hop(self.config, dest, self.resolver, require_client_cert=mutual_tls))
+                transport = transport_for(Hop(self.config, dest, self.resolver, require_client_cert=mutual_tls,
+                                                 sessions=self.sessions))
                 results, remote = await transport.deliver(msg.sender, [r.address for r in rcpts], data)
             except DeliveryError as exc:
                 event(log, "delivery-failed", logging.WARNING, msg=msg.id, dest=dest.key, rcpts=len(rcpts),

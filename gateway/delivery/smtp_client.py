@@ -1,5 +1,10 @@
 """Outbound SMTP for one hop: connect, STARTTLS per policy, MAIL, RCPT each, DATA.
 
+`open_session` does the first part (up to and including the TLS checks) and returns an
+`SmtpSession`, which `send`s one transaction at a time; the connection cache
+(`gateway.delivery.sessions`) keeps a session for the next message to the same destination, with
+an RSET (`SmtpSession.reset`) before it. `send_via_smtp` is the one-shot form.
+
 aiosmtplib does the protocol; we drive it command by command (rather than `sendmail`) to get
 one reply per recipient, which is what per-recipient queue state needs. TLS policies:
 
@@ -24,6 +29,7 @@ meanwhile; the retry period ends it with a bounce if the server never asks.
 from __future__ import annotations
 
 import ssl
+import time
 from dataclasses import dataclass
 
 import aiosmtplib
@@ -92,14 +98,102 @@ class CertificateWatch:
             self.sent = True
 
 
-async def send_via_smtp(*, host: str, address: str, port: int, sender: str, recipients: list[str], data: bytes,
-                        tls: TlsSettings, helo_name: str, connect_timeout: float = 30.0,
-                        command_timeout: float = 300.0, require_client_cert: bool = False
-                        ) -> dict[str, RecipientResult]:
-    """Send one copy to one hop. Returns a result per recipient; raises DeliveryError when the
-    hop could not be used at all (connection, TLS, or a MAIL/DATA refusal that covers all).
+class SmtpSession:
+    """One open SMTP session to one hop, past EHLO and whatever TLS its policy demanded (the
+    certificate checked, ours seen going out when the copy needs mutual TLS): what
+    `open_session` returns and the connection cache (`gateway.delivery.sessions`) keeps.
 
-    `require_client_cert`: send only over verified TLS in which we presented our certificate."""
+    It is only ever built by `open_session` after every check passed, so a session that failed
+    verification or mutual TLS never exists to be cached."""
+
+    def __init__(self, client: aiosmtplib.SMTP, host: str, remote: str, opened: float) -> None:
+        self.client = client
+        self.host = host
+        self.remote = remote
+        #: `time.monotonic()` when it was opened: the cache ends a session's reuse after a while.
+        self.opened = opened
+        #: Messages sent over it (MAIL transactions begun).
+        self.uses = 0
+
+    @property
+    def alive(self) -> bool:
+        """Still connected as far as we know (a server's EOF closes the transport at once)."""
+        return self.client.is_connected
+
+    async def reset(self, timeout: float) -> bool:
+        """RSET before a reused session's next message. False (and the session closed) when the
+        server does not answer 250: it closed the idle session (421, EOF) or is in a bad state."""
+        try:
+            await self.client.rset(timeout=timeout)
+            return True
+        except (aiosmtplib.SMTPException, OSError, TimeoutError):
+            self.client.close()
+            return False
+        except BaseException:  # cancelled: no half-used socket left behind
+            self.client.close()
+            raise
+
+    async def send(self, sender: str, recipients: list[str], data: bytes) -> dict[str, RecipientResult]:
+        """One transaction: MAIL, RCPT each, DATA. Returns a result per recipient; raises
+        DeliveryError when MAIL is refused (the session is left open: the caller QUITs) or the
+        session failed (then it is closed)."""
+        client, remote, host = self.client, self.remote, self.host
+        self.uses += 1
+        try:
+            options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
+            try:
+                await client.mail(sender, options=options)
+            except aiosmtplib.SMTPResponseException as exc:
+                raise DeliveryError(f"{remote} refused the sender: {exc.code} {exc.message}",
+                                    temporary=400 <= exc.code < 500, smtp_code=exc.code,
+                                    status=RecipientResult(exc.code, exc.message).status, remote=host) from None
+            except ValueError as exc:  # a control character in the address: aiosmtplib will not send it
+                raise DeliveryError(f"the sender address cannot be sent to {remote}: {_short(exc)}",
+                                    temporary=False, status="5.1.7", remote=host) from None
+            results: dict[str, RecipientResult] = {}
+            accepted: list[str] = []
+            for rcpt in recipients:
+                try:
+                    resp = await client.rcpt(rcpt)
+                    results[rcpt] = RecipientResult(resp.code, resp.message)
+                    accepted.append(rcpt)
+                except aiosmtplib.SMTPResponseException as exc:
+                    results[rcpt] = RecipientResult(exc.code, exc.message)
+                except ValueError as exc:  # as above: refused here, never a crash of the whole message
+                    results[rcpt] = RecipientResult(553, f"5.1.3 recipient address cannot be sent: {_short(exc)}")
+            if not accepted:
+                return results
+            try:
+                resp = await client.data(data)
+            except aiosmtplib.SMTPResponseException as exc:
+                for rcpt in accepted:
+                    results[rcpt] = RecipientResult(exc.code, exc.message)
+                return results
+            for rcpt in accepted:
+                results[rcpt] = RecipientResult(resp.code, resp.message)
+            return results
+        except DeliveryError:
+            raise
+        except (aiosmtplib.SMTPException, OSError, TimeoutError) as exc:
+            client.close()
+            raise DeliveryError(f"session with {remote} failed: {_short(exc)}", temporary=True, status="4.4.2",
+                                remote=host) from None
+
+    async def quit(self, timeout: float | None = None) -> None:
+        """QUIT (closing the socket whatever the server does)."""
+        await _quit(self.client, timeout)
+
+    def close(self) -> None:
+        self.client.close()
+
+
+async def open_session(*, host: str, address: str, port: int, tls: TlsSettings, helo_name: str,
+                       connect_timeout: float = 30.0, command_timeout: float = 300.0,
+                       require_client_cert: bool = False) -> SmtpSession:
+    """Connect to one hop, EHLO, and STARTTLS as its policy demands. Raises DeliveryError when the
+    hop cannot be used at all (connection, TLS, mutual TLS not given); nothing is sent then.
+
+    `require_client_cert`: only a verified TLS session in which we presented our certificate."""
     remote = f"{host}[{address}]:{port}"
     problem = tls.mutual_tls_problem(remote) if require_client_cert else None
     if problem is not None:
@@ -111,63 +205,13 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
     except (aiosmtplib.SMTPException, OSError) as exc:
         raise DeliveryError(f"cannot connect to {remote}: {_short(exc)}", temporary=True, status="4.4.1",
                             remote=host) from None
+    opened = time.monotonic()
     try:
         client.timeout = command_timeout
         await client.ehlo()
         if tls.policy != "none":
-            offered = client.supports_extension("starttls")
-            if not offered and tls.policy == "required":
-                raise DeliveryError(f"{remote} does not offer STARTTLS and TLS is required", temporary=True,
-                                    status="4.7.5", remote=host)
-            if offered:
-                verify = tls.policy == "required"
-                ctx = client_tls_context(tls, verify=verify)
-                watch = CertificateWatch(ctx)
-                try:
-                    await client.starttls(tls_context=ctx, server_hostname=host if verify else None,
-                                          validate_certs=verify)
-                except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
-                    raise DeliveryError(f"TLS with {remote} failed: {_short(exc)}", temporary=True,
-                                        status="4.7.5", remote=host) from None
-                if require_client_cert and not watch.sent:
-                    raise DeliveryError(f"{remote} did not ask for our client certificate: no mutual TLS for a copy "
-                                        "protected by transport security only", temporary=True, status="4.7.5",
-                                        remote=host)
-        options = [f"SIZE={len(data)}"] if client.supports_extension("size") else []
-        try:
-            await client.mail(sender, options=options)
-        except aiosmtplib.SMTPResponseException as exc:
-            raise DeliveryError(f"{remote} refused the sender: {exc.code} {exc.message}",
-                                temporary=400 <= exc.code < 500, smtp_code=exc.code,
-                                status=RecipientResult(exc.code, exc.message).status, remote=host) from None
-        except ValueError as exc:  # a control character in the address: aiosmtplib will not send it
-            raise DeliveryError(f"the sender address cannot be sent to {remote}: {_short(exc)}", temporary=False,
-                                status="5.1.7", remote=host) from None
-        results: dict[str, RecipientResult] = {}
-        accepted: list[str] = []
-        for rcpt in recipients:
-            try:
-                resp = await client.rcpt(rcpt)
-                results[rcpt] = RecipientResult(resp.code, resp.message)
-                accepted.append(rcpt)
-            except aiosmtplib.SMTPResponseException as exc:
-                results[rcpt] = RecipientResult(exc.code, exc.message)
-            except ValueError as exc:  # as above: refused here, never a crash of the whole message
-                results[rcpt] = RecipientResult(553, f"5.1.3 recipient address cannot be sent: {_short(exc)}")
-        if not accepted:
-            await _quit(client)
-            return results
-        try:
-            resp = await client.data(data)
-        except aiosmtplib.SMTPResponseException as exc:
-            for rcpt in accepted:
-                results[rcpt] = RecipientResult(exc.code, exc.message)
-            await _quit(client)
-            return results
-        for rcpt in accepted:
-            results[rcpt] = RecipientResult(resp.code, resp.message)
-        await _quit(client)
-        return results
+            await _starttls(client, host, remote, tls, require_client_cert)
+        return SmtpSession(client, host, remote, opened)
     except DeliveryError:
         await _quit(client)
         raise
@@ -175,11 +219,63 @@ async def send_via_smtp(*, host: str, address: str, port: int, sender: str, reci
         client.close()
         raise DeliveryError(f"session with {remote} failed: {_short(exc)}", temporary=True, status="4.4.2",
                             remote=host) from None
+    except BaseException:  # cancelled: no half-open socket left behind
+        client.close()
+        raise
 
 
-async def _quit(client: aiosmtplib.SMTP) -> None:
+async def _starttls(client: aiosmtplib.SMTP, host: str, remote: str, tls: TlsSettings,
+                    require_client_cert: bool) -> None:
+    offered = client.supports_extension("starttls")
+    if not offered and tls.policy == "required":
+        raise DeliveryError(f"{remote} does not offer STARTTLS and TLS is required", temporary=True,
+                            status="4.7.5", remote=host)
+    if not offered:
+        return
+    verify = tls.policy == "required"
+    ctx = client_tls_context(tls, verify=verify)
+    watch = CertificateWatch(ctx)
     try:
-        await client.quit()
+        await client.starttls(tls_context=ctx, server_hostname=host if verify else None, validate_certs=verify)
+    except (aiosmtplib.SMTPException, ssl.SSLError, OSError) as exc:
+        raise DeliveryError(f"TLS with {remote} failed: {_short(exc)}", temporary=True,
+                            status="4.7.5", remote=host) from None
+    if require_client_cert and not watch.sent:
+        raise DeliveryError(f"{remote} did not ask for our client certificate: no mutual TLS for a copy "
+                            "protected by transport security only", temporary=True, status="4.7.5",
+                            remote=host)
+
+
+async def send_via_smtp(*, host: str, address: str, port: int, sender: str, recipients: list[str], data: bytes,
+                        tls: TlsSettings, helo_name: str, connect_timeout: float = 30.0,
+                        command_timeout: float = 300.0, require_client_cert: bool = False
+                        ) -> dict[str, RecipientResult]:
+    """Send one copy to one hop over a session of its own (opened, used once, QUIT). Returns a
+    result per recipient; raises DeliveryError when the hop could not be used at all
+    (connection, TLS, or a MAIL/DATA refusal that covers all).
+
+    `require_client_cert`: send only over verified TLS in which we presented our certificate."""
+    session = await open_session(host=host, address=address, port=port, tls=tls, helo_name=helo_name,
+                                 connect_timeout=connect_timeout, command_timeout=command_timeout,
+                                 require_client_cert=require_client_cert)
+    try:
+        results = await session.send(sender, recipients, data)
+    except DeliveryError:
+        await session.quit()
+        raise
+    await session.quit()
+    return results
+
+
+async def _quit(client: aiosmtplib.SMTP, timeout: float | None = None) -> None:
+    if not client.is_connected:
+        client.close()
+        return
+    try:
+        if timeout is None:
+            await client.quit()
+        else:
+            await client.quit(timeout=timeout)
     except (aiosmtplib.SMTPException, OSError, TimeoutError):
         client.close()
 

@@ -20,7 +20,8 @@ from gateway.config import GatewayConfig
 from gateway.delivery.consumer import ConsumerTransport
 from gateway.delivery.local import lmtp_results, maildir_results
 from gateway.delivery.nexthop import Destination, NextHopResolver
-from gateway.delivery.smtp_client import RecipientResult, send_via_smtp
+from gateway.delivery.sessions import RSET_TIMEOUT, SessionCache, SessionKey
+from gateway.delivery.smtp_client import RecipientResult, SmtpSession, open_session
 from gateway.errors import DeliveryError
 
 Results = tuple[dict[str, RecipientResult], str]
@@ -36,6 +37,8 @@ class Hop:
     #: The copy is protected by trust-space (mutual) TLS only: our client certificate must be
     #: presented, or nothing is sent (see smtp_client).
     require_client_cert: bool = False
+    #: The delivery manager's connection cache; None: a session of its own per message.
+    sessions: SessionCache | None = None
 
 
 class Transport(Protocol):
@@ -54,21 +57,59 @@ class SmtpTransport:
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
         hop, dest = self.hop, self.hop.destination
         delivery = hop.config.delivery
+        key = SessionKey(dest, hop.require_client_cert, hop.config.hostname)
         last_error: DeliveryError | None = None
+        if hop.sessions is not None:
+            try:
+                reused = await self._reuse(hop.sessions, key, sender, list(recipients), data)
+            except DeliveryError as exc:
+                if not exc.temporary:
+                    raise
+                last_error = exc  # as a failed address would: the hops are tried afresh
+            else:
+                if reused is not None:
+                    return reused
         for host in await hop.resolver.hops(dest):
             for address in host.addresses:
                 try:
-                    results = await send_via_smtp(
-                        host=host.host, address=address, port=host.port, sender=sender, recipients=list(recipients),
-                        data=data, tls=dest.tls, helo_name=hop.config.hostname,
-                        connect_timeout=delivery.connect_timeout, command_timeout=delivery.command_timeout,
-                        require_client_cert=hop.require_client_cert)
-                    return results, host.host
+                    session = await open_session(
+                        host=host.host, address=address, port=host.port, tls=dest.tls,
+                        helo_name=hop.config.hostname, connect_timeout=delivery.connect_timeout,
+                        command_timeout=delivery.command_timeout, require_client_cert=hop.require_client_cert)
+                    return await self._send(session, key, sender, list(recipients), data)
                 except DeliveryError as exc:
                     if not exc.temporary:
                         raise
                     last_error = exc
         raise last_error or DeliveryError(f"no usable next hop for {dest.key}", temporary=True, status="4.4.4")
+
+    async def _reuse(self, cache: SessionCache, key: SessionKey, sender: str, recipients: list[str],
+                     data: bytes) -> Results | None:
+        """Over a cached session of this very key, after an RSET; None when there is none or the
+        server had closed it (421, EOF): then a new session is opened, not deferred."""
+        while (session := cache.take(key)) is not None:
+            if await session.reset(min(RSET_TIMEOUT, self.hop.config.delivery.command_timeout)):
+                cache.reused += 1
+                return await self._send(session, key, sender, recipients, data)
+            cache.stale += 1
+        return None
+
+    async def _send(self, session: SmtpSession, key: SessionKey, sender: str, recipients: list[str],
+                    data: bytes) -> Results:
+        """One transaction; then the session goes back to the cache (or QUIT without one)."""
+        try:
+            results = await session.send(sender, recipients, data)
+        except DeliveryError:
+            await session.quit()
+            raise
+        except BaseException:  # cancelled mid-transaction: the session is in no known state
+            session.close()
+            raise
+        if self.hop.sessions is not None:
+            self.hop.sessions.give_back(key, session)
+        else:
+            await session.quit()
+        return results, session.host
 
 
 class LmtpTransport:
