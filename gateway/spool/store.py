@@ -149,7 +149,7 @@ _MIGRATIONS = (
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+_SQLITE_BUSY, _SQLITE_IOERR, _SQLITE_FULL = 5, 10, 13
 
 #: Space kept aside for queue state on a full disk (see the module docstring).
 RESERVE_BYTES = 1 << 20
@@ -517,10 +517,16 @@ class Spool:
                             alone.append(w)
                             continue
                         db.execute(f"RELEASE w{n}")
-            except (sqlite3.Error, OSError):
+                self.batches += 1
+                self.batched_works += len(ready) - len(alone)
+            except (sqlite3.Error, OSError) as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                    # Another process held the database for the whole busy timeout: each caller
+                    # gets a temporary error now rather than waiting that long again, alone.
+                    for w in ready:
+                        w.error = SpoolError(f"cannot {w.what}: {_describe(exc)}")
+                    ready = []
                 alone = ready  # the commit failed: nothing of the batch is written
-            self.batches += 1
-            self.batched_works += len(ready) - len(alone)
         for w in alone:
             w.result = None
             try:
@@ -959,13 +965,16 @@ class Spool:
         if self.owner:
             mine = " AND m.claim IN ('', ?)"
             args.append(self.owner)
-        query = (f"SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
+        query = (f"SELECT r.message_id, m.claim FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
                  f" WHERE ({pending}{owed}) AND m.quarantined = 0{mine} GROUP BY r.message_id"
                  f" ORDER BY MIN(r.next_attempt) LIMIT ?")
         with self._lock:
-            ids = [r[0] for r in self.db.execute(query, (*args, limit + len(exclude)))]
-            if self.owner:
-                ids = self._claim([i for i in ids if i not in exclude])
+            found = [(r[0], r[1]) for r in self.db.execute(query, (*args, limit + len(exclude)))
+                     if r[0] not in exclude]
+            ids = [i for i, _ in found]
+            if self.owner:  # a write only when something due is still free
+                won = self._claim([i for i, claim in found if not claim])
+                ids = [i for i, claim in found if claim == self.owner or i in won]
             out = []
             for msg_id in ids:
                 if msg_id in exclude:
@@ -977,11 +986,11 @@ class Spool:
                     break
             return out
 
-    def _claim(self, ids: builtins.list[str]) -> builtins.list[str]:
+    def _claim(self, ids: builtins.list[str]) -> set[str]:
         """Claim for this owner those of `ids` still free (one transaction: another process's
-        claim in between wins); the ids now ours, in order. Not fsynced: claims are freed on open."""
+        claim in between wins); the ids now ours. Not fsynced: claims are freed on open."""
         if not ids:
-            return ids
+            return set()
         marks = ",".join("?" * len(ids))
 
         def take(db: sqlite3.Connection) -> set[str]:
@@ -995,7 +1004,7 @@ class Spool:
                 ours = take(db)
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"cannot claim due messages: {_describe(exc)}") from None
-        return [i for i in ids if i in ours]
+        return ours
 
     def next_due_time(self) -> float | None:
         mine, args = ("", PENDING) if not self.owner else (" AND m.claim IN ('', ?)", (*PENDING, self.owner))
