@@ -294,18 +294,22 @@ ACCEPTED_KEPT_BYTES = 64 * 1024 * 1024
 class _Work:
     """One caller's write waiting in (or done by) a group commit."""
 
-    __slots__ = ("what", "work", "reserve", "durable", "sync_dir", "done", "result", "error")
+    __slots__ = ("what", "work", "reserve", "durable", "sync_dir", "done", "ok", "result", "error")
 
     def __init__(self, what: str, work: Callable[[sqlite3.Connection], object], reserve: bool, durable: bool,
                  sync_dir: Path | None) -> None:
         self.what, self.work, self.reserve, self.durable, self.sync_dir = what, work, reserve, durable, sync_dir
         self.done = False
+        #: Committed: only then may the caller be told its work is done (an accept: a 250).
+        self.ok = False
         self.result: object = None
         self.error: BaseException | None = None
 
     def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
+        if not self.ok:
+            raise SpoolError(f"cannot {self.what}: not committed")
         return self.result
 
 
@@ -485,6 +489,8 @@ class Spool:
             with self._commit_cv:
                 self._committing = False
                 for other in batch:
+                    if not other.ok and other.error is None:  # the committer itself was interrupted
+                        other.error = SpoolError(f"cannot {other.what}: interrupted")
                     other.done = True
                 self._commit_cv.notify_all()
         return job.outcome()
@@ -517,6 +523,8 @@ class Spool:
                             alone.append(w)
                             continue
                         db.execute(f"RELEASE w{n}")
+                for w in ready:
+                    w.ok = w not in alone
                 self.batches += 1
                 self.batched_works += len(ready) - len(alone)
             except (sqlite3.Error, OSError) as exc:
@@ -528,9 +536,10 @@ class Spool:
                     ready = []
                 alone = ready  # the commit failed: nothing of the batch is written
         for w in alone:
-            w.result = None
+            w.result, w.ok = None, False
             try:
                 w.result = self._write_alone(w.what, w.work, reserve=w.reserve, durable=w.durable)
+                w.ok = True
             except BaseException as exc:  # noqa: BLE001 - handed to that work's caller
                 w.error = exc
 
