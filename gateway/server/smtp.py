@@ -5,7 +5,9 @@ gateway errors to replies with `gateway.errors.smtp_reply` (the one translation)
 stack trace reach a client.
 
 What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
-* bare LF / bare CR in DATA is refused (SMTP smuggling), aiosmtpd passes them through;
+* DATA is read in bulk (`gateway.server.dataread`: one scan for CRLF.CRLF, no list of lines)
+  with aiosmtpd's own replies and limits; a bare LF / bare CR in it is refused (SMTP
+  smuggling), which aiosmtpd passes through;
 * AUTH verification runs in an executor (scrypt/argon2 take tens of ms), a failure is slowed
   down, guessing is limited per client address and per account (`throttle`), and an unknown
   account is checked against a dummy hash so the time does not tell which accounts exist;
@@ -29,9 +31,9 @@ import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any, AnyStr, Literal
+from typing import Any, Literal
 
-from aiosmtpd.smtp import SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, as_gateway_error, smtp_reply
@@ -39,6 +41,7 @@ from gateway.logs import event
 from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
+from gateway.server.dataread import Outcome, has_bare_newline, read_data
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
 from gateway.spool import Spool
@@ -87,12 +90,6 @@ def _refusal_error(refusal: str | GatewayError | Refusal) -> GatewayError:
     return PolicyError(refusal)
 
 
-def has_bare_newline(data: bytes) -> bool:
-    """A LF or CR that is not part of CRLF (SMTP smuggling, RFC 5321 2.3.8) — in C, ~1 ms per MB."""
-    rest = data.replace(b"\r\n", b"")
-    return b"\n" in rest or b"\r" in rest
-
-
 def server_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
     if listener.tls_cert is None or listener.tls_key is None:
         return None
@@ -125,27 +122,54 @@ class GatewaySMTP(SMTP):
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
         self.gateway_handler = handler
-        self._bare_newline = False
         super().__init__(handler, **kwargs)
 
-    # aiosmtpd answers "500 Line too long" when a client sends its message with bare LF line
-    # ends (there is no CRLF for a thousand bytes): watch what DATA reads, and say why instead.
+    # aiosmtpd 1.4.6's smtp_DATA with its per-line read loop replaced by one bulk read
+    # (`read_data`): same checks before the 354, same replies after. A message sent with bare LF
+    # line ends has no CRLF for a thousand bytes: refused as bare LF, not as "Line too long".
     async def smtp_DATA(self, arg: str | None) -> None:
-        self._bare_newline = False
-        reader = self._reader
-        self._reader = _BareNewlineWatch(reader, self)  # type: ignore[assignment]
-        try:
-            await super().smtp_DATA(arg)
-        finally:
-            self._reader = reader
-
-    async def push(self, status: AnyStr) -> None:
-        if self._bare_newline and isinstance(status, str) and status.startswith("500 Line too long"):
-            event(log, "refused", logging.WARNING, listener=self.gateway_handler.listener.name,
-                  client=_peer_ip(self.session), reason="bare-lf")
-            await super().push(BARE_LF_REPLY)
+        if await self.check_helo_needed():
             return
-        await super().push(status)
+        if await self.check_auth_needed("DATA"):
+            return
+        assert self.envelope is not None
+        if not self.envelope.rcpt_tos:
+            await self.push("503 Error: need RCPT command")
+            return
+        if arg:
+            await self.push("501 Syntax: DATA")
+            return
+        await self.push("354 End data with <CR><LF>.<CR><LF>")
+        try:
+            data = await read_data(self._reader, self.data_size_limit, self.line_length_limit)
+        except asyncio.CancelledError:  # connection lost or timed out during DATA, as aiosmtpd
+            self._writer.close()
+            raise
+        if data.outcome is not Outcome.OK:
+            if data.outcome is Outcome.TOO_MUCH:
+                await self.push("552 Error: Too much mail data")
+            elif data.bare_newline:
+                event(log, "refused", logging.WARNING, listener=self.gateway_handler.listener.name,
+                      client=_peer_ip(self.session), reason="bare-lf")
+                await self.push(BARE_LF_REPLY)
+            else:
+                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+            self._set_post_data_state()
+            return
+        content: str | bytes | None = data.content
+        if self._decode_data and data.content is not None:  # not ours (bytes); kept for aiosmtpd's contract
+            try:
+                content = data.content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii",
+                                              errors="surrogateescape" if self.enable_SMTPUTF8 else "strict")
+            except UnicodeDecodeError:
+                await self.push("500 Error: strict ASCII mode")
+                return
+        self.envelope.content = content
+        self.envelope.original_content = data.content
+        self.envelope.msgw_bare_newline = data.bare_newline  # type: ignore[attr-defined]
+        status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
+        self._set_post_data_state()
+        await self.push("250 OK" if status is MISSING else status)
 
     # aiosmtpd's address parser folds control characters as white space (`<dr@x.example\x0bY>`
     # became `dr@x.exampleY`, `<a@x.example\r>` became `a@x.example`): refuse them in the raw
@@ -221,35 +245,6 @@ class GatewaySMTP(SMTP):
 for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the overridden commands
     for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
         setattr(getattr(GatewaySMTP, _name), _attr, getattr(getattr(SMTP, _name), _attr))
-
-
-class _BareNewlineWatch:
-    """Stands in for the DATA reader: passes every read through and notes a bare LF or CR
-    (a CR that ends one read may pair with the LF that starts the next, so it is carried)."""
-
-    def __init__(self, reader: asyncio.StreamReader, protocol: GatewaySMTP) -> None:
-        self._reader = reader
-        self._protocol = protocol
-        self._carry = b""
-
-    def _see(self, chunk: bytes) -> bytes:
-        if not self._protocol._bare_newline:
-            text = self._carry + chunk
-            self._carry = b"\r" if text.endswith(b"\r") else b""
-            if self._carry:
-                text = text[:-1]
-            if has_bare_newline(text):
-                self._protocol._bare_newline = True
-        return chunk
-
-    async def readuntil(self, separator: bytes = b"\n") -> bytes:
-        return self._see(await self._reader.readuntil(separator))
-
-    async def read(self, n: int = -1) -> bytes:
-        return self._see(await self._reader.read(n))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._reader, name)
 
 
 def _peer_ip(session: Session | None) -> str:
@@ -469,7 +464,10 @@ class GatewayHandler:
 
     async def handle_DATA(self, server: SMTP, session: Session, envelope: Envelope) -> str:
         data = envelope.original_content or b""
-        if has_bare_newline(data):
+        bare: bool | None = getattr(envelope, "msgw_bare_newline", None)  # found by the DATA read
+        if bare is None:
+            bare = has_bare_newline(data)
+        if bare:
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="bare-lf", size=len(data))
             return BARE_LF_REPLY
@@ -481,6 +479,7 @@ class GatewayHandler:
         if self.returns_address and self.returns_address in (r.lower() for r in envelope.rcpt_tos):
             return await self._take_returns(session, envelope.rcpt_tos, data)
         data = self._received_header(server, session, envelope) + data
+        envelope.content = envelope.original_content = None  # one copy of a large message, not two
         auth_user = identity.name if identity is not None else None
         # aiosmtpd keeps the null reverse-path as the text "<>" (an empty one means "no MAIL yet").
         sender = "" if envelope.mail_from in (None, "<>") else envelope.mail_from
@@ -583,9 +582,11 @@ class SmtpServer:
 
     def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
                  rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
-                 mailbox_lookup: MailboxLookup | None = None) -> None:
+                 mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False) -> None:
         self.config = config
         self.spool = spool
+        #: SO_REUSEPORT on every listener: worker processes each bind the same ports (issue 15).
+        self.reuse_port = reuse_port
         #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
         #: mailbox (`gateway.cisis.ledger.ZamLedger.apply_report`); None: the mailbox is not served.
         self.returns_sink: Callable[[bytes], object] | None = None
@@ -624,7 +625,7 @@ class SmtpServer:
             # kernel cannot queue are dropped after the handshake and hang until the client's
             # own timeout (seen with 500 concurrent clients; the kernel caps it at somaxconn).
             server = await loop.create_server(self._factory(listener), host=listener.address, port=listener.port,
-                                              backlog=LISTEN_BACKLOG)
+                                              backlog=LISTEN_BACKLOG, reuse_port=self.reuse_port)
             self.servers.append(server)
             sock = server.sockets[0].getsockname()
             self.bound[listener.name] = (sock[0], sock[1])
