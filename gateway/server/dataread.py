@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import re
 from dataclasses import dataclass
 
 TERMINATOR = b"\r\n.\r\n"
@@ -58,111 +59,131 @@ class DataRead:
 
 
 class DataScanner:
-    """Feed it the bytes after the 354 chunk by chunk; `feed` says when the final dot came. Holds
-    at most `size_limit` + one line + one chunk: past the limit it keeps only the last bytes (where
-    a terminator may begin) and reads on to the end, as aiosmtpd does before its 552."""
+    """Feed it the bytes after the 354 chunk by chunk; `feed` says when the final dot came.
+
+    Each chunk is checked as it comes, its whole lines at once (`_lines`: bare CR/LF, a line too
+    long, unstuffing) and kept as a view, so no byte is copied twice and the event loop never
+    works on more than one chunk at a time; `take` joins the pieces: the one copy of the message.
+    Past `size_limit` nothing more is kept: only the end of the unfinished line (where a
+    terminator may begin), as aiosmtpd reads on to the end before its 552."""
 
     def __init__(self, size_limit: int | None, line_limit: int) -> None:
         self.limit = size_limit or None
         self.line_limit = line_limit
-        # starts with the CRLF that ended the DATA command line: ".\r\n" first is the terminator,
-        # and a dot starting the first line is unstuffed by the same replace as every other line
-        self.buf = bytearray(_CRLF)
-        self.scan = 0  # where the next terminator search starts (linear: 4 bytes back at most)
-        self.checked = len(_CRLF)  # buf offset up to which whole lines were checked (just after a CRLF)
-        self.dropped = 0  # bytes dropped from the front of buf (past the size limit)
-        self.long_line: tuple[int, int | None] | None = None  # (raw offset, length with CRLF or None: unended)
+        # a line at least line_limit bytes before its LF: too long (when no bare CR/LF: else `_exact_long`)
+        self._long = re.compile(rb"\n[^\n]{%d}" % line_limit)
+        self.pieces: list[bytes | memoryview] = []  # the message so far, unstuffed
+        self.rest = b""  # the bytes after the last CRLF (a line not ended yet; its end only when too long)
+        self.line_start = True  # `rest` begins a line: after a CRLF (at first, the DATA command's)
+        self.size = 0  # bytes as sent before `rest`
+        self.long_line: tuple[int, int | None] | None = None  # (offset, length with CRLF or None: unended)
         self.bare = False
         self.decided: Outcome | None = None  # set when the size limit was passed: TOO_LONG or TOO_MUCH
-        self.end = -1  # offset in buf of the terminator once found
+        self.leftover: bytes | None = None  # what followed the final dot, once it came
 
     def feed(self, chunk: bytes) -> bool:
-        """Add a chunk; True once CRLF.CRLF has arrived (the bytes after it are `take`n back)."""
-        buf = self.buf
-        buf += chunk
-        end = buf.find(TERMINATOR, self.scan)
+        """Add a chunk; True once CRLF.CRLF has arrived."""
+        seg = self.rest + chunk if self.rest else chunk
+        if self.line_start and seg.startswith(b".\r\n"):
+            end, after = 0, 3
+        else:
+            end = seg.find(TERMINATOR)
+            end, after = (end + 2, end + len(TERMINATOR)) if end >= 0 else (-1, -1)
         if end >= 0:
-            self.end = end
-            if self.decided is None:
-                self._check_lines(end + 2)
-            elif self.decided is Outcome.TOO_LONG and not self.bare:
-                self.bare = has_bare_newline(buf[:end + 2])
+            self._lines(seg, end)
+            self.rest, self.leftover = b"", seg[after:]
             return True
-        self.scan = max(len(buf) - (len(TERMINATOR) - 1), 0)
-        if self.decided is None:
-            last = buf.rfind(_CRLF, self.checked)
-            if last >= 0:
-                self._check_lines(last + 2)
-            # a line slack past the limit: the line crossing the limit has ended or is too long
-            if self.limit is not None and len(buf) - 2 > self.limit + self.line_limit + 8:
-                self._pass_limit()
-        if self.decided is not None:
-            self._drop()
+        last = seg.rfind(_CRLF)
+        if last >= 0:
+            self._lines(seg, last + 2)
+            self.rest, self.line_start = seg[last + 2:], True
+        else:
+            self.rest = seg
+        if len(self.rest) > self.line_limit + 8:
+            self._cut_rest()
+        if self.decided is None and self.limit is not None \
+                and self.size + len(self.rest) > self.limit + self.line_limit + 8:
+            self._pass_limit()
         return False
 
     def take(self) -> tuple[DataRead, bytes]:
         """The result, and the bytes that followed the terminator (for the next command)."""
-        assert self.end >= 0, "take() before the terminator"
-        buf, end = self.buf, self.end
-        self.buf = bytearray()
-        rest = bytes(buf[end + len(TERMINATOR):])
-        raw_size = self.dropped + end  # raw offset of buf[i] is dropped + i - 2; the message ends at end + 2
+        assert self.leftover is not None, "take() before the terminator"
         outcome = self.decided
         if outcome is None:
             if self._too_long_first():
                 outcome = Outcome.TOO_LONG
-            elif self.limit is not None and end > self.limit:
+            elif self.limit is not None and self.size > self.limit:
                 outcome = Outcome.TOO_MUCH
             else:
                 outcome = Outcome.OK
-        if outcome is not Outcome.OK:
-            return DataRead(outcome, None, self.bare, raw_size), rest
-        del buf[end + 2:]
-        if buf.find(b"\r\n.") >= 0:
-            buf = buf.replace(b"\r\n.", b"\r\n")
-        del buf[:2]  # the DATA line's CRLF (deleting at the front does not move the bytes)
-        content = bytes(buf)  # the one copy of the message our DATA path makes
-        return DataRead(Outcome.OK, content, self.bare, raw_size), rest
+        content = b"".join(self.pieces) if outcome is Outcome.OK else None  # the one copy of the message
+        self.pieces.clear()
+        return DataRead(outcome, content, self.bare, self.size), self.leftover
 
-    def _check_lines(self, stop: int) -> None:
-        """Check the whole lines in buf[checked:stop] (stop just after a CRLF): bare CR/LF, length."""
-        if stop <= self.checked:
+    def _lines(self, seg: bytes, stop: int) -> None:
+        """The whole lines seg[:stop] (stop just after a CRLF): checked, unstuffed and kept."""
+        if stop <= 0 or self.decided is Outcome.TOO_MUCH:
+            self.size += max(stop, 0)
             return
-        region = self.buf[self.checked:stop]
-        if not self.bare:
-            self.bare = has_bare_newline(region)
-        if self.long_line is None:
-            lines = region.split(_CRLF)
-            if max(map(len, lines)) + 2 > self.line_limit:  # rare: find which one, in Python
-                pos = self.checked - 2 + self.dropped
-                for line in lines:
-                    if len(line) + 2 > self.line_limit:
-                        self.long_line = (pos, len(line) + 2)
-                        break
-                    pos += len(line) + 2
-        self.checked = stop
+        bare_here = self.bare or _bare_in(seg, 0, stop)
+        self.bare = bare_here
+        if self.decided is None:
+            if self.long_line is None and stop > self.line_limit:  # else no line in it can be too long
+                self._find_long(seg, stop, exact=bare_here)
+            self._keep(seg, stop)
+        self.size += stop
+
+    def _find_long(self, seg: bytes, stop: int, *, exact: bool) -> None:
+        """Note the first line of seg[:stop] longer than line_limit (CRLF counted)."""
+        if exact:  # bare CR/LF: a line is what lies between two CRLFs, split in Python (rare)
+            pos = self.size
+            for line in seg[:stop].split(_CRLF)[:-1]:
+                if len(line) + 2 > self.line_limit:
+                    self.long_line = (pos, len(line) + 2)
+                    return
+                pos += len(line) + 2
+            return
+        # no bare CR/LF: every LF ends a line; the first line has none before it
+        first = 0 if seg.find(b"\n", 0, self.line_limit) < 0 else None
+        if first is None:
+            match = self._long.search(seg, 0, stop)
+            if match is None:
+                return
+            first = match.start() + 1
+        self.long_line = (self.size + first, seg.find(_CRLF, first, stop) + 2 - first)
+
+    def _keep(self, seg: bytes, stop: int) -> None:
+        """Keep seg[:stop] unstuffed: the first dot of every line goes (a view when there is none)."""
+        skip = 1 if self.line_start and seg[:1] == b"." else 0
+        if seg.find(b"\r\n.", 0, stop) >= 0:
+            self.pieces.append(memoryview(seg[:stop].replace(b"\r\n.", b"\r\n"))[skip:])
+        else:
+            self.pieces.append(memoryview(seg)[skip:stop])
+
+    def _cut_rest(self) -> None:
+        """The unfinished line is already too long: keep only its last bytes (where the terminator
+        may begin, never ending the part let go on a CR whose LF may follow)."""
+        rest = self.rest
+        if self.long_line is None and self.line_start:
+            self.long_line = (self.size, None)
+        cut = len(rest) - (len(TERMINATOR) - 1)
+        if rest[cut - 1] == _CR:
+            cut -= 1
+        if self.decided is not Outcome.TOO_MUCH:
+            self.bare = self.bare or _bare_in(rest, 0, cut)
+            if self.decided is None:  # no CRLF in it: only a first dot to unstuff
+                self.pieces.append(memoryview(rest)[1 if self.line_start and rest[:1] == b"." else 0:cut])
+        self.size += cut
+        self.rest, self.line_start = rest[cut:], False
 
     def _pass_limit(self) -> None:
-        """More than the limit has come: decide 500 or 552 now and keep no more of the message."""
-        unended = len(self.buf) - self.checked
-        if self.long_line is None and unended > self.line_limit + 1:
-            self.long_line = (self.checked - 2 + self.dropped, None)
+        """More than the limit has come: decide 500 or 552 now and keep no more of the message
+        (a line slack past the limit: the line across it has ended or is known too long)."""
+        if self.long_line is None and self.line_start and len(self.rest) > self.line_limit + 1:
+            self.long_line = (self.size, None)
         self.decided = Outcome.TOO_LONG if self._too_long_first() else Outcome.TOO_MUCH
-
-    def _drop(self) -> None:
-        """Past the limit: keep only the bytes where the terminator may begin; for a 500 reply,
-        still note a bare CR/LF in what is dropped (it turns the reply into the bare-LF refusal)."""
-        buf = self.buf
-        cut = len(buf) - (len(TERMINATOR) - 1)
-        if cut > 0 and buf[cut - 1] == _CR:
-            cut -= 1  # never end a dropped piece on a CR whose LF may follow
-        if cut <= 0:
-            return
-        if self.decided is Outcome.TOO_LONG and not self.bare:
-            self.bare = has_bare_newline(buf[:cut])
-        del buf[:cut]
-        self.dropped += cut
-        self.scan = 0
+        self.pieces.clear()
 
     def _too_long_first(self) -> bool:
         """Whether aiosmtpd would have met the too-long line before passing the size limit: a
@@ -176,6 +197,12 @@ class DataScanner:
         if length is None or length - 2 > self.line_limit:
             return start <= self.limit
         return start + length <= self.limit
+
+
+def _bare_in(data: bytes, start: int, stop: int) -> bool:
+    """`has_bare_newline` on data[start:stop], without slicing."""
+    pairs = data.count(_CRLF, start, stop)
+    return data.count(b"\n", start, stop) != pairs or data.count(b"\r", start, stop) != pairs
 
 
 async def read_data(reader: asyncio.StreamReader, size_limit: int | None, line_limit: int) -> DataRead:

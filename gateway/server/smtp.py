@@ -156,17 +156,17 @@ class GatewaySMTP(SMTP):
                 await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
             self._set_post_data_state()
             return
-        content: str | bytes | None = data.content
-        if self._decode_data and data.content is not None:  # not ours (bytes); kept for aiosmtpd's contract
+        self.envelope.original_content = self.envelope.content = data.content
+        self.envelope.msgw_bare_newline = data.bare_newline  # type: ignore[attr-defined]
+        del data  # the envelope holds the message alone: the handler can let go of it (large messages)
+        if self._decode_data and self.envelope.original_content is not None:  # not ours; aiosmtpd's contract
             try:
-                content = data.content.decode("utf-8" if self.enable_SMTPUTF8 else "ascii",
-                                              errors="surrogateescape" if self.enable_SMTPUTF8 else "strict")
+                self.envelope.content = self.envelope.original_content.decode(
+                    "utf-8" if self.enable_SMTPUTF8 else "ascii",
+                    errors="surrogateescape" if self.enable_SMTPUTF8 else "strict")
             except UnicodeDecodeError:
                 await self.push("500 Error: strict ASCII mode")
                 return
-        self.envelope.content = content
-        self.envelope.original_content = data.content
-        self.envelope.msgw_bare_newline = data.bare_newline  # type: ignore[attr-defined]
         status = await self._call_handler_hook("DATA") if "DATA" in self._handle_hooks else MISSING
         self._set_post_data_state()
         await self.push("250 OK" if status is MISSING else status)

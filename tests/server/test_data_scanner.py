@@ -34,13 +34,20 @@ CASES = {
     "far over": ((b"y" * 60 + b"\r\n") * 200 + b".\r\nRSET\r\n", Outcome.TOO_MUCH, None, False),
     "far over, bare LF": ((b"y" * 60 + b"\n") * 200 + b"\r\n.\r\n", Outcome.TOO_LONG, None, True),
     "long line": (b"a\r\n" + b"z" * 1000 + b"\r\n.\r\n", Outcome.TOO_LONG, None, False),
+    "very long line": (b".a\r\n." + b"z" * 3000 + b"\r\n..b\r\n.\r\n", Outcome.TOO_LONG, None, False),
+    "very long line, bare LF": (b"a\r\n" + b"z" * 1500 + b"\n" + b"z" * 1500 + b"\r\n.\r\n", Outcome.TOO_LONG, None,
+                                True),
+    # aiosmtpd refuses a line longer than its reader's limit as it comes: before counting it
+    "long line at the limit": (b"a\r\n" * 100 + b"z" * 1500 + b"\r\n.\r\n", Outcome.TOO_LONG, None, False),
+    "long line past the limit": (b"a\r\n" * 101 + b"z" * 1500 + b"\r\n.\r\n", Outcome.TOO_MUCH, None, False),
 }
+LIMITS = {"long line": 2000, "very long line": 5000, "very long line, bare LF": 5000}
 
 
 @pytest.mark.parametrize("name", list(CASES))
 def test_any_cut_into_reads_gives_the_same_result(name: str) -> None:
     data, outcome, content, bare = CASES[name]
-    limit = 2000 if name == "long line" else LIMIT
+    limit = LIMITS.get(name, LIMIT)
     whole, rest = _feed([data], limit)
     assert (whole.outcome, whole.content, whole.bare_newline) == (outcome, content, bare)
     assert rest == data[data.index(b".\r\n", 0 if data.startswith(b".\r\n") else data.index(b"\r\n.\r\n") + 2) + 3:]
