@@ -10,7 +10,7 @@ listener (plain SMTP, 127.0.0.0/8 allowed) and delivers it to our sink:
 Reported: time to the 250 after DATA (transfer + fsync), accept→delivered, VmRSS when idle, VmHWM
 after delivery, and (VmHWM − idle RSS) / message size: how many copies of the message the process held
 at its peak; the same ratio read right after the 250 shows what receiving took (the SMTP DATA read
-and the spool's accept; delivery may have begun by then). CPU seconds of the gateway process per
+and the spool's accept; the pipeline or delivery may have begun by then). CPU seconds of the gateway process per
 message too. Meanwhile a probe connects to the same listener every 100 ms and times the 220
 greeting: the slowest one shows how long the event loop was blocked (no other client served) while
 this message was received and processed.

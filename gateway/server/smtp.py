@@ -121,7 +121,8 @@ def valid_helo(name: str) -> bool:
 
 
 class GatewaySMTP(SMTP):
-    """aiosmtpd's protocol with asynchronous, slowed-down AUTH verification."""
+    """aiosmtpd's protocol with a bulk DATA read, fast address parsing and asynchronous,
+    slowed-down AUTH verification."""
 
     def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
         self.gateway_handler = handler
