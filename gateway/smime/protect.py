@@ -18,6 +18,7 @@ from collections.abc import Sequence
 
 from cryptography import x509
 
+from gateway.rawmime import Raw
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.engine import encrypt_entity, encrypt_message
 from gateway.smime.headers import NEVER_COPIED, OUR_PREFIX, allowed_outer_fields, name_of, protected_entity
@@ -28,7 +29,7 @@ from gateway.smime.trust import check_signing_usage
 __all__ = ["protect_smime", "sign_protected"]
 
 
-async def protect_smime(message: bytes, key: SigningKey | None, certs: Sequence[x509.Certificate], *,
+async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x509.Certificate], *,
                         neutral_subject: str, sender_copy: x509.Certificate | None) -> bytes:
     """Sign (when `key` is given) then encrypt to `certs` (+ `sender_copy`, so the sent copy stays
     readable by its sender), with header protection: the outer allow-list outside (neutral
@@ -47,7 +48,7 @@ async def protect_smime(message: bytes, key: SigningKey | None, certs: Sequence[
     return await asyncio.to_thread(encrypt_entity, outer, entity, recipients, sender_copy=sender_copy)
 
 
-async def sign_protected(message: bytes, key: SigningKey) -> bytes:
+async def sign_protected(message: Raw, key: SigningKey) -> bytes:
     """The trust-space-TLS copy: signed, not encrypted, every original header copied inside the
     signed entity (protected headers, as `protect_smime` does) so that what the reader is shown —
     From, Subject, a bridge's provenance — is what the signature covers. Outside, the message's
