@@ -1,4 +1,4 @@
-"""One parse per message (issue 15, item 2).
+"""One parse per message, and one thread hand-off from accept to prepared (issue 15, items 2 and 7).
 
 Real stages on a real-key context (the TEST PKI), a real spool and runner; the `email` parser,
 the header splitters and the thread pool are counted (wrapped, still called), never replaced, and
@@ -11,23 +11,29 @@ import email
 import email.feedparser
 import functools
 import sys
+import threading
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import pytest
 
 from gateway import rawmime
+from gateway.config import load_config
 from gateway.legacy import detect_codec
 from gateway.pipeline import Envelope, Pipeline
 from gateway.rawmime import MessageView, to_crlf
-from gateway.smime import mime
+from gateway.runner import PipelineRunner
+from gateway.smime import mime, protect
 from gateway.smime.engine import Verifier, unwrap_message
 from gateway.smime.revocation import CrlSource
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL, TestPKI, build_test_pki
 from gateway.smime.trust import TrustStore
+from gateway.spool import Spool
 from gateway.stages.build import protection_stages
+from tests.e2e.harness import write_config
 from tests.stages.test_protection import Ctx, _key, _policy
 
 
@@ -150,3 +156,69 @@ def test_the_signed_entity_is_what_content_entity_cuts_out_of_the_signed_message
     cut_outer, cut_entity = mime.content_entity(message)
     assert cut_outer == outer
     assert message == b"".join(outer) + b"MIME-Version: 1.0\r\n" + cut_entity
+
+
+def _runner_hops(pki: TestPKI, tmp_path: Path, data: bytes) -> tuple[int, set[str], bytes]:
+    """Hops of the message's own task from the accept hand-off to the prepared hand-off (the poll
+    loop's own visits to the spool are not the message's), and which of the MIME preparation
+    ("content_entity") and the encryption ("encrypt_entity") ran off the event loop's thread."""
+    config = load_config(write_config(tmp_path / "gw", sink_port=9).config)
+    spool = Spool(config.spool.path).open()
+    loop_thread = threading.get_ident()
+    off_loop: set[str] = set()
+    originals = {"content_entity": protect.content_entity, "encrypt_entity": protect.encrypt_entity}
+
+    def traced(name: str) -> Callable[..., Any]:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if threading.get_ident() != loop_thread:
+                off_loop.add(name)
+            return originals[name](*args, **kwargs)
+        return call
+
+    async def run() -> tuple[int, bytes]:
+        done: asyncio.Queue[dict[int, bytes]] = asyncio.Queue()
+        runner = PipelineRunner(config, spool, Pipeline(protection_stages(Ctx(pki, _policy(sender_copy=False)))),
+                                handoff=lambda _msg, copies: done.put_nowait(copies))
+        runner.start()
+        try:
+            msg_id = spool.accept(ORG_EMAIL, [PERSON_EMAIL], data, lifetime=3600, auth_user=ORG_EMAIL, listener="relay")
+            with _counting() as counts:
+                runner.prepare_now(msg_id)
+                copies = await asyncio.wait_for(done.get(), 60)
+            assert counts["parse"] == (1 if data.isascii() else 2), counts
+            return counts[f"hop prepare-{msg_id}"], next(iter(copies.values()))
+        finally:
+            await runner.stop(1)
+
+    for name in originals:
+        setattr(protect, name, traced(name))
+    try:
+        hops, sent = asyncio.run(run())
+    finally:
+        for name, fn in originals.items():
+            setattr(protect, name, fn)
+        spool.close()
+    return hops, off_loop, sent
+
+
+def test_a_small_message_is_prepared_with_one_thread_hop(pki: TestPKI, tmp_path: Path) -> None:
+    data = _message(protect.INLINE_LIMIT_8BIT)
+    hops, off_loop, sent = _runner_hops(pki, tmp_path, data)
+    assert hops == 1  # the spool's prepare record; the MIME and CMS work on the loop
+    assert not off_loop
+    assert email.message_from_bytes(asyncio.run(_opened(pki, sent))).get_payload(decode=True) == \
+        data.split(b"\r\n\r\n", 1)[1]
+
+
+@pytest.mark.parametrize("size, eight_bit, away, expected_hops", [
+    (protect.INLINE_LIMIT * 3, False, {"content_entity", "encrypt_entity"}, 3),  # + the spool's record
+    (protect.INLINE_LIMIT_8BIT * 2, True, {"content_entity"}, 2),  # its base64 entity is small: encrypted on the loop
+], ids=["7bit", "8bit"])
+def test_the_work_of_a_large_message_runs_off_the_event_loop(pki: TestPKI, tmp_path: Path, size: int, eight_bit: bool,
+                                                             away: set[str], expected_hops: int) -> None:
+    data = _message(size, eight_bit=eight_bit)
+    hops, off_loop, sent = _runner_hops(pki, tmp_path, data)
+    assert off_loop == away, "the MIME and CMS work of a large message must not run on the event loop"
+    assert hops == expected_hops
+    opened = email.message_from_bytes(asyncio.run(_opened(pki, sent)))
+    assert opened.get_payload(decode=True) == data.split(b"\r\n\r\n", 1)[1]
