@@ -206,10 +206,14 @@ class SmimePart:
     signed_content: bytes = b""  # the raw first part of multipart/signed; the body of message/rfc822
 
 
-def _decode_body(split: Split) -> bytes:
-    msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
+def _decode_body(split: Split, headers: Message | None = None) -> bytes:
+    """The transfer-decoded body. `headers`: the split's header block already parsed; base64 (what
+    S/MIME uses) is then decoded without parsing the whole message."""
+    msg = headers if headers is not None else split.message()
     # str(): compat32 hands an 8-bit header over as a Header object, not a string.
     cte = str(msg.get("Content-Transfer-Encoding") or "").strip().lower()
+    if cte != "base64":
+        msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
     if cte == "base64":
         text = re.sub(rb"\s+", b"", split.body)
         try:
@@ -251,7 +255,7 @@ def classify(raw: Raw) -> SmimePart:
     name = str(msg.get_param("name") or msg.get_filename() or "").lower()
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime") or (
             ctype == "application/octet-stream" and name.endswith(".p7m")):
-        return SmimePart("pkcs7-mime", _decode_body(split))
+        return SmimePart("pkcs7-mime", _decode_body(split, msg))
     if ctype == "message/rfc822":
         return SmimePart("rfc822", signed_content=split.body)
     return SmimePart("plain")

@@ -178,7 +178,7 @@ async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, r
         raise PermanentError(f"the bridge has no keys for {codec_name}", status="5.7.1")
     data = item.data
     verdict = "none; message was not S/MIME protected"
-    if is_encrypted(data):
+    if is_encrypted(view_of(item)):
         result = await ctx.bridge_unwrap(data)   # raises a typed refusal when it cannot be opened/verified
         data = strip_headers(result.message)
         verdict = " ".join(summary(result).split())
