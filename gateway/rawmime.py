@@ -130,9 +130,16 @@ class MessageView:
     issue 15). A reader asks `once(fn)`: `fn(data)` is computed the first time and kept, keyed by
     the function itself, so readers in any package share a result without this module knowing
     them. Shared results are read-only: never change one (the parsed `message` included); whoever
-    needs to change a tree parses its own. One message is read by one task at a time."""
+    needs to change a tree parses its own. One message is read by one task at a time.
+
+    Past `KEEP_LIMIT` bytes nothing is kept: a split holds a copy of the body and a parse more
+    than the message, and kept for the whole preparation they would add to a large message's
+    peak memory what re-reading costs little beside its cryptography."""
 
     __slots__ = ("_memo", "data")
+
+    #: Largest message whose readings are kept.
+    KEEP_LIMIT = 1024 * 1024
 
     def __init__(self, data: bytes) -> None:
         self.data = data
@@ -143,7 +150,9 @@ class MessageView:
         memo = self._memo
         if fn in memo:
             return memo[fn]  # type: ignore[no-any-return]
-        value = memo[fn] = fn(self.data)
+        value = fn(self.data)
+        if len(self.data) <= self.KEEP_LIMIT:
+            memo[fn] = value
         return value
 
     def has(self, fn: Callable[[bytes], Any]) -> bool:

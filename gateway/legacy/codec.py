@@ -226,8 +226,21 @@ def display_name(name: str) -> str:
     return codec.display_name if codec is not None else name
 
 
-#: The message `detect_codec` is asking about, so that every codec's `detect` reads one parse of it.
-_DETECTING: ContextVar[MessageView | None] = ContextVar("msgw_legacy_detecting", default=None)
+class _Detecting:
+    """The message `detect_codec` is asking about, parsed on first need and then shared by every
+    codec's `detect` (even for a message too large for its view to keep the parse)."""
+
+    def __init__(self, view: MessageView) -> None:
+        self.view = view
+        self._message: email.message.Message | None = None
+
+    def message(self) -> email.message.Message:
+        if self._message is None:
+            self._message = self.view.message
+        return self._message
+
+
+_DETECTING: ContextVar[_Detecting | None] = ContextVar("msgw_legacy_detecting", default=None)
 
 
 def detect_codec(message: MessageInput | MessageView) -> LegacyCodec | None:
@@ -240,7 +253,7 @@ def detect_codec(message: MessageInput | MessageView) -> LegacyCodec | None:
     _discover()
     if isinstance(message, (bytes, MessageView)):
         view = message if isinstance(message, MessageView) else MessageView(message)
-        token = _DETECTING.set(view)
+        token = _DETECTING.set(_Detecting(view))
         try:
             return _first_detecting(view.data)
         finally:
@@ -264,6 +277,6 @@ def as_message(message: MessageInput) -> email.message.Message:
     if isinstance(message, email.message.Message):
         return message
     detecting = _DETECTING.get()
-    if detecting is not None and message is detecting.data:
-        return detecting.message  # the one parse `detect_codec` shares between the codecs
+    if detecting is not None and message is detecting.view.data:
+        return detecting.message()  # the one parse `detect_codec` shares between the codecs
     return parse_message(bytes(message))

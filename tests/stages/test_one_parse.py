@@ -140,6 +140,18 @@ def test_the_legacy_detector_parses_once_for_every_codec() -> None:
     assert detect_codec(b"-----BEGIN PGP MESSAGE-----\r\n\r\nhQEMA\r\n-----END PGP MESSAGE-----\r\n") is not None
 
 
+def test_a_large_message_is_parsed_once_for_detection_and_nothing_is_kept(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Past KEEP_LIMIT a view keeps no reading (peak memory of large mail): the codecs still share
+    one parse while detecting, then the classifier reads the header alone."""
+    monkeypatch.setattr(MessageView, "KEEP_LIMIT", 4096)
+    view = MessageView(_message(3 * 4096))
+    with _counting(rawmime.split_raw, mime.split_message) as counts:
+        assert detect_codec(view) is None
+        assert mime.classify(view).kind == "plain" and mime.classify(view).kind == "plain"
+    assert counts["parse"] == 1 + 2, counts  # detection's whole parse, then each classify's header
+    assert counts["split_message"] == 2 and not view.has(rawmime.parse_message) and not view.has(mime.split_message)
+
+
 def test_canonical_data_is_not_copied() -> None:
     data = _message()
     assert to_crlf(data) is data and to_crlf(data, bare_cr=True) is data
