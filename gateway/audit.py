@@ -16,6 +16,11 @@ truncated. An attacker able to rewrite both file and head can still forge a cons
 history: anchoring the head elsewhere (syslog, a remote store, an HMAC key) is the next step,
 not done here.
 
+Several processes (issue 15: one per core) append to the one trail: each batch is written under
+`flock(LOCK_EX)` on the trail, and a process reads the tail back (repairing a torn one) whenever
+the file changed since it last wrote (inode, size, mtime), so the chain always continues from the
+true last record; while the file is as it left it, the next batch chains on without a read.
+
 Batches: the running gateway writes what is queued in batches of up to `MAX_BATCH` records, one
 fsync of the trail and one head write per batch (a 10,000-recipient message would otherwise
 cost ~30,000 fsyncs). A batch that fails (full disk) is cut off again, so the trail never keeps
@@ -161,6 +166,11 @@ class AuditTrail:
         self.head_path = self.path.with_name(self.path.name + ".head")
         self.fsync = fsync
         self._lock = threading.Lock()
+        #: The trail as this process last left it — (inode, size, mtime) — and its last record:
+        #: while the file is unchanged under the flock, no other process wrote (nor tore) it, so
+        #: the next batch chains on without reading the tail back.
+        self._known: tuple[int, int, int] | None = None
+        self._known_last: dict[str, Any] | None = None
 
     # -- writing -----------------------------------------------------------------------------
 
@@ -186,14 +196,20 @@ class AuditTrail:
                 raise AuditUnavailable(f"cannot open the audit trail ({exc.strerror})") from None
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
-                self._repair_torn_tail(fd)
-                last = self._last_record()
+                if _identity(os.fstat(fd)) == self._known:
+                    last = self._known_last
+                else:  # another process wrote (or a crash tore) the trail: find its true head
+                    self._known = None
+                    self._repair_torn_tail(fd)
+                    last = self._last_record()
                 out: list[dict[str, Any]] = []
                 for at in range(0, len(clean), MAX_BATCH):
                     batch = self._chain(clean[at:at + MAX_BATCH], last)
+                    self._known = None
                     self._write_batch(fd, batch)
                     out += batch
                     last = batch[-1]
+                self._known, self._known_last = _identity(os.fstat(fd)), last
                 return out
             except OSError as exc:
                 raise AuditUnavailable(f"cannot write the audit trail ({exc.strerror})") from None
@@ -393,6 +409,11 @@ class AuditTrail:
             return AuditReport(False, count, head_seq + 1,
                                f"head file lags by {last_seq - head_seq} records (head file replaced?)", head_seq)
         return AuditReport(True, count, head_seq=head_seq)
+
+
+def _identity(st: os.stat_result) -> tuple[int, int, int]:
+    """What changes when anyone writes, truncates or replaces the trail."""
+    return st.st_ino, st.st_size, st.st_mtime_ns
 
 
 def _log_failure(exc: AuditError) -> None:

@@ -41,6 +41,32 @@ record a delivery nor delete a message. Three rules keep it working:
   (rows without a file are swept by `recover()`), and `delete()` truncates the message when
   even the reserve is not enough. Recovery never fails for lack of space: what it cannot write
   waits for the next start or the next pass, and is logged.
+
+Group commit (issue 15): every durable write (`accept`, outcomes, finish, …) goes through
+`_write`, which queues the work; the first caller that finds no commit under way becomes the
+*committer* of everything queued: one directory fsync for the message files that landed
+together, one `BEGIN IMMEDIATE` … `COMMIT` (synchronous=FULL: one WAL fsync) for the whole
+batch, each work in its own SAVEPOINT. Every caller still blocks until the batch holding its work
+is durable, so `accept()` returns (and the SMTP layer answers 250) only once *its* file and row
+are on disk. A work that fails is rolled back to its savepoint and run again alone (the old path,
+with the reserve rules and its own `SpoolError`); a commit that fails runs every work of the batch
+again alone: one caller's fault never becomes another's. Never call `_write` while holding
+`self._lock` (the committer needs it).
+
+Several processes on one spool (issue 15, item 6): each process opens its own `Spool` with an
+`owner` ("w0", "w1", …; "" = the only process, today's behaviour). What a process accepts is
+*claimed* by its owner (`messages.claim`); `due*()` return only messages unclaimed or claimed by
+this owner and claim what they return in the same transaction, so two processes never take the
+same message; `next_due_time()` considers the same set. A claim lasts until the message is
+finished; `release_claims(owner)` frees them (the master frees all before starting workers, a
+restarted worker frees its own on `open()`). `retry`/`delete` ignore claims.
+`recover()` would orphan a message another process is between its rename and its commit, so it
+runs only under an exclusive `flock` on `<spool>/running.lock`: `open()` (with recovery, or with
+an owner) takes it exclusive without waiting, recovers, then keeps it *shared* until `close()`;
+if another process holds it, recovery is skipped (logged) and the lock taken shared. A process
+that accepts without holding it (`msgw send`, opened with `recover=False`) takes it shared for
+the accept. SQLite: WAL, busy_timeout 30 s, `BEGIN IMMEDIATE` for every writer, so two processes'
+commits queue instead of failing ("database is locked" after 30 s is a `SpoolError`, 452).
 """
 
 from __future__ import annotations
@@ -49,6 +75,7 @@ import builtins
 import collections
 import contextlib
 import errno
+import fcntl
 import hashlib
 import logging
 import os
@@ -60,10 +87,10 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from gateway.errors import GatewayError, SpoolError
-from gateway.fsutil import write_atomic
+from gateway.fsutil import fsync_dir, write_atomic
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -116,6 +143,8 @@ _MIGRATIONS = (
     ("messages", "prepared", "INTEGER NOT NULL DEFAULT 0"),
     ("recipients", "copy_id", "INTEGER"),
     ("copies", "digest", "TEXT"),
+    # issue 15: the process (owner) that has the message in hand; '' = nobody.
+    ("messages", "claim", "TEXT NOT NULL DEFAULT ''"),
 )
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
@@ -262,6 +291,24 @@ ACCEPTED_KEPT = 256
 ACCEPTED_KEPT_BYTES = 64 * 1024 * 1024
 
 
+class _Work:
+    """One caller's write waiting in (or done by) a group commit."""
+
+    __slots__ = ("what", "work", "reserve", "durable", "sync_dir", "done", "result", "error")
+
+    def __init__(self, what: str, work: Callable[[sqlite3.Connection], object], reserve: bool, durable: bool,
+                 sync_dir: Path | None) -> None:
+        self.what, self.work, self.reserve, self.durable, self.sync_dir = what, work, reserve, durable, sync_dir
+        self.done = False
+        self.result: object = None
+        self.error: BaseException | None = None
+
+    def outcome(self) -> Any:
+        if self.error is not None:
+            raise self.error
+        return self.result
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -271,8 +318,19 @@ class Spool:
     """Durable message store with per-recipient state. Thread-safe; all methods block on I/O,
     so async callers run them in an executor."""
 
-    def __init__(self, path: Path, *, reserve: int = RESERVE_BYTES) -> None:
+    def __init__(self, path: Path, *, reserve: int = RESERVE_BYTES, owner: str = "") -> None:
         self.path = Path(path)
+        #: The name this process claims work under ("" = the only process: no claims).
+        self.owner = owner
+        self.lock_path = self.path / "running.lock"
+        self._run_lock: int | None = None  # fd holding the shared (or exclusive) flock
+        #: Group commit: works waiting for the next batch, and whether a committer is at work.
+        self._pending: list[_Work] = []
+        self._commit_cv = threading.Condition(threading.Lock())
+        self._committing = False
+        #: Counters for tests and benchmarks: batches committed, works in them.
+        self.batches = 0
+        self.batched_works = 0
         self.msg_dir = self.path / "msg"
         self.copy_dir = self.path / "copy"
         self.tmp_dir = self.path / "tmp"
@@ -308,9 +366,51 @@ class Spool:
             except (OSError, sqlite3.Error) as again:
                 raise SpoolError(f"spool unavailable: {_describe(again)}") from None
         self._db = db
-        if recover:
-            self.recover()
+        if recover or self.owner:
+            self._take_run_lock(recover=recover)
+        if self.owner:
+            self.release_claims(self.owner)  # a restarted worker's messages are free again
         return self
+
+    def _take_run_lock(self, *, recover: bool) -> None:
+        """Exclusive (without waiting) to recover, then shared until `close()`: see the module
+        docstring. Another process holding it means recovery is not ours to do."""
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"spool unavailable: {_describe(exc)}") from None
+        self._run_lock = fd
+        if recover:
+            self.recover()  # exclusive if nobody else has the spool open; shared afterwards
+        else:
+            fcntl.flock(fd, fcntl.LOCK_SH)  # waits while another process recovers
+
+    @contextlib.contextmanager
+    def _accepting(self) -> Iterator[None]:
+        """Hold the run lock shared while a file is in `msg/` without its row (another process's
+        `recover()` would orphan it); already held by an open gateway, taken here for `msgw send`."""
+        if self._run_lock is not None:
+            yield
+            return
+        try:
+            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as exc:
+            raise SpoolError(f"cannot store message: {_describe(exc)}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH)
+            yield
+        finally:
+            os.close(fd)
+
+    def release_claims(self, owner: str | None = None) -> int:
+        """Free the messages claimed by `owner` (None: by anyone); how many were freed. Not
+        durable on its own (a claim lost to a power cut is freed anyway at the next open)."""
+        def free(db: sqlite3.Connection) -> int:
+            if owner is None:
+                return db.execute("UPDATE messages SET claim = '' WHERE claim != ''").rowcount
+            return db.execute("UPDATE messages SET claim = '' WHERE claim = ?", (owner,)).rowcount
+
+        return self._write_alone("release claims", free, reserve=False, durable=False)
 
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path / "queue.sqlite", check_same_thread=False, isolation_level=None, timeout=30)
@@ -330,6 +430,9 @@ class Spool:
             if self._db is not None:
                 self._db.close()
                 self._db = None
+            if self._run_lock is not None:
+                os.close(self._run_lock)  # releases the flock
+                self._run_lock = None
 
     def __enter__(self) -> Spool:
         return self if self._db is not None else self.open()
@@ -362,7 +465,71 @@ class Spool:
                     db.execute("PRAGMA synchronous=FULL")
 
     def _write(self, what: str, work: Callable[[sqlite3.Connection], T], *, reserve: bool = True,
-               durable: bool = True) -> T:
+               durable: bool = True, sync_dir: Path | None = None) -> T:
+        """Run `work` in a transaction, batched with the works of concurrent callers (group
+        commit, see the module docstring); returns once that transaction is durable (or, with
+        `durable=False`, committed). SpoolError when it cannot be written. `sync_dir`: a folder
+        whose new names must be durable before the commit (fsynced once for the batch)."""
+        job = _Work(what, work, reserve, durable, sync_dir)
+        with self._commit_cv:
+            self._pending.append(job)
+            while not job.done and self._committing:
+                self._commit_cv.wait()
+            if job.done:
+                return job.outcome()
+            self._committing = True
+            batch, self._pending = self._pending, []
+        try:
+            self._commit_batch(batch)
+        finally:
+            with self._commit_cv:
+                self._committing = False
+                for other in batch:
+                    other.done = True
+                self._commit_cv.notify_all()
+        return job.outcome()
+
+    def _commit_batch(self, batch: builtins.list[_Work]) -> None:
+        """One folder fsync per folder, one transaction for every work (each in a savepoint);
+        what fails is run again alone, so its error is its own."""
+        alone: builtins.list[_Work] = []
+        ready: builtins.list[_Work] = []
+        for folder in {w.sync_dir for w in batch if w.sync_dir is not None}:
+            try:
+                fsync_dir(folder)
+            except OSError as exc:
+                for w in batch:
+                    if w.sync_dir == folder:
+                        w.error = SpoolError(f"cannot {w.what}: {_describe(exc)}")
+        ready = [w for w in batch if w.error is None]
+        if len(ready) == 1:
+            alone = ready
+        elif ready:
+            try:
+                with self._tx(any(w.durable for w in ready)) as db:
+                    for n, w in enumerate(ready):
+                        db.execute(f"SAVEPOINT w{n}")
+                        try:
+                            w.result = w.work(db)
+                        except BaseException:
+                            db.execute(f"ROLLBACK TO w{n}")
+                            db.execute(f"RELEASE w{n}")
+                            alone.append(w)
+                            continue
+                        db.execute(f"RELEASE w{n}")
+            except (sqlite3.Error, OSError):
+                alone = ready  # the commit failed: nothing of the batch is written
+            self.batches += 1
+            self.batched_works += len(ready) - len(alone)
+        for w in alone:
+            w.result = None
+            try:
+                w.result = self._write_alone(w.what, w.work, reserve=w.reserve, durable=w.durable)
+            except BaseException as exc:  # noqa: BLE001 - handed to that work's caller
+                w.error = exc
+
+    def _write_alone(self, what: str, work: Callable[[sqlite3.Connection], T], *, reserve: bool = True,
+                     durable: bool = True) -> T:
         """Run `work` in one transaction; SpoolError when it cannot be written.
 
         On a full disk (and when `reserve`), make room — checkpoint the WAL so it is reused,
@@ -450,8 +617,31 @@ class Spool:
     def recover(self) -> dict[str, int]:
         """Clean what was never acknowledged; everything pending becomes due again.
 
+        Only under the exclusive run lock, taken without waiting: another process with the spool
+        open may be between a message's rename and its commit, so then nothing is done (logged,
+        zeros returned; "skipped": 1). The lock is kept shared afterwards, as `open()` leaves it.
+
         Needs no free space: what cannot be written now (removing finished messages) is
         logged and left for later; the reserve is put back only if there is room."""
+        if self._run_lock is None:
+            try:
+                self._run_lock = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except OSError as exc:
+                raise SpoolError(f"spool unavailable: {_describe(exc)}") from None
+        try:
+            # From shared, Linux drops the shared lock before trying: re-taken below either way.
+            fcntl.flock(self._run_lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            fcntl.flock(self._run_lock, fcntl.LOCK_SH)
+            event(log, "spool-recovery-skipped", reason="another process has the spool open")
+            return {"tmp_removed": 0, "orphans": 0, "pending": 0, "copies_removed": 0, "finished": 0,
+                    "finish_postponed": 0, "skipped": 1}
+        try:
+            return self._recover()
+        finally:
+            fcntl.flock(self._run_lock, fcntl.LOCK_SH)
+
+    def _recover(self) -> dict[str, int]:
         stats = {"tmp_removed": 0, "orphans": 0, "pending": 0}
         for leftover in self.tmp_dir.iterdir():
             with contextlib.suppress(OSError):
@@ -527,13 +717,36 @@ class Spool:
         now = time.time() if now is None else now
         msg_id = new_message_id()
         final = self.msg_dir / msg_id
-        self._store_file(final, data, "store message")
+        with self._accepting():
+            rows = self._store_and_record(final, msg_id, sender, rcpts, data, now=now, lifetime=lifetime,
+                                          listener=listener, client=client, auth_user=auth_user,
+                                          prepared=prepared, keep=keep)
+        if rows:
+            copy_id = rows[0][2]
+            copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
+                if prepared is not None and copy_id is not None else ()
+            self._remember(QueuedMessage(
+                id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
+                client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
+                recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
+                                                 None, now, False, cid) for rid, address, cid in rows),
+                copies=copies), data)
+        return msg_id
+
+    def _store_and_record(self, final: Path, msg_id: str, sender: str, rcpts: builtins.list[str], data: bytes, *,
+                          now: float, lifetime: float, listener: str, client: str, auth_user: str | None,
+                          prepared: tuple[str, bool] | None, keep: bool) -> builtins.list[tuple[int, str, int | None]]:
+        """The file (fsynced; its folder fsynced by the group commit, once for the batch), then
+        the rows, claimed by this process; the recipient rows when `keep`."""
+        self._store_file(final, data, "store message", sync_dir=False)
+        claim = self.owner
 
         def record(db: sqlite3.Connection) -> None:
             db.execute(
-                "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user, prepared)"
-                " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user, int(bool(prepared))))
+                "INSERT INTO messages (id, sender, size, received, expires, listener, client, auth_user, prepared,"
+                " claim) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (msg_id, sender, len(data), now, now + lifetime, listener, client, auth_user, int(bool(prepared)),
+                 claim))
             copy_id = None
             if prepared is not None:
                 copy_id = db.execute(
@@ -546,24 +759,15 @@ class Spool:
                 rows[:] = db.execute("SELECT id, address, copy_id FROM recipients WHERE message_id = ? ORDER BY id",
                                      (msg_id,)).fetchall()
 
-        rows: list[tuple[int, str, int | None]] = []
+        rows: builtins.list[tuple[int, str, int | None]] = []
         try:
-            self._write("record message", record, reserve=False)  # new mail never uses the reserve
-        except SpoolError:
+            # New mail never uses the reserve.
+            self._write("record message", record, reserve=False, sync_dir=self.msg_dir)
+        except BaseException:
             with contextlib.suppress(OSError):
                 final.unlink()
             raise
-        if rows:
-            copy_id = rows[0][2]
-            copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
-                if prepared is not None and copy_id is not None else ()
-            self._remember(QueuedMessage(
-                id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
-                client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
-                recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
-                                                 None, now, False, cid) for rid, address, cid in rows),
-                copies=copies), data)
-        return msg_id
+        return rows
 
     def _remember(self, msg: QueuedMessage, data: bytes) -> None:
         with self._accepted_lock:
@@ -748,11 +952,17 @@ class Spool:
         if delay_notice_before is not None:
             owed += " OR (r.state = 'deferred' AND m.delay_notified = 0 AND m.sender != '' AND m.received <= ?)"
             args.append(delay_notice_before)
+        mine = ""
+        if self.owner:
+            mine = " AND m.claim IN ('', ?)"
+            args.append(self.owner)
+        query = (f"SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
+                 f" WHERE ({pending}{owed}) AND m.quarantined = 0{mine} GROUP BY r.message_id"
+                 f" ORDER BY MIN(r.next_attempt) LIMIT ?")
         with self._lock:
-            ids = [r[0] for r in self.db.execute(
-                f"SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
-                f" WHERE ({pending}{owed}) AND m.quarantined = 0 GROUP BY r.message_id"
-                f" ORDER BY MIN(r.next_attempt) LIMIT ?", (*args, limit + len(exclude)))]
+            ids = [r[0] for r in self.db.execute(query, (*args, limit + len(exclude)))]
+            if self.owner:
+                ids = self._claim([i for i in ids if i not in exclude])
             out = []
             for msg_id in ids:
                 if msg_id in exclude:
@@ -764,11 +974,32 @@ class Spool:
                     break
             return out
 
+    def _claim(self, ids: builtins.list[str]) -> builtins.list[str]:
+        """Claim for this owner those of `ids` still free (one transaction: another process's
+        claim in between wins); the ids now ours, in order. Not fsynced: claims are freed on open."""
+        if not ids:
+            return ids
+        marks = ",".join("?" * len(ids))
+
+        def take(db: sqlite3.Connection) -> set[str]:
+            db.execute(f"UPDATE messages SET claim = ? WHERE claim = '' AND id IN ({marks})",  # noqa: S608
+                       (self.owner, *ids))
+            return {r[0] for r in db.execute(f"SELECT id FROM messages WHERE claim = ? AND id IN ({marks})",  # noqa: S608
+                                             (self.owner, *ids))}
+
+        try:
+            with self._tx(durable=False) as db:
+                ours = take(db)
+        except (sqlite3.Error, OSError) as exc:
+            raise SpoolError(f"cannot claim due messages: {_describe(exc)}") from None
+        return [i for i in ids if i in ours]
+
     def next_due_time(self) -> float | None:
+        mine, args = ("", PENDING) if not self.owner else (" AND m.claim IN ('', ?)", (*PENDING, self.owner))
         with self._lock:
             row = self.db.execute(
-                "SELECT MIN(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id"
-                " WHERE r.state IN (?, ?) AND m.quarantined = 0", PENDING).fetchone()
+                "SELECT MIN(r.next_attempt) FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
+                f" WHERE r.state IN (?, ?) AND m.quarantined = 0{mine}", args).fetchone()
         return row[0] if row and row[0] is not None else None
 
     def counts(self) -> dict[str, int]:
