@@ -55,8 +55,7 @@ class Gateway:
         #: Runs the singletons (intake doors, ZAM sender): the only process, or worker 0.
         self.primary = primary
         self.workers = workers
-        # owner: the claims of the shared spool (issue 15, branch perf-spool)
-        self.spool = Spool(config.spool.path, owner=owner) if owner else Spool(config.spool.path)  # type: ignore[call-arg]
+        self.spool = Spool(config.spool.path, owner=owner)
         self.pipeline = pipeline
         self.context: GatewayContext | None = None
         self.queue: QueueService | None = None
@@ -73,6 +72,10 @@ class Gateway:
         loop = asyncio.get_running_loop()
         if self.owner:  # a worker: the master recovered the spool before starting the workers
             await loop.run_in_executor(None, lambda: self.spool.open(recover=False))
+            # what a killed predecessor delivered but did not remove (recovery would have)
+            finished = await loop.run_in_executor(None, self.spool.finish_done)
+            if finished:
+                event(log, "finished-left-over", count=finished)
         else:
             await loop.run_in_executor(None, self.spool.open)
             stats = self.spool.recover()

@@ -46,18 +46,15 @@ def run(args: argparse.Namespace) -> int:
     if not args.config:
         print(_default_banner(config), file=sys.stderr)
     count = worker_count(config.workers, args.workers)
-    if count > 1 and not hasattr(Spool, "release_claims"):
-        # Two runners on a spool without claims would deliver twice: one process until it has them.
-        print(f"msgw: this spool has no claims: 1 process instead of {count}", file=sys.stderr)
-        count = 1
     loop_name, _ = loop_factory(config.event_loop)
     print(f"msgw: {count} worker process{'es' if count > 1 else ''}, event loop {loop_name}", file=sys.stderr)
+    if count > 1:
+        name_log_lines("master")
     event(log, "serving", workers=count, event_loop=loop_name)
     if count == 1:
         run_on_loop(Gateway(config).serve_forever, config.event_loop)
         return 0
     recover_spool(config)
-    name_log_lines("master")
     return Supervisor(count, str(Path(args.config).resolve()) if args.config else None, args.log_format,
                       shutdown_grace=config.spool.shutdown_grace).run()
 
@@ -68,9 +65,7 @@ def recover_spool(config) -> None:
     spool = Spool(config.spool.path).open()
     try:
         event(log, "recovered", **spool.recover())
-        release = getattr(spool, "release_claims", None)  # the claims of issue 15's shared spool
-        if release is not None:
-            event(log, "claims-released", count=release())
+        event(log, "claims-released", count=spool.release_claims())
     finally:
         spool.close()
 

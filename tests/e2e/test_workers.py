@@ -21,9 +21,7 @@ from collections import Counter
 from pathlib import Path
 
 import aiosmtplib
-import pytest
 
-from gateway.spool import Spool
 from tests.e2e.harness import (
     GatewayProcess,
     GatewaySetup,
@@ -34,9 +32,6 @@ from tests.e2e.harness import (
     queue_json,
     write_config,
 )
-
-pytestmark = pytest.mark.skipif(not hasattr(Spool, "release_claims"),
-                                reason="workers need the spool's claims (issue 15, branch perf-spool)")
 
 SESSIONS = 10
 PER_SESSION = 20
@@ -123,6 +118,18 @@ def _wait_workers(master: int, count: int, timeout: float = 30, *, gone: int | N
     raise AssertionError(f"master {master} has {_children(master)} as workers, expected {count}")
 
 
+def _wait_listening(setup: GatewaySetup, count: int, timeout: float = 30) -> None:
+    """Until `count` workers listen on the relay port: connections before that all go to the first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        ready = {e.get("worker") for e in log_events(setup)
+                 if e["event"] == "listening" and e.get("listener") == "relay"}
+        if len(ready) >= count:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the workers did not all listen")
+
+
 def _alive(pid: int) -> bool:
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
@@ -132,7 +139,10 @@ def _alive(pid: int) -> bool:
 
 
 def _port_free(port: int) -> bool:
-    with socket.socket() as s:  # no SO_REUSEPORT: fails while any worker still holds the port
+    """Bindable as a restarted gateway binds it (SO_REUSEADDR: the test's closed sessions may
+    linger in TIME_WAIT) but without SO_REUSEPORT: fails while any worker still listens on it."""
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind(("127.0.0.1", port))
         except OSError:
@@ -147,6 +157,7 @@ def test_two_workers_share_the_load_deliver_once_and_audit_verifies(tmp_path: Pa
         with GatewayProcess(setup) as gw:
             assert gw.proc is not None
             _wait_workers(gw.proc.pid, 2)
+            _wait_listening(setup, 2)
             acked: set[str] = set()
             asyncio.run(_sessions(setup.relay_port, acked))
             assert len(acked) == SESSIONS * PER_SESSION
@@ -173,6 +184,7 @@ def test_a_worker_killed_mid_load_is_restarted_and_nothing_is_lost(tmp_path: Pat
             assert gw.proc is not None
             master = gw.proc.pid
             victim = _wait_workers(master, 2)[1]
+            _wait_listening(setup, 2)
             acked: set[str] = set()
             killed = False
 
@@ -217,6 +229,7 @@ def test_kill9_of_the_master_takes_the_workers_and_a_restart_delivers_the_rest(t
         gw = GatewayProcess(setup).start()
         assert gw.proc is not None
         workers = _wait_workers(gw.proc.pid, 2)
+        _wait_listening(setup, 2)
         acked: set[str] = set()
         asyncio.run(_sessions(setup.relay_port, acked, sessions=4, per_session=10))
         assert len(acked) == 40
@@ -225,6 +238,10 @@ def test_kill9_of_the_master_takes_the_workers_and_a_restart_delivers_the_rest(t
         while time.monotonic() < deadline and any(_alive(w) for w in workers):
             time.sleep(0.02)
         assert not any(_alive(w) for w in workers), "workers outlived a kill -9 of the master"
+        # The leader of a killed worker may show as gone while its other threads still exit and
+        # hold the sockets for a few milliseconds: the ports must be free right after that.
+        while time.monotonic() < deadline and not (_port_free(setup.relay_port) and _port_free(setup.submission_port)):
+            time.sleep(0.02)
         assert _port_free(setup.relay_port) and _port_free(setup.submission_port)
         sink.handler.data_reply = "250 2.0.0 OK"
         with GatewayProcess(setup) as again:
