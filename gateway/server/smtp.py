@@ -586,7 +586,7 @@ class SmtpServer:
                  mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False) -> None:
         self.config = config
         self.spool = spool
-        self.reuse_port = reuse_port  # worker processes share each listener's port (SO_REUSEPORT)
+        self.reuse_port = reuse_port
         #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
         #: mailbox (`gateway.cisis.ledger.ZamLedger.apply_report`); None: the mailbox is not served.
         self.returns_sink: Callable[[bytes], object] | None = None
@@ -625,7 +625,7 @@ class SmtpServer:
             # kernel cannot queue are dropped after the handshake and hang until the client's
             # own timeout (seen with 500 concurrent clients; the kernel caps it at somaxconn).
             server = await loop.create_server(self._factory(listener), host=listener.address, port=listener.port,
-                                              backlog=LISTEN_BACKLOG, reuse_port=self.reuse_port or None)
+                                              backlog=LISTEN_BACKLOG, reuse_port=self.reuse_port)
             self.servers.append(server)
             sock = server.sockets[0].getsockname()
             self.bound[listener.name] = (sock[0], sock[1])
