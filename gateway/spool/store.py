@@ -590,6 +590,9 @@ class Spool:
         """Put the reserve back if it is missing; False when there is no room for it."""
         if self.reserve_size <= 0:
             return True
+        with contextlib.suppress(OSError):  # the usual case, without waiting for a commit's lock
+            if self.reserve_path.stat().st_size >= self.reserve_size:
+                return True
         with self._lock:
             try:
                 if self.reserve_path.stat().st_size >= self.reserve_size:

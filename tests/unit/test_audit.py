@@ -6,6 +6,7 @@ import fcntl
 import json
 import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -386,3 +387,103 @@ def test_patient_mailboxes_are_pseudonymised(tmp_path: Path) -> None:
     assert second == first
     assert doctor == "dr.x@cabinet.mssante.fr"
     assert trail.verify().ok
+
+
+# Several writer processes on one trail (issue 15: a process per core). Each child appends
+# batches of 1-17 records once `go` exists, and prints the seq and hash of its last record after
+# each append_many returned (acknowledged). With `tear`, it then writes half a batch and dies by
+# SIGKILL; without, the parent may kill it at any moment.
+_APPENDER = """
+import os, random, signal, sys, time
+from pathlib import Path
+from gateway.audit import AuditTrail
+
+path, name, count, mode = Path(sys.argv[1]), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+trail = AuditTrail(path)
+while not (path.parent / "go").exists():
+    time.sleep(0.005)
+done = 0
+rng = random.Random(name)
+while done < count:
+    n = min(rng.randint(1, 17), count - done)
+    recs = trail.append_many([{"message_id": f"{name}-{done + i}", "outcome": "delivered"} for i in range(n)])
+    done += n
+    print(recs[-1]["seq"], recs[-1]["hash"], recs[-1]["message_id"], flush=True)
+if mode == "tear":
+    real = os.write
+    def torn(fd, data):
+        real(fd, bytes(data)[: len(data) // 2])
+        os.kill(os.getpid(), signal.SIGKILL)
+    os.write = torn
+    trail.append_many([{"message_id": f"{name}-torn-{i}"} for i in range(5)])
+"""
+
+
+def _appender(path: Path, name: str, count: int, mode: str = "") -> subprocess.Popen:
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "-c", _APPENDER, str(path), name, str(count), mode or "-"], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+
+
+def _acknowledged(out: bytes) -> list[tuple[int, str, str]]:
+    return [(int(s), h, m) for s, h, m in (line.split() for line in out.decode().splitlines()
+                                            if line.count(" ") == 2)]
+
+
+def test_two_processes_and_this_one_append_to_one_chain(tmp_path: Path) -> None:
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    trail.append(message_id="first")
+    children = [_appender(trail.path, f"p{n}", 300) for n in range(2)]
+    (tmp_path / "go").touch()
+    for i in range(60):  # this process too, chaining on from what it last wrote when it can
+        trail.append_many([{"message_id": f"me-{i}-{k}"} for k in range(i % 3 + 1)])
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err.decode()[-800:]
+    report = trail.verify()
+    assert report.ok, str(report)
+    records = list(trail.records())
+    assert report.records == len(records) == 1 + 600 + sum(i % 3 + 1 for i in range(60))
+    for name in ("p0", "p1"):
+        assert [r["message_id"] for r in records if r["message_id"].startswith(name + "-")] == [
+            f"{name}-{i}" for i in range(300)], "each writer's records, all there, in its order"
+
+
+def test_a_writer_killed_mid_batch_is_repaired_by_another_process(tmp_path: Path) -> None:
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    trail.append_many([{"message_id": f"a{i}"} for i in range(3)])  # this process knows the tail ...
+    (tmp_path / "go").touch()
+    child = _appender(trail.path, "b", 20, "tear")  # ... then another writes and dies mid-batch
+    out, err = child.communicate(timeout=120)
+    assert child.returncode == -signal.SIGKILL, err.decode()[-800:]
+    acked = _acknowledged(out)
+    assert acked[-1][0] == 23 and not trail.path.read_bytes().endswith(b"\n"), "a torn batch after seq 23"
+    rec = trail.append(message_id="after")
+    assert rec["seq"] == 24 and rec["prev_hash"] == acked[-1][1], "chained on the other process's last record"
+    report = trail.verify()
+    assert report.ok and report.records == 24
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_writers_killed_at_random_lose_nothing_acknowledged(tmp_path: Path, seed: int) -> None:
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    (tmp_path / "go").touch()
+    children = [_appender(trail.path, f"k{n}", 100000) for n in range(2)]
+    firsts = [child.stdout.readline() for child in children]  # both are writing now
+    time.sleep(0.05 + 0.1 * seed)
+    for child in children:
+        child.send_signal(signal.SIGKILL)
+    acked = []
+    for child, first in zip(children, firsts, strict=True):
+        out, _ = child.communicate(timeout=60)
+        acked += _acknowledged(first + out)
+    assert len(acked) >= 2, "batches were acknowledged before the kill"
+    trail.append(message_id="after")  # repairs a torn tail, if the kill left one
+    report = trail.verify()
+    assert report.ok, str(report)
+    by_seq = {r["seq"]: r for r in trail.records()}
+    for seq, digest, msg_id in acked:
+        assert by_seq[seq]["hash"] == digest and by_seq[seq]["message_id"] == msg_id
