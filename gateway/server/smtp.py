@@ -586,6 +586,7 @@ class SmtpServer:
                  mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False) -> None:
         self.config = config
         self.spool = spool
+        #: SO_REUSEPORT on every listener: worker processes each bind the same ports (issue 15).
         self.reuse_port = reuse_port
         #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
         #: mailbox (`gateway.cisis.ledger.ZamLedger.apply_report`); None: the mailbox is not served.
