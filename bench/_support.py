@@ -477,7 +477,7 @@ def _make_tls(folder: Path) -> None:
 
 
 def write_gateway_config(folder: Path, sink_port: int, *, pki: object | None = None,
-                         max_message_size: str = "100MB") -> GatewaySetup:
+                         max_message_size: str = "100MB", event_loop: str | None = None) -> GatewaySetup:
     """A gateway on free loopback ports relaying to 127.0.0.1:sink_port.
 
     The relay listener accepts 127.0.0.0/8 (the load generator speaks plain SMTP there, as it does to
@@ -492,6 +492,7 @@ def write_gateway_config(folder: Path, sink_port: int, *, pki: object | None = N
     text = f"""
 [gateway]
 hostname = "msgw.bench.test"
+{f'event_loop = "{event_loop}"' if event_loop else ""}
 
 [listeners.submission]
 kind = "submission"

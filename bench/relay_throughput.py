@@ -193,6 +193,8 @@ def main(argv: list[str] | None = None) -> int:
                     help="messages sent one at a time for the no-queue latency (default 10, quick 3)")
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--max-wait", type=float, default=120.0, help="seconds a run may take before giving up")
+    ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default=None,
+                    help="[gateway] event_loop of the gateways (default: the gateway's, auto)")
     ap.add_argument("--workers", type=int, default=None,
                     help="msgw serve --workers N (default: the gateway's own default, one per core)")
     args = ap.parse_args(argv)
@@ -224,7 +226,7 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if postfix is not None:
                     postfix.cleanup()
-        plain = write_gateway_config(work / "gw-plain", sink.port)
+        plain = write_gateway_config(work / "gw-plain", sink.port, event_loop=args.event_loop)
         with GatewayProcess(plain, args.workers) as gw:
             notes.append(f"gateway worker processes: {gw.worker_count}")
             print(notes[-1], flush=True)
@@ -233,7 +235,7 @@ def main(argv: list[str] | None = None) -> int:
             for s in sizes:
                 runner.idle("gw-plain", s, plain.relay_port, idle_n)
         pki = build_pki(work)
-        smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki)
+        smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki, event_loop=args.event_loop)
         with GatewayProcess(smime, args.workers) as gw:
             for s in sizes:
                 runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
@@ -279,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print("note:", note)
     write_json(args.json, {"benchmark": "relay_throughput", "machine": machine(), "quick": args.quick,
-                           "concurrency": args.concurrency, "workers": args.workers, "openssl_speed": floor,
+                           "concurrency": args.concurrency, "workers": args.workers, "event_loop": args.event_loop,
+                           "openssl_speed": floor,
                            "crypto_floor_msgs_s": {s: floor_msgs_s(floor, SIZES[s]) for s in sizes},
                            "runs": results, "notes": notes, "tables": [table1, table2]})
     return 0
