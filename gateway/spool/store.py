@@ -149,7 +149,7 @@ _MIGRATIONS = (
 
 _DISK_ERRNOS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EIO}
 _SPACE_ERRNOS = {errno.ENOSPC, errno.EDQUOT}
-_SQLITE_IOERR, _SQLITE_FULL = 10, 13
+_SQLITE_BUSY, _SQLITE_IOERR, _SQLITE_FULL = 5, 10, 13
 
 #: Space kept aside for queue state on a full disk (see the module docstring).
 RESERVE_BYTES = 1 << 20
@@ -294,18 +294,22 @@ ACCEPTED_KEPT_BYTES = 64 * 1024 * 1024
 class _Work:
     """One caller's write waiting in (or done by) a group commit."""
 
-    __slots__ = ("what", "work", "reserve", "durable", "sync_dir", "done", "result", "error")
+    __slots__ = ("what", "work", "reserve", "durable", "sync_dir", "done", "ok", "result", "error")
 
     def __init__(self, what: str, work: Callable[[sqlite3.Connection], object], reserve: bool, durable: bool,
                  sync_dir: Path | None) -> None:
         self.what, self.work, self.reserve, self.durable, self.sync_dir = what, work, reserve, durable, sync_dir
         self.done = False
+        #: Committed: only then may the caller be told its work is done (an accept: a 250).
+        self.ok = False
         self.result: object = None
         self.error: BaseException | None = None
 
     def outcome(self) -> Any:
         if self.error is not None:
             raise self.error
+        if not self.ok:
+            raise SpoolError(f"cannot {self.what}: not committed")
         return self.result
 
 
@@ -485,6 +489,8 @@ class Spool:
             with self._commit_cv:
                 self._committing = False
                 for other in batch:
+                    if not other.ok and other.error is None:  # the committer itself was interrupted
+                        other.error = SpoolError(f"cannot {other.what}: interrupted")
                     other.done = True
                 self._commit_cv.notify_all()
         return job.outcome()
@@ -517,14 +523,23 @@ class Spool:
                             alone.append(w)
                             continue
                         db.execute(f"RELEASE w{n}")
-            except (sqlite3.Error, OSError):
+                for w in ready:
+                    w.ok = w not in alone
+                self.batches += 1
+                self.batched_works += len(ready) - len(alone)
+            except (sqlite3.Error, OSError) as exc:
+                if getattr(exc, "sqlite_errorcode", 0) & 0xFF == _SQLITE_BUSY:
+                    # Another process held the database for the whole busy timeout: each caller
+                    # gets a temporary error now rather than waiting that long again, alone.
+                    for w in ready:
+                        w.error = SpoolError(f"cannot {w.what}: {_describe(exc)}")
+                    ready = []
                 alone = ready  # the commit failed: nothing of the batch is written
-            self.batches += 1
-            self.batched_works += len(ready) - len(alone)
         for w in alone:
-            w.result = None
+            w.result, w.ok = None, False
             try:
                 w.result = self._write_alone(w.what, w.work, reserve=w.reserve, durable=w.durable)
+                w.ok = True
             except BaseException as exc:  # noqa: BLE001 - handed to that work's caller
                 w.error = exc
 
@@ -959,13 +974,16 @@ class Spool:
         if self.owner:
             mine = " AND m.claim IN ('', ?)"
             args.append(self.owner)
-        query = (f"SELECT r.message_id FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
+        query = (f"SELECT r.message_id, m.claim FROM recipients r JOIN messages m ON m.id = r.message_id"  # noqa: S608
                  f" WHERE ({pending}{owed}) AND m.quarantined = 0{mine} GROUP BY r.message_id"
                  f" ORDER BY MIN(r.next_attempt) LIMIT ?")
         with self._lock:
-            ids = [r[0] for r in self.db.execute(query, (*args, limit + len(exclude)))]
-            if self.owner:
-                ids = self._claim([i for i in ids if i not in exclude])
+            found = [(r[0], r[1]) for r in self.db.execute(query, (*args, limit + len(exclude)))
+                     if r[0] not in exclude]
+            ids = [i for i, _ in found]
+            if self.owner:  # a write only when something due is still free
+                won = self._claim([i for i, claim in found if not claim])
+                ids = [i for i, claim in found if claim == self.owner or i in won]
             out = []
             for msg_id in ids:
                 if msg_id in exclude:
@@ -977,11 +995,11 @@ class Spool:
                     break
             return out
 
-    def _claim(self, ids: builtins.list[str]) -> builtins.list[str]:
+    def _claim(self, ids: builtins.list[str]) -> set[str]:
         """Claim for this owner those of `ids` still free (one transaction: another process's
-        claim in between wins); the ids now ours, in order. Not fsynced: claims are freed on open."""
+        claim in between wins); the ids now ours. Not fsynced: claims are freed on open."""
         if not ids:
-            return ids
+            return set()
         marks = ",".join("?" * len(ids))
 
         def take(db: sqlite3.Connection) -> set[str]:
@@ -995,7 +1013,7 @@ class Spool:
                 ours = take(db)
         except (sqlite3.Error, OSError) as exc:
             raise SpoolError(f"cannot claim due messages: {_describe(exc)}") from None
-        return [i for i in ids if i in ours]
+        return ours
 
     def next_due_time(self) -> float | None:
         mine, args = ("", PENDING) if not self.owner else (" AND m.claim IN ('', ?)", (*PENDING, self.owner))
@@ -1145,7 +1163,8 @@ class Spool:
 
         The file goes first: nothing needs it any more, and on a full disk its space is what
         lets the row deletion be written. Rows left without a file (a crash, or a disk still
-        full) are removed by the next `recover()` or call."""
+        full) are removed by the next `recover()` or call; so the deletion does not wait for
+        the disk."""
         name = _safe_id(msg_id)
         with self._lock:
             left = self.db.execute(
@@ -1166,7 +1185,10 @@ class Spool:
             db.execute("DELETE FROM copies WHERE message_id = ?", (msg_id,))
             db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
 
-        self._write("remove a finished message", remove)
+        # Not waited for (synchronous=NORMAL, durable with the next FULL commit): the outcomes
+        # that made the message final are durable already, and rows a power cut would bring back
+        # are those recover() sweeps (final, no file). One fsync per message less.
+        self._write("remove a finished message", remove, durable=False)
         return True
 
 

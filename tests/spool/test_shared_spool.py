@@ -165,3 +165,33 @@ def test_recovery_never_runs_while_another_process_has_the_spool_open(tmp_path: 
         if child.poll() is None:
             child.kill()
             child.wait()
+
+
+def test_a_write_waits_for_another_process_s_transaction_instead_of_failing(tmp_path: Path) -> None:
+    """Another process's commit in progress (here a second connection holding the write lock)
+    makes accepts and outcomes wait (busy timeout), never fail with "database is locked"."""
+    import sqlite3
+
+    spool = Spool(tmp_path, owner="w0").open()
+    other = sqlite3.connect(tmp_path / "queue.sqlite", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    results: list[object] = []
+
+    def accept(i: int) -> None:
+        try:
+            results.append(spool.accept("lab@lab.example", [f"dr{i}@y.example"], BODY, lifetime=3600))
+        except Exception as exc:  # noqa: BLE001 - what the caller got
+            results.append(exc)
+
+    threads = [threading.Thread(target=accept, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+    assert results == [], "the writes wait for the other transaction"
+    other.execute("COMMIT")
+    other.close()
+    for t in threads:
+        t.join(30)
+    assert len(results) == 4 and all(isinstance(r, str) for r in results), results
+    assert sorted(m.id for m in spool.due(limit=10)) == sorted(results)  # type: ignore[type-var]
+    spool.close()
