@@ -10,7 +10,7 @@ DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr slapd
 $(BIN)/msgw: pyproject.toml
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,fast]'
 	touch $(BIN)/msgw
 
 venv: $(BIN)/msgw

@@ -82,13 +82,21 @@ def proc_cpu_seconds(pid: int, *, waited_children: bool = False) -> float:
 
 
 def proc_tree_cpu_seconds(pid: int) -> float:
-    """CPU of a process plus its live children (one level deep is enough for msgw)."""
+    """CPU of a process and of its whole tree: live descendants (msgw's master → its worker
+    processes, issue 15) and the children each has reaped (a worker that died and was restarted)."""
     total = proc_cpu_seconds(pid, waited_children=True)
     with contextlib.suppress(OSError):
         for child in Path(f"/proc/{pid}/task/{pid}/children").read_text().split():
             with contextlib.suppress(OSError):
-                total += proc_cpu_seconds(int(child))
+                total += proc_tree_cpu_seconds(int(child))
     return total
+
+
+def listening_sockets(port: int) -> int:
+    """How many sockets listen on 127.0.0.1:port (SO_REUSEPORT: one per msgw worker process)."""
+    want = f"0100007F:{port:04X}"
+    lines = Path("/proc/net/tcp").read_text().splitlines()[1:]
+    return sum(1 for ln in lines if ln.split()[1] == want and ln.split()[3] == "0A")
 
 
 def system_busy_seconds() -> float:
@@ -469,7 +477,7 @@ def _make_tls(folder: Path) -> None:
 
 
 def write_gateway_config(folder: Path, sink_port: int, *, pki: object | None = None,
-                         max_message_size: str = "100MB") -> GatewaySetup:
+                         max_message_size: str = "100MB", event_loop: str | None = None) -> GatewaySetup:
     """A gateway on free loopback ports relaying to 127.0.0.1:sink_port.
 
     The relay listener accepts 127.0.0.0/8 (the load generator speaks plain SMTP there, as it does to
@@ -484,6 +492,7 @@ def write_gateway_config(folder: Path, sink_port: int, *, pki: object | None = N
     text = f"""
 [gateway]
 hostname = "msgw.bench.test"
+{f'event_loop = "{event_loop}"' if event_loop else ""}
 
 [listeners.submission]
 kind = "submission"
@@ -578,22 +587,45 @@ def build_pki(folder: Path) -> object:
 class GatewayProcess:
     """`msgw serve --config ...` as a child process (SIGTERM, then SIGKILL, on stop)."""
 
-    def __init__(self, setup: GatewaySetup) -> None:
+    def __init__(self, setup: GatewaySetup, workers: int | None = None) -> None:
         self.setup = setup
+        #: `msgw serve --workers N`; None: the configuration's default (one per core).
+        self.workers = workers
         self.proc: subprocess.Popen | None = None
 
     def start(self) -> GatewayProcess:
         stderr = open(self.setup.folder / "stderr.log", "ab")  # noqa: SIM115 - owned by the child
-        self.proc = subprocess.Popen([MSGW, "serve", "--config", str(self.setup.config)], cwd=self.setup.folder,
-                                     stdout=subprocess.DEVNULL, stderr=stderr)
+        more = ["--workers", str(self.workers)] if self.workers else []
+        self.proc = subprocess.Popen([MSGW, "serve", "--config", str(self.setup.config), *more],
+                                     cwd=self.setup.folder, stdout=subprocess.DEVNULL, stderr=stderr)
         stderr.close()
         try:
             wait_port(self.setup.relay_port, 30)
             wait_port(self.setup.submission_port, 30)
+            self._wait_all_workers(30)
         except RuntimeError:
             self.stop()
             raise
         return self
+
+    @property
+    def worker_count(self) -> int:
+        """What `msgw serve` said it runs ("msgw: N worker processes, ...")."""
+        m = re.search(r"msgw: (\d+) worker process", (self.setup.folder / "stderr.log").read_text())
+        return int(m.group(1)) if m else 1
+
+    def _wait_all_workers(self, timeout: float) -> None:
+        """Every worker listens before the load starts: the sessions opened before the second worker
+        binds its port would all stay with the first one for the whole run."""
+        if "worker process" not in (self.setup.folder / "stderr.log").read_text():
+            return  # a msgw from before issue 15 (bench/compare_revisions.py): one process
+        n = self.worker_count
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if all(listening_sockets(p) >= n for p in (self.setup.relay_port, self.setup.submission_port)):
+                return
+            time.sleep(0.05)
+        raise RuntimeError("not every gateway worker is listening")
 
     @property
     def pid(self) -> int:

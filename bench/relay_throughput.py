@@ -23,14 +23,15 @@ time. Latency = sink arrival − the client's receipt of the 250 after DATA (acc
 same host clock. The load is closed-loop (C sessions sending back to back), so latency includes the
 queue that builds when a target accepts faster than it delivers.
 
-CPU per message: (a) the gateway process (utime+stime from /proc/<pid>/stat, threads included);
+CPU per message: (a) the gateway's process tree (utime+stime from /proc/<pid>/stat, threads
+included: with worker processes, the master and every worker, ``--workers N`` to choose N);
 (b) for every target, machine-wide busy CPU (/proc/stat) minus the client's and the sink's own CPU,
 which also covers Postfix's many short-lived processes.
 
 The crypto floor is from ``openssl speed`` (one core): one RSA-2048 signature + one RSA-2048 public
 operation (key transport to one recipient) + AES-256-CBC over the message bytes.
 
-Usage: .venv/bin/python bench/relay_throughput.py [--quick] [--json FILE] [--concurrency 10]
+Usage: .venv/bin/python bench/relay_throughput.py [--quick] [--json FILE] [--concurrency 10] [--workers N]
 No thresholds, no asserts: it prints a table and writes JSON.
 """
 
@@ -192,6 +193,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="messages sent one at a time for the no-queue latency (default 10, quick 3)")
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--max-wait", type=float, default=120.0, help="seconds a run may take before giving up")
+    ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default=None,
+                    help="[gateway] event_loop of the gateways (default: the gateway's, auto)")
+    ap.add_argument("--workers", type=int, default=None,
+                    help="msgw serve --workers N (default: the gateway's own default, one per core)")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     counts = {s: args.count or (QUICK_COUNTS if args.quick else DEFAULT_COUNTS)[s] for s in sizes}
@@ -221,15 +226,17 @@ def main(argv: list[str] | None = None) -> int:
             finally:
                 if postfix is not None:
                     postfix.cleanup()
-        plain = write_gateway_config(work / "gw-plain", sink.port)
-        with GatewayProcess(plain) as gw:
+        plain = write_gateway_config(work / "gw-plain", sink.port, event_loop=args.event_loop)
+        with GatewayProcess(plain, args.workers) as gw:
+            notes.append(f"gateway worker processes: {gw.worker_count}")
+            print(notes[-1], flush=True)
             for s in sizes:
                 runner.run("gw-plain", s, plain.relay_port, counts[s], gw.pid)
             for s in sizes:
                 runner.idle("gw-plain", s, plain.relay_port, idle_n)
         pki = build_pki(work)
-        smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki)
-        with GatewayProcess(smime) as gw:
+        smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki, event_loop=args.event_loop)
+        with GatewayProcess(smime, args.workers) as gw:
             for s in sizes:
                 runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
             for s in sizes:
@@ -274,7 +281,8 @@ def main(argv: list[str] | None = None) -> int:
     for note in notes:
         print("note:", note)
     write_json(args.json, {"benchmark": "relay_throughput", "machine": machine(), "quick": args.quick,
-                           "concurrency": args.concurrency, "openssl_speed": floor,
+                           "concurrency": args.concurrency, "workers": args.workers, "event_loop": args.event_loop,
+                           "openssl_speed": floor,
                            "crypto_floor_msgs_s": {s: floor_msgs_s(floor, SIZES[s]) for s in sizes},
                            "runs": results, "notes": notes, "tables": [table1, table2]})
     return 0

@@ -6,6 +6,11 @@ spool) and wakes delivery, which moves the prepared bytes (see gateway/runner.py
 SIGTERM/SIGINT: stop accepting (listeners closed), let in-flight preparations and deliveries
 finish within `spool.shutdown_grace`, then cancel the rest (they stay pending in the spool),
 close the spool.
+
+One of several worker processes (`gateway.workers`, ``owner="w<i>"``): the master has recovered
+the spool, so a worker opens it without recovering; its listeners share their ports with the
+other workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake
+doors and the CI-SIS ZAM sender.
 """
 
 from __future__ import annotations
@@ -42,9 +47,15 @@ def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
 
 
 class Gateway:
-    def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None) -> None:
+    def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None, *, owner: str = "",
+                 primary: bool = True, workers: int = 1) -> None:
         self.config = config
-        self.spool = Spool(config.spool.path)
+        #: This process's name among the workers ("w0", "w1", ...); "" when it is the only one.
+        self.owner = owner
+        #: Runs the singletons (intake doors, ZAM sender): the only process, or worker 0.
+        self.primary = primary
+        self.workers = workers
+        self.spool = Spool(config.spool.path, owner=owner)
         self.pipeline = pipeline
         self.context: GatewayContext | None = None
         self.queue: QueueService | None = None
@@ -59,9 +70,16 @@ class Gateway:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        await loop.run_in_executor(None, self.spool.open)
-        stats = self.spool.recover()
-        event(log, "recovered", **stats)
+        if self.owner:  # a worker: the master recovered the spool before starting the workers
+            await loop.run_in_executor(None, lambda: self.spool.open(recover=False))
+            # what a killed predecessor delivered but did not remove (recovery would have)
+            finished = await loop.run_in_executor(None, self.spool.finish_done)
+            if finished:
+                event(log, "finished-left-over", count=finished)
+        else:
+            await loop.run_in_executor(None, self.spool.open)
+            stats = self.spool.recover()
+            event(log, "recovered", **stats)
         if self.pipeline is None:
             from gateway.stages.build import build_pipeline
 
@@ -78,12 +96,13 @@ class Gateway:
         directory = self.context.directory if self.context is not None else self._open_directory()
         self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
-                                 audit=audit, mailbox_lookup=local_mailbox_lookup(directory))
+                                 audit=audit, mailbox_lookup=local_mailbox_lookup(directory),
+                                 reuse_port=self.workers > 1)
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()
         queue.start()
-        if self.config.intake is not None and self.config.intake.enabled:
+        if self.primary and self.config.intake is not None and self.config.intake.enabled:
             from gateway.intake.service import IntakeService
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
@@ -106,11 +125,13 @@ class Gateway:
         ledger = self.zam_ledger = await loop.run_in_executor(
             None, lambda: ZamLedger.beside(spool.path, retry_schedule=spool.retry_schedule,
                                            lifetime=spool.max_queue_lifetime))
+        # The sender is a singleton (worker 0): ZAMs another worker's outcomes owe wait in the
+        # shared ledger for its next poll (`spool.poll_interval`).
         sender = self.zam_sender = ZamSender(settings, ledger, poll_interval=spool.poll_interval,
-                                             shutdown_grace=spool.shutdown_grace)
+                                             shutdown_grace=spool.shutdown_grace) if self.primary else None
 
         def wake_sender(zams: object) -> None:
-            if zams:
+            if zams and sender is not None:
                 loop.call_soon_threadsafe(sender.wake)
 
         def outcome(queue_id: str, rcpt: str, state: str, status: str, reply: str | None) -> None:
@@ -124,7 +145,8 @@ class Gateway:
         queue.add_outcome_listener(outcome)
         assert self.server is not None
         self.server.returns_sink = returns
-        sender.start()
+        if sender is not None:
+            sender.start()
         return Gestionnaire(settings, self.spool, ledger, lifetime=spool.max_queue_lifetime, audit=audit,
                             on_owed=lambda: wake_sender(True))
 

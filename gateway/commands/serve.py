@@ -14,7 +14,9 @@ from gateway.config import DEFAULT_FILES
 from gateway.default_setup import prepare_default_files
 from gateway.delivery.transports import unknown_transports
 from gateway.logs import event, setup_logging
+from gateway.spool import Spool
 from gateway.startup import check_keys
+from gateway.workers import Supervisor, loop_factory, name_log_lines, run_on_loop, worker_count
 
 log = logging.getLogger("gateway")
 
@@ -23,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("serve", help="run the gateway")
     add_config_option(p)
     p.add_argument("--log-format", choices=("text", "json"), help="override log.format")
+    p.add_argument("--workers", type=_positive, metavar="N",
+                   help="worker processes (overrides [gateway] workers; default: one per core; "
+                        "1: a single process, no master)")
     p.set_defaults(func=run)
 
 
@@ -40,8 +45,36 @@ def run(args: argparse.Namespace) -> int:
         return 2
     if not args.config:
         print(_default_banner(config), file=sys.stderr)
-    asyncio.run(Gateway(config).serve_forever())
-    return 0
+    count = worker_count(config.workers, args.workers)
+    loop_name, _ = loop_factory(config.event_loop)
+    print(f"msgw: {count} worker process{'es' if count > 1 else ''}, event loop {loop_name}", file=sys.stderr)
+    if count > 1:
+        name_log_lines("master")
+    event(log, "serving", workers=count, event_loop=loop_name)
+    if count == 1:
+        run_on_loop(Gateway(config).serve_forever, config.event_loop)
+        return 0
+    recover_spool(config)
+    return Supervisor(count, str(Path(args.config).resolve()) if args.config else None, args.log_format,
+                      shutdown_grace=config.spool.shutdown_grace).run()
+
+
+def recover_spool(config) -> None:
+    """The master recovers the spool once, and releases every claim a previous run left, before
+    any worker opens it (workers open without recovering)."""
+    spool = Spool(config.spool.path).open()
+    try:
+        event(log, "recovered", **spool.recover())
+        event(log, "claims-released", count=spool.release_claims())
+    finally:
+        spool.close()
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError("at least 1")
+    return value
 
 
 def keys_usable(config) -> bool:

@@ -65,6 +65,10 @@ class GatewayConfig:
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     keys: dict[str, KeyRef] = field(default_factory=dict, compare=False)
+    #: `[gateway] workers`: processes serving mail (None: "auto", one per core; see gateway.workers).
+    workers: int | None = None
+    #: `[gateway] event_loop`: "auto" (uvloop when importable), "asyncio" or "uvloop".
+    event_loop: str = "auto"
     base: Path = field(default_factory=Path.cwd, compare=False)
 
     def path(self, value: str) -> Path:
@@ -92,14 +96,32 @@ class GatewayConfig:
         return None
 
 
+EVENT_LOOPS = ("auto", "asyncio", "uvloop")
+
+
 def _names(r: Reader, data: dict[str, Any]) -> tuple[str, str]:
     """`[gateway]`: the host name (HELO, Message-IDs, DSNs) and the postmaster address."""
     gw = r.table(data, "gateway")
-    r.unknown(gw, {"hostname", "postmaster"}, "gateway.")
+    r.unknown(gw, {"hostname", "postmaster", "workers", "event_loop"}, "gateway.")
     hostname = r.get(gw, "hostname", "gateway.", str, "msgw.localhost")
     if not is_domain(hostname):
         r.problem("gateway.hostname", f"not a host name: {hostname!r}")
     return hostname, r.get(gw, "postmaster", "gateway.", str, f"postmaster@{hostname}")
+
+
+def _processes(r: Reader, data: dict[str, Any]) -> tuple[int | None, str]:
+    """`[gateway] workers = "auto" | N` (None: auto) and `event_loop` (how the gateway runs)."""
+    gw = r.table(data, "gateway")
+    value = gw.get("workers", "auto")
+    workers: int | None = None
+    if isinstance(value, bool) or not (value == "auto" or isinstance(value, int)):
+        r.problem("gateway.workers", 'expected "auto" or a number of processes')
+    elif isinstance(value, int):
+        if not 1 <= value <= 64:
+            r.problem("gateway.workers", "expected a number of processes from 1 to 64")
+        else:
+            workers = value
+    return workers, r.choice(gw, "event_loop", "gateway.", EVENT_LOOPS, "auto")
 
 
 def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayConfig:
@@ -107,6 +129,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
     r = Reader(source, base)
     r.unknown(data, _TOP_KEYS, "")
     hostname, postmaster = _names(r, data)
+    workers, event_loop = _processes(r, data)
     keys = read_keys(r, data)
     intake = read_intake(r, data)
     listeners = read_listeners(r, data)
@@ -129,6 +152,8 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         intake=intake,
         routing=read_routing(r, data),
         keys=keys,
+        workers=workers,
+        event_loop=event_loop,
         base=base,
     )
     _check_across(r, config)

@@ -1148,6 +1148,16 @@ class Spool:
         self.finish_if_done(msg_id)
         return True
 
+    def finish_done(self) -> int:
+        """Remove every message whose last outcome was recorded but which was not removed (a
+        worker killed between the two; issue 15). Safe beside other processes: only final
+        messages are touched, as `finish_if_done` always is. How many were removed."""
+        with self._lock:
+            done = [r[0] for r in self.db.execute(
+                "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
+                " AND (r.state IN (?, ?) OR (r.state = 'bounced' AND r.dsn_sent = 0)))", PENDING)]
+        return sum(self.finish_if_done(msg_id) for msg_id in done)
+
     def finish_if_done(self, msg_id: str) -> bool:
         """Remove a message whose recipients are all final and whose DSNs are queued.
 

@@ -122,6 +122,7 @@ def write_config(folder: Path, *, sink_port: int | None = None, extra: str = "",
     text = f"""
 [gateway]
 hostname = "msgw.test"
+workers = 1
 
 [listeners.submission]
 kind = "submission"
