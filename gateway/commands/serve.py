@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import socket
 import sys
 from pathlib import Path
 
@@ -54,20 +55,48 @@ def run(args: argparse.Namespace) -> int:
     if count == 1:
         run_on_loop(Gateway(config).serve_forever, config.event_loop)
         return 0
-    recover_spool(config)
+    taken = ports_in_use(config)
+    for where in taken:
+        print(f"msgw: {where} is already in use (another gateway?): not starting", file=sys.stderr)
+    if taken or not recover_spool(config):
+        return 2
     return Supervisor(count, str(Path(args.config).resolve()) if args.config else None, args.log_format,
                       shutdown_grace=config.spool.shutdown_grace).run()
 
 
-def recover_spool(config) -> None:
+def recover_spool(config) -> bool:
     """The master recovers the spool once, and releases every claim a previous run left, before
-    any worker opens it (workers open without recovering)."""
+    any worker opens it (workers open without recovering). False when another process has the
+    spool open (recovery skipped): a second gateway on the same spool would share its workers'
+    claim names, so the master refuses to start rather than deliver twice."""
     spool = Spool(config.spool.path).open()
     try:
-        event(log, "recovered", **spool.recover())
+        stats = spool.recover()
+        if stats.get("skipped"):
+            print(f"msgw: the spool {config.spool.path} is open in another process (another gateway?): "
+                  "not starting", file=sys.stderr)
+            return False
+        event(log, "recovered", **stats)
         event(log, "claims-released", count=spool.release_claims())
+        return True
     finally:
         spool.close()
+
+
+def ports_in_use(config) -> list[str]:
+    """The SMTP listeners' addresses another process listens on. Workers bind with SO_REUSEPORT,
+    which would let a second gateway share the ports silently (the kernel would split the clients
+    between them); the master probes each address first *without* it, as a single process binds."""
+    taken = []
+    for listener in config.listeners:
+        family = socket.AF_INET6 if ":" in listener.address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio: TIME_WAIT is no owner
+            try:
+                probe.bind((listener.address, listener.port))
+            except OSError:
+                taken.append(f"{listener.address}:{listener.port} ({listener.name})")
+    return taken
 
 
 def _positive(text: str) -> int:

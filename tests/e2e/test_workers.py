@@ -253,3 +253,41 @@ def test_kill9_of_the_master_takes_the_workers_and_a_restart_delivers_the_rest(t
         assert all(v == 1 for v in counts.values())
     finally:
         sink.stop()
+
+
+def test_a_second_gateway_on_the_same_ports_or_spool_refuses_to_start(tmp_path: Path) -> None:
+    """SO_REUSEPORT would let a second multi-worker gateway bind the first one's ports without an
+    error (the kernel would then split clients between two gateways and two spools), and a second
+    master on the same spool would run workers with the same claim names (w0, w1) as the first:
+    two deliveries of one message. Both must refuse to start, as a single process does."""
+    sink = Sink().start()
+    try:
+        setup = two_workers(tmp_path / "first", sink)
+        with GatewayProcess(setup) as gw:
+            assert gw.proc is not None
+            _wait_workers(gw.proc.pid, 2)
+            _wait_listening(setup, 2)
+            # Same ports, another spool.
+            other = two_workers(tmp_path / "other", sink)
+            text = other.config.read_text()
+            for mine, theirs in ((other.relay_port, setup.relay_port),
+                                 (other.submission_port, setup.submission_port)):
+                text = text.replace(f"port = {mine}\n", f"port = {theirs}\n")
+            other.config.write_text(text)
+            same_ports = msgw("serve", "--config", str(other.config))
+            assert same_ports.returncode == 2, same_ports.stderr
+            assert b"already in use" in same_ports.stderr
+            # Same spool, free ports.
+            twin = setup.config.with_name("twin.toml")  # relative paths: the same spool
+            text = setup.config.read_text()
+            for port in (setup.relay_port, setup.submission_port):
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    text = text.replace(f"port = {port}\n", f"port = {s.getsockname()[1]}\n")
+            twin.write_text(text)
+            same_spool = msgw("serve", "--config", str(twin))
+            assert same_spool.returncode == 2, same_spool.stderr
+            assert b"open in another process" in same_spool.stderr
+            assert gw.proc.poll() is None
+    finally:
+        sink.stop()
