@@ -293,8 +293,12 @@ def test_generated_data_gets_aiosmtpds_reply_and_bytes(tmp_path: Path) -> None:
 
             compare()
         finally:
-            reference.close()
-            gw.loops.run(reference.wait_closed())
+            gw.loops.run(_close(reference))  # on the server's own loop: asyncio is not thread-safe
+
+
+async def _close(server: asyncio.Server) -> None:
+    server.close()
+    await server.wait_closed()
 
 
 async def _reference_server(loop: asyncio.AbstractEventLoop, handler: _Recorder, limit: int) -> asyncio.Server:
