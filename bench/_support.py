@@ -385,7 +385,7 @@ async def _submission_login(reader: asyncio.StreamReader, writer: asyncio.Stream
 
 
 async def _session(host: str, port: int, seqs: list[int], body: bytes, result: LoadResult, timeout: float,
-                   login: tuple[str, str] | None = None) -> None:
+                   login: tuple[str, str] | None = None, due: dict[int, float] | None = None) -> None:
     reader, writer = await asyncio.wait_for(asyncio.open_connection(host, port, limit=1 << 20), timeout)
     try:
         await _reply(reader)
@@ -394,6 +394,8 @@ async def _session(host: str, port: int, seqs: list[int], body: bytes, result: L
         if login is not None:
             await asyncio.wait_for(_submission_login(reader, writer, *login), timeout)
         for seq in seqs:
+            if due is not None:  # paced: not before this message's slot (open loop while the target keeps up)
+                await asyncio.sleep(max(0.0, due[seq] - time.monotonic()))
             data = bench_message(0, seq, body)
             writer.write(f"MAIL FROM:<{SENDER}> SIZE={len(data)}\r\n".encode())
             code, text = await asyncio.wait_for(_reply(reader), timeout)
@@ -437,16 +439,19 @@ async def _session(host: str, port: int, seqs: list[int], body: bytes, result: L
 
 
 def send_load(port: int, count: int, concurrency: int, body: bytes, *, first_seq: int = 0,
-              timeout: float = 120.0, login: tuple[str, str] | None = None) -> LoadResult:
+              timeout: float = 120.0, login: tuple[str, str] | None = None, rate: float | None = None) -> LoadResult:
     """`count` messages over `concurrency` sessions to 127.0.0.1:port (plain SMTP, or STARTTLS + AUTH
-    PLAIN once per session with `login`)."""
+    PLAIN once per session with `login`). With `rate` (messages/s) the n-th message is not sent before
+    start + n/rate: a steady offered load instead of a closed loop (latency at a given load)."""
     result = LoadResult()
     seqs = list(range(first_seq, first_seq + count))
     shares = [seqs[i::concurrency] for i in range(concurrency)]
 
     async def run() -> None:
         result.start_ns = time.time_ns()
-        outcomes = await asyncio.gather(*(_session("127.0.0.1", port, s, body, result, timeout, login)
+        t0 = time.monotonic() + 0.05
+        due = {seq: t0 + n / rate for n, seq in enumerate(seqs)} if rate else None
+        outcomes = await asyncio.gather(*(_session("127.0.0.1", port, s, body, result, timeout, login, due)
                                           for s in shares if s), return_exceptions=True)
         result.end_ns = time.time_ns()
         for o in outcomes:

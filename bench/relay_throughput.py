@@ -107,7 +107,7 @@ class Runner:
         self.runs: list[dict] = []
 
     def run(self, target: str, size_name: str, port: int, count: int, gateway_pid: int | None = None,
-            login: tuple[str, str] | None = None) -> dict:
+            login: tuple[str, str] | None = None, rate: float | None = None) -> dict:
         body = body_lines(SIZES[size_name])
         first = self.next_seq
         self.next_seq += count + 1000
@@ -116,7 +116,8 @@ class Runner:
         busy0, mine0, sink0 = system_busy_seconds(), self_cpu_seconds(), proc_cpu_seconds(self.sink.pid)
         gw0 = proc_tree_cpu_seconds(gateway_pid) if gateway_pid else None
         t0 = time.monotonic()
-        load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait, login=login)
+        load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait, login=login,
+                         rate=rate)
         complete = self.sink.wait_for(load.accepted, self.max_wait)
         elapsed = time.monotonic() - t0
         busy = system_busy_seconds() - busy0
@@ -127,7 +128,7 @@ class Runner:
                "errors": load.errors[:5], "complete": complete, "elapsed_s": elapsed,
                "first_seq": first, "last_seq": first + count - 1, "start_ns": load.start_ns,
                "accept_ns": load.accept_ns, "cpu_target_s": max(0.0, busy - harness), "cpu_harness_s": harness,
-               "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1}
+               "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1, "offered_rate": rate}
         self.runs.append(run)
         rate = load.accepted / elapsed if elapsed else 0
         print(f"  {target:9} {size_name:5} {load.accepted}/{count} accepted, "
@@ -160,6 +161,18 @@ class Runner:
                "cpu_harness_s": 0.0, "cpu_gateway_proc_s": None, "loadavg_1min_before": None, "idle": True}
         self.runs.append(run)
         return run
+
+
+def paced(runner: Runner, target: str, size: str, port: int, count: int, fraction: float,
+          gateway_pid: int | None = None) -> None:
+    """The same target at `fraction` of the rate its closed-loop run of this size reached: the latency
+    a steady load sees (the closed loop's latency is mostly the queue it builds on purpose)."""
+    best = next((r for r in runner.runs if r["target"] == target and r["size"] == size and not r.get("idle")
+                 and not r.get("offered_rate")), None)
+    if not fraction or best is None or not best["elapsed_s"]:
+        return
+    rate = fraction * best["accepted"] / best["elapsed_s"]
+    runner.run(f"{target} @{fraction:.0%}", size, port, count, gateway_pid, rate=rate)
 
 
 def summarise(runs: list[dict], records: list[tuple[int, int, int, int]]) -> list[dict]:
@@ -195,6 +208,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-wait", type=float, default=120.0, help="seconds a run may take before giving up")
     ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default=None,
                     help="[gateway] event_loop of the gateways (default: the gateway's, auto)")
+    ap.add_argument("--paced", type=float, default=0.5,
+                    help="after the closed-loop runs, offer this fraction of the measured maximum as a steady "
+                         "load to Postfix and gw-smime and report its latency (0: skip)")
     ap.add_argument("--workers", type=int, default=None,
                     help="msgw serve --workers N (default: the gateway's own default, one per core)")
     args = ap.parse_args(argv)
@@ -220,6 +236,8 @@ def main(argv: list[str] | None = None) -> int:
                     runner.run("postfix", s, postfix.port, counts[s])
                 for s in sizes:
                     runner.idle("postfix", s, postfix.port, idle_n)
+                for s in sizes:
+                    paced(runner, "postfix", s, postfix.port, counts[s], args.paced)
             except RuntimeError as exc:
                 notes.append(f"Postfix baseline skipped: {exc}")
                 print(notes[-1], flush=True)
@@ -241,6 +259,8 @@ def main(argv: list[str] | None = None) -> int:
                 runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
             for s in sizes:
                 runner.idle("gw-smime", s, smime.relay_port, idle_n)
+            for s in sizes:
+                paced(runner, "gw-smime", s, smime.relay_port, counts[s], args.paced, gw.pid)
             for s in sizes:
                 runner.run("gw-submit", s, smime.submission_port, counts[s], gw.pid, login=(SENDER, SENDER_PASSWORD))
     finally:
@@ -267,14 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     table1 = print_table(["size", "N", "gw sign+enc", "postfix", "gw/postfix", "gw submission (TLS+AUTH)",
                           "gw plain", "plain/postfix", "crypto floor (1 core)", "gw/floor", "harness ceiling"],
                          rows, 2)
-    print("\nLatency accept→delivered (ms; under load: closed loop, C sessions; idle: one message at a time) "
-          "and CPU per message (ms)")
+    print("\nLatency accept→delivered (ms; under load: closed loop, C sessions; @50%: a steady load at half the "
+          "closed loop's rate; idle: one message at a time) and CPU per message (ms)")
     rows = []
     for r in results:
         # client → sink directly: the sink sees the message before the client reads the 250: no latency
         lat = r["accept_to_delivered_ms"] if r["target"] != "harness" else {50: None, 95: None, 99: None}
         idle = r.get("idle", False)
-        rows.append([f"{r['target']} {r['size']}", f"{r['delivered']}/{r['count']}", lat[50], lat[95], lat[99],
+        name = f"{r['target']} {r['size']}" + (f" ({r['offered_rate']:.0f}/s)" if r.get("offered_rate") else "")
+        rows.append([name, f"{r['delivered']}/{r['count']}", lat[50], lat[95], lat[99],
                      None if idle else r["cpu_ms_per_msg_target"], r["cpu_ms_per_msg_gateway_proc"]])
     table2 = print_table(["target size", "delivered", "p50", "p95", "p99", "CPU/msg (machine − harness)",
                           "CPU/msg (gateway process)"], rows, 2)
