@@ -28,11 +28,13 @@ meanwhile; the retry period ends it with a bounce if the server never asks.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from dataclasses import dataclass
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
 from gateway.config import TlsSettings
 from gateway.errors import DeliveryError
@@ -164,7 +166,7 @@ class SmtpSession:
             if not accepted:
                 return results
             try:
-                resp = await client.data(data)
+                resp = await send_data(client, data)
             except aiosmtplib.SMTPResponseException as exc:
                 for rcpt in accepted:
                     results[rcpt] = RecipientResult(exc.code, exc.message)
@@ -185,6 +187,86 @@ class SmtpSession:
 
     def close(self) -> None:
         self.client.close()
+
+
+#: Above this size the stuffing (a scan of the whole message) is done in a worker thread, so that
+#: the event loop never spends more than a few milliseconds on one message's bytes.
+OFF_LOOP_BYTES = 64 * 1024
+#: The DATA payload goes to the transport in slices of this size, each after the transport's
+#: buffer drained below its high-water mark: the socket buffer never holds a second copy of a
+#: large message.
+WRITE_CHUNK = 256 * 1024
+
+
+def stuff_for_data(data: bytes) -> tuple[bytes, bytes, bytes]:
+    """The DATA payload as (head, body, tail): written in that order they are exactly what
+    aiosmtplib's `execute_data_command` would send after `DATA` (line endings made CRLF, a dot
+    doubled at the start of every line, `.\r\n` after), without its three whole-message copies.
+
+    Our prepared copies are CRLF-canonical, where `^.` is the start of the message or
+    `\r\n.` and one `bytes.replace` (which returns `data` itself when there is nothing to
+    replace, the usual case for base64 S/MIME) does the stuffing. Anything else takes
+    aiosmtplib's own normalisation first, so the bytes on the wire never change. Pure: no I/O."""
+    if not (data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")):
+        data = normalize_message_line_endings(data)
+    head = b"." if data.startswith(b".") else b""
+    body = data.replace(b"\r\n.", b"\r\n..")
+    tail = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
+    return head, body, tail
+
+
+async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA with `data`, dot-stuffed by us and written in slices with flow control.
+
+    aiosmtplib's `SMTP.data` runs two regex substitutions over the whole message on the event
+    loop and hands the transport one buffer of it (four copies of a 50 MB message, seconds of
+    stall); this sends the same bytes (`stuff_for_data`) through its protocol, under its
+    command lock, with the same replies and errors (SMTPDataError for a refused DATA or
+    message, SMTPServerDisconnected / SMTPTimeoutError closing the client)."""
+    protocol = client.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    timeout = client.timeout
+    if len(data) > OFF_LOOP_BYTES:
+        head, body, tail = await asyncio.to_thread(stuff_for_data, data)
+    else:
+        head, body, tail = stuff_for_data(data)
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
+            if start.code != aiosmtplib.SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            if head:
+                protocol.write(head)
+            view = memoryview(body)
+            for offset in range(0, len(view), WRITE_CHUNK):
+                protocol.write(view[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
+                await _drained(protocol, timeout)
+            del view
+            protocol.write(tail)
+            response = await protocol.read_response(timeout=timeout)
+            if response.code != aiosmtplib.SMTPStatus.completed:
+                raise aiosmtplib.SMTPDataError(response.code, response.message)
+            return response
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+
+
+async def _drained(protocol: SMTPProtocol, timeout: float | None) -> None:
+    """Wait until the transport's buffer is below its high-water mark (a server that stops
+    reading for `timeout` seconds is a timeout, as a reply that does not come is)."""
+    if not protocol._paused and not protocol._connection_lost:
+        return
+    try:
+        await asyncio.wait_for(protocol._drain_helper(), timeout)
+    except TimeoutError:
+        raise aiosmtplib.SMTPTimeoutError("Timed out sending the message to the server") from None
+    except ConnectionError:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost") from None
 
 
 async def open_session(*, host: str, address: str, port: int, tls: TlsSettings, helo_name: str,
