@@ -141,6 +141,11 @@ class WorkItem:
     refusals: tuple[Refusal, ...] = field(default=())
     #: The route stage's decision per recipient, in envelope order (executed by the later stages).
     plan: tuple[tuple[str, Decision], ...] = field(default=())
+    #: Readings of `data` computed once and shared by this item and every item a stage derives
+    #: from it (`replace` passes the same dict on): the parsed view of `gateway.stages.view`, so
+    #: the message is parsed once, not once per stage. An entry says which bytes it was read from
+    #: and is checked by identity before use: a stage that replaces `data` never reads a stale one.
+    derived: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
 
     @cached_property
     def handled(self) -> frozenset[str]:

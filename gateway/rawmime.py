@@ -13,11 +13,18 @@ exact bytes: the first line, its continuation lines and their line ends.
 
 from __future__ import annotations
 
+import email
 import email.errors
 import email.header
+import email.message
+import email.policy
 import re
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 from gateway.errors import MalformedInput
+
+_T = TypeVar("_T")
 
 #: A field's first line (RFC 5322 2.2: printable ASCII but the colon, then the colon).
 FIELD_START = re.compile(rb"^[!-9;-~]+:")
@@ -44,7 +51,14 @@ def to_crlf(data: bytes, *, bare_cr: bool = False) -> bytes:
     """Every LF (with or without its CR) as CRLF: the canonical form RFC 3156 and RFC 5751 sign.
 
     ``bare_cr``: a CR alone is a line end too (S/MIME framing reads it so); without it, a CR
-    that is not before a LF is content and stays (HPRIM lines end with CR)."""
+    that is not before a LF is content and stays (HPRIM lines end with CR).
+
+    Data already canonical (what the SMTP listeners hold: they refuse bare LF) is returned as it
+    is, the same object, not a copy: three counts in C cost less than the regex's copy of a
+    large message, and callers can tell by identity that nothing changed."""
+    crlf = data.count(b"\r\n")
+    if data.count(b"\n") == crlf and (not bare_cr or data.count(b"\r") == crlf):
+        return data
     return (_ANY_LINE_END if bare_cr else _LF_LINE_END).sub(b"\r\n", data)
 
 
@@ -101,6 +115,75 @@ def split_raw(message: bytes) -> tuple[list[bytes], bytes]:
         else:
             fields.append(line + b"\r\n")
     return fields, body
+
+
+def parse_message(data: bytes) -> email.message.Message:
+    """The stdlib parse with the compat32 policy (raw header and body bytes kept as received)."""
+    return email.message_from_bytes(data, policy=email.policy.compat32)
+
+
+class MessageView:
+    """One message's bytes and what is read from them, each computed once.
+
+    Why: the legacy detector, the S/MIME classifier and the content extraction each parsed or
+    split the same message again (three `email` parses and five header splits per message,
+    issue 15). A reader asks `once(fn)`: `fn(data)` is computed the first time and kept, keyed by
+    the function itself, so readers in any package share a result without this module knowing
+    them. Shared results are read-only: never change one (the parsed `message` included); whoever
+    needs to change a tree parses its own. One message is read by one task at a time.
+
+    Past `KEEP_LIMIT` bytes nothing is kept: a split holds a copy of the body and a parse more
+    than the message, and kept for the whole preparation they would add to a large message's
+    peak memory what re-reading costs little beside its cryptography."""
+
+    __slots__ = ("_memo", "data")
+
+    #: Largest message whose readings are kept.
+    KEEP_LIMIT = 1024 * 1024
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self._memo: dict[Callable[[bytes], Any], Any] = {}
+
+    def once(self, fn: Callable[[bytes], _T]) -> _T:
+        """`fn(data)`, computed once per view (an exception is not kept: raised again next time)."""
+        memo = self._memo
+        if fn in memo:
+            return memo[fn]  # type: ignore[no-any-return]
+        value = fn(self.data)
+        if len(self.data) <= self.KEEP_LIMIT:
+            memo[fn] = value
+        return value
+
+    def has(self, fn: Callable[[bytes], Any]) -> bool:
+        """Whether `fn(data)` is already computed (a reader may take a cheaper road when it is not)."""
+        return fn in self._memo
+
+    @property
+    def message(self) -> email.message.Message:
+        """The compat32 parse of the whole message, shared: read it, never change it."""
+        return self.once(parse_message)
+
+
+#: Raw message bytes, or a view of them whose splits and parse are shared.
+Raw = bytes | MessageView
+
+
+def raw_data(message: Raw) -> bytes:
+    return message.data if isinstance(message, MessageView) else message
+
+
+def _split_tuple(message: bytes) -> tuple[tuple[bytes, ...], bytes]:
+    fields, body = split_raw(message)
+    return tuple(fields), body
+
+
+def raw_split(message: Raw) -> tuple[list[bytes], bytes]:
+    """`split_raw`, computed once per view (a fresh list each call: the caller may change it)."""
+    if isinstance(message, MessageView):
+        fields, body = message.once(_split_tuple)
+        return list(fields), body
+    return split_raw(message)
 
 
 def join_raw(fields: list[bytes], body: bytes) -> bytes:
@@ -169,6 +252,6 @@ def header_text(value: bytes | str) -> str:
     return " ".join(text.split())
 
 
-__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "field_name", "header_end", "header_fields",
-           "header_text", "is_continuation", "join_raw", "line_ending", "raw_body", "raw_header_fields", "raw_text",
-           "split_raw", "to_crlf", "unfold"]
+__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "MessageView", "Raw", "field_name", "header_end",
+           "header_fields", "header_text", "is_continuation", "join_raw", "line_ending", "parse_message", "raw_body",
+           "raw_data", "raw_header_fields", "raw_split", "raw_text", "split_raw", "to_crlf", "unfold"]

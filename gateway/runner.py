@@ -2,13 +2,15 @@
 cleanup before the queue, Mailman's pipeline runner before its `out` queue).
 
 For each received message due, the runner runs `Pipeline.run` once for the recipients still
-received (the stages are async and push their CPU work to threads themselves), then records the
-result with `Spool.prepare`: the copies' bytes in files, then one transaction that links every
-recipient to its copy, writes the refusals (permanent → bounced with the reason, temporary →
-still received, with a backoff) and marks the message prepared. Delivery (gateway/delivery/)
-then only moves those bytes: a retry re-sends the same copy, it never signs, encrypts or decides
-again, so the stages' audit decisions are written once per preparation (a crash before the
-commit prepares again: at least once, as delivery itself).
+received (the stages are async; a large message's CPU work goes to worker threads, a small one's
+stays on the loop: `gateway.smime.protect.INLINE_LIMIT`), then records the result with
+`Spool.prepare` (with the message read back, one trip to a worker thread: a small message just
+accepted is prepared with that one hop, issue 15): the copies' bytes in files, then one
+transaction that links every recipient to its copy, writes the refusals (permanent → bounced
+with the reason, temporary → still received, with a backoff) and marks the message prepared.
+Delivery (gateway/delivery/) then only moves those bytes: a retry re-sends the same copy, it
+never signs, encrypts or decides again, so the stages' audit decisions are written once per
+preparation (a crash before the commit prepares again: at least once, as delivery itself).
 
 A temporary failure of the whole run (a key that is unavailable, a directory that does not
 answer) leaves every recipient received with a backoff; an unexpected exception counts as a

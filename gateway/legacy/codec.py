@@ -24,11 +24,13 @@ import importlib
 import logging
 import pkgutil
 from collections.abc import Mapping, Sequence
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from gateway.legacy.errors import UnknownCodec
+from gateway.rawmime import MessageView, parse_message
 
 MessageInput = bytes | email.message.Message
 
@@ -224,9 +226,42 @@ def display_name(name: str) -> str:
     return codec.display_name if codec is not None else name
 
 
-def detect_codec(message: MessageInput) -> LegacyCodec | None:
-    """The first registered codec (by name) that recognises the message, or None."""
+class _Detecting:
+    """The message `detect_codec` is asking about, parsed on first need and then shared by every
+    codec's `detect` (even for a message too large for its view to keep the parse)."""
+
+    def __init__(self, view: MessageView) -> None:
+        self.view = view
+        self._message: email.message.Message | None = None
+
+    def message(self) -> email.message.Message:
+        if self._message is None:
+            self._message = self.view.message
+        return self._message
+
+
+_DETECTING: ContextVar[_Detecting | None] = ContextVar("msgw_legacy_detecting", default=None)
+
+
+def detect_codec(message: MessageInput | MessageView) -> LegacyCodec | None:
+    """The first registered codec (by name) that recognises the message, or None.
+
+    Every codec is asked with the message as it was given (bytes stay bytes: a bare armor is
+    recognised on the bytes), and while it is asked `as_message` hands each of them the same
+    parse of those bytes (a `MessageView`'s, shared with the later stages) instead of one parse
+    per codec. A `detect` only reads the tree it is given."""
     _discover()
+    if isinstance(message, (bytes, MessageView)):
+        view = message if isinstance(message, MessageView) else MessageView(message)
+        token = _DETECTING.set(_Detecting(view))
+        try:
+            return _first_detecting(view.data)
+        finally:
+            _DETECTING.reset(token)
+    return _first_detecting(message)
+
+
+def _first_detecting(message: MessageInput) -> LegacyCodec | None:
     for name in sorted(_REGISTRY):
         codec = _REGISTRY[name]
         try:
@@ -241,4 +276,7 @@ def as_message(message: MessageInput) -> email.message.Message:
     """Parse bytes with the compat32 policy (keeps raw header and body bytes as received)."""
     if isinstance(message, email.message.Message):
         return message
-    return email.message_from_bytes(bytes(message), policy=email.policy.compat32)
+    detecting = _DETECTING.get()
+    if detecting is not None and message is detecting.view.data:
+        return detecting.message()  # the one parse `detect_codec` shares between the codecs
+    return parse_message(bytes(message))

@@ -27,7 +27,7 @@ import re
 import secrets
 from email.header import Header
 
-from gateway.rawmime import FIELD_START, header_text, join_raw, raw_text, split_raw
+from gateway.rawmime import FIELD_START, Raw, header_text, join_raw, raw_split, raw_text, split_raw
 from gateway.rawmime import field_name as name_of
 
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
@@ -124,10 +124,10 @@ def fresh_message_id(fields: list[bytes]) -> str:
             break
     return f"<{secrets.token_hex(16)}@{domain}>"
 
-def allowed_outer_fields(message: bytes, *, neutral_subject: str) -> list[bytes]:
+def allowed_outer_fields(message: Raw, *, neutral_subject: str) -> list[bytes]:
     """The header fields a protected copy of `message` shows outside its envelope (without the
     envelope's MIME-Version and Content-*): the one allow-list of every protected form."""
-    fields, _ = split_raw(message)
+    fields, _ = raw_split(message)
     out = [kept for f in fields if name_of(f) in OUTER_KEPT and (kept := _outer_field(f)) is not None]
     out.append(f"Message-ID: {fresh_message_id(fields)}\r\n".encode("ascii"))
     out.append(header_field("Subject", neutral_subject))
@@ -137,10 +137,10 @@ def allowed_outer_fields(message: bytes, *, neutral_subject: str) -> list[bytes]
         out.append(dnt)
     return out
 
-def protected_entity(message: bytes, entity: bytes) -> bytes:
+def protected_entity(message: Raw, entity: bytes) -> bytes:
     """Copy every original header of the message onto the root entity of the crypto payload
     (protected headers), 7-bit; its own Content-* and MIME-Version are already the entity's."""
-    fields, _ = split_raw(message)
+    fields, _ = raw_split(message)
     copies = []
     for f in fields:
         name = name_of(f)

@@ -19,7 +19,7 @@ import re
 from dataclasses import dataclass
 from email.message import Message
 
-from gateway.rawmime import FIELD_START, field_name, is_continuation, to_crlf
+from gateway.rawmime import FIELD_START, MessageView, Raw, field_name, is_continuation, parse_message, to_crlf
 from gateway.smime.errors import MalformedSmime
 
 _POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
@@ -71,6 +71,22 @@ def split_message(raw: bytes) -> Split:
     return Split(tuple(fields), body)
 
 
+def split_of(message: Raw) -> Split:
+    """`split_message`, computed once per `MessageView` (a Split is immutable: safe to share)."""
+    return message.once(split_message) if isinstance(message, MessageView) else split_message(message)
+
+
+def _headers(message: Raw, split: Split) -> Message:
+    """The parsed header block of `split`: the view's own parse of the whole message when it is
+    already made and the message starts with exactly the split's header block (CRLF lines, every
+    one a field, then the empty line: both parses read the same header lines), else a parse of
+    the header fields alone (never the whole message just for its header)."""
+    if (isinstance(message, MessageView) and message.has(parse_message)
+            and message.data.startswith(b"".join(split.fields) + b"\r\n")):
+        return message.message
+    return split.message()
+
+
 def outer_fields(split: Split) -> tuple[bytes, ...]:
     """Header fields that describe the message, not its content (they stay outside)."""
     return tuple(f for f in split.fields if not field_name(f).startswith(_CONTENT_HEADERS))
@@ -111,9 +127,9 @@ def _reencode(entity: bytes) -> bytes:
     return to_crlf(out.getvalue(), bare_cr=True)
 
 
-def content_entity(message: bytes) -> tuple[tuple[bytes, ...], bytes]:
+def content_entity(message: Raw) -> tuple[tuple[bytes, ...], bytes]:
     """(outer header fields, canonical 7-bit content entity) of a message to protect."""
-    split = split_message(message)
+    split = split_of(message)
     content = [f for f in split.fields if field_name(f).startswith("content-")]
     if not any(field_name(f) == "content-type" for f in content):
         content.insert(0, b"Content-Type: text/plain; charset=us-ascii\r\n")
@@ -145,12 +161,18 @@ def _b64(der: bytes) -> bytes:
 
 def multipart_signed(outer: tuple[bytes, ...], entity: bytes, signature_der: bytes, micalg: str) -> bytes:
     """A multipart/signed message: the CRLF before each boundary belongs to the boundary."""
+    return b"".join(outer) + b"MIME-Version: 1.0\r\n" + signed_entity(entity, signature_der, micalg)
+
+
+def signed_entity(entity: bytes, signature_der: bytes, micalg: str) -> bytes:
+    """The multipart/signed entity alone (its Content-Type, the empty line, the two parts): what
+    `content_entity` would cut back out of `multipart_signed`'s message, made without building
+    and splitting that message again (sign then encrypt encrypts this)."""
     boundary = "----=_smime_" + os.urandom(12).hex()
     if boundary.encode() in entity:
         raise MalformedSmime("boundary collision")  # 96 random bits: never in practice
     b = boundary.encode()
-    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
-            + b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+    return (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
             + f' micalg={micalg}; boundary="{boundary}"\r\n\r\n'.encode()
             + b"This is an S/MIME signed message\r\n\r\n--" + b + b"\r\n" + entity + b"\r\n--" + b + b"\r\n"
             + b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
@@ -184,10 +206,14 @@ class SmimePart:
     signed_content: bytes = b""  # the raw first part of multipart/signed; the body of message/rfc822
 
 
-def _decode_body(split: Split) -> bytes:
-    msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
+def _decode_body(split: Split, headers: Message | None = None) -> bytes:
+    """The transfer-decoded body. `headers`: the split's header block already parsed; base64 (what
+    S/MIME uses) is then decoded without parsing the whole message."""
+    msg = headers if headers is not None else split.message()
     # str(): compat32 hands an 8-bit header over as a Header object, not a string.
     cte = str(msg.get("Content-Transfer-Encoding") or "").strip().lower()
+    if cte != "base64":
+        msg = email.message_from_bytes(b"".join(split.fields) + b"\r\n" + split.body, policy=email.policy.compat32)
     if cte == "base64":
         text = re.sub(rb"\s+", b"", split.body)
         try:
@@ -208,10 +234,10 @@ def _signed_parts(split: Split, boundary: str) -> tuple[bytes, bytes]:
     return first, second
 
 
-def classify(raw: bytes) -> SmimePart:
+def classify(raw: Raw) -> SmimePart:
     """Tell an S/MIME entity from plain content and extract its CMS bytes."""
-    split = split_message(raw)
-    msg = split.message()
+    split = split_of(raw)
+    msg = _headers(raw, split)
     ctype = msg.get_content_type()
     if ctype == "multipart/signed":
         boundary = msg.get_param("boundary")
@@ -229,7 +255,7 @@ def classify(raw: bytes) -> SmimePart:
     name = str(msg.get_param("name") or msg.get_filename() or "").lower()
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime") or (
             ctype == "application/octet-stream" and name.endswith(".p7m")):
-        return SmimePart("pkcs7-mime", _decode_body(split))
+        return SmimePart("pkcs7-mime", _decode_body(split, msg))
     if ctype == "message/rfc822":
         return SmimePart("rfc822", signed_content=split.body)
     return SmimePart("plain")

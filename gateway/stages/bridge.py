@@ -45,6 +45,7 @@ from gateway.stages.context import ProtectionContext, capability_of
 from gateway.stages.forms import is_encrypted
 from gateway.stages.headers import BRIDGE_HEADER, prepend_header, restrict_outer, strip_headers
 from gateway.stages.inbound import summary
+from gateway.stages.view import view_of
 
 #: After the legacy author's name in the From of a bridged copy (French and English, like the banner).
 VIA = "via la passerelle / via gateway"
@@ -53,8 +54,10 @@ _KEPT_AS = {"from": "X-Original-From", "sender": "X-Original-Sender"}
 
 
 async def sanitize(item: WorkItem) -> WorkItem:
-    """Remove our own headers from whatever arrived (they are only ever written by us)."""
-    return replace(item, data=strip_headers(item.data))
+    """Remove our own headers from whatever arrived (they are only ever written by us). The item
+    itself when there is none (nearly always): its bytes and their view go on unchanged."""
+    data = strip_headers(view_of(item))
+    return item if data is item.data else replace(item, data=data)
 
 
 class LegacyInboundStage:
@@ -74,7 +77,7 @@ class LegacyInboundStage:
 
     async def __call__(self, item: WorkItem) -> WorkItem:
         try:
-            codec = detect_codec(item.data)
+            codec = detect_codec(view_of(item))  # the item's one parse, shared with the later stages
         except GatewayError:
             codec = None
         if codec is None:
@@ -115,7 +118,7 @@ class LegacyInboundStage:
             # Forwarded in the format it came in; outside, the same allow-list as every copy (its
             # Subject and attachment names cannot be moved inside an armor we do not rewrite).
             data = restrict_outer(neutral_attachment_names(item.data), neutral_subject=self.ctx.policy.neutral_subject,
-                                  original=item.data)
+                                  original=view_of(item))
             passthrough = (Outgoing(same, data, form=f"legacy:{codec.name}"),)
         return replace(item, data=mime, kind=f"bridged:{codec.name}", outgoing=(*item.outgoing, *passthrough),
                        notes=(*item.notes, f"decoded from {codec.name}"))
@@ -175,7 +178,7 @@ async def legacy_copy(ctx: ProtectionContext, item: WorkItem, codec_name: str, r
         raise PermanentError(f"the bridge has no keys for {codec_name}", status="5.7.1")
     data = item.data
     verdict = "none; message was not S/MIME protected"
-    if is_encrypted(data):
+    if is_encrypted(view_of(item)):
         result = await ctx.bridge_unwrap(data)   # raises a typed refusal when it cannot be opened/verified
         data = strip_headers(result.message)
         verdict = " ".join(summary(result).split())

@@ -12,6 +12,7 @@ import email
 import email.policy
 
 from gateway.legacy.mimeutil import structure_only
+from gateway.rawmime import Raw, raw_data, raw_split
 from gateway.smime.headers import (
     OUR_PREFIX,
     allowed_outer_fields,
@@ -19,7 +20,7 @@ from gateway.smime.headers import (
     is_seven_bit,
     join_raw,
     name_of,
-    split_raw,
+    split_raw,  # noqa: F401 - the stages' name for it (tests compare it with the other readers')
 )
 
 VERIFICATION_HEADER = "X-Msgw-Verification"
@@ -28,12 +29,13 @@ BRIDGE_HEADER = "X-Msgw-Bridged"
 ENVELOPE_FIELDS = ("mime-version", "content-type", "content-transfer-encoding", "content-disposition")
 
 
-def strip_headers(message: bytes) -> bytes:
-    """The message without any of our own `X-Msgw-*` fields (by prefix: no forged one survives)."""
-    fields, body = split_raw(message)
+def strip_headers(message: Raw) -> bytes:
+    """The message without any of our own `X-Msgw-*` fields (by prefix: no forged one survives);
+    the very same bytes object when there is none (so a view of it stays valid)."""
+    fields, body = raw_split(message)
     kept = [f for f in fields if not name_of(f).startswith(OUR_PREFIX)]
     if len(kept) == len(fields):
-        return message
+        return raw_data(message)
     return join_raw(kept, body)
 
 
@@ -41,7 +43,7 @@ def prepend_header(message: bytes, name: str, value: str) -> bytes:
     return header_field(name, value) + message
 
 
-def restrict_outer(message: bytes, *, neutral_subject: str, original: bytes | None = None,
+def restrict_outer(message: Raw, *, neutral_subject: str, original: Raw | None = None,
                    envelope_name: str | None = None) -> bytes:
     """An already-protected message (client-encrypted, legacy armor) with its header block cut
     down to the allow-list; its own MIME-Version and Content-* stay, reduced to their structure
@@ -49,7 +51,7 @@ def restrict_outer(message: bytes, *, neutral_subject: str, original: bytes | No
     from, whose raw headers the allow-list is taken from (an encoder may have re-serialised them).
     `envelope_name`: the one name the envelope shows (`smime.p7m`), whatever its client named it;
     without it, names are kept as the encoder wrote them (neutral)."""
-    fields, body = split_raw(message)
+    fields, body = raw_split(message)
     envelope = _envelope_fields([f for f in fields if name_of(f) in ENVELOPE_FIELDS], envelope_name)
     outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject)
     return join_raw(outer + envelope, body)

@@ -39,6 +39,7 @@ from gateway.stages.headers import (
     prepend_header,
     strip_headers,
 )
+from gateway.stages.view import view_of
 
 #: Outer fields replaced by protected ones are kept under this prefix (only we write it).
 OUTER_PREFIX = "X-Msgw-Outer-"
@@ -113,7 +114,7 @@ class InboundStage:
         local = [r for r in env.recipients if r not in handled and self._local(item, r)]
         if not local:
             return replace(item, data=data)
-        encrypted = is_encrypted(data)
+        encrypted = is_encrypted(view_of(item))
         groups: dict[bytes | None, tuple[DecryptionKey | None, list[str]]] = {}
         for rcpt in local:
             key = await self.ctx.decryption_key(rcpt) if encrypted else None

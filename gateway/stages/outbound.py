@@ -42,12 +42,14 @@ from gateway.pipeline import (
     TrustSpaceTls,
     WorkItem,
 )
+from gateway.rawmime import Raw, raw_data
 from gateway.smime.keyapi import SigningKey
 from gateway.smime.protect import protect_smime, sign_protected
 from gateway.stages.bridge import bridge_address, legacy_copy, relabel_bridged
 from gateway.stages.context import ProtectionContext
 from gateway.stages.headers import restrict_outer
 from gateway.stages.route import RouteStage
+from gateway.stages.view import view_of
 
 
 @dataclass
@@ -84,14 +86,16 @@ class Signing:
     def __init__(self, ctx: ProtectionContext, item: WorkItem) -> None:
         self.ctx = ctx
         self.item = item
-        self._resolved: tuple[SigningKey | None, bytes] | None = None
+        self._resolved: tuple[SigningKey | None, Raw] | None = None
 
-    async def resolve(self) -> tuple[SigningKey | None, bytes]:
+    async def resolve(self) -> tuple[SigningKey | None, Raw]:
+        """(key, what it signs): the item's own view (its splits already made), or the bytes
+        relabelled for the bridge."""
         if self._resolved is None:
             item = self.item
             bridged = item.kind.startswith("bridged:")
             key = await (self.ctx.bridge_signing_key() if bridged else self.ctx.signing_key(item.envelope.auth_user))
-            source = item.data
+            source: Raw = view_of(item)
             if bridged and key is not None:
                 # Signed by the bridge, so sent under the bridge's own address (never the legacy author's).
                 source = await asyncio.to_thread(relabel_bridged, item.data, bridge_address(key))
@@ -115,7 +119,7 @@ class Executor:
 class ClientEncryptedCopy(Executor):
     async def __call__(self, item: WorkItem, planned: list[tuple[str, Any]], signing: Signing) -> Copies:
         rcpts = [r for r, _ in planned]
-        data = restrict_outer(item.data, neutral_subject=self.ctx.policy.neutral_subject, envelope_name="smime.p7m")
+        data = restrict_outer(view_of(item), neutral_subject=self.ctx.policy.neutral_subject, envelope_name="smime.p7m")
         self.audit(item, rcpts, ClientEncrypted.name)
         return Copies([copy_for(ClientEncrypted(), rcpts, data)])
 
@@ -178,7 +182,7 @@ class TrustSpaceTlsCopy(Executor):
     async def __call__(self, item: WorkItem, planned: list[tuple[str, Any]], signing: Signing) -> Copies:
         rcpts = [r for r, _ in planned]
         key, source = await signing.resolve()
-        data = await sign_protected(source, key) if key is not None else source
+        data = await sign_protected(source, key) if key is not None else raw_data(source)
         self.audit(item, rcpts, TrustSpaceTls.name, key=key)
         return Copies([copy_for(TrustSpaceTls(), rcpts, data)])
 

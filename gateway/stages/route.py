@@ -19,6 +19,7 @@ from gateway.pipeline import Decision, Refusal, WorkItem
 from gateway.stages.context import ProtectionContext, capability_of
 from gateway.stages.decide import Discovery, Facts, Failed, Found, decide, domain_of, needs_certificates
 from gateway.stages.forms import is_encrypted
+from gateway.stages.view import view_of
 
 #: How long the RCPT check waits for certificate discovery before leaving the decision to later.
 RCPT_CHECK_TIMEOUT = 3.0
@@ -87,7 +88,7 @@ class RouteStage:
         if not todo:
             return item
         dsn = env.listener == "dsn" and not env.sender
-        encrypted = not dsn and is_encrypted(item.data)
+        encrypted = not dsn and is_encrypted(view_of(item))
         plan = []
         for rcpt in todo:
             facts = cheap_facts(self.ctx, rcpt, dsn=dsn, client_encrypted=encrypted)
