@@ -183,11 +183,15 @@ def signed_entity(entity: bytes, signature_der: bytes, micalg: str) -> bytes:
 
 def pkcs7_mime(outer: tuple[bytes, ...], der: bytes, smime_type: str) -> bytes:
     """An application/pkcs7-mime message (signed-data, enveloped-data or authEnveloped-data)."""
-    head = (b"".join(outer) + b"MIME-Version: 1.0\r\n"
+    return b"".join([pkcs7_mime_head(outer, smime_type), *_b64_chunks(der)])  # one whole-size join, not two
+
+
+def pkcs7_mime_head(outer: tuple[bytes, ...], smime_type: str) -> bytes:
+    """`pkcs7_mime`'s message up to its base64 body (for a body encoded piece by piece)."""
+    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
             + f'Content-Type: application/pkcs7-mime; smime-type={smime_type}; name="smime.p7m"\r\n'.encode()
             + b"Content-Transfer-Encoding: base64\r\n"
             + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n')
-    return b"".join([head, *_b64_chunks(der)])  # one whole-size join, not two
 
 
 def entity_message(outer: tuple[bytes, ...], entity: bytes) -> bytes:
