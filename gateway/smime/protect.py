@@ -19,6 +19,7 @@ and S/MIME split are then the ones the earlier stages already made.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -73,7 +74,7 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     recipients = list(certs)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
-        entity = signed_entity(entity, der, "sha-256")
+        entity = await _cpu(entity, functools.partial(signed_entity, entity, der, "sha-256"))
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
