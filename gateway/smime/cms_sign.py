@@ -25,9 +25,10 @@ from gateway.smime.keyapi import HashName, SignaturePadding, SigningKey
 
 __all__ = ["SMIME_CAPABILITIES", "padding_for", "sign_content", "signature_algorithm"]
 
-#: Content hashed on the event loop up to this size; above, in a worker thread (SHA-256 of 50 MB
-#: holds the GIL for ~65 ms on this machine: every other session would wait that long).
-INLINE_HASH = 64 * 1024
+#: Content hashed on the event loop up to this size (about a millisecond); above, in a worker
+#: thread: SHA-256 of 50 MB holds the event loop ~65 ms on this machine, and a thread hop costs
+#: more than hashing a small message.
+INLINE_HASH = 1 << 20
 
 
 def padding_for(key: SigningKey, pss: bool = False) -> SignaturePadding:

@@ -28,8 +28,8 @@ import secrets
 from email.header import Header
 
 from gateway.rawmime import FIELD_START, Raw, header_text, raw_split, raw_text, split_raw
-from gateway.rawmime import join_raw as join_raw  # re-exported: the stages import it from here
 from gateway.rawmime import field_name as name_of
+from gateway.rawmime import join_raw as join_raw  # re-exported: the stages import it from here
 
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
 #: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.

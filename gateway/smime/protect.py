@@ -44,6 +44,11 @@ INLINE_LIMIT = 64 * 1024
 #: (parse and generate), about 50 µs a KB, so only the small ones stay on the loop.
 INLINE_LIMIT_8BIT = 16 * 1024
 
+#: Up to this many bytes, work that only copies or scans the message once in C (the
+#: multipart/signed entity around the signature) stays on the loop: about a millisecond a MiB.
+#: Above, a 50 MB message would hold the loop for a third of a second (issue 15).
+INLINE_COPY = 1 << 20
+
 _T = TypeVar("_T")
 
 
@@ -74,7 +79,8 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     recipients = list(certs)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
-        entity = await _cpu(entity, functools.partial(signed_entity, entity, der, "sha-256"))
+        build = functools.partial(signed_entity, entity, der, "sha-256")
+        entity = build() if len(entity) <= INLINE_COPY else await asyncio.to_thread(build)
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
