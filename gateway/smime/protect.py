@@ -19,7 +19,6 @@ and S/MIME split are then the ones the earlier stages already made.
 from __future__ import annotations
 
 import asyncio
-import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -79,8 +78,10 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     recipients = list(certs)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
-        build = functools.partial(signed_entity, entity, der, "sha-256")
-        entity = build() if len(entity) <= INLINE_COPY else await asyncio.to_thread(build)
+        if len(entity) <= INLINE_COPY:
+            entity = signed_entity(entity, der, "sha-256")
+        else:  # (no name kept for the call: it would keep the unsigned entity alive while encrypting)
+            entity = await asyncio.to_thread(signed_entity, entity, der, "sha-256")
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
