@@ -198,21 +198,52 @@ OFF_LOOP_BYTES = 64 * 1024
 WRITE_CHUNK = 256 * 1024
 
 
-def stuff_for_data(data: bytes) -> tuple[bytes, bytes, bytes]:
-    """The DATA payload as (head, body, tail): written in that order they are exactly what
+#: `stuff_for_data` reads the message in windows of about this size: no single C call over the
+#: whole of a large message, which would hold the GIL (and so the event loop) for ~60 ms a scan.
+STUFF_WINDOW = 1 << 20
+
+Piece = bytes | memoryview
+
+
+def stuff_for_data(data: bytes) -> tuple[list[Piece], bytes]:
+    """The DATA payload as (pieces, tail): written in that order they are exactly what
     aiosmtplib's `execute_data_command` would send after `DATA` (line endings made CRLF, a dot
     doubled at the start of every line, `.\r\n` after), without its three whole-message copies.
 
-    Our prepared copies are CRLF-canonical, where `^.` is the start of the message or
-    `\r\n.` and one `bytes.replace` (which returns `data` itself when there is nothing to
-    replace, the usual case for base64 S/MIME) does the stuffing. Anything else takes
-    aiosmtplib's own normalisation first, so the bytes on the wire never change. Pure: no I/O."""
-    if not (data.count(b"\r") == data.count(b"\n") == data.count(b"\r\n")):
+    Our prepared copies are CRLF-canonical: the message is cut into windows that each end just
+    after a LF, so each starts a line; a window is stuffed like a message (a dot first doubled,
+    `\r\n.` replaced) and copied only when it has a line starting with a dot, else it goes out
+    as a view of `data` (the usual case: base64 S/MIME has no dot). Anything not canonical
+    takes aiosmtplib's own normalisation first, so the bytes on the wire never change. Pure."""
+    if not _canonical(data):
         data = normalize_message_line_endings(data)
-    head = b"." if data.startswith(b".") else b""
-    body = data.replace(b"\r\n.", b"\r\n..")
-    tail = b".\r\n" if body.endswith(b"\r\n") else b"\r\n.\r\n"
-    return head, body, tail
+    pieces: list[Piece] = []
+    view = memoryview(data)
+    start, size = 0, len(data)
+    while start < size:
+        cut = data.find(b"\n", min(start + STUFF_WINDOW, size) - 1)
+        end = size if cut < 0 else cut + 1
+        if data.startswith(b".", start):
+            pieces.append(b".")
+        if data.find(b"\r\n.", start, end) >= 0:
+            pieces.append(data[start:end].replace(b"\r\n.", b"\r\n.."))
+        else:
+            pieces.append(view[start:end])
+        start = end
+    tail = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+    return pieces, tail
+
+
+def _canonical(data: bytes) -> bool:
+    """Every CR before a LF and every LF after a CR, counted window by window (a CRLF across two
+    windows is counted in the first: its range reaches one byte further)."""
+    cr = lf = crlf = 0
+    for start in range(0, len(data), STUFF_WINDOW):
+        end = start + STUFF_WINDOW
+        cr += data.count(b"\r", start, end)
+        lf += data.count(b"\n", start, end)
+        crlf += data.count(b"\r\n", start, end + 1)
+    return cr == lf == crlf
 
 
 async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
@@ -228,9 +259,9 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
     timeout = client.timeout
     if len(data) > OFF_LOOP_BYTES:
-        head, body, tail = await asyncio.to_thread(stuff_for_data, data)
+        pieces, tail = await asyncio.to_thread(stuff_for_data, data)
     else:
-        head, body, tail = stuff_for_data(data)
+        pieces, tail = stuff_for_data(data)
     try:
         async with protocol._command_lock:
             protocol._response_pending = True
@@ -239,13 +270,11 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
             if start.code != aiosmtplib.SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             protocol._response_pending = True
-            if head:
-                protocol.write(head)
-            view = memoryview(body)
-            for offset in range(0, len(view), WRITE_CHUNK):
-                protocol.write(view[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
-                await _drained(protocol, timeout)
-            del view
+            for piece in pieces:
+                for offset in range(0, len(piece), WRITE_CHUNK):
+                    protocol.write(piece[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
+                    await _drained(protocol, timeout)
+            del pieces
             protocol.write(tail)
             response = await protocol.read_response(timeout=timeout)
             if response.code != aiosmtplib.SMTPStatus.completed:

@@ -21,6 +21,7 @@ import aiosmtplib
 import pytest
 
 from gateway.config.delivery import TlsSettings
+from gateway.delivery import smtp_client
 from gateway.delivery.smtp_client import WRITE_CHUNK, open_session, stuff_for_data
 from tests.e2e.harness import Sink
 
@@ -176,9 +177,20 @@ def test_aiosmtpd_sink_gets_the_message_back(name: str) -> None:
 
 
 def test_stuffing_does_not_copy_a_message_without_dot_lines() -> None:
-    data = b"MIME-Version: 1.0\r\n\r\n" + b"QUJD" * 19 + b"\r\n" * 1000
-    head, body, tail = stuff_for_data(data)
-    assert body is data and head == b"" and tail == b".\r\n"
+    data = b"MIME-Version: 1.0\r\n\r\n" + (b"QUJD" * 19 + b"\r\n") * 40_000
+    pieces, tail = stuff_for_data(data)
+    assert len(pieces) > 1 and all(isinstance(p, memoryview) and p.obj is data for p in pieces)
+    assert b"".join(pieces) == data and tail == b".\r\n"
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_small_windows_stuff_the_same(monkeypatch: pytest.MonkeyPatch, name: str) -> None:
+    """Windows of a few bytes (every line its own window, CRLFs across the counting windows):
+    the same payload as one window."""
+    whole_pieces, whole_tail = stuff_for_data(CASES[name])
+    monkeypatch.setattr(smtp_client, "STUFF_WINDOW", 3)
+    pieces, tail = stuff_for_data(CASES[name])
+    assert b"".join(pieces) + tail == b"".join(whole_pieces) + whole_tail
 
 
 def test_large_message_sent_with_about_one_copy(raw_sink: _RawSink) -> None:
