@@ -74,7 +74,22 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate], *, c
                           recipient_id=recipient_id, sender_copy=sender_copy)
 
 
-def encrypt_entity(outer: tuple[bytes, ...], entity: bytes, recipients: Sequence[x509.Certificate], *,
+class Taken:
+    """An entity handed over to `encrypt_entity`, which lets go of it as soon as it is encrypted
+    (before joining the result): with no other reference left, a large message's entity is then
+    freed before its encrypted copy is assembled (one size of the message less at the peak)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        if data is None:
+            raise ValueError("entity already taken")
+        return data
+
+
+def encrypt_entity(outer: tuple[bytes, ...], entity: bytes | Taken, recipients: Sequence[x509.Certificate], *,
                    cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
                    recipient_id: RecipientId = "issuer-serial", sender_copy: x509.Certificate | None = None) -> bytes:
     """Encrypt a canonical entity as it is, with `outer` fields around the envelope: for an entity
@@ -83,12 +98,16 @@ def encrypt_entity(outer: tuple[bytes, ...], entity: bytes, recipients: Sequence
     certs = list(recipients)
     if sender_copy is not None and sender_copy not in certs:
         certs.append(sender_copy)
-    pieces = encrypt_content_pieces(entity, certs, cipher=cipher, key_transport=key_transport,
+    content = entity.take() if isinstance(entity, Taken) else entity
+    pieces = encrypt_content_pieces(content, certs, cipher=cipher, key_transport=key_transport,
                                     recipient_id=recipient_id)
+    del content  # (a Taken entity: now only the pieces' iterator holds it, until it is exhausted)
     head = pkcs7_mime_head(outer, "authEnveloped-data" if cipher == "aes256-gcm" else "enveloped-data")
     # = pkcs7_mime(outer, encrypt_content(...)), byte for byte, with the ciphertext base64-encoded
     # as it is encrypted: no whole ciphertext nor DER beside the result (a large message's peak).
-    return b"".join([head, *_b64_lines(pieces)])
+    blocks = [head, *_b64_lines(pieces)]
+    del pieces
+    return b"".join(blocks)
 
 
 #: Bytes base64-encoded at a time: a multiple of 57, so every block is whole 76-character lines.

@@ -33,10 +33,11 @@ def _protect(pki: TestPKI, message: bytes) -> bytes:
                                              sender_copy=None))
 
 
-def test_sign_and_encrypt_8_mb_peaks_under_four_copies(pki: TestPKI) -> None:
-    """Beside the message: the signed entity, the base64 blocks and the joined result (3.75×).
-    Before: the whole ciphertext and DER too, and the signed entity built by a chain of `+`
-    (4.75× after one parse per message, 6.75× before it)."""
+def test_sign_and_encrypt_8_mb_peaks_under_three_and_a_third_copies(pki: TestPKI) -> None:
+    """Beside the message: the base64 blocks and the joined result (2.8×; the signed entity is
+    handed over to `encrypt_entity` and freed before the join). Before: the signed entity, the
+    whole ciphertext and DER too, and the signed entity built by a chain of `+` (4.75× after one
+    parse per message, 6.75× before it)."""
     message = _message(8_000_000)
     tracemalloc.start()
     try:
@@ -45,7 +46,7 @@ def test_sign_and_encrypt_8_mb_peaks_under_four_copies(pki: TestPKI) -> None:
     finally:
         tracemalloc.stop()
     assert len(sealed) > 1.3 * len(message)
-    assert peak < 4.2 * len(message), f"peak {peak / len(message):.2f}x the message"
+    assert peak < 3.3 * len(message), f"peak {peak / len(message):.2f}x the message"
 
 
 @pytest.mark.parametrize("size, on_loop", [(2 << 20, False), (200_000, True)], ids=["2MiB", "200KB"])
