@@ -32,6 +32,7 @@ import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
@@ -253,7 +254,12 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
     loop and hands the transport one buffer of it (four copies of a 50 MB message, seconds of
     stall); this sends the same bytes (`stuff_for_data`) through its protocol, under its
     command lock, with the same replies and errors (SMTPDataError for a refused DATA or
-    message, SMTPServerDisconnected / SMTPTimeoutError closing the client)."""
+    message, SMTPServerDisconnected / SMTPTimeoutError closing the client).
+
+    A server may answer before the end of the data (a 552 when the size passes its limit) and
+    stop reading or close: that reply is the message's, as it was with aiosmtplib (which had
+    handed the whole message to the transport before reading); the rest is not sent and the
+    session, left mid-DATA, is closed (never reused by the cache)."""
     protocol = client.protocol
     if protocol is None or protocol._command_lock is None:
         raise aiosmtplib.SMTPServerDisconnected("Connection lost")
@@ -270,32 +276,65 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
             if start.code != aiosmtplib.SMTPStatus.start_input:
                 raise aiosmtplib.SMTPDataError(start.code, start.message)
             protocol._response_pending = True
-            for piece in pieces:
-                for offset in range(0, len(piece), WRITE_CHUNK):
-                    protocol.write(piece[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
-                    await _drained(protocol, timeout)
+            whole = await _write_payload(protocol, pieces, tail, timeout)
             del pieces
-            protocol.write(tail)
             response = await protocol.read_response(timeout=timeout)
-            if response.code != aiosmtplib.SMTPStatus.completed:
-                raise aiosmtplib.SMTPDataError(response.code, response.message)
-            return response
+        if not whole:
+            client.close()
+        if response.code != aiosmtplib.SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
     except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
         client.close()
         raise
 
 
-async def _drained(protocol: SMTPProtocol, timeout: float | None) -> None:
-    """Wait until the transport's buffer is below its high-water mark (a server that stops
-    reading for `timeout` seconds is a timeout, as a reply that does not come is)."""
-    if not protocol._paused and not protocol._connection_lost:
-        return
+async def _write_payload(protocol: SMTPProtocol, pieces: list[Piece], tail: bytes, timeout: float | None) -> bool:
+    """Write the payload slice by slice; False when the server answered (or closed) before its
+    end: then its reply is what `read_response` gives next."""
     try:
-        await asyncio.wait_for(protocol._drain_helper(), timeout)
-    except TimeoutError:
-        raise aiosmtplib.SMTPTimeoutError("Timed out sending the message to the server") from None
-    except ConnectionError:
-        raise aiosmtplib.SMTPServerDisconnected("Connection lost") from None
+        for piece in pieces:
+            for offset in range(0, len(piece), WRITE_CHUNK):
+                protocol.write(piece[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
+                if not await _drained(protocol, timeout):
+                    return False
+        protocol.write(tail)
+        return True
+    except aiosmtplib.SMTPServerDisconnected:
+        if _replied(protocol):
+            return False
+        raise
+
+
+def _replied(protocol: SMTPProtocol) -> bool:
+    waiter = protocol._response_waiter
+    return waiter is not None and waiter.done()
+
+
+async def _drained(protocol: SMTPProtocol, timeout: float | None) -> bool:
+    """Wait until the transport's buffer is below its high-water mark: True; False when a
+    reply (or the connection's loss) came first. A server that neither reads nor answers for
+    `timeout` seconds is a timeout, as a reply that does not come is."""
+    if _replied(protocol):
+        return False
+    if not protocol._paused and not protocol._connection_lost:
+        return True
+    drain: asyncio.Future[Any] = asyncio.ensure_future(protocol._drain_helper())
+    waiting: set[asyncio.Future[Any]] = {drain}
+    if protocol._response_waiter is not None:
+        waiting.add(protocol._response_waiter)
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not drain.done():
+            drain.cancel()
+    if drain in done and drain.exception() is None:
+        return True
+    if _replied(protocol):
+        return False
+    if drain in done:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    raise aiosmtplib.SMTPTimeoutError("Timed out sending the message to the server")
 
 
 async def open_session(*, host: str, address: str, port: int, tls: TlsSettings, helo_name: str,

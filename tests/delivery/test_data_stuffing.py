@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 import tracemalloc
 from collections.abc import Iterator
 
@@ -73,6 +74,10 @@ class _RawSink:
         self.port = self.sock.getsockname()[1]
         self.payloads: list[bytes] = []
         self.keep = True
+        #: Answer 552 once this many DATA bytes came, then read slowly and discard to the end
+        #: (or stop reading for a while).
+        self.refuse_after: int | None = None
+        self.read_after_refusal = True
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
@@ -107,10 +112,21 @@ class _RawSink:
                 elif cmd == b"DATA":
                     conn.sendall(b"354 go\r\n")
                     payload = bytearray(buf)
+                    received = len(buf)
                     while not payload.endswith(b"\r\n.\r\n") and payload != b".\r\n":
                         got = conn.recv(1 << 20)
                         if not got:
                             raise EOFError
+                        received += len(got)
+                        if self.refuse_after is not None and received >= self.refuse_after:
+                            conn.sendall(b"552 5.3.4 message too big for this server\r\n")
+                            if not self.read_after_refusal:
+                                time.sleep(1.5)  # neither reading nor closing for a while
+                                return
+                            conn.shutdown(socket.SHUT_WR)
+                            while conn.recv(65536):  # (a close with unread data would reset the 552 away)
+                                time.sleep(0.01)
+                            return
                         if self.keep:
                             payload += got
                         else:  # large message: keep only the tail (memory of the sender is measured)
@@ -208,3 +224,25 @@ def test_large_message_sent_with_about_one_copy(raw_sink: _RawSink) -> None:
         tracemalloc.stop()
     assert raw_sink.payloads == [b""]
     assert peak < 1.6 * len(data), f"peak {peak / len(data):.2f}x the message"
+
+
+@pytest.mark.parametrize("reads", [True, False], ids=["then-discards", "then-stops-reading"])
+def test_a_reply_before_the_end_of_data_is_the_message_s(raw_sink: _RawSink, reads: bool) -> None:
+    """A server that answers 552 in the middle of a large message and reads the rest slowly to
+    throw it away, or stops reading:
+    the 552 is the recipients' reply (a bounce, as when aiosmtplib had written the whole message
+    before reading), not a lost session retried for ever; the half-sent session is closed."""
+    raw_sink.refuse_after = 1 << 19
+    raw_sink.read_after_refusal = reads
+    raw_sink.keep = False
+    data = (b"A" * 74 + b"\r\n") * 100_000
+
+    async def send() -> tuple[dict, bool]:
+        session = await open_session(host="sink", address="127.0.0.1", port=raw_sink.port,
+                                     tls=TlsSettings(policy="none"), helo_name="gw.test", command_timeout=20)
+        results = await session.send("a@gw.test", ["b@sink.test"], data)
+        return results, session.alive
+
+    results, alive = asyncio.run(send())
+    assert [(r.code, r.status) for r in results.values()] == [(552, "5.3.4")]
+    assert not alive
