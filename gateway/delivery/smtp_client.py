@@ -28,11 +28,14 @@ meanwhile; the retry period ends it with a bounce if the server never asks.
 
 from __future__ import annotations
 
+import asyncio
 import ssl
 import time
 from dataclasses import dataclass
+from typing import Any
 
 import aiosmtplib
+from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
 from gateway.config import TlsSettings
 from gateway.errors import DeliveryError
@@ -164,7 +167,7 @@ class SmtpSession:
             if not accepted:
                 return results
             try:
-                resp = await client.data(data)
+                resp = await send_data(client, data)
             except aiosmtplib.SMTPResponseException as exc:
                 for rcpt in accepted:
                     results[rcpt] = RecipientResult(exc.code, exc.message)
@@ -185,6 +188,153 @@ class SmtpSession:
 
     def close(self) -> None:
         self.client.close()
+
+
+#: Above this size the stuffing (a scan of the whole message) is done in a worker thread, so that
+#: the event loop never spends more than a few milliseconds on one message's bytes.
+OFF_LOOP_BYTES = 64 * 1024
+#: The DATA payload goes to the transport in slices of this size, each after the transport's
+#: buffer drained below its high-water mark: the socket buffer never holds a second copy of a
+#: large message.
+WRITE_CHUNK = 256 * 1024
+
+
+#: `stuff_for_data` reads the message in windows of about this size: no single C call over the
+#: whole of a large message, which would hold the GIL (and so the event loop) for ~60 ms a scan.
+STUFF_WINDOW = 1 << 20
+
+Piece = bytes | memoryview
+
+
+def stuff_for_data(data: bytes) -> tuple[list[Piece], bytes]:
+    """The DATA payload as (pieces, tail): written in that order they are exactly what
+    aiosmtplib's `execute_data_command` would send after `DATA` (line endings made CRLF, a dot
+    doubled at the start of every line, `.\r\n` after), without its three whole-message copies.
+
+    Our prepared copies are CRLF-canonical: the message is cut into windows that each end just
+    after a LF, so each starts a line; a window is stuffed like a message (a dot first doubled,
+    `\r\n.` replaced) and copied only when it has a line starting with a dot, else it goes out
+    as a view of `data` (the usual case: base64 S/MIME has no dot). Anything not canonical
+    takes aiosmtplib's own normalisation first, so the bytes on the wire never change. Pure."""
+    if not _canonical(data):
+        data = normalize_message_line_endings(data)
+    pieces: list[Piece] = []
+    view = memoryview(data)
+    start, size = 0, len(data)
+    while start < size:
+        cut = data.find(b"\n", min(start + STUFF_WINDOW, size) - 1)
+        end = size if cut < 0 else cut + 1
+        if data.startswith(b".", start):
+            pieces.append(b".")
+        if data.find(b"\r\n.", start, end) >= 0:
+            pieces.append(data[start:end].replace(b"\r\n.", b"\r\n.."))
+        else:
+            pieces.append(view[start:end])
+        start = end
+    tail = b".\r\n" if data.endswith(b"\r\n") else b"\r\n.\r\n"
+    return pieces, tail
+
+
+def _canonical(data: bytes) -> bool:
+    """Every CR before a LF and every LF after a CR, counted window by window (a CRLF across two
+    windows is counted in the first: its range reaches one byte further)."""
+    cr = lf = crlf = 0
+    for start in range(0, len(data), STUFF_WINDOW):
+        end = start + STUFF_WINDOW
+        cr += data.count(b"\r", start, end)
+        lf += data.count(b"\n", start, end)
+        crlf += data.count(b"\r\n", start, end + 1)
+    return cr == lf == crlf
+
+
+async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResponse:
+    """DATA with `data`, dot-stuffed by us and written in slices with flow control.
+
+    aiosmtplib's `SMTP.data` runs two regex substitutions over the whole message on the event
+    loop and hands the transport one buffer of it (four copies of a 50 MB message, seconds of
+    stall); this sends the same bytes (`stuff_for_data`) through its protocol, under its
+    command lock, with the same replies and errors (SMTPDataError for a refused DATA or
+    message, SMTPServerDisconnected / SMTPTimeoutError closing the client).
+
+    A server may answer before the end of the data (a 552 when the size passes its limit) and
+    stop reading or close: that reply is the message's, as it was with aiosmtplib (which had
+    handed the whole message to the transport before reading); the rest is not sent and the
+    session, left mid-DATA, is closed (never reused by the cache)."""
+    protocol = client.protocol
+    if protocol is None or protocol._command_lock is None:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    timeout = client.timeout
+    if len(data) > OFF_LOOP_BYTES:
+        pieces, tail = await asyncio.to_thread(stuff_for_data, data)
+    else:
+        pieces, tail = stuff_for_data(data)
+    try:
+        async with protocol._command_lock:
+            protocol._response_pending = True
+            protocol.write(b"DATA\r\n")
+            start = await protocol.read_response(timeout=timeout)
+            if start.code != aiosmtplib.SMTPStatus.start_input:
+                raise aiosmtplib.SMTPDataError(start.code, start.message)
+            protocol._response_pending = True
+            whole = await _write_payload(protocol, pieces, tail, timeout)
+            del pieces
+            response = await protocol.read_response(timeout=timeout)
+        if not whole:
+            client.close()
+        if response.code != aiosmtplib.SMTPStatus.completed:
+            raise aiosmtplib.SMTPDataError(response.code, response.message)
+        return response
+    except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
+        client.close()
+        raise
+
+
+async def _write_payload(protocol: SMTPProtocol, pieces: list[Piece], tail: bytes, timeout: float | None) -> bool:
+    """Write the payload slice by slice; False when the server answered (or closed) before its
+    end: then its reply is what `read_response` gives next."""
+    try:
+        for piece in pieces:
+            for offset in range(0, len(piece), WRITE_CHUNK):
+                protocol.write(piece[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]
+                if not await _drained(protocol, timeout):
+                    return False
+        protocol.write(tail)
+        return True
+    except aiosmtplib.SMTPServerDisconnected:
+        if _replied(protocol):
+            return False
+        raise
+
+
+def _replied(protocol: SMTPProtocol) -> bool:
+    waiter = protocol._response_waiter
+    return waiter is not None and waiter.done()
+
+
+async def _drained(protocol: SMTPProtocol, timeout: float | None) -> bool:
+    """Wait until the transport's buffer is below its high-water mark: True; False when a
+    reply (or the connection's loss) came first. A server that neither reads nor answers for
+    `timeout` seconds is a timeout, as a reply that does not come is."""
+    if _replied(protocol):
+        return False
+    if not protocol._paused and not protocol._connection_lost:
+        return True
+    drain: asyncio.Future[Any] = asyncio.ensure_future(protocol._drain_helper())
+    waiting: set[asyncio.Future[Any]] = {drain}
+    if protocol._response_waiter is not None:
+        waiting.add(protocol._response_waiter)
+    try:
+        done, _ = await asyncio.wait(waiting, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not drain.done():
+            drain.cancel()
+    if drain in done and drain.exception() is None:
+        return True
+    if _replied(protocol):
+        return False
+    if drain in done:
+        raise aiosmtplib.SMTPServerDisconnected("Connection lost")
+    raise aiosmtplib.SMTPTimeoutError("Timed out sending the message to the server")
 
 
 async def open_session(*, host: str, address: str, port: int, tls: TlsSettings, helo_name: str,

@@ -10,16 +10,20 @@ Each recipient's public key and RecipientInfo prefix come from a template cached
 certificate (`cms_template.recipient_template`): per message only the CEK, the IV, the
 encrypted keys and the ciphertext are new. `cms_reference.encrypt_content_reference` builds
 the same structure wholly with asn1crypto: the tests compare both byte for byte.
+
+`encrypt_content_pieces` gives the same DER as pieces (the header, the ciphertext a megabyte at a
+time as it is encrypted, the trailer), so that a large message's S/MIME copy can be base64-encoded
+as it is encrypted: its whole ciphertext and DER never exist as two more copies of the message.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Literal
 
 from cryptography import x509
-from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
+from cryptography.hazmat.primitives.ciphers import AEADEncryptionContext, Cipher, CipherContext, algorithms, modes
 
 from gateway.smime.cms_template import (
     CBC_IV_SIZE,
@@ -27,7 +31,7 @@ from gateway.smime.cms_template import (
     GCMParameters,
     cbc_content_head,
     check_encryption_usage,
-    envelope,
+    envelope_head,
     gcm_content_head,
     oaep_sha256_algorithm,
     recipient_template,
@@ -41,13 +45,29 @@ RecipientId = Literal["issuer-serial", "ski"]
 RandomSource = Callable[[int], bytes]
 
 __all__ = ["CipherName", "GCMParameters", "KeyTransport", "RandomSource", "RecipientId", "check_encryption_usage",
-           "encrypt_content", "oaep_sha256_algorithm"]
+           "encrypt_content", "encrypt_content_pieces", "oaep_sha256_algorithm"]
+
+#: Plaintext encrypted per piece: a multiple of the AES block, small beside a large message.
+PIECE = 1 << 20
+_GCM_TAG_HEAD = b"\x04\x10"  # the AuthEnvelopedData mac: OCTET STRING of 16 bytes
 
 
 def encrypt_content(content: bytes, recipients: Sequence[x509.Certificate], *, cipher: CipherName = "aes256-cbc",
                     key_transport: KeyTransport = "pkcs1v15", recipient_id: RecipientId = "issuer-serial",
                     random: RandomSource = os.urandom) -> bytes:
     """DER ContentInfo(EnvelopedData | AuthEnvelopedData) of `content` for every recipient."""
+    return b"".join(encrypt_content_pieces(content, recipients, cipher=cipher, key_transport=key_transport,
+                                           recipient_id=recipient_id, random=random))
+
+
+def encrypt_content_pieces(content: bytes, recipients: Sequence[x509.Certificate], *,
+                           cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
+                           recipient_id: RecipientId = "issuer-serial",
+                           random: RandomSource = os.urandom) -> Iterator[bytes]:
+    """`encrypt_content`'s DER as consecutive pieces, the ciphertext encrypted as they are taken.
+
+    Everything that can fail (recipients, algorithms, key wrapping) and every draw from `random`
+    happens here, before the first piece: only the symmetric encryption is left to the iterator."""
     if not recipients:
         raise UnsupportedAlgorithm("at least one recipient certificate is needed")
     if cipher not in ("aes256-cbc", "aes256-gcm"):
@@ -57,16 +77,28 @@ def encrypt_content(content: bytes, recipients: Sequence[x509.Certificate], *, c
     infos = [t.recipient_info(t.wrap(cek)) for t in templates]
     if cipher == "aes256-gcm":
         nonce = random(GCM_NONCE_SIZE)
-        gcm = Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor()
-        sealed = gcm.update(content)
-        tail = gcm.finalize()
-        return envelope("authenticated_enveloped_data", "v0", infos, gcm_content_head(nonce), [sealed, tail],
-                        trailer=b"\x04\x10" + gcm.tag)
+        head = envelope_head("authenticated_enveloped_data", "v0", infos, gcm_content_head(nonce), len(content),
+                             len(_GCM_TAG_HEAD) + 16)
+        return _gcm_pieces(head, Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor(), content)
     iv = random(CBC_IV_SIZE)
-    enc = Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor()
     whole = len(content) - len(content) % 16
-    pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
-    body = enc.update(memoryview(content)[:whole])  # the one whole-size copy besides the result
-    last = enc.update(content[whole:] + bytes([pad]) * pad) + enc.finalize()
     version = "v2" if recipient_id == "ski" else "v0"
-    return envelope("enveloped_data", version, infos, cbc_content_head(iv), [body, last])
+    head = envelope_head("enveloped_data", version, infos, cbc_content_head(iv), whole + 16)
+    return _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content, whole)
+
+
+def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes, whole: int) -> Iterator[bytes]:
+    yield head
+    view = memoryview(content)
+    for start in range(0, whole, PIECE):  # whole and PIECE are multiples of 16: out == in, piece by piece
+        yield enc.update(view[start:min(start + PIECE, whole)])
+    pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
+    yield enc.update(bytes(view[whole:]) + bytes([pad]) * pad) + enc.finalize()
+
+
+def _gcm_pieces(head: bytes, gcm: AEADEncryptionContext, content: bytes) -> Iterator[bytes]:
+    yield head
+    view = memoryview(content)
+    for start in range(0, len(view), PIECE):
+        yield gcm.update(view[start:start + PIECE])
+    yield gcm.finalize() + _GCM_TAG_HEAD + gcm.tag

@@ -311,16 +311,22 @@ def envelope(kind: str, version: str, recipient_infos: Sequence[bytes], eci_head
 
     The ciphertext is copied once, into the result (a 50 MB message is not copied at every
     nesting level, as asn1crypto's dump would)."""
-    ct_len = sum(len(c) for c in ciphertext)
+    head = envelope_head(kind, version, recipient_infos, eci_head, sum(len(c) for c in ciphertext), len(trailer))
+    return b"".join([head, *ciphertext, trailer])
+
+
+def envelope_head(kind: str, version: str, recipient_infos: Sequence[bytes], eci_head: bytes, ct_len: int,
+                  trailer_len: int = 0) -> bytes:
+    """The DER of `envelope` up to the first ciphertext byte: the lengths are all it needs, so
+    the ciphertext (and the trailer, e.g. a GCM tag) can follow in pieces made afterwards."""
     octet_head = b"\x80" + der_length(ct_len)  # encryptedContent [0] IMPLICIT OCTET STRING, primitive
     eci_len = len(eci_head) + len(octet_head) + ct_len
     eci_hdr = b"\x30" + der_length(eci_len)
     version_der = _VERSIONS[version]
     infos_der = set_of(recipient_infos)
-    inner_len = len(version_der) + len(infos_der) + len(eci_hdr) + eci_len + len(trailer)
+    inner_len = len(version_der) + len(infos_der) + len(eci_hdr) + eci_len + trailer_len
     inner_hdr = b"\x30" + der_length(inner_len)
     explicit_hdr = b"\xa0" + der_length(len(inner_hdr) + inner_len)
     oid = _ENVELOPED_OID if kind == "enveloped_data" else _AUTH_ENVELOPED_OID
     outer_hdr = b"\x30" + der_length(len(oid) + len(explicit_hdr) + len(inner_hdr) + inner_len)
-    return b"".join([outer_hdr, oid, explicit_hdr, inner_hdr, version_der, infos_der, eci_hdr, eci_head,
-                     octet_head, *ciphertext, trailer])
+    return b"".join([outer_hdr, oid, explicit_hdr, inner_hdr, version_der, infos_der, eci_hdr, eci_head, octet_head])

@@ -10,8 +10,9 @@ a typed error from `gateway.smime.errors`.
 
 from __future__ import annotations
 
+import base64
 import datetime as dt
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import getaddresses
 
@@ -19,7 +20,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.smime.cms_decrypt import decrypt_content, open_enveloped
-from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content
+from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content_pieces
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.cms_verify import check_signed_data
 from gateway.smime.cmsutil import parse_content_info
@@ -35,6 +36,7 @@ from gateway.smime.mime import (
     multipart_signed,
     outer_fields,
     pkcs7_mime,
+    pkcs7_mime_head,
     split_message,
 )
 from gateway.smime.ocsp import OcspSource
@@ -72,7 +74,22 @@ def encrypt_message(message: bytes, recipients: Sequence[x509.Certificate], *, c
                           recipient_id=recipient_id, sender_copy=sender_copy)
 
 
-def encrypt_entity(outer: tuple[bytes, ...], entity: bytes, recipients: Sequence[x509.Certificate], *,
+class Taken:
+    """An entity handed over to `encrypt_entity`, which lets go of it as soon as it is encrypted
+    (before joining the result): with no other reference left, a large message's entity is then
+    freed before its encrypted copy is assembled (one size of the message less at the peak)."""
+
+    def __init__(self, data: bytes) -> None:
+        self.data: bytes | None = data
+
+    def take(self) -> bytes:
+        data, self.data = self.data, None
+        if data is None:
+            raise ValueError("entity already taken")
+        return data
+
+
+def encrypt_entity(outer: tuple[bytes, ...], entity: bytes | Taken, recipients: Sequence[x509.Certificate], *,
                    cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
                    recipient_id: RecipientId = "issuer-serial", sender_copy: x509.Certificate | None = None) -> bytes:
     """Encrypt a canonical entity as it is, with `outer` fields around the envelope: for an entity
@@ -81,8 +98,47 @@ def encrypt_entity(outer: tuple[bytes, ...], entity: bytes, recipients: Sequence
     certs = list(recipients)
     if sender_copy is not None and sender_copy not in certs:
         certs.append(sender_copy)
-    der = encrypt_content(entity, certs, cipher=cipher, key_transport=key_transport, recipient_id=recipient_id)
-    return pkcs7_mime(outer, der, "authEnveloped-data" if cipher == "aes256-gcm" else "enveloped-data")
+    content = entity.take() if isinstance(entity, Taken) else entity
+    pieces = encrypt_content_pieces(content, certs, cipher=cipher, key_transport=key_transport,
+                                    recipient_id=recipient_id)
+    del content  # (a Taken entity: now only the pieces' iterator holds it, until it is exhausted)
+    head = pkcs7_mime_head(outer, "authEnveloped-data" if cipher == "aes256-gcm" else "enveloped-data")
+    # = pkcs7_mime(outer, encrypt_content(...)), byte for byte, with the ciphertext base64-encoded
+    # as it is encrypted: no whole ciphertext nor DER beside the result (a large message's peak).
+    blocks = [head, *_b64_lines(pieces)]
+    del pieces
+    return b"".join(blocks)
+
+
+#: Bytes base64-encoded at a time: a multiple of 57, so every block is whole 76-character lines.
+_B64_BLOCK = 57 * 1024
+
+
+def _b64_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
+    """The base64 of the concatenated `pieces` in 76-character CRLF lines (`mime.pkcs7_mime`'s
+    body), encoded block by block as the pieces come: each block is the same 57 KiB slice of
+    the whole that `mime._b64_chunks` would encode, so the output is the same bytes; only the
+    ends of the pieces (under a block) are copied to be joined with the next."""
+    carry = b""
+    for piece in pieces:
+        view = memoryview(piece)
+        if carry:
+            need = _B64_BLOCK - len(carry)
+            if len(view) < need:
+                carry += view
+                continue
+            yield _b64_block(carry + view[:need])
+            view = view[need:]
+        full = len(view) - len(view) % _B64_BLOCK
+        for start in range(0, full, _B64_BLOCK):
+            yield _b64_block(view[start:start + _B64_BLOCK])
+        carry = bytes(view[full:])
+    if carry:
+        yield _b64_block(carry)
+
+
+def _b64_block(data: bytes | memoryview) -> bytes:
+    return base64.encodebytes(data).replace(b"\n", b"\r\n")
 
 
 async def sign_and_encrypt_message(message: bytes, key: SigningKey, recipients: Sequence[x509.Certificate], *,

@@ -27,8 +27,9 @@ import re
 import secrets
 from email.header import Header
 
-from gateway.rawmime import FIELD_START, Raw, header_text, join_raw, raw_split, raw_text, split_raw
+from gateway.rawmime import FIELD_START, Raw, header_text, raw_split, raw_text, split_raw
 from gateway.rawmime import field_name as name_of
+from gateway.rawmime import join_raw as join_raw  # re-exported: the stages import it from here
 
 #: Headers only this gateway may write: every `X-Msgw-*` field (the verdict, the bridge's
 #: provenance, the displaced `X-Msgw-Outer-*` fields) is stripped from anything arriving.
@@ -127,7 +128,7 @@ def fresh_message_id(fields: list[bytes]) -> str:
 def allowed_outer_fields(message: Raw, *, neutral_subject: str) -> list[bytes]:
     """The header fields a protected copy of `message` shows outside its envelope (without the
     envelope's MIME-Version and Content-*): the one allow-list of every protected form."""
-    fields, _ = raw_split(message)
+    fields = raw_split(message)[0]  # the body's copy not kept
     out = [kept for f in fields if name_of(f) in OUTER_KEPT and (kept := _outer_field(f)) is not None]
     out.append(f"Message-ID: {fresh_message_id(fields)}\r\n".encode("ascii"))
     out.append(header_field("Subject", neutral_subject))
@@ -140,7 +141,7 @@ def allowed_outer_fields(message: Raw, *, neutral_subject: str) -> list[bytes]:
 def protected_entity(message: Raw, entity: bytes) -> bytes:
     """Copy every original header of the message onto the root entity of the crypto payload
     (protected headers), 7-bit; its own Content-* and MIME-Version are already the entity's."""
-    fields, _ = raw_split(message)
+    fields = raw_split(message)[0]  # the body's copy not kept
     copies = []
     for f in fields:
         name = name_of(f)
@@ -149,10 +150,14 @@ def protected_entity(message: Raw, entity: bytes) -> bytes:
         safe = seven_bit_field(f)
         if safe is not None:
             copies.append(safe)
-    efields, ebody = split_raw(entity)
+    # Only the entity's header block is split; its body goes into the result as a view (one copy
+    # of a large entity, where split_raw's body slice and join_raw's + made three).
+    end = entity.find(b"\r\n\r\n")
+    efields, ebody = split_raw(entity if end < 0 else entity[:end + 4])
+    body = ebody if end < 0 else memoryview(entity)[end + 4:]
     out = []
     for f in efields:
         if name_of(f) == "content-type" and b"protected-headers" not in f.lower():
             f = f.rstrip(b"\r\n") + b';\r\n protected-headers="v1"\r\n'
         out.append(f)
-    return join_raw(out + copies, ebody)
+    return b"".join([*out, *copies, b"\r\n", body])  # = join_raw(out + copies, body)

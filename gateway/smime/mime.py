@@ -94,8 +94,22 @@ def outer_fields(split: Split) -> tuple[bytes, ...]:
 
 def _is_7bit(data: bytes) -> bool:
     """ASCII, no NUL, no line over 998 octets (RFC 5322) — in C, not byte by byte in Python."""
-    return (data.isascii() and b"\x00" not in data
-            and max(map(len, data.split(b"\n")), default=0) <= 999)  # 998 + the CR of CRLF
+    return data.isascii() and b"\x00" not in data and not _has_long_line(data)
+
+
+_LINE_WINDOW = 1 << 20
+
+
+def _has_long_line(data: bytes) -> bool:
+    """A line over 999 octets (998 + the CR of CRLF)? Window by window (each overlapping the
+    next by 999 bytes, so a long line is whole in the window where it starts): the lines of a
+    large message are never all held as objects at once (memory), nor split in one C call that
+    holds the GIL for 0.1 s (the event loop's other sessions)."""
+    for start in range(0, max(len(data), 1), _LINE_WINDOW):
+        window = data[start:start + _LINE_WINDOW + 999]
+        if max(map(len, window.split(b"\n"))) > 999:
+            return True
+    return False
 
 
 def _reencode(entity: bytes) -> bytes:
@@ -133,7 +147,7 @@ def content_entity(message: Raw) -> tuple[tuple[bytes, ...], bytes]:
     content = [f for f in split.fields if field_name(f).startswith("content-")]
     if not any(field_name(f) == "content-type" for f in content):
         content.insert(0, b"Content-Type: text/plain; charset=us-ascii\r\n")
-    entity = b"".join(content) + b"\r\n" + split.body
+    entity = b"".join([*content, b"\r\n", split.body])
     if not _is_7bit(entity):
         try:
             entity = _reencode(entity)
@@ -172,22 +186,28 @@ def signed_entity(entity: bytes, signature_der: bytes, micalg: str) -> bytes:
     if boundary.encode() in entity:
         raise MalformedSmime("boundary collision")  # 96 random bits: never in practice
     b = boundary.encode()
-    return (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
+    head = (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
             + f' micalg={micalg}; boundary="{boundary}"\r\n\r\n'.encode()
-            + b"This is an S/MIME signed message\r\n\r\n--" + b + b"\r\n" + entity + b"\r\n--" + b + b"\r\n"
+            + b"This is an S/MIME signed message\r\n\r\n--" + b + b"\r\n")
+    tail = (b"\r\n--" + b + b"\r\n"
             + b'Content-Type: application/pkcs7-signature; name="smime.p7s"\r\n'
             + b"Content-Transfer-Encoding: base64\r\n"
             + b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
             + _b64(signature_der) + b"--" + b + b"--\r\n")
+    return b"".join([head, entity, tail])  # the entity copied once (a chain of + copied it at every step)
 
 
 def pkcs7_mime(outer: tuple[bytes, ...], der: bytes, smime_type: str) -> bytes:
     """An application/pkcs7-mime message (signed-data, enveloped-data or authEnveloped-data)."""
-    head = (b"".join(outer) + b"MIME-Version: 1.0\r\n"
+    return b"".join([pkcs7_mime_head(outer, smime_type), *_b64_chunks(der)])  # one whole-size join, not two
+
+
+def pkcs7_mime_head(outer: tuple[bytes, ...], smime_type: str) -> bytes:
+    """`pkcs7_mime`'s message up to its base64 body (for a body encoded piece by piece)."""
+    return (b"".join(outer) + b"MIME-Version: 1.0\r\n"
             + f'Content-Type: application/pkcs7-mime; smime-type={smime_type}; name="smime.p7m"\r\n'.encode()
             + b"Content-Transfer-Encoding: base64\r\n"
             + b'Content-Disposition: attachment; filename="smime.p7m"\r\n\r\n')
-    return b"".join([head, *_b64_chunks(der)])  # one whole-size join, not two
 
 
 def entity_message(outer: tuple[bytes, ...], entity: bytes) -> bytes:

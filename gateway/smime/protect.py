@@ -19,6 +19,7 @@ and S/MIME split are then the ones the earlier stages already made.
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Callable, Sequence
 from typing import TypeVar
 
@@ -26,7 +27,7 @@ from cryptography import x509
 
 from gateway.rawmime import Raw, raw_data
 from gateway.smime.cms_sign import sign_content
-from gateway.smime.engine import encrypt_entity
+from gateway.smime.engine import Taken, encrypt_entity
 from gateway.smime.errors import MalformedSmime
 from gateway.smime.headers import NEVER_COPIED, OUR_PREFIX, allowed_outer_fields, name_of, protected_entity
 from gateway.smime.keyapi import SigningKey
@@ -42,6 +43,11 @@ INLINE_LIMIT = 64 * 1024
 #: The same for a message with 8-bit bytes: its parts are re-encoded with the stdlib `email`
 #: (parse and generate), about 50 µs a KB, so only the small ones stay on the loop.
 INLINE_LIMIT_8BIT = 16 * 1024
+
+#: Up to this many bytes, work that only copies or scans the message once in C (the
+#: multipart/signed entity around the signature) stays on the loop: about a millisecond a MiB.
+#: Above, a 50 MB message would hold the loop for a third of a second (issue 15).
+INLINE_COPY = 1 << 20
 
 _T = TypeVar("_T")
 
@@ -73,12 +79,19 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     recipients = list(certs)
     if key is not None:
         der = await sign_content(entity, key, detached=True)
-        entity = signed_entity(entity, der, "sha-256")
+        if len(entity) <= INLINE_COPY:
+            entity = signed_entity(entity, der, "sha-256")
+        else:  # (no name kept for the call: it would keep the unsigned entity alive while encrypting)
+            entity = await asyncio.to_thread(signed_entity, entity, der, "sha-256")
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
-    signed = entity
-    return await _cpu(signed, lambda: encrypt_entity(outer, signed, recipients, sender_copy=sender_copy))
+    inline = _on_loop(entity)
+    # Handed over, not kept: encrypt_entity drops it once encrypted, before it joins the result.
+    taken = Taken(entity)
+    del entity
+    work = functools.partial(encrypt_entity, outer, taken, recipients, sender_copy=sender_copy)
+    return work() if inline else await asyncio.to_thread(work)
 
 
 async def sign_protected(message: Raw, key: SigningKey) -> bytes:

@@ -23,6 +23,8 @@ from gateway.stages.view import view_of
 
 #: How long the RCPT check waits for certificate discovery before leaving the decision to later.
 RCPT_CHECK_TIMEOUT = 3.0
+#: Up to this size whether the client already encrypted is read on the event loop.
+CLASSIFY_INLINE = 1 << 20
 
 
 def cheap_facts(ctx: ProtectionContext, address: str, *, dsn: bool = False,
@@ -88,7 +90,11 @@ class RouteStage:
         if not todo:
             return item
         dsn = env.listener == "dsn" and not env.sender
-        encrypted = not dsn and is_encrypted(view_of(item))
+        view = view_of(item)
+        # the S/MIME split of a large message (a scan and a copy of it) in a worker thread, as the
+        # legacy detection's parse (`bridge.DETECT_INLINE`): not on the event loop
+        encrypted = not dsn and (is_encrypted(view) if len(view.data) <= CLASSIFY_INLINE
+                                 else await asyncio.to_thread(is_encrypted, view))
         plan = []
         for rcpt in todo:
             facts = cheap_facts(self.ctx, rcpt, dsn=dsn, client_encrypted=encrypted)
