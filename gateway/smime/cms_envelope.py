@@ -45,7 +45,8 @@ RecipientId = Literal["issuer-serial", "ski"]
 RandomSource = Callable[[int], bytes]
 
 __all__ = ["CipherName", "GCMParameters", "KeyTransport", "RandomSource", "RecipientId", "check_encryption_usage",
-           "encrypt_content", "encrypt_content_pieces", "oaep_sha256_algorithm"]
+           "encrypt_content", "encrypt_content_pieces", "encrypt_content_sized",
+           "oaep_sha256_algorithm"]
 
 #: Plaintext encrypted per piece: a multiple of the AES block, small beside a large message.
 PIECE = 1 << 20
@@ -68,6 +69,17 @@ def encrypt_content_pieces(content: bytes, recipients: Sequence[x509.Certificate
 
     Everything that can fail (recipients, algorithms, key wrapping) and every draw from `random`
     happens here, before the first piece: only the symmetric encryption is left to the iterator."""
+    return encrypt_content_sized(content, recipients, cipher=cipher, key_transport=key_transport,
+                                 recipient_id=recipient_id, random=random)[1]
+
+
+def encrypt_content_sized(content: bytes, recipients: Sequence[x509.Certificate], *,
+                          cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
+                          recipient_id: RecipientId = "issuer-serial",
+                          random: RandomSource = os.urandom) -> tuple[int, Iterator[bytes]]:
+    """`encrypt_content_pieces` with the DER's total length, known before any piece is made (from
+    the content length, the padding or GCM tag and the head): so that the S/MIME message can be
+    written into one buffer of its final size (`engine.encrypt_entity`)."""
     if not recipients:
         raise UnsupportedAlgorithm("at least one recipient certificate is needed")
     if cipher not in ("aes256-cbc", "aes256-gcm"):
@@ -77,14 +89,17 @@ def encrypt_content_pieces(content: bytes, recipients: Sequence[x509.Certificate
     infos = [t.recipient_info(t.wrap(cek)) for t in templates]
     if cipher == "aes256-gcm":
         nonce = random(GCM_NONCE_SIZE)
+        trailer = len(_GCM_TAG_HEAD) + 16
         head = envelope_head("authenticated_enveloped_data", "v0", infos, gcm_content_head(nonce), len(content),
-                             len(_GCM_TAG_HEAD) + 16)
-        return _gcm_pieces(head, Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor(), content)
+                             trailer)
+        return (len(head) + len(content) + trailer,
+                _gcm_pieces(head, Cipher(algorithms.AES(cek), modes.GCM(nonce)).encryptor(), content))
     iv = random(CBC_IV_SIZE)
     whole = len(content) - len(content) % 16
     version = "v2" if recipient_id == "ski" else "v0"
     head = envelope_head("enveloped_data", version, infos, cbc_content_head(iv), whole + 16)
-    return _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content, whole)
+    return (len(head) + whole + 16,
+            _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content, whole))
 
 
 def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes, whole: int) -> Iterator[bytes]:

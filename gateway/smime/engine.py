@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import io
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from email.utils import getaddresses
@@ -20,7 +21,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from gateway.smime.cms_decrypt import decrypt_content, open_enveloped
-from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content_pieces
+from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content_sized
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.cms_verify import check_signed_data
 from gateway.smime.cmsutil import parse_content_info
@@ -99,15 +100,44 @@ def encrypt_entity(outer: tuple[bytes, ...], entity: bytes | Taken, recipients: 
     if sender_copy is not None and sender_copy not in certs:
         certs.append(sender_copy)
     content = entity.take() if isinstance(entity, Taken) else entity
-    pieces = encrypt_content_pieces(content, certs, cipher=cipher, key_transport=key_transport,
-                                    recipient_id=recipient_id)
+    der_size, pieces = encrypt_content_sized(content, certs, cipher=cipher, key_transport=key_transport,
+                                             recipient_id=recipient_id)
     del content  # (a Taken entity: now only the pieces' iterator holds it, until it is exhausted)
     head = pkcs7_mime_head(outer, "authEnveloped-data" if cipher == "aes256-gcm" else "enveloped-data")
     # = pkcs7_mime(outer, encrypt_content(...)), byte for byte, with the ciphertext base64-encoded
-    # as it is encrypted: no whole ciphertext nor DER beside the result (a large message's peak).
-    blocks = [head, *_b64_lines(pieces)]
-    del pieces
-    return b"".join(blocks)
+    # as it is encrypted, straight into the buffer returned: no whole ciphertext, DER or list of
+    # base64 blocks beside the result (a large message's peak).
+    return _b64_message(head, pieces, der_size)
+
+
+def b64_lines_size(n: int) -> int:
+    """Length of `_b64_lines` of `n` bytes: 78 per 57 bytes (76 characters + CRLF), then the
+    last, shorter line padded to a multiple of 4 characters, plus its CRLF."""
+    lines, rest = divmod(n, 57)
+    return lines * 78 + (-(-rest // 3) * 4 + 2 if rest else 0)
+
+
+def _b64_message(head: bytes, pieces: Iterable[bytes], der_size: int) -> bytes:
+    """`head` + `_b64_lines(pieces)` as one `bytes`, each block written into one growing buffer as
+    it is encoded and freed at once: the message is never held as blocks beside their join.
+
+    Why a `BytesIO`: a `bytearray` cannot become `bytes` without a whole copy, whereas
+    `BytesIO.getvalue()` trims its buffer (a realloc: `mremap` for a large one, no copy) and
+    returns that very object when nothing else refers to it (CPython; elsewhere it may copy,
+    which costs memory, never correctness: `tests/smime/test_large_envelope.py` bounds the peak).
+    Not presized to the final size (known from `der_size`): presizing fills and so touches every
+    page at once, while the step before (`protect.signed_entity` in a worker thread) may still
+    hold its input for a few milliseconds: measured 3.4x instead of 2.6x the message, one run in
+    two. Grown as written, the buffer's pages come as the ciphertext does (at most 1/8 slack,
+    trimmed by `getvalue`)."""
+    size = len(head) + b64_lines_size(der_size)
+    out = io.BytesIO()
+    out.write(head)
+    for block in _b64_lines(pieces):
+        out.write(block)
+    if out.tell() != size:  # the size computed from the lengths alone must be the size written
+        raise RuntimeError(f"S/MIME message of {out.tell()} bytes, {size} expected")
+    return out.getvalue()
 
 
 #: Bytes base64-encoded at a time: a multiple of 57, so every block is whole 76-character lines.
@@ -133,6 +163,8 @@ def _b64_lines(pieces: Iterable[bytes]) -> Iterator[bytes]:
         for start in range(0, full, _B64_BLOCK):
             yield _b64_block(view[start:start + _B64_BLOCK])
         carry = bytes(view[full:])
+        view.release()
+        del piece, view  # before the next piece is encrypted: one piece at a time, not two
     if carry:
         yield _b64_block(carry)
 
