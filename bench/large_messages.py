@@ -85,7 +85,7 @@ def one(mode: str, size_mb: int, work: Path, sink: BenchSink, pki: object | None
                                  max_message_size="200MB")
     body = body_lines(size_mb * MB)
     sink.reset()
-    with GatewayProcess(setup) as gw:
+    with GatewayProcess(setup, workers=1) as gw:  # one process: its VmHWM is the message's (a master holds none)
         time.sleep(0.5)  # let start-up settle before reading the idle RSS
         idle_kb = proc_status_kb(gw.pid, "VmRSS")
         hwm_start_kb = proc_status_kb(gw.pid, "VmHWM")
