@@ -428,8 +428,9 @@ class AuditWriter:
     What is queued when the thread wakes is written as one batch (`AuditTrail.append_many`).
 
     Cheap for the caller (the event loop, twice per message): a record is appended to a deque
-    as given, and the thread is woken only when it is asleep, so once per batch rather than once
-    per record; it flattens and checks the records itself. (A `queue.SimpleQueue` read with a
+    as given, and the thread is woken only when it is asleep (at most once per batch, never
+    while records keep coming: it then drains every LINGER on its own); it flattens and checks
+    the records itself. (A `queue.SimpleQueue` read with a
     timeout woke the thread, which then took the GIL from the loop, for every record.)
 
     No record is dropped silently: each one is written or reported through `on_error` (a refused
@@ -460,20 +461,26 @@ class AuditWriter:
     def _run(self) -> None:
         while True:
             self._wake.wait()
-            # Group commit: records arriving within LINGER of the wake-up share its fsync. Under
-            # load a message's decision (written when it is prepared) and its outcome (when it
-            # is delivered) would otherwise each pay a write, an fsync and a head-file update.
-            time.sleep(LINGER)
-            with self._state:
-                stop = self._closed
-                self._wake.clear()  # before the drain: a record appended after it wakes us again
-            while self._pending:
-                batch: list[dict[str, Any]] = []
-                while self._pending and len(batch) < MAX_BATCH:
-                    batch.append(self._pending.popleft())
-                self._write(batch)
-            if stop:
-                return
+            while True:
+                # Group commit: records arriving within LINGER share one fsync. Under load a
+                # message's decision (written when it is prepared) and its outcome (when it is
+                # delivered) would otherwise each pay a write, an fsync and a head-file update.
+                # While records keep coming the thread keeps draining every LINGER with the
+                # event left set, so callers do not even set it; it sleeps on the event (cleared
+                # under the lock) only once a round found nothing.
+                time.sleep(LINGER)
+                with self._state:
+                    stop = self._closed
+                    if not self._pending and not stop:
+                        self._wake.clear()
+                        break
+                while self._pending:
+                    batch: list[dict[str, Any]] = []
+                    while self._pending and len(batch) < MAX_BATCH:
+                        batch.append(self._pending.popleft())
+                    self._write(batch)
+                if stop:
+                    return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         good: list[dict[str, Any]] = []
