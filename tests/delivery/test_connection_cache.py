@@ -429,14 +429,34 @@ def test_a_session_after_a_refused_recipient_gets_an_rset(tmp_path: Path) -> Non
     handler.rcpt_reply = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("nobody") else "250 OK"
     sink = _sink(handler)
     audit: list[dict] = []
+
+    async def scenario() -> None:
+        spool, config = _setup(tmp_path, sink.port, 'connection_cache_time = "60s"\n')
+        service = QueueService(config, spool, audit=lambda **kw: audit.append(kw))
+        service.start()
+        try:
+            for msg_id in _accept(spool, 1, rcpt="nobody@cabinet.example"):
+                service.accepted(msg_id)
+            await _until(lambda: "bounced" in _outcomes(audit))
+            await _until(lambda: service.delivery.sessions is not None and service.delivery.sessions.idle_count() == 1)
+            for msg_id in _accept(spool, 1):
+                service.accepted(msg_id)
+            await _until(lambda: _outcome_of("dr@cabinet.example") is not None)
+        finally:
+            await service.stop()
+
+    def _outcome_of(rcpt: str) -> str | None:
+        found = [a["outcome"].split()[0] for a in audit
+                 if a.get("decision") == "outcome" and a.get("recipient") == rcpt]
+        return found[0] if found else None
+
     try:
-        spool, config = _setup(tmp_path, sink.port)
-        _accept(spool, 1, rcpt="nobody@cabinet.example")
-        _accept(spool, 1)
-        asyncio.run(QueueService(config, spool, audit=lambda **kw: audit.append(kw)).run_once())
-        assert len(handler.snapshot()) == 1
-        assert sorted(_outcomes(audit)) == ["bounced", "delivered"]
-        assert handler.counts()[:2] == (1, 1)  # one session; the RSET after the refused one
+        asyncio.run(scenario())
+        assert _outcome_of("nobody@cabinet.example") == "bounced"
+        assert _outcome_of("dr@cabinet.example") == "delivered"  # no nested MAIL, no bounce
+        # one session; one RSET: for whichever transaction came next after the refused one (the
+        # message, or the bounce notice to the sender), the one after that being fresh and clean
+        assert handler.counts()[:2] == (1, 1)
     finally:
         sink.stop()
 
