@@ -35,13 +35,13 @@ of strings (identifiers, serials, decisions), never a subject or body.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import fcntl
 import hashlib
 import json
 import logging
 import os
-import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
@@ -427,6 +427,12 @@ class AuditWriter:
     the trail fsyncs and that must not stall the event loop; one writer keeps them in order.
     What is queued when the thread wakes is written as one batch (`AuditTrail.append_many`).
 
+    Cheap for the caller (the event loop, twice per message): a record is appended to a deque
+    as given, and the thread is woken only when it is asleep (at most once per batch, never
+    while records keep coming: it then drains every LINGER on its own); it flattens and checks
+    the records itself. (A `queue.SimpleQueue` read with a
+    timeout woke the thread, which then took the GIL from the loop, for every record.)
+
     No record is dropped silently: each one is written or reported through `on_error` (a refused
     record alone; a batch the trail cannot take, with its count). `close()` waits until the
     queue is written, however long that takes (or until each batch has failed and been reported)."""
@@ -434,52 +440,53 @@ class AuditWriter:
     def __init__(self, trail: AuditTrail, on_error: Callable[[AuditError], None] | None = None) -> None:
         self.trail = trail
         self.on_error = on_error or _log_failure
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._pending: collections.deque[dict[str, Any]] = collections.deque()
+        self._wake = threading.Event()  # set: records (or the stop) are waiting for the thread
         self._closed = False
-        self._state = threading.Lock()  # a record is never queued behind the stop mark
+        self._state = threading.Lock()  # a record is never queued behind the stop
         self._thread = threading.Thread(target=self._run, name="audit-writer", daemon=True)
         self._thread.start()
 
     def __call__(self, **fields: Any) -> None:
-        """Queue one record; empty fields are dropped, strings flattened to one short line."""
-        clean: dict[str, Any] = {}
-        for k, v in fields.items():
-            if v in (None, [], ()):
-                continue
-            clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
+        """Queue one record; empty fields are dropped, strings flattened to one short line (by
+        the writer thread, in `_flatten`)."""
         with self._state:
             if not self._closed:
-                self._queue.put(clean)
+                self._pending.append(fields)
+                if not self._wake.is_set():
+                    self._wake.set()
                 return
         self.on_error(AuditError("audit writer closed: 1 record(s) not written"))
 
     def _run(self) -> None:
-        stop = False
-        while not stop:
-            batch: list[dict[str, Any]] = []
-            item = self._queue.get()
-            # Group commit: records arriving within LINGER of the first share its fsync. Under
-            # load a message's decision (written when it is prepared) and its outcome (when it
-            # is delivered) would otherwise each pay a write, an fsync and a head-file update.
-            deadline = time.monotonic() + LINGER
+        while True:
+            self._wake.wait()
             while True:
-                if item is None:
-                    stop = True
-                    break
-                batch.append(item)
-                if len(batch) >= MAX_BATCH:
-                    break
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-            self._write(batch)
+                # Group commit: records arriving within LINGER share one fsync. Under load a
+                # message's decision (written when it is prepared) and its outcome (when it is
+                # delivered) would otherwise each pay a write, an fsync and a head-file update.
+                # While records keep coming the thread keeps draining every LINGER with the
+                # event left set, so callers do not even set it; it sleeps on the event (cleared
+                # under the lock) only once a round found nothing.
+                time.sleep(LINGER)
+                with self._state:
+                    stop = self._closed
+                    if not self._pending and not stop:
+                        self._wake.clear()
+                        break
+                while self._pending:
+                    batch: list[dict[str, Any]] = []
+                    while self._pending and len(batch) < MAX_BATCH:
+                        batch.append(self._pending.popleft())
+                    self._write(batch)
+                if stop:
+                    return
 
     def _write(self, batch: list[dict[str, Any]]) -> None:
         good: list[dict[str, Any]] = []
         for fields in batch:
             try:
-                good.append(_clean(fields))
+                good.append(_clean(_flatten(fields)))
             except AuditError as exc:
                 self.on_error(exc)
         if not good:
@@ -497,8 +504,18 @@ class AuditWriter:
             if self._closed:
                 return
             self._closed = True
-            self._queue.put(None)
+            self._wake.set()
         self._thread.join()
+
+
+def _flatten(fields: dict[str, Any]) -> dict[str, Any]:
+    """Empty fields dropped, strings flattened to one short line (what a caller's record becomes)."""
+    clean: dict[str, Any] = {}
+    for k, v in fields.items():
+        if v in (None, [], ()):
+            continue
+        clean[k] = " ".join(v.split())[:500] if isinstance(v, str) else v
+    return clean
 
 
 def audit_path(config: GatewayConfig) -> Path:

@@ -12,6 +12,7 @@ Adding a transport (the MLLP client to a hospital DPI is the next one) is one cl
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -25,6 +26,19 @@ from gateway.delivery.smtp_client import RecipientResult, SmtpSession, open_sess
 from gateway.errors import DeliveryError
 
 Results = tuple[dict[str, RecipientResult], str]
+
+#: A cached session given back less than this long ago, after a transaction that ended with
+#: DATA's final 2xx for every recipient, is reused without an RSET: its state is known (RFC 5321
+#: 4.1.1.4: the end of data resets it) and it was alive a moment ago. Postfix's RSET probes
+#: sessions that may have gone stale while idle (seconds to minutes); this one has not. If it
+#: did close meanwhile (421, EOF at MAIL), that is treated as a failed RSET: a new session,
+#: same attempt, never a deferral. Older or otherwise-ended sessions get the RSET as before.
+FRESH_TIME = 1.0
+
+#: When each cached session was given back clean (see FRESH_TIME), by the cache's clock. Kept
+#: here rather than on the session so the cache and the SMTP client stay as they are; weak so
+#: a retired session leaves nothing behind. Event-loop only, like the cache.
+_clean_since: weakref.WeakKeyDictionary[SmtpSession, float] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -85,9 +99,21 @@ class SmtpTransport:
 
     async def _reuse(self, cache: SessionCache, key: SessionKey, sender: str, recipients: list[str],
                      data: bytes) -> Results | None:
-        """Over a cached session of this very key, after an RSET; None when there is none or the
-        server had closed it (421, EOF): then a new session is opened, not deferred."""
+        """Over a cached session of this very key, after an RSET unless it is fresh (FRESH_TIME);
+        None when there is none or the server had closed it (421, EOF): then a new session is
+        opened, not deferred."""
         while (session := cache.take(key)) is not None:
+            since = _clean_since.pop(session, None)
+            if since is not None and cache.clock() - since < FRESH_TIME:
+                try:
+                    results = await self._send(session, key, sender, recipients, data)
+                except DeliveryError as exc:
+                    if not exc.temporary or session.alive:
+                        raise
+                    cache.stale += 1  # closed while idle (421 or EOF at MAIL): as a failed RSET
+                    continue
+                cache.reused += 1
+                return results
             if await session.reset(min(RSET_TIMEOUT, self.hop.config.delivery.command_timeout)):
                 cache.reused += 1
                 return await self._send(session, key, sender, recipients, data)
@@ -106,6 +132,9 @@ class SmtpTransport:
             session.close()
             raise
         if self.hop.sessions is not None:
+            if results and all(result.ok for result in results.values()):
+                # DATA's final reply accepted every recipient: the transaction ended, nothing open
+                _clean_since[session] = self.hop.sessions.clock()
             self.hop.sessions.give_back(key, session)
         else:
             await session.quit()

@@ -19,6 +19,7 @@ from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
 
 from gateway.config import load_config
+from gateway.delivery import transports
 from gateway.pipeline import Outgoing, Pipeline, WorkItem
 from gateway.runner import QueueService
 from gateway.spool import RecipientState, Spool
@@ -154,8 +155,9 @@ def test_messages_to_one_destination_share_one_connection(tmp_path: Path) -> Non
         asyncio.run(QueueService(config, spool).run_once())
         assert len(handler.snapshot()) == 5
         assert all(spool.get(i) is None for i in ids)
-        # one connection, an RSET before each following message, QUIT at the end of the run
-        assert handler.counts() == (1, 4, 1)
+        # one connection, no RSET (each message follows a clean one within FRESH_TIME), QUIT at
+        # the end of the run (before issue 15's hot-path item: an RSET before each following one)
+        assert handler.counts() == (1, 0, 1)
     finally:
         sink.stop()
 
@@ -168,7 +170,7 @@ def test_reuse_count_is_bounded(tmp_path: Path) -> None:
         _accept(spool, 5)
         asyncio.run(QueueService(config, spool).run_once())
         assert len(handler.snapshot()) == 5
-        assert handler.counts() == (3, 2, 3)  # 2 + 2 + 1 messages
+        assert handler.counts() == (3, 0, 3)  # 2 + 2 + 1 messages, no RSET on fresh sessions
     finally:
         sink.stop()
 
@@ -196,14 +198,14 @@ def test_idle_session_is_closed_after_the_cache_time(tmp_path: Path) -> None:
         service.start()
         try:
             await _deliver(service, spool, handler, 2)
-            assert handler.counts()[:2] == (1, 1)  # the second message reused the session
+            assert handler.counts()[:2] == (1, 0)  # the second message reused the session (fresh: no RSET)
             await _until(lambda: handler.counts()[2] == 1, timeout=10)  # idle: QUIT by us, not the server
             assert service.delivery.sessions is not None and service.delivery.sessions.idle_count() == 0
             await _deliver(service, spool, handler, 1)
-            assert handler.counts()[:2] == (2, 1)  # a new connection, no RSET on the closed one
+            assert handler.counts()[:2] == (2, 0)  # a new connection, no RSET on the closed one
         finally:
             await service.stop()
-        assert handler.counts() == (2, 1, 2)  # the last idle session QUIT at stop
+        assert handler.counts() == (2, 0, 2)  # the last idle session QUIT at stop
 
     try:
         asyncio.run(scenario())
@@ -243,8 +245,9 @@ def test_server_that_closed_the_idle_session_costs_a_connection_not_a_deferral(
 
 
 @pytest.mark.parametrize("reply", ["421 4.3.2 service shutting down", "451 4.3.0 try later", "554 5.5.1 no"])
-def test_an_error_on_rset_opens_a_new_connection(tmp_path: Path, reply: str,
-                                                 caplog: pytest.LogCaptureFixture) -> None:
+def test_an_error_on_rset_opens_a_new_connection(tmp_path: Path, reply: str, caplog: pytest.LogCaptureFixture,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transports, "FRESH_TIME", 0.0)  # every reuse RSETs, as before FRESH_TIME
     caplog.set_level(logging.INFO, logger="gateway.delivery")
     handler = CountingHandler()
     handler.rset_replies.append(reply)
@@ -363,6 +366,127 @@ def test_mutual_tls_copies_reuse_their_own_sessions(tmp_path: Path) -> None:
         asyncio.run(QueueService(config, spool, Pipeline((_trust_space_tls_only,))).run_once())
         assert len(handler.snapshot()) == 4
         connections, rsets, _ = handler.counts()
-        assert (connections, rsets) == (2, 2)  # one session per demand, each used twice
+        assert (connections, rsets) == (2, 0)  # one session per demand, each used twice (fresh: no RSET)
+    finally:
+        sink.stop()
+
+
+# -- no RSET on a fresh session (issue 15, hot path) --------------------------------------------
+
+class MailDroppingHandler(CountingHandler):
+    """Drops the session at the n-th MAIL FROM: with a 421 reply, or a bare EOF (no reply)."""
+
+    def __init__(self, drop_at: int, farewell: str | None) -> None:
+        super().__init__()
+        self.mails = 0
+        self.drop_at = drop_at
+        self.farewell = farewell
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        with self.lock:
+            self.mails += 1
+            drop = self.mails == self.drop_at
+        if drop:
+            if self.farewell is None:
+                server.transport.close()  # EOF: the reply below goes nowhere
+                return "250 OK"
+            server.transport.write(self.farewell.encode() + b"\r\n")
+            server.transport.close()
+            return "421 closing"  # not sent: the transport is closed
+        envelope.mail_from = address
+        return "250 OK"
+
+
+@pytest.mark.parametrize("farewell", [None, "421 4.4.2 closing"])
+def test_a_fresh_session_closed_at_mail_costs_a_connection_not_a_deferral(
+        tmp_path: Path, farewell: str | None, caplog: pytest.LogCaptureFixture) -> None:
+    """The session was given back a moment ago, so no RSET probes it; the server closes it at
+    the next MAIL FROM (421 or EOF): that is a stale session as a failed RSET would have shown,
+    a new connection in the same attempt, no deferral."""
+    caplog.set_level(logging.INFO, logger="gateway.delivery")
+    handler = MailDroppingHandler(drop_at=2, farewell=farewell)
+    sink = _sink(handler)
+    audit: list[dict] = []
+    try:
+        spool, config = _setup(tmp_path, sink.port)
+        _accept(spool, 2)
+        service = QueueService(config, spool, audit=lambda **kw: audit.append(kw))
+        asyncio.run(service.run_once())
+        assert len(handler.snapshot()) == 2
+        assert _outcomes(audit) == ["delivered", "delivered"]
+        assert _failures(caplog) == []
+        assert handler.counts()[:2] == (2, 0)  # message 2: MAIL on the fresh session, then a new one
+        assert service.delivery.sessions is not None and service.delivery.sessions.stale == 1
+    finally:
+        sink.stop()
+
+
+def test_a_session_after_a_refused_recipient_gets_an_rset(tmp_path: Path) -> None:
+    """A transaction that did not end with DATA's 2xx for everyone (here: every RCPT refused, so
+    the MAIL transaction is still open on the server) leaves no known state: the next message
+    RSETs first, or its MAIL FROM would be a nested MAIL (503) and bounce."""
+    handler = CountingHandler()
+    handler.rcpt_reply = lambda rcpt: "550 5.1.1 no such user" if rcpt.startswith("nobody") else "250 OK"
+    sink = _sink(handler)
+    audit: list[dict] = []
+
+    async def scenario() -> None:
+        spool, config = _setup(tmp_path, sink.port, 'connection_cache_time = "60s"\n')
+        service = QueueService(config, spool, audit=lambda **kw: audit.append(kw))
+        service.start()
+        try:
+            for msg_id in _accept(spool, 1, rcpt="nobody@cabinet.example"):
+                service.accepted(msg_id)
+            await _until(lambda: "bounced" in _outcomes(audit))
+            await _until(lambda: service.delivery.sessions is not None and service.delivery.sessions.idle_count() == 1)
+            for msg_id in _accept(spool, 1):
+                service.accepted(msg_id)
+            await _until(lambda: _outcome_of("dr@cabinet.example") is not None)
+        finally:
+            await service.stop()
+
+    def _outcome_of(rcpt: str) -> str | None:
+        found = [a["outcome"].split()[0] for a in audit
+                 if a.get("decision") == "outcome" and a.get("recipient") == rcpt]
+        return found[0] if found else None
+
+    try:
+        asyncio.run(scenario())
+        assert _outcome_of("nobody@cabinet.example") == "bounced"
+        assert _outcome_of("dr@cabinet.example") == "delivered"  # no nested MAIL, no bounce
+        # one session; one RSET: for whichever transaction came next after the refused one (the
+        # message, or the bounce notice to the sender), the one after that being fresh and clean
+        assert handler.counts()[:2] == (1, 1)
+    finally:
+        sink.stop()
+
+
+def test_a_session_idle_longer_than_fresh_time_gets_an_rset(tmp_path: Path,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(transports, "FRESH_TIME", 0.2)
+    handler = CountingHandler()
+    sink = _sink(handler)
+
+    async def scenario() -> None:
+        spool, config = _setup(tmp_path, sink.port, 'connection_cache_time = "60s"\n')
+        service = QueueService(config, spool)
+        service.start()
+        try:
+            def idle() -> bool:
+                return service.delivery.sessions is not None and service.delivery.sessions.idle_count() == 1
+
+            await _deliver(service, spool, handler, 1)
+            await _until(idle)
+            await _deliver(service, spool, handler, 1)
+            assert handler.counts()[:2] == (1, 0)  # fresh: reused without an RSET
+            await _until(idle)
+            await asyncio.sleep(0.4)
+            await _deliver(service, spool, handler, 1)
+            assert handler.counts()[:2] == (1, 1)  # idle longer than FRESH_TIME: probed first
+        finally:
+            await service.stop()
+
+    try:
+        asyncio.run(scenario())
     finally:
         sink.stop()

@@ -372,6 +372,43 @@ def test_writer_reports_what_it_cannot_write_and_ends(tmp_path: Path) -> None:
     assert "closed" in str(failures[-1])
 
 
+def test_writer_is_woken_once_per_batch_not_per_record(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The caller (the event loop) only appends a record; the writer thread is woken when it
+    sleeps, not for every record (issue 15, hot path). Here another process holds the trail
+    while 2,000 records arrive, so they all wait for one or a few batches: a handful of
+    wake-ups, and every record written in order."""
+    sets: list[int] = []
+
+    class CountingEvent(threading.Event):
+        def set(self) -> None:
+            sets.append(id(self))
+            super().set()
+
+    monkeypatch.setattr(threading, "Event", CountingEvent)
+    trail = AuditTrail(tmp_path / "audit.jsonl")
+    trail.path.touch()
+    failures: list[AuditError] = []
+    writer = AuditWriter(trail, on_error=failures.append)
+    monkeypatch.undo()
+    n = 2000
+    with open(trail.path, "rb") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        writer(**_fields(0))
+        deadline = time.monotonic() + 10  # the writer took the first record and waits for the lock
+        while writer._pending and time.monotonic() < deadline:
+            time.sleep(0.001)
+        for i in range(1, n):
+            writer(**_fields(i), reason=f"  spread\n over   lines {i} ")
+        fcntl.flock(held, fcntl.LOCK_UN)
+    writer.close()
+    assert failures == []
+    records = list(trail.records())
+    assert [r["message_id"] for r in records] == [f"q{i}" for i in range(n)]
+    assert records[5]["reason"] == "spread over lines 5"  # flattened by the writer, as by the caller before
+    wakes = [e for e in sets if e == id(writer._wake)]  # (Thread.start sets an Event of its own)
+    assert 1 <= len(wakes) <= 3  # the first record, the records queued behind the held lock, close()
+
+
 def test_patient_mailboxes_are_pseudonymised(tmp_path: Path) -> None:
     """``<INS>@patient.mssante.fr`` is the patient's national identifier: the trail keeps a stable
     pseudonym (one patient's copies can still be followed), never the INS."""
