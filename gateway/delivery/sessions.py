@@ -1,5 +1,5 @@
 """The SMTP connection cache (Postfix's `smtp_connection_cache_*`): after a delivery its session
-stays open, idle, for the next message to the same destination, which then costs an RSET
+stays open, idle, for the next message to the same destination, which then costs at most an RSET
 instead of a TCP connection, EHLO and a TLS handshake.
 
 Rules that keep it invisible to everything but the connection count:
@@ -13,8 +13,11 @@ Rules that keep it invisible to everything but the connection count:
 * **Only sessions that passed every check exist.** `smtp_client.open_session` returns a
   session only after STARTTLS, the certificate check and the client-certificate watch succeeded;
   a failed one is closed on the spot, so it cannot be cached.
-* **RSET before reuse.** Any answer but 250, an EOF or a 421 while idle closes the session and
-  the transport opens a new one (once, transparently: never a deferral for our cache's sake).
+* **RSET before reuse**, except for a session given back clean less than
+  `transports.FRESH_TIME` (1 s) ago (every recipient of its last transaction accepted at DATA).
+  Any answer but 250 to the RSET, an EOF or a 421 while idle, or a 421/EOF at MAIL on a fresh
+  session closes it and the transport takes another or opens a new one (transparently: never a
+  deferral for our cache's sake).
 * **Bounded.** Idle at most `connection_cache_time` (default 2 s, Postfix's default), at most
   `connection_reuse_limit` messages (default 100) and `MAX_AGE` seconds per session, at most
   the destination's concurrency idle sessions per key; QUIT on shutdown (`close`).
