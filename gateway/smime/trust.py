@@ -25,6 +25,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID
 from pyhanko_certvalidator import CertificateValidator, ValidationContext
 from pyhanko_certvalidator import errors as pv_errors
 
+from gateway.smime.cms_template import check_encryption_usage as key_transport_usage
 from gateway.smime.cmsutil import PARSE_ERRORS, from_asn1, to_asn1
 from gateway.smime.errors import (
     CertificateExpired,
@@ -115,15 +116,11 @@ def _require_email_protection(cert: x509.Certificate, role: str) -> None:
 
 
 def check_encryption_usage(cert: x509.Certificate) -> None:
-    """An encryption (key transport) certificate: keyEncipherment, e-mail protection, RSA."""
+    """An encryption (key transport) certificate: RSA and keyEncipherment (the CMS builder's own
+    check, `cms_template.check_encryption_usage`), and here also e-mail protection."""
     if not isinstance(cert.public_key(), rsa.RSAPublicKey):
         raise WrongKeyUsage("recipient certificate has no RSA key for key transport")
-    try:
-        ku = cert.extensions.get_extension_for_class(x509.KeyUsage).value
-        if not ku.key_encipherment:
-            raise WrongKeyUsage("recipient certificate is not for key encipherment")
-    except x509.ExtensionNotFound:
-        pass
+    key_transport_usage(cert)
     _require_email_protection(cert, "recipient")
 
 
