@@ -19,6 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from gateway.legacy.errors import ArmorError, ChecksumMismatch, MalformedPayload
+from gateway.rawmime import lstrip_start
 
 # --- armor -------------------------------------------------------------------------------
 BEGIN_MARKER = "#BINASCII1#"
@@ -280,8 +281,9 @@ def starts_armor(text: str | bytes) -> bool:
 
     Used so that a damaged legacy message is reported precisely instead of being taken for plain text.
     """
-    if isinstance(text, bytes):
-        text = text.decode("latin-1")
+    if isinstance(text, bytes):  # only the bytes past the blanks: a large message is not copied
+        start = lstrip_start(text, latin1=True)
+        return text[start:start + len(BEGIN_MARKER)].decode("latin-1") == BEGIN_MARKER
     return text.lstrip().startswith(BEGIN_MARKER)
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Literal, Protocol, runtime_checkable
 
 from gateway.legacy.errors import UnknownCodec
-from gateway.rawmime import MessageView, parse_message
+from gateway.rawmime import MessageView, parse_message, skeleton
 
 MessageInput = bytes | email.message.Message
 
@@ -228,7 +228,12 @@ def display_name(name: str) -> str:
 
 class _Detecting:
     """The message `detect_codec` is asking about, parsed on first need and then shared by every
-    codec's `detect` (even for a message too large for its view to keep the parse)."""
+    codec's `detect` (even for a message too large for its view to keep the parse).
+
+    Past `MessageView.KEEP_LIMIT` the parse is of the message's `skeleton` (its structure and the
+    first bytes of each leaf: all a `detect` reads), not of the whole message: the full parse of a
+    large message was the peak of its preparation (~3x the message, issue 15). When no skeleton
+    can be built (odd framing the stdlib might read otherwise), the whole message is parsed."""
 
     def __init__(self, view: MessageView) -> None:
         self.view = view
@@ -236,7 +241,14 @@ class _Detecting:
 
     def message(self) -> email.message.Message:
         if self._message is None:
-            self._message = self.view.message
+            data = self.view.data
+            if len(data) > MessageView.KEEP_LIMIT and not self.view.has(parse_message):
+                try:
+                    self._message = parse_message(skeleton(data))
+                except ValueError:
+                    self._message = self.view.message
+            else:
+                self._message = self.view.message
         return self._message
 
 

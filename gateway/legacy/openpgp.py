@@ -45,6 +45,7 @@ from gateway.legacy.mimeutil import (
     to_bytes,
     to_crlf,
 )
+from gateway.rawmime import lstrip_start
 
 NAME = "openpgp"
 BEGIN_MESSAGE = b"-----BEGIN PGP MESSAGE-----"
@@ -260,7 +261,7 @@ class OpenPgpCodec:
         return EncodedFile(self.encode(data, sender, recipients, keys, sign_only=bool(options.get("sign_only"))))
 
     def detect(self, message: MessageInput) -> bool:
-        if isinstance(message, bytes) and message.lstrip().startswith(BEGIN_MESSAGE):
+        if isinstance(message, bytes) and message.startswith(BEGIN_MESSAGE, lstrip_start(message)):
             return True
         msg = as_message(message)
         kind = msg.get_content_type()
