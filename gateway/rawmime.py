@@ -155,6 +155,18 @@ _CLOSE_DELIMITER = re.compile(rb"--")
 #: The first byte `str.lstrip` (Latin-1) or `bytes.lstrip` would keep: a leaf is cut this far past it.
 _NOT_SPACE = re.compile(rb"[^\s\x1c-\x1f\x85\xa0]")
 _MAX_SKELETON_DEPTH = 40
+#: Searches over a large message go 1 MiB at a time: one C call over 50 MB holds the GIL too long.
+_WINDOW = 1 << 20
+
+
+def _find(data: bytes, needle: bytes, start: int, end: int) -> int:
+    """`data.find(needle, start, end)`, one window at a time."""
+    while start < end:
+        found = data.find(needle, start, min(end, start + _WINDOW + len(needle)))
+        if found >= 0:
+            return found
+        start += _WINDOW
+    return -1
 
 
 def skeleton(data: bytes, keep: int = 8192) -> bytes:
@@ -171,8 +183,9 @@ def skeleton(data: bytes, keep: int = 8192) -> bytes:
     ends, a header block it would end early, a missing boundary or close delimiter, a boundary
     reused by a nested multipart, a large part of a multipart/digest or message/delivery-status):
     the caller then parses the whole message."""
-    if data.count(b"\r") != data.count(b"\r\n"):
-        raise ValueError("bare CR line ends")
+    for start in range(0, len(data), _WINDOW):
+        if data.count(b"\r", start, start + _WINDOW) != data.count(b"\r\n", start, start + _WINDOW + 1):
+            raise ValueError("bare CR line ends")
     out: list[bytes] = []
     _skeleton_entity(data, 0, len(data), keep, (), out, digest=False)
     return b"".join(out)
@@ -205,7 +218,7 @@ def _skeleton_entity(data: bytes, start: int, end: int, keep: int, boundaries: t
     else:
         first = _NOT_SPACE.search(data, body_start, end)
         limit = (first.start() if first else body_start) + keep
-        line_end = data.find(b"\n", limit, end) if limit < end else -1
+        line_end = _find(data, b"\n", limit, end) if limit < end else -1
         out.append(data[body_start:end if line_end < 0 else line_end + 1])
 
 
@@ -248,11 +261,11 @@ def _next_delimiter(data: bytes, pos: int, end: int, marker: bytes, *, at_start:
     candidate = pos if at_start and data.startswith(marker, pos) else -1
     while True:
         if candidate < 0:
-            found = data.find(b"\n" + marker, pos, end)
+            found = _find(data, b"\n" + marker, pos, end)
             if found < 0:
                 return None
             candidate = found + 1
-        eol = data.find(b"\n", candidate, end)
+        eol = _find(data, b"\n", candidate, end)
         line_end, stop = (eol, eol + 1) if eol >= 0 else (end, end)
         after = candidate + len(marker)
         if _DELIMITER_REST.fullmatch(data, after, line_end):

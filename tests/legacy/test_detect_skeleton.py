@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from gateway import rawmime
 from gateway.legacy import codec as legacy_codec
 from gateway.legacy.apicrypt1_format import BEGIN_MARKER
 from gateway.legacy.mimeutil import leaf_payload, param_text
@@ -188,3 +189,15 @@ def test_detection_of_a_16_mb_message_peaks_under_half_of_it() -> None:
         tracemalloc.stop()
     assert found is None
     assert peak < 0.5 * len(data), f"detection peaked at {peak / len(data):.2f}x the message"
+
+
+@pytest.mark.parametrize("window", [3, 7, 4096])
+def test_windowed_searches_give_the_same_skeleton(window: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The 1 MiB windows (no single C call over a large message) do not change where it is cut."""
+    cases = [data for data, _ in LARGE_CASES.values()][:4]
+    whole = [skeleton(data, 64) for data in cases]
+    broken = BROKEN["bare-cr"](_armor_after_pdf(_part("text/plain", ARMOR)))
+    monkeypatch.setattr(rawmime, "_WINDOW", window)
+    assert [skeleton(data, 64) for data in cases] == whole
+    with pytest.raises(ValueError):
+        skeleton(broken)
