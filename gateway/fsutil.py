@@ -11,9 +11,10 @@ failure); here they are done once. Blocking: async callers run these in an execu
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from gateway.filemodes import PRIVATE_FILE
@@ -79,3 +80,16 @@ def write_atomic(path: str | os.PathLike[str], chunks: bytes | Iterable[bytes], 
 
 
 __all__ = ["fsync_dir", "publish", "write_all", "write_atomic", "write_synced"]
+
+
+@contextlib.contextmanager
+def locked(path: str | os.PathLike[str], *, exclusive: bool) -> Iterator[None]:
+    """Hold an advisory `flock` on `path` (created private if absent; never through a symlink)
+    for the block. Raises OSError when the lock file cannot be opened: the caller says what
+    could not be locked, in its own error type."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, PRIVATE_FILE)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)

@@ -12,8 +12,8 @@ against the vendor's software.
 
 from __future__ import annotations
 
+import contextlib
 import errno
-import fcntl
 import logging
 import os
 import re
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gateway.filemodes import loose_mode
-from gateway.fsutil import fsync_dir, write_atomic, write_synced
+from gateway.fsutil import fsync_dir, locked, write_atomic, write_synced
 from gateway.legacy.apicrypt1_format import (
     HEADER_SIZE,
     MASTER_NAME,
@@ -129,15 +129,12 @@ class ApicryptKeyStore:
 
     @contextmanager
     def _lock(self) -> Iterator[None]:
-        try:
-            fd = os.open(self.folder / LOCK_NAME, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
-        except OSError as exc:
-            raise KeyStoreUnavailable(f"cannot lock the key folder ({exc.strerror})") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(locked(self.folder / LOCK_NAME, exclusive=True))
+            except OSError as exc:
+                raise KeyStoreUnavailable(f"cannot lock the key folder ({exc.strerror})") from None
             yield
-        finally:
-            os.close(fd)
 
 
 def _read_private(path: Path, user: str, year: int) -> bytes:

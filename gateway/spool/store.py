@@ -90,7 +90,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import GatewayError, SpoolError
-from gateway.fsutil import fsync_dir, write_atomic
+from gateway.fsutil import fsync_dir, locked, write_atomic
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -396,15 +396,12 @@ class Spool:
         if self._run_lock is not None:
             yield
             return
-        try:
-            fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            raise SpoolError(f"cannot store message: {_describe(exc)}") from None
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH)
+        with contextlib.ExitStack() as stack:
+            try:
+                stack.enter_context(locked(self.lock_path, exclusive=False))
+            except OSError as exc:
+                raise SpoolError(f"cannot store message: {_describe(exc)}") from None
             yield
-        finally:
-            os.close(fd)
 
     def release_claims(self, owner: str | None = None) -> int:
         """Free the messages claimed by `owner` (None: by anyone); how many were freed. Not
