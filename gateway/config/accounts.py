@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,12 @@ class Account:
     username: str
     password_hash: str
     senders: tuple[str, ...] = ()
+    #: False for professionals who must log in with their CPS card or Pro Santé Connect: PLAIN
+    #: and LOGIN then fail for this account as a wrong password would (issue 17).
+    password_auth: bool = True
+    #: Identifiants nationaux (``8`` + RPPS, ``0`` + ADELI...) whose card certificate or PSC token
+    #: logs in as this account (SASL EXTERNAL, OAUTHBEARER); the directory is asked otherwise.
+    national_ids: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,7 @@ def read_accounts(r: Reader, data: dict[str, Any]) -> tuple[Account, ...]:
 
 def _account(r: Reader, username: str, spec: dict[str, Any]) -> Account | None:
     prefix = f"accounts.{username}."
-    r.unknown(spec, {"password_hash", "password_hash_file", "senders"}, prefix)
+    r.unknown(spec, {"password_hash", "password_hash_file", "senders", "password_auth", "national_ids"}, prefix)
     senders = r.senders(spec, prefix)
     if not senders and not is_address(username):
         r.problem(prefix + "senders", "the account name is not an address: list the addresses it may send as")
@@ -63,13 +70,24 @@ def _account(r: Reader, username: str, spec: dict[str, Any]) -> Account | None:
     hash_file = r.path(spec, "password_hash_file", prefix, must_exist=True)
     if stored is None and hash_file is not None and hash_file.exists():
         stored = hash_file.read_text(encoding="utf-8").strip()
+    password_auth = r.get(spec, "password_auth", prefix, bool, True)
+    national_ids = tuple(str(n) for n in r.get(spec, "national_ids", prefix, list, []))
+    for i, nid in enumerate(national_ids):
+        if not re.fullmatch(r"[0-9A-Za-z]{2,30}", nid):
+            r.problem(f"{prefix}national_ids[{i}]", "not an identifiant national (letters and digits)")
+    if not stored and not password_auth:
+        if not national_ids:
+            r.problem(prefix + "national_ids", "password_auth = false needs the card's identifiant national")
+        return Account(username=username, password_hash="", senders=senders or (username.lower(),),
+                       password_auth=False, national_ids=national_ids)
     if not stored:
         r.problem(prefix + "password_hash", "missing (make one with `msgw passwd`)")
         return None
     if not (stored.startswith("$scrypt$") or stored.startswith("$argon2")):
         r.problem(prefix + "password_hash", "must be a $scrypt$ or $argon2 hash, never a clear password")
         return None
-    return Account(username=username, password_hash=stored, senders=senders or (username.lower(),))
+    return Account(username=username, password_hash=stored, senders=senders or (username.lower(),),
+                   password_auth=password_auth, national_ids=national_ids)
 
 
 def read_partners(r: Reader, data: dict[str, Any], listeners: tuple[ListenerConfig, ...]) -> tuple[PartnerConfig, ...]:

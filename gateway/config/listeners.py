@@ -11,7 +11,9 @@ from gateway.config.reader import Reader, parse_duration, parse_size
 
 _LISTENER_KEYS = {"kind", "address", "port", "tls_cert", "tls_key", "client_ca", "allowed_networks",
                   "allowed_client_subjects", "max_message_size", "max_recipients", "timeout", "require_tls",
-                  "senders"}
+                  "senders", "tls_policy", "password_auth"}
+#: `tls_policy` presets (issue 17): Référentiel #2 ECO.1.1.3 (+ TLS 1.3), TLS 1.3 only, broad TLS 1.2+.
+TLS_POLICIES = ("mssante-ref2", "modern", "compatible")
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,10 @@ class ListenerConfig:
     #: they may use. With a list, they are the identity `network:<listener>`, bound to it and
     #: allowed a signing key; without one they relay unbound and never sign.
     senders: tuple[str, ...] = ()
+    #: The TLS protocol versions and suites offered (`TLS_POLICIES`; gateway.tlspolicy applies it).
+    tls_policy: str = "mssante-ref2"
+    #: False: PLAIN/LOGIN are not offered here (professionals log in with a card or PSC only).
+    password_auth: bool = True
 
 
 def read_listeners(r: Reader, data: dict[str, Any]) -> tuple[ListenerConfig, ...]:
@@ -80,4 +86,6 @@ def _listener(r: Reader, name: str, spec: dict[str, Any]) -> ListenerConfig:
         timeout=r.convert(spec, "timeout", prefix, parse_duration, 300),
         require_tls=r.get(spec, "require_tls", prefix, bool, kind == "submission"),
         senders=r.senders(spec, prefix),
+        tls_policy=r.choice(spec, "tls_policy", prefix, TLS_POLICIES, "mssante-ref2"),
+        password_auth=r.get(spec, "password_auth", prefix, bool, True),
     )

@@ -33,15 +33,17 @@ from collections.abc import Awaitable, Callable
 from email.utils import formatdate
 from typing import Any, Literal
 
-from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, LoginPassword, Session
+from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
+from gateway.config.accounts import Account
 from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, as_gateway_error, smtp_reply
 from gateway.logs import event
 from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
 from gateway.server.dataread import Outcome, has_bare_newline, read_data
+from gateway.server.logins import AccountLogin, Mechanism
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
 from gateway.spool import Spool
@@ -206,7 +208,7 @@ class GatewaySMTP(SMTP):
                 return address, rest
         return super()._getaddr(arg)  # type: ignore[no-any-return]
 
-    async def _verify(self, mechanism: str, login: bytes, password: bytes) -> AuthResult:
+    async def _verify(self, mechanism: Mechanism, login: bytes, password: bytes) -> AuthResult:
         handler = self.gateway_handler
         client = _peer_ip(self.session)
         name = login.decode("utf-8", "replace")[:200]
@@ -216,10 +218,10 @@ class GatewaySMTP(SMTP):
             await asyncio.sleep(AUTH_FAILURE_DELAY)
             await self.push("454 4.7.0 Too many authentication failures; try again later")
             return AuthResult(success=False, handled=True)
-        ok = await handler.check_password(login, password)
-        if ok:
+        account = await handler.check_password(login, password)
+        if account is not None:
             throttle.success(name)
-            return AuthResult(success=True, auth_data=LoginPassword(login, b""))
+            return AuthResult(success=True, auth_data=AccountLogin(account, mechanism))
         locked = throttle.failure(client, name)
         event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
               mechanism=mechanism, locked=locked)
@@ -335,18 +337,22 @@ class GatewayHandler:
         self.returns_sink = returns_sink
 
     # -- helpers ----------------------------------------------------------------------------
-    async def check_password(self, login: bytes, password: bytes) -> bool:
+    async def check_password(self, login: bytes, password: bytes) -> Account | None:
+        """The account these credentials prove, or None. An account or listener with
+        `password_auth = false` fails like a wrong password (after the same work)."""
         try:
             username = login.decode("utf-8")
             secret = password.decode("utf-8")
         except UnicodeDecodeError:
             username, secret = "", ""
         account = self.config.account(username) if username else None
+        if account is not None and not (account.password_auth and self.listener.password_auth):
+            account = None
         # An unknown account is verified against a dummy hash: the reply takes as long either way.
         stored = account.password_hash if account is not None else dummy_hash(self.hash_scheme)
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, stored, secret)
-        return ok and account is not None
+        return account if ok else None
 
     def known_account(self, name: str) -> str:
         """The account name for the audit trail, or "unknown" (never echo what a guesser typed)."""
@@ -361,9 +367,10 @@ class GatewayHandler:
         """Who this client authenticated as: an account (AUTH), a relay partner (its client
         certificate matched `allowed_client_subjects`), or a trusted network whose listener binds
         its senders; None for anyone else."""
-        if session.authenticated and isinstance(session.auth_data, LoginPassword):
-            account = self.config.account(session.auth_data.login.decode("utf-8", "replace"))
-            return account_identity(account) if account is not None else None
+        if session.authenticated and isinstance(session.auth_data, AccountLogin):
+            return account_identity(session.auth_data.account)
+        if session.authenticated:  # an AUTH outcome this gateway did not make: no identity
+            return None
         if self.listener.kind == "relay" and self.listener.allowed_client_subjects:
             der = self.client_certificate(session)
             subject = matching_subject(der, self.listener.allowed_client_subjects)
