@@ -20,6 +20,7 @@ import ssl
 import time
 from collections.abc import Callable
 
+from gateway import tlspolicy
 from gateway.cisis.ledger import OutboxEntry, ZamLedger
 from gateway.cisis.zam import read_ack
 from gateway.config.cisis import CisisSettings, CreatorSettings
@@ -33,9 +34,10 @@ log = logging.getLogger("gateway.cisis.zam")
 
 
 def creator_tls_context(creator: CreatorSettings) -> ssl.SSLContext:
-    """TLS 1.2+ to the CRÉATEUR, its certificate checked against ``tls_ca`` (system CAs if unset)."""
+    """TLS 1.2+ to the CRÉATEUR, its certificate checked against ``tls_ca`` (system CAs if unset),
+    with the broad "compatible" preset: a hospital system, not an MSSanté operator."""
     ctx = ssl.create_default_context(cafile=str(creator.tls_ca) if creator.tls_ca else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tlspolicy.apply(ctx, "compatible")
     return ctx
 
 

@@ -9,14 +9,16 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config.consumers import ConsumerConfig, read_consumers
+from gateway.config.listeners import TLS_POLICIES
 from gateway.config.reader import Reader, is_domain, parse_duration
 
 TlsPolicy = Literal["required", "opportunistic", "none"]
 
 _DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
                   "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes",
-                  "consumers", "connection_cache_time", "connection_reuse_limit"}
-_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport"}
+                  "consumers", "connection_cache_time", "connection_reuse_limit", "tls_policy"}
+_ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport",
+               "tls_policy"}
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class TlsSettings:
     ca_file: Path | None = None
     client_cert: Path | None = None
     client_key: Path | None = None
+    #: The versions and suites of verified (`required`) TLS, a `TLS_POLICIES` preset;
+    #: opportunistic TLS always offers the broad "compatible" one (`gateway.tlspolicy`).
+    preset: str = "mssante-ref2"
 
     def mutual_tls_problem(self, where: str) -> str | None:
         """Why this cannot carry a copy protected by mutual TLS only (trust-space TLS), or None:
@@ -52,6 +57,8 @@ class RouteConfig:
     #: The transport that carries this route's copies (a name in `gateway.delivery.transports.
     #: TRANSPORTS`, checked by `msgw check` / `msgw serve`): `smtp`, `lmtp`, `maildir`, ...
     transport: str = "smtp"
+    #: The TLS preset when `tls = "required"` (`TLS_POLICIES`); unset: `[delivery]`'s.
+    tls_policy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -78,6 +85,8 @@ class DeliveryConfig:
     #: Messages sent over one cached session before it is closed (Postfix's
     #: `smtp_connection_reuse_count_limit`).
     connection_reuse_limit: int = 100
+    #: The TLS preset of `required` TLS (`TLS_POLICIES`): Référentiel #2 unless the config says otherwise.
+    tls_policy: str = "mssante-ref2"
 
     def consumer_for(self, address: str) -> ConsumerConfig | None:
         """The consumer mailbox at this exact address, if any (a per-address row, before domains)."""
@@ -87,9 +96,9 @@ class DeliveryConfig:
     def tls_for(self, route: RouteConfig | None) -> TlsSettings:
         """The TLS of a route, its missing CA and client certificate taken from `[delivery]`."""
         if route is None:
-            return TlsSettings(self.tls, self.ca_file, self.client_cert, self.client_key)
+            return TlsSettings(self.tls, self.ca_file, self.client_cert, self.client_key, self.tls_policy)
         return TlsSettings(route.tls, route.ca_file or self.ca_file, route.client_cert or self.client_cert,
-                           route.client_key or self.client_key)
+                           route.client_key or self.client_key, route.tls_policy or self.tls_policy)
 
     def route_for(self, domain: str) -> RouteConfig | None:
         domain = domain.lower()
@@ -134,6 +143,7 @@ def _routes(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[RouteConfig, 
             client_key=r.path(rspec, "client_key", rprefix, must_exist=True),
             concurrency=r.positive(rspec, "concurrency", rprefix, 5),
             transport=_transport_name(r, rspec, rprefix),
+            tls_policy=r.choice(rspec, "tls_policy", rprefix, TLS_POLICIES, "") if "tls_policy" in rspec else None,
         ))
     return tuple(routes)
 
@@ -176,4 +186,5 @@ def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
         consumers=read_consumers(r, spec, prefix),
         connection_cache_time=r.convert(spec, "connection_cache_time", prefix, parse_duration, 2),
         connection_reuse_limit=r.positive(spec, "connection_reuse_limit", prefix, 100),
+        tls_policy=r.choice(spec, "tls_policy", prefix, TLS_POLICIES, "mssante-ref2"),
     )

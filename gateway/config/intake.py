@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from gateway.config.cisis import CisisSettings, read_cisis
+from gateway.config.listeners import TLS_POLICIES
 from gateway.config.reader import Reader, parse_size, valid_address
 from gateway.errors import ConfigError
 from gateway.routing.model import DEFAULT_MAX_FRAME
@@ -34,7 +35,7 @@ _RPPS = re.compile(r"^\d{11}$")
 _DEFAULT_NETWORKS = ("127.0.0.0/8", "::1/128")
 
 _MLLP_KEYS = {"address", "port", "sender", "max_frame", "timeout", "tls_cert", "tls_key", "allowed_networks",
-              "client_ca", "allowed_client_subjects"}
+              "client_ca", "allowed_client_subjects", "tls_policy"}
 _DROP_KEYS = {"path", "sender", "done", "error", "complete", "poll_interval", "pdf_wait"}
 _ROUTING_KEYS = {"smtp_address", "request_mdn", "unrouted", "unrouted_default", "dedup_window", "lab_codes", "xdm",
                  "xdm_source_id", "notify_sender", "notice_from"}
@@ -55,6 +56,8 @@ class MllpSettings:
     #: Mutual TLS: client certificates must chain to this CA file (and name one of the subjects).
     client_ca: Path | None = None
     allowed_client_subjects: tuple[str, ...] = ()
+    #: The TLS versions and suites offered (a `gateway.config.listeners.TLS_POLICIES` preset).
+    tls_policy: str = "mssante-ref2"
 
     def allows(self, ip: str) -> bool:
         """True when ``ip`` may connect; an empty list allows everyone (explicit choice in the config)."""
@@ -166,6 +169,7 @@ def _mllp(r: Reader, spec: dict[str, Any]) -> MllpSettings:
         allowed_networks=tuple(nets),
         client_ca=client_ca,
         allowed_client_subjects=tuple(subjects),
+        tls_policy=r.choice(spec, "tls_policy", prefix, TLS_POLICIES, "mssante-ref2"),
     )
 
 

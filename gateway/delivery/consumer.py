@@ -35,6 +35,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from gateway import tlspolicy
 from gateway.config import GatewayConfig
 from gateway.config.consumers import ConsumerConfig
 from gateway.delivery.nexthop import Destination, NextHopResolver
@@ -83,9 +84,10 @@ def ans_error(reply: str | None) -> tuple[str, str] | None:
 
 def consumer_tls_context(consumer: ConsumerConfig) -> ssl.SSLContext:
     """TLS 1.2+ to the consumer, its certificate checked against ``ca_file`` (system CAs if unset),
-    our client certificate presented when one is configured."""
+    our client certificate presented when one is configured. A DPI/RIS is no MSSanté operator
+    and its certificate may be ECDSA: the broad "compatible" preset (still no weak suite)."""
     ctx = ssl.create_default_context(cafile=str(consumer.ca_file) if consumer.ca_file else None)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    tlspolicy.apply(ctx, "compatible")
     if consumer.client_cert is not None:
         ctx.load_cert_chain(str(consumer.client_cert), str(consumer.client_key) if consumer.client_key else None)
     return ctx

@@ -15,8 +15,9 @@ one reply per recipient, which is what per-recipient queue state needs. TLS poli
   the config allows it.
 * `none`: plain SMTP (loopback test sinks only).
 
-TLS 1.2 is the minimum in both directions. A client certificate is presented when the route
-configures one (mutual TLS between MSSanté operators).
+TLS 1.2 is the minimum in both directions; `required` offers the route's `tls_policy` preset
+(Référentiel #2 by default), `opportunistic` the broad "compatible" one. A client certificate
+is presented when the route configures one (mutual TLS between MSSanté operators).
 
 A copy protected by trust-space TLS only (`require_client_cert`) travels only over mutual
 TLS: required, verified, *and* our certificate sent in the handshake. OpenSSL sends it only
@@ -37,6 +38,7 @@ from typing import Any
 import aiosmtplib
 from aiosmtplib.protocol import SMTPProtocol, normalize_message_line_endings
 
+from gateway import tlspolicy
 from gateway.config import TlsSettings
 from gateway.errors import DeliveryError
 
@@ -65,14 +67,18 @@ class RecipientResult:
 
 
 def client_tls_context(settings: TlsSettings, *, verify: bool) -> ssl.SSLContext:
+    """Verified TLS offers the route's preset (`tls_policy`, Référentiel #2 by default): a hop
+    that has none of its suites fails the handshake, a temporary failure. Opportunistic TLS
+    offers the broad "compatible" preset: better some strong suite than clear text."""
     if verify:
         ctx = ssl.create_default_context(cafile=str(settings.ca_file) if settings.ca_file else None)
+        tlspolicy.apply(ctx, settings.preset)
     else:
         # Opportunistic TLS (RFC 7435): encrypt when offered, without authenticating the peer.
         ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
         ctx.check_hostname = False  # noqa: S501 - opportunistic policy only, see module docstring
         ctx.verify_mode = ssl.CERT_NONE  # opportunistic only: "required" routes always verify (see above)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        tlspolicy.apply(ctx, tlspolicy.OPPORTUNISTIC)
     if settings.client_cert and settings.client_key:
         ctx.load_cert_chain(str(settings.client_cert), str(settings.client_key))
     return ctx

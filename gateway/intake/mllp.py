@@ -35,6 +35,7 @@ import ssl
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
+from gateway import tlspolicy
 from gateway.cisis.model import CisisError
 from gateway.cisis.reader import error_location, is_transmission
 from gateway.errors import GatewayError, is_temporary
@@ -94,10 +95,10 @@ def profile_ack_for(error: BaseException) -> tuple[str, str, str, str | None, tu
 
 
 def server_context(settings: MllpSettings) -> ssl.SSLContext | None:
+    """The MLLP listener's TLS: its `tls_policy` preset (`gateway.tlspolicy`), its pair, its client CA."""
     if settings.tls_cert is None or settings.tls_key is None:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = tlspolicy.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), settings.tls_policy)
     ctx.load_cert_chain(str(settings.tls_cert), str(settings.tls_key))
     if settings.client_ca is not None:
         ctx.verify_mode = ssl.CERT_REQUIRED  # no certificate or an unknown issuer: the handshake fails

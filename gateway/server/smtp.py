@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 
+from gateway import tlspolicy
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.config.accounts import Account
 from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, as_gateway_error, smtp_reply
@@ -96,10 +97,10 @@ def _refusal_error(refusal: str | GatewayError | Refusal) -> GatewayError:
 
 
 def server_tls_context(listener: ListenerConfig) -> ssl.SSLContext | None:
+    """The listener's TLS: its `tls_policy` preset (versions, suites; `gateway.tlspolicy`), its pair."""
     if listener.tls_cert is None or listener.tls_key is None:
         return None
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx = tlspolicy.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), listener.tls_policy)
     ctx.load_cert_chain(str(listener.tls_cert), str(listener.tls_key))
     if listener.client_ca is not None:
         # CERT_OPTIONAL: a certless client still gets SMTP replies (530/550) instead of a
