@@ -16,7 +16,7 @@ from pathlib import Path
 
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 DEMO_USER = "demo@msgw.localhost"
@@ -33,11 +33,19 @@ def _write_private(path: Path, data: bytes) -> None:
         f.write(data)
 
 
+#: The TEST structure identifier in the loopback certificate's OU (type digit 3, SIRET, + a TEST SIRET).
+TEST_STRUCTURE_ID = "399999999900001"
+
+
 def make_self_signed(hostname: str = "localhost") -> tuple[bytes, bytes]:
-    """A self-signed EC certificate for loopback TLS (cert PEM, key PEM)."""
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hostname),
-                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "msgw TEST self-signed")])
+    """A self-signed loopback TLS certificate (cert PEM, key PEM) shaped like an IGC-Santé SERV
+    SSL one: RSA-2048, `C=FR, O=, OU=<structure id>, CN=<host>`, serverAuth + clientAuth.
+    RSA because the Référentiel #2 suites (the default `tls_policy`) are ECDHE-RSA only."""
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    name = x509.Name([x509.NameAttribute(NameOID.COUNTRY_NAME, "FR"),
+                      x509.NameAttribute(NameOID.ORGANIZATION_NAME, "msgw TEST self-signed"),
+                      x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, TEST_STRUCTURE_ID),
+                      x509.NameAttribute(NameOID.COMMON_NAME, hostname)])
     now = dt.datetime.now(dt.UTC)
     cert = (
         x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -46,13 +54,22 @@ def make_self_signed(hostname: str = "localhost") -> tuple[bytes, bytes]:
         .add_extension(x509.SubjectAlternativeName([
             x509.DNSName(hostname), x509.DNSName("msgw.localhost"),
             x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
+        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]),
+                       critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .sign(key, hashes.SHA256())
     )
     key_pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                                 serialization.NoEncryption())
     return cert.public_bytes(serialization.Encoding.PEM), key_pem
+
+
+def _is_rsa(cert: Path) -> bool:
+    """The loopback certificate has an RSA key (the one a Référentiel #2 client can use)."""
+    try:
+        return isinstance(x509.load_pem_x509_certificate(cert.read_bytes()).public_key(), rsa.RSAPublicKey)
+    except ValueError:
+        return False
 
 
 def _pki_fresh(pki_dir: Path) -> bool:
@@ -116,7 +133,7 @@ def prepare_default_files(folder: Path) -> None:
 
     folder.mkdir(parents=True, exist_ok=True, mode=0o700)
     cert, key = folder / "tls-cert.pem", folder / "tls-key.pem"
-    if not (cert.exists() and key.exists()):
+    if not (cert.exists() and key.exists()) or not _is_rsa(cert):  # an older msgw's ECDSA pair: made again
         cert_pem, key_pem = make_self_signed()
         _write_private(key, key_pem)
         cert.write_bytes(cert_pem)
