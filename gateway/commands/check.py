@@ -10,9 +10,11 @@ import asyncio
 import datetime as dt
 import ssl
 import sys
+from pathlib import Path
 
 from cryptography import x509
 
+from gateway import tlspolicy
 from gateway.commands.common import add_config_option, config_from
 from gateway.delivery.transports import unknown_transports
 from gateway.directory.trustspace import TrustSpace
@@ -29,23 +31,44 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _check_tls_pair(config, key: str, cert_path: Path, key_path: Path, policy: str,
+                    now: dt.datetime) -> list[tuple[str, str, str]]:
+    """A listener's TLS pair under its preset: loads, valid long enough; prints the preset and the
+    suites it then offers; warns when the certificate's key type cannot serve the preset."""
+    try:
+        ctx = tlspolicy.apply(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), policy)
+        ctx.load_cert_chain(str(cert_path), str(key_path))
+        cert = x509.load_pem_x509_certificate(cert_path.read_bytes())
+    except (ssl.SSLError, ValueError, OSError) as exc:
+        return [(config.source, f"{key}.tls_cert", f"unusable certificate/key pair: {exc}")]
+    problems = []
+    for finding in keycheck.validity(cert, now):  # the keys' rule: error < 14 days, warning < 30
+        if finding.severity == "error":
+            problems.append((config.source, f"{key}.tls_cert", finding.message))
+        else:
+            print(f"warning: {config.source}: {key}.tls_cert: {finding.message}", file=sys.stderr)
+    preset = tlspolicy.preset(policy)
+    versions = "TLS 1.3 only" if preset.minimum >= ssl.TLSVersion.TLSv1_3 else "TLS 1.2, TLS 1.3"
+    print(f"{config.source}: {key}.tls_policy: {policy} ({versions}; {tlspolicy.key_type(cert)} certificate): "
+          f"{' '.join(tlspolicy.effective_suites(ctx))}")
+    problem = tlspolicy.certificate_problem(policy, cert)
+    if problem:
+        print(f"warning: {config.source}: {key}.tls_cert: {problem}", file=sys.stderr)
+    return problems
+
+
 def _check_files(config) -> list[tuple[str, str, str]]:
     problems = []
     now = dt.datetime.now(dt.UTC)
+    mllp = config.intake.mllp
+    tls_doors = [(f"listeners.{lc.name}", lc.tls_cert, lc.tls_key, lc.tls_policy) for lc in config.listeners]
+    if mllp is not None:
+        tls_doors.append(("intake.mllp", mllp.tls_cert, mllp.tls_key, mllp.tls_policy))
+    for key, cert_path, key_path, policy in tls_doors:
+        if cert_path and key_path and cert_path.exists() and key_path.exists():
+            problems += _check_tls_pair(config, key, cert_path, key_path, policy, now)
     for lc in config.listeners:
         key = f"listeners.{lc.name}"
-        if lc.tls_cert and lc.tls_key and lc.tls_cert.exists() and lc.tls_key.exists():
-            try:
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-                ctx.load_cert_chain(str(lc.tls_cert), str(lc.tls_key))
-                cert = x509.load_pem_x509_certificate(lc.tls_cert.read_bytes())
-                for finding in keycheck.validity(cert, now):  # the keys' rule: error < 14 days, warning < 30
-                    if finding.severity == "error":
-                        problems.append((config.source, f"{key}.tls_cert", finding.message))
-                    else:
-                        print(f"warning: {config.source}: {key}.tls_cert: {finding.message}", file=sys.stderr)
-            except (ssl.SSLError, ValueError, OSError) as exc:
-                problems.append((config.source, f"{key}.tls_cert", f"unusable certificate/key pair: {exc}"))
         if lc.client_ca and lc.client_ca.exists():
             try:
                 ssl.create_default_context(cafile=str(lc.client_ca))
