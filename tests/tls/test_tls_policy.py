@@ -21,6 +21,7 @@ from cryptography import x509
 
 from gateway import tlspolicy
 from gateway.config import load_config
+from gateway.default_setup import prepare_default_files
 from gateway.errors import ConfigError
 from gateway.pipeline import Pipeline
 from gateway.runner import QueueService as DeliveryManager
@@ -259,3 +260,21 @@ def test_required_route_speaks_its_preset_and_defers_a_hop_without_it(tmp_path: 
     finally:
         for sink in sinks:
             sink.stop()
+
+
+def test_default_setup_replaces_an_older_ecdsa_loopback_pair(tmp_path: Path) -> None:
+    """`msgw init`/`serve` on a folder made by an older msgw (ECDSA loopback pair): the pair is
+    made again as RSA, so the default listeners can serve their mssante-ref2 preset."""
+    folder = tmp_path / "var" / "default"
+    folder.mkdir(parents=True)
+    old = TestCA(tmp_path / "pki").issue("localhost", ecdsa=True)
+    (folder / "tls-cert.pem").write_bytes(old.cert.read_bytes())
+    (folder / "tls-key.pem").write_bytes(old.key.read_bytes())
+    prepare_default_files(folder)
+    cert = x509.load_pem_x509_certificate((folder / "tls-cert.pem").read_bytes())
+    assert tlspolicy.key_type(cert) == "RSA"
+    assert tlspolicy.certificate_problem(tlspolicy.DEFAULT, cert) is None
+    eku = cert.extensions.get_extension_for_class(x509.ExtendedKeyUsage).value
+    assert {u.dotted_string for u in eku} == {"1.3.6.1.5.5.7.3.1", "1.3.6.1.5.5.7.3.2"}
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(folder / "tls-cert.pem"), str(folder / "tls-key.pem"))  # the new key matches
