@@ -50,6 +50,8 @@ PERSON_AUTH_CARD_ID = "8001234568"
 CARD_OTHER_RPPS = "10107777777"
 CARD_UNKNOWN_RPPS = "10106666666"
 CARD_REVOKED_RPPS = "10109999998"
+PARTNER_CN = "TEST MSS PARTENAIRE"
+PARTNER_REVOKED_CN = "TEST MSS PARTENAIRE REVOQUE"
 SMARTCARD_LOGON_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 
 _CA_DN = [
@@ -88,7 +90,8 @@ class TestPKI:
     other_sign (a valid signer with another address); card authentication certificates (issue 17):
     card_auth (JEAN TEST-DUPONT, PERSON_RPPS), card_other (CARD_OTHER_RPPS), card_unknown
     (CARD_UNKNOWN_RPPS), card_revoked (in the persons CRL), card_expired, card_no_client_auth (no
-    EKU), and ocsp_signer (the persons CA's delegated OCSP responder).
+    EKU), and ocsp_signer (the persons CA's delegated OCSP responder); mutual-TLS organisation
+    certificates (EKU serverAuth + clientAuth) partner_tls and partner_revoked (in the orgs CRL).
     """
 
     __test__ = False  # not a pytest class
@@ -322,10 +325,14 @@ def build_test_pki(directory: str | Path, crl_base_url: str = "http://127.0.0.1:
                                    crl_slug="unknown")
 
     _cards(b, persons, ent, now)
+    tls_eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    for name, cn in (("partner_tls", PARTNER_CN), ("partner_revoked", PARTNER_REVOKED_CN)):
+        ent[name] = b.cert(name, _org_subject(cn), _rsa(), orgs, ku=_auth_ku(), eku=tls_eku,
+                           san=[x509.DNSName(cn.lower().replace(" ", "-") + ".sante.test")], crl_slug="orgs")
 
     b.crl("root", root, [])
     b.crl("persons", persons, [ent["revoked"].cert, ent["card_revoked"].cert])
-    b.crl("orgs", orgs, [])
+    b.crl("orgs", orgs, [ent["partner_revoked"].cert])
     b.crl("unknown", unknown_root, [])
     for ca in (root, persons, orgs):
         (d / "trust" / f"{ca.name}.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
