@@ -125,10 +125,10 @@ def test_shared_checks_one_cache_for_every_listener(cards: CardPki) -> None:
 
 
 # -- relay partners over real sockets ------------------------------------------------------------
-@pytest.fixture(scope="module")
-def relay(cards: CardPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewaySetup]:
+def relay_setup(folder: Path, cards: CardPki) -> GatewaySetup:
+    """A relay listener trusting the TEST organisations CA for the two partners' certificates."""
     pki = cards.pki
-    folder = tmp_path_factory.mktemp("gw-relay")
+    folder.mkdir(parents=True, exist_ok=True)
     ca_file = folder / "orgs-ca.pem"
     ca_file.write_bytes(pki.root.cert_path.read_bytes() + pki.orgs_ca.cert_path.read_bytes())
     setup = write_config(folder, sink_port=free_port(), extra=f"""
@@ -143,6 +143,12 @@ senders = ["@partenaire.sante.test"]
         f'allowed_networks = []\nclient_ca = "{ca_file}"\n'
         f'allowed_client_subjects = ["{PARTNER_CN}", "{PARTNER_REVOKED_CN}"]')
     setup.config.write_text(text)
+    return setup
+
+
+@pytest.fixture(scope="module")
+def relay(cards: CardPki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[GatewaySetup]:
+    setup = relay_setup(tmp_path_factory.mktemp("gw-relay"), cards)
     with GatewayProcess(setup):
         yield setup
 
@@ -168,3 +174,15 @@ def test_revoked_relay_partner_is_refused_at_mail(relay: GatewaySetup, cards: Ca
     assert (code, reply) == (550, b"5.7.1 Client certificate refused")
     log = relay.log_file.read_text(encoding="utf-8")
     assert '"event": "partner-refused"' in log and '"reason": "revoked"' in log
+
+
+def test_partner_whose_crl_cannot_be_fetched_is_deferred(tmp_path: Path) -> None:
+    """The CRL server is down: a local fault, 454 4.7.0 (the partner retries), never a yes."""
+    with card_pki(tmp_path / "pki") as gone:
+        pass  # its CRL server stops here; the certificates still point at it
+    setup = relay_setup(tmp_path / "gw", gone)
+    with GatewayProcess(setup):
+        code, reply = relay_mail(setup, gone.pki["partner_tls"])
+    assert code == 454 and reply.startswith(b"4.7.0")
+    log = setup.log_file.read_text(encoding="utf-8")
+    assert '"reason": "revocation-unavailable"' in log and '"temporary": true' in log
