@@ -161,7 +161,7 @@ class _Builder:
              ca: bool = False, ku: x509.KeyUsage, eku: list[ObjectIdentifier] | None = None,
              san: list[x509.GeneralName] | None = None, crl_slug: str | None = None,
              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-             path_len: int | None = None, ocsp: bool = False) -> Issued:
+             path_len: int | None = None, ocsp: bool = False, ocsp_nocheck: bool = False) -> Issued:
         signer_key = issuer.key if issuer else key
         issuer_name = issuer.cert.subject if issuer else subject
         nb = not_before or self.now - dt.timedelta(days=1)
@@ -184,6 +184,8 @@ class _Builder:
             b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
                 full_name=[x509.UniformResourceIdentifier(uri)], relative_name=None, reasons=None,
                 crl_issuer=None)]), critical=False)
+        if ocsp_nocheck:  # RFC 6960 4.2.2.2.1: a delegated responder's own status is not asked
+            b = b.add_extension(x509.OCSPNoCheck(), critical=False)
         if ocsp and self.ocsp_url:
             b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
                 AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url))]), critical=False)
@@ -368,7 +370,8 @@ def _cards(b: _Builder, persons: Issued, ent: dict[str, Issued], now: dt.datetim
          not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=2))
     card("card_no_client_auth", "10104444444", "8004444444", "SANS", "TEST-USAGE", eku=None)
     ent["ocsp_signer"] = b.cert("ocsp_signer", _ca_name("TEST REPONDEUR OCSP IGC-SANTE PERSONNES"), _rsa(), persons,
-                                ku=_auth_ku(), eku=[ExtendedKeyUsageOID.OCSP_SIGNING])
+                                ku=_auth_ku(), eku=[ExtendedKeyUsageOID.OCSP_SIGNING], crl_slug="persons",
+                                ocsp_nocheck=True)
 
 
 def write_ocsp_index(path: str | Path, certs: list[x509.Certificate], revoked: list[x509.Certificate],
