@@ -26,7 +26,7 @@ from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.logs import event
 from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
-from gateway.server.smtp import MailboxLookup, SmtpServer
+from gateway.server.smtp import MailboxLookup, NationalIdLookup, SmtpServer
 from gateway.spool import Spool
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
@@ -43,6 +43,18 @@ def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
     async def lookup(address: str) -> bool:
         entry = await asyncio.to_thread(directory.address, address)
         return entry is not None and entry.capability == "local"
+    return lookup
+
+
+def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> NationalIdLookup:
+    """Card login (SASL EXTERNAL): the local mailboxes the directory lists for an identifiant
+    national, asked off the event loop."""
+    async def lookup(national_id: str) -> tuple[str, ...]:
+        found = await asyncio.to_thread(directory.by_national_id, national_id)
+        if found is None:
+            return ()
+        return tuple(sorted(a.address for a in found.addresses
+                            if a.capability == "local" and config.is_local(a.domain)))
     return lookup
 
 
@@ -97,7 +109,8 @@ class Gateway:
         self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory),
-                                 reuse_port=self.workers > 1)
+                                 reuse_port=self.workers > 1,
+                                 national_lookup=national_id_lookup(directory, self.config))
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()
@@ -107,7 +120,8 @@ class Gateway:
 
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
                                         self.config.state_dir, queue.accepted,
-                                        self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire)
+                                        self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire,
+                                        client_checks=self.server.client_checks)
             await self.intake.start()
 
     async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:

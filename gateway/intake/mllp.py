@@ -14,6 +14,11 @@ MLLP has no authentication: connections are limited to ``allowed_networks`` (loo
 default), TLS (1.2 minimum) is available, and with ``client_ca`` the sending system must present
 a certificate from that CA (mutual TLS, as between MSSanté operators), optionally one of
 ``allowed_client_subjects`` (CN or RFC 4514 subject) — the way to open MLLP beyond one host.
+That certificate is then checked for revocation (CRL/OCSP, hard-fail, the SMTP listeners' cache:
+`gateway.server.clientcheck`) before any frame is read: a revoked or expired one, or one whose
+status cannot be had now, is logged (``mllp-refused``) and the connection closed without an ACK,
+as for a certificate outside ``allowed_client_subjects`` (no message was read, so none is
+acknowledged; the LIS reconnects later, which is the retry a temporary refusal wants).
 A message of the CI-SIS profile "Transmission de document(s) CDA en HL7v2" is acknowledged with
 that profile's meanings (IG ``profils-messages``: "AE: le message contient des erreurs ; AR: le
 message est rejeté pour une raison circonstancielle, il peut être réémis plus tard"): ``AE``
@@ -48,6 +53,9 @@ from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
 from gateway.routing.model import MllpError, PayloadError, UnsupportedPayload
 from gateway.routing.payload import detect_payload
 from gateway.server.clientcert import subject_allowed
+from gateway.server.clientcheck import ClientChecks
+from gateway.smime.ocsp import OcspSource
+from gateway.smime.revocation import CrlSource, http_fetch
 
 log = logging.getLogger(__name__)
 
@@ -131,10 +139,12 @@ class MllpListener(IntakeDoor):
 
     def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
-                 routing: RoutingSettings | None = None) -> None:
+                 routing: RoutingSettings | None = None, client_checks: ClientChecks | None = None) -> None:
         super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,
                          auth_user=settings.sender or None)
         self.settings = settings
+        #: Revocation of the LIS's certificate (the gateway's shared checks; alone: fetch CRLs, ask OCSP).
+        self.client_checks = client_checks
         self.bound: int | None = None
         self._server: asyncio.AbstractServer | None = None
         self._connections: set[asyncio.Task[None]] = set()
@@ -174,6 +184,8 @@ class MllpListener(IntakeDoor):
             if not client_allowed(self.settings, der):
                 event(log, "mllp-refused", logging.WARNING, client=ip, reason="client certificate not allowed")
                 return
+            if der is not None and await self._certificate_refused(der, ip):
+                return
             await self._serve(reader, writer, ip)
         except (ConnectionError, asyncio.IncompleteReadError, ssl.SSLError) as exc:
             event(log, "mllp-connection-lost", client=ip, reason=type(exc).__name__)
@@ -183,6 +195,20 @@ class MllpListener(IntakeDoor):
             writer.close()
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(writer.wait_closed(), 2)
+
+    async def _certificate_refused(self, der: bytes, ip: str) -> bool:
+        """True (logged) when the LIS's verified certificate is revoked, no longer valid, or its
+        status cannot be had now: OpenSSL checked the chain at the handshake, never revocation."""
+        if self.settings.client_ca is None:
+            return False
+        if self.client_checks is None:
+            self.client_checks = ClientChecks([], CrlSource(fetcher=http_fetch), OcspSource())
+        verdict = await self.client_checks.checker(self.settings.client_ca).check(der)
+        if verdict.ok:
+            return False
+        event(log, "mllp-refused", logging.WARNING, client=ip, reason=f"client certificate {verdict.reason}",
+              temporary=verdict.temporary)
+        return True
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, ip: str) -> None:
         decoder = MLLPDecoder(max_frame=self.settings.max_frame)

@@ -30,7 +30,7 @@ class IntakeService:
 
     def __init__(self, intake_config: IntakeConfig, spool: Any, directory_path: str | Path, state_dir: str | Path,
                  on_accept: Callable[[str], None] | None, lifetime: float, *, directory: Any = None,
-                 gestionnaire: Any = None) -> None:
+                 gestionnaire: Any = None, client_checks: Any = None) -> None:
         self.config = intake_config
         self.spool = spool
         self.directory_path = Path(directory_path)
@@ -40,6 +40,8 @@ class IntakeService:
         self.directory = directory
         #: The CI-SIS GESTIONNAIRE every door hands the profile's messages to (None: not served).
         self.gestionnaire = gestionnaire
+        #: The gateway's client-certificate checks, shared with the SMTP listeners (issue 17).
+        self.client_checks = client_checks
         self._own_directory = directory is None
         self.dedup: DedupStore | None = None
         self.mllp: MllpListener | None = None
@@ -71,7 +73,8 @@ class IntakeService:
         common = (self.spool, self.directory, self.dedup, self.on_accept, self.lifetime)
         doors: list[IntakeDoor] = []
         if self.config.mllp is not None:
-            self.mllp = MllpListener(self.config.mllp, *common, routing=self.config.routing)
+            self.mllp = MllpListener(self.config.mllp, *common, routing=self.config.routing,
+                                     client_checks=self.client_checks)
             doors.append(self.mllp)
         self.watchers = [DropFolderWatcher(drop, *common, routing=self.config.routing) for drop in self.config.drops]
         doors.extend(self.watchers)

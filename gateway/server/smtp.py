@@ -17,7 +17,10 @@ What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
 * an authenticated identity (account or relay partner) may use only its own sender addresses,
   in MAIL FROM and in From:/Sender: (`gateway.senders`); the spool records that identity,
   which alone chooses the signing key;
-* the 250 is sent only after the spool has the message on disk (452 4.3.1 otherwise).
+* the 250 is sent only after the spool has the message on disk (452 4.3.1 otherwise);
+* SASL EXTERNAL (RFC 4422 appendix A) logs a professional in with the CPS card certificate of
+  the TLS handshake, and a relay partner's certificate is checked for revocation at MAIL: OpenSSL
+  checks chains, never revocation (`gateway.server.clientcheck`, `gateway.smime.clientauth`).
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from email.utils import formatdate
 from typing import Any, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
+from cryptography import x509
 
 from gateway import tlspolicy
 from gateway.config import GatewayConfig, ListenerConfig, is_domain
@@ -43,10 +47,12 @@ from gateway.logs import event
 from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
+from gateway.server.clientcheck import ClientCheck, ClientChecks
 from gateway.server.dataread import Outcome, has_bare_newline, read_data
 from gateway.server.logins import AccountLogin, Mechanism
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
+from gateway.smime.clientauth import national_id
 from gateway.spool import Spool
 
 log = logging.getLogger("gateway.server")
@@ -66,6 +72,8 @@ LISTEN_BACKLOG = 1024
 RcptCheck = Callable[[str], Awaitable[str | GatewayError | Refusal | None]]
 #: Async lookup of a local address in the directory: True when it is a `local` mailbox there.
 MailboxLookup = Callable[[str], Awaitable[bool]]
+#: Async lookup of an identifiant national in the directory: its local mailboxes (card login).
+NationalIdLookup = Callable[[str], Awaitable[tuple[str, ...]]]
 #: Audit sink (the trail's writer): keyword fields of one record.
 Audit = Callable[..., None]
 BARE_LF_REPLY = "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
@@ -264,6 +272,55 @@ class GatewaySMTP(SMTP):
             return AuthResult(success=False)
         return await self._verify("LOGIN", login, password)
 
+    async def auth_EXTERNAL(self, _: Any, args: list[str]) -> AuthResult:
+        """SASL EXTERNAL (RFC 4422 A, RFC 4954): the CPS card certificate of the TLS handshake is the
+        credential; the client sends only an authorization identity, empty (`=`) or the account
+        its card maps to. Offered on submission listeners after TLS with a client certificate."""
+        handler = self.gateway_handler
+        if not handler.external_offered(self.session):
+            await self.push("504 5.5.4 Unrecognized authentication type")
+            return AuthResult(success=False, handled=True)
+        assert self.session is not None  # external_offered saw it
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)
+        elif args[1] == "=":
+            blob = b""
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        try:
+            authzid = blob.decode("utf-8")
+        except UnicodeDecodeError:
+            await self.push("501 5.5.2 Authorization identity is not UTF-8")
+            return AuthResult(success=False, handled=True)
+        client = _peer_ip(self.session)
+        if handler.throttle.locked(client, authzid or None):
+            handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(authzid))
+            await asyncio.sleep(AUTH_FAILURE_DELAY)
+            await self.push("454 4.7.0 Too many authentication failures; try again later")
+            return AuthResult(success=False, handled=True)
+        account, reason, temporary = await handler.card_login(self.session, authzid)
+        if account is not None:
+            handler.throttle.success(account.username)
+            return AuthResult(success=True, auth_data=AccountLogin(account, "EXTERNAL"))
+        if temporary:
+            event(log, "auth-deferred", logging.WARNING, listener=handler.listener.name, client=client,
+                  mechanism="EXTERNAL", reason=reason)
+            await self.push("454 4.7.0 Temporary authentication failure; try again later")
+            return AuthResult(success=False, handled=True)
+        locked = handler.throttle.failure(client, authzid or None)
+        event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
+              mechanism="EXTERNAL", reason=reason, locked=locked)
+        handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(authzid),
+                              reason=f"EXTERNAL: {reason}" + ("; lockout started" if locked else ""))
+        await asyncio.sleep(AUTH_FAILURE_DELAY)
+        return AuthResult(success=False, handled=False)
+
 
 for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the overridden commands
     for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
@@ -319,7 +376,9 @@ class GatewayHandler:
                  on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None, *,
                  throttle: AuthThrottle | None = None, audit: Audit | None = None,
                  mailboxes: LocalMailboxes | None = None,
-                 returns_sink: Callable[[bytes], object] | None = None) -> None:
+                 returns_sink: Callable[[bytes], object] | None = None,
+                 client_check: ClientCheck | None = None, card_check: ClientCheck | None = None,
+                 national_lookup: NationalIdLookup | None = None) -> None:
         self.config = config
         self.listener = listener
         self.spool = spool
@@ -336,6 +395,12 @@ class GatewayHandler:
         #: The CI-SIS application mailbox: DSNs and MDNs for it go to `returns_sink` (issue 13).
         self.returns_address = cisis.lower() if cisis and returns_sink is not None else None
         self.returns_sink = returns_sink
+        #: Revocation (and path) check of a relay partner's certificate, awaited at MAIL.
+        self.client_check = client_check
+        #: The card check of SASL EXTERNAL (clientAuth required); None: EXTERNAL is not offered.
+        self.card_check = card_check if listener.kind == "submission" else None
+        #: The directory's local mailboxes of an identifiant national (card holders with no account).
+        self.national_lookup = national_lookup
 
     # -- helpers ----------------------------------------------------------------------------
     async def check_password(self, login: bytes, password: bytes) -> Account | None:
@@ -354,6 +419,59 @@ class GatewayHandler:
         loop = asyncio.get_running_loop()
         ok = await loop.run_in_executor(None, verify_password, stored, secret)
         return account if ok else None
+
+    def external_offered(self, session: Session | None) -> bool:
+        """SASL EXTERNAL makes sense only on a submission listener, after TLS, with a certificate."""
+        return self.card_check is not None and session is not None and self.client_certificate(session) is not None
+
+    async def card_login(self, session: Session, authzid: str) -> tuple[Account | None, str, bool]:
+        """(account, reason, temporary) for SASL EXTERNAL: the card certificate checked now
+        (path, clientAuth, revocation), its identifiant national mapped to a config account
+        (`national_ids`) or else to the directory's local mailbox, the authzid matching it."""
+        der = self.client_certificate(session)
+        if der is None or self.card_check is None:
+            return None, "no-client-certificate", False
+        verdict = await self.card_check(der)
+        if not verdict.ok:
+            return None, verdict.reason, verdict.temporary
+        nid = national_id(x509.load_der_x509_certificate(der))
+        if nid is None:
+            return None, "no-national-id", False
+        account = next((a for a in self.config.accounts if nid in a.national_ids), None)
+        if account is None and self.national_lookup is not None:
+            try:
+                addresses = await self.national_lookup(nid)
+            except Exception as exc:  # noqa: BLE001 - a directory fault is temporary, never a yes
+                event(log, "auth-deferred", logging.WARNING, listener=self.listener.name,
+                      exc_type=type(exc).__name__)
+                return None, "directory-unavailable", True
+            if addresses:
+                account = Account(username=addresses[0], password_hash="", senders=tuple(addresses),
+                                  password_auth=False, national_ids=(nid,))
+        if account is None:
+            return None, "unknown-national-id", False
+        if authzid and authzid.lower() != account.username.lower():
+            return None, "authzid-mismatch", False
+        return account, "good", False
+
+    async def partner_refusal(self, session: Session) -> str | None:
+        """The reply refusing a relay partner whose certificate (it matched
+        `allowed_client_subjects`) is revoked or no longer valid, else None: OpenSSL checked
+        its chain at the handshake, never its revocation."""
+        if self.client_check is None or not self.listener.allowed_client_subjects:
+            return None
+        der = self.client_certificate(session)
+        if der is None or matching_subject(der, self.listener.allowed_client_subjects) is None:
+            return None
+        verdict = await self.client_check(der)
+        if verdict.ok:
+            return None
+        event(log, "partner-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
+              reason=verdict.reason, temporary=verdict.temporary)
+        if verdict.temporary:
+            return "454 4.7.0 Client certificate status temporarily unavailable; try again later"
+        self.audit_refusal("partner-refused", client=_peer_ip(session), reason=f"client certificate: {verdict.reason}")
+        return "550 5.7.1 Client certificate refused"
 
     def known_account(self, name: str) -> str:
         """The account name for the audit trail, or "unknown" (never echo what a guesser typed)."""
@@ -426,6 +544,9 @@ class GatewayHandler:
             session.extended_smtp = False
             return ["501 5.5.2 Invalid EHLO hostname"]
         session.host_name = hostname
+        if not self.external_offered(session):  # EXTERNAL only with a client certificate on submission
+            responses = [(" ".join(w for w in r.split(" ") if w != "EXTERNAL") if r.startswith("250-AUTH ") else r)
+                         for r in responses]
         # aiosmtpd advertises "AUTH" even with no mechanism left (the relay listener has none)
         return [r for r in responses if r.rstrip() not in ("250-AUTH", "250 AUTH")]
 
@@ -435,6 +556,10 @@ class GatewayHandler:
             return "553 5.1.7 Malformed sender address"
         if self.listener.kind == "submission" and not session.authenticated:
             return "530 5.7.0 Authentication required"
+        if self.listener.kind == "relay" and not session.authenticated:
+            refusal = await self.partner_refusal(session)
+            if refusal is not None:
+                return refusal
         identity = self.identity(session)
         # decided once per transaction (MAIL), reused at RCPT and DATA
         envelope.msgw_identity = identity  # type: ignore[attr-defined]
@@ -610,7 +735,8 @@ class SmtpServer:
 
     def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
                  rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
-                 mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False) -> None:
+                 mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False,
+                 client_checks: ClientChecks | None = None, national_lookup: NationalIdLookup | None = None) -> None:
         self.config = config
         self.spool = spool
         #: SO_REUSEPORT on every listener: worker processes each bind the same ports (issue 15).
@@ -624,13 +750,16 @@ class SmtpServer:
         # one throttle and one mailbox list for every listener: guesses spread over listeners count
         self.throttle = AuthThrottle(config.auth.max_failures, config.auth.window, config.auth.lockout)
         self.mailboxes = LocalMailboxes(config, mailbox_lookup)
+        #: Client-certificate checks (revocation), shared with the MLLP door by the app (issue 17).
+        self.client_checks = client_checks or ClientChecks.from_config(config)
+        self.national_lookup = national_lookup
         self.servers: list[asyncio.base_events.Server] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _factory(self, listener: ListenerConfig) -> Callable[[], GatewaySMTP]:
         handler = GatewayHandler(self.config, listener, self.spool, self.on_accept, self.rcpt_check,
                                  throttle=self.throttle, audit=self.audit, mailboxes=self.mailboxes,
-                                 returns_sink=self.returns_sink)
+                                 returns_sink=self.returns_sink, **self._client_checks(listener))
         tls = server_tls_context(listener)
         submission = listener.kind == "submission"
 
@@ -642,6 +771,15 @@ class SmtpServer:
                 auth_exclude_mechanism=[] if submission else ["PLAIN", "LOGIN"],
                 enable_SMTPUTF8=True)
         return make
+
+    def _client_checks(self, listener: ListenerConfig) -> dict[str, Any]:
+        """A listener's certificate checks: only where the handshake asks for a certificate."""
+        if listener.client_ca is None:
+            return {}
+        checks = self.client_checks
+        return {"client_check": checks.checker(listener.client_ca).check,
+                "card_check": checks.checker(listener.client_ca, card=True).check,
+                "national_lookup": self.national_lookup}
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()

@@ -11,6 +11,9 @@ and ``... ORGANISATIONS``; person certificates carry
 ``title=<profession>, GN + CN=<8+RPPS>/<card id> + SN`` and a UPN ``<id>/<card>@carte-cps.fr``;
 signing and encryption keys/certificates are separate; every non-root certificate has an
 HTTP CRL distribution point under ``crl_base_url`` (served on loopback by the tests).
+CPS card *authentication* certificates (``card_*``: EKU clientAuth + smartcard logon, KU
+digitalSignature, person subject and UPN) also name an OCSP responder (``ocsp_url``), answered in
+the tests by ``openssl ocsp`` signed by ``ocsp_signer`` (`write_ocsp_index` writes its index).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from cryptography.hazmat.primitives.serialization import pkcs12
-from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID, ObjectIdentifier
+from cryptography.x509.oid import AuthorityInformationAccessOID, ExtendedKeyUsageOID, NameOID, ObjectIdentifier
 
 TEST_PASSWORD = "test-password-not-secret"  # noqa: S105 - TEST PKI only
 UPN_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.3")
@@ -43,6 +46,13 @@ ORG_EMAIL = "labo@labo-tests.sante.test"
 #: its own organisation signing certificate (``app_sign``).
 APPLICATION_EMAIL = "pfi@labo-tests.sante.test"
 OTHER_EMAIL = "someone.else@autre.sante.test"
+PERSON_AUTH_CARD_ID = "8001234568"
+CARD_OTHER_RPPS = "10107777777"
+CARD_UNKNOWN_RPPS = "10106666666"
+CARD_REVOKED_RPPS = "10109999998"
+PARTNER_CN = "TEST MSS PARTENAIRE"
+PARTNER_REVOKED_CN = "TEST MSS PARTENAIRE REVOQUE"
+SMARTCARD_LOGON_OID = ObjectIdentifier("1.3.6.1.4.1.311.20.2.2")
 
 _CA_DN = [
     (NameOID.COUNTRY_NAME, "FR"),
@@ -77,7 +87,11 @@ class TestPKI:
     End entities: person_sign, person_encrypt (CPS-shaped, RSA), org_sign, org_encrypt (RSA),
     org_sign_ec (ECDSA P-256), revoked, expired, not_yet_valid, wrong_usage (keyEncipherment
     only, cannot sign), unknown_issuer (from a root that is not in the trust store),
-    other_sign (a valid signer with another address).
+    other_sign (a valid signer with another address); card authentication certificates (issue 17):
+    card_auth (JEAN TEST-DUPONT, PERSON_RPPS), card_other (CARD_OTHER_RPPS), card_unknown
+    (CARD_UNKNOWN_RPPS), card_revoked (in the persons CRL), card_expired, card_no_client_auth (no
+    EKU), and ocsp_signer (the persons CA's delegated OCSP responder); mutual-TLS organisation
+    certificates (EKU serverAuth + clientAuth) partner_tls and partner_revoked (in the orgs CRL).
     """
 
     __test__ = False  # not a pytest class
@@ -132,8 +146,9 @@ def _ku(*, sign: bool = False, encipher: bool = False, ca: bool = False) -> x509
 
 
 class _Builder:
-    def __init__(self, directory: Path, crl_base_url: str, now: dt.datetime) -> None:
+    def __init__(self, directory: Path, crl_base_url: str, now: dt.datetime, ocsp_url: str = "") -> None:
         self.dir = directory
+        self.ocsp_url = ocsp_url
         self.crl_base_url = crl_base_url.rstrip("/")
         self.now = now
         self.serial = 0x1000
@@ -146,7 +161,7 @@ class _Builder:
              ca: bool = False, ku: x509.KeyUsage, eku: list[ObjectIdentifier] | None = None,
              san: list[x509.GeneralName] | None = None, crl_slug: str | None = None,
              not_before: dt.datetime | None = None, not_after: dt.datetime | None = None,
-             path_len: int | None = None) -> Issued:
+             path_len: int | None = None, ocsp: bool = False, ocsp_nocheck: bool = False) -> Issued:
         signer_key = issuer.key if issuer else key
         issuer_name = issuer.cert.subject if issuer else subject
         nb = not_before or self.now - dt.timedelta(days=1)
@@ -169,6 +184,11 @@ class _Builder:
             b = b.add_extension(x509.CRLDistributionPoints([x509.DistributionPoint(
                 full_name=[x509.UniformResourceIdentifier(uri)], relative_name=None, reasons=None,
                 crl_issuer=None)]), critical=False)
+        if ocsp_nocheck:  # RFC 6960 4.2.2.2.1: a delegated responder's own status is not asked
+            b = b.add_extension(x509.OCSPNoCheck(), critical=False)
+        if ocsp and self.ocsp_url:
+            b = b.add_extension(x509.AuthorityInformationAccess([x509.AccessDescription(
+                AuthorityInformationAccessOID.OCSP, x509.UniformResourceIdentifier(self.ocsp_url))]), critical=False)
         if not ca:
             b = b.add_extension(x509.CertificatePolicies([x509.PolicyInformation(TEST_POLICY_OID, None)]),
                                 critical=False)
@@ -240,17 +260,18 @@ def _upn(value: str) -> x509.OtherName:
 
 
 def build_test_pki(directory: str | Path, crl_base_url: str = "http://127.0.0.1:8080/crl",
-                   now: dt.datetime | None = None) -> TestPKI:
+                   now: dt.datetime | None = None, ocsp_url: str = "http://127.0.0.1:8081/ocsp") -> TestPKI:
     """Generate the whole TEST PKI into `directory` (certificates, keys, PKCS#12, CRLs, trust dir).
 
     `crl_base_url` is where the ``crl/`` subdirectory will be served: the CDP of each
-    certificate is ``<crl_base_url>/<ca>.crl``.
+    certificate is ``<crl_base_url>/<ca>.crl``; `ocsp_url` is the OCSP responder the card
+    authentication certificates name.
     """
     d = Path(directory)
     (d / "crl").mkdir(parents=True, exist_ok=True)
     (d / "trust").mkdir(exist_ok=True)
     now = (now or dt.datetime.now(dt.UTC)).replace(microsecond=0)
-    b = _Builder(d, crl_base_url, now)
+    b = _Builder(d, crl_base_url, now, ocsp_url)
 
     root = b.cert("root", _ca_name("TEST AC RACINE IGC-SANTE ELEMENTAIRE"), _rsa(), None, ca=True,
                   ku=_ku(ca=True))
@@ -305,15 +326,72 @@ def build_test_pki(directory: str | Path, crl_base_url: str = "http://127.0.0.1:
                                    unknown_root, ku=_ku(sign=True), eku=email_eku, san=org_san,
                                    crl_slug="unknown")
 
+    _cards(b, persons, ent, now)
+    tls_eku = [ExtendedKeyUsageOID.SERVER_AUTH, ExtendedKeyUsageOID.CLIENT_AUTH]
+    for name, cn in (("partner_tls", PARTNER_CN), ("partner_revoked", PARTNER_REVOKED_CN)):
+        ent[name] = b.cert(name, _org_subject(cn), _rsa(), orgs, ku=_auth_ku(), eku=tls_eku,
+                           san=[x509.DNSName(cn.lower().replace(" ", "-") + ".sante.test")], crl_slug="orgs")
+
     b.crl("root", root, [])
-    b.crl("persons", persons, [ent["revoked"].cert])
-    b.crl("orgs", orgs, [])
+    b.crl("persons", persons, [ent["revoked"].cert, ent["card_revoked"].cert])
+    b.crl("orgs", orgs, [ent["partner_revoked"].cert])
     b.crl("unknown", unknown_root, [])
     for ca in (root, persons, orgs):
         (d / "trust" / f"{ca.name}.pem").write_bytes(ca.cert.public_bytes(serialization.Encoding.PEM))
     return TestPKI(directory=d, trust_dir=d / "trust", crl_dir=d / "crl", crl_base_url=b.crl_base_url,
                    password=TEST_PASSWORD, root=root, persons_ca=persons, orgs_ca=orgs,
                    unknown_root=unknown_root, entities=ent)
+
+
+def _auth_ku() -> x509.KeyUsage:
+    """A card authentication key signs the TLS handshake only (no non-repudiation)."""
+    return x509.KeyUsage(digital_signature=True, content_commitment=False, key_encipherment=False,
+                         data_encipherment=False, key_agreement=False, key_cert_sign=False, crl_sign=False,
+                         encipher_only=False, decipher_only=False)
+
+
+def _cards(b: _Builder, persons: Issued, ent: dict[str, Issued], now: dt.datetime) -> None:
+    """CPS-shaped card authentication certificates (EKU clientAuth + smartcard logon, KU
+    digitalSignature, person subject, UPN; CRL DP and OCSP AIA) and the persons CA's OCSP signer."""
+    auth_eku = [ExtendedKeyUsageOID.CLIENT_AUTH, SMARTCARD_LOGON_OID]
+
+    def card(name: str, rpps: str, card_id: str, given: str, surname: str, *, eku: list[ObjectIdentifier] | None,
+             not_before: dt.datetime | None = None, not_after: dt.datetime | None = None) -> None:
+        subject = _person_subject(rpps, card_id, given, surname, PERSON_PROFESSION)
+        san: list[x509.GeneralName] = [_upn(f"8{rpps}/{card_id}@carte-cps.fr")]
+        ent[name] = b.cert(name, subject, _rsa(), persons, ku=_auth_ku(), eku=eku, san=san, crl_slug="persons",
+                           ocsp=True, not_before=not_before, not_after=not_after)
+
+    card("card_auth", PERSON_RPPS, PERSON_AUTH_CARD_ID, "JEAN", "TEST-DUPONT", eku=auth_eku)
+    card("card_other", CARD_OTHER_RPPS, "8007777777", "PAUL", "TEST-MARTIN", eku=auth_eku)
+    card("card_unknown", CARD_UNKNOWN_RPPS, "8006666666", "LOUIS", "TEST-INCONNU", eku=auth_eku)
+    card("card_revoked", CARD_REVOKED_RPPS, "8009999998", "REVOQUE", "TEST-REVOQUE", eku=auth_eku)
+    card("card_expired", "10105555555", "8005555555", "EXPIRE", "TEST-EXPIRE", eku=auth_eku,
+         not_before=now - dt.timedelta(days=400), not_after=now - dt.timedelta(days=2))
+    card("card_no_client_auth", "10104444444", "8004444444", "SANS", "TEST-USAGE", eku=None)
+    ent["ocsp_signer"] = b.cert("ocsp_signer", _ca_name("TEST REPONDEUR OCSP IGC-SANTE PERSONNES"), _rsa(), persons,
+                                ku=_auth_ku(), eku=[ExtendedKeyUsageOID.OCSP_SIGNING], crl_slug="persons",
+                                ocsp_nocheck=True)
+
+
+def write_ocsp_index(path: str | Path, certs: list[x509.Certificate], revoked: list[x509.Certificate],
+                     now: dt.datetime | None = None) -> Path:
+    """An ``openssl ca``/``openssl ocsp -index`` database: `certs` valid (V), `revoked` (R)."""
+    now = now or dt.datetime.now(dt.UTC)
+
+    def when(t: dt.datetime) -> str:
+        return t.strftime("%y%m%d%H%M%SZ")
+
+    lines = []
+    for cert in [*certs, *revoked]:
+        serial = f"{cert.serial_number:X}"
+        serial = serial if len(serial) % 2 == 0 else "0" + serial
+        status, rev = ("R", when(now - dt.timedelta(minutes=30))) if cert in revoked else ("V", "")
+        subject = "/" + "/".join(cert.subject.rfc4514_string().split(",")[::-1])
+        lines.append(f"{status}\t{when(cert.not_valid_after_utc)}\t{rev}\t{serial}\tunknown\t{subject}\n")
+    target = Path(path)
+    target.write_text("".join(lines))
+    return target
 
 
 def main(argv: list[str] | None = None) -> int:
