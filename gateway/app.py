@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
     from gateway.intake.service import IntakeService
+    from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
 
 log = logging.getLogger("gateway")
@@ -44,6 +45,20 @@ def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
         entry = await asyncio.to_thread(directory.address, address)
         return entry is not None and entry.capability == "local"
     return lookup
+
+
+def token_login(config: GatewayConfig, directory: SqliteDirectory) -> OAuthLogin | None:
+    """OAUTHBEARER/XOAUTH2 (issue 17) when `[auth.oidc]` is set: the issuer's tokens, and the
+    directory's local mailboxes of a professional no `[accounts]` entry names."""
+    if config.auth.oidc is None:
+        return None
+    from gateway.server.oauth import OAuthLogin
+    from gateway.server.oidcjwks import TokenVerifier
+
+    async def mailboxes(national_id: str) -> tuple[str, ...]:
+        found = await asyncio.to_thread(directory.by_national_id, national_id)
+        return tuple(a.address for a in found.addresses if a.capability == "local") if found is not None else ()
+    return OAuthLogin(config, TokenVerifier(config.auth.oidc), mailboxes)
 
 
 class Gateway:
@@ -97,7 +112,7 @@ class Gateway:
         self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory),
-                                 reuse_port=self.workers > 1)
+                                 reuse_port=self.workers > 1, token_login=token_login(self.config, directory))
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()
