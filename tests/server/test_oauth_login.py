@@ -153,6 +153,14 @@ def test_xoauth2_with_a_valid_token_logs_in(gateway, issuer) -> None:
     assert (code, error) == (235, None), msg
 
 
+def test_a_token_is_never_taken_before_tls(gateway, issuer) -> None:
+    setup, _ = gateway
+    with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=30) as client:
+        client.ehlo("client.msgw.test")
+        code, _ = client.docmd("AUTH", "OAUTHBEARER " + b64encode(_oauthbearer(issuer.token(DOCTOR_ID))).decode())
+        assert code in (530, 538)
+
+
 def test_oauthbearer_without_initial_response(gateway, issuer) -> None:
     setup, _ = gateway
     with _session(setup.submission_port) as client:
