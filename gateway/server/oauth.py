@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
 from gateway.config.accounts import Account
+from gateway.errors import PermanentError
 from gateway.server.oidcjwks import TokenVerifier
 from gateway.server.oidctoken import MAX_TOKEN, TokenRefused
 
@@ -26,8 +27,11 @@ NationalIdLookup = Callable[[str], Awaitable[tuple[str, ...]]]
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)\Z")
 
 
-class SaslMalformed(ValueError):
+class SaslMalformed(PermanentError):
     """The client message does not follow the mechanism's syntax."""
+
+    code = "sasl-malformed"
+    status = "5.5.2"
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ gateway in ``aud`` (or as ``azp``: Keycloak, which Pro Santé Connect runs on, p
 ``azp`` and other services in ``aud``), ``exp``/``nbf``/``iat`` with a bounded skew, ``acr``
 among the accepted levels, the required scopes, and the identifiant national claim present.
 
-`TokenRefused.reason` is a short fixed word for the log and the audit; messages name claims,
+`TokenRefused.check` (the check that failed) is a short fixed word for the log and the audit; messages name claims,
 never their values (a token is a credential and carries the professional's identity).
 No I/O: the keys come from the caller (`gateway.server.oidcjwks`).
 """
@@ -23,18 +23,22 @@ from joserfc.errors import BadSignatureError, JoseError
 from joserfc.jwk import KeySet
 
 from gateway.config.oidc import OidcConfig
+from gateway.errors import PermanentError
 
 #: A compact JWS: three base64url parts (an encrypted JWE has five and is not accepted).
 _COMPACT = re.compile(r"[A-Za-z0-9_-]+\.[A-Za-z0-9_-]+\.[A-Za-z0-9_-]*\Z")
 MAX_TOKEN = 16384
 
 
-class TokenRefused(Exception):
-    """The token does not log in. `reason`: one word for logs (``expired``, ``audience``...)."""
+class TokenRefused(PermanentError):
+    """The token does not log in. `check`: one word for logs (``expired``, ``audience``...)."""
+
+    code = "token-refused"
+    status = "5.7.8"
 
     def __init__(self, reason: str, detail: str = "") -> None:
         super().__init__(f"{reason}: {detail}" if detail else reason)
-        self.reason = reason
+        self.check = reason
         self.detail = detail
 
 

@@ -329,7 +329,7 @@ class GatewaySMTP(SMTP):
             await self.push("454 4.7.0 Temporary authentication failure; try again later")
             return AuthResult(success=False, handled=True)
         except (SaslMalformed, TokenRefused) as exc:
-            reason = exc.reason if isinstance(exc, TokenRefused) else "malformed-sasl"
+            reason = exc.check if isinstance(exc, TokenRefused) else "malformed-sasl"
             name = request.authzid if request is not None and request.authzid else None
             locked = handler.throttle.failure(client, name)
             event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,

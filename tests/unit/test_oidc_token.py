@@ -53,7 +53,7 @@ def _reason(token: str, keys: KeySet = KEYS, policy: OidcConfig = POLICY, now: f
     with pytest.raises(TokenRefused) as err:
         validate(token, keys, policy, time.time() if now is None else now)
     assert token not in str(err.value) and NID not in str(err.value)  # no credential, no identity in messages
-    return err.value.reason
+    return err.value.check
 
 
 def test_a_valid_token_gives_the_identifiant_national() -> None:
@@ -164,7 +164,7 @@ async def test_unknown_kid_refetches_once_then_not_before_the_interval() -> None
     for n in range(5):  # a flood of invented kids: refused, no fetch
         with pytest.raises(TokenRefused) as err:
             await verifier.verify(_token(new, kid=f"bogus-{n}"))
-        assert err.value.reason == "unknown-kid"
+        assert err.value.check == "unknown-kid"
     assert len(fake.calls) == 4
     clock.now += REFETCH_INTERVAL
     with pytest.raises(TokenRefused):
@@ -218,7 +218,7 @@ async def test_symmetric_keys_in_a_jwks_are_never_used() -> None:
     sig = b64url(hmac.new(b"s" * 32, f"{header}.{payload}".encode(), hashlib.sha256).digest())
     with pytest.raises(TokenRefused) as err:
         await verifier.verify(f"{header}.{payload}.{sig}")
-    assert err.value.reason == "algorithm"
+    assert err.value.check == "algorithm"
 
 
 def test_https_fetch_checks_the_certificate_and_limits(tmp_path: Path) -> None:
