@@ -33,6 +33,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
     from gateway.intake.service import IntakeService
+    from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
 
 log = logging.getLogger("gateway")
@@ -56,6 +57,17 @@ def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> Nat
         return tuple(sorted(a.address for a in found.addresses
                             if a.capability == "local" and config.is_local(a.domain)))
     return lookup
+
+
+def token_login(config: GatewayConfig, directory: SqliteDirectory) -> OAuthLogin | None:
+    """OAUTHBEARER/XOAUTH2 (issue 17) when `[auth.oidc]` is set: the issuer's tokens, and the
+    directory's local mailboxes of a professional no `[accounts]` entry names."""
+    if config.auth.oidc is None:
+        return None
+    from gateway.server.oauth import OAuthLogin
+    from gateway.server.oidcjwks import TokenVerifier
+
+    return OAuthLogin(config, TokenVerifier(config.auth.oidc), national_id_lookup(directory, config))
 
 
 class Gateway:
@@ -110,7 +122,8 @@ class Gateway:
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory),
                                  reuse_port=self.workers > 1,
-                                 national_lookup=national_id_lookup(directory, self.config))
+                                 national_lookup=national_id_lookup(directory, self.config),
+                                 token_login=token_login(self.config, directory))
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()

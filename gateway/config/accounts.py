@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gateway.config.listeners import ListenerConfig
+from gateway.config.oidc import OidcConfig, read_oidc
 from gateway.config.reader import Reader, is_address, parse_duration
 
 
@@ -46,6 +47,8 @@ class AuthConfig:
     max_failures: int = 5
     window: float = 900.0
     lockout: float = 900.0
+    #: `[auth.oidc]`: the issuer whose access tokens log in (OAUTHBEARER, XOAUTH2); None: not offered.
+    oidc: OidcConfig | None = None
 
 
 def read_accounts(r: Reader, data: dict[str, Any]) -> tuple[Account, ...]:
@@ -108,7 +111,8 @@ def read_partners(r: Reader, data: dict[str, Any], listeners: tuple[ListenerConf
 def read_auth(r: Reader, data: dict[str, Any]) -> AuthConfig:
     spec = r.table(data, "auth")
     prefix = "auth."
-    r.unknown(spec, {"max_failures", "window", "lockout"}, prefix)
+    r.unknown(spec, {"max_failures", "window", "lockout", "oidc"}, prefix)
     return AuthConfig(max_failures=r.positive(spec, "max_failures", prefix, 5),
                       window=r.convert(spec, "window", prefix, parse_duration, "15m"),
-                      lockout=r.convert(spec, "lockout", prefix, parse_duration, "15m"))
+                      lockout=r.convert(spec, "lockout", prefix, parse_duration, "15m"),
+                      oidc=read_oidc(r, spec))

@@ -26,6 +26,7 @@ What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
 from __future__ import annotations
 
 import asyncio
+import collections
 import ipaddress
 import logging
 import re
@@ -50,6 +51,16 @@ from gateway.server.clientcert import matching_subject
 from gateway.server.clientcheck import ClientCheck, ClientChecks
 from gateway.server.dataread import Outcome, has_bare_newline, read_data
 from gateway.server.logins import AccountLogin, Mechanism
+from gateway.server.oauth import (
+    OAuthLogin,
+    OAuthRequest,
+    SaslMalformed,
+    error_challenge,
+    parse_oauthbearer,
+    parse_xoauth2,
+)
+from gateway.server.oidcjwks import IssuerUnavailable
+from gateway.server.oidctoken import TokenRefused
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
 from gateway.smime.clientauth import national_id
@@ -66,6 +77,8 @@ _ATOM = r"[A-Za-z0-9!#$%&'*+/=?^_`{|}~-]+"
 #: <dot-atom@domain> alone or followed by spaces and parameters: `GatewaySMTP._getaddr`'s fast path.
 _SIMPLE_PATH = re.compile(rf"<({_ATOM}(?:\.{_ATOM})*@[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*)>(?:\Z| +(.*)\Z)", re.DOTALL)
 AUTH_FAILURE_DELAY = 1.0
+#: RFC 4954 §4: an AUTH line may be 12288 octets (a bearer token does not fit in 512 or 1001).
+AUTH_LINE_LIMIT = 12288
 LISTEN_BACKLOG = 1024
 #: Async check of one recipient at RCPT time: None to accept, else a refusal, as a reason (a
 #: policy refusal, 5.7.1), a typed error or a pipeline `Refusal` (their own status and flag).
@@ -135,9 +148,23 @@ class GatewaySMTP(SMTP):
     """aiosmtpd's protocol with a bulk DATA read, fast address parsing and asynchronous,
     slowed-down AUTH verification."""
 
-    def __init__(self, handler: GatewayHandler, **kwargs: Any) -> None:
+    def __init__(self, handler: GatewayHandler, *, token_login: OAuthLogin | None = None, **kwargs: Any) -> None:
         self.gateway_handler = handler
+        #: OAUTHBEARER/XOAUTH2 (`[auth.oidc]`); None: those mechanisms are excluded.
+        self.token_login = token_login
+        if token_login is None:
+            super().__init__(handler, **kwargs)
+            return
+        # A bearer token makes AUTH lines of a few KB: aiosmtpd's stream reader (made in its
+        # __init__ with `line_length_limit`) stops at 1001 bytes and its command limit is 512.
+        # Raise the reader's limit, then give DATA back its 1001 (`read_data` reads the
+        # attribute); only AUTH gets the larger command limit (per instance: aiosmtpd's dict is
+        # a class attribute), every other command keeps 512.
+        self.line_length_limit = AUTH_LINE_LIMIT
         super().__init__(handler, **kwargs)
+        del self.line_length_limit
+        self.command_size_limits = collections.defaultdict(lambda: self.command_size_limit,
+                                                           {"AUTH": AUTH_LINE_LIMIT})
 
     # aiosmtpd 1.4.6's smtp_DATA with its per-line read loop replaced by one bulk read
     # (`read_data`): same checks before the 354, same replies after. A message sent with bare LF
@@ -320,6 +347,61 @@ class GatewaySMTP(SMTP):
                               reason=f"EXTERNAL: {reason}" + ("; lockout started" if locked else ""))
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False)
+
+    async def auth_OAUTHBEARER(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._token_auth("OAUTHBEARER", args)
+
+    async def auth_XOAUTH2(self, _: Any, args: list[str]) -> AuthResult:
+        return await self._token_auth("XOAUTH2", args)
+
+    async def _token_auth(self, mechanism: Literal["OAUTHBEARER", "XOAUTH2"], args: list[str]) -> AuthResult:
+        """A bearer token (RFC 7628 / XOAUTH2) → the professional's account. A refusal sends the
+        RFC 7628 error as a 334 challenge, waits for the client's dummy answer, then 535; an
+        issuer that cannot be reached is 454 (temporary, never a yes)."""
+        handler = self.gateway_handler
+        client = _peer_ip(self.session)
+        if self.token_login is None:  # not offered on this listener (excluded): defensive
+            return AuthResult(success=False, handled=False)
+        if len(args) == 1:
+            blob = await self.challenge_auth("")
+            if not isinstance(blob, bytes):
+                return AuthResult(success=False, handled=True)  # "*" or bad base64: 501 sent
+        else:
+            try:
+                blob = b64decode(args[1].encode(), validate=True)
+            except ValueError:
+                await self.push("501 5.5.2 Can't decode base64")
+                return AuthResult(success=False, handled=True)
+        if handler.throttle.locked(client, None):
+            handler.audit_refusal("auth-locked", client=client, identity="unknown")
+            await asyncio.sleep(AUTH_FAILURE_DELAY)
+            await self.push("454 4.7.0 Too many authentication failures; try again later")
+            return AuthResult(success=False, handled=True)
+        request: OAuthRequest | None = None
+        try:
+            request = (parse_oauthbearer if mechanism == "OAUTHBEARER" else parse_xoauth2)(blob)
+            account = await self.token_login.account(request)
+        except IssuerUnavailable:
+            event(log, "auth-deferred", logging.WARNING, listener=handler.listener.name, client=client,
+                  mechanism=mechanism, reason="issuer-unavailable")
+            await self.push("454 4.7.0 Temporary authentication failure; try again later")
+            return AuthResult(success=False, handled=True)
+        except (SaslMalformed, TokenRefused) as exc:
+            reason = exc.check if isinstance(exc, TokenRefused) else "malformed-sasl"
+            name = request.authzid if request is not None and request.authzid else None
+            locked = handler.throttle.failure(client, name)
+            event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
+                  mechanism=mechanism, reason=reason, locked=locked)
+            handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(name or ""),
+                                  reason=f"{mechanism}: {reason}" + ("; lockout started" if locked else ""))
+            await asyncio.sleep(AUTH_FAILURE_DELAY)
+            answer = await self.challenge_auth(error_challenge(self.token_login.verifier), encode_to_b64=False)
+            if not isinstance(answer, bytes):
+                return AuthResult(success=False, handled=True)
+            return AuthResult(success=False, handled=False)  # 535 5.7.8 after the client's \x01 (RFC 7628 §3.2.3)
+        handler.throttle.success(account.username)
+        event(log, "auth-ok", listener=handler.listener.name, client=client, mechanism=mechanism)
+        return AuthResult(success=True, auth_data=AccountLogin(account, mechanism))
 
 
 for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the overridden commands
@@ -730,17 +812,28 @@ class GatewayHandler:
         return line.encode("ascii", "replace")
 
 
+def _excluded_mechanisms(listener: ListenerConfig, token_login: OAuthLogin | None) -> list[str]:
+    """AUTH mechanisms a listener does not offer: passwords off (relay, or `password_auth = false`),
+    tokens without `[auth.oidc]` or off a submission listener."""
+    submission = listener.kind == "submission"
+    out = [] if submission and listener.password_auth else ["PLAIN", "LOGIN"]
+    return out + ([] if submission and token_login is not None else ["OAUTHBEARER", "XOAUTH2"])
+
+
 class SmtpServer:
     """All configured listeners, served on the running event loop."""
 
     def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
                  rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
                  mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False,
-                 client_checks: ClientChecks | None = None, national_lookup: NationalIdLookup | None = None) -> None:
+                 client_checks: ClientChecks | None = None, national_lookup: NationalIdLookup | None = None,
+                 token_login: OAuthLogin | None = None) -> None:
         self.config = config
         self.spool = spool
         #: SO_REUSEPORT on every listener: worker processes each bind the same ports (issue 15).
         self.reuse_port = reuse_port
+        #: OAUTHBEARER/XOAUTH2 on submission listeners when `[auth.oidc]` is set (issue 17).
+        self.token_login = token_login
         #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
         #: mailbox (`gateway.cisis.ledger.ZamLedger.apply_report`); None: the mailbox is not served.
         self.returns_sink: Callable[[bytes], object] | None = None
@@ -768,8 +861,8 @@ class SmtpServer:
                 handler, data_size_limit=listener.max_message_size, hostname=self.config.hostname,
                 ident="msgw", tls_context=tls, require_starttls=listener.require_tls and tls is not None,
                 timeout=listener.timeout, auth_required=submission, auth_require_tls=True,
-                auth_exclude_mechanism=[] if submission else ["PLAIN", "LOGIN"],
-                enable_SMTPUTF8=True)
+                auth_exclude_mechanism=_excluded_mechanisms(listener, self.token_login),
+                enable_SMTPUTF8=True, token_login=self.token_login if submission else None)
         return make
 
     def _client_checks(self, listener: ListenerConfig) -> dict[str, Any]:
