@@ -193,7 +193,11 @@ class AuditTrail:
         trail and one head write. A refused record (field not allowed) refuses them all before
         anything is written; a write that fails cuts that batch off again (earlier batches of the
         same call, already named by the head, stay: the writer never passes more than one)."""
-        clean = [_clean(fields) for fields in records]
+        return self._append_clean([_clean(fields) for fields in records])
+
+    def _append_clean(self, clean: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """`append_many` of records `_clean` already checked (the writer checks each one alone,
+        so that a refused record is refused alone, and need not check them twice)."""
         if not clean:
             return []
         with self._lock:
@@ -212,9 +216,9 @@ class AuditTrail:
                     last = self._last_record()
                 out: list[dict[str, Any]] = []
                 for at in range(0, len(clean), MAX_BATCH):
-                    batch = self._chain(clean[at:at + MAX_BATCH], last)
+                    batch, lines = self._chain(clean[at:at + MAX_BATCH], last)
                     self._known = None
-                    self._write_batch(fd, batch)
+                    self._write_batch(fd, batch, lines)
                     out += batch
                     last = batch[-1]
                 self._known, self._known_last = _identity(os.fstat(fd)), last
@@ -225,24 +229,28 @@ class AuditTrail:
                 os.close(fd)  # also releases the flock
 
     @staticmethod
-    def _chain(clean: list[dict[str, Any]], last: dict[str, Any] | None) -> list[dict[str, Any]]:
-        """Records linked after `last`: seq, time, prev_hash and hash added to each."""
+    def _chain(clean: list[dict[str, Any]], last: dict[str, Any] | None) -> tuple[list[dict[str, Any]], bytes]:
+        """Records linked after `last` (seq, time, prev_hash and hash added to each), and their
+        lines. A line is the canonical JSON that was hashed with `"hash"` appended as its last
+        key: one serialisation per record instead of two (readers parse it as JSON, and
+        `verify` recomputes the canonical form from the parsed record, key order aside)."""
         seq, prev = (last["seq"], last["hash"]) if last else (0, GENESIS)
         now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
         out = []
+        lines = []
         for fields in clean:
             seq += 1
             record: dict[str, Any] = {"seq": seq, "time": now, **fields, "prev_hash": prev}
-            record["hash"] = prev = record_hash(record)
+            body = json.dumps(record, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+            record["hash"] = prev = hashlib.sha256(body).hexdigest()
+            lines.append(body[:-1] + b',"hash":"' + prev.encode("ascii") + b'"}\n')
             out.append(record)
-        return out
+        return out, b"".join(lines)
 
-    def _write_batch(self, fd: int, batch: list[dict[str, Any]]) -> None:
+    def _write_batch(self, fd: int, batch: list[dict[str, Any]], data: bytes) -> None:
         """Write, fsync, then name the last record in the head; on a failure before the head is in
         place, cut the trail back (the batch was never acknowledged) and re-raise."""
         size = os.fstat(fd).st_size
-        data = "".join(json.dumps(r, sort_keys=True, separators=(",", ":"), ensure_ascii=False) + "\n"
-                       for r in batch).encode("utf-8")
         try:
             view = memoryview(data)
             while view:
@@ -509,7 +517,7 @@ class AuditWriter:
         if not good:
             return
         try:
-            self.trail.append_many(good)
+            self.trail._append_clean(good)
         except AuditError as exc:
             self.on_error(type(exc)(f"{exc}: {len(good)} record(s) not written"))
         except Exception as exc:  # noqa: BLE001 - the writer must outlive a fault, or close() loses records

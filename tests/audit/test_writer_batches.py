@@ -28,7 +28,7 @@ class _Batches:
     def __init__(self, trail: AuditTrail, monkeypatch: pytest.MonkeyPatch) -> None:
         self.sizes: list[int] = []
         self.fsyncs = 0
-        real_append, real_fsync = trail.append_many, os.fsync
+        real_append, real_fsync = trail._append_clean, os.fsync
 
         def append_many(records: list[dict]) -> list[dict]:
             self.sizes.append(len(records))
@@ -38,7 +38,7 @@ class _Batches:
             self.fsyncs += 1
             real_fsync(fd)
 
-        monkeypatch.setattr(trail, "append_many", append_many)
+        monkeypatch.setattr(trail, "_append_clean", append_many)
         monkeypatch.setattr(os, "fsync", fsync)
 
 
