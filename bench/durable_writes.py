@@ -95,6 +95,20 @@ def _threads(pid: int) -> list[str]:
     return sorted(os.listdir(f"/proc/{pid}/task"))
 
 
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds of each thread of a process (Python does not name them: name/tid)."""
+    out: collections.Counter[str] = collections.Counter()
+    tick = os.sysconf("SC_CLK_TCK")
+    for tid in _threads(pid):
+        try:
+            name = Path(f"/proc/{pid}/task/{tid}/comm").read_text().strip()
+            fields = Path(f"/proc/{pid}/task/{tid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        out[f"{name}/{tid}"] += (int(fields[11]) + int(fields[12])) / tick
+    return dict(out)
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=500)
@@ -122,10 +136,12 @@ def main(argv: list[str] | None = None) -> int:
                     raise SystemExit(f"only {res.accepted}/{n} accepted or not all delivered")
 
             load(100)  # warm up: connections, caches, the first WAL pages
-            cpu0 = proc_tree_cpu_seconds(gw.pid)
+            cpu0, threads0 = proc_tree_cpu_seconds(gw.pid), thread_cpu(gw.pid)
             t0 = time.monotonic()
             load(args.count)
             out["cpu_ms_per_msg"] = (proc_tree_cpu_seconds(gw.pid) - cpu0) * 1000 / args.count
+            per_thread = [(v - threads0.get(k, 0.0)) * 1000 / args.count for k, v in thread_cpu(gw.pid).items()]
+            out["busiest_threads_cpu_ms_per_msg"] = sorted((round(v, 2) for v in per_thread if v > 0), reverse=True)
             out["msgs_s_untraced"] = args.count / (time.monotonic() - t0)
             audit = setup.folder / "audit.jsonl"
             if not args.no_strace:
