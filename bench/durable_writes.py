@@ -23,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -38,6 +39,8 @@ from _support import (  # noqa: E402
 )
 
 TRACED = "fsync,fdatasync,rename,renameat,renameat2,openat,unlink,unlinkat,pwrite64,write,flock"
+#: `--perf`: counted by kernel tracepoints (`perf stat`), nearly free: counts at full speed, no paths.
+PERF_EVENTS = ("fsync", "fdatasync", "rename", "renameat2", "unlink", "unlinkat", "flock", "pwrite64")
 _LINE = re.compile(r"^(?:\[pid\s+\d+\]\s+)?(?:\d+\s+)?(\w+)\((.*)\)\s+=\s+(-?\d+)")
 
 
@@ -109,12 +112,31 @@ def thread_cpu(pid: int) -> dict[str, float]:
     return dict(out)
 
 
+def _perf_counts(pid: int, run: Callable[[], None], messages: int) -> dict[str, float]:
+    """Syscalls of every thread of `pid` while `run()` runs, per message, by `perf stat`."""
+    events = ",".join(f"syscalls:sys_enter_{e}" for e in PERF_EVENTS)
+    tids = ",".join(_threads(pid))
+    perf = subprocess.Popen(["perf", "stat", "-x", ",", "-e", events, "-t", tids], stderr=subprocess.PIPE, text=True)
+    time.sleep(0.5)
+    run()
+    time.sleep(0.5)
+    perf.send_signal(signal.SIGINT)
+    _, err = perf.communicate(timeout=30)
+    out = {}
+    for line in err.splitlines():
+        parts = line.split(",")
+        if len(parts) > 2 and parts[2].startswith("syscalls:sys_enter_") and parts[0].isdigit():
+            out[parts[2].removeprefix("syscalls:sys_enter_")] = int(parts[0]) / messages
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--count", type=int, default=500)
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--size", type=int, default=1024)
     ap.add_argument("--no-strace", action="store_true", help="CPU only")
+    ap.add_argument("--perf", action="store_true", help="count syscalls with perf stat (full speed, no paths)")
     ap.add_argument("--json", default="")
     args = ap.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="msgw-bench-durable-"))
@@ -144,6 +166,8 @@ def main(argv: list[str] | None = None) -> int:
             out["busiest_threads_cpu_ms_per_msg"] = sorted((round(v, 2) for v in per_thread if v > 0), reverse=True)
             out["msgs_s_untraced"] = args.count / (time.monotonic() - t0)
             audit = setup.folder / "audit.jsonl"
+            if args.perf:
+                out["perf_per_msg"] = _perf_counts(gw.pid, lambda: load(args.count), args.count)
             if not args.no_strace:
                 trace = work / "strace.txt"
                 tids = _threads(gw.pid)
@@ -151,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
                 strace = subprocess.Popen([*command, *[a for t in tids for a in ("-p", t)]], stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
                 lines0 = _lines(audit)
+                t0 = time.monotonic()
                 load(args.count)
+                out["msgs_s_traced"] = args.count / (time.monotonic() - t0)
                 time.sleep(0.5)  # the audit writer's last batch
                 strace.send_signal(signal.SIGINT)
                 strace.wait(timeout=30)
