@@ -21,7 +21,8 @@ copy rows, links the recipients, records the refusals and marks the message prep
 before that commit leaves the recipients received (recovery removes the copy files no row
 names) and preparation runs again; after it, never again. Delivery then only reads bytes.
 A prepared copy is a *verified cache*, not a record the gateway would lose mail without (the
-message is durable since `accept()`): its file is not fsynced and its transaction does not wait
+message is durable since `accept()`): its file is written in place in `copy/` (no temporary name:
+no row names it before the commit) and not fsynced, and its transaction does not wait
 for the disk (synchronous=NORMAL; the next synchronous commit makes it durable), which keeps the
 runner's step off the disk's critical path (measured in bench/relay_throughput.py). A copy that a
 power cut left missing or different from its digest is never sent: delivery forgets it
