@@ -21,7 +21,8 @@ copy rows, links the recipients, records the refusals and marks the message prep
 before that commit leaves the recipients received (recovery removes the copy files no row
 names) and preparation runs again; after it, never again. Delivery then only reads bytes.
 A prepared copy is a *verified cache*, not a record the gateway would lose mail without (the
-message is durable since `accept()`): its file is not fsynced and its transaction does not wait
+message is durable since `accept()`): its file is written in place in `copy/` (no temporary name:
+no row names it before the commit) and not fsynced, and its transaction does not wait
 for the disk (synchronous=NORMAL; the next synchronous commit makes it durable), which keeps the
 runner's step off the disk's critical path (measured in bench/relay_throughput.py). A copy that a
 power cut left missing or different from its digest is never sent: delivery forgets it
@@ -90,7 +91,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import GatewayError, SpoolError
-from gateway.fsutil import fsync_dir, locked, write_atomic
+from gateway.fsutil import fsync_dir, locked, write_atomic, write_synced
 from gateway.logs import event
 
 log = logging.getLogger("gateway.spool")
@@ -837,9 +838,17 @@ class Spool:
                 if copy.same_as_message:
                     files.append((copy, f"msg/{name}", None))
                     continue
+                # Written in place under a new name (O_EXCL), not through tmp/ and a rename:
+                # nothing names the file before the commit below, so a half-written one (a
+                # crash, a full disk) is a copy file no row names, which recovery removes; and a
+                # whole file is only ever checked by its size and digest anyway.
                 file = self.copy_dir / f"{name}C{n}{secrets.token_hex(3).upper()}"
-                write_atomic(file, copy.data, tmp_dir=self.tmp_dir, sync=False)
                 files.append((copy, f"copy/{file.name}", hashlib.sha256(copy.data).hexdigest()))
+                try:
+                    write_synced(file, copy.data, sync=False)
+                except FileExistsError:
+                    files.pop()  # not ours to remove
+                    raise
         except (OSError, SpoolError) as exc:
             self._unlink_copies(f for _, f, _ in files)
             raise exc if isinstance(exc, SpoolError) else SpoolError(
