@@ -21,7 +21,7 @@ import email.message
 import email.parser
 import email.policy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from gateway.errors import MalformedInput
@@ -319,6 +319,69 @@ class MessageView:
 #: Raw message bytes, or a view of them whose splits and parse are shared.
 Raw = bytes | MessageView
 
+#: Bytes, or a view of a slice of bytes (never a view of something that can change).
+Buffer = bytes | memoryview
+
+
+class Pieces:
+    """Bytes held as consecutive buffers: a large message's entity as views of the message the
+    runner already holds, with small bytes (header blocks, the signature part) around them.
+
+    Why: signing and encrypting a 50 MB message used to copy its body into a content entity, a
+    protected entity and a multipart/signed entity in turn, each a whole copy beside the
+    message (issue 15, peak memory); the digest and the cipher read any buffers in order, so
+    they take the pieces instead. `len` is the length of the bytes; `join` makes them one
+    `bytes` (the one copy, for a small entity or a caller that needs it whole)."""
+
+    __slots__ = ("_size", "parts")
+
+    def __init__(self, parts: Iterable[Buffer]) -> None:
+        #: The buffers in order, as given (an empty one kept: its place may mean something).
+        self.parts: tuple[Buffer, ...] = tuple(parts)
+        self._size = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+    def windows(self, size: int) -> Iterator[Buffer]:
+        """The bytes as consecutive slices of `size` bytes (the last one shorter): a view of a
+        part where the slice lies inside one part, a copy only of a slice across parts."""
+        pending: list[Buffer] = []
+        need = size
+        for part in self.parts:
+            view = memoryview(part)
+            pos, end = 0, len(view)
+            while pos < end:
+                if not pending and end - pos >= size:
+                    yield view[pos:pos + size]
+                    pos += size
+                    continue
+                take = min(need, end - pos)
+                pending.append(view[pos:pos + take])
+                pos += take
+                need -= take
+                if not need:
+                    yield b"".join(pending)
+                    pending, need = [], size
+        if pending:
+            yield b"".join(pending)
+
+    def contains(self, needle: bytes, window: int = 1 << 20) -> bool:
+        """`needle in self.join()`, a window at a time (each searched with the end of the one
+        before, so a match across two windows is found): no whole copy, no single C call over
+        a whole large message."""
+        keep = max(len(needle) - 1, 0)
+        tail = b""
+        for piece in self.windows(window):
+            data = tail + piece if tail else bytes(piece)
+            if needle in data:
+                return True
+            tail = data[-keep:] if keep else b""
+        return not needle
+
 
 def raw_data(message: Raw) -> bytes:
     return message.data if isinstance(message, MessageView) else message
@@ -403,7 +466,7 @@ def header_text(value: bytes | str) -> str:
     return " ".join(text.split())
 
 
-__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "MessageView", "Raw", "field_name", "header_end",
-           "header_fields", "header_text", "is_continuation", "join_raw", "line_ending", "lstrip_start",
+__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "Buffer", "MessageView", "Pieces", "Raw", "field_name",
+           "header_end", "header_fields", "header_text", "is_continuation", "join_raw", "line_ending", "lstrip_start",
            "parse_message", "raw_body", "raw_data", "raw_header_fields", "raw_split", "raw_text", "skeleton",
            "split_raw", "to_crlf", "unfold"]

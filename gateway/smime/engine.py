@@ -20,6 +20,7 @@ from email.utils import getaddresses
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
+from gateway.rawmime import Pieces
 from gateway.smime.cms_decrypt import decrypt_content, open_enveloped
 from gateway.smime.cms_envelope import CipherName, KeyTransport, RecipientId, encrypt_content_sized
 from gateway.smime.cms_sign import sign_content
@@ -80,22 +81,22 @@ class Taken:
     (before joining the result): with no other reference left, a large message's entity is then
     freed before its encrypted copy is assembled (one size of the message less at the peak)."""
 
-    def __init__(self, data: bytes) -> None:
-        self.data: bytes | None = data
+    def __init__(self, data: bytes | Pieces) -> None:
+        self.data: bytes | Pieces | None = data
 
-    def take(self) -> bytes:
+    def take(self) -> bytes | Pieces:
         data, self.data = self.data, None
         if data is None:
             raise ValueError("entity already taken")
         return data
 
 
-def encrypt_entity(outer: tuple[bytes, ...], entity: bytes | Taken, recipients: Sequence[x509.Certificate], *,
+def encrypt_entity(outer: tuple[bytes, ...], entity: bytes | Pieces | Taken, recipients: Sequence[x509.Certificate], *,
                    cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
                    recipient_id: RecipientId = "issuer-serial", sender_copy: x509.Certificate | None = None) -> bytes:
     """Encrypt a canonical entity as it is, with `outer` fields around the envelope: for an entity
     whose own header block carries protected headers (`encrypt_message` would take them for the
-    message's outer fields)."""
+    message's outer fields). `Pieces` are encrypted as they are (views of a message: no join)."""
     certs = list(recipients)
     if sender_copy is not None and sender_copy not in certs:
         certs.append(sender_copy)
