@@ -400,6 +400,30 @@ def raw_split(message: Raw) -> tuple[list[bytes], bytes]:
     return split_raw(message)
 
 
+def header_block(message: Raw) -> Raw:
+    """What a reader of the header fields alone is given: the message itself up to
+    `MessageView.KEEP_LIMIT` (its view's split is kept and shared), past it its bytes through the
+    first empty line (CRLF CRLF, where `split_raw` cuts: the same fields), so that reading the
+    fields of a large message does not copy its body (issue 15)."""
+    data = raw_data(message)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return message
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[:end + 4]
+
+
+def raw_split_view(message: Raw) -> tuple[list[bytes], Buffer]:
+    """`raw_split`, with the body of a message past `MessageView.KEEP_LIMIT` as a view of its
+    bytes, not a copy (for a caller that joins it once into a new message)."""
+    data = raw_data(message)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return raw_split(message)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return split_raw(data)
+    return split_raw(data[:end + 4])[0], memoryview(data)[end + 4:]
+
+
 def join_raw(fields: list[bytes], body: bytes) -> bytes:
     """The message again from `split_raw`'s parts (fields as they are, the empty line, the body)."""
     return b"".join(fields) + b"\r\n" + body
@@ -467,6 +491,6 @@ def header_text(value: bytes | str) -> str:
 
 
 __all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "Buffer", "MessageView", "Pieces", "Raw", "field_name",
-           "header_end", "header_fields", "header_text", "is_continuation", "join_raw", "line_ending", "lstrip_start",
-           "parse_message", "raw_body", "raw_data", "raw_header_fields", "raw_split", "raw_text", "skeleton",
-           "split_raw", "to_crlf", "unfold"]
+           "header_block", "header_end", "header_fields", "header_text", "is_continuation", "join_raw",
+           "line_ending", "lstrip_start", "parse_message", "raw_body", "raw_data", "raw_header_fields", "raw_split",
+           "raw_split_view", "raw_text", "skeleton", "split_raw", "to_crlf", "unfold"]

@@ -178,9 +178,10 @@ def content_entity(message: Raw, *, pieces: bool = False) -> tuple[tuple[bytes, 
     whole entity when it has none) and its body, a view of the message's own bytes when they
     are canonical 7-bit (no copy of a large body: issue 15); joined, the same bytes."""
     data = raw_data(message)
+    body: Buffer
     if len(data) <= MessageView.KEEP_LIMIT:  # the view's split, shared with the other stages
         split = split_of(message)
-        fields, body = split.fields, memoryview(split.body)
+        fields, body = split.fields, split.body
     else:  # nothing is kept past KEEP_LIMIT: the body's place, not a copy of it
         canonical, fields, start, end = _split_bounds(data)
         body = memoryview(canonical)[start:end]
@@ -309,9 +310,24 @@ def _signed_parts(split: Split, boundary: str) -> tuple[bytes, bytes]:
     return first, second
 
 
+def _header_split(raw: Raw) -> Split:
+    """The split `classify` reads the header fields of: the view's own (kept) for a message up to
+    `MessageView.KEEP_LIMIT`; past it, the split of the canonical header block alone (through
+    the first CRLF CRLF, where `split_message` cuts: the same fields), so that telling a large
+    plain message from S/MIME does not copy its body (issue 15). Its body is not the message's."""
+    data = raw_data(raw)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return split_of(raw)
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise MalformedSmime("message too large")
+    canonical = to_crlf(data, bare_cr=True)
+    end = canonical.find(b"\r\n\r\n")
+    return split_message(canonical if end < 0 else canonical[:end + 4])
+
+
 def classify(raw: Raw) -> SmimePart:
     """Tell an S/MIME entity from plain content and extract its CMS bytes."""
-    split = split_of(raw)
+    split = _header_split(raw)
     msg = _headers(raw, split)
     ctype = msg.get_content_type()
     if ctype == "multipart/signed":
@@ -321,7 +337,7 @@ def classify(raw: Raw) -> SmimePart:
             raise MalformedSmime("multipart/signed without a boundary")
         if protocol not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
             raise MalformedSmime("multipart/signed with a protocol other than S/MIME")
-        first, second = _signed_parts(split, boundary)
+        first, second = _signed_parts(split_of(raw), boundary)
         sig = split_message(second)
         sig_type = sig.message().get_content_type()
         if sig_type not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
@@ -330,7 +346,7 @@ def classify(raw: Raw) -> SmimePart:
     name = str(msg.get_param("name") or msg.get_filename() or "").lower()
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime") or (
             ctype == "application/octet-stream" and name.endswith(".p7m")):
-        return SmimePart("pkcs7-mime", _decode_body(split, msg))
+        return SmimePart("pkcs7-mime", _decode_body(split_of(raw), msg))
     if ctype == "message/rfc822":
-        return SmimePart("rfc822", signed_content=split.body)
+        return SmimePart("rfc822", signed_content=split_of(raw).body)
     return SmimePart("plain")

@@ -25,7 +25,7 @@ from typing import TypeVar
 
 from cryptography import x509
 
-from gateway.rawmime import MessageView, Pieces, Raw, raw_data
+from gateway.rawmime import Pieces, Raw, header_block, raw_data
 from gateway.smime.cms_sign import sign_content
 from gateway.smime.engine import Taken, encrypt_entity
 from gateway.smime.errors import MalformedSmime
@@ -59,17 +59,6 @@ def _on_loop(data: bytes | Pieces) -> bool:
     return len(data) <= INLINE_LIMIT_8BIT or (data.join() if isinstance(data, Pieces) else data).isascii()
 
 
-def _header_block(message: Raw) -> Raw:
-    """What the header readers (`allowed_outer_fields`, `protected_entity`) read of a large
-    message: its header block alone. They split the message and keep only the fields, but the
-    split of a message past `MessageView.KEEP_LIMIT` (not kept) copies its body each time."""
-    data = raw_data(message)
-    if len(data) <= MessageView.KEEP_LIMIT:
-        return message
-    end = data.find(b"\r\n\r\n")
-    return data if end < 0 else data[:end + 4]  # the same fields: `split_raw` cuts at this very place
-
-
 def _protected(message: Raw, entity: Pieces) -> Pieces:
     """`protected_entity` of the joined entity, as pieces: the protected headers go into its
     header block, the first piece (through its empty line: the first CRLF CRLF of the joined
@@ -96,7 +85,7 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     hashed and encrypted a megabyte at a time (issue 15: 50 MB peaked at ~3.8x the message)."""
     def prepare() -> tuple[tuple[bytes, ...], Pieces]:
         _, entity = content_entity(message, pieces=True)
-        headers = _header_block(message)
+        headers = header_block(message)
         outer = tuple(allowed_outer_fields(headers, neutral_subject=neutral_subject))
         return outer, _protected(headers, entity)
 
@@ -130,7 +119,7 @@ async def sign_protected(message: Raw, key: SigningKey) -> bytes:
     def prepare() -> tuple[tuple[bytes, ...], Pieces]:
         outer, entity = content_entity(message, pieces=True)
         shown = tuple(f for f in outer if not name_of(f).startswith(OUR_PREFIX) and name_of(f) not in NEVER_COPIED)
-        return shown, _protected(_header_block(message), entity)
+        return shown, _protected(header_block(message), entity)
 
     outer, entity = await _cpu(raw_data(message), prepare)
     der = await sign_content(entity, key, detached=True)
