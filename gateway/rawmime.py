@@ -349,6 +349,10 @@ class Pieces:
     def windows(self, size: int) -> Iterator[Buffer]:
         """The bytes as consecutive slices of `size` bytes (the last one shorter): a view of a
         part where the slice lies inside one part, a copy only of a slice across parts."""
+        if self._size <= size:  # a small entity (nearly every message): one piece, no slicing
+            if self._size:
+                yield self.parts[0] if len(self.parts) == 1 else self.join()
+            return
         pending: list[Buffer] = []
         need = size
         for part in self.parts:
@@ -373,6 +377,8 @@ class Pieces:
         """`needle in self.join()`, a window at a time (each searched with the end of the one
         before, so a match across two windows is found): no whole copy, no single C call over
         a whole large message."""
+        if self._size <= window:
+            return needle in self.join()
         keep = max(len(needle) - 1, 0)
         tail = b""
         for piece in self.windows(window):
