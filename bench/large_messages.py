@@ -15,7 +15,8 @@ message too. Meanwhile a probe connects to the same listener every 100 ms and ti
 greeting: the slowest one shows how long the event loop was blocked (no other client served) while
 this message was received and processed.
 
-Usage: .venv/bin/python bench/large_messages.py [--quick] [--json FILE] [--sizes 1,10,50]
+Usage: .venv/bin/python bench/large_messages.py [--quick] [--json FILE] [--sizes 1,10,50] [--modes plain,smime]
+       [--timeline]   (VmRSS sampled every 2 ms and printed per 50 ms: where the peak is)
 No thresholds, no asserts.
 """
 
@@ -79,8 +80,44 @@ class BannerProbe(threading.Thread):
         return self.samples
 
 
+class RssTimeline(threading.Thread):
+    """VmRSS of the gateway every ~2 ms (``--timeline``): where in the message's way the peak is."""
+
+    def __init__(self, pid: int) -> None:
+        super().__init__(daemon=True)
+        self.pid = pid
+        self.stop_event = threading.Event()
+        self.samples: list[tuple[float, int]] = []
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.samples.append((time.monotonic(), proc_status_kb(self.pid, "VmRSS")))
+            except OSError:
+                return
+            self.stop_event.wait(0.002)
+
+    def stop(self) -> list[tuple[float, int]]:
+        self.stop_event.set()
+        self.join(10)
+        return self.samples
+
+
+def print_timeline(samples: list[tuple[float, int]], t0: float, marks: dict[str, float], idle_kb: int,
+                   size: int, step: float = 0.05) -> None:
+    """The RSS over idle per message size, the highest sample of every `step` seconds, with the marks."""
+    buckets: dict[int, int] = {}
+    for t, kb in samples:
+        key = int((t - t0) / step)
+        buckets[key] = max(buckets.get(key, 0), kb)
+    labels = {int((t - t0) / step): name for name, t in marks.items()}
+    for key in sorted(buckets):
+        ratio = max(0, buckets[key] - idle_kb) * 1024 / size
+        print(f"    {key * step:6.2f}s {ratio:5.2f}x {'#' * int(ratio * 20)} {labels.get(key, '')}")
+
+
 def one(mode: str, size_mb: int, work: Path, sink: BenchSink, pki: object | None, seq: int,
-        max_wait: float) -> dict:
+        max_wait: float, timeline: bool = False) -> dict:
     setup = write_gateway_config(work / f"gw-{mode}-{size_mb}", sink.port, pki=pki if mode == "smime" else None,
                                  max_message_size="200MB")
     body = body_lines(size_mb * MB)
@@ -92,6 +129,9 @@ def one(mode: str, size_mb: int, work: Path, sink: BenchSink, pki: object | None
         cpu0 = proc_tree_cpu_seconds(gw.pid)
         probe = BannerProbe(setup.relay_port)
         probe.start()
+        rss = RssTimeline(gw.pid) if timeline else None
+        if rss is not None:
+            rss.start()
         t0 = time.monotonic()
         load = send_load(setup.relay_port, 1, 1, body, first_seq=seq, timeout=max_wait)
         t_accept = time.monotonic()
@@ -99,11 +139,14 @@ def one(mode: str, size_mb: int, work: Path, sink: BenchSink, pki: object | None
         delivered = sink.wait_for(1, max_wait)
         t_done = time.monotonic()
         banners = probe.stop()
+        samples = rss.stop() if rss is not None else []
         hwm_kb = proc_status_kb(gw.pid, "VmHWM")
         rss_after_kb = proc_status_kb(gw.pid, "VmRSS")
         cpu = proc_tree_cpu_seconds(gw.pid) - cpu0
     size = len(body)
     peak_extra = max(0, hwm_kb - idle_kb) * 1024
+    if samples:
+        print_timeline(samples, t0, {"<- 250": t_accept, "<- delivered": t_done}, idle_kb, size)
     row = {"mode": mode, "size_mb": size_mb, "bytes": size, "accepted": load.accepted, "errors": load.errors[:3],
            "delivered": delivered, "accept_s": t_accept - t0, "accept_to_delivered_s": t_done - t_accept,
            "total_s": t_done - t0, "idle_rss_kb": idle_kb, "hwm_at_start_kb": hwm_start_kb, "vmhwm_kb": hwm_kb,
@@ -124,6 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--json", default=default_json("large_messages"))
     ap.add_argument("--sizes", default=None, help="comma list of sizes in MB (default 1,10,50)")
     ap.add_argument("--max-wait", type=float, default=180.0)
+    ap.add_argument("--timeline", action="store_true", help="sample VmRSS every 2 ms and print it (the peak's place)")
+    ap.add_argument("--modes", default="plain,smime", help="comma list of plain, smime")
     args = ap.parse_args(argv)
     sizes = [int(s) for s in (args.sizes or ("1,5" if args.quick else "1,10,50")).split(",") if s]
     print(f"large messages: sizes {sizes} MB, a fresh gateway process per message", flush=True)
@@ -135,9 +180,9 @@ def main(argv: list[str] | None = None) -> int:
         pki = build_pki(work)
         seq = 0
         for size in sizes:
-            for mode in ("plain", "smime"):
+            for mode in args.modes.split(","):
                 load1 = loadavg()
-                row = one(mode, size, work, sink, pki, seq, args.max_wait)
+                row = one(mode, size, work, sink, pki, seq, args.max_wait, args.timeline)
                 row["loadavg_1min_before"] = load1
                 rows.append(row)
                 seq += 1

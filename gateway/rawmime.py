@@ -21,7 +21,7 @@ import email.message
 import email.parser
 import email.policy
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, TypeVar
 
 from gateway.errors import MalformedInput
@@ -319,6 +319,75 @@ class MessageView:
 #: Raw message bytes, or a view of them whose splits and parse are shared.
 Raw = bytes | MessageView
 
+#: Bytes, or a view of a slice of bytes (never a view of something that can change).
+Buffer = bytes | memoryview
+
+
+class Pieces:
+    """Bytes held as consecutive buffers: a large message's entity as views of the message the
+    runner already holds, with small bytes (header blocks, the signature part) around them.
+
+    Why: signing and encrypting a 50 MB message used to copy its body into a content entity, a
+    protected entity and a multipart/signed entity in turn, each a whole copy beside the
+    message (issue 15, peak memory); the digest and the cipher read any buffers in order, so
+    they take the pieces instead. `len` is the length of the bytes; `join` makes them one
+    `bytes` (the one copy, for a small entity or a caller that needs it whole)."""
+
+    __slots__ = ("_size", "parts")
+
+    def __init__(self, parts: Iterable[Buffer]) -> None:
+        #: The buffers in order, as given (an empty one kept: its place may mean something).
+        self.parts: tuple[Buffer, ...] = tuple(parts)
+        self._size = sum(len(p) for p in self.parts)
+
+    def __len__(self) -> int:
+        return self._size
+
+    def join(self) -> bytes:
+        return b"".join(self.parts)
+
+    def windows(self, size: int) -> Iterator[Buffer]:
+        """The bytes as consecutive slices of `size` bytes (the last one shorter): a view of a
+        part where the slice lies inside one part, a copy only of a slice across parts."""
+        if self._size <= size:  # a small entity (nearly every message): one piece, no slicing
+            if self._size:
+                yield self.parts[0] if len(self.parts) == 1 else self.join()
+            return
+        pending: list[Buffer] = []
+        need = size
+        for part in self.parts:
+            view = memoryview(part)
+            pos, end = 0, len(view)
+            while pos < end:
+                if not pending and end - pos >= size:
+                    yield view[pos:pos + size]
+                    pos += size
+                    continue
+                take = min(need, end - pos)
+                pending.append(view[pos:pos + take])
+                pos += take
+                need -= take
+                if not need:
+                    yield b"".join(pending)
+                    pending, need = [], size
+        if pending:
+            yield b"".join(pending)
+
+    def contains(self, needle: bytes, window: int = 1 << 20) -> bool:
+        """`needle in self.join()`, a window at a time (each searched with the end of the one
+        before, so a match across two windows is found): no whole copy, no single C call over
+        a whole large message."""
+        if self._size <= window:
+            return needle in self.join()
+        keep = max(len(needle) - 1, 0)
+        tail = b""
+        for piece in self.windows(window):
+            data = tail + piece if tail else bytes(piece)
+            if needle in data:
+                return True
+            tail = data[-keep:] if keep else b""
+        return not needle
+
 
 def raw_data(message: Raw) -> bytes:
     return message.data if isinstance(message, MessageView) else message
@@ -335,6 +404,30 @@ def raw_split(message: Raw) -> tuple[list[bytes], bytes]:
         fields, body = message.once(_split_tuple)
         return list(fields), body
     return split_raw(message)
+
+
+def header_block(message: Raw) -> Raw:
+    """What a reader of the header fields alone is given: the message itself up to
+    `MessageView.KEEP_LIMIT` (its view's split is kept and shared), past it its bytes through the
+    first empty line (CRLF CRLF, where `split_raw` cuts: the same fields), so that reading the
+    fields of a large message does not copy its body (issue 15)."""
+    data = raw_data(message)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return message
+    end = data.find(b"\r\n\r\n")
+    return data if end < 0 else data[:end + 4]
+
+
+def raw_split_view(message: Raw) -> tuple[list[bytes], Buffer]:
+    """`raw_split`, with the body of a message past `MessageView.KEEP_LIMIT` as a view of its
+    bytes, not a copy (for a caller that joins it once into a new message)."""
+    data = raw_data(message)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return raw_split(message)
+    end = data.find(b"\r\n\r\n")
+    if end < 0:
+        return split_raw(data)
+    return split_raw(data[:end + 4])[0], memoryview(data)[end + 4:]
 
 
 def join_raw(fields: list[bytes], body: bytes) -> bytes:
@@ -403,7 +496,7 @@ def header_text(value: bytes | str) -> str:
     return " ".join(text.split())
 
 
-__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "MessageView", "Raw", "field_name", "header_end",
-           "header_fields", "header_text", "is_continuation", "join_raw", "line_ending", "lstrip_start",
-           "parse_message", "raw_body", "raw_data", "raw_header_fields", "raw_split", "raw_text", "skeleton",
-           "split_raw", "to_crlf", "unfold"]
+__all__ = ["FIELD_START", "LAX_FIELD_START", "MAX_HEADER_BLOCK", "Buffer", "MessageView", "Pieces", "Raw", "field_name",
+           "header_block", "header_end", "header_fields", "header_text", "is_continuation", "join_raw",
+           "line_ending", "lstrip_start", "parse_message", "raw_body", "raw_data", "raw_header_fields", "raw_split",
+           "raw_split_view", "raw_text", "skeleton", "split_raw", "to_crlf", "unfold"]

@@ -25,6 +25,7 @@ from typing import Literal
 from cryptography import x509
 from cryptography.hazmat.primitives.ciphers import AEADEncryptionContext, Cipher, CipherContext, algorithms, modes
 
+from gateway.rawmime import Pieces
 from gateway.smime.cms_template import (
     CBC_IV_SIZE,
     GCM_NONCE_SIZE,
@@ -61,7 +62,7 @@ def encrypt_content(content: bytes, recipients: Sequence[x509.Certificate], *, c
                                            recipient_id=recipient_id, random=random))
 
 
-def encrypt_content_pieces(content: bytes, recipients: Sequence[x509.Certificate], *,
+def encrypt_content_pieces(content: bytes | Pieces, recipients: Sequence[x509.Certificate], *,
                            cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
                            recipient_id: RecipientId = "issuer-serial",
                            random: RandomSource = os.urandom) -> Iterator[bytes]:
@@ -73,13 +74,14 @@ def encrypt_content_pieces(content: bytes, recipients: Sequence[x509.Certificate
                                  recipient_id=recipient_id, random=random)[1]
 
 
-def encrypt_content_sized(content: bytes, recipients: Sequence[x509.Certificate], *,
+def encrypt_content_sized(content: bytes | Pieces, recipients: Sequence[x509.Certificate], *,
                           cipher: CipherName = "aes256-cbc", key_transport: KeyTransport = "pkcs1v15",
                           recipient_id: RecipientId = "issuer-serial",
                           random: RandomSource = os.urandom) -> tuple[int, Iterator[bytes]]:
     """`encrypt_content_pieces` with the DER's total length, known before any piece is made (from
     the content length, the padding or GCM tag and the head): so that the S/MIME message can be
-    written into one buffer of its final size (`engine.encrypt_entity`)."""
+    written into one buffer of its final size (`engine.encrypt_entity`). `content` may be
+    `Pieces` (views of a large message: encrypted a megabyte at a time, never joined)."""
     if not recipients:
         raise UnsupportedAlgorithm("at least one recipient certificate is needed")
     if cipher not in ("aes256-cbc", "aes256-gcm"):
@@ -99,21 +101,28 @@ def encrypt_content_sized(content: bytes, recipients: Sequence[x509.Certificate]
     version = "v2" if recipient_id == "ski" else "v0"
     head = envelope_head("enveloped_data", version, infos, cbc_content_head(iv), whole + 16)
     return (len(head) + whole + 16,
-            _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content, whole))
+            _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content))
 
 
-def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes, whole: int) -> Iterator[bytes]:
+def _windows(content: bytes | Pieces) -> Iterator[bytes | memoryview]:
+    """`content` PIECE bytes at a time (views where they can be: `Pieces.windows`)."""
+    return (content if isinstance(content, Pieces) else Pieces((content,))).windows(PIECE)
+
+
+def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes | Pieces) -> Iterator[bytes]:
     yield head
-    view = memoryview(content)
-    for start in range(0, whole, PIECE):  # whole and PIECE are multiples of 16: out == in, piece by piece
-        yield enc.update(view[start:min(start + PIECE, whole)])
+    rest = b""
+    for window in _windows(content):  # PIECE is a multiple of 16: out == in, but for the last window
+        cut = len(window) - len(window) % 16
+        if cut < len(window):
+            rest = bytes(window[cut:])
+        yield enc.update(window[:cut])
     pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
-    yield enc.update(bytes(view[whole:]) + bytes([pad]) * pad) + enc.finalize()
+    yield enc.update(rest + bytes([pad]) * pad) + enc.finalize()
 
 
-def _gcm_pieces(head: bytes, gcm: AEADEncryptionContext, content: bytes) -> Iterator[bytes]:
+def _gcm_pieces(head: bytes, gcm: AEADEncryptionContext, content: bytes | Pieces) -> Iterator[bytes]:
     yield head
-    view = memoryview(content)
-    for start in range(0, len(view), PIECE):
-        yield gcm.update(view[start:start + PIECE])
+    for window in _windows(content):
+        yield gcm.update(window)
     yield gcm.finalize() + _GCM_TAG_HEAD + gcm.tag

@@ -19,6 +19,7 @@ import datetime as dt
 
 from cryptography.hazmat.primitives import hashes
 
+from gateway.rawmime import Pieces
 from gateway.smime.cms_template import SMIME_CAPABILITIES, signature_algorithm, signer_template
 from gateway.smime.cms_template import padding_for as _padding_for_certificate
 from gateway.smime.keyapi import HashName, SignaturePadding, SigningKey
@@ -36,24 +37,28 @@ def padding_for(key: SigningKey, pss: bool = False) -> SignaturePadding:
     return _padding_for_certificate(key.certificate, pss)
 
 
-async def sign_content(content: bytes, key: SigningKey, *, detached: bool = True, hash_name: HashName = "sha256",
-                       pss: bool = False, signing_time: dt.datetime | None = None) -> bytes:
+async def sign_content(content: bytes | Pieces, key: SigningKey, *, detached: bool = True,
+                       hash_name: HashName = "sha256", pss: bool = False, signing_time: dt.datetime | None = None
+                       ) -> bytes:
     """DER ContentInfo(SignedData) over `content` (already canonical); detached or encapsulated.
 
-    The key signs exactly the DER SET OF the signed attributes, as `keyapi` says."""
+    `content` may be `Pieces` (a large entity as views of the message: hashed piece by piece,
+    never joined unless it is encapsulated). The key signs exactly the DER SET OF the signed
+    attributes, as `keyapi` says."""
     template = signer_template(key.certificate, tuple(key.chain), hash_name, pss)
     when = (signing_time or dt.datetime.now(dt.UTC)).replace(microsecond=0)
     digest = (_digest(template.hash_algorithm, content) if len(content) <= INLINE_HASH
               else await asyncio.to_thread(_digest, template.hash_algorithm, content))
     to_sign = template.signed_attributes(digest, when)
     signature = await key.sign(to_sign, hash_name, template.padding)
-    return template.signed_data(to_sign, signature, None if detached else content)
+    if detached:
+        return template.signed_data(to_sign, signature, None)
+    return template.signed_data(to_sign, signature, content.join() if isinstance(content, Pieces) else content)
 
 
-def _digest(algorithm: hashes.HashAlgorithm, content: bytes) -> bytes:
+def _digest(algorithm: hashes.HashAlgorithm, content: bytes | Pieces) -> bytes:
     """The message digest, a megabyte at a time: no single call holds the GIL for long."""
     h = hashes.Hash(algorithm)
-    view = memoryview(content)
-    for start in range(0, len(view), 1 << 20):
-        h.update(view[start:start + (1 << 20)])
+    for window in (content if isinstance(content, Pieces) else Pieces((content,))).windows(1 << 20):
+        h.update(window)
     return h.finalize()

@@ -19,8 +19,20 @@ import os
 import re
 from dataclasses import dataclass
 from email.message import Message
+from typing import Literal, overload
 
-from gateway.rawmime import FIELD_START, MessageView, Raw, field_name, is_continuation, parse_message, to_crlf
+from gateway.rawmime import (
+    FIELD_START,
+    Buffer,
+    MessageView,
+    Pieces,
+    Raw,
+    field_name,
+    is_continuation,
+    parse_message,
+    raw_data,
+    to_crlf,
+)
 from gateway.smime.errors import MalformedSmime
 
 _POLICY = email.policy.compat32.clone(linesep="\r\n", max_line_length=0)
@@ -45,17 +57,28 @@ class Split:
 
 def split_message(raw: bytes) -> Split:
     """Split canonical (CRLF) bytes at the first empty line into header fields and body."""
+    data, fields, start, end = _split_bounds(raw)
+    return Split(fields, data[start:end])
+
+
+def _split_bounds(raw: bytes) -> tuple[bytes, tuple[bytes, ...], int, int]:
+    """(the canonical bytes, header fields, start and end of the body in them): `split_message`
+    without copying the body, which is always one slice of the canonical bytes (a large
+    message's entity is then a view of it, not a copy: issue 15)."""
     if len(raw) > MAX_MESSAGE_SIZE:
         raise MalformedSmime("message too large")
     data = to_crlf(raw, bare_cr=True)
     if data.startswith(b"\r\n"):
-        return Split((), data[2:])
-    head, sep, body = data.partition(b"\r\n\r\n")
-    if not sep:
-        head, body = data.rstrip(b"\r\n"), b""
+        return data, (), 2, len(data)
+    index = data.find(b"\r\n\r\n")
+    if index >= 0:
+        head, start, end = data[:index], index + 4, len(data)
+    else:
+        head = data.rstrip(b"\r\n")
+        start = end = len(head)
     fields: list[bytes] = []
-    lines = (head + b"\r\n").splitlines(keepends=True)
-    for i, line in enumerate(lines):
+    offset = 0  # where the line starts, in `data` (`head` is its prefix)
+    for line in (head + b"\r\n").splitlines(keepends=True):
         if is_continuation(line):
             if fields:
                 fields[-1] += line
@@ -65,11 +88,12 @@ def split_message(raw: bytes) -> Split:
         elif not fields:
             raise MalformedSmime("message header cannot be parsed")
         else:
-            # No empty line before the body (seen in the wild): the body starts here.
-            rest = b"".join(lines[i:])
-            body = rest[:-2] + (b"\r\n\r\n" + body if sep else b"")
+            # No empty line before the body (seen in the wild): the body starts here (and runs
+            # on through the empty line, if any, to the end; else to the end of `head`).
+            start = offset
             break
-    return Split(tuple(fields), body)
+        offset += len(line)
+    return data, tuple(fields), start, end
 
 
 def split_of(message: Raw) -> Split:
@@ -93,24 +117,21 @@ def outer_fields(split: Split) -> tuple[bytes, ...]:
     return tuple(f for f in split.fields if not field_name(f).startswith(_CONTENT_HEADERS))
 
 
-def _is_7bit(data: bytes) -> bool:
-    """ASCII, no NUL, no line over 998 octets (RFC 5322) — in C, not byte by byte in Python."""
-    return data.isascii() and b"\x00" not in data and not _has_long_line(data)
+def _is_7bit(data: Buffer) -> bool:
+    """ASCII, no NUL, no line over 998 octets (RFC 5322) — in C, not byte by byte in Python.
+
+    Window by window (each overlapping the next by 999 bytes, so a long line is whole in the
+    window where it starts): the lines of a large message are never all held as objects at once
+    (memory), nor scanned in one C call that holds the GIL for 0.1 s (the event loop's other
+    sessions); a view of a message body is read through 1 MiB copies, never a whole one."""
+    for start in range(0, max(len(data), 1), _LINE_WINDOW):
+        window = bytes(data[start:start + _LINE_WINDOW + 999])
+        if not window.isascii() or b"\x00" in window or max(map(len, window.split(b"\n"))) > 999:
+            return False
+    return True
 
 
 _LINE_WINDOW = 1 << 20
-
-
-def _has_long_line(data: bytes) -> bool:
-    """A line over 999 octets (998 + the CR of CRLF)? Window by window (each overlapping the
-    next by 999 bytes, so a long line is whole in the window where it starts): the lines of a
-    large message are never all held as objects at once (memory), nor split in one C call that
-    holds the GIL for 0.1 s (the event loop's other sessions)."""
-    for start in range(0, max(len(data), 1), _LINE_WINDOW):
-        window = data[start:start + _LINE_WINDOW + 999]
-        if max(map(len, window.split(b"\n"))) > 999:
-            return True
-    return False
 
 
 def _reencode(entity: bytes) -> bytes:
@@ -142,21 +163,45 @@ def _reencode(entity: bytes) -> bytes:
     return to_crlf(out.getvalue(), bare_cr=True)
 
 
-def content_entity(message: Raw) -> tuple[tuple[bytes, ...], bytes]:
-    """(outer header fields, canonical 7-bit content entity) of a message to protect."""
-    split = split_of(message)
-    content = [f for f in split.fields if field_name(f).startswith("content-")]
+@overload
+def content_entity(message: Raw) -> tuple[tuple[bytes, ...], bytes]: ...
+
+
+@overload
+def content_entity(message: Raw, *, pieces: Literal[True]) -> tuple[tuple[bytes, ...], Pieces]: ...
+
+
+def content_entity(message: Raw, *, pieces: bool = False) -> tuple[tuple[bytes, ...], bytes | Pieces]:
+    """(outer header fields, canonical 7-bit content entity) of a message to protect.
+
+    `pieces=True`: the entity as two `Pieces`, its header block (through the empty line; the
+    whole entity when it has none) and its body, a view of the message's own bytes when they
+    are canonical 7-bit (no copy of a large body: issue 15); joined, the same bytes."""
+    data = raw_data(message)
+    body: Buffer
+    if len(data) <= MessageView.KEEP_LIMIT:  # the view's split, shared with the other stages
+        split = split_of(message)
+        fields, body = split.fields, split.body
+    else:  # nothing is kept past KEEP_LIMIT: the body's place, not a copy of it
+        canonical, fields, start, end = _split_bounds(data)
+        body = memoryview(canonical)[start:end]
+    content = [f for f in fields if field_name(f).startswith("content-")]
     if not any(field_name(f) == "content-type" for f in content):
         content.insert(0, b"Content-Type: text/plain; charset=us-ascii\r\n")
-    entity = b"".join([*content, b"\r\n", split.body])
-    if not _is_7bit(entity):
+    head = b"".join([*content, b"\r\n"])
+    outer = outer_fields(Split(fields, b""))
+    if _is_7bit(head) and _is_7bit(body):
+        entity = Pieces((head, body))
+    else:
         try:
-            entity = _reencode(entity)
+            whole = _reencode(head + body)
         except (email.errors.MessageError, ValueError, LookupError):
             # found by atheris: the stdlib parser/generator refuses what it cannot fold or decode
             # (a header with an embedded header, a NUL in a charset)
             raise MalformedSmime("content cannot be re-encoded as 7-bit MIME for signing") from None
-    return outer_fields(split), entity
+        end = whole.find(b"\r\n\r\n")
+        entity = Pieces((whole, b"") if end < 0 else (whole[:end + 4], memoryview(whole)[end + 4:]))
+    return outer, (entity if pieces else entity.join())
 
 
 _B64_BLOCK = 57 * 1024  # a multiple of 57 input bytes = whole 76-character lines per block
@@ -181,17 +226,20 @@ def _b64(der: bytes) -> bytes:
     return b"".join(_b64_chunks(der))
 
 
-def multipart_signed(outer: tuple[bytes, ...], entity: bytes, signature_der: bytes, micalg: str) -> bytes:
+def multipart_signed(outer: tuple[bytes, ...], entity: bytes | Pieces, signature_der: bytes, micalg: str) -> bytes:
     """A multipart/signed message: the CRLF before each boundary belongs to the boundary."""
-    return b"".join(outer) + b"MIME-Version: 1.0\r\n" + signed_entity(entity, signature_der, micalg)
+    signed = signed_entity(entity, signature_der, micalg)
+    return b"".join([*outer, b"MIME-Version: 1.0\r\n", *signed.parts])  # the entity copied once
 
 
-def signed_entity(entity: bytes, signature_der: bytes, micalg: str) -> bytes:
+def signed_entity(entity: bytes | Pieces, signature_der: bytes, micalg: str) -> Pieces:
     """The multipart/signed entity alone (its Content-Type, the empty line, the two parts): what
     `content_entity` would cut back out of `multipart_signed`'s message, made without building
-    and splitting that message again (sign then encrypt encrypts this)."""
+    and splitting that message again (sign then encrypt encrypts this). As pieces around the
+    entity's own: no copy of a large entity (the encryption reads pieces)."""
     boundary = "----=_smime_" + os.urandom(12).hex()
-    if boundary.encode() in entity:
+    parts = entity.parts if isinstance(entity, Pieces) else (entity,)
+    if Pieces(parts).contains(boundary.encode()):
         raise MalformedSmime("boundary collision")  # 96 random bits: never in practice
     b = boundary.encode()
     head = (b'Content-Type: multipart/signed; protocol="application/pkcs7-signature";\r\n'
@@ -202,7 +250,7 @@ def signed_entity(entity: bytes, signature_der: bytes, micalg: str) -> bytes:
             + b"Content-Transfer-Encoding: base64\r\n"
             + b'Content-Disposition: attachment; filename="smime.p7s"\r\n\r\n'
             + _b64(signature_der) + b"--" + b + b"--\r\n")
-    return b"".join([head, entity, tail])  # the entity copied once (a chain of + copied it at every step)
+    return Pieces((head, *parts, tail))
 
 
 def pkcs7_mime(outer: tuple[bytes, ...], der: bytes, smime_type: str) -> bytes:
@@ -262,9 +310,24 @@ def _signed_parts(split: Split, boundary: str) -> tuple[bytes, bytes]:
     return first, second
 
 
+def _header_split(raw: Raw) -> Split:
+    """The split `classify` reads the header fields of: the view's own (kept) for a message up to
+    `MessageView.KEEP_LIMIT`; past it, the split of the canonical header block alone (through
+    the first CRLF CRLF, where `split_message` cuts: the same fields), so that telling a large
+    plain message from S/MIME does not copy its body (issue 15). Its body is not the message's."""
+    data = raw_data(raw)
+    if len(data) <= MessageView.KEEP_LIMIT:
+        return split_of(raw)
+    if len(data) > MAX_MESSAGE_SIZE:
+        raise MalformedSmime("message too large")
+    canonical = to_crlf(data, bare_cr=True)
+    end = canonical.find(b"\r\n\r\n")
+    return split_message(canonical if end < 0 else canonical[:end + 4])
+
+
 def classify(raw: Raw) -> SmimePart:
     """Tell an S/MIME entity from plain content and extract its CMS bytes."""
-    split = split_of(raw)
+    split = _header_split(raw)
     msg = _headers(raw, split)
     ctype = msg.get_content_type()
     if ctype == "multipart/signed":
@@ -274,7 +337,7 @@ def classify(raw: Raw) -> SmimePart:
             raise MalformedSmime("multipart/signed without a boundary")
         if protocol not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
             raise MalformedSmime("multipart/signed with a protocol other than S/MIME")
-        first, second = _signed_parts(split, boundary)
+        first, second = _signed_parts(split_of(raw), boundary)
         sig = split_message(second)
         sig_type = sig.message().get_content_type()
         if sig_type not in ("application/pkcs7-signature", "application/x-pkcs7-signature"):
@@ -283,7 +346,7 @@ def classify(raw: Raw) -> SmimePart:
     name = str(msg.get_param("name") or msg.get_filename() or "").lower()
     if ctype in ("application/pkcs7-mime", "application/x-pkcs7-mime") or (
             ctype == "application/octet-stream" and name.endswith(".p7m")):
-        return SmimePart("pkcs7-mime", _decode_body(split, msg))
+        return SmimePart("pkcs7-mime", _decode_body(split_of(raw), msg))
     if ctype == "message/rfc822":
-        return SmimePart("rfc822", signed_content=split.body)
+        return SmimePart("rfc822", signed_content=split_of(raw).body)
     return SmimePart("plain")

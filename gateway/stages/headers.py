@@ -12,13 +12,12 @@ import email
 import email.policy
 
 from gateway.legacy.mimeutil import structure_only
-from gateway.rawmime import Raw, raw_data, raw_split
+from gateway.rawmime import Raw, header_block, raw_data, raw_split_view
 from gateway.smime.headers import (
     OUR_PREFIX,
     allowed_outer_fields,
     header_field,
     is_seven_bit,
-    join_raw,
     name_of,
     split_raw,  # noqa: F401 - the stages' name for it (tests compare it with the other readers')
 )
@@ -31,12 +30,13 @@ ENVELOPE_FIELDS = ("mime-version", "content-type", "content-transfer-encoding", 
 
 def strip_headers(message: Raw) -> bytes:
     """The message without any of our own `X-Msgw-*` fields (by prefix: no forged one survives);
-    the very same bytes object when there is none (so a view of it stays valid)."""
-    fields, body = raw_split(message)
+    the very same bytes object when there is none (so a view of it stays valid). A large
+    message's body is not copied to find out (`raw_split_view`), and copied once if there is."""
+    fields, body = raw_split_view(message)
     kept = [f for f in fields if not name_of(f).startswith(OUR_PREFIX)]
     if len(kept) == len(fields):
         return raw_data(message)
-    return join_raw(kept, body)
+    return b"".join([*kept, b"\r\n", body])  # = join_raw(kept, body), the body copied once
 
 
 def prepend_header(message: bytes, name: str, value: str) -> bytes:
@@ -51,10 +51,11 @@ def restrict_outer(message: Raw, *, neutral_subject: str, original: Raw | None =
     from, whose raw headers the allow-list is taken from (an encoder may have re-serialised them).
     `envelope_name`: the one name the envelope shows (`smime.p7m`), whatever its client named it;
     without it, names are kept as the encoder wrote them (neutral)."""
-    fields, body = raw_split(message)
+    fields, body = raw_split_view(message)
     envelope = _envelope_fields([f for f in fields if name_of(f) in ENVELOPE_FIELDS], envelope_name)
-    outer = allowed_outer_fields(message if original is None else original, neutral_subject=neutral_subject)
-    return join_raw(outer + envelope, body)
+    outer = allowed_outer_fields(header_block(message if original is None else original),
+                                 neutral_subject=neutral_subject)
+    return b"".join([*outer, *envelope, b"\r\n", body])  # = join_raw(outer + envelope, body), one copy
 
 
 def _envelope_fields(fields: list[bytes], name: str | None) -> list[bytes]:
