@@ -191,32 +191,41 @@ class SmtpSession:
         if protocol is None or protocol._command_lock is None:
             raise aiosmtplib.SMTPServerDisconnected("Connection lost")
         commands = [mail, *(line for _, line in sendable)] + ([b"DATA\r\n"] if sendable else [])
-        timeout = client.timeout
         async with protocol._command_lock:
-            replies = await self._exchange(protocol, commands, timeout)
-            first = replies[0]
-            if first.code == _CLOSING:
-                client.close()
-                raise self._sender_refused(first.code, first.message)
-            rcpt_replies = replies[1:1 + len(sendable)]
-            closing = next((reply for reply in rcpt_replies if reply.code == _CLOSING), None)
-            if closing is not None:
-                client.close()
-                raise DeliveryError(f"session with {self.remote} failed: {closing.code} {closing.message}",
-                                    temporary=True, status="4.4.2", remote=self.host)
-            start = replies[1 + len(sendable)] if len(replies) > 1 + len(sendable) else None
-            if first.code != aiosmtplib.SMTPStatus.completed:
-                await self._end_unwanted_data(protocol, start, timeout)
-                raise self._sender_refused(first.code, first.message)
-            accepted: list[str] = []
-            for (rcpt, _), reply in zip(sendable, rcpt_replies, strict=True):
-                results[rcpt] = RecipientResult(reply.code, reply.message)
-                if reply.code in _RCPT_OK:
-                    accepted.append(rcpt)
-            if not accepted:
-                await self._end_unwanted_data(protocol, start, timeout)
-                return results
-            final = await self._data_phase(protocol, start, pieces, tail, timeout)
+            try:
+                return await self._transaction(protocol, commands, sendable, results, pieces, tail)
+            finally:
+                protocol._response_pending = False  # as aiosmtplib leaves it between commands
+
+    async def _transaction(self, protocol: SMTPProtocol, commands: list[bytes], sendable: list[tuple[str, bytes]],
+                           results: dict[str, RecipientResult], pieces: list[Piece], tail: bytes
+                           ) -> dict[str, RecipientResult]:
+        """The pipelined exchange and what the replies mean, under aiosmtplib's command lock."""
+        client, timeout = self.client, self.client.timeout
+        replies = await self._exchange(protocol, commands, timeout)
+        first = replies[0]
+        if first.code == _CLOSING:
+            client.close()
+            raise self._sender_refused(first.code, first.message)
+        rcpt_replies = replies[1:1 + len(sendable)]
+        closing = next((reply for reply in rcpt_replies if reply.code == _CLOSING), None)
+        if closing is not None:
+            client.close()
+            raise DeliveryError(f"session with {self.remote} failed: {closing.code} {closing.message}",
+                                temporary=True, status="4.4.2", remote=self.host)
+        start = replies[1 + len(sendable)] if len(replies) > 1 + len(sendable) else None
+        if first.code != aiosmtplib.SMTPStatus.completed:
+            await self._end_unwanted_data(protocol, start, timeout)
+            raise self._sender_refused(first.code, first.message)
+        accepted: list[str] = []
+        for (rcpt, _), reply in zip(sendable, rcpt_replies, strict=True):
+            results[rcpt] = RecipientResult(reply.code, reply.message)
+            if reply.code in _RCPT_OK:
+                accepted.append(rcpt)
+        if not accepted:
+            await self._end_unwanted_data(protocol, start, timeout)
+            return results
+        final = await self._data_phase(protocol, start, pieces, tail, timeout)
         for rcpt in accepted:
             results[rcpt] = RecipientResult(final.code, final.message)
         return results
@@ -365,10 +374,13 @@ async def _next_reply(protocol: SMTPProtocol, timeout: float | None) -> aiosmtpl
     """The next reply of a pipelined group. aiosmtplib's protocol parses only the first complete
     reply of what arrives and leaves the rest in its buffer until more bytes come; a server that
     answers the group in one segment would never wake it again. So the buffer is read first
-    (no await in between: nothing can arrive meanwhile), and only then the next arrival."""
-    reply = protocol._read_response_from_buffer()
-    if reply is not None:
-        return reply
+    (no await in between: nothing can arrive meanwhile), and only then the next arrival. A reply
+    the protocol already parsed (its waiter done) comes before anything left in the buffer."""
+    waiter = protocol._response_waiter
+    if waiter is None or not waiter.done():
+        reply = protocol._read_response_from_buffer()
+        if reply is not None:
+            return reply
     return await protocol.read_response(timeout=timeout)
 
 

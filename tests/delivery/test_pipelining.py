@@ -23,6 +23,7 @@ from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
 from gateway.config.delivery import TlsSettings
 from gateway.delivery.smtp_client import OFF_LOOP_BYTES, PIPELINE_GROUP, SmtpSession, open_session
 from gateway.errors import DeliveryError
+from tests.delivery import test_connection_cache as _cache
 from tests.delivery.test_data_stuffing import CASES
 
 SENDER = "lab@gw.test"
@@ -360,3 +361,37 @@ def test_a_large_message_and_more_recipients_than_one_write_holds(server_factory
     assert len(server.messages) == 1
     assert len(server.messages[0].recipients) == len(recipients) - 1
     assert server.messages[0].payload == _wire(data)
+
+
+# -- the connection cache's rules, with PIPELINING offered ----------------------------------------
+# Every test of tests/delivery/test_connection_cache.py again, its aiosmtpd sink now offering
+# PIPELINING (aiosmtpd reads pipelined commands but does not say so): reuse, bounds, a session
+# closed while idle or at MAIL on a fresh session (a new connection, never a deferral), RSET
+# after a refused recipient, one session per TLS demand (the first message after STARTTLS is
+# pipelined too: EHLO again right after the handshake).
+
+@pytest.fixture(autouse=True)
+def _cache_sinks_offer_pipelining(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    if not request.node.name.startswith("test_cached_"):
+        yield
+        return
+    pipelined: list[int] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802 - aiosmtpd's hook name
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    send_pipelined = SmtpSession._send_pipelined
+
+    async def counted(self: SmtpSession, *args, **kwargs):
+        pipelined.append(1)
+        return await send_pipelined(self, *args, **kwargs)
+
+    monkeypatch.setattr(_cache.CountingHandler, "handle_EHLO", handle_EHLO, raising=False)
+    monkeypatch.setattr(SmtpSession, "_send_pipelined", counted)
+    yield
+    assert pipelined, "no transaction was pipelined"
+
+
+for _name in [name for name in dir(_cache) if name.startswith("test_")]:
+    globals()["test_cached_" + _name[len("test_"):]] = getattr(_cache, _name)
