@@ -15,10 +15,12 @@ still go; none accepted, no payload (a 354 the server gives anyway is ended with
 a refused MAIL raises; a 421 at MAIL or a RCPT fails the session (temporary, closed), at DATA
 it is the accepted recipients' result. aiosmtplib has no pipelining call, so the pipelined
 commands are written here, built as its `execute_command` builds them (same address quoting,
-same refusal of control characters), and their replies are parsed by its own protocol, whose
-buffer is read before each wait (`_next_reply`). Going below aiosmtplib altogether (a protocol
-of our own for cached sessions) was measured and not done: the pipelined path costs ~0.07 ms
-of loop CPU per 1 KB message (`bench/delivery_client.py`), ~1 % of a message's CPU. TLS policies:
+same refusal of control characters), and their replies are read by `pipelining.ReplyReader`,
+which holds the transport for that exchange only (aiosmtplib's protocol drops replies that come
+in a row: see that module). The payload and its final reply go through aiosmtplib's protocol as
+in `send_data`. Going below aiosmtplib for the whole cached session was measured and not done:
+the pipelined path costs ~0.06 ms of loop CPU per 1 KB message (`bench/delivery_client.py`),
+~1 % of a message's CPU. TLS policies:
 
 * `required`: STARTTLS must be offered and the server certificate must verify against the
   route's CA file (or the system store) for the hop's host name; otherwise the hop fails
@@ -41,6 +43,7 @@ meanwhile; the retry period ends it with a bounce if the server never asks.
 from __future__ import annotations
 
 import asyncio
+import functools
 import ssl
 import time
 from dataclasses import dataclass
@@ -51,6 +54,7 @@ from aiosmtplib.email import quote_address
 from aiosmtplib.protocol import COMMAND_INJECTION_REGEX, SMTPProtocol, normalize_message_line_endings
 
 from gateway.config import TlsSettings
+from gateway.delivery.pipelining import ReplyReader
 from gateway.errors import DeliveryError
 
 
@@ -202,7 +206,8 @@ class SmtpSession:
                            ) -> dict[str, RecipientResult]:
         """The pipelined exchange and what the replies mean, under aiosmtplib's command lock."""
         client, timeout = self.client, self.client.timeout
-        replies = await self._exchange(protocol, commands, timeout)
+        async with ReplyReader(protocol) as reader:
+            replies = await self._exchange(protocol, reader, commands, timeout)
         first = replies[0]
         if first.code == _CLOSING:
             client.close()
@@ -236,14 +241,14 @@ class SmtpSession:
         with a place for each recipient in order (553 already for one that cannot be sent)."""
         options = [f"SIZE={size}".encode("ascii")] if self.client.supports_extension("size") else []
         try:
-            mail = _command_line(b"MAIL", b"FROM:" + quote_address(sender).encode("ascii"), *options)
+            mail = _command_line(b"MAIL", b"FROM:" + _quoted(sender), *options)
         except ValueError as exc:  # a control character or non-ASCII: what aiosmtplib refuses to send
             raise self._sender_unsendable(exc) from None
         results: dict[str, RecipientResult] = {}
         sendable: list[tuple[str, bytes]] = []
         for rcpt in recipients:
             try:
-                sendable.append((rcpt, _command_line(b"RCPT", b"TO:" + quote_address(rcpt).encode("ascii"))))
+                sendable.append((rcpt, _command_line(b"RCPT", b"TO:" + _quoted(rcpt))))
                 results[rcpt] = _UNANSWERED  # a place in the recipients' order; the reply replaces it
             except ValueError as exc:  # as above: refused here, never a crash of the whole message
                 results[rcpt] = RecipientResult(553, f"5.1.3 recipient address cannot be sent: {_short(exc)}")
@@ -261,14 +266,14 @@ class SmtpSession:
             protocol._response_pending = True
             whole = await _write_payload(protocol, pieces, tail, timeout)
             pieces.clear()
-            final = await _next_reply(protocol, timeout)
+            final = await protocol.read_response(timeout=timeout)
             if not whole:
                 self.client.close()
         if final.code == _CLOSING:
             self.client.close()
         return final
 
-    async def _exchange(self, protocol: SMTPProtocol, commands: list[bytes],
+    async def _exchange(self, protocol: SMTPProtocol, reader: ReplyReader, commands: list[bytes],
                         timeout: float | None) -> list[aiosmtplib.SMTPResponse]:
         """Write the commands, `PIPELINE_GROUP` to a write (the whole transaction in one unless it
         has more recipients), and read their replies in order. Stops early after a 421 (the
@@ -278,11 +283,10 @@ class SmtpSession:
         replies: list[aiosmtplib.SMTPResponse] = []
         for begin in range(0, len(commands), PIPELINE_GROUP):
             group = commands[begin:begin + PIPELINE_GROUP]
-            protocol._response_pending = True
             protocol.write(b"".join(group))
             for _ in group:
                 try:
-                    reply = await _next_reply(protocol, timeout)
+                    reply = await reader.next(timeout)
                 except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
                     if replies and replies[0].code != aiosmtplib.SMTPStatus.completed:
                         self.client.close()
@@ -304,7 +308,7 @@ class SmtpSession:
         try:
             protocol._response_pending = True
             protocol.write(b".\r\n")
-            await _next_reply(protocol, timeout)
+            await protocol.read_response(timeout=timeout)
         except (aiosmtplib.SMTPServerDisconnected, aiosmtplib.SMTPTimeoutError):
             self.client.close()  # the refusals already read are the answer; the session is done
 
@@ -349,9 +353,9 @@ class SmtpSession:
         self.client.close()
 
 
-#: Commands per pipelined write: MAIL, up to 98 RCPTs and DATA go in one. aiosmtplib's reply
-#: buffer refuses more than 32 KiB of unread replies; 100 of them stay far below that at the
-#: usual 30-80 bytes a reply (a larger one fails the session: temporary, never a loss).
+#: Commands per pipelined write: MAIL, up to 98 RCPTs and DATA go in one; a longer transaction
+#: writes the next group once the previous one is answered, so what we send unread stays a few
+#: kilobytes (RFC 2920 5: a client must not fill the server's window while it does not read).
 PIPELINE_GROUP = 100
 #: The reply of a server that is closing the session (RFC 5321 3.8).
 _CLOSING = 421
@@ -359,6 +363,15 @@ _CLOSING = 421
 _RCPT_OK = (aiosmtplib.SMTPStatus.completed, aiosmtplib.SMTPStatus.will_forward)
 #: A recipient's place in the results until its RCPT is answered.
 _UNANSWERED = RecipientResult(0, "")
+
+
+@functools.lru_cache(maxsize=4096)
+def _quoted(address: str) -> bytes:
+    """`<address>` as aiosmtplib's `mail`/`rcpt` put it on the wire (its `quote_address`, then
+    ASCII; a ValueError for what it refuses, which is not cached). Cached: `email.utils.parseaddr`
+    under it costs ~18 us an address, a quarter of a pipelined transaction's CPU, and a gateway
+    sends to the same few senders and recipients over and over."""
+    return quote_address(address).encode("ascii")
 
 
 def _command_line(*args: bytes) -> bytes:
@@ -370,20 +383,6 @@ def _command_line(*args: bytes) -> bytes:
     return b" ".join(args) + b"\r\n"
 
 
-async def _next_reply(protocol: SMTPProtocol, timeout: float | None) -> aiosmtplib.SMTPResponse:
-    """The next reply of a pipelined group. aiosmtplib's protocol parses only the first complete
-    reply of what arrives and leaves the rest in its buffer until more bytes come; a server that
-    answers the group in one segment would never wake it again. So the buffer is read first
-    (no await in between: nothing can arrive meanwhile), and only then the next arrival. A reply
-    the protocol already parsed (its waiter done) comes before anything left in the buffer."""
-    waiter = protocol._response_waiter
-    if waiter is None or not waiter.done():
-        reply = protocol._read_response_from_buffer()
-        if reply is not None:
-            return reply
-    return await protocol.read_response(timeout=timeout)
-
-
 #: Above this size the stuffing (a scan of the whole message) is done in a worker thread, so that
 #: the event loop never spends more than a few milliseconds on one message's bytes.
 OFF_LOOP_BYTES = 64 * 1024
@@ -392,6 +391,9 @@ OFF_LOOP_BYTES = 64 * 1024
 #: large message.
 WRITE_CHUNK = 256 * 1024
 
+
+#: A payload up to this size is joined with its final dot and written at once (see `_write_payload`).
+ONE_WRITE_BYTES = 64 * 1024
 
 #: `stuff_for_data` reads the message in windows of about this size: no single C call over the
 #: whole of a large message, which would hold the GIL (and so the event loop) for ~60 ms a scan.
@@ -485,8 +487,13 @@ async def send_data(client: aiosmtplib.SMTP, data: bytes) -> aiosmtplib.SMTPResp
 
 async def _write_payload(protocol: SMTPProtocol, pieces: list[Piece], tail: bytes, timeout: float | None) -> bool:
     """Write the payload slice by slice; False when the server answered (or closed) before its
-    end: then its reply is what `read_response` gives next."""
+    end: then its reply is what `read_response` gives next. A payload of at most
+    `ONE_WRITE_BYTES` goes in one write with its final dot (one small copy instead of a second
+    send and TCP segment per message)."""
     try:
+        if sum(map(len, pieces)) + len(tail) <= ONE_WRITE_BYTES:
+            protocol.write(b"".join([*pieces, tail]))
+            return True
         for piece in pieces:
             for offset in range(0, len(piece), WRITE_CHUNK):
                 protocol.write(piece[offset:offset + WRITE_CHUNK])  # type: ignore[arg-type]

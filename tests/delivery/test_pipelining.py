@@ -17,10 +17,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
+import aiosmtplib
 import pytest
-from aiosmtplib.protocol import PERIOD_REGEX, normalize_message_line_endings
+from aiosmtplib.protocol import PERIOD_REGEX, SMTPProtocol, normalize_message_line_endings
 
 from gateway.config.delivery import TlsSettings
+from gateway.delivery.pipelining import ReplyReader, _parse
 from gateway.delivery.smtp_client import OFF_LOOP_BYTES, PIPELINE_GROUP, SmtpSession, open_session
 from gateway.errors import DeliveryError
 from tests.delivery import test_connection_cache as _cache
@@ -46,6 +48,8 @@ class ScriptedServer:
     replies: dict[str, str] = field(default_factory=dict)
     close_on: str | None = None
     data_reply: str = "354 go ahead"
+    #: Answer each command with a write of its own (as aiosmtpd does), not the read's at once.
+    reply_per_write: bool = False
     #: Per connection, every read outside a DATA payload, as received.
     reads: list[list[bytes]] = field(default_factory=list)
     messages: list[Message] = field(default_factory=list)
@@ -53,6 +57,7 @@ class ScriptedServer:
 
     def __post_init__(self) -> None:
         self.sock = socket.create_server(("127.0.0.1", 0))
+        self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.port = self.sock.getsockname()[1]
         self.lock = threading.Lock()
         threading.Thread(target=self._accept, daemon=True).start()
@@ -63,6 +68,7 @@ class ScriptedServer:
                 conn, _ = self.sock.accept()
             except OSError:
                 return
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
 
     def _serve(self, conn: socket.socket) -> None:
@@ -121,6 +127,9 @@ class ScriptedServer:
                     elif verb == "RSET":
                         sender, rcpts = "", []
                     out.append(reply.encode() + b"\r\n")
+                if self.reply_per_write and out:
+                    conn.sendall(b"".join(out))
+                    out = []
             if out:
                 conn.sendall(b"".join(out))
 
@@ -361,6 +370,107 @@ def test_a_large_message_and_more_recipients_than_one_write_holds(server_factory
     assert len(server.messages) == 1
     assert len(server.messages[0].recipients) == len(recipients) - 1
     assert server.messages[0].payload == _wire(data)
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_replies_written_one_by_one_are_never_lost(server_factory, event_loop: str) -> None:
+    """A server that answers each pipelined command in a segment of its own (aiosmtpd does):
+    replies come in a row, faster than a reader woken through `wait_for` picks them up. Read
+    through aiosmtplib's protocol, one of them was now and then dropped and the session hung
+    until the command timeout; 300 messages on one session must all go, promptly."""
+    if event_loop == "uvloop":
+        uvloop = pytest.importorskip("uvloop")
+    server = server_factory(pipelining=True, reply_per_write=True)
+
+    async def go() -> int:
+        session = await open_session(host="scripted", address="127.0.0.1", port=server.port,
+                                     tls=TlsSettings(policy="none"), helo_name="gw.test", command_timeout=5)
+        sent = 0
+        for i in range(300):
+            results = await asyncio.wait_for(session.send(SENDER, RCPTS, b"Subject: %d\r\n\r\nx\r\n" % i), 10)
+            sent += all(r.ok for r in results.values())
+        await session.quit()
+        return sent
+
+    sent = uvloop.run(go()) if event_loop == "uvloop" else asyncio.run(go())
+    assert sent == 300
+    assert len(server.messages) == 300 and len(server.reads) == 1
+
+
+def test_the_reader_keeps_replies_that_arrive_in_a_row() -> None:
+    """Two arrivals before the reader's owner runs again: both replies are kept, in order
+    (aiosmtplib's protocol, fed the same way, keeps the first and drops the second)."""
+
+    async def go() -> tuple[list[tuple[int, str]], list[int]]:
+        loop = asyncio.get_running_loop()
+        ours = SMTPProtocol(loop=loop)
+        ours.transport = _FakeTransport()  # type: ignore[assignment]
+        async with ReplyReader(ours) as reader:
+            reader.data_received(b"250 2.1.0 sender ok\r\n")
+            reader.data_received(b"250-2.1.5 first line\r\n250 2.1.5 second\r\n354 go")
+            reader.data_received(b" ahead\r\n")
+            got = [await reader.next(1) for _ in range(3)]
+        theirs = SMTPProtocol(loop=loop)
+        theirs.connection_made(_FakeTransport())  # type: ignore[arg-type]
+        theirs._response_pending = True
+        theirs.data_received(b"250 2.1.0 sender ok\r\n")
+        theirs.data_received(b"250 2.1.5 recipient ok\r\n")
+        first = await theirs.read_response(timeout=1)
+        with pytest.raises(aiosmtplib.SMTPTimeoutError):
+            await theirs.read_response(timeout=0.2)
+        return [(r.code, r.message) for r in got], [first.code]
+
+    got, theirs = asyncio.run(go())
+    assert got == [(250, "2.1.0 sender ok"), (250, "2.1.5 first line\n2.1.5 second"), (354, "go ahead")]
+    assert theirs == [250]
+
+
+class _FakeTransport(asyncio.Transport):
+    """Only what the reader and aiosmtplib's protocol ask of a transport here (no I/O)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.protocol: asyncio.BaseProtocol | None = None
+
+    def is_closing(self) -> bool:
+        return False
+
+    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
+        self.protocol = protocol
+
+    def get_protocol(self) -> asyncio.BaseProtocol:
+        assert self.protocol is not None
+        return self.protocol
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return default
+
+
+REPLIES = [b"250 ok\r\n", b"250-a\r\n250-\r\n250 c\r\n", b"250-\r\n250 x\r\n", b"220\r\n", b"250 \xc3\xa9t\xe9\r\n",
+           b"250 lf only\n", b"421 4.3.2 bye \t \r\n", b"25O bad\r\n", b"250-" + b"x" * 9000 + b"\r\n",
+           b"250 partial", b"250-a\r\n250-b"]
+
+
+@pytest.mark.parametrize("raw", REPLIES, ids=range(len(REPLIES)))
+def test_the_readers_parse_is_aiosmtplibs(raw: bytes) -> None:
+    def theirs() -> object:
+        protocol = SMTPProtocol(loop=asyncio.new_event_loop())
+        protocol._buffer = bytearray(raw)
+        try:
+            reply = protocol._read_response_from_buffer()
+        except aiosmtplib.SMTPResponseException as exc:
+            return ("error", exc.code, exc.message)
+        return None if reply is None else (reply.code, reply.message, bytes(protocol._buffer))
+
+    def ours() -> object:
+        buffer = bytearray(raw)
+        try:
+            reply = _parse(buffer)
+        except aiosmtplib.SMTPResponseException as exc:
+            return ("error", exc.code, exc.message)
+        return None if reply is None else (reply.code, reply.message, bytes(buffer))
+
+    assert ours() == theirs()
 
 
 # -- the connection cache's rules, with PIPELINING offered ----------------------------------------
