@@ -397,6 +397,73 @@ def test_replies_written_one_by_one_are_never_lost(server_factory, event_loop: s
     assert len(server.messages) == 300 and len(server.reads) == 1
 
 
+class _PipeliningSink:
+    """aiosmtpd hooks: PIPELINING offered (aiosmtpd reads pipelined commands but does not say
+    so), every message counted."""
+
+    def __init__(self) -> None:
+        self.sizes: list[int] = []
+
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802 - aiosmtpd's name
+        session.host_name = hostname
+        return [*responses[:-1], "250-PIPELINING", responses[-1]]
+
+    async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's name
+        self.sizes.append(len(envelope.original_content))
+        return "250 2.0.0 kept"
+
+
+@pytest.mark.parametrize("event_loop", ["asyncio", "uvloop"])
+def test_pipelined_over_starttls_from_the_first_message(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                        event_loop: str) -> None:
+    """Verified STARTTLS to aiosmtpd, on both event loops the gateway runs: the extensions are
+    learnt again right after the handshake, so even the first message is pipelined; the reader
+    takes and gives back the TLS transport; payloads from one line to several write slices."""
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from tests.conftest import free_port
+    from tests.e2e.tlspki import TestCA
+
+    ca = TestCA(tmp_path / "pki")
+    pair = ca.issue("localhost")
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(str(pair.cert), str(pair.key))
+    handler = _PipeliningSink()
+    sink = Controller(handler, hostname="127.0.0.1", port=free_port(), tls_context=ctx, require_starttls=True)
+    sink.start()
+    pipelined: list[int] = []
+    send_pipelined = SmtpSession._send_pipelined
+
+    async def counted(self: SmtpSession, *args, **kwargs):
+        pipelined.append(1)
+        return await send_pipelined(self, *args, **kwargs)
+
+    monkeypatch.setattr(SmtpSession, "_send_pipelined", counted)
+    sizes = [20, 70_000, 600_000, 20]
+
+    async def go() -> None:
+        session = await open_session(host="localhost", address="127.0.0.1", port=sink.port,
+                                     tls=TlsSettings(policy="required", ca_file=ca.ca_file), helo_name="gw.test",
+                                     command_timeout=10)
+        for size in sizes:
+            results = await session.send(SENDER, ["a@dest.test", "b@dest.test"], b"Subject: TEST\r\n\r\n"
+                                         + (b"x" * 70 + b"\r\n") * (size // 72 + 1))
+            assert [r.code for r in results.values()] == [250, 250]
+        await session.quit()
+
+    try:
+        if event_loop == "uvloop":
+            pytest.importorskip("uvloop").run(go())
+        else:
+            asyncio.run(go())
+    finally:
+        sink.stop()
+    assert len(pipelined) == len(sizes)
+    assert len(handler.sizes) == len(sizes)
+
+
 def test_the_reader_keeps_replies_that_arrive_in_a_row() -> None:
     """Two arrivals before the reader's owner runs again: both replies are kept, in order
     (aiosmtplib's protocol, fed the same way, keeps the first and drops the second)."""
