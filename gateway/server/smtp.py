@@ -249,10 +249,7 @@ class GatewaySMTP(SMTP):
         client = _peer_ip(self.session)
         name = login.decode("utf-8", "replace")[:200]
         throttle = handler.throttle
-        if throttle.locked(client, name):
-            handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(name))
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self.push("454 4.7.0 Too many authentication failures; try again later")
+        if await self._locked_out(client, name):
             return AuthResult(success=False, handled=True)
         account = await handler.check_password(login, password)
         if account is not None:
@@ -266,17 +263,34 @@ class GatewaySMTP(SMTP):
         await asyncio.sleep(AUTH_FAILURE_DELAY)
         return AuthResult(success=False, handled=False)
 
+    async def _locked_out(self, client: str, name: str | None) -> bool:
+        """True (after the slowed 454 and an audit record) when this client or account is locked out."""
+        handler = self.gateway_handler
+        if not handler.throttle.locked(client, name):
+            return False
+        handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(name or ""))
+        await asyncio.sleep(AUTH_FAILURE_DELAY)
+        await self.push("454 4.7.0 Too many authentication failures; try again later")
+        return True
+
+    async def _initial_response(self, arg: str) -> bytes | None:
+        """The SASL initial response given with AUTH, decoded; None after a 501 for bad base64."""
+        try:
+            return b64decode(arg.encode(), validate=True)
+        except ValueError:
+            await self.push("501 5.5.2 Can't decode base64")
+            return None
+
     async def auth_PLAIN(self, _: Any, args: list[str]) -> AuthResult:
         if len(args) == 1:
             blob = await self.challenge_auth("")
             if not isinstance(blob, bytes):
                 return AuthResult(success=False)
         else:
-            try:
-                blob = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
+            decoded = await self._initial_response(args[1])
+            if decoded is None:
                 return AuthResult(success=False, handled=True)
+            blob = decoded
         parts = blob.split(b"\x00")
         if len(parts) != 3:
             await self.push("501 5.5.2 Can't split auth value")
@@ -289,11 +303,10 @@ class GatewaySMTP(SMTP):
             if not isinstance(login, bytes):
                 return AuthResult(success=False)
         else:
-            try:
-                login = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
+            decoded = await self._initial_response(args[1])
+            if decoded is None:
                 return AuthResult(success=False, handled=True)
+            login = decoded
         password = await self.challenge_auth(self.AuthLoginPasswordChallenge)
         if not isinstance(password, bytes):
             return AuthResult(success=False)
@@ -315,21 +328,17 @@ class GatewaySMTP(SMTP):
         elif args[1] == "=":
             blob = b""
         else:
-            try:
-                blob = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
+            decoded = await self._initial_response(args[1])
+            if decoded is None:
                 return AuthResult(success=False, handled=True)
+            blob = decoded
         try:
             authzid = blob.decode("utf-8")
         except UnicodeDecodeError:
             await self.push("501 5.5.2 Authorization identity is not UTF-8")
             return AuthResult(success=False, handled=True)
         client = _peer_ip(self.session)
-        if handler.throttle.locked(client, authzid or None):
-            handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(authzid))
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self.push("454 4.7.0 Too many authentication failures; try again later")
+        if await self._locked_out(client, authzid or None):
             return AuthResult(success=False, handled=True)
         account, reason, temporary = await handler.card_login(self.session, authzid)
         if account is not None:
@@ -367,15 +376,11 @@ class GatewaySMTP(SMTP):
             if not isinstance(blob, bytes):
                 return AuthResult(success=False, handled=True)  # "*" or bad base64: 501 sent
         else:
-            try:
-                blob = b64decode(args[1].encode(), validate=True)
-            except ValueError:
-                await self.push("501 5.5.2 Can't decode base64")
+            decoded = await self._initial_response(args[1])
+            if decoded is None:
                 return AuthResult(success=False, handled=True)
-        if handler.throttle.locked(client, None):
-            handler.audit_refusal("auth-locked", client=client, identity="unknown")
-            await asyncio.sleep(AUTH_FAILURE_DELAY)
-            await self.push("454 4.7.0 Too many authentication failures; try again later")
+            blob = decoded
+        if await self._locked_out(client, None):
             return AuthResult(success=False, handled=True)
         request: OAuthRequest | None = None
         try:
