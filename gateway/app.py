@@ -26,7 +26,8 @@ from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.logs import event
 from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
-from gateway.server.smtp import MailboxLookup, NationalIdLookup, SmtpServer
+from gateway.server.logins import NationalIdLookup
+from gateway.server.smtp import MailboxLookup, SmtpServer
 from gateway.spool import Spool
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them

@@ -12,17 +12,15 @@ from __future__ import annotations
 import json
 import re
 from base64 import b64encode
-from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 
 from gateway.config import GatewayConfig
 from gateway.config.accounts import Account
 from gateway.errors import PermanentError
+from gateway.server.logins import NationalIdLookup, account_for_national_id, may_act_as
 from gateway.server.oidcjwks import TokenVerifier
 from gateway.server.oidctoken import MAX_TOKEN, TokenRefused
 
-#: Async directory question: the local mailbox addresses of this identifiant national.
-NationalIdLookup = Callable[[str], Awaitable[tuple[str, ...]]]
 #: RFC 6750 b64token.
 _BEARER = re.compile(r"Bearer ([A-Za-z0-9\-._~+/]+=*)\Z")
 
@@ -109,29 +107,13 @@ class OAuthLogin:
     async def account(self, request: OAuthRequest) -> Account:
         """The account this request proves; TokenRefused (or IssuerUnavailable) otherwise."""
         valid = await self.verifier.verify(request.token)
-        account = await self._account_for(valid.national_id, request.authzid)
-        if request.authzid is not None and request.authzid.lower() not in _names(account):
+        account = await account_for_national_id(self.config, self.directory_lookup, valid.national_id,
+                                                request.authzid)
+        if account is None:
+            raise TokenRefused("unknown-national-id", "no account or local mailbox for this identifiant national")
+        if not may_act_as(account, request.authzid):
             raise TokenRefused("authzid", "authorization identity is not this professional's account")
         return account
 
-    async def _account_for(self, national_id: str, authzid: str | None) -> Account:
-        for account in self.config.accounts:
-            if national_id in account.national_ids:
-                return account
-        addresses: tuple[str, ...] = ()
-        if self.directory_lookup is not None:
-            found = await self.directory_lookup(national_id)
-            addresses = tuple(sorted({a.lower() for a in found if self.config.is_local(a.rpartition("@")[2])}))
-        if not addresses:
-            raise TokenRefused("unknown-national-id", "no account or local mailbox for this identifiant national")
-        name = authzid.lower() if authzid is not None and authzid.lower() in addresses else addresses[0]
-        return Account(username=name, password_hash="", senders=addresses, password_auth=False,
-                       national_ids=(national_id,))
 
-
-def _names(account: Account) -> set[str]:
-    return {account.username.lower()} | {s.lower() for s in account.senders if not s.startswith("@")}
-
-
-__all__ = ["OAuthLogin", "OAuthRequest", "SaslMalformed", "parse_oauthbearer", "parse_xoauth2", "error_challenge",
-           "NationalIdLookup"]
+__all__ = ["OAuthLogin", "OAuthRequest", "SaslMalformed", "parse_oauthbearer", "parse_xoauth2", "error_challenge"]

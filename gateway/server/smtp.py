@@ -50,7 +50,7 @@ from gateway.senders import SenderIdentity, account_identity, network_identity, 
 from gateway.server.clientcert import matching_subject
 from gateway.server.clientcheck import ClientCheck, ClientChecks
 from gateway.server.dataread import Outcome, has_bare_newline, read_data
-from gateway.server.logins import AccountLogin, Mechanism
+from gateway.server.logins import AccountLogin, Mechanism, NationalIdLookup, account_for_national_id, may_act_as
 from gateway.server.oauth import (
     OAuthLogin,
     OAuthRequest,
@@ -85,8 +85,6 @@ LISTEN_BACKLOG = 1024
 RcptCheck = Callable[[str], Awaitable[str | GatewayError | Refusal | None]]
 #: Async lookup of a local address in the directory: True when it is a `local` mailbox there.
 MailboxLookup = Callable[[str], Awaitable[bool]]
-#: Async lookup of an identifiant national in the directory: its local mailboxes (card login).
-NationalIdLookup = Callable[[str], Awaitable[tuple[str, ...]]]
 #: Audit sink (the trail's writer): keyword fields of one record.
 Audit = Callable[..., None]
 BARE_LF_REPLY = "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
@@ -524,20 +522,15 @@ class GatewayHandler:
         nid = national_id(x509.load_der_x509_certificate(der))
         if nid is None:
             return None, "no-national-id", False
-        account = next((a for a in self.config.accounts if nid in a.national_ids), None)
-        if account is None and self.national_lookup is not None:
-            try:
-                addresses = await self.national_lookup(nid)
-            except Exception as exc:  # noqa: BLE001 - a directory fault is temporary, never a yes
-                event(log, "auth-deferred", logging.WARNING, listener=self.listener.name,
-                      exc_type=type(exc).__name__)
-                return None, "directory-unavailable", True
-            if addresses:
-                account = Account(username=addresses[0], password_hash="", senders=tuple(addresses),
-                                  password_auth=False, national_ids=(nid,))
+        try:
+            account = await account_for_national_id(self.config, self.national_lookup, nid, authzid)
+        except Exception as exc:  # noqa: BLE001 - a directory fault is temporary, never a yes
+            event(log, "auth-deferred", logging.WARNING, listener=self.listener.name,
+                  exc_type=type(exc).__name__)
+            return None, "directory-unavailable", True
         if account is None:
             return None, "unknown-national-id", False
-        if authzid and authzid.lower() != account.username.lower():
+        if not may_act_as(account, authzid):
             return None, "authzid-mismatch", False
         return account, "good", False
 
