@@ -18,8 +18,20 @@ COMMAND_MODULES = ("serve", "init", "check", "demo", "send", "queue", "passwd", 
                    "directory", "audit", "payload", "legacy")
 
 
+def _version() -> str:
+    """The installed distribution's version (pyproject.toml), or "unknown" from a bare checkout."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("msgw")
+    except PackageNotFoundError:
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="msgw", description="Secure health messaging gateway")
+    parser.add_argument("--version", action="version", version=f"msgw {_version()}",
+                        help="print the installed version and exit")
     sub = parser.add_subparsers(dest="command", required=True)
     for name in COMMAND_MODULES:
         try:

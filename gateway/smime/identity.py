@@ -98,9 +98,18 @@ def _sans(cert: x509.Certificate) -> tuple[list[str], list[str]]:
     return emails, upns
 
 
+#: ISO 6523 ICD 0002 (SIRENE) followed by a SIREN, as IGC-Santé CA certificates write their OU
+#: (``0002 187512751``): a SIREN, not an ADELI cabinet id of type digit ``0``.
+_ISO6523_SIREN = re.compile(r"^0002 ?(\d{9})$")
+
+
 def _structure_ids(name: x509.Name) -> tuple[tuple[str, str], ...]:
     out = []
     for attr in name.get_attributes_for_oid(NameOID.ORGANIZATIONAL_UNIT_NAME):
+        iso = _ISO6523_SIREN.match(str(attr.value).strip())
+        if iso is not None:
+            out.append(("siren", iso.group(1)))
+            continue
         value = str(attr.value).replace(" ", "")
         kind = _STRUCTURE_KINDS.get(value[:1])
         if kind and len(value) > 1 and value[1:].isalnum() and kind[1] in (None, len(value) - 1):

@@ -74,3 +74,16 @@ def test_identifier_from_upn_when_cn_is_plain() -> None:
 def test_no_identifiers_in_a_plain_certificate() -> None:
     ident = read_identity(_cert(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "www.example.test")])))
     assert ident.identifiers == () and not ident.is_person
+
+
+def test_iso_6523_siren_of_an_igc_sante_ca_is_a_siren() -> None:
+    """IGC-Santé CA certificates write `OU=0002 187512751` (ISO 6523 ICD 0002 + SIREN); read as
+    type digit 0 it became `adeli-cabinet:002187512751`."""
+    for ou in ("0002 187512751", "0002187512751"):
+        ca = _cert(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, ou),
+                              x509.NameAttribute(NameOID.COMMON_NAME, "TEST AC IGC-SANTE")]))
+        ident = read_identity(ca)
+        assert ident.organisation_ids == (("siren", "187512751"),)
+        assert "siren:187512751" in ident.identifiers
+    cabinet = _cert(x509.Name([x509.NameAttribute(NameOID.ORGANIZATIONAL_UNIT_NAME, "0751234567")]))
+    assert read_identity(cabinet).organisation_ids == (("adeli-cabinet", "751234567"),)
