@@ -81,3 +81,22 @@ def tmpfs_factory(tmp_path: Path):
     yield mount
     for target in reversed(mounts):
         subprocess.run(["umount", "-l", str(target)], check=False)
+
+
+@pytest.fixture(scope="session")
+def pg_cluster():
+    """One real PostgreSQL server for the session (issue 18): see tests/pgcluster.py."""
+    from tests.pgcluster import remove_cluster, start_cluster
+
+    cluster = start_cluster()
+    yield cluster
+    remove_cluster(cluster)
+
+
+@pytest.fixture
+def pg_dsn(pg_cluster):
+    """A fresh database on the session's PostgreSQL server; its DSN includes the password."""
+    from tests.pgcluster import database
+
+    with database(pg_cluster) as dsn:
+        yield dsn
