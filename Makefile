@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 # The public samples beside the project, as .ci/run sets them: the corpus tests run, not skip.
 MSGW_CORPUS ?= $(if $(wildcard ../shared/samples),$(abspath ../shared/samples))
 export MSGW_CORPUS
-DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr slapd postgresql
+DEB_PACKAGES := softhsm2 opensc gpgsm gnupg swaks openssl postfix dirmngr slapd postgresql chromium chromium-driver systemd
 
 .PHONY: run test deps venv lint clean
 
