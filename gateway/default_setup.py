@@ -1,5 +1,6 @@
-"""First-run files for the embedded default config: a self-signed loopback TLS certificate
-and a demo account whose random password is written beside it (mode 0600).
+"""First-run files for the embedded default config: a self-signed loopback TLS certificate,
+a demo account whose random password is written beside it (mode 0600), the TEST PKI and the
+TEST doctor's key that opens what the capture mode writes to var/outbox.
 
 Made by `msgw init`, `msgw demo` and `msgw serve` without --config, before they load the default
 (loading a config never creates files); a real deployment names its own
@@ -25,6 +26,11 @@ LOCAL_DOCTOR_RPPS = "10100000002"
 LEGACY_DOCTOR = "dr.legacy@medical99.apicrypt.org"
 LEGACY_LAB = "labo.legacy@medical99.apicrypt.org"
 APICRYPT_USERS = ("Master", "msgw.bridge", "labo.legacy", "dr.legacy")
+#: The TEST doctor's decryption key and certificate (JEAN TEST-DUPONT, the default directory's
+#: S/MIME correspondent), copied out of the TEST PKI under names the README gives: in real life it
+#: stays in the doctor's mail client; here it opens what the capture mode wrote to var/outbox.
+TEST_DOCTOR_KEY = "TEST-doctor.key.pem"
+TEST_DOCTOR_CERT = "TEST-doctor.cert.pem"
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -116,6 +122,20 @@ def prepare_test_pki(folder: Path, state_dir: Path) -> None:
                                                       first_name="PAUL")))
 
 
+def _copy_test_doctor(folder: Path) -> None:
+    """The TEST doctor's key pair beside the demo password (again when the TEST PKI was remade)."""
+    pki_dir = folder / "pki"
+    for source, name, private in (("person_encrypt.key.pem", TEST_DOCTOR_KEY, True),
+                                  ("person_encrypt.pem", TEST_DOCTOR_CERT, False)):
+        data, target = (pki_dir / source).read_bytes(), folder / name
+        if target.exists() and target.read_bytes() == data:
+            continue
+        if private:
+            _write_private(target, data)
+        else:
+            target.write_bytes(data)
+
+
 def prepare_legacy_keys(folder: Path) -> None:
     """TEST Apicrypt-style key files for this year (made once per year, mode 0600)."""
     from gateway.legacy.keystore import make_key_file
@@ -143,5 +163,6 @@ def prepare_default_files(folder: Path) -> None:
         _write_private(pw_file, password.encode() + b"\n")
         _write_private(hash_file, hash_password(password).encode() + b"\n")
     prepare_test_pki(folder, folder.parent)
+    _copy_test_doctor(folder)
     prepare_legacy_keys(folder / "apicrypt")
     (folder.parent / "drop" / "lis").mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,8 @@ class Supervisor:
     config_path: str | None
     log_format: str | None = None
     shutdown_grace: float = 20.0
+    #: `msgw serve --listen-base`: the embedded default's ports, moved (None: as written).
+    listen_base: int | None = None
     cwd: Path = field(default_factory=Path.cwd)
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
@@ -125,6 +127,8 @@ class Supervisor:
             cmd += ["--config", self.config_path]
         if self.log_format:
             cmd += ["--log-format", self.log_format]
+        if self.listen_base is not None:
+            cmd += ["--listen-base", str(self.listen_base)]
         return cmd
 
     def _start(self, worker: _Worker) -> None:
@@ -269,6 +273,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     ap.add_argument("--fd", type=int, required=True)
     ap.add_argument("--config")
     ap.add_argument("--log-format")
+    ap.add_argument("--listen-base", type=int)
     args = ap.parse_args(argv)
     die_with_master(args.master, args.fd)
 
@@ -276,7 +281,7 @@ def worker_main(argv: list[str] | None = None) -> int:
     from gateway.config import load_config, load_default_config
     from gateway.logs import setup_logging
 
-    config = load_config(args.config) if args.config else load_default_config()
+    config = load_config(args.config) if args.config else load_default_config(listen_base=args.listen_base)
     setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
     name = f"w{args.index}"
     name_log_lines(name)

@@ -16,6 +16,7 @@ from cryptography import x509
 
 from gateway import tlspolicy
 from gateway.commands.common import add_config_option, config_from
+from gateway.delivery.capture import capture_notice
 from gateway.delivery.transports import unknown_transports
 from gateway.directory.trustspace import TrustSpace
 from gateway.errors import ConfigError
@@ -146,6 +147,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{source}: {key}: {message}", file=sys.stderr)
         print(f"msgw: {len(exc.problems)} problem(s) in the configuration", file=sys.stderr)
         return 2
+    if notice := capture_notice(config):
+        print(f"warning: {config.source}: delivery.capture: {notice}", file=sys.stderr)
     problems = _check_files(config) + unknown_transports(config) + _check_trust_space(config) + _check_cisis(config)
     statuses = asyncio.run(check_keys(config, login=args.login))
     for status in statuses:

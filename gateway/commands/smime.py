@@ -17,8 +17,15 @@ from typing import Any
 
 from gateway.commands.common import read_input, write_output
 from gateway.errors import GatewayError
-from gateway.smime.engine import Verifier, decrypt_message, encrypt_message, sign_message, verify_message
-from gateway.smime.errors import KeyLoadError, MalformedSmime, SmimeError, UnsupportedAlgorithm
+from gateway.smime.engine import (
+    Verifier,
+    decrypt_message,
+    encrypt_message,
+    sign_message,
+    unwrap_message,
+    verify_message,
+)
+from gateway.smime.errors import KeyLoadError, MalformedSmime, NotSigned, SmimeError, UnsupportedAlgorithm
 from gateway.smime.ocsp import OcspSource
 from gateway.smime.revocation import CrlSource, http_fetch
 from gateway.smime.softkeys import load_certificates, load_key
@@ -132,14 +139,28 @@ def cmd_encrypt(args: argparse.Namespace) -> int:
 
 
 def cmd_decrypt(args: argparse.Namespace) -> int:
+    """Decrypt; with --trust also verify the signature inside (every layer, as the gateway does
+    for its own mailboxes) and write the message the reader sees, its protected headers restored."""
     async def act() -> int:
         message = _read_in(args.infile)
         key = _open_key(args, "decrypt")
+        note = None
         try:
-            out = await decrypt_message(message, [key])
+            if args.trust is None:
+                out = await decrypt_message(message, [key])
+            else:
+                crls = CrlSource(files=args.crl or (), fetcher=None if args.no_network else http_fetch)
+                verifier = Verifier(TrustStore.from_directory(args.trust), crls)
+                result = await unwrap_message(message, keys=[key], verifier=verifier)
+                if not result.signatures:
+                    raise NotSigned("message is not signed")
+                out = result.message
+                note = f"decrypted ({'+'.join(result.layers)}); signature OK: {result.signatures[-1].signer_subject}"
         finally:
             _close(key)
         _write_out(args.outfile, out)
+        if note:
+            print(note, file=sys.stderr)
         return 0
     return _run(act)
 
@@ -180,8 +201,12 @@ def register(subparsers: Any) -> None:
     e.add_argument("--out", dest="outfile", required=True)
     e.set_defaults(func=cmd_encrypt)
 
-    d = sub.add_parser("decrypt", help="decrypt a message with a local key")
+    d = sub.add_parser("decrypt", help="decrypt a message with a local key (--trust: and verify its signature)")
     _key_options(d)
-    d.add_argument("--in", dest="infile", required=True)
-    d.add_argument("--out", dest="outfile", required=True)
+    d.add_argument("--trust", help="folder of trusted root and intermediate certificates: also verify the "
+                                   "signature inside and write the message as its reader sees it")
+    d.add_argument("--crl", action="extend", nargs="+", help="CRL file(s) for --trust (DER or PEM; repeatable)")
+    d.add_argument("--no-network", action="store_true", help="with --trust: do not fetch CRLs from distribution points")
+    d.add_argument("--in", dest="infile", required=True, help="the encrypted message (- for standard input)")
+    d.add_argument("--out", dest="outfile", default="-", help="where to write the result (default: standard output)")
     d.set_defaults(func=cmd_decrypt)

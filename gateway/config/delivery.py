@@ -16,7 +16,7 @@ TlsPolicy = Literal["required", "opportunistic", "none"]
 
 _DELIVERY_KEYS = {"smarthost", "tls", "ca_file", "client_cert", "client_key", "connect_timeout", "command_timeout",
                   "max_parallel", "per_destination", "dns_nameservers", "dns_port", "mx_port", "routes",
-                  "consumers", "connection_cache_time", "connection_reuse_limit", "tls_policy"}
+                  "consumers", "connection_cache_time", "connection_reuse_limit", "tls_policy", "capture"}
 _ROUTE_KEYS = {"domain", "host", "port", "tls", "ca_file", "client_cert", "client_key", "concurrency", "transport",
                "tls_policy"}
 
@@ -87,6 +87,10 @@ class DeliveryConfig:
     connection_reuse_limit: int = 100
     #: The TLS preset of `required` TLS (`TLS_POLICIES`): Référentiel #2 unless the config says otherwise.
     tls_policy: str = "mssante-ref2"
+    #: Capture mode (the embedded default only): every copy for a non-local domain (without a route) goes into
+    #: this folder (`<domain>/<name>.eml`, the bytes that would have been sent) instead of leaving
+    #: the machine (`gateway.delivery.capture`). None: mail leaves as the next-hop table says.
+    capture: Path | None = None
 
     def consumer_for(self, address: str) -> ConsumerConfig | None:
         """The consumer mailbox at this exact address, if any (a per-address row, before domains)."""
@@ -158,6 +162,23 @@ def _smarthost(r: Reader, spec: dict[str, Any], prefix: str) -> tuple[str | None
     return smarthost, 25
 
 
+#: `Reader.source` of the embedded default (`gateway.config.gateway.DEFAULT_SOURCE`, which this
+#: module cannot import: gateway.py imports it).
+_EMBEDDED_DEFAULT = "<embedded default>"
+
+
+def _capture(r: Reader, spec: dict[str, Any], prefix: str) -> Path | None:
+    """The capture folder. Refused in a config file: a real gateway that "delivers" into a folder
+    would tell every sender their mail left when nothing did, so only the first-run default has it."""
+    if "capture" not in spec:
+        return None
+    if r.source != _EMBEDDED_DEFAULT:
+        r.problem(prefix + "capture", "capture mode (mail written to a folder, nothing leaves this machine) "
+                  "is for the embedded default only: remove it from a real configuration")
+        return None
+    return r.path(spec, "capture", prefix, nonempty=True)
+
+
 def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
     spec = r.table(data, "delivery")
     prefix = "delivery."
@@ -187,4 +208,5 @@ def read_delivery(r: Reader, data: dict[str, Any]) -> DeliveryConfig:
         connection_cache_time=r.convert(spec, "connection_cache_time", prefix, parse_duration, 2),
         connection_reuse_limit=r.positive(spec, "connection_reuse_limit", prefix, 100),
         tls_policy=r.choice(spec, "tls_policy", prefix, TLS_POLICIES, "mssante-ref2"),
+        capture=_capture(r, spec, prefix),
     )

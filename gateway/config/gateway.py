@@ -29,6 +29,7 @@ from gateway.config.listeners import ListenerConfig, read_listeners
 from gateway.config.local import LocalConfig, read_local
 from gateway.config.log import LogConfig, read_log
 from gateway.config.policy import PolicyConfig, read_policy
+from gateway.config.ports import shift_ports
 from gateway.config.reader import Reader, is_domain
 from gateway.config.routing import RoutingConfig, read_routing
 from gateway.config.spool import SpoolConfig, read_spool
@@ -232,7 +233,7 @@ def default_config_text() -> str:
     return resources.files("gateway").joinpath("defaults/default.toml").read_text(encoding="utf-8")
 
 
-def load_default_config(base: Path | None = None) -> GatewayConfig:
+def load_default_config(base: Path | None = None, *, listen_base: int | None = None) -> GatewayConfig:
     """The embedded default: loopback listeners, ./var spool and Maildir, demo accounts, TEST PKI.
 
     Reads only: the TLS pair, the demo password hash, the TEST PKI and legacy keys it names under
@@ -244,4 +245,6 @@ def load_default_config(base: Path | None = None) -> GatewayConfig:
         raise ConfigError([(DEFAULT_SOURCE, "-", f"the first-run files under {base / DEFAULT_FILES} do not exist: "
                             "run `msgw init` (or `msgw serve` once) in this folder first")])
     data = tomllib.loads(default_config_text())
+    if listen_base is not None:
+        data = shift_ports(data, listen_base)
     return parse_config(data, source=DEFAULT_SOURCE, base=base)

@@ -65,6 +65,11 @@ class NextHopResolver:
             tls = d.tls_for(route)
             return Destination(key=f"route:{route.domain}", domain=domain, host=route.host, port=route.port,
                                tls=tls, concurrency=route.concurrency, transport=route.transport)
+        if d.capture is not None:
+            # The embedded default's capture mode: what would go to a smart host or an MX is written
+            # to a folder (routes, which only `msgw demo` adds to the default, still apply).
+            return Destination(key=f"capture:{domain}", domain=domain, concurrency=d.per_destination,
+                               transport="capture")
         tls = d.tls_for(None)
         if d.smarthost:
             # One transaction for all recipients that go through the smart host.

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from gateway.config import GatewayConfig
+from gateway.delivery.capture import CaptureTransport
 from gateway.delivery.consumer import ConsumerTransport
 from gateway.delivery.local import lmtp_results, maildir_results
 from gateway.delivery.nexthop import Destination, NextHopResolver
@@ -172,6 +173,7 @@ TRANSPORTS: dict[str, Callable[[Hop], Transport]] = {
     "lmtp": LmtpTransport,
     "maildir": MaildirTransport,
     "consumer": ConsumerTransport,
+    "capture": CaptureTransport,
 }
 
 

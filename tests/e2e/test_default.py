@@ -22,7 +22,7 @@ def test_embedded_default_and_printed_example(tmp_path: Path) -> None:
         wait_port(5870)
         wait_port(2525)
         banner = (tmp_path / "stderr.log").read_text()
-        example = re.search(r"try:\s+(swaks .*)", banner)
+        example = re.search(r"with swaks:\s+(swaks .*)", banner)
         assert example, banner
         out = subprocess.run(["bash", "-c", example.group(1)], cwd=tmp_path, capture_output=True, text=True,
                              timeout=60, env=dict(os.environ))
