@@ -22,7 +22,7 @@ from typing import Protocol
 from gateway.config import GatewayConfig
 from gateway.delivery.local import mailbox_dirname
 from gateway.delivery.smtp_client import RecipientResult
-from gateway.errors import DeliveryError
+from gateway.errors import DeliveryError, PermanentError
 from gateway.fsutil import write_atomic
 
 #: What `msgw serve` and `msgw check` say whenever capture is on.
@@ -86,6 +86,9 @@ class CaptureTransport:
             raise DeliveryError("capture transport without [delivery] capture", temporary=True, status="4.3.5")
         try:
             path = await asyncio.to_thread(write_capture, self.folder, self.domain, sender, recipients, data)
+        except PermanentError as exc:  # a domain no folder can be named after (never passes RCPT)
+            raise DeliveryError(f"cannot capture for this domain: {exc}", temporary=False, status=exc.status) \
+                from None
         except OSError as exc:
             raise DeliveryError(f"cannot write the capture folder: {exc.strerror}", temporary=True,
                                 status="4.3.0") from None
