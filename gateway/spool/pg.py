@@ -178,11 +178,12 @@ class PgSpool:
 
     def __init__(self, dsn: str, *, owner: str = "", password: str | None = None, lease: float = 60.0,
                  connect_timeout: float = 5.0, statement_timeout: float = 15.0, pool_size: int = 8,
-                 renew_every: float | None = None) -> None:
+                 renew_every: float | None = None, commit_timeout: float | None = None) -> None:
         """`owner`: the name this node (or worker) claims under; "" = a name of its own
         (host:pid), never reused, so nothing of an earlier run is released at `open()`.
         `renew_every`: the heartbeat's period (default `lease / 3`; 0 = no heartbeat, for tests
-        of an owner that stops renewing)."""
+        of an owner that stops renewing). `commit_timeout`: how long a durable transaction may
+        take, COMMIT included (default `statement_timeout`; see `_tx`)."""
         self.dsn = dsn
         self._named = bool(owner)
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
@@ -190,6 +191,7 @@ class PgSpool:
         self.connect_timeout = float(connect_timeout)
         self.statement_timeout = float(statement_timeout)
         self.renew_every = lease / 3 if renew_every is None else float(renew_every)
+        self.commit_timeout = self.statement_timeout if commit_timeout is None else float(commit_timeout)
         self._password = password
         self._pool_size = max(1, pool_size)
         self._pool: psycopg_pool.ConnectionPool | None = None
@@ -339,13 +341,34 @@ class PgSpool:
     def _tx(self, what: str, work: Callable[[psycopg.Connection], T], *, durable: bool = True,
             notify: str | None = None) -> T:
         """Run `work` in one transaction; returns after the COMMIT (with `durable=False`, a
-        commit that does not wait for the WAL flush: see the module docstring)."""
-        with self._conn(what) as conn, conn.transaction():
-            if not durable:
-                conn.execute("SET LOCAL synchronous_commit = off")
-            result = work(conn)
-            if notify is not None:
-                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify))
+        commit that does not wait for the WAL flush: see the module docstring).
+
+        A durable transaction is watched for `commit_timeout`: `statement_timeout` does not
+        bound a COMMIT waiting for a synchronous standby, so a watchdog cancels it. PostgreSQL
+        then ends the wait with a WARNING ("canceling wait for synchronous replication") and a
+        *successful* COMMIT, committed on the primary only: that is not "committed in the shared
+        store", so it becomes `StoreUnavailable` (4xx; the message may be delivered although
+        unacknowledged: a duplicate if the client sends it again, never a loss)."""
+        if not durable or self.commit_timeout <= 0:
+            with self._conn(what) as conn, conn.transaction():
+                if not durable:
+                    conn.execute("SET LOCAL synchronous_commit = off")
+                result = work(conn)
+                if notify is not None:
+                    conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify))
+            return result
+        with self._conn(what) as conn:
+            watch = _Watchdog(conn, self.commit_timeout, self.connect_timeout)
+            try:
+                with conn.transaction():
+                    result = work(conn)
+                    if notify is not None:
+                        conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, notify))
+            finally:
+                watch.stop()
+            if watch.unreplicated:
+                raise StoreUnavailable(f"cannot {what}: the synchronous standby did not confirm the commit within "
+                                       f"{self.commit_timeout:g} s")
         return result
 
     def _read(self, what: str, work: Callable[[psycopg.Connection], T]) -> T:
@@ -508,6 +531,50 @@ class PgSpool:
                                                  None, now, False, cid) for rid, address, cid in rows),
                 copies=copies), data)
         return msg_id
+
+    def import_message(self, msg: QueuedMessage, data: bytes, copies: dict[int, bytes]) -> bool:
+        """Copy a message of another store (`msgw storage migrate`: a single node's SQLite spool
+        into PostgreSQL) as it is: same queue id, recipient and copy ids (other stores, e.g. the
+        LPS store, name them), states, attempts and copies (`copies`: each copy's bytes by copy
+        id; a copy that is the message itself may be left out). Unclaimed. Idempotent: False when
+        the id is already here. Meant for an empty queue: an id already used by another message's
+        recipient or copy is a `SpoolError`, and nothing of that message is written."""
+        _safe_id(msg.id)
+        digest = hashlib.sha256(data).digest()
+
+        def copy_in(conn: psycopg.Connection) -> bool:
+            self._insert_body(conn, digest, data)
+            if conn.execute(
+                    "INSERT INTO queue_messages (id, sender, size, received, expires, listener, client, auth_user,"
+                    " delay_notified, crashes, quarantined, prepared, body) VALUES (%s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s, %s, %s) ON CONFLICT (id) DO NOTHING RETURNING id",
+                    (msg.id, msg.sender, msg.size, msg.received, msg.expires, msg.listener, msg.client, msg.auth_user,
+                     msg.delay_notified, msg.crashes, msg.quarantined, bool(msg.copies), digest)).fetchone() is None:
+                return False
+            for c in msg.copies:
+                body = None
+                if not c.file.startswith("msg/"):
+                    body = hashlib.sha256(copies[c.id]).digest()
+                    self._insert_body(conn, body, copies[c.id])
+                conn.execute("INSERT INTO queue_copies (id, message_id, form, require_tls, size, file, digest)"
+                             " VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                             (c.id, msg.id, c.form, c.require_tls, c.size,
+                              f"msg/{msg.id}" if body is None else c.file, body))  # a label here
+            with conn.cursor() as cur:
+                cur.executemany(
+                    "INSERT INTO queue_recipients (id, message_id, address, state, attempts, next_attempt, last_error,"
+                    " last_status, remote, updated, dsn_sent, copy_id) VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s,"
+                    " %s, %s, %s)",
+                    [(r.id, msg.id, r.address, r.state.value, r.attempts, r.next_attempt, r.last_error,
+                      r.last_status, r.remote, r.updated, r.dsn_sent, r.copy_id) for r in msg.recipients])
+            for table in ("queue_copies", "queue_recipients"):  # later inserts get ids above these
+                conn.execute(sql.SQL("SELECT setval({s}, GREATEST((SELECT max(id) FROM {t}),"
+                                     " (SELECT last_value FROM {q})))").format(
+                                         s=sql.Literal(f"{table}_id_seq"), t=sql.Identifier(table),
+                                         q=sql.Identifier(f"{table}_id_seq")))
+            return True
+
+        return self._tx("import a queued message", copy_in, notify="received")
 
     @staticmethod
     def _insert_body(conn: psycopg.Connection, digest: bytes, data: bytes) -> None:
@@ -732,15 +799,20 @@ class PgSpool:
 
         def write(conn: psycopg.Connection) -> builtins.list[str]:
             _apply_outcomes(conn, items, now)
-            return [r[0] for r in conn.execute(
-                "UPDATE queue_messages m SET claimed_by = '', lease_until = NULL"
-                " WHERE m.claimed_by = %s AND m.id IN (SELECT message_id FROM queue_recipients WHERE id = ANY(%s))"
-                " AND NOT EXISTS (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id AND"
-                " ((r.state IN ('queued', 'deferred') AND r.next_attempt <= %s)"
-                " OR (r.state = 'bounced' AND NOT r.dsn_sent))) RETURNING m.id",
-                (self.owner, [o.rcpt_id for o in items], now))]
+            return self._release_idle(conn, [o.rcpt_id for o in items], now)
 
         self._settle(self._tx("update queue state", write))
+
+    def _release_idle(self, conn: psycopg.Connection, rcpt_ids: builtins.list[int], now: float) -> builtins.list[str]:
+        """Release our claims on the messages of `rcpt_ids` that have nothing due now (nothing
+        pending due, no DSN owed); their ids, to be settled."""
+        return [r[0] for r in conn.execute(
+            "UPDATE queue_messages m SET claimed_by = '', lease_until = NULL"
+            " WHERE m.claimed_by = %s AND m.id IN (SELECT message_id FROM queue_recipients WHERE id = ANY(%s))"
+            " AND NOT EXISTS (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id AND"
+            " ((r.state IN ('queued', 'deferred') AND r.next_attempt <= %s)"
+            " OR (r.state = 'bounced' AND NOT r.dsn_sent))) RETURNING m.id",
+            (self.owner, rcpt_ids, now)).fetchall()]
 
     def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
              remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
@@ -763,12 +835,23 @@ class PgSpool:
 
     def mark_dsn_sent(self, rcpt_ids: Iterable[int]) -> None:
         ids = list(rcpt_ids)
-        self._tx("record a queued DSN",
-                 lambda conn: conn.execute("UPDATE queue_recipients SET dsn_sent = true WHERE id = ANY(%s)", (ids,)))
+        now = time.time()
+
+        def write(conn: psycopg.Connection) -> builtins.list[str]:
+            conn.execute("UPDATE queue_recipients SET dsn_sent = true WHERE id = ANY(%s)", (ids,))
+            return self._release_idle(conn, ids, now)
+
+        self._settle(self._tx("record a queued DSN", write))
 
     def mark_delay_notified(self, msg_id: str) -> None:
-        self._tx("record a delay notice", lambda conn: conn.execute(
-            "UPDATE queue_messages SET delay_notified = true WHERE id = %s", (msg_id,)))
+        now = time.time()
+
+        def write(conn: psycopg.Connection) -> builtins.list[str]:
+            conn.execute("UPDATE queue_messages SET delay_notified = true WHERE id = %s", (msg_id,))
+            rcpts = [r[0] for r in conn.execute("SELECT id FROM queue_recipients WHERE message_id = %s", (msg_id,))]
+            return self._release_idle(conn, rcpts, now)
+
+        self._settle(self._tx("record a delay notice", write))
 
     def record_crash(self, msg_id: str, *, limit: int) -> bool:
         """Count an unexpected processing failure; quarantine (and release) at `limit`."""
@@ -865,6 +948,48 @@ class PgSpool:
             return _collect(conn, [r[0] for r in rows])
 
         return self._tx("collect unreferenced bodies", sweep, durable=False)
+
+
+class _Watchdog:
+    """Cancels a connection's work after `timeout` (see `PgSpool._tx`), and tells whether a
+    COMMIT ended its wait for the synchronous standby without the standby's confirmation."""
+
+    _CANCELLED_SYNC = "canceling wait for synchronous replication"
+
+    def __init__(self, conn: psycopg.Connection, timeout: float, cancel_timeout: float) -> None:
+        self.conn, self.cancel_timeout = conn, cancel_timeout
+        self.unreplicated = False
+        self._fired = False
+        self._done = False
+        self._lock = threading.Lock()
+        conn.add_notice_handler(self._notice)
+        self._timer = threading.Timer(timeout, self._fire)
+        self._timer.daemon = True
+        self._timer.start()
+
+    def _notice(self, diag: psycopg.errors.Diagnostic) -> None:
+        if self._CANCELLED_SYNC in (diag.message_primary or ""):
+            self.unreplicated = True
+
+    def _fire(self) -> None:
+        with self._lock:
+            if self._done:
+                return
+            self._fired = True
+        with contextlib.suppress(psycopg.Error):
+            self.conn.cancel_safe(timeout=self.cancel_timeout)
+
+    def stop(self) -> None:
+        """Disarm. A connection the watchdog fired on is closed (the pool replaces it): a late
+        cancel request must never hit the next statement run on it."""
+        self._timer.cancel()
+        with self._lock:
+            self._done = True
+            fired = self._fired
+        with contextlib.suppress(ValueError):
+            self.conn.remove_notice_handler(self._notice)
+        if fired:
+            self.conn.close()
 
 
 def _messages(conn: psycopg.Connection, where: str, args: tuple) -> builtins.list[QueuedMessage]:

@@ -351,3 +351,65 @@ def _get_or_none(store: PgSpool, msg_id: str):
         return store.get(msg_id)
     except StoreUnavailable:
         return None
+
+
+def test_a_commit_the_synchronous_standby_never_confirms_is_a_4xx_not_a_250(pg_cluster, pg_dsn: str) -> None:
+    """Production runs a synchronous standby: a COMMIT waits for it, and `statement_timeout`
+    does not bound that wait. A standby that never answers (named, absent) must give a
+    temporary error in bounded time, and the store must work again once replication does."""
+    store = _store(pg_dsn, "n", connect_timeout=1.0, commit_timeout=1.0)
+    pg_cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
+    pg_cluster.psql("SELECT pg_reload_conf()")
+    try:
+        started = time.monotonic()
+        with pytest.raises(StoreUnavailable) as err:
+            store.accept("lab@lab.example", ["a@y.example"], BODY, lifetime=60)
+        assert time.monotonic() - started < 5.0
+        assert "synchronous standby" in str(err.value) and smtp_reply(err.value).startswith("451 4.3.0")
+    finally:
+        pg_cluster.psql("ALTER SYSTEM RESET synchronous_standby_names")
+        pg_cluster.psql("SELECT pg_reload_conf()")
+    # Committed on the primary although not acknowledged: delivered (at least once), never lost.
+    assert len(store.list()) == 1
+    _until(lambda: _accepts(store))
+    assert len(store.list()) == 2
+    store.close()
+
+
+def _accepts(store: PgSpool) -> bool:
+    try:
+        store.accept("lab@lab.example", ["a@y.example"], BODY + b"2", lifetime=60)
+    except StoreUnavailable:
+        return False
+    return True
+
+
+def test_a_single_node_spool_is_imported_as_it_is(tmp_path: Path, pg_dsn: str) -> None:
+    """`msgw storage migrate` moves a SQLite spool into PostgreSQL: ids, states, copies kept."""
+    from gateway.spool import NewCopy, Outcome, Spool
+
+    old = Spool(tmp_path / "spool").open()
+    received = old.accept("lab@lab.example", ["a@y.example"], BODY, lifetime=3600)
+    prepared = old.accept("lab@lab.example", ["b@y.example", "c@y.example", "d@y.example"], BODY + b"x",
+                          lifetime=3600)
+    b, c, d = old.get(prepared).recipients
+    old.prepare(prepared, [NewCopy("smime", True, b"signed", (b.id, c.id)),
+                           NewCopy("as-is", False, BODY + b"x", (), same_as_message=True)],
+                [Outcome(d.id, RecipientState.BOUNCED, "5.7.1", "refused", address=d.address)])
+    old.mark_deferred([c.id], next_attempt=time.time() + 600, error="451 later", status="4.0.0")
+    dsn = old.accept_prepared("", ["lab@lab.example"], b"report", form="dsn", lifetime=60, listener="dsn")
+    with _store(pg_dsn, "migrate") as new:
+        for msg in old.list():
+            copies = {cp.id: old.copy_bytes(cp) for cp in msg.copies}
+            assert new.import_message(msg, old.message_bytes(msg.id), copies)
+            assert not new.import_message(msg, old.message_bytes(msg.id), copies), "idempotent"
+        assert [m.to_json() for m in new.list()] == [m.to_json() for m in old.list()]
+        assert new.get(prepared) == old.get(prepared)
+        for msg_id in (received, prepared, dsn):
+            assert new.message_bytes(msg_id) == old.message_bytes(msg_id)
+            for cp in old.get(msg_id).copies:
+                assert new.copy_bytes(new.get(msg_id).copy(cp.id)) == old.copy_bytes(cp)
+        fresh = new.accept("lab@lab.example", ["e@y.example"], BODY, lifetime=60)
+        assert new.get(fresh).recipients[0].id > max(r.id for m in old.list() for r in m.recipients)
+        assert {m.id for m in new.due_received()} == {received, fresh}
+    old.close()
