@@ -418,11 +418,15 @@ class PgSpool:
                 event(log, "lease-renewal-failed", logging.WARNING, owner=self.owner, reason=str(exc))
 
     def release_claims(self, owner: str | None = None) -> int:
-        """Free the messages claimed by `owner` (None: by anyone); how many were freed."""
+        """Free the messages claimed by `owner`; how many were freed. None: by this node, i.e.
+        this store's owner and its worker processes named `<owner>/…` (on a single-node spool
+        None means everyone; here other nodes are alive and their claims are theirs: a node
+        starting must never free them, their leases lapse if they are dead)."""
         def free(conn: psycopg.Connection) -> int:
             if owner is None:
                 cur = conn.execute("UPDATE queue_messages SET claimed_by = '', lease_until = NULL"
-                                   " WHERE claimed_by <> ''")
+                                   " WHERE claimed_by = %s OR starts_with(claimed_by, %s)",
+                                   (self.owner, self.owner + "/"))
             else:
                 cur = conn.execute("UPDATE queue_messages SET claimed_by = '', lease_until = NULL"
                                    " WHERE claimed_by = %s", (owner,))

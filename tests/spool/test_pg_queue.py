@@ -413,3 +413,22 @@ def test_a_single_node_spool_is_imported_as_it_is(tmp_path: Path, pg_dsn: str) -
         assert new.get(fresh).recipients[0].id > max(r.id for m in old.list() for r in m.recipients)
         assert {m.id for m in new.due_received()} == {received, fresh}
     old.close()
+
+
+def test_a_node_starting_frees_its_own_workers_claims_never_another_nodes(pg_dsn: str) -> None:
+    """`msgw serve`'s master releases every claim of the previous run before starting its
+    workers (`release_claims()`); on a shared queue that must mean this node's, not a live
+    neighbour's (it would deliver the neighbour's messages in flight a second time)."""
+    claimed = {}
+    for owner in ("node-a/w0", "node-a/w1", "node-b/w0", "node-a"):
+        with _store(pg_dsn, owner, lease=60) as s:
+            claimed[owner] = s.accept("lab@lab.example", ["a@y.example"], BODY + owner.encode(), lifetime=60)
+    with _store(pg_dsn, "node-ab", lease=60) as prefix_only:  # "node-a" is not a prefix of it, nor it of them
+        assert prefix_only.release_claims() == 0
+    master = _store(pg_dsn, "node-a", lease=60)
+    try:
+        # Its own claim was freed by `open()` (a named owner restarting), its workers' now.
+        assert master.release_claims() == 2
+        assert {m: o for m, o, _ in master.leases()} == {claimed["node-b/w0"]: "node-b/w0"}
+    finally:
+        master.close()
