@@ -35,7 +35,8 @@ Protocol of `gateway.spool.base`); what differs, and why:
   connection for one transaction; concurrent accepts are concurrent transactions, and PostgreSQL
   groups their WAL flushes itself, so the SQLite spool's hand-written group commit is not repeated.
 * **Bounded time, typed error.** Connecting is bounded by `connect_timeout`, waiting for a pooled
-  connection by `connect_timeout`, each statement by `statement_timeout` (server side) and a dead
+  connection by 0.8 × `connect_timeout` (so while the server is down every call, an SMTP client's
+  DATA included, fails within `connect_timeout`: 4 s with the default 5), each statement by `statement_timeout` (server side) and a dead
   peer by TCP keepalives / `tcp_user_timeout` (client side). Any failure to reach the server
   becomes `StoreUnavailable` (a `SpoolError`: `451 4.3.0`, never a 250); a connection broken by a
   server restart is checked and replaced by the pool before use, so the node resumes by itself.
@@ -189,6 +190,8 @@ class PgSpool:
         self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
         self.lease = float(lease)
         self.connect_timeout = float(connect_timeout)
+        #: How long a call waits for a pooled connection (none comes while the server is down).
+        self.pool_wait = 0.8 * self.connect_timeout
         self.statement_timeout = float(statement_timeout)
         self.renew_every = lease / 3 if renew_every is None else float(renew_every)
         self.commit_timeout = self.statement_timeout if commit_timeout is None else float(commit_timeout)
@@ -236,7 +239,7 @@ class PgSpool:
             return self
         pool = psycopg_pool.ConnectionPool(
             self.dsn, min_size=1, max_size=self._pool_size, kwargs=self._connect_kwargs(), open=False,
-            timeout=self.connect_timeout, check=psycopg_pool.ConnectionPool.check_connection,
+            timeout=self.pool_wait, check=psycopg_pool.ConnectionPool.check_connection,
             reconnect_timeout=max(self.connect_timeout * 4, 30.0), name=f"msgw-queue-{self.owner}")
         try:
             pool.open(wait=True, timeout=self.connect_timeout)
@@ -328,13 +331,13 @@ class PgSpool:
         """A pooled connection; every failure becomes a `SpoolError` (`StoreUnavailable` when the
         server is not reachable), in bounded time."""
         try:
-            with self.pool.connection(timeout=self.connect_timeout) as conn:
+            with self.pool.connection(timeout=self.pool_wait) as conn:
                 yield conn
         except GatewayError:
             raise
         except psycopg_pool.PoolTimeout:
             raise StoreUnavailable(f"cannot {what}: queue store unavailable (no connection within "
-                                   f"{self.connect_timeout:g} s)") from None
+                                   f"{self.pool_wait:g} s)") from None
         except psycopg.Error as exc:
             raise _error(what, exc) from None
 
