@@ -36,8 +36,10 @@ Protocol of `gateway.spool.base`); what differs, and why:
   groups their WAL flushes itself, so the SQLite spool's hand-written group commit is not repeated.
 * **Bounded time, typed error.** Connecting is bounded by `connect_timeout`, waiting for a pooled
   connection by 0.8 × `connect_timeout` (so while the server is down every call, an SMTP client's
-  DATA included, fails within `connect_timeout`: 4 s with the default 5), each statement by `statement_timeout` (server side) and a dead
-  peer by TCP keepalives / `tcp_user_timeout` (client side). Any failure to reach the server
+  DATA included, fails within `connect_timeout`: 4 s with the default 5), each statement by
+  `statement_timeout` (server side), a durable COMMIT (a synchronous standby's confirmation) by
+  `commit_timeout` (a watchdog, see `_tx`), and a peer that vanished without a reset by TCP
+  keepalives and `tcp_user_timeout` (client side). Any failure to reach the server
   becomes `StoreUnavailable` (a `SpoolError`: `451 4.3.0`, never a 250); a connection broken by a
   server restart is checked and replaced by the pool before use, so the node resumes by itself.
   Error texts carry the error's class and SQLSTATE only, never a value (no health content).
