@@ -1,10 +1,10 @@
 """The queue's behaviour, the same on both backends (issue 18, item 1): what `accept()` returned
 survives a restart, per-recipient states, finishing, deletion, quarantine, the two states
-(received → prepared), DSNs queued prepared, the plain relay, the just-accepted memory, claims.
+(received → prepared), damaged copies, delay notices, claims between two owners.
 
-Ported from tests/unit/test_spool.py and tests/spool/test_prepared.py (which stay, SQLite only,
-where they look at files on disk) onto the `queue_store` fixture: real SQLite + files, and a
-real PostgreSQL server."""
+Ported from tests/unit/test_spool.py (which stays as it is, SQLite only, with its checks of files
+on disk) onto the `queue_store` fixture: real SQLite + files, and a real PostgreSQL server.
+tests/spool/test_prepared.py runs its file-free tests on both backends itself."""
 
 from __future__ import annotations
 
@@ -143,50 +143,6 @@ def test_a_damaged_copy_is_forgotten_and_prepared_again(queue_store) -> None:
     msg = spool.get(msg_id)
     assert msg.stage == "received" and msg.copies == () and msg.recipients[0].copy_id is None
     assert [m.id for m in spool.due_received()] == [msg_id]
-
-
-def test_a_dsn_is_queued_prepared(queue_store) -> None:
-    spool = queue_store()
-    dsn_id = spool.accept_prepared("", ["lab@lab.example"], b"report", form="dsn", lifetime=60, listener="dsn")
-    msg = spool.get(dsn_id)
-    assert msg.stage == "prepared" and [c.form for c in msg.copies] == ["dsn"]
-    assert msg.recipients[0].copy_id == msg.copies[0].id
-    assert spool.copy_bytes(msg.copies[0]) == b"report"
-    assert spool.due_received() == [] and [m.id for m in spool.due_prepared()] == [dsn_id]
-    assert msg.to_json()["recipients"][0]["form"] == "dsn"
-
-
-def test_a_just_accepted_message_is_taken_once_as_the_spool_recorded_it(queue_store, monkeypatch) -> None:
-    spool = queue_store()
-    msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600,
-                          listener="relay", client="192.0.2.1", auth_user="network:relay")
-    msg, data = spool.take_accepted(msg_id)  # type: ignore[misc]
-    assert data == MESSAGE and msg == spool.get(msg_id)
-    assert spool.take_accepted(msg_id) is None
-    gone = spool.accept("lab@lab.example", ["a@y.example"], MESSAGE, lifetime=3600)
-    assert spool.delete(gone)
-    assert spool.take_accepted(gone) is None
-    monkeypatch.setattr("gateway.spool.store.ACCEPTED_KEPT", 2)
-    ids = [spool.accept("lab@lab.example", ["a@y.example"], MESSAGE, lifetime=3600) for _ in range(3)]
-    assert spool.take_accepted(ids[0]) is None, "the oldest is dropped: read from the store instead"
-    assert all(spool.take_accepted(i) is not None for i in ids[1:])
-    prepared = spool.accept_prepared("", ["lab@lab.example"], MESSAGE, form="dsn", lifetime=3600)
-    assert spool.take_accepted(prepared) is None, "nothing to prepare: not kept"
-
-
-def test_a_plain_relay_records_each_message_prepared_at_accept(queue_store) -> None:
-    spool = queue_store()
-    spool.prepare_on_accept = "as-is"
-    msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600)
-    msg = spool.get(msg_id)
-    assert msg is not None and msg.stage == "prepared"
-    (copy,) = msg.copies
-    assert (copy.form, copy.require_tls, copy.file) == ("as-is", False, f"msg/{msg_id}")
-    assert {r.copy_id for r in msg.recipients} == {copy.id}
-    assert spool.copy_bytes(copy) == MESSAGE
-    kept, data = spool.take_accepted(msg_id)  # type: ignore[misc]
-    assert kept == msg and data == MESSAGE
-    assert spool.due_received() == [] and [m.id for m in spool.due_prepared()] == [msg_id]
 
 
 def test_a_delay_notice_owed_is_delivery_work(queue_store) -> None:
