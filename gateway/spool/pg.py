@@ -63,6 +63,7 @@ import contextlib
 import hashlib
 import logging
 import os
+import secrets
 import socket
 import threading
 import time
@@ -183,13 +184,13 @@ class PgSpool:
                  connect_timeout: float = 5.0, statement_timeout: float = 15.0, pool_size: int = 8,
                  renew_every: float | None = None, commit_timeout: float | None = None) -> None:
         """`owner`: the name this node (or worker) claims under; "" = a name of its own
-        (host:pid), never reused, so nothing of an earlier run is released at `open()`.
+        (host:pid:random), never reused, so nothing of an earlier run is released at `open()`.
         `renew_every`: the heartbeat's period (default `lease / 3`; 0 = no heartbeat, for tests
         of an owner that stops renewing). `commit_timeout`: how long a durable transaction may
         take, COMMIT included (default `statement_timeout`; see `_tx`)."""
         self.dsn = dsn
         self._named = bool(owner)
-        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}"
+        self.owner = owner or f"{socket.gethostname()}:{os.getpid()}:{secrets.token_hex(3)}"
         self.lease = float(lease)
         self.connect_timeout = float(connect_timeout)
         #: How long a call waits for a pooled connection (none comes while the server is down).
@@ -279,12 +280,18 @@ class PgSpool:
             conn.execute("INSERT INTO queue_schema_version (version) VALUES (%s)", (SCHEMA_VERSION,))
 
     def close(self) -> None:
-        """Stop the heartbeat and close the connections. Claims are kept: they lapse after the
-        lease (another node takes the work), or a named owner releases them when it reopens."""
+        """Stop the heartbeat, release this owner's claims (a clean stop: other nodes take the
+        work at once, and it is no takeover; `msgw send`'s message is not held for a lease),
+        close the connections. If the release fails, the claims lapse after the lease."""
         self._stop.set()
         beat, self._heartbeat = self._heartbeat, None
         if beat is not None and beat is not threading.current_thread():
             beat.join(timeout=self.statement_timeout + self.connect_timeout)
+        if self._pool is not None:
+            try:
+                self.release_claims(self.owner)
+            except SpoolError as exc:
+                event(log, "claims-kept", logging.WARNING, owner=self.owner, reason=str(exc))
         with self._listen_lock:
             if self._listener is not None:
                 with contextlib.suppress(psycopg.Error):

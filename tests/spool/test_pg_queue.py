@@ -419,10 +419,10 @@ def test_a_node_starting_frees_its_own_workers_claims_never_another_nodes(pg_dsn
     """`msgw serve`'s master releases every claim of the previous run before starting its
     workers (`release_claims()`); on a shared queue that must mean this node's, not a live
     neighbour's (it would deliver the neighbour's messages in flight a second time)."""
-    claimed = {}
+    claimed, running = {}, []
     for owner in ("node-a/w0", "node-a/w1", "node-b/w0", "node-a"):
-        with _store(pg_dsn, owner, lease=60) as s:
-            claimed[owner] = s.accept("lab@lab.example", ["a@y.example"], BODY + owner.encode(), lifetime=60)
+        running.append(_store(pg_dsn, owner, lease=60))  # not closed: a clean close would release
+        claimed[owner] = running[-1].accept("lab@lab.example", ["a@y.example"], BODY + owner.encode(), lifetime=60)
     with _store(pg_dsn, "node-ab", lease=60) as prefix_only:  # "node-a" is not a prefix of it, nor it of them
         assert prefix_only.release_claims() == 0
     master = _store(pg_dsn, "node-a", lease=60)
@@ -431,4 +431,20 @@ def test_a_node_starting_frees_its_own_workers_claims_never_another_nodes(pg_dsn
         assert master.release_claims() == 2
         assert {m: o for m, o, _ in master.leases()} == {claimed["node-b/w0"]: "node-b/w0"}
     finally:
-        master.close()
+        for s in [master, *running]:
+            s.close()
+
+
+def test_a_clean_close_hands_the_work_over_at_once(pg_dsn: str) -> None:
+    """A node stopped cleanly (or `msgw send`, which accepts and exits) releases its claims: the
+    other node takes the message now, not after the lease, and it is no takeover."""
+    sender = _store(pg_dsn, "", lease=60)
+    msg_id = sender.accept("lab@lab.example", ["a@y.example"], BODY, lifetime=60)
+    node = _store(pg_dsn, "node-b", lease=60)
+    try:
+        assert node.due_received() == []
+        sender.close()
+        assert [m.id for m in node.due_received()] == [msg_id]
+        assert node.counts()["takeovers"] == 0
+    finally:
+        node.close()
