@@ -653,6 +653,7 @@ class PgSpool:
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a damaged copy: its pending recipients are received again (prepared anew)."""
         def forget(conn: psycopg.Connection) -> None:
+            conn.execute("SELECT 1 FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,))
             found = conn.execute("SELECT digest FROM queue_copies WHERE id = %s AND message_id = %s",
                                  (copy_id, msg_id)).fetchone()
             if found is None:
@@ -814,6 +815,7 @@ class PgSpool:
             return
 
         def write(conn: psycopg.Connection) -> builtins.list[str]:
+            _lock_messages_of(conn, [o.rcpt_id for o in items])
             _apply_outcomes(conn, items, now)
             return self._release_idle(conn, [o.rcpt_id for o in items], now)
 
@@ -854,6 +856,7 @@ class PgSpool:
         now = time.time()
 
         def write(conn: psycopg.Connection) -> builtins.list[str]:
+            _lock_messages_of(conn, ids)
             conn.execute("UPDATE queue_recipients SET dsn_sent = true WHERE id = ANY(%s)", (ids,))
             return self._release_idle(conn, ids, now)
 
@@ -908,7 +911,7 @@ class PgSpool:
         self.take_accepted(msg_id)
 
         def mark(conn: psycopg.Connection) -> bool:
-            if conn.execute("SELECT 1 FROM queue_messages WHERE id = %s", (msg_id,)).fetchone() is None:
+            if conn.execute("SELECT 1 FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,)).fetchone() is None:
                 return False
             conn.execute("UPDATE queue_recipients SET state = 'deleted', updated = %s WHERE message_id = %s"
                          " AND state IN ('queued', 'deferred')", (time.time(), msg_id))
@@ -1027,6 +1030,14 @@ def _messages(conn: psycopg.Connection, where: str, args: tuple) -> builtins.lis
         id=row[0], sender=row[1], size=row[2], received=row[3], expires=row[4], listener=row[5], client=row[6],
         auth_user=row[7], delay_notified=bool(row[8]), crashes=row[9], quarantined=bool(row[10]),
         recipients=tuple(rcpts[row[0]]), copies=tuple(copies[row[0]])) for row in rows]
+
+
+def _lock_messages_of(conn: psycopg.Connection, rcpt_ids: builtins.list[int]) -> None:
+    """Lock the messages of these recipients, in id order, before touching their recipients:
+    every writer takes a message's row first (as `prepare`, `finish_if_done`, `delete` do), so
+    two writers on one message queue up instead of deadlocking."""
+    conn.execute("SELECT 1 FROM queue_messages WHERE id IN (SELECT message_id FROM queue_recipients"
+                 " WHERE id = ANY(%s)) ORDER BY id FOR UPDATE", (rcpt_ids,))
 
 
 def _apply_outcomes(conn: psycopg.Connection, outcomes: builtins.list[Outcome], now: float) -> None:

@@ -21,7 +21,7 @@ import pytest
 from gateway.config import load_config
 from gateway.errors import SpoolError, smtp_reply
 from gateway.server.smtp import SmtpServer
-from gateway.spool import RecipientState, StoreUnavailable
+from gateway.spool import Outcome, RecipientState, StoreUnavailable
 from gateway.spool.pg import PgSpool
 from tests.conftest import ROOT
 from tests.e2e.harness import write_config
@@ -446,5 +446,38 @@ def test_a_clean_close_hands_the_work_over_at_once(pg_dsn: str) -> None:
         sender.close()
         assert [m.id for m in node.due_received()] == [msg_id]
         assert node.counts()["takeovers"] == 0
+    finally:
+        node.close()
+
+
+def test_writers_on_the_same_messages_queue_up_instead_of_deadlocking(pg_dsn: str) -> None:
+    """Attempts recording outcomes for recipients of the same messages in opposite orders, as
+    delivery's concurrent batches and the runner's refusals do: each takes the messages' rows
+    first, in id order, so none gets a deadlock error (PostgreSQL would abort one: a needless
+    temporary failure)."""
+    node = _store(pg_dsn, "n", lease=60)
+    try:
+        ids = [node.accept("lab@lab.example", [f"r{i}@y.example" for i in range(10)], BODY, lifetime=3600)
+               for _ in range(4)]
+        rcpts = [r.id for i in ids for r in node.get(i).recipients]
+        later = time.time() + 3600
+        errors: list[BaseException] = []
+
+        def attempt(order: list[int]) -> None:
+            try:
+                for _ in range(60):
+                    node.record_outcomes(Outcome(r, RecipientState.DEFERRED, "4.0.0", "busy", next_attempt=later)
+                                         for r in order)
+            except BaseException as exc:  # noqa: BLE001 - reported below
+                errors.append(exc)
+
+        threads = [threading.Thread(target=attempt, args=(order,))
+                   for order in (rcpts, rcpts[::-1], rcpts[1::2] + rcpts[::2], rcpts[::-2] + rcpts[-2::-2])]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(300)
+        assert [str(e) for e in errors] == []
+        assert all(r.attempts == 240 for i in ids for r in node.get(i).recipients)
     finally:
         node.close()
