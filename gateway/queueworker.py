@@ -19,7 +19,7 @@ from typing import Any
 from gateway.config import GatewayConfig
 from gateway.errors import GatewayError
 from gateway.logs import event
-from gateway.spool import Spool
+from gateway.spool import QueueStore
 
 #: Unexpected failures of one message before it is quarantined (kept, not retried).
 CRASH_LIMIT = 5
@@ -31,7 +31,8 @@ class QueueWorker:
     #: The loop's task name, and the prefix of each message's task.
     name = "queue-worker"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, clock: Callable[[], float], log: logging.Logger) -> None:
+    def __init__(self, config: GatewayConfig, spool: QueueStore, clock: Callable[[], float],
+                 log: logging.Logger) -> None:
         self.config = config
         self.spool = spool
         self.clock = clock

@@ -38,7 +38,7 @@ from gateway.errors import GatewayError, SpoolError
 from gateway.logs import event
 from gateway.pipeline import Envelope, Pipeline, PipelineResult
 from gateway.queueworker import CRASH_LIMIT, QueueWorker
-from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
+from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
 
 log = logging.getLogger("gateway.runner")
 
@@ -53,7 +53,7 @@ class PipelineRunner(QueueWorker):
 
     name = "prepare"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None, *,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, pipeline: Pipeline | None = None, *,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_prepared: Callable[[str], None] | None = None, unrecorded: Unrecorded | None = None,
                  busy: Callable[[], set[str]] = set,
@@ -294,7 +294,7 @@ class QueueService:
     """The spool's two workers: the runner (received → prepared) and delivery (prepared →
     sent). The runner wakes delivery as soon as it prepared something."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, pipeline: Pipeline | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, pipeline: Pipeline | None = None,
                  resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
                  audit: Callable[..., None] | None = None) -> None:
         self._listeners: list[Callable[[str, str, str, str, str | None], None]] = []

@@ -38,7 +38,7 @@ from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
 from gateway.queueworker import QueueWorker
-from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, RecipientState, Spool
+from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
 
 log = logging.getLogger("gateway.delivery")
 
@@ -55,7 +55,7 @@ class DeliveryManager(QueueWorker):
 
     name = "deliver"
 
-    def __init__(self, config: GatewayConfig, spool: Spool, resolver: NextHopResolver | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, resolver: NextHopResolver | None = None,
                  clock: Callable[[], float] = time.time, audit: Callable[..., None] | None = None,
                  on_unprepared: Callable[[str], None] | None = None,
                  on_outcome: Callable[[str, str, str, str, str | None], None] | None = None) -> None:

@@ -34,7 +34,7 @@ from gateway.errors import GatewayError
 from gateway.logs import event
 from gateway.lps import incoming, mdn
 from gateway.rawmime import header_fields
-from gateway.spool import Spool
+from gateway.spool import QueueStore
 
 log = logging.getLogger("gateway.lps.reporter")
 
@@ -45,7 +45,7 @@ LISTENER = "lps-mdn"
 class MdnReporter:
     """The outcome listener (see the module docstring)."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, *, on_queued: Callable[[str], None] | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, *, on_queued: Callable[[str], None] | None = None,
                  clock: Callable[[], dt.datetime] = lambda: dt.datetime.now().astimezone()) -> None:
         self.config = config
         self.spool = spool

@@ -64,7 +64,7 @@ from gateway.server.oidctoken import TokenRefused
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
 from gateway.smime.clientauth import national_id
-from gateway.spool import Spool
+from gateway.spool import QueueStore
 
 log = logging.getLogger("gateway.server")
 
@@ -457,7 +457,7 @@ class LocalMailboxes:
 class GatewayHandler:
     """aiosmtpd hooks for one listener."""
 
-    def __init__(self, config: GatewayConfig, listener: ListenerConfig, spool: Spool,
+    def __init__(self, config: GatewayConfig, listener: ListenerConfig, spool: QueueStore,
                  on_accept: Callable[[str], None] | None = None, rcpt_check: RcptCheck | None = None, *,
                  throttle: AuthThrottle | None = None, audit: Audit | None = None,
                  mailboxes: LocalMailboxes | None = None,
@@ -821,7 +821,7 @@ def _excluded_mechanisms(listener: ListenerConfig, token_login: OAuthLogin | Non
 class SmtpServer:
     """All configured listeners, served on the running event loop."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, on_accept: Callable[[str], None] | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, on_accept: Callable[[str], None] | None = None,
                  rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
                  mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False,
                  client_checks: ClientChecks | None = None, national_lookup: NationalIdLookup | None = None,

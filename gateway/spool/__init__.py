@@ -1,5 +1,6 @@
 """Durable queue: message bytes and per-recipient state, crash recovery."""
 
+from gateway.spool.base import QueueStore, StoreUnavailable
 from gateway.spool.store import (
     PENDING,
     DamagedCopy,
@@ -14,5 +15,5 @@ from gateway.spool.store import (
 )
 
 __all__ = ["PENDING", "DamagedCopy", "NewCopy", "Outcome", "PreparedCopy", "QueuedMessage", "QueuedRecipient",
-           "RecipientState",
+           "QueueStore", "RecipientState", "StoreUnavailable",
            "Spool", "new_message_id"]

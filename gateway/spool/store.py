@@ -414,6 +414,11 @@ class Spool:
 
         return self._write_alone("release claims", free, reserve=False, durable=False)
 
+    def renew(self, ids: Iterable[str] | None = None) -> int:
+        """Nothing to renew: a claim here lasts until the message is finished or released
+        (`QueueStore` protocol; `PgSpool`'s claims are leases). Always 0."""
+        return 0
+
     def _connect(self) -> sqlite3.Connection:
         db = sqlite3.connect(self.path / "queue.sqlite", check_same_thread=False, isolation_level=None, timeout=30)
         try:

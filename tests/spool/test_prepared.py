@@ -1,6 +1,7 @@
 """The spool's two states (issue 12, "prepare once"): a message is *received* until its
 preparation commits, then *prepared*. Real files, real SQLite, a real kill -9 at the step
-between the copy files and the commit."""
+between the copy files and the commit. The tests that look at no file run on both queue
+backends (`queue_store`: SQLite and PostgreSQL, issue 18)."""
 
 from __future__ import annotations
 
@@ -130,8 +131,8 @@ CREATE TABLE recipients (id INTEGER PRIMARY KEY AUTOINCREMENT,
     assert Spool(tmp_path).open().get(msg.id).stage == "prepared"  # the migration is not run twice
 
 
-def test_a_dsn_is_queued_prepared(tmp_path: Path) -> None:
-    spool = Spool(tmp_path).open()
+def test_a_dsn_is_queued_prepared(queue_store) -> None:
+    spool = queue_store()
     dsn_id = spool.accept_prepared("", ["lab@lab.example"], b"report", form="dsn", lifetime=60, listener="dsn")
     msg = spool.get(dsn_id)
     assert msg.stage == "prepared" and [c.form for c in msg.copies] == ["dsn"]
@@ -140,10 +141,10 @@ def test_a_dsn_is_queued_prepared(tmp_path: Path) -> None:
     assert msg.to_json()["recipients"][0]["form"] == "dsn"
 
 
-def test_a_just_accepted_message_is_taken_once_as_the_spool_recorded_it(tmp_path: Path, monkeypatch) -> None:
+def test_a_just_accepted_message_is_taken_once_as_the_spool_recorded_it(queue_store, monkeypatch) -> None:
     """The runner prepares fresh mail from memory (no read back); what it gets is exactly the
     recorded state, once, and never a message deleted meanwhile; the memory is bounded."""
-    spool = Spool(tmp_path).open()
+    spool = queue_store()
     msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600,
                           listener="relay", client="192.0.2.1", auth_user="network:relay")
     msg, data = spool.take_accepted(msg_id)  # type: ignore[misc]
@@ -160,10 +161,10 @@ def test_a_just_accepted_message_is_taken_once_as_the_spool_recorded_it(tmp_path
     assert spool.take_accepted(prepared) is None, "nothing to prepare: not kept"
 
 
-def test_a_plain_relay_records_each_message_prepared_at_accept(tmp_path: Path) -> None:
+def test_a_plain_relay_records_each_message_prepared_at_accept(queue_store) -> None:
     """Without a protection policy the pipeline changes nothing: the message is recorded at
     accept as the one prepared copy of itself (what the runner would record), in one transaction."""
-    spool = Spool(tmp_path).open()
+    spool = queue_store()
     spool.prepare_on_accept = "as-is"
     msg_id = spool.accept("lab@lab.example", ["a@y.example", "b@y.example"], MESSAGE, lifetime=3600)
     msg = spool.get(msg_id)

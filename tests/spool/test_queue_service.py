@@ -1,0 +1,54 @@
+"""The runner and delivery (`QueueService`) on both queue backends (issue 18): a plain relay
+prepares and delivers over real SMTP to a sink, removes what is done, and on PostgreSQL leaves no
+claim behind; a deferral releases the claim (any node takes the message when it is due again)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+
+from gateway.config import load_config
+from gateway.runner import QueueService
+from gateway.spool import RecipientState
+from tests.e2e.harness import Sink, SinkHandler, write_config
+
+BODY = b"From: lab@lab.example\r\nSubject: s\r\n\r\nresult\r\n"
+
+
+def test_messages_are_prepared_delivered_and_removed(queue_store, tmp_path: Path) -> None:
+    sink = Sink().start()
+    try:
+        config = load_config(write_config(tmp_path / "gw", sink_port=sink.port).config)
+        store = queue_store("node-1")
+        ids = [store.accept("lab@lab.example", ["dr@y.example", "ide@y.example"], BODY + bytes([65 + i]),
+                            lifetime=3600) for i in range(3)]
+        queue = QueueService(config, store)
+        asyncio.run(queue.run_once())
+        got = sink.wait_for(3)
+        assert sorted(r.data[-3:] for r in got) == [b"A\r\n", b"B\r\n", b"C\r\n"]
+        assert all(sorted(r.recipients) == ["dr@y.example", "ide@y.example"] for r in got)
+        assert store.list() == [] and all(store.get(i) is None for i in ids)
+        if queue_store.backend == "postgresql":
+            assert store.leases() == [] and store.in_hand() == frozenset(), "nothing left claimed"
+    finally:
+        sink.stop()
+
+
+def test_a_deferral_releases_the_claim(queue_store, tmp_path: Path) -> None:
+    sink = Sink(handler=SinkHandler(data_reply="451 4.3.0 try later")).start()
+    try:
+        config = load_config(write_config(tmp_path / "gw", sink_port=sink.port, retry='["1h"]').config)
+        node1, node2 = queue_store("node-1"), queue_store("node-2", recover=False)
+        msg_id = node1.accept("lab@lab.example", ["dr@y.example"], BODY, lifetime=86400)
+        asyncio.run(QueueService(config, node1).run_once())
+        msg = node1.get(msg_id)
+        assert msg.recipients[0].state is RecipientState.DEFERRED and msg.recipients[0].next_attempt > time.time()
+        if queue_store.backend == "postgresql":
+            assert node1.leases() == [] and node1.in_hand() == frozenset()
+            # Due again (an operator's retry): the other node may take it, no lease to wait for.
+            node1.retry(msg_id)
+            assert [m.id for m in node2.due_prepared()] == [msg_id]
+            assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
+    finally:
+        sink.stop()
