@@ -134,6 +134,9 @@ def _default_banner(config) -> str:
         domains = ", ".join("@" + d for d in config.local.domains)
         lines.append(f"  relay:      {relay.address}:{relay.port} (mail for {domains} only)")
     lines.append(f"  local mail is delivered to the Maildir {config.local.maildir}/<address>/new/")
+    if config.console.enabled:
+        lines.append(f"  console:    https://{config.console.address}:{config.console.port}/ (operator admin, "
+                     f"password in {config.spool.path.parent / 'default' / 'console-admin.password'})")
     if sub:
         lines.append(f"  try:  swaks --server {sub.address}:{sub.port} --tls --auth PLAIN "
                      f"--auth-user demo@msgw.localhost --auth-password \"$(cat {pw_file})\" "
