@@ -51,8 +51,9 @@ SECURITY_HEADERS = {
     "X-Frame-Options": "DENY",
     "Strict-Transport-Security": "max-age=31536000",
 }
-PUBLIC = frozenset({"/login", "/login/certificate", "/static/console.css"})
+PUBLIC = frozenset({"/login", "/login/certificate", "/static/console.css", "/favicon.ico"})
 _QUEUE_ID = re.compile(r"[0-9A-Za-z]{1,64}")
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{43}")
 #: The most records the flows and refusals pages read back from the end of the trail.
 TRAIL_TAIL_BYTES = 32 * 1024 * 1024
 #: The most messages the queue page lists after filtering.
@@ -186,6 +187,7 @@ class Console:
             web.get("/audit", self.audit_page),
             web.post("/audit/verify", self.audit_verify),
             web.get("/static/console.css", self.stylesheet),
+            web.get("/favicon.ico", self.no_icon),
         ])
         return app
 
@@ -226,6 +228,9 @@ class Console:
         css = resources.files("gateway.console").joinpath("static/console.css").read_text(encoding="utf-8")
         return web.Response(text=css, content_type="text/css", charset="utf-8")
 
+    async def no_icon(self, request: web.Request) -> web.Response:
+        return web.Response(status=404, text="no icon\n")
+
     async def index(self, request: web.Request) -> web.Response:
         raise web.HTTPSeeOther("/queue")
 
@@ -234,7 +239,11 @@ class Console:
     async def login_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
         if self.sessions.get(request.cookies.get(COOKIE)) is not None:
             raise web.HTTPSeeOther("/queue")
-        token = secrets.token_urlsafe(32)
+        # Keep the browser's token if it has one: another tab, or the favicon request redirected
+        # here, must not replace the token of a form already shown.
+        token = request.cookies.get(LOGIN_COOKIE, "")
+        if not _TOKEN.fullmatch(token):
+            token = secrets.token_urlsafe(32)
         by_certificate = await self._certificate_operator(request)
         response = self.render(request, "login.html", csrf=token, error=error,
                                cert_operator=by_certificate.name if by_certificate else "")
