@@ -76,6 +76,17 @@ def submit(sender: str, rcpts: list[str], data: bytes, port: int) -> str:
     return reply.decode().rsplit(" ", 1)[1]
 
 
+def fetch(url: str, session: str, *, post: bool = False) -> int:
+    """GET or an empty POST (no CSRF token) with the session cookie, through urllib."""
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE  # the test's self-signed pair
+    assert url.startswith("https://127.0.0.1:")
+    request = urllib.request.Request(url, data=b"" if post else None, method="POST" if post else "GET",  # noqa: S310
+                                     headers={"Cookie": f"__Host-msgw-console={session}"})
+    with urllib.request.urlopen(request, context=ctx, timeout=10) as resp:  # noqa: S310 - https, the test's console
+        return int(resp.status)
+
+
 def wait_until(check: Callable[[], bool], what: str, timeout: float = 30.0) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -195,17 +206,11 @@ password_hash_file = "nadia.hash"
         # a POST without the CSRF token, with the browser's own session cookie: refused
         session = driver.get_cookie("__Host-msgw-console")["value"]
         for path in (f"/queue/{plain}/retry", "/audit/verify", "/logout"):
-            request = urllib.request.Request(url + path, data=b"", method="POST",
-                                             headers={"Cookie": f"__Host-msgw-console={session}"})
-            ctx = ssl.create_default_context()
-            ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
             with pytest.raises(urllib.error.HTTPError) as refused:
-                urllib.request.urlopen(request, context=ctx, timeout=10)
+                fetch(url + path, session, post=True)
             assert refused.value.code == 403
         # the same cookie still opens a page: the session was not ended by the refused logout
-        request = urllib.request.Request(url + "/queue", headers={"Cookie": f"__Host-msgw-console={session}"})
-        with urllib.request.urlopen(request, context=ctx, timeout=10) as ok:
-            assert ok.status == 200
+        assert fetch(url + "/queue", session) == 200
 
     # the marker is on no page the operator saw
     assert len(pages) >= 12
@@ -213,5 +218,5 @@ password_hash_file = "nadia.hash"
         assert marker not in html, name
     audit = (folder / "audit.jsonl").read_text()
     assert marker not in audit
-    assert f'"decision":"console-retry"' in audit and f'"identity":"{OPERATOR}"' in audit
+    assert '"decision":"console-retry"' in audit and f'"identity":"{OPERATOR}"' in audit
     assert '"decision":"console-delete"' in audit
