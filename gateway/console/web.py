@@ -236,7 +236,8 @@ class Console:
 
     # -- login -------------------------------------------------------------------------------
 
-    async def login_page(self, request: web.Request, *, error: str = "", status: int = 200) -> web.Response:
+    async def login_page(self, request: web.Request, *, error: str = "", status: int = 200,
+                         offer_certificate: bool = True) -> web.Response:
         if self.sessions.get(request.cookies.get(COOKIE)) is not None:
             raise web.HTTPSeeOther("/queue")
         # Keep the browser's token if it has one: another tab, or the favicon request redirected
@@ -244,9 +245,9 @@ class Console:
         token = request.cookies.get(LOGIN_COOKIE, "")
         if not _TOKEN.fullmatch(token):
             token = secrets.token_urlsafe(32)
-        by_certificate = await self._certificate_operator(request)
-        response = self.render(request, "login.html", csrf=token, error=error,
-                               cert_operator=by_certificate.name if by_certificate else "")
+        by_certificate, verdict = await self._certificate_operator(request) if offer_certificate else (None, None)
+        offered = by_certificate.name if by_certificate is not None and verdict is not None and verdict.ok else ""
+        response = self.render(request, "login.html", csrf=token, error=error, cert_operator=offered)
         response.set_status(status)
         response.set_cookie(LOGIN_COOKIE, token, secure=True, httponly=True, samesite="Strict", path="/",
                             max_age=3600)
@@ -271,29 +272,32 @@ class Console:
         return self._open_session(request, operator, "password")
 
     async def login_certificate(self, request: web.Request) -> web.Response:
-        operator = await self._certificate_operator(request, audit_refusal=True)
-        if operator is None:
-            return await self.login_page(request, error="No operator certificate was accepted.", status=401)
-        return self._open_session(request, operator, "certificate")
+        operator, verdict = await self._certificate_operator(request)
+        if operator is not None and verdict is not None and verdict.ok:
+            return self._open_session(request, operator, "certificate")
+        if operator is not None and verdict is not None:
+            self._audit_login(False, operator.name, _client(request),
+                              f"client certificate: {verdict.reason}{' (temporary)' if verdict.temporary else ''}")
+            if verdict.temporary:  # a revocation source down: never a yes, try again later
+                return await self.login_page(request, status=503, offer_certificate=False,
+                                             error="The certificate's revocation status cannot be checked now: "
+                                                   "try again later.")
+        return await self.login_page(request, error="No operator certificate was accepted.", status=401,
+                                     offer_certificate=False)
 
-    async def _certificate_operator(self, request: web.Request, *, audit_refusal: bool = False) -> Operator | None:
-        """The operator named by the TLS client certificate, after the chain, usage and
-        revocation check (`ClientCertChecker`, as the SMTP listeners use); None otherwise."""
+    async def _certificate_operator(self, request: web.Request) -> tuple[Operator | None, Any]:
+        """The operator the TLS client certificate names and the verdict of the chain, usage and
+        revocation check (`ClientCertChecker`, as the SMTP listeners use: CRL and OCSP, hard-fail)."""
         der = _peer_der(request)
         if der is None or self.cert_check is None:
-            return None
+            return None, None
         try:
             operator = operator_for_certificate(self.settings.operators, der)
         except ValueError:
-            operator = None
+            return None, None
         if operator is None:
-            return None
-        verdict = await self.cert_check(der)
-        if not verdict.ok:
-            if audit_refusal:
-                self._audit_login(False, operator.name, _client(request), f"client certificate: {verdict.reason}")
-            return None
-        return operator
+            return None, None
+        return operator, await self.cert_check(der)
 
     def _check_password(self, operator: Operator | None, password: str) -> bool:
         """Blocking (argon2/scrypt): the hash file is read at each login, so `msgw console passwd`
