@@ -107,6 +107,20 @@ def read_trail_tail(path: Path, max_bytes: int = TRAIL_TAIL_BYTES) -> list[dict[
     return out
 
 
+def flows_view(path: Path, window: flows.Window, now: datetime, systems: Mapping[str, str]
+               ) -> tuple[flows.Flows, list[flows.Outcome]]:
+    """Blocking (read + aggregate, run in the executor: ~100k records must not stall the loop)."""
+    records = read_trail_tail(path)
+    return (flows.aggregate(records, end=now, window=window, systems=systems),
+            flows.recent_outcomes(records, systems=systems))
+
+
+def problems_view(path: Path, now: datetime) -> list[flows.Event]:
+    """Blocking: the refusals and bounces of the last 7 days."""
+    since = datetime.fromtimestamp(now.timestamp() - flows.DAYS.span, UTC)
+    return flows.recent_problems(read_trail_tail(path), since=since)
+
+
 def certificate_name(der: bytes) -> tuple[str, str, str]:
     """(RFC 4514 subject, CN, SHA-256 hex) of a client certificate."""
     cert = x509.load_der_x509_certificate(der)
@@ -410,21 +424,16 @@ class Console:
 
     # -- refusals, flows ---------------------------------------------------------------------
 
-    async def _records(self) -> list[dict[str, Any]]:
-        return await self._io(read_trail_tail, self.config.audit.path)
-
     async def refusals_page(self, request: web.Request) -> web.Response:
-        records = await self._records()
-        now = datetime.now(UTC)
-        since = datetime.fromtimestamp(now.timestamp() - flows.DAYS.span, UTC)
-        return self.render(request, "refusals.html", events=flows.recent_problems(records, since=since))
+        events = await self._io(problems_view, self.config.audit.path, datetime.now(UTC))
+        return self.render(request, "refusals.html", events=events)
 
     async def flows_page(self, request: web.Request) -> web.Response:
         key = request.query.get("window", "24h")
-        window = flows.WINDOWS.get(key, flows.HOURS)
-        records = await self._records()
-        now = datetime.now(UTC)
-        result = flows.aggregate(records, end=now, window=window, systems=self.systems)
+        key = key if key in flows.WINDOWS else "24h"
+        window = flows.WINDOWS[key]
+        result, outcomes = await self._io(flows_view, self.config.audit.path, window, datetime.now(UTC),
+                                          self.systems)
         starts = result.bucket_starts()
         label = "%H:%M" if window.bucket < 86400 else "%m-%d"
 
@@ -434,12 +443,12 @@ class Console:
                                        label_format=label)
 
         messages: list[QueuedMessage] = await self._io(self.spool.list)
-        return self.render(request, "flows.html", flows=result, window_key=key if key in flows.WINDOWS else "24h",
-                           windows=flows.WINDOWS, chart=chart, legend=charts.legend(),
-                           sources=_ordered(result.sources), destinations=_ordered(result.destinations),
-                           outcomes=flows.recent_outcomes(records, systems=self.systems),
-                           queued_dest=flows.queued_by(messages, now=time.time(), systems=self.systems),
-                           queued_src=flows.queued_by(messages, now=time.time(), systems=self.systems, by="source"))
+        now = time.time()
+        return self.render(request, "flows.html", flows=result, window_key=key, windows=flows.WINDOWS, chart=chart,
+                           legend=charts.legend(), sources=_ordered(result.sources),
+                           destinations=_ordered(result.destinations), outcomes=outcomes,
+                           queued_dest=flows.queued_by(messages, now=now, systems=self.systems),
+                           queued_src=flows.queued_by(messages, now=now, systems=self.systems, by="source"))
 
     # -- certificates, audit -----------------------------------------------------------------
 
