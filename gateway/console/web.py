@@ -273,7 +273,8 @@ class Console:
         password = _text(form.get("password"))[:1024]
         client = _client(request)
         if self.throttle.locked(client, name or None):
-            self._audit_login(False, name, client, "locked out after repeated failures")
+            known = name if self.settings.operator(name) is not None else "unknown"  # never echo a guess
+            self._audit_login(False, known, client, "locked out after repeated failures")
             return await self.login_page(request, error="Too many failed logins: try again later.", status=429)
         operator = self.settings.operator(name) if name else None
         good = await asyncio.get_running_loop().run_in_executor(None, self._check_password, operator, password)
