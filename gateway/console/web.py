@@ -176,6 +176,7 @@ class Console:
         self._dummy_hash: str | None = None
         self.env = jinja2.Environment(loader=jinja2.PackageLoader("gateway.console", "templates"),
                                       autoescape=True, undefined=jinja2.StrictUndefined, enable_async=False)
+        self._css = resources.files("gateway.console").joinpath("static/console.css").read_text(encoding="utf-8")
         self.env.filters["when"] = _when
         self.env.filters["stamp"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else ""
 
@@ -208,9 +209,11 @@ class Console:
     @web.middleware
     async def _guard(self, request: web.Request, handler: Callable[[web.Request], Awaitable[web.StreamResponse]]
                      ) -> web.StreamResponse:
-        """Login required outside PUBLIC; a POST without the right CSRF token is 403."""
+        """Login required outside PUBLIC; a POST (any method but GET/HEAD) without the right CSRF
+        token is 403."""
+        changes = request.method not in ("GET", "HEAD")
         if request.path in PUBLIC:
-            if request.method == "POST":
+            if changes:
                 form = await request.post()
                 if not same_token(request.cookies.get(LOGIN_COOKIE), _text(form.get("csrf"))):
                     return self._refuse_csrf(request, None)
@@ -220,7 +223,7 @@ class Console:
             if request.method in ("GET", "HEAD"):
                 raise web.HTTPSeeOther("/login")
             raise web.HTTPForbidden(text="login required")
-        if request.method == "POST":
+        if changes:
             form = await request.post()
             if not same_token(session.csrf, _text(form.get("csrf"))):
                 return self._refuse_csrf(request, session)
@@ -239,8 +242,7 @@ class Console:
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def stylesheet(self, request: web.Request) -> web.Response:
-        css = resources.files("gateway.console").joinpath("static/console.css").read_text(encoding="utf-8")
-        return web.Response(text=css, content_type="text/css", charset="utf-8")
+        return web.Response(text=self._css, content_type="text/css", charset="utf-8")
 
     async def no_icon(self, request: web.Request) -> web.Response:
         return web.Response(status=404, text="no icon\n")

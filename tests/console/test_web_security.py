@@ -118,6 +118,9 @@ async def test_a_post_without_the_csrf_token_is_refused_and_does_nothing(console
                 assert resp.status == 403
             async with http.post(f"{console.url}/queue/{msg_id}/delete", data=data, allow_redirects=False) as resp:
                 assert resp.status == 403
+        for method in ("PUT", "DELETE", "PATCH"):  # no method but GET/HEAD passes without the token
+            async with http.request(method, f"{console.url}/queue/{msg_id}/delete", allow_redirects=False) as resp:
+                assert resp.status == 403
         # another session's token is not this session's
         async with client() as other:
             await login(other, console.url)
