@@ -33,6 +33,7 @@ from gateway.spool import Spool
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
+    from gateway.console.server import ConsoleServer
     from gateway.intake.service import IntakeService
     from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
@@ -89,6 +90,8 @@ class Gateway:
         #: CI-SIS GESTIONNAIRE (issue 13): what is owed to the CRÉATEURs, and their sender.
         self.zam_ledger: ZamLedger | None = None
         self.zam_sender: ZamSender | None = None
+        #: The supervision console (issue 16, `[console]`): the primary process only.
+        self.console: ConsoleServer | None = None
         self._own_directory: SqliteDirectory | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
@@ -137,6 +140,25 @@ class Gateway:
                                         self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire,
                                         client_checks=self.server.client_checks)
             await self.intake.start()
+        await self._start_console(queue, audit)
+
+    async def _start_console(self, queue: QueueService, audit: Any) -> None:
+        """The console's TLS listener, in the primary process only (its sessions live in memory)."""
+        if not (self.primary and self.config.console.enabled):
+            return
+        from gateway.console.server import ConsoleServer
+
+        assert self.server is not None
+        checker = self.server.client_checks.checker(self.config.console.client_ca, card=True) \
+            if self.config.console.client_ca is not None else None
+
+        def wake() -> None:
+            queue.runner.wake()
+            queue.delivery.wake()
+
+        self.console = ConsoleServer(self.config, self.spool, audit=audit, wake=wake,
+                                     cert_check=checker.check if checker is not None else None)
+        await self.console.start()
 
     async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:
         """The CI-SIS GESTIONNAIRE when ``[intake.cisis]`` is set: its ledger, the ZAM sender, the
@@ -198,6 +220,8 @@ class Gateway:
         return self._own_directory
 
     async def stop(self) -> None:
+        if self.console is not None:
+            await self.console.stop()
         if self.intake is not None:
             await self.intake.stop()
         if self.server is not None:

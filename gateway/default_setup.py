@@ -31,6 +31,8 @@ APICRYPT_USERS = ("Master", "msgw.bridge", "labo.legacy", "dr.legacy")
 #: stays in the doctor's mail client; here it opens what the capture mode wrote to var/outbox.
 TEST_DOCTOR_KEY = "TEST-doctor.key.pem"
 TEST_DOCTOR_CERT = "TEST-doctor.cert.pem"
+#: The console operator `admin`'s password file, beside demo.password (issue 16).
+CONSOLE_PASSWORD = "console-admin.password"  # noqa: S105 - a file name
 
 
 def _write_private(path: Path, data: bytes) -> None:
@@ -147,6 +149,18 @@ def prepare_legacy_keys(folder: Path) -> None:
             make_key_file(folder, user, year, 1 << 20)
 
 
+def prepare_console_operator(folder: Path) -> None:
+    """The console's `admin` operator (issue 16): a random password of its own, never the mail
+    accounts' (an operator is not a mail account), and its argon2id hash."""
+    from gateway.server.passwords import hash_password
+
+    pw_file, hash_file = folder / CONSOLE_PASSWORD, folder / "console-admin.hash"
+    if not (pw_file.exists() and hash_file.exists()):
+        password = secrets.token_urlsafe(12)
+        _write_private(pw_file, password.encode() + b"\n")
+        _write_private(hash_file, hash_password(password, "argon2").encode() + b"\n")
+
+
 def prepare_default_files(folder: Path) -> None:
     """Create the TLS pair, the demo account and the TEST PKI once; later runs reuse them."""
     from gateway.server.passwords import hash_password
@@ -162,6 +176,7 @@ def prepare_default_files(folder: Path) -> None:
         password = secrets.token_urlsafe(12)
         _write_private(pw_file, password.encode() + b"\n")
         _write_private(hash_file, hash_password(password).encode() + b"\n")
+    prepare_console_operator(folder)
     prepare_test_pki(folder, folder.parent)
     _copy_test_doctor(folder)
     prepare_legacy_keys(folder / "apicrypt")

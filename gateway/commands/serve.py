@@ -217,6 +217,9 @@ def _default_banner(config) -> str:
         lines.append(f"  relay:      {relay.address}:{relay.port} (mail for {domains} only)")
     if config.intake.mllp is not None:
         lines.append(f"  MLLP:       {config.intake.mllp.address}:{config.intake.mllp.port} (HL7 v2)")
+    if config.console.enabled:
+        lines.append(f"  console:    https://{config.console.address}:{config.console.port}/ (operator admin, "
+                     f"password in {_shown(config.spool.path.parent / 'default' / 'console-admin.password')})")
     lines.append(f"  local mail is delivered to the Maildir {_shown(config.local.maildir)}/<address>/new/")
     notice = capture_notice(config)
     if notice:

@@ -2,7 +2,7 @@
 
 The only place that reads configuration: one module per section (`listeners`, `accounts`,
 `spool`, `delivery`, `local`, `log`, `keys`, `trust`, `policy`, `legacy`, `intake`, `audit`,
-`directory`, `routing`), the whole document in `gateway.config.gateway`, and one problem
+`directory`, `routing`, `console`), the whole document in `gateway.config.gateway`, and one problem
 collector, `gateway.config.reader.Reader`. Validation collects *every* problem (file, key,
 message) before raising `ConfigError`, so `msgw check` can print them all at once.
 Secrets (passwords of outbound connections, PINs) are never written in the TOML: a key names a
@@ -16,6 +16,7 @@ modules import each other by their own names, never this package (no cycle).
 
 from gateway.config.accounts import Account, AuthConfig, PartnerConfig
 from gateway.config.audit import AuditConfig
+from gateway.config.console import ConsoleConfig, Operator
 from gateway.config.delivery import DeliveryConfig, RouteConfig, TlsPolicy, TlsSettings
 from gateway.config.directory import DirectoryConfig
 from gateway.config.gateway import (
@@ -40,9 +41,10 @@ from gateway.config.trust import TrustConfig
 from gateway.errors import ConfigError
 
 __all__ = [
-    "DEFAULT_FILES", "DEFAULT_SOURCE", "Account", "AuditConfig", "AuthConfig", "ConfigError", "DeliveryConfig",
-    "DestinationPolicy", "DirectoryConfig", "DiscoveryConfig", "GatewayConfig", "IntakeConfig", "LegacyCodecConfig",
-    "LegacyConfig", "ListenerConfig", "LocalConfig", "LocalMode", "LogConfig", "PartnerConfig", "PolicyConfig",
+    "DEFAULT_FILES", "DEFAULT_SOURCE", "Account", "AuditConfig", "AuthConfig", "ConfigError", "ConsoleConfig",
+    "DeliveryConfig", "DestinationPolicy", "DirectoryConfig", "DiscoveryConfig", "GatewayConfig", "IntakeConfig",
+    "LegacyCodecConfig", "LegacyConfig", "ListenerConfig", "LocalConfig", "LocalMode", "LogConfig", "Operator",
+    "PartnerConfig", "PolicyConfig",
     "Reader", "RouteConfig", "RoutingConfig", "Secret", "SpoolConfig", "TlsPolicy", "TlsSettings", "TrustConfig",
     "_POLICIES", "default_config_text", "is_address", "is_domain", "load_config",
     "load_default_config", "parse_config", "parse_duration", "parse_size",

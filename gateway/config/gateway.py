@@ -19,6 +19,7 @@ from typing import Any
 
 from gateway.config.accounts import Account, AuthConfig, PartnerConfig, read_accounts, read_auth, read_partners
 from gateway.config.audit import AuditConfig, read_audit
+from gateway.config.console import ConsoleConfig, read_console
 from gateway.config.consumers import check_local as check_consumers_local
 from gateway.config.delivery import DeliveryConfig, read_delivery
 from gateway.config.directory import DirectoryConfig, read_directory
@@ -42,7 +43,8 @@ DEFAULT_SOURCE = "<embedded default>"
 DEFAULT_FILES = Path("var") / "default"
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
-             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth"}
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth",
+             "console", "operators"}
 
 
 @dataclass(frozen=True)
@@ -65,6 +67,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    #: `[console]` + `[operators]`: the supervision console in the browser (issue 16).
+    console: ConsoleConfig = field(default_factory=ConsoleConfig)
     keys: dict[str, KeyRef] = field(default_factory=dict, compare=False)
     #: `[gateway] workers`: processes serving mail (None: "auto", one per core; see gateway.workers).
     workers: int | None = None
@@ -152,6 +156,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         auth=read_auth(r, data),
         intake=intake,
         routing=read_routing(r, data),
+        console=read_console(r, data),
         keys=keys,
         workers=workers,
         event_loop=event_loop,
