@@ -17,7 +17,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="audit trail: verify the hash chain, show records")
     asub = p.add_subparsers(dest="audit_command", required=True)
     vp = asub.add_parser("verify", help="check the hash chain (exit 1 if broken)")
-    vp.add_argument("--json", action="store_true")
+    vp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(vp)
     vp.set_defaults(func=run_verify)
     sp = asub.add_parser("show", help="print records (optionally of one message)")

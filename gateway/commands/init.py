@@ -16,7 +16,8 @@ from gateway.default_setup import DEMO_USER, prepare_default_files
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("init", help="create the TEST loopback certificate and demo account under ./var/default")
-    p.add_argument("--dir", type=Path, default=Path("var/default"))
+    p.add_argument("--dir", type=Path, default=Path("var/default"),
+                   help="folder for the first-run files (default: %(default)s)")
     p.set_defaults(func=run)
 
 

@@ -23,11 +23,13 @@ from gateway.spool import Spool
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("send", help="inject a message or a bare payload file into the queue")
     add_config_option(p)
-    p.add_argument("--from", dest="sender", required=True, metavar="ADDR")
-    p.add_argument("--to", dest="recipients", action="append", default=[], metavar="ADDR")
+    p.add_argument("--from", dest="sender", required=True, metavar="ADDR",
+                   help="envelope sender; the key of this address signs (as an authenticated login)")
+    p.add_argument("--to", dest="recipients", action="append", default=[], metavar="ADDR",
+                   help="recipient (repeatable); needed for a message, added to a payload's own")
     p.add_argument("--with", dest="companions", action="append", default=[], type=Path, metavar="FILE",
                    help="a file sent with the payload: its PDF, or the JSON sidecar of a PDF")
-    p.add_argument("file", type=Path)
+    p.add_argument("file", type=Path, help="an .eml message, or a payload (HPRIM, HL7 v2, CDA, PDF, JSON sidecar)")
     p.set_defaults(func=run)
 
 
