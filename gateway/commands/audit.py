@@ -10,7 +10,7 @@ import argparse
 import json
 import sys
 
-from gateway.commands.common import add_config_option, config_from
+from gateway.commands.common import add_config_option, config_from, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from gateway.audit import AuditTrail, audit_path
 
-    report = AuditTrail(audit_path(config_from(args))).verify()
+    trail = AuditTrail(audit_path(config_from(args)))
+    with progress("verifying the audit trail's hash chain"):  # a spinner: verify() has no row callback
+        report = trail.verify()
     if args.json:
         json.dump({"ok": report.ok, "records": report.records, "first_bad_seq": report.first_bad_seq,
                    "reason": report.reason, "head_seq": report.head_seq}, sys.stdout)

@@ -12,9 +12,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from gateway.commands.common import add_config_option, config_from
+from gateway.commands.common import Ticker, add_config_option, config_from, count_lines, on_terminal, progress
+
+if TYPE_CHECKING:
+    from gateway.directory.directory import DirectoryStore
 
 _SHOWN_ERRORS = 20
 
@@ -81,16 +84,26 @@ def run_import(args: argparse.Namespace) -> int:
     if not path.is_file():
         return _fail(f"no such file: {path}")
     shown = [0]
+    # On a terminal, a bar over the file's rows (its lines but the header); elsewhere nothing, not
+    # even the line count.
+    total = max(count_lines(path) - 1, 0) if on_terminal() else None
 
     def on_error(err: RowError) -> None:
+        tick()
         shown[0] += 1
         if shown[0] <= _SHOWN_ERRORS:
             print(f"msgw: {path.name}: {err}", file=sys.stderr)
 
     try:
-        with _open(args) as store:
-            report = import_file(store, path, args.format, source=args.source, allow_empty=args.allow_empty,
+        # the configuration and the directory first: their errors are not drawn inside a bar
+        with _open(args) as store, progress(f"importing {path.name}", total) as advance:
+            tick = Ticker(advance)
+            counted = cast("DirectoryStore", _Counting(store, tick)) if total is not None else store
+            report = import_file(counted, path, args.format, source=args.source, allow_empty=args.allow_empty,
                                  on_error=on_error)
+            tick.flush()
+            if total is not None:
+                advance(total - tick.count)  # lines no reader saw as a row (blank ones) end the bar
     except (DirectoryError, ImportFormatError) as exc:
         return _fail(str(exc))
     if shown[0] > _SHOWN_ERRORS:
@@ -105,6 +118,25 @@ def run_import(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+class _Counting:
+    """The directory, seen by the import through a counter of the rows it takes (the progress bar's;
+    `import_file` counts rows itself only for its final report)."""
+
+    def __init__(self, store: Any, tick: Ticker) -> None:
+        self._store, self._tick = store, tick
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the store, as it is
+        return getattr(self._store, name)
+
+    def sync_source(self, source: str, items: Any, **kwargs: Any) -> Any:
+        return self._store.sync_source(source, self._counted(items), **kwargs)
+
+    def _counted(self, items: Any) -> Any:
+        for item in items:
+            self._tick()
+            yield item
 
 
 def run_lookup(args: argparse.Namespace) -> int:
