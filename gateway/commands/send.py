@@ -19,6 +19,7 @@ import argparse
 import asyncio
 import contextlib
 import datetime as dt
+import logging
 import sys
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
@@ -94,10 +95,13 @@ def policy_refusals(config, recipients: Iterable[str]) -> list[tuple[str, str]]:
     async def ask() -> list[tuple[str, str | None]]:
         return [(rcpt, await ctx.rcpt_refusal(rcpt)) for rcpt in wanted]
 
+    quiet = logging.NullHandler()  # the discovery's log lines: the reply below says it all
+    logging.getLogger("gateway").addHandler(quiet)
     try:
         answers = asyncio.run(ask())
     finally:
         ctx.close()
+        logging.getLogger("gateway").removeHandler(quiet)
     return [(rcpt, smtp_reply(PolicyError(reason), "RCPT")) for rcpt, reason in answers if reason is not None]
 
 

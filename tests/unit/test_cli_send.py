@@ -50,6 +50,7 @@ def test_a_message_the_policy_would_bounce_is_refused_with_the_rcpt_reply(pki: T
     err = out.stderr.decode()
     assert f"msgw: {NOBODY}: {smtp_reply}\n" in err
     assert PERSON_EMAIL not in err  # only the refused recipient is named
+    assert all(line.startswith("msgw: ") for line in err.splitlines()), err  # no stray log line
     assert out.stdout == b""
     assert queue_json(setup) == []  # nothing queued
 
