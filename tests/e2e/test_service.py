@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import smtplib
@@ -47,6 +48,12 @@ def test_the_unit_file_passes_systemd_analyze_verify(tmp_path: Path) -> None:
                      "LimitNOFILE", "UMask", "SystemCallFilter", "StateDirectory"):
         assert required in directives, required
     assert "Type=notify" in text and "User=msgw" in text and "UMask=0077" in text
+    # systemd's own hardening score of the unit (0 = locked down, 10 = none; a bare unit scores 9.2)
+    out = subprocess.run([analyze, "security", "--offline=yes", str(unit)], capture_output=True, text=True,
+                         timeout=120, cwd=tmp_path)
+    score = re.search(r"Overall exposure level for msgw\.service: ([0-9.]+) (\w+)", out.stdout + out.stderr)
+    assert score, out.stdout + out.stderr
+    assert float(score.group(1)) <= 2.0 and score.group(2) == "OK", score.group(0)
 
 
 @pytest.fixture
