@@ -18,8 +18,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from gateway import sdnotify
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
 from gateway.directory.directory import SqliteDirectory, directory_path
@@ -242,12 +244,26 @@ class Gateway:
         self._stopped.set()
         event(log, "stopped")
 
-    async def serve_forever(self) -> None:
+    async def serve_forever(self, on_ready: Callable[[], object] | None = None) -> None:
+        """Run until SIGTERM/SIGINT. Once `start` returned (every listener accepts connections)
+        ``on_ready`` is called: a worker tells its master; the only process tells systemd
+        (``READY=1``, `gateway.sdnotify`), and ``STOPPING=1`` when the signal comes."""
         loop = asyncio.get_running_loop()
         stop = asyncio.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(sig, stop.set)
         await self.start()
+        if on_ready is not None:
+            on_ready()
+        else:
+            sdnotify.ready(self._status())
         await stop.wait()
         event(log, "stopping")
+        if on_ready is None:
+            sdnotify.stopping()
         await self.stop()
+
+    def _status(self) -> str:
+        """systemd's status line: the SMTP listeners' addresses (no message content, ever)."""
+        bound = self.server.bound if self.server is not None else {}
+        return "serving " + ", ".join(f"{name} {host}:{port}" for name, (host, port) in sorted(bound.items()))

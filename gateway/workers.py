@@ -24,6 +24,10 @@ files in WAL mode with a busy timeout (`gateway.sqlitefile`), written from any w
 failure throttle (`gateway.server.throttle`) is per worker: a guesser spread over N workers gets at
 most N times ``auth.max_failures`` before each locks it out.
 
+Readiness (issue 16): each worker writes one byte on a pipe (``MSGW_READY_FD``) once its
+listeners accept connections; the master tells systemd ``READY=1`` when every worker has done so
+(`gateway.sdnotify`), and ``STOPPING=1`` on SIGTERM/SIGINT. Workers get no ``NOTIFY_SOCKET``.
+
 Supervision: a worker that dies is started again after a backoff (1 s doubling to 30 s, back to
 1 s once a worker ran a minute); its claims are released by the new worker's ``Spool.open``.
 SIGTERM/SIGINT to the master are forwarded; workers stop gracefully within
@@ -50,9 +54,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from gateway import sdnotify
+
 log = logging.getLogger("gateway")
 
 PR_SET_PDEATHSIG = 1
+#: The environment variable naming a worker's readiness pipe (write end).
+READY_FD_ENV = "MSGW_READY_FD"
 #: Backoff before a dead worker is started again: doubles from the first to the last value.
 RESTART_BACKOFF = (1.0, 30.0)
 #: A worker that ran this long resets the backoff (its death is not a crash loop).
@@ -97,6 +105,9 @@ class _Worker:
     index: int
     proc: subprocess.Popen[bytes] | None = None
     pipe_w: int | None = None
+    #: read end of the worker's readiness pipe (one byte once its listeners are up)
+    ready_r: int | None = None
+    ready: bool = False
     started: float = 0.0
     restarts: int = 0
     backoff: float = RESTART_BACKOFF[0]
@@ -119,6 +130,7 @@ class Supervisor:
     cwd: Path = field(default_factory=Path.cwd)
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
+    _announced: bool = False
 
     def command(self, index: int, fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "gateway.workers", "--index", str(index), "--count", str(self.count),
@@ -133,10 +145,16 @@ class Supervisor:
 
     def _start(self, worker: _Worker) -> None:
         read, write = os.pipe()  # both ends close-on-exec; the child gets only `read`
+        ready_r, ready_w = os.pipe()  # the child gets only `ready_w`
+        os.set_blocking(ready_r, False)
+        env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # only the master notifies
+        env[READY_FD_ENV] = str(ready_w)
         try:
-            worker.proc = subprocess.Popen(self.command(worker.index, read), cwd=self.cwd, pass_fds=(read,))
+            worker.proc = subprocess.Popen(self.command(worker.index, read), cwd=self.cwd, pass_fds=(read, ready_w),
+                                           env=env)
         except OSError as exc:
             os.close(write)
+            os.close(ready_r)
             event_log("worker-start-failed", logging.ERROR, worker=f"w{worker.index}", reason=exc.strerror)
             worker.proc = None
             worker.next_start = time.monotonic() + worker.backoff
@@ -144,7 +162,9 @@ class Supervisor:
             return
         finally:
             os.close(read)
+            os.close(ready_w)
         worker.pipe_w = write
+        worker.ready_r, worker.ready = ready_r, False
         worker.started = time.monotonic()
         event_log("worker-started", worker=f"w{worker.index}", pid=worker.proc.pid, restarts=worker.restarts)
 
@@ -152,6 +172,10 @@ class Supervisor:
         if worker.pipe_w is not None:
             os.close(worker.pipe_w)
             worker.pipe_w = None
+        if worker.ready_r is not None:
+            os.close(worker.ready_r)
+            worker.ready_r = None
+        worker.ready = False
         worker.proc = None
         if self._stopping:
             return
@@ -167,6 +191,7 @@ class Supervisor:
     def _signal(self, signum: int, _frame: object) -> None:
         if not self._stopping:
             self._stopping = True
+            sdnotify.stopping()
             event_log("stopping", signal=signal.Signals(signum).name)
         for worker in self._workers:
             if worker.proc is not None:
@@ -189,11 +214,34 @@ class Supervisor:
         now = time.monotonic()
         for worker in self._workers:
             if worker.proc is not None:
+                self._read_ready(worker)
                 code = worker.proc.poll()
                 if code is not None:
                     self._reap(worker, code)
             elif not self._stopping and now >= worker.next_start:
                 self._start(worker)
+
+    def _read_ready(self, worker: _Worker) -> None:
+        """A byte from the worker: its listeners are up. Once all are, READY=1 (only the first time:
+        a worker started again later changes the status line, not the readiness)."""
+        if worker.ready or worker.ready_r is None:
+            return
+        try:
+            data = os.read(worker.ready_r, 16)
+        except BlockingIOError:
+            return
+        os.close(worker.ready_r)  # one byte, or EOF (the worker died first): the pipe said all it will
+        worker.ready_r = None
+        if not data:
+            return
+        worker.ready = True
+        event_log("worker-ready", worker=f"w{worker.index}")
+        up = sum(w.ready for w in self._workers)
+        if up == len(self._workers) and not self._announced:
+            self._announced = True
+            sdnotify.ready(f"{up} workers serving")
+        elif self._announced:
+            sdnotify.notify(f"STATUS={up} of {len(self._workers)} workers serving")
 
     def _stop_all(self) -> int:
         deadline = time.monotonic() + self.shutdown_grace + 10.0
@@ -287,9 +335,18 @@ def worker_main(argv: list[str] | None = None) -> int:
     name_log_lines(name)
     gateway = Gateway(config, owner=name, primary=args.index == 0, workers=args.count)
 
+    ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
+
+    def ready() -> None:
+        """Tell the master this worker's listeners are up (then the pipe is of no more use)."""
+        if ready_fd >= 0:
+            with contextlib.suppress(OSError):
+                os.write(ready_fd, b"R")
+                os.close(ready_fd)
+
     async def main() -> None:
         watch_master(asyncio.get_running_loop(), args.fd)
-        await gateway.serve_forever()
+        await gateway.serve_forever(on_ready=ready)
 
     run_on_loop(main, config.event_loop)
     return 0

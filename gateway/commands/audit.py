@@ -10,14 +10,14 @@ import argparse
 import json
 import sys
 
-from gateway.commands.common import add_config_option, config_from
+from gateway.commands.common import add_config_option, config_from, progress
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("audit", help="audit trail: verify the hash chain, show records")
     asub = p.add_subparsers(dest="audit_command", required=True)
     vp = asub.add_parser("verify", help="check the hash chain (exit 1 if broken)")
-    vp.add_argument("--json", action="store_true")
+    vp.add_argument("--json", action="store_true", help="print the result as JSON")
     add_config_option(vp)
     vp.set_defaults(func=run_verify)
     sp = asub.add_parser("show", help="print records (optionally of one message)")
@@ -30,7 +30,9 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from gateway.audit import AuditTrail, audit_path
 
-    report = AuditTrail(audit_path(config_from(args))).verify()
+    trail = AuditTrail(audit_path(config_from(args)))
+    with progress("verifying the audit trail's hash chain"):  # a spinner: verify() has no row callback
+        report = trail.verify()
     if args.json:
         json.dump({"ok": report.ok, "records": report.records, "first_bad_seq": report.first_bad_seq,
                    "reason": report.reason, "head_seq": report.head_seq}, sys.stdout)

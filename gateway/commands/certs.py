@@ -87,6 +87,6 @@ def certs_subparsers(subparsers: Any) -> Any:
 def register(subparsers: Any) -> None:
     sub = certs_subparsers(subparsers)
     s = sub.add_parser("show", help="addresses, RPPS/ADELI, profession, usages, validity of a certificate")
-    s.add_argument("cert")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("cert", help="certificate file (PEM or DER)")
+    s.add_argument("--json", action="store_true", help="print the reading as JSON")
     s.set_defaults(func=cmd_show)

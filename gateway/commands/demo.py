@@ -23,6 +23,7 @@ import argparse
 import asyncio
 import email
 import email.policy
+import logging
 import shutil
 import smtplib
 import socket
@@ -366,12 +367,35 @@ def _try_unprotectable(host: str, port: int, ctx: ssl.SSLContext, password: str)
 
 
 def run(args: argparse.Namespace) -> int:
-    setup_logging("text", "WARNING")
     folder = tempfile.mkdtemp(prefix="msgw-demo-")
+    # The gateway's log lines (WARNING and above: the refusals and the bounce the demo provokes on
+    # purpose read like failures between its steps) go to a file, shown after the story, labelled.
+    log_file = Path(folder) / "gateway.log"
+    setup_logging("text", "WARNING", log_file)
     if args.keep:
         _step(f"working folder: {folder}")
     try:
         return asyncio.run(_demo(Path(folder)))
     finally:
+        _show_log(log_file, keep=args.keep)
         if not args.keep:
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def _show_log(log_file: Path, *, keep: bool) -> None:
+    """After the story: where the log is (--keep), else its lines on stderr, each labelled."""
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return
+    if not lines:
+        return
+    if keep:
+        _step(f"gateway log: {len(lines)} line(s) in {log_file}")
+        return
+    print(f"msgw demo: the gateway's log during the demo ({len(lines)} line(s), WARNING and above; "
+          "refusals and the bounce of the steps above are expected):", file=sys.stderr)
+    for line in lines:
+        print(f"  [gateway log] {line}", file=sys.stderr)

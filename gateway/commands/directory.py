@@ -12,9 +12,12 @@ import json
 import re
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
-from gateway.commands.common import add_config_option, config_from
+from gateway.commands.common import Ticker, add_config_option, config_from, count_lines, on_terminal, progress
+
+if TYPE_CHECKING:
+    from gateway.directory.directory import DirectoryStore
 
 _SHOWN_ERRORS = 20
 
@@ -24,39 +27,40 @@ def register(sub: argparse._SubParsersAction) -> None:
     dsub = p.add_subparsers(dest="directory_command", required=True)
 
     ip = dsub.add_parser("import", help="import an Annuaire Santé extraction or our CSV (idempotent)")
-    ip.add_argument("file")
+    ip.add_argument("file", help="the extraction or CSV file to import")
     ip.add_argument("--format", choices=("mssante-extraction", "rpps-extraction", "csv"),
                     help="default: detected from the header line")
     ip.add_argument("--source", help="source name for a CSV (csv or csv:NAME); re-importing a source replaces it")
     ip.add_argument("--allow-empty", action="store_true", help="let a file with no valid row empty its source")
-    ip.add_argument("--json", action="store_true")
+    ip.add_argument("--json", action="store_true", help="print the import statistics as JSON")
     add_config_option(ip)
     ip.set_defaults(func=run_import)
 
     lp = dsub.add_parser("lookup", help="look up by RPPS, ADELI, identifiant national, FINESS, address or name")
-    lp.add_argument("query", metavar="RPPS|ADELI|ADDRESS|NAME")
+    lp.add_argument("query", metavar="RPPS|ADELI|ADDRESS|NAME", help="an identifier, a mail address or a name")
     lp.add_argument("--postcode", help="narrow a name search to a postcode (or its first digits)")
-    lp.add_argument("--json", action="store_true")
+    lp.add_argument("--json", action="store_true", help="print the entries as JSON")
     add_config_option(lp)
     lp.set_defaults(func=run_lookup)
 
     ap = dsub.add_parser("add", help="add or replace one address (operator entry, never removed by imports)")
-    ap.add_argument("address")
+    ap.add_argument("address", help="the mail address to add or replace")
     ap.add_argument("--capability", required=True, help="smime, local, trusted-domain or legacy:<codec>")
     ap.add_argument("--cert", action="append", default=[], metavar="FILE",
                     help="encryption certificate (PEM or DER; repeat for several)")
     ap.add_argument("--key-ref", help="key reference a local mailbox decrypts with (capability local)")
-    ap.add_argument("--mailbox-type", choices=("PER", "ORG", "APP"))
-    ap.add_argument("--rpps")
-    ap.add_argument("--adeli")
-    ap.add_argument("--last-name")
-    ap.add_argument("--first-name")
-    ap.add_argument("--organisation")
+    ap.add_argument("--mailbox-type", choices=("PER", "ORG", "APP"),
+                    help="MSSanté mailbox type: personal, organisation or application")
+    ap.add_argument("--rpps", help="the professional's RPPS number")
+    ap.add_argument("--adeli", help="the professional's ADELI number")
+    ap.add_argument("--last-name", help="family name (for lookups by name)")
+    ap.add_argument("--first-name", help="given name")
+    ap.add_argument("--organisation", help="organisation name")
     add_config_option(ap)
     ap.set_defaults(func=run_add)
 
     rp = dsub.add_parser("remove", help="remove an operator entry added with `directory add`")
-    rp.add_argument("address")
+    rp.add_argument("address", help="the mail address to remove")
     add_config_option(rp)
     rp.set_defaults(func=run_remove)
 
@@ -80,16 +84,26 @@ def run_import(args: argparse.Namespace) -> int:
     if not path.is_file():
         return _fail(f"no such file: {path}")
     shown = [0]
+    # On a terminal, a bar over the file's rows (its lines but the header); elsewhere nothing, not
+    # even the line count.
+    total = max(count_lines(path) - 1, 0) if on_terminal() else None
 
     def on_error(err: RowError) -> None:
+        tick()
         shown[0] += 1
         if shown[0] <= _SHOWN_ERRORS:
             print(f"msgw: {path.name}: {err}", file=sys.stderr)
 
     try:
-        with _open(args) as store:
-            report = import_file(store, path, args.format, source=args.source, allow_empty=args.allow_empty,
+        # the configuration and the directory first: their errors are not drawn inside a bar
+        with _open(args) as store, progress(f"importing {path.name}", total) as advance:
+            tick = Ticker(advance)
+            counted = cast("DirectoryStore", _Counting(store, tick)) if total is not None else store
+            report = import_file(counted, path, args.format, source=args.source, allow_empty=args.allow_empty,
                                  on_error=on_error)
+            tick.flush()
+            if total is not None:
+                advance(total - tick.count)  # lines no reader saw as a row (blank ones) end the bar
     except (DirectoryError, ImportFormatError) as exc:
         return _fail(str(exc))
     if shown[0] > _SHOWN_ERRORS:
@@ -104,6 +118,25 @@ def run_import(args: argparse.Namespace) -> int:
     else:
         print(report.summary())
     return 0
+
+
+class _Counting:
+    """The directory, seen by the import through a counter of the rows it takes (the progress bar's;
+    `import_file` counts rows itself only for its final report)."""
+
+    def __init__(self, store: Any, tick: Ticker) -> None:
+        self._store, self._tick = store, tick
+
+    def __getattr__(self, name: str) -> Any:  # the rest of the store, as it is
+        return getattr(self._store, name)
+
+    def sync_source(self, source: str, items: Any, **kwargs: Any) -> Any:
+        return self._store.sync_source(source, self._counted(items), **kwargs)
+
+    def _counted(self, items: Any) -> Any:
+        for item in items:
+            self._tick()
+            yield item
 
 
 def run_lookup(args: argparse.Namespace) -> int:

@@ -143,7 +143,7 @@ def _add_options(p: argparse.ArgumentParser, options: tuple[CodecOption, ...]) -
 
 
 def _common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--codec", required=True, choices=registry.names())
+    p.add_argument("--codec", required=True, choices=registry.names(), help="the legacy format")
     keys_options: dict[str, str] = {}
     for codec in _codecs():
         keys_options.setdefault(codec.keys_option, codec.keys_help)

@@ -53,9 +53,9 @@ def _key_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--password-file", help="file holding the key file password")
     p.add_argument("--password-env", help="environment variable holding the key file password")
     p.add_argument("--module", help="PKCS#11 module path (for a pkcs11: key)")
-    p.add_argument("--pin-file")
-    p.add_argument("--pin-env")
-    p.add_argument("--pin-stdin", action="store_true")
+    p.add_argument("--pin-file", help="file holding the PKCS#11 token PIN")
+    p.add_argument("--pin-env", help="environment variable holding the PKCS#11 token PIN")
+    p.add_argument("--pin-stdin", action="store_true", help="read the PKCS#11 token PIN from stdin")
 
 
 def _open_key(args: argparse.Namespace, usage: str, chain: str | None = None) -> Any:
@@ -174,8 +174,8 @@ def register(subparsers: Any) -> None:
     s.add_argument("--chain", help="PEM file of intermediate certificates to include")
     s.add_argument("--opaque", action="store_true", help="application/pkcs7-mime signed-data")
     s.add_argument("--pss", action="store_true", help="RSA-PSS instead of PKCS#1 v1.5")
-    s.add_argument("--in", dest="infile", required=True)
-    s.add_argument("--out", dest="outfile", required=True)
+    s.add_argument("--in", dest="infile", required=True, help="message to sign, - for stdin")
+    s.add_argument("--out", dest="outfile", required=True, help="signed message, - for stdout")
     s.set_defaults(func=cmd_sign)
 
     v = sub.add_parser("verify", help="verify a signed message against a trust store")
@@ -186,19 +186,22 @@ def register(subparsers: Any) -> None:
                    help="also ask the certificates' OCSP responders (either a CRL or an OCSP answer suffices)")
     v.add_argument("--from", dest="sender", help="expected signer address (default: the From header)")
     v.add_argument("--no-from-check", action="store_true", help="do not require the signer to match From")
-    v.add_argument("--in", dest="infile", required=True)
-    v.add_argument("--out", dest="outfile")
-    v.add_argument("--json", action="store_true")
+    v.add_argument("--in", dest="infile", required=True, help="signed message, - for stdin")
+    v.add_argument("--out", dest="outfile", help="write the verified content here, - for stdout")
+    v.add_argument("--json", action="store_true", help="print the verdict as JSON")
     v.set_defaults(func=cmd_verify)
 
     e = sub.add_parser("encrypt", help="encrypt a message to recipient certificates")
-    e.add_argument("--recipient-cert", action="append", required=True)
+    e.add_argument("--recipient-cert", action="append", required=True,
+                   help="recipient certificate (PEM/DER; repeatable)")
     e.add_argument("--sender-cert", help="also encrypt to this certificate (readable sent copy)")
-    e.add_argument("--cipher", choices=("aes256-cbc", "aes256-gcm"), default="aes256-cbc")
-    e.add_argument("--key-transport", choices=("oaep", "pkcs1v15"), default="pkcs1v15")
+    e.add_argument("--cipher", choices=("aes256-cbc", "aes256-gcm"), default="aes256-cbc",
+                   help="content cipher (default: %(default)s)")
+    e.add_argument("--key-transport", choices=("oaep", "pkcs1v15"), default="pkcs1v15",
+                   help="RSA key transport (default: %(default)s)")
     e.add_argument("--ski", action="store_true", help="name recipients by subjectKeyIdentifier")
-    e.add_argument("--in", dest="infile", required=True)
-    e.add_argument("--out", dest="outfile", required=True)
+    e.add_argument("--in", dest="infile", required=True, help="message to encrypt, - for stdin")
+    e.add_argument("--out", dest="outfile", required=True, help="encrypted message, - for stdout")
     e.set_defaults(func=cmd_encrypt)
 
     d = sub.add_parser("decrypt", help="decrypt a message with a local key (--trust: and verify its signature)")
