@@ -34,6 +34,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
     from gateway.intake.service import IntakeService
+    from gateway.ops.httpd import MetricsServer
     from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
 
@@ -89,6 +90,8 @@ class Gateway:
         #: CI-SIS GESTIONNAIRE (issue 13): what is owed to the CRÉATEURs, and their sender.
         self.zam_ledger: ZamLedger | None = None
         self.zam_sender: ZamSender | None = None
+        #: `/metrics`, `/healthz`, `/readyz` (issue 16): served by the primary process only.
+        self.metrics: MetricsServer | None = None
         self._own_directory: SqliteDirectory | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
@@ -137,6 +140,22 @@ class Gateway:
                                         self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire,
                                         client_checks=self.server.client_checks)
             await self.intake.start()
+        if self.primary and self.config.metrics.enabled:
+            from gateway.ops.httpd import MetricsServer
+
+            self.metrics = MetricsServer(self.config, self.spool, listeners=self.listeners_up, owner=self.owner)
+            await self.metrics.start()
+
+    def listeners_up(self) -> dict[str, bool]:
+        """Each SMTP listener (and the MLLP door) of this process: serving or not (for /readyz)."""
+        servers = self.server.servers if self.server is not None else []
+        up = {lc.name: i < len(servers) and servers[i].is_serving() for i, lc in enumerate(self.config.listeners)}
+        intake = self.config.intake
+        if self.primary and intake is not None and intake.enabled and intake.mllp is not None:
+            mllp = self.intake.mllp if self.intake is not None else None
+            server = getattr(mllp, "_server", None)
+            up["mllp"] = server is not None and server.is_serving()
+        return up
 
     async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:
         """The CI-SIS GESTIONNAIRE when ``[intake.cisis]`` is set: its ledger, the ZAM sender, the
@@ -198,6 +217,8 @@ class Gateway:
         return self._own_directory
 
     async def stop(self) -> None:
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.intake is not None:
             await self.intake.stop()
         if self.server is not None:

@@ -28,6 +28,7 @@ from gateway.config.legacy import LegacyConfig, read_legacy
 from gateway.config.listeners import ListenerConfig, read_listeners
 from gateway.config.local import LocalConfig, read_local
 from gateway.config.log import LogConfig, read_log
+from gateway.config.metrics import MetricsConfig, read_metrics
 from gateway.config.policy import PolicyConfig, read_policy
 from gateway.config.reader import Reader, is_domain
 from gateway.config.routing import RoutingConfig, read_routing
@@ -41,7 +42,8 @@ DEFAULT_SOURCE = "<embedded default>"
 DEFAULT_FILES = Path("var") / "default"
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
-             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth"}
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth",
+             "metrics"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    #: `[metrics]`: Prometheus endpoint and health checks (issue 16; off without the section).
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     keys: dict[str, KeyRef] = field(default_factory=dict, compare=False)
     #: `[gateway] workers`: processes serving mail (None: "auto", one per core; see gateway.workers).
     workers: int | None = None
@@ -151,6 +155,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         auth=read_auth(r, data),
         intake=intake,
         routing=read_routing(r, data),
+        metrics=read_metrics(r, data),
         keys=keys,
         workers=workers,
         event_loop=event_loop,
