@@ -10,7 +10,7 @@ close the spool.
 One of several worker processes (`gateway.workers`, ``owner="w<i>"``): the master has recovered
 the spool, so a worker opens it without recovering; its listeners share their ports with the
 other workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake
-doors and the CI-SIS ZAM sender.
+doors, the CI-SIS ZAM sender and the metrics listener (`/metrics`, `/healthz`, `/readyz`).
 """
 
 from __future__ import annotations

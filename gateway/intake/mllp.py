@@ -247,7 +247,9 @@ class MllpListener(IntakeDoor):
         ctrl = control_id(frame)
         profile = is_transmission(frame)
         try:
-            if detect_payload(frame) != "hl7v2":
+            kind = detect_payload(frame)
+            if kind != "hl7v2":
+                metrics.intake_document(self.listener, kind, "refused")  # (submit counts the others)
                 raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
             result, ids = self.submit(frame, "message.hl7", client=f"mllp:{ip}", now=now)
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender

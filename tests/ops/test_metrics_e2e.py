@@ -79,14 +79,14 @@ def scrape(port: int) -> tuple[str, Samples]:
     return text, samples
 
 
-def value(samples: Samples, name: str, **labels: str) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+def value(samples: Samples, metric: str, /, **labels: str) -> float:
+    return samples.get((metric, tuple(sorted(labels.items()))), 0.0)
 
 
-def total(samples: Samples, name: str, **labels: str) -> float:
-    """Sum over every series of `name` whose labels include `labels`."""
+def total(samples: Samples, metric: str, /, **labels: str) -> float:
+    """Sum over every series of `metric` whose labels include `labels`."""
     want = set(labels.items())
-    return sum(v for (n, lbls), v in samples.items() if n == name and want <= set(lbls))
+    return sum(v for (n, lbls), v in samples.items() if n == metric and want <= set(lbls))
 
 
 def _tls() -> ssl.SSLContext:
@@ -149,8 +149,8 @@ def test_counters_move_by_what_was_sent_with_labels_and_no_content(tmp_path: Pat
         after = _wait_for(port, settled)
         text, _ = scrape(port)
 
-        def moved(name: str, **labels: str) -> float:
-            return value(after, name, **labels) - value(before, name, **labels)
+        def moved(metric: str, /, **labels: str) -> float:
+            return value(after, metric, **labels) - value(before, metric, **labels)
 
         assert moved("msgw_messages_accepted_total", listener="submission") == 2
         assert moved("msgw_recipients_total", listener="submission", domain="msgw.test", form="-",

@@ -36,6 +36,7 @@ def test_intake_documents_mllp_acks_and_smime_form_are_counted(pki: TestPKI, tmp
             (drop / ".result.hpr.tmp").rename(drop / "result.hpr")
             assert b"MSA|AA|CTRL-M-1" in _mllp(mllp_port, _oru("8" + PERSON_RPPS, "CTRL-M-1"))
             assert b"MSA|AR" in _mllp(mllp_port, b"MSH|^~\\&|broken\rPID|x\r")
+            assert b"MSA|AR" in _mllp(mllp_port, b"not an HL7 message at all\r")
             sink.wait_for(2, timeout=30)
             domain = "cabinet-parc.sante.test"
 
@@ -48,9 +49,10 @@ def test_intake_documents_mllp_acks_and_smime_form_are_counted(pki: TestPKI, tmp
             after = _wait_for(port, settled)
             text, _ = scrape(port)
         assert value(after, "msgw_mllp_acks_total", code="AA") == 1
-        assert value(after, "msgw_mllp_acks_total", code="AR") == 1
+        assert value(after, "msgw_mllp_acks_total", code="AR") == 2
         assert value(after, "msgw_intake_documents_total", door="mllp", format="hl7v2", outcome="queued") == 1
         assert value(after, "msgw_intake_documents_total", door="mllp", format="hl7v2", outcome="refused") == 1
+        assert value(after, "msgw_intake_documents_total", door="mllp", format="unknown", outcome="refused") == 1
         assert value(after, "msgw_intake_documents_total", door="drop:lis", format="hprim", outcome="queued") == 1
         assert value(after, "msgw_recipients_total", listener="mllp", domain=domain, form="smime",
                      outcome="delivered") == 1
