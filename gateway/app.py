@@ -10,7 +10,7 @@ close the spool.
 One of several worker processes (`gateway.workers`, ``owner="w<i>"``): the master has recovered
 the spool, so a worker opens it without recovering; its listeners share their ports with the
 other workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake
-doors and the CI-SIS ZAM sender.
+doors, the CI-SIS ZAM sender and the metrics listener (`/metrics`, `/healthz`, `/readyz`).
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.zamsender import ZamSender
     from gateway.console.server import ConsoleServer
     from gateway.intake.service import IntakeService
+    from gateway.ops.httpd import MetricsServer
     from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
 
@@ -94,6 +95,8 @@ class Gateway:
         self.zam_sender: ZamSender | None = None
         #: The supervision console (issue 16, `[console]`): the primary process only.
         self.console: ConsoleServer | None = None
+        #: `/metrics`, `/healthz`, `/readyz` (issue 16): served by the primary process only.
+        self.metrics: MetricsServer | None = None
         self._own_directory: SqliteDirectory | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
@@ -143,6 +146,11 @@ class Gateway:
                                         client_checks=self.server.client_checks)
             await self.intake.start()
         await self._start_console(queue, audit)
+        if self.primary and self.config.metrics.enabled:
+            from gateway.ops.httpd import MetricsServer
+
+            self.metrics = MetricsServer(self.config, self.spool, listeners=self.listeners_up, owner=self.owner)
+            await self.metrics.start()
 
     async def _start_console(self, queue: QueueService, audit: Any) -> None:
         """The console's TLS listener, in the primary process only (its sessions live in memory)."""
@@ -161,6 +169,17 @@ class Gateway:
         self.console = ConsoleServer(self.config, self.spool, audit=audit, wake=wake,
                                      cert_check=checker.check if checker is not None else None)
         await self.console.start()
+
+    def listeners_up(self) -> dict[str, bool]:
+        """Each SMTP listener (and the MLLP door) of this process: serving or not (for /readyz)."""
+        servers = self.server.servers if self.server is not None else []
+        up = {lc.name: i < len(servers) and servers[i].is_serving() for i, lc in enumerate(self.config.listeners)}
+        intake = self.config.intake
+        if self.primary and intake is not None and intake.enabled and intake.mllp is not None:
+            mllp = self.intake.mllp if self.intake is not None else None
+            server = getattr(mllp, "_server", None)
+            up["mllp"] = server is not None and server.is_serving()
+        return up
 
     async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:
         """The CI-SIS GESTIONNAIRE when ``[intake.cisis]`` is set: its ledger, the ZAM sender, the
@@ -224,6 +243,8 @@ class Gateway:
     async def stop(self) -> None:
         if self.console is not None:
             await self.console.stop()
+        if self.metrics is not None:
+            await self.metrics.stop()
         if self.intake is not None:
             await self.intake.stop()
         if self.server is not None:

@@ -36,6 +36,7 @@ from gateway.delivery.manager import Batch, DeliveryManager
 from gateway.delivery.nexthop import NextHopResolver
 from gateway.errors import GatewayError, SpoolError
 from gateway.logs import event
+from gateway.ops import metrics
 from gateway.pipeline import Envelope, Pipeline, PipelineResult
 from gateway.queueworker import CRASH_LIMIT, QueueWorker
 from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
@@ -227,6 +228,8 @@ class PipelineRunner(QueueWorker):
             self.on_prepared(msg_id)
 
     def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:
+        outcomes = list(outcomes)
+        metrics.outcomes(msg, outcomes, self.clock())
         counts: dict[tuple[RecipientState, str], int] = defaultdict(int)
         for o in outcomes:
             counts[(o.state, o.status)] += 1

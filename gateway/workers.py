@@ -19,10 +19,12 @@ watches a pipe whose write end only the master holds: EOF means the master is go
 of the master therefore frees the ports at once, as the crash tests need to restart on them.
 
 Singletons run in worker 0 only (``primary``): the intake doors (MLLP, drop folders, payload
-address) and the CI-SIS ZAM sender's outbox loop. The ZAM ledger and the LPS stores are SQLite
-files in WAL mode with a busy timeout (`gateway.sqlitefile`), written from any worker. The AUTH
-failure throttle (`gateway.server.throttle`) is per worker: a guesser spread over N workers gets at
-most N times ``auth.max_failures`` before each locks it out.
+address), the CI-SIS ZAM sender's outbox loop and the metrics listener (`gateway.ops.httpd`:
+every worker writes its counters to the folder the master names in ``PROMETHEUS_MULTIPROC_DIR``,
+`gateway.ops.metrics.prepare_worker_metrics`, and worker 0 serves their sum). The ZAM ledger and
+the LPS stores are SQLite files in WAL mode with a busy timeout (`gateway.sqlitefile`), written
+from any worker. The AUTH failure throttle (`gateway.server.throttle`) is per worker: a guesser
+spread over N workers gets at most N times ``auth.max_failures`` before each locks it out.
 
 Readiness (issue 16): each worker writes one byte on a pipe (``MSGW_READY_FD``) once its
 listeners accept connections; the master tells systemd ``READY=1`` when every worker has done so

@@ -87,6 +87,9 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not recover_spool(config):
         return 2
+    if config.metrics.enabled:  # issue 16: every worker's counters in one folder, served by worker 0
+        from gateway.ops.metrics import prepare_worker_metrics
+        prepare_worker_metrics(config)
     return Supervisor(count, str(Path(args.config).resolve()) if args.config else None, args.log_format,
                       shutdown_grace=config.spool.shutdown_grace, listen_base=args.listen_base).run()
 

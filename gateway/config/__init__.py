@@ -33,6 +33,7 @@ from gateway.config.legacy import LegacyCodecConfig, LegacyConfig
 from gateway.config.listeners import ListenerConfig
 from gateway.config.local import LocalConfig, LocalMode
 from gateway.config.log import LogConfig
+from gateway.config.metrics import MetricsConfig
 from gateway.config.policy import _POLICIES, DestinationPolicy, DiscoveryConfig, PolicyConfig
 from gateway.config.reader import Reader, Secret, is_address, is_domain, parse_duration, parse_size
 from gateway.config.routing import RoutingConfig
@@ -48,4 +49,5 @@ __all__ = [
     "Reader", "RouteConfig", "RoutingConfig", "Secret", "SpoolConfig", "TlsPolicy", "TlsSettings", "TrustConfig",
     "_POLICIES", "default_config_text", "is_address", "is_domain", "load_config",
     "load_default_config", "parse_config", "parse_duration", "parse_size",
+    "MetricsConfig",
 ]

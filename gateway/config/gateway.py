@@ -29,6 +29,7 @@ from gateway.config.legacy import LegacyConfig, read_legacy
 from gateway.config.listeners import ListenerConfig, read_listeners
 from gateway.config.local import LocalConfig, read_local
 from gateway.config.log import LogConfig, read_log
+from gateway.config.metrics import MetricsConfig, read_metrics
 from gateway.config.policy import PolicyConfig, read_policy
 from gateway.config.ports import shift_ports
 from gateway.config.reader import Reader, is_domain
@@ -44,7 +45,7 @@ DEFAULT_FILES = Path("var") / "default"
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
              "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth",
-             "console", "operators"}
+             "console", "operators", "metrics"}
 
 
 @dataclass(frozen=True)
@@ -69,6 +70,8 @@ class GatewayConfig:
     routing: RoutingConfig = field(default_factory=RoutingConfig)
     #: `[console]` + `[operators]`: the supervision console in the browser (issue 16).
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
+    #: `[metrics]`: Prometheus endpoint and health checks (issue 16; off without the section).
+    metrics: MetricsConfig = field(default_factory=MetricsConfig)
     keys: dict[str, KeyRef] = field(default_factory=dict, compare=False)
     #: `[gateway] workers`: processes serving mail (None: "auto", one per core; see gateway.workers).
     workers: int | None = None
@@ -157,6 +160,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         intake=intake,
         routing=read_routing(r, data),
         console=read_console(r, data),
+        metrics=read_metrics(r, data),
         keys=keys,
         workers=workers,
         event_loop=event_loop,

@@ -37,6 +37,7 @@ from gateway.delivery.sessions import SessionCache
 from gateway.delivery.transports import Hop, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
+from gateway.ops import metrics
 from gateway.queueworker import QueueWorker
 from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
 
@@ -340,6 +341,8 @@ class DeliveryManager(QueueWorker):
                     event(log, "outcome-listener-failed", logging.ERROR, msg=msg.id, exc_type=type(exc).__name__)
 
     def _report(self, msg: QueuedMessage, outcomes: Iterable[Outcome]) -> None:
+        outcomes = list(outcomes)
+        metrics.outcomes(msg, outcomes, self.clock())
         counts: dict[tuple[RecipientState, str], int] = defaultdict(int)
         for o in outcomes:
             counts[(o.state, o.status)] += 1

@@ -29,11 +29,14 @@ from typing import Any, TypeVar
 
 from gateway.cisis.model import CisisError
 from gateway.cisis.reader import is_transmission
+from gateway.errors import is_temporary
 from gateway.intake.dedup import DedupStore
 from gateway.intake.process import IntakeResult, Submission, accept_all, intake_bytes
 from gateway.intake.resolve import Directory, Resolution
 from gateway.intake.settings import RoutingSettings
+from gateway.ops import metrics
 from gateway.routing.model import DocumentType, PayloadInfo
+from gateway.routing.payload import detect_payload
 
 T = TypeVar("T")
 
@@ -78,13 +81,22 @@ class IntakeDoor:
         crash); ``info``/``pdfs`` when the caller bundled the payload with its PDFs or sidecar.
         Raises what `intake_bytes` and the spool raise (`GatewayError`s)."""
         now = now or dt.datetime.now(dt.UTC)
-        if is_transmission(data):
-            return self._submit_transmission(data, client=client, now=now)
-        result = intake_bytes(data, filename, sender=self.sender, envelope_recipients=envelope_recipients,
-                              directory=self.directory, dedup=self.dedup, settings=self.routing, now=now, info=info,
-                              pdfs=pdfs)
-        ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=self.listener, client=client,
-                         dedup=self.dedup, now=now, skip=skip, auth_user=self.auth_user)
+        transmission = is_transmission(data)
+        try:
+            if transmission:
+                result, ids = self._submit_transmission(data, client=client, now=now)
+            else:
+                result = intake_bytes(data, filename, sender=self.sender, envelope_recipients=envelope_recipients,
+                                      directory=self.directory, dedup=self.dedup, settings=self.routing, now=now,
+                                      info=info, pdfs=pdfs)
+                ids = accept_all(result, self.spool, lifetime=self.lifetime, listener=self.listener, client=client,
+                                 dedup=self.dedup, now=now, skip=skip, auth_user=self.auth_user)
+        except Exception as exc:
+            fmt = "hl7v2-cisis" if transmission else (info.kind if info is not None else detect_payload(data))
+            metrics.intake_document(self.listener, fmt, "deferred" if is_temporary(exc) else "refused")
+            raise
+        metrics.intake_document(self.listener, "hl7v2-cisis" if transmission else result.info.kind,
+                                "queued" if ids else "duplicate")
         return result, ids
 
     def _submit_transmission(self, data: bytes, *, client: str, now: dt.datetime) -> tuple[IntakeResult, list[str]]:

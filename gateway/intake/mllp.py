@@ -49,6 +49,7 @@ from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import MllpSettings, RoutingSettings
 from gateway.logs import event
+from gateway.ops import metrics
 from gateway.routing.hl7 import MLLPDecoder, build_ack, mllp_frame
 from gateway.routing.model import MllpError, PayloadError, UnsupportedPayload
 from gateway.routing.payload import detect_payload
@@ -224,6 +225,7 @@ class MllpListener(IntakeDoor):
                 frames = decoder.feed(data)
             except MllpError as exc:
                 event(log, "mllp-framing-error", logging.WARNING, client=ip, reason=exc.what, where=exc.where)
+                metrics.mllp_ack("AR")
                 writer.write(mllp_frame(build_ack(b"", "AR", exc.what, error_code="100")))
                 await writer.drain()
                 return
@@ -234,6 +236,7 @@ class MllpListener(IntakeDoor):
 
     async def _handle(self, frame: bytes, ip: str) -> bytes:
         reply = await self.run_blocking(self._process, frame, ip)
+        metrics.mllp_ack(reply.code)
         self.wake(reply.ids)
         return build_ack(frame, reply.code, reply.error, error_code=reply.error_code,
                          error_location=reply.location, application_error=reply.application_error)
@@ -244,7 +247,9 @@ class MllpListener(IntakeDoor):
         ctrl = control_id(frame)
         profile = is_transmission(frame)
         try:
-            if detect_payload(frame) != "hl7v2":
+            kind = detect_payload(frame)
+            if kind != "hl7v2":
+                metrics.intake_document(self.listener, kind, "refused")  # (submit counts the others)
                 raise UnsupportedPayload("not an HL7 v2 message", "segment 1")
             result, ids = self.submit(frame, "message.hl7", client=f"mllp:{ip}", now=now)
         except Exception as exc:  # noqa: BLE001 - never an AA, never a stack trace to the sender

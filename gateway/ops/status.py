@@ -162,8 +162,29 @@ def _public_uri(uri: str) -> str:
 
 
 def _token(name: str, uri: str, module: str | None) -> TokenStatus:
-    """Placeholder until the metrics work checks slots through python-pkcs11 (issue 16 item 1)."""
-    return TokenStatus(key=name, uri=_public_uri(uri), present=None, problem="not checked")
+    """Is the key's token in a slot? Asked on the module's own thread (python-pkcs11 modules are
+    not thread-safe: `gateway.smime.pkcs11.worker`), without the PIN and without a rescan: a
+    re-initialisation would drop the sessions the signing path holds, and a card reader's slot
+    list follows insertions by itself (the signing path rescans when it needs the token)."""
+    from gateway.errors import GatewayError
+    from gateway.smime.pkcs11 import TokenAbsent, UriError, get_worker, parse_uri
+    from gateway.smime.pkcs11.keys import resolve_module
+    from gateway.smime.pkcs11.session import token_state
+
+    public = _public_uri(uri)
+    try:
+        parsed = parse_uri(uri)
+        worker = get_worker(resolve_module(parsed, module))
+        worker.run_sync(lambda: token_state(worker, parsed.token_selector).find_token(rescan=False))
+    except TokenAbsent:
+        return TokenStatus(key=name, uri=public, present=False, problem="token not present")
+    except UriError:  # its message may quote the URI, PIN attributes included
+        return TokenStatus(key=name, uri=public, present=False, problem="invalid pkcs11 URI")
+    except GatewayError as exc:
+        return TokenStatus(key=name, uri=public, present=False, problem=str(exc)[:200])
+    except Exception as exc:  # noqa: BLE001 - one token's fault must not hide the rest of the inventory
+        return TokenStatus(key=name, uri=public, present=False, problem=_problem(exc))
+    return TokenStatus(key=name, uri=public, present=True)
 
 
 def _problem(exc: BaseException) -> str:

@@ -45,6 +45,7 @@ from gateway.config import GatewayConfig, ListenerConfig, is_domain
 from gateway.config.accounts import Account
 from gateway.errors import GatewayError, MalformedInput, PolicyError, TemporaryError, as_gateway_error, smtp_reply
 from gateway.logs import event
+from gateway.ops import metrics
 from gateway.pipeline import Refusal
 from gateway.senders import SenderIdentity, account_identity, network_identity, partner_identity, refused_claims
 from gateway.server.clientcert import matching_subject
@@ -186,14 +187,16 @@ class GatewaySMTP(SMTP):
             self._writer.close()
             raise
         if data.outcome is not Outcome.OK:
+            name = self.gateway_handler.listener.name
             if data.outcome is Outcome.TOO_MUCH:
-                await self.push("552 Error: Too much mail data")
+                await self.push(metrics.refused(name, "data", "552 Error: Too much mail data", "too-large"))
             elif data.bare_newline:
                 event(log, "refused", logging.WARNING, listener=self.gateway_handler.listener.name,
                       client=_peer_ip(self.session), reason="bare-lf")
-                await self.push(BARE_LF_REPLY)
+                await self.push(metrics.refused(name, "data", BARE_LF_REPLY, "bare-lf"))
             else:
-                await self.push("500 Line too long (see RFC5321 4.5.3.1.6)")
+                await self.push(metrics.refused(name, "data", "500 Line too long (see RFC5321 4.5.3.1.6)",
+                                                "line-too-long"))
             self._set_post_data_state()
             return
         self.envelope.original_content = self.envelope.content = data.content
@@ -632,14 +635,15 @@ class GatewayHandler:
 
     async def handle_MAIL(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           mail_options: list[str]) -> str:
+        name = self.listener.name
         if address != "<>" and not _ADDRESS.match(address):
-            return "553 5.1.7 Malformed sender address"
+            return metrics.refused(name, "mail", "553 5.1.7 Malformed sender address", "malformed-address")
         if self.listener.kind == "submission" and not session.authenticated:
-            return "530 5.7.0 Authentication required"
+            return metrics.refused(name, "mail", "530 5.7.0 Authentication required", "auth-required")
         if self.listener.kind == "relay" and not session.authenticated:
             refusal = await self.partner_refusal(session)
             if refusal is not None:
-                return refusal
+                return metrics.refused(name, "mail", refusal, "client-certificate")
         identity = self.identity(session)
         # decided once per transaction (MAIL), reused at RCPT and DATA
         envelope.msgw_identity = identity  # type: ignore[attr-defined]
@@ -649,22 +653,26 @@ class GatewayHandler:
                   identity=identity.name, where="mail-from")
             self.audit_refusal("sender-refused", client=_peer_ip(session), identity=identity.name, sender=address,
                                reason="MAIL FROM is not an address of this login")
-            return "553 5.7.1 Sender address not allowed for this login"
+            return metrics.refused(name, "mail", "553 5.7.1 Sender address not allowed for this login",
+                                   "sender-not-allowed")
         envelope.mail_from = address
         envelope.mail_options.extend(mail_options)
         return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server: SMTP, session: Session, envelope: Envelope, address: str,
                           rcpt_options: list[str]) -> str:
+        name = self.listener.name
         if not _ADDRESS.match(address):
-            return "553 5.1.3 Malformed recipient address"
+            return metrics.refused(name, "rcpt", "553 5.1.3 Malformed recipient address", "malformed-address")
         if len(envelope.rcpt_tos) >= self.listener.max_recipients:
-            return smtp_reply(TemporaryError("Too many recipients", status="4.5.3"), "RCPT")
+            return metrics.refused(name, "rcpt", smtp_reply(TemporaryError("Too many recipients", status="4.5.3"),
+                                                             "RCPT"), "too-many-recipients")
         domain = address.rpartition("@")[2].lower()
         if self.payload_address and address.lower() == self.payload_address:
             # Routing from content is for known systems only (authenticated, or a partner network).
             if not getattr(envelope, "msgw_relay", False):
-                return "550 5.7.1 Payload routing is for authenticated systems"
+                return metrics.refused(name, "rcpt", "550 5.7.1 Payload routing is for authenticated systems",
+                                       "payload-not-allowed", domain)
             envelope.rcpt_tos.append(address)
             return "250 2.1.5 OK (routed from the payload)"
         if self.returns_address and address.lower() == self.returns_address:
@@ -675,22 +683,24 @@ class GatewayHandler:
                 mailbox = await self.mailboxes.resolve(address)
             except Exception as exc:  # noqa: BLE001 - a directory fault (full disk, lock) is temporary
                 event(log, "rcpt-deferred", logging.WARNING, listener=self.listener.name, exc_type=type(exc).__name__)
-                return smtp_reply(TemporaryError("Mailbox lookup temporarily unavailable"), "RCPT")
+                return metrics.refused(name, "rcpt", smtp_reply(
+                    TemporaryError("Mailbox lookup temporarily unavailable"), "RCPT"), "lookup-unavailable", domain)
             if mailbox is None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="unknown-mailbox")
-                return "550 5.1.1 No such mailbox here"
+                return metrics.refused(name, "rcpt", "550 5.1.1 No such mailbox here", "unknown-mailbox", domain)
             address = mailbox
         elif not getattr(envelope, "msgw_relay", False):
             event(log, "relay-denied", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   rcpt_domain=domain)
-            return "550 5.7.1 Relaying denied"
+            return metrics.refused(name, "rcpt", "550 5.7.1 Relaying denied", "relay-denied")  # no domain label
         if self.rcpt_check is not None:
             refusal = await self.rcpt_check(address)
             if refusal is not None:
                 event(log, "rcpt-refused", logging.WARNING, listener=self.listener.name, rcpt_domain=domain,
                       reason="no-protection")
-                return smtp_reply(_refusal_error(refusal), "RCPT")
+                return metrics.refused(name, "rcpt", smtp_reply(_refusal_error(refusal), "RCPT"), "no-protection",
+                                       domain)
         envelope.rcpt_tos.append(address)
         envelope.rcpt_options.extend(rcpt_options)
         return "250 2.1.5 OK"
@@ -703,12 +713,12 @@ class GatewayHandler:
         if bare:
             event(log, "refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   reason="bare-lf", size=len(data))
-            return BARE_LF_REPLY
+            return metrics.refused(self.listener.name, "data", BARE_LF_REPLY, "bare-lf")
         identity: SenderIdentity | None = getattr(envelope, "msgw_identity", None)
         if identity is not None:
             refusal = self._header_refusal(identity, session, data)
             if refusal is not None:
-                return refusal
+                return metrics.refused(self.listener.name, "data", refusal, "sender-header")
         if self.returns_address and self.returns_address in (r.lower() for r in envelope.rcpt_tos):
             return await self._take_returns(session, envelope.rcpt_tos, data)
         data = self._received_header(server, session, envelope) + data
@@ -731,10 +741,11 @@ class GatewayHandler:
                       size=len(data), reason=str(exc))
             else:
                 event(log, "spool-crashed", logging.ERROR, listener=self.listener.name, exc_type=type(exc).__name__)
-            return smtp_reply(exc)
+            return metrics.refused(self.listener.name, "data", smtp_reply(exc), "spool")
         event(log, "accepted", msg=msg_id, listener=self.listener.name, client=_peer_ip(session),
               size=len(data), rcpts=len(rcpts), tls=bool(session.ssl), auth=auth_user is not None,
               ms=round((time.monotonic() - started) * 1000, 1))
+        metrics.accepted(self.listener.name, rcpts)
         if self.on_accept is not None:
             self.on_accept(msg_id)
         return f"250 2.0.0 OK queued as {msg_id}"
@@ -772,7 +783,8 @@ class GatewayHandler:
         except GatewayError as exc:
             event(log, "payload-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   size=len(data), code=exc.code, temporary=exc.temporary)
-            return smtp_reply(exc)
+            return metrics.refused(self.listener.name, "data", smtp_reply(exc), "payload")
+        metrics.accepted(self.listener.name, rcpts)
         event(log, "payload-routed", listener=self.listener.name, client=_peer_ip(session), size=len(data),
               copies=len(ids))
         for msg_id in ids:
