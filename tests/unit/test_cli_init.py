@@ -25,7 +25,8 @@ def test_init_lists_every_file_and_folder_it_made_and_says_test_only(tmp_path: P
     assert all(line.split()[0] == "made" for line in lines if line.startswith("  ")), text
     # everything init left in the state folder and the first-run folder is named in the listing
     made = {str(p) for p in (*folder.iterdir(), *(tmp_path / "var").iterdir())} - {str(folder)}
-    named = set(listed) | {str(folder / "tls-key.pem"), str(folder / "demo.hash"), str(tmp_path / "var" / "drop")}
+    named = set(listed) | {str(folder / name) for name in ("tls-key.pem", "demo.hash", "console-admin.hash",
+                                                           "TEST-doctor.cert.pem")} | {str(tmp_path / "var" / "drop")}
     assert made <= named, made - named
     assert str(folder / "tls-cert.pem") in listed and str(folder / "demo.password") in listed
     assert lines[-1] == f"Demo login: demo@msgw.localhost, password in {folder / 'demo.password'}"
