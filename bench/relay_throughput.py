@@ -31,7 +31,14 @@ which also covers Postfix's many short-lived processes.
 The crypto floor is from ``openssl speed`` (one core): one RSA-2048 signature + one RSA-2048 public
 operation (key transport to one recipient) + AES-256-CBC over the message bytes.
 
+With ``--metrics`` each gateway also gets a ``[metrics]`` listener on a free loopback port, and its
+``/metrics`` is scraped before each load run, every ``--metrics-interval`` seconds during it and after
+it: accepted messages, delivered/deferred/bounced recipients and the queue (issue 16: "curl on /metrics
+during a bench run shows the counters moving"). A scrape costs worker 0 some CPU: compare figures
+taken with ``--metrics`` only with others taken with it.
+
 Usage: .venv/bin/python bench/relay_throughput.py [--quick] [--json FILE] [--concurrency 10] [--workers N]
+       [--metrics [--metrics-interval 1]]
 No thresholds, no asserts: it prints a table and writes JSON.
 """
 
@@ -43,7 +50,9 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
+import urllib.request
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -57,6 +66,7 @@ from _support import (  # noqa: E402 - bench/ is not a package
     body_lines,
     build_pki,
     default_json,
+    free_port,
     loadavg,
     machine,
     percentile,
@@ -67,6 +77,7 @@ from _support import (  # noqa: E402 - bench/ is not a package
     send_load,
     system_busy_seconds,
     tool,
+    wait_port,
     write_gateway_config,
     write_json,
 )
@@ -98,13 +109,108 @@ def floor_msgs_s(floor: dict[str, float | None], size: int) -> float | None:
     return 1.0 / (1.0 / sign + 1.0 / pub + size / aes)
 
 
+def add_metrics_listener(config: Path) -> str:
+    """A `[metrics]` section on a free loopback port appended to a gateway's config; its /metrics URL."""
+    port = free_port()
+    with config.open("a", encoding="utf-8") as out:
+        out.write(f'\n[metrics]\naddress = "127.0.0.1"\nport = {port}\n')
+    return f"http://127.0.0.1:{port}/metrics"
+
+
+def wait_metrics(url: str, timeout: float = 30.0) -> None:
+    """Worker 0 starts the metrics listener after the SMTP listeners: wait for it too."""
+    wait_port(int(url.rsplit(":", 1)[1].split("/", 1)[0]), timeout)
+
+
+#: What the bench follows on /metrics: (key, sample name, label filter). Counters and gauges are
+#: summed over the labels not filtered (listeners, domains, forms; every worker's in one scrape).
+WATCHED = (("accepted", "msgw_messages_accepted_total", {}),
+           ("delivered", "msgw_recipients_total", {"outcome": "delivered"}),
+           ("deferred", "msgw_recipients_total", {"outcome": "deferred"}),
+           ("bounced", "msgw_recipients_total", {"outcome": "bounced"}),
+           ("queue", "msgw_queue_recipients", {}),
+           ("oldest_s", "msgw_queue_oldest_age_seconds", {}))
+
+
+def scrape(url: str) -> dict[str, float] | None:
+    """The watched figures of one /metrics scrape (None when it fails: shown, never fatal)."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:  # noqa: S310 - our loopback URL
+            text = reply.read().decode()
+    except OSError:
+        return None
+    values = dict.fromkeys((key for key, _, _ in WATCHED), 0.0)
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            for key, name, labels in WATCHED:
+                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
+                    values[key] += sample.value
+    return values
+
+
+def metrics_line(label: str, now: dict[str, float] | None, base: dict[str, float] | None) -> str:
+    if now is None:
+        return f"    /metrics {label}: scrape failed"
+    def moved(key: str) -> str:
+        return f"{now[key]:.0f}" + (f" (+{now[key] - base[key]:.0f})" if base is not None else "")
+    return (f"    /metrics {label}: accepted {moved('accepted')}, delivered {moved('delivered')}, "
+            f"deferred {now['deferred']:.0f}, bounced {now['bounced']:.0f}, queue {now['queue']:.0f} "
+            f"recipients (oldest {now['oldest_s']:.1f}s)")
+
+
+def settled(url: str, before: dict[str, float] | None, timeout: float = 5.0) -> dict[str, float] | None:
+    """The scrape after a run, once the gateway recorded what the sink already has: the sink sees a
+    message before the gateway records its outcome, so the first scrape may lag by a few. At most
+    `timeout` seconds (outside the run's measured time), then whatever the last scrape said."""
+    deadline = time.monotonic() + timeout
+    while True:
+        after = scrape(url)
+        done = after is not None and after["queue"] == 0 and (
+            before is None or after["delivered"] + after["bounced"] - before["delivered"] - before["bounced"]
+            >= after["accepted"] - before["accepted"])
+        if done or time.monotonic() >= deadline:
+            return after
+        time.sleep(0.2)
+
+
+class MetricsWatch:
+    """Scrapes `url` every `interval` seconds in a thread while a load run lasts, printing each."""
+
+    def __init__(self, url: str, interval: float, base: dict[str, float] | None) -> None:
+        self.url, self.interval, self.base = url, interval, base
+        self.samples: list[tuple[float, dict[str, float] | None]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="metrics-watch", daemon=True)
+        self._t0 = time.monotonic()
+
+    def __enter__(self) -> MetricsWatch:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval):
+            t = time.monotonic() - self._t0
+            values = scrape(self.url)
+            self.samples.append((round(t, 2), values))
+            print(metrics_line(f"+{t:4.1f}s", values, self.base), flush=True)
+
+
 class Runner:
-    def __init__(self, sink: BenchSink, concurrency: int, max_wait: float) -> None:
+    def __init__(self, sink: BenchSink, concurrency: int, max_wait: float, metrics_interval: float = 1.0) -> None:
         self.sink = sink
         self.concurrency = concurrency
         self.max_wait = max_wait
         self.next_seq = 0
         self.runs: list[dict] = []
+        #: /metrics of the gateway under test while one runs with `--metrics` (None: not scraped).
+        self.metrics_url: str | None = None
+        self.metrics_interval = metrics_interval
 
     def run(self, target: str, size_name: str, port: int, count: int, gateway_pid: int | None = None,
             login: tuple[str, str] | None = None, rate: float | None = None) -> dict:
@@ -115,11 +221,22 @@ class Runner:
         load1 = loadavg()
         busy0, mine0, sink0 = system_busy_seconds(), self_cpu_seconds(), proc_cpu_seconds(self.sink.pid)
         gw0 = proc_tree_cpu_seconds(gateway_pid) if gateway_pid else None
+        url = self.metrics_url if gateway_pid else None
+        before = scrape(url) if url else None
+        if url:
+            print(metrics_line(f"{target} {size_name} before", before, None), flush=True)
+        watch = MetricsWatch(url, self.metrics_interval, before) if url else None
         t0 = time.monotonic()
-        load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait, login=login,
-                         rate=rate)
-        complete = self.sink.wait_for(load.accepted, self.max_wait)
-        elapsed = time.monotonic() - t0
+        if watch is not None:
+            watch.__enter__()
+        try:
+            load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait,
+                             login=login, rate=rate)
+            complete = self.sink.wait_for(load.accepted, self.max_wait)
+            elapsed = time.monotonic() - t0
+        finally:
+            if watch is not None:
+                watch.__exit__()
         busy = system_busy_seconds() - busy0
         harness = (self_cpu_seconds() - mine0) + (proc_cpu_seconds(self.sink.pid) - sink0)
         gw = proc_tree_cpu_seconds(gateway_pid) - gw0 if gateway_pid and gw0 is not None else None
@@ -129,6 +246,10 @@ class Runner:
                "first_seq": first, "last_seq": first + count - 1, "start_ns": load.start_ns,
                "accept_ns": load.accept_ns, "cpu_target_s": max(0.0, busy - harness), "cpu_harness_s": harness,
                "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1, "offered_rate": rate}
+        if url and watch is not None:
+            after = settled(url, before)
+            print(metrics_line(f"{target} {size_name} after", after, before), flush=True)
+            run["metrics"] = {"url": url, "before": before, "during": watch.samples, "after": after}
         self.runs.append(run)
         rate = load.accepted / elapsed if elapsed else 0
         print(f"  {target:9} {size_name:5} {load.accepted}/{count} accepted, "
@@ -213,6 +334,10 @@ def main(argv: list[str] | None = None) -> int:
                          "load to Postfix and gw-smime and report its latency (0: skip)")
     ap.add_argument("--workers", type=int, default=None,
                     help="msgw serve --workers N (default: the gateway's own default, one per core)")
+    ap.add_argument("--metrics", action="store_true",
+                    help="give each gateway a [metrics] listener on a free loopback port and scrape its /metrics "
+                         "before, during (every --metrics-interval) and after each load run")
+    ap.add_argument("--metrics-interval", type=float, default=1.0, help="seconds between scrapes with --metrics")
     args = ap.parse_args(argv)
     sizes = [s for s in args.sizes.split(",") if s]
     counts = {s: args.count or (QUICK_COUNTS if args.quick else DEFAULT_COUNTS)[s] for s in sizes}
@@ -224,7 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     sink = BenchSink(work)
     postfix: PostfixInstance | None = None
     notes: list[str] = []
-    runner = Runner(sink, args.concurrency, args.max_wait)
+    runner = Runner(sink, args.concurrency, args.max_wait, args.metrics_interval)
     try:
         sink.start()
         for s in sizes:
@@ -245,16 +370,25 @@ def main(argv: list[str] | None = None) -> int:
                 if postfix is not None:
                     postfix.cleanup()
         plain = write_gateway_config(work / "gw-plain", sink.port, event_loop=args.event_loop)
+        plain_metrics = add_metrics_listener(plain.config) if args.metrics else None
         with GatewayProcess(plain, args.workers) as gw:
             notes.append(f"gateway worker processes: {gw.worker_count}")
             print(notes[-1], flush=True)
+            if plain_metrics:
+                wait_metrics(plain_metrics)
+                runner.metrics_url = plain_metrics
             for s in sizes:
                 runner.run("gw-plain", s, plain.relay_port, counts[s], gw.pid)
             for s in sizes:
                 runner.idle("gw-plain", s, plain.relay_port, idle_n)
+            runner.metrics_url = None
         pki = build_pki(work)
         smime = write_gateway_config(work / "gw-smime", sink.port, pki=pki, event_loop=args.event_loop)
+        smime_metrics = add_metrics_listener(smime.config) if args.metrics else None
         with GatewayProcess(smime, args.workers) as gw:
+            if smime_metrics:
+                wait_metrics(smime_metrics)
+                runner.metrics_url = smime_metrics
             for s in sizes:
                 runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
             for s in sizes:
@@ -263,6 +397,7 @@ def main(argv: list[str] | None = None) -> int:
                 paced(runner, "gw-smime", s, smime.relay_port, counts[s], args.paced, gw.pid)
             for s in sizes:
                 runner.run("gw-submit", s, smime.submission_port, counts[s], gw.pid, login=(SENDER, SENDER_PASSWORD))
+            runner.metrics_url = None
     finally:
         records = sink.stop()
         if postfix is not None:
@@ -299,13 +434,34 @@ def main(argv: list[str] | None = None) -> int:
                      None if idle else r["cpu_ms_per_msg_target"], r["cpu_ms_per_msg_gateway_proc"]])
     table2 = print_table(["target size", "delivered", "p50", "p95", "p99", "CPU/msg (machine − harness)",
                           "CPU/msg (gateway process)"], rows, 2)
+    tables = [table1, table2]
+    watched = [r for r in results if r.get("metrics")]
+    if watched:
+        print("\nCounters seen on the gateway's /metrics (after − before the run; queue: pending recipients, "
+              "the most seen during the run and after it)")
+        rows = []
+        for r in watched:
+            m = r["metrics"]
+            before, after = m["before"], m["after"]
+
+            def delta(key: str, before: dict | None = before, after: dict | None = after) -> float | None:
+                return after[key] - before[key] if before and after else None
+
+            during = [v["queue"] for _, v in m["during"] if v]
+            rows.append([f"{r['target']} {r['size']}", r["accepted"], delta("accepted"), r["delivered"],
+                         delta("delivered"), delta("deferred"), delta("bounced"), max(during) if during else None,
+                         after["queue"] if after else None, f"{sum(1 for _, v in m['during'] if v)}"
+                         f"/{len(m['during'])}"])
+        tables.append(print_table(["target size", "client: accepted", "/metrics accepted", "sink: delivered",
+                                   "/metrics delivered", "deferred", "bounced", "queue max", "queue after",
+                                   "scrapes ok"], rows, 0))
     for note in notes:
         print("note:", note)
     write_json(args.json, {"benchmark": "relay_throughput", "machine": machine(), "quick": args.quick,
                            "concurrency": args.concurrency, "workers": args.workers, "event_loop": args.event_loop,
                            "openssl_speed": floor,
                            "crypto_floor_msgs_s": {s: floor_msgs_s(floor, SIZES[s]) for s in sizes},
-                           "runs": results, "notes": notes, "tables": [table1, table2]})
+                           "runs": results, "notes": notes, "tables": tables, "metrics": args.metrics})
     return 0
 
 

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 class CertificateStatus:
     """One certificate the gateway relies on; `problem` says why it could not be read."""
 
-    kind: str  # "key" (a [keys.*] certificate), "anchor" (trust folder), "tls" (a listener's)
-    name: str  # the key's name, the anchor's file name, the listener's name
+    kind: str  # "key" (a [keys.*] certificate), "anchor" (trust folder), "tls" (a listener's, the console's)
+    name: str  # the key's name, the anchor's file name, the listener's name ("console": the console's)
     subject: str = ""
     issuer: str = ""
     serial: str = ""
@@ -89,6 +89,9 @@ def inventory(config: GatewayConfig, *, now: datetime | None = None, tokens: boo
     for listener in config.listeners:
         if listener.tls_cert:
             certs.append(_certificate("tls", listener.name, Path(listener.tls_cert)))
+    console = config.console
+    if console.enabled and console.tls_cert is not None:
+        certs.append(_certificate("tls", "console", Path(console.tls_cert)))
     fresh: list[FreshnessStatus] = []
     if trust is not None:
         fresh.extend(_crl(path) for path in trust.crl_files)

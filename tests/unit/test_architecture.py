@@ -137,10 +137,46 @@ def test_delivery_does_not_import_the_pipeline() -> None:
 def test_pure_layers_do_not_import_the_server_spool_or_delivery() -> None:
     graph = import_graph()
     io_layers = ("gateway.server", "gateway.spool", "gateway.delivery", "gateway.runner", "gateway.app",
-                 "gateway.commands", "gateway.intake")
+                 "gateway.commands", "gateway.intake", "gateway.ops", "gateway.console")
     for name, targets in graph.items():
         if name.startswith(("gateway.smime", "gateway.legacy", "gateway.routing", "gateway.stages")):
             assert not {t for t in targets if t.startswith(io_layers)}, name
+
+
+def _importers(graph: dict[str, set[str]], prefix: str) -> set[str]:
+    return {name for name, targets in graph.items() if not name.startswith(prefix)
+            and any(t == prefix or t.startswith(prefix + ".") for t in targets)}
+
+
+def test_operations_read_state_and_sit_above_the_message_path() -> None:
+    """Issue 16 (docs/architecture.md, sections 3 and 9): the doors, the queue and delivery call
+    the counters of `gateway.ops.metrics` and nothing else of `ops`; only `gateway.app` starts the
+    metrics listener and the console; `ops` and `console` read state, they never decide about or
+    move a message, and `ops` never imports the console."""
+    graph = import_graph()
+    started_by = {"gateway.app", "gateway.ops", "gateway.ops.httpd", "gateway.console", "gateway.console.web"}
+    for name in _importers(graph, "gateway.ops"):
+        if name in started_by or name.startswith("gateway.commands"):
+            continue
+        assert {t for t in graph[name] if t.startswith("gateway.ops")} <= {"gateway.ops", "gateway.ops.metrics"}, name
+    assert _importers(graph, "gateway.console") <= {"gateway.app"}
+    deciding = ("gateway.pipeline", "gateway.stages", "gateway.delivery", "gateway.runner", "gateway.queueworker",
+                "gateway.intake", "gateway.cisis", "gateway.lps", "gateway.app", "gateway.workers")
+    for name, targets in graph.items():
+        if name.startswith(("gateway.ops", "gateway.console")):
+            assert not {t for t in targets if t.startswith(deciding)}, name
+        if name.startswith("gateway.ops"):
+            assert not {t for t in targets if t.startswith("gateway.console")}, name
+
+
+def test_the_counters_sit_below_the_code_that_calls_them() -> None:
+    """`gateway.ops.metrics` is called by the SMTP server, the intake doors, the runner and delivery:
+    it (and the inventory it reads lazily, `ops.status`) imports only the ground and the S/MIME
+    library, never a door, the queue or the running gateway."""
+    graph = import_graph()
+    allowed = ("gateway.config", "gateway.logs", "gateway.errors", "gateway.smime", "gateway.ops.status")
+    for name in ("gateway.ops.metrics", "gateway.ops.status"):
+        assert {t for t in graph[name] if not t.startswith(allowed)} == set(), name
 
 
 #: The CI-SIS profile's pure part (reading, deciding, building): no I/O layer, no ledger or sender.
@@ -169,6 +205,7 @@ LIBRARY_IMPORTS = {
     "gateway.rawmime": {"gateway.errors"},
     "gateway.fsutil": {"gateway.filemodes"},
     "gateway.errors": set(),
+    "gateway.sdnotify": set(),
 }
 
 
