@@ -32,6 +32,7 @@ from gateway.config.policy import PolicyConfig, read_policy
 from gateway.config.reader import Reader, is_domain
 from gateway.config.routing import RoutingConfig, read_routing
 from gateway.config.spool import SpoolConfig, read_spool
+from gateway.config.storage import StorageConfig, read_storage
 from gateway.config.trust import TrustConfig, read_trust
 from gateway.errors import ConfigError
 from gateway.smime.keystore import KeyRef
@@ -41,7 +42,8 @@ DEFAULT_SOURCE = "<embedded default>"
 DEFAULT_FILES = Path("var") / "default"
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
-             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth"}
+             "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth",
+             "storage"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    #: `[storage]`: SQLite beside the spool (default) or a shared PostgreSQL (issue 18).
+    storage: StorageConfig = field(default_factory=StorageConfig)
     keys: dict[str, KeyRef] = field(default_factory=dict, compare=False)
     #: `[gateway] workers`: processes serving mail (None: "auto", one per core; see gateway.workers).
     workers: int | None = None
@@ -151,6 +155,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         auth=read_auth(r, data),
         intake=intake,
         routing=read_routing(r, data),
+        storage=read_storage(r, data),
         keys=keys,
         workers=workers,
         event_loop=event_loop,
