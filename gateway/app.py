@@ -22,13 +22,13 @@ from typing import TYPE_CHECKING, Any
 
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
-from gateway.directory.directory import SqliteDirectory, directory_path
+from gateway.directory.directory import DirectoryStore, directory_path
 from gateway.logs import event
 from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
 from gateway.server.logins import NationalIdLookup
 from gateway.server.smtp import MailboxLookup, SmtpServer
-from gateway.spool import Spool
+from gateway.storage import open_directory, open_queue_store, open_zam_ledger
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.cisis.ledger import ZamLedger
@@ -40,7 +40,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
 log = logging.getLogger("gateway")
 
 
-def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
+def local_mailbox_lookup(directory: DirectoryStore) -> MailboxLookup:
     """RCPT-time question to the directory, asked off the event loop: is this a local mailbox?"""
     async def lookup(address: str) -> bool:
         entry = await asyncio.to_thread(directory.address, address)
@@ -48,7 +48,7 @@ def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
     return lookup
 
 
-def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> NationalIdLookup:
+def national_id_lookup(directory: DirectoryStore, config: GatewayConfig) -> NationalIdLookup:
     """Card login (SASL EXTERNAL): the local mailboxes the directory lists for an identifiant
     national, asked off the event loop."""
     async def lookup(national_id: str) -> tuple[str, ...]:
@@ -60,7 +60,7 @@ def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> Nat
     return lookup
 
 
-def token_login(config: GatewayConfig, directory: SqliteDirectory) -> OAuthLogin | None:
+def token_login(config: GatewayConfig, directory: DirectoryStore) -> OAuthLogin | None:
     """OAUTHBEARER/XOAUTH2 (issue 17) when `[auth.oidc]` is set: the issuer's tokens, and the
     directory's local mailboxes of a professional no `[accounts]` entry names."""
     if config.auth.oidc is None:
@@ -80,7 +80,7 @@ class Gateway:
         #: Runs the singletons (intake doors, ZAM sender): the only process, or worker 0.
         self.primary = primary
         self.workers = workers
-        self.spool = Spool(config.spool.path, owner=owner)
+        self.spool = open_queue_store(config, owner=owner)
         self.pipeline = pipeline
         self.context: GatewayContext | None = None
         self.queue: QueueService | None = None
@@ -89,7 +89,7 @@ class Gateway:
         #: CI-SIS GESTIONNAIRE (issue 13): what is owed to the CRÉATEURs, and their sender.
         self.zam_ledger: ZamLedger | None = None
         self.zam_sender: ZamSender | None = None
-        self._own_directory: SqliteDirectory | None = None
+        self._own_directory: DirectoryStore | None = None
         self._own_audit: AuditWriter | None = None
         self._stopped = asyncio.Event()
 
@@ -135,7 +135,7 @@ class Gateway:
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
                                         self.config.state_dir, queue.accepted,
                                         self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire,
-                                        client_checks=self.server.client_checks)
+                                        client_checks=self.server.client_checks, storage=self.config.storage)
             await self.intake.start()
 
     async def _start_cisis(self, queue: QueueService, audit: Any) -> Any:
@@ -145,14 +145,12 @@ class Gateway:
         if settings is None or not settings.enabled:
             return None
         from gateway.cisis.gestionnaire import Gestionnaire
-        from gateway.cisis.ledger import ZamLedger
         from gateway.cisis.zamsender import ZamSender
 
         loop = asyncio.get_running_loop()
         spool = self.config.spool
         ledger = self.zam_ledger = await loop.run_in_executor(
-            None, lambda: ZamLedger.beside(spool.path, retry_schedule=spool.retry_schedule,
-                                           lifetime=spool.max_queue_lifetime))
+            None, lambda: open_zam_ledger(self.config))
         # The sender is a singleton (worker 0): ZAMs another worker's outcomes owe wait in the
         # shared ledger for its next poll (`spool.poll_interval`).
         sender = self.zam_sender = ZamSender(settings, ledger, poll_interval=spool.poll_interval,
@@ -193,8 +191,8 @@ class Gateway:
 
         queue.add_outcome_listener(MdnReporter(self.config, self.spool, on_queued=queued))
 
-    def _open_directory(self) -> SqliteDirectory:
-        self._own_directory = SqliteDirectory(directory_path(self.config))
+    def _open_directory(self) -> DirectoryStore:
+        self._own_directory = open_directory(self.config)
         return self._own_directory
 
     async def stop(self) -> None:

@@ -16,6 +16,7 @@ import time
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.spool import QueuedMessage, Spool
+from gateway.storage import open_queue_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _spool(args: argparse.Namespace) -> Spool:
-    return Spool(config_from(args).spool.path).open(recover=False)
+    return open_queue_store(config_from(args)).open(recover=False)
 
 
 def _when(ts: float) -> str:

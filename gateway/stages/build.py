@@ -28,7 +28,6 @@ from gateway.directory.certsources import (
     HarvestStore,
     LdapSource,
 )
-from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.directory.trustspace import TrustSpace
 from gateway.errors import GatewayError, PermanentError
 from gateway.logs import event
@@ -46,6 +45,7 @@ from gateway.stages.context import ProtectionContext, RecipientView, capability_
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from gateway.stages.route import RCPT_CHECK_TIMEOUT, RouteStage, rcpt_decision, rcpt_refusal_reason
+from gateway.storage import open_directory
 
 log = logging.getLogger("gateway.policy")
 
@@ -66,7 +66,7 @@ class GatewayContext:
         self.path_cache = PathCache()
         self.ocsp = OcspSource() if trust.ocsp else None
         self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache, ocsp=self.ocsp)
-        self.directory = SqliteDirectory(directory_path(config))
+        self.directory = open_directory(config)
         self.harvest_store = HarvestStore(config.state_dir / "harvest.sqlite")
         self.trust_space = TrustSpace(trust.authorised_domains_file) if trust.authorised_domains_file else None
         self.audit_trail = AuditTrail(audit_path(config))
