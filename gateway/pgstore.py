@@ -33,6 +33,14 @@ from gateway.errors import GatewayError
 STATEMENT_TIMEOUT_MS = 60_000
 
 
+def reconnect_timeout(connect_timeout: float) -> float:
+    """How long the pool retries one lost connection (backing off 1 s, 2 s, 4 s...) before it
+    gives the slot up; the next call then connects afresh. psycopg_pool's default (5 min) would
+    let the backoff grow to minutes: a server back after 30 s would be used only minutes later.
+    Short, so the gateway resumes within seconds of the server's return (issue 18)."""
+    return max(2 * connect_timeout, 5.0)
+
+
 class PgDatabase:
     """A pool of connections to the shared database for one store, and its error type."""
 
@@ -51,7 +59,7 @@ class PgDatabase:
             kwargs["password"] = password
         self.pool = ConnectionPool(dsn, min_size=1, max_size=max(1, pool_size), kwargs=kwargs, open=False,
                                    timeout=connect_timeout, check=ConnectionPool.check_connection,
-                                   name=f"msgw-{application}")
+                                   reconnect_timeout=reconnect_timeout(connect_timeout), name=application)
         try:
             self.pool.open(wait=True, timeout=connect_timeout)
         except (psycopg.Error, PoolTimeout) as exc:
@@ -89,4 +97,4 @@ def serialize(conn: psycopg.Connection[Any], key: str) -> None:
     conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (key,))
 
 
-__all__ = ["STATEMENT_TIMEOUT_MS", "PgDatabase", "serialize"]
+__all__ = ["STATEMENT_TIMEOUT_MS", "PgDatabase", "reconnect_timeout", "serialize"]
