@@ -91,7 +91,8 @@ def open_queue_store(config: GatewayConfig, owner: str = "") -> Spool:
     module = importlib.import_module(PG_QUEUE[0])  # by name: it is the queue engineer's module
     store: Spool = getattr(module, PG_QUEUE[1])(storage.dsn, owner=queue_owner(storage, owner),
                                                 password=password(storage, config.source), lease=storage.lease,
-                                                connect_timeout=storage.connect_timeout)
+                                                connect_timeout=storage.connect_timeout,
+                                                pool_size=storage.pool_size)
     return store
 
 

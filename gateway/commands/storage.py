@@ -10,12 +10,14 @@ queue's messages) get new ids and a row in ``msgw_migration`` (source, item → 
 second run skips them. Each store is copied in one transaction: a failure leaves it as it was.
 ``--dry-run`` runs the same transactions and rolls them back: the counts are exact.
 
-The queue goes through the queue store's public methods only (``list``, ``message_bytes``,
-``accept``): each pending message is accepted again by the shared queue with its still-pending
-recipients, as *received* (its prepared copies are made again there: a copy signed on this node
-may be signed a second time; at least once, never lost). A message's accept and its migration
-row are two transactions: a crash between them copies that one message again on the next run.
-Run it with the node stopped. The SQLite files are opened read-only and kept.
+The queue goes through the queue stores' public methods only: every message with a pending
+recipient is read with ``list``, ``message_bytes`` and ``copy_bytes`` and written with the shared
+store's ``import_message`` — same queue id, recipient and copy ids (the LPS and CI-SIS rows name
+them), states, attempts and prepared copies (nothing signed twice); idempotent by queue id. A
+store without ``import_message`` gets ``accept`` (new id, pending recipients, *received*: its
+copies are prepared again) and a ``msgw_migration`` row; there a crash between the accept and
+that row copies the message again on the next run. Run it with the node stopped. The SQLite
+files are opened read-only and kept.
 """
 
 from __future__ import annotations
@@ -292,12 +294,22 @@ def _queue(config: GatewayConfig, conn: psycopg.Connection[Any], source: str, co
     with Spool(config.spool.path).open(recover=False) as local:
         pending = [m for m in local.list() if m.pending]
         counts.read = len(pending)
-        if dry_run:
-            counts.present = sum(1 for m in pending if _mapped(conn, source, f"message:{m.id}") is not None)
+        if dry_run:  # an id already in the shared queue, or mapped by an earlier run, is there
+            with target.open(recover=False) as shared:
+                counts.present = sum(1 for m in pending if shared.get(m.id) is not None
+                                     or _mapped(conn, source, f"message:{m.id}") is not None)
             counts.copied = counts.read - counts.present
             return
         with target.open(recover=False) as shared:
+            importer = getattr(shared, "import_message", None)
             for m in pending:
+                if importer is not None:
+                    copies = {c.id: local.copy_bytes(c) for c in m.copies if not c.file.startswith("msg/")}
+                    if importer(m, local.message_bytes(m.id), copies):
+                        counts.copied += 1
+                    else:
+                        counts.present += 1
+                    continue
                 if _mapped(conn, source, f"message:{m.id}") is not None:
                     counts.present += 1
                     continue
