@@ -30,6 +30,7 @@ from gateway.errors import ConfigError
 if TYPE_CHECKING:
     from gateway.cisis.ledger import ZamLedger
     from gateway.config import GatewayConfig
+    from gateway.directory.certsources import CertificateHarvest
     from gateway.directory.directory import DirectoryStore
     from gateway.intake.dedup import DuplicateStore
     from gateway.lps.store import DeliveredDocuments
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 #: The SQLite file of the intake duplicate store, beside the spool (`gateway.intake.service.DEDUP_FILE`).
 DEDUP_FILE = "intake-dedup.sqlite"
+#: The SQLite file of the harvested certificates, beside the spool (`gateway.stages.build`).
+HARVEST_FILE = "harvest.sqlite"
 #: The module and class of the shared queue store (branch pgqueue), imported by name when chosen.
 PG_QUEUE = ("gateway.spool.pg", "PgSpool")
 
@@ -115,6 +118,21 @@ def open_directory(config: GatewayConfig) -> DirectoryStore:
     return directory_store(config.storage, directory_path(config), config.source)
 
 
+def harvest_store(storage: StorageConfig, state_dir: str | Path, source: str = "config") -> CertificateHarvest:
+    """Certificates harvested from verified mail: ``<state_dir>/harvest.sqlite``, or the shared table."""
+    if not storage.shared:
+        from gateway.directory.certsources import HarvestStore
+
+        return HarvestStore(Path(state_dir) / HARVEST_FILE)
+    from gateway.directory.harvest_pg import PgHarvestStore
+
+    return PgHarvestStore(storage.dsn, **_pg(storage, source))
+
+
+def open_harvest_store(config: GatewayConfig) -> CertificateHarvest:
+    return harvest_store(config.storage, config.state_dir, config.source)
+
+
 # -- intake duplicates ---------------------------------------------------------------------------
 
 def dedup_store(storage: StorageConfig, state_dir: str | Path, *, window: float,
@@ -164,6 +182,6 @@ def open_delivered_store(config: GatewayConfig) -> DeliveredDocuments:
     return delivered_store(config.storage, config.spool.path, config.source)
 
 
-__all__ = ["DEDUP_FILE", "PG_QUEUE", "dedup_store", "delivered_store", "describe", "directory_store", "node_name",
-           "open_dedup", "open_delivered_store", "open_directory", "open_queue_store", "open_zam_ledger",
-           "password", "queue_owner"]
+__all__ = ["DEDUP_FILE", "HARVEST_FILE", "PG_QUEUE", "dedup_store", "delivered_store", "describe", "directory_store",
+           "harvest_store", "node_name", "open_dedup", "open_delivered_store", "open_directory",
+           "open_harvest_store", "open_queue_store", "open_zam_ledger", "password", "queue_owner"]

@@ -1,6 +1,6 @@
-"""`msgw storage`: the state's backend. `msgw storage migrate` copies a single node's SQLite state
-(directory, intake duplicates, CI-SIS ZAM ledger, LPS delivered documents, and the pending queue)
-into the PostgreSQL database that ``[storage]`` names (issue 18, item 6).
+"""`msgw storage`: the state's backend. `msgw storage migrate` copies a single node's SQLite
+state (directory, harvested certificates, intake duplicates, CI-SIS ZAM ledger, LPS delivered
+documents, and the pending queue) into the PostgreSQL database that ``[storage]`` names (issue 18, item 6).
 
 Idempotent: run it again and nothing is copied twice. Tables with a natural key (directory rows,
 duplicate keys, delivered documents) are copied with ``ON CONFLICT DO NOTHING`` — what a node
@@ -37,9 +37,9 @@ import psycopg
 from gateway.commands.common import add_config_option, config_from
 from gateway.config import GatewayConfig
 from gateway.errors import TemporaryError
-from gateway.storage import DEDUP_FILE, PG_QUEUE, describe, node_name, open_queue_store, password
+from gateway.storage import DEDUP_FILE, HARVEST_FILE, PG_QUEUE, describe, node_name, open_queue_store, password
 
-STORES = ("directory", "dedup", "ledger", "lps", "queue")
+STORES = ("directory", "harvest", "dedup", "ledger", "lps", "queue")
 _MIGRATION = ("CREATE TABLE IF NOT EXISTS msgw_migration (source TEXT NOT NULL, item TEXT NOT NULL, "
               "target TEXT NOT NULL, PRIMARY KEY (source, item))")
 
@@ -105,6 +105,7 @@ def migrate(config: GatewayConfig, *, stores: tuple[str, ...] = STORES, dry_run:
     spool = config.spool.path
     files: dict[str, tuple[Path, Callable[[psycopg.Connection[Any], sqlite3.Connection, str, Counts], None]]] = {
         "directory": (directory_path(config), _directory),
+        "harvest": (config.state_dir / HARVEST_FILE, _harvest),
         "dedup": (config.state_dir / DEDUP_FILE, _dedup),
         "ledger": (spool / "cisis.sqlite", _ledger),
         "lps": (spool / "lps.sqlite", _lps),
@@ -155,13 +156,14 @@ def _ensure_schemas(config: GatewayConfig) -> None:
     """Open (and close) each PostgreSQL store once: its tables exist, created as the gateway would."""
     from gateway.cisis.ledger_pg import PgZamLedger
     from gateway.directory.directory_pg import PgDirectory
+    from gateway.directory.harvest_pg import PgHarvestStore
     from gateway.intake.dedup_pg import PgDedupStore
     from gateway.lps.store_pg import PgDeliveredStore
 
     storage = config.storage
     kwargs = {"password": password(storage, config.source), "connect_timeout": storage.connect_timeout,
               "pool_size": 1}
-    for cls in (PgDirectory, PgDedupStore, PgZamLedger, PgDeliveredStore):
+    for cls in (PgDirectory, PgHarvestStore, PgDedupStore, PgZamLedger, PgDeliveredStore):
         cls(storage.dsn, **kwargs).close()  # type: ignore[arg-type]
 
 
@@ -208,6 +210,20 @@ def _dedup(conn: psycopg.Connection[Any], db: sqlite3.Connection, source: str, c
         new = conn.execute("INSERT INTO dedup_sent (kind, document, recipient, first_sent, last_sent) "
                            "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (kind, document, recipient) DO UPDATE SET "
                            "last_sent = GREATEST(dedup_sent.last_sent, excluded.last_sent) "
+                           "RETURNING xmax = 0", row).fetchone()
+        if new and new[0]:
+            counts.copied += 1
+        else:
+            counts.present += 1
+
+
+def _harvest(conn: psycopg.Connection[Any], db: sqlite3.Connection, source: str, counts: Counts) -> None:
+    rows = db.execute("SELECT address, fingerprint, der, seen_at, not_after FROM harvested").fetchall()
+    counts.read = len(rows)
+    for row in rows:
+        new = conn.execute("INSERT INTO harvest_certificates (address, fingerprint, der, seen_at, not_after) "
+                           "VALUES (%s, %s, %s, %s, %s) ON CONFLICT (address, fingerprint) DO UPDATE SET "
+                           "seen_at = GREATEST(harvest_certificates.seen_at, excluded.seen_at) "
                            "RETURNING xmax = 0", row).fetchone()
         if new and new[0]:
             counts.copied += 1

@@ -25,7 +25,6 @@ from gateway.directory.certsources import (
     DirectorySource,
     DnsCertSource,
     HarvestSource,
-    HarvestStore,
     LdapSource,
 )
 from gateway.directory.trustspace import TrustSpace
@@ -45,7 +44,7 @@ from gateway.stages.context import ProtectionContext, RecipientView, capability_
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from gateway.stages.route import RCPT_CHECK_TIMEOUT, RouteStage, rcpt_decision, rcpt_refusal_reason
-from gateway.storage import open_directory
+from gateway.storage import open_directory, open_harvest_store
 
 log = logging.getLogger("gateway.policy")
 
@@ -67,7 +66,7 @@ class GatewayContext:
         self.ocsp = OcspSource() if trust.ocsp else None
         self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache, ocsp=self.ocsp)
         self.directory = open_directory(config)
-        self.harvest_store = HarvestStore(config.state_dir / "harvest.sqlite")
+        self.harvest_store = open_harvest_store(config)
         self.trust_space = TrustSpace(trust.authorised_domains_file) if trust.authorised_domains_file else None
         self.audit_trail = AuditTrail(audit_path(config))
         self.discovery = CertificateDiscovery(self._sources(), self._usable,

@@ -52,6 +52,15 @@ class Backend:
             store.clock = clock
         return store
 
+    def harvest(self, **kwargs: Any) -> Any:
+        if self.name == "sqlite":
+            from gateway.directory.certsources import HarvestStore
+
+            return HarvestStore(self.state / storage.HARVEST_FILE, **kwargs)
+        from gateway.directory.harvest_pg import PgHarvestStore
+
+        return PgHarvestStore(self.storage.dsn, password=storage.password(self.storage), **kwargs)
+
     def ledger(self, **kwargs: Any) -> ZamLedger:
         if self.name == "sqlite":
             return ZamLedger.beside(self.state / "spool", **kwargs)

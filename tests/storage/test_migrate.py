@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -18,6 +19,7 @@ from gateway.cisis.ledger import ZamLedger
 from gateway.cisis.returns import Return, parse_returns
 from gateway.config import load_config
 from gateway.config.storage import StorageConfig
+from gateway.directory.certsources import HarvestStore
 from gateway.directory.directory import SqliteDirectory, operator_item
 from gateway.intake.dedup import DedupStore
 from gateway.lps.model import Delivered
@@ -33,9 +35,9 @@ pytestmark = pytest.mark.postgresql
 
 DOCTOR = "adam.hoda@test-ci-sis.mssante.fr"
 KEY = ("hl7-oru", "ORD1#abc")
-FOUR = ["--only", "directory", "--only", "dedup", "--only", "ledger", "--only", "lps"]
-TABLES = ("dir_entry", "dir_address", "dir_certificate", "dedup_sent", "zam_transmissions", "zam_copies",
-          "zam_outbox", "zam_ignored", "lps_delivered")
+NOT_QUEUE = ["--only", "directory", "--only", "harvest", "--only", "dedup", "--only", "ledger", "--only", "lps"]
+TABLES = ("dir_entry", "dir_address", "dir_certificate", "harvest_certificates", "dedup_sent", "zam_transmissions",
+          "zam_copies", "zam_outbox", "zam_ignored", "lps_delivered")
 
 
 def _single_node_state(spool: Path) -> None:
@@ -44,6 +46,8 @@ def _single_node_state(spool: Path) -> None:
         d.sync_source("csv", [_person("r1", "10000000001", "Martin", "m@a.test"),
                               _person("r2", "10000000002", "Durand", "d@b.test")])
         d.put(operator_item("m@a.test", "smime", certificates=(cert,), entity_key="pp:810000000001"))
+    with HarvestStore(spool.parent / storage.HARVEST_FILE) as harvest:
+        harvest.harvest("m@a.test", shared_pki().pki["person_sign"].cert, seen_at=time.time())
     with DedupStore(spool.parent / storage.DEDUP_FILE) as dedup:
         dedup.record(KEY, ["dr@x.test", "other@x.test"], now=1000.0)
     ledger = ZamLedger.beside(spool, clock=lambda: 100.0)
@@ -87,23 +91,25 @@ def test_migrate_copies_everything_once_and_dry_run_changes_nothing(pg_cluster, 
     config_path = _config(tmp_path, pg_dsn)
     dbname = urlsplit(pg_dsn).path.strip("/")
 
-    dry = _migrate(config_path, "--dry-run", *FOUR)
+    dry = _migrate(config_path, "--dry-run", *NOT_QUEUE)
     # directory: 2 csv + 1 operator entries, 3 addresses, 1 certificate; ledger: 1 transmission,
     # 1 copy, 2 ZAMs owed (Z02, Z03), 1 ignored reason (unknown-message)
     assert (dry["directory"]["read"], dry["directory"]["copied"]) == (7, 7)
     assert (dry["dedup"]["read"], dry["dedup"]["copied"]) == (2, 2)
+    assert (dry["harvest"]["read"], dry["harvest"]["copied"]) == (1, 1)
     assert (dry["lps"]["read"], dry["lps"]["copied"]) == (2, 2)
     assert (dry["ledger"]["read"], dry["ledger"]["copied"]) == (5, 5)
     assert set(_rows(pg_cluster, dbname).values()) == {0}  # rolled back
 
-    first = _migrate(config_path, *FOUR)
+    first = _migrate(config_path, *NOT_QUEUE)
     assert {k: (v["read"], v["copied"], v["present"]) for k, v in first.items()} == \
         {k: (v["read"], v["copied"], 0) for k, v in dry.items()}
     rows = _rows(pg_cluster, dbname)
     assert rows["dir_entry"] + rows["dir_address"] + rows["dir_certificate"] == 7
     assert (rows["dedup_sent"], rows["lps_delivered"], rows["zam_transmissions"]) == (2, 2, 1)
+    assert rows["harvest_certificates"] == 1
 
-    second = _migrate(config_path, *FOUR)  # idempotent: nothing twice
+    second = _migrate(config_path, *NOT_QUEUE)  # idempotent: nothing twice
     assert {k: (v["copied"], v["present"]) for k, v in second.items()} == \
         {k: (0, v["read"]) for k, v in first.items()}
     assert _rows(pg_cluster, dbname) == rows
@@ -117,6 +123,8 @@ def test_migrate_copies_everything_once_and_dry_run_changes_nothing(pg_cluster, 
     assert shared.address("m@a.test") == local.address("m@a.test") and shared.address("m@a.test").certificates
     local.close()
     shared.close()
+    with HarvestStore(spool.parent / storage.HARVEST_FILE) as old_h, storage.open_harvest_store(config) as new_h:
+        assert new_h.certificates("m@a.test") == old_h.certificates("m@a.test") != []
     dedup = storage.open_dedup(config)
     assert dedup.seen(KEY, "other@x.test", now=1001.0) and not dedup.seen(KEY, "third@x.test", now=1001.0)
     dedup.close()

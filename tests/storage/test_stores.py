@@ -4,6 +4,7 @@ the same calls give the same answers, and what one instance (one node) writes, a
 from __future__ import annotations
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from gateway.cisis.ledger import LedgerError
 from gateway.cisis.model import ZamEvent
@@ -53,8 +54,6 @@ def _person(rkey: str, rpps: str, last: str, address: str, capability: str = "tr
 
 
 def test_directory_lookups_merge_and_operator_priority(backend: Backend) -> None:
-    from cryptography.hazmat.primitives.serialization import Encoding
-
     from tests.smime.support import shared_pki
 
     cert = shared_pki().pki["person_encrypt"].cert.public_bytes(Encoding.DER)
@@ -104,6 +103,32 @@ def test_directory_reimport_updates_removes_and_never_wipes_on_empty(backend: Ba
         assert empty.swept is False and directory.counts() == {"csv": 2}
         assert directory.sync_source("csv", [], allow_empty=True).removed == 2
         assert directory.counts() == {}
+
+
+# -- harvested certificates ------------------------------------------------------------------
+
+def test_harvested_certificates_newest_first_bounded_and_expired(backend: Backend) -> None:
+    from tests.smime.support import shared_pki
+
+    pki = shared_pki().pki
+    enc, sign = pki["person_encrypt"].cert, pki["person_sign"].cert
+    der = {c: c.public_bytes(Encoding.DER) for c in (enc, sign)}
+    clock = [1000.0]
+    store = backend.harvest(max_age=500.0, max_per_address=1, clock=lambda: clock[0])
+    store.harvest("Dr@X.test", enc, seen_at=900.0)
+    assert store.certificates("dr@x.test") == [der[enc]]
+    store.harvest("dr@x.test", sign, seen_at=950.0)  # at most one per address: the newest
+    assert store.certificates("DR@x.test ") == [der[sign]] and store.count() == 1
+    store.close()
+    other = backend.harvest(max_age=500.0, clock=lambda: clock[0])  # another node learns from it
+    other.harvest("dr@x.test", enc, seen_at=980.0)
+    assert other.certificates("dr@x.test") == [der[enc], der[sign]]
+    other.harvest("dr@x.test", enc, seen_at=10.0)  # an older sighting does not age a row
+    assert other.certificates("dr@x.test") == [der[enc], der[sign]]
+    clock[0] = 1460.0
+    assert other.certificates("dr@x.test") == [der[enc]]  # sign seen 510 s ago: past max_age
+    assert other.expire() == 1 and other.count() == 1
+    other.close()
 
 
 # -- the CI-SIS ZAM ledger ----------------------------------------------------------------------
