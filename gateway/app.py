@@ -28,9 +28,10 @@ from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
 from gateway.server.logins import NationalIdLookup
 from gateway.server.smtp import MailboxLookup, SmtpServer
-from gateway.storage import open_directory, open_queue_store, open_zam_ledger
+from gateway.storage import open_directory, open_queue_store, open_zam_ledger, start_audit_anchoring
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
+    from gateway.audit_anchor import AnchorService
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
     from gateway.intake.service import IntakeService
@@ -91,6 +92,7 @@ class Gateway:
         self.zam_sender: ZamSender | None = None
         self._own_directory: DirectoryStore | None = None
         self._own_audit: AuditWriter | None = None
+        self._anchoring: AnchorService | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -125,6 +127,7 @@ class Gateway:
                                  reuse_port=self.workers > 1,
                                  national_lookup=national_id_lookup(directory, self.config),
                                  token_login=token_login(self.config, directory))
+        self._anchoring = start_audit_anchoring(self.config) if self.primary else None  # issue 18: shared only
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()
@@ -213,6 +216,8 @@ class Gateway:
             self._own_directory.close()
         if self._own_audit is not None:
             self._own_audit.close()
+        if self._anchoring is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._anchoring.stop)
         self._stopped.set()
         event(log, "stopped")
 

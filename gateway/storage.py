@@ -28,6 +28,7 @@ from gateway.config.storage import StorageConfig
 from gateway.errors import ConfigError
 
 if TYPE_CHECKING:
+    from gateway.audit_anchor import AnchorReport, AnchorService, AnchorStore
     from gateway.cisis.ledger import ZamLedger
     from gateway.config import GatewayConfig
     from gateway.directory.certsources import CertificateHarvest
@@ -182,6 +183,51 @@ def open_delivered_store(config: GatewayConfig) -> DeliveredDocuments:
     return delivered_store(config.storage, config.spool.path, config.source)
 
 
-__all__ = ["DEDUP_FILE", "HARVEST_FILE", "PG_QUEUE", "dedup_store", "delivered_store", "describe", "directory_store",
-           "harvest_store", "node_name", "open_dedup", "open_delivered_store", "open_directory",
-           "open_harvest_store", "open_queue_store", "open_zam_ledger", "password", "queue_owner"]
+# -- audit anchors -------------------------------------------------------------------------------
+
+def anchor_store(config: GatewayConfig) -> AnchorStore:
+    """The shared audit anchors (PostgreSQL only: one node's trail has nothing to anchor to)."""
+    from gateway.audit_anchor import AnchorStore
+
+    storage = config.storage
+    return AnchorStore(storage.dsn, node=node_name(storage), password=password(storage, config.source),
+                       connect_timeout=storage.connect_timeout)
+
+
+def start_audit_anchoring(config: GatewayConfig) -> AnchorService | None:
+    """On PostgreSQL, this node's anchoring thread (publish the head; anchor when elected);
+    None with SQLite."""
+    if not config.storage.shared:
+        return None
+    from gateway.audit import AuditTrail, audit_path
+    from gateway.audit_anchor import AnchorService
+
+    service = AnchorService(anchor_store(config), AuditTrail(audit_path(config)),
+                            retention=config.storage.audit_retention)
+    service.start()
+    return service
+
+
+def verify_audit_anchors(config: GatewayConfig, others: list[str], *, require_all: bool = False) -> AnchorReport:
+    """This node's trail (and `others`, ``NODE=PATH``) checked against the shared anchors."""
+    from gateway.audit import AuditTrail, audit_path
+    from gateway.audit_anchor import verify_trails
+
+    trails = {node_name(config.storage): AuditTrail(audit_path(config))}
+    for item in others:
+        node, sep, path = item.partition("=")
+        if not sep or not node or not path:
+            raise ConfigError([("--trail", item, "expected NODE=PATH")])
+        trails[node] = AuditTrail(path)
+    store = anchor_store(config)
+    try:
+        anchors = store.anchors()
+    finally:
+        store.close()
+    return verify_trails(trails, anchors, require_all=require_all)
+
+
+__all__ = ["DEDUP_FILE", "HARVEST_FILE", "PG_QUEUE", "anchor_store", "dedup_store", "delivered_store", "describe",
+           "directory_store", "harvest_store", "node_name", "open_dedup", "open_delivered_store", "open_directory",
+           "open_harvest_store", "open_queue_store", "open_zam_ledger", "password", "queue_owner",
+           "start_audit_anchoring", "verify_audit_anchors"]

@@ -35,6 +35,8 @@ class StorageConfig:
     pool_size: int = 4
     #: This node's name in the shared store (leases, audit anchors); "" = the host name.
     node: str = ""
+    #: How long the audit anchors are kept (MSSanté functional traces: at least 6 months).
+    audit_retention: float = 365 * 86400.0
 
     @property
     def shared(self) -> bool:
@@ -56,11 +58,19 @@ def dsn_problem(dsn: str) -> str | None:
     return None
 
 
+def _retention(r: Reader, spec: dict[str, Any], prefix: str) -> float:
+    value = r.positive_duration(spec, "audit_retention", prefix, 365 * 86400.0)
+    if value < 183 * 86400.0:
+        r.problem(prefix + "audit_retention", "at least 6 months (MSSanté functional traces)")
+        return 365 * 86400.0
+    return value
+
+
 def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
     spec = r.table(data, "storage")
     prefix = "storage."
     r.unknown(spec, {"backend", "dsn", "password_file", "password_env", "lease", "connect_timeout", "pool_size",
-                     "node"}, prefix)
+                     "node", "audit_retention"}, prefix)
     backend = r.choice(spec, "backend", prefix, BACKENDS, "sqlite")
     dsn = r.string(spec, "dsn", prefix, "") or ""
     password_file = r.path(spec, "password_file", prefix, must_exist=True, nonempty=True)
@@ -91,7 +101,7 @@ def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
         backend=backend, dsn=dsn, password=secret,
         lease=r.positive_duration(spec, "lease", prefix, 60.0),
         connect_timeout=r.positive_duration(spec, "connect_timeout", prefix, 5.0),
-        pool_size=pool_size, node=node)
+        pool_size=pool_size, node=node, audit_retention=_retention(r, spec, prefix))
 
 
 __all__ = ["BACKENDS", "StorageConfig", "dsn_problem", "read_storage"]
