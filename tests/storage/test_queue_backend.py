@@ -35,6 +35,20 @@ def test_open_queue_store_gives_the_shared_queue_under_this_nodes_name(pg_dsn, t
         assert [m.id for m in other.list()] == [msg_id]
 
 
+def test_msgw_queue_list_says_which_node_holds_which_lease(pg_dsn, tmp_path: Path) -> None:
+    config_path = _config(tmp_path, pg_dsn)
+    with storage.open_queue_store(load_config(config_path), owner="w1").open(recover=False) as queue:
+        msg_id = queue.accept("a@x.test", ["b@y.test"], MESSAGE, lifetime=3600.0)
+        assert [m.id for m in queue.due_received()] == [msg_id]  # claimed by node-a/w1
+        out = subprocess.run([MSGW, "queue", "list", "--config", str(config_path)], capture_output=True, text=True,
+                             timeout=60)
+        assert out.returncode == 0 and "lease held by node-a/w1" in out.stdout, out.stdout + out.stderr
+        listed = subprocess.run([MSGW, "queue", "list", "--json", "--config", str(config_path)],
+                                capture_output=True, text=True, timeout=60)
+        [entry] = json.loads(listed.stdout)
+        assert entry["lease"]["owner"] == "node-a/w1" and entry["lease"]["seconds_left"] > 0
+
+
 def test_migrate_copies_the_pending_queue_once(pg_dsn, tmp_path: Path) -> None:
     spool_path = tmp_path / "var" / "spool"
     with Spool(spool_path).open() as local:
