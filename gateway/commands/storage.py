@@ -51,10 +51,6 @@ class MigrationError(TemporaryError):
     status = "4.3.0"
 
 
-class _DryRun(Exception):  # noqa: N818 - a control-flow signal: roll the store's transaction back
-    pass
-
-
 @dataclass
 class Counts:
     """One store's outcome: rows read from SQLite, copied, already in PostgreSQL."""
@@ -128,9 +124,7 @@ def migrate(config: GatewayConfig, *, stores: tuple[str, ...] = STORES, dry_run:
                     with conn.transaction():
                         copy(conn, db, f"{source}:{path}", counts)
                         if dry_run:
-                            raise _DryRun
-                except _DryRun:
-                    pass
+                            raise psycopg.Rollback  # the block is rolled back, nothing raised further
                 except psycopg.Error as exc:
                     raise MigrationError(f"cannot copy the {store} into PostgreSQL ({type(exc).__name__}): "
                                          "nothing of it was kept") from None
