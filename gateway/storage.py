@@ -19,6 +19,7 @@ discovery caches, TLS keys, the configuration and the audit chain file (anchored
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import socket
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -69,8 +70,16 @@ def password(storage: StorageConfig, source: str = "config") -> str | None:
         raise ConfigError([(source, key, message) for _, _, message in exc.problems]) from None
 
 
+def _require_driver(source: str) -> None:
+    """psycopg is the ``[postgresql]`` extra: without it, say so (with the key), not an ImportError."""
+    if importlib.util.find_spec("psycopg") is None or importlib.util.find_spec("psycopg_pool") is None:
+        raise ConfigError([(source, "storage.backend",
+                            'postgresql needs the [postgresql] extra: pip install "msgw[postgresql]"')])
+
+
 def _pg(storage: StorageConfig, source: str) -> dict[str, Any]:
     """The keyword arguments every PostgreSQL store takes."""
+    _require_driver(source)
     return {"password": password(storage, source), "connect_timeout": storage.connect_timeout,
             "pool_size": storage.pool_size}
 
@@ -92,6 +101,7 @@ def open_queue_store(config: GatewayConfig, owner: str = "") -> Spool:
         from gateway.spool import Spool
 
         return Spool(config.spool.path, owner=owner)
+    _require_driver(config.source)
     module = importlib.import_module(PG_QUEUE[0])  # by name: it is the queue engineer's module
     store: Spool = getattr(module, PG_QUEUE[1])(storage.dsn, owner=queue_owner(storage, owner),
                                                 password=password(storage, config.source), lease=storage.lease,

@@ -30,14 +30,15 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
-
-import psycopg
+from typing import TYPE_CHECKING, Any
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.config import GatewayConfig
 from gateway.errors import TemporaryError
 from gateway.storage import DEDUP_FILE, HARVEST_FILE, PG_QUEUE, describe, node_name, open_queue_store, password
+
+if TYPE_CHECKING:  # psycopg is the [postgresql] extra: imported where used, so `msgw` runs without it
+    import psycopg
 
 STORES = ("directory", "harvest", "dedup", "ledger", "lps", "queue")
 _MIGRATION = ("CREATE TABLE IF NOT EXISTS msgw_migration (source TEXT NOT NULL, item TEXT NOT NULL, "
@@ -94,6 +95,8 @@ def run_migrate(args: argparse.Namespace) -> int:
 
 def migrate(config: GatewayConfig, *, stores: tuple[str, ...] = STORES, dry_run: bool = False) -> list[Counts]:
     """Copy each store in turn (see the module docstring); its counts."""
+    import psycopg
+
     from gateway.directory.directory import directory_path
 
     storage = config.storage
@@ -133,6 +136,8 @@ def migrate(config: GatewayConfig, *, stores: tuple[str, ...] = STORES, dry_run:
 
 @contextmanager
 def _connect(config: GatewayConfig) -> Iterator[psycopg.Connection[Any]]:
+    import psycopg
+
     storage = config.storage
     try:
         conn = psycopg.connect(storage.dsn, password=password(storage, config.source),
