@@ -213,7 +213,7 @@ def start_audit_anchoring(config: GatewayConfig) -> AnchorService | None:
     from gateway.audit_anchor import AnchorService
 
     service = AnchorService(anchor_store(config), AuditTrail(audit_path(config)),
-                            retention=config.storage.audit_retention)
+                            retention=config.storage.audit_retention, interval=config.storage.anchor_interval)
     service.start()
     return service
 

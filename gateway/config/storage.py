@@ -37,6 +37,9 @@ class StorageConfig:
     node: str = ""
     #: How long the audit anchors are kept (MSSanté functional traces: at least 6 months).
     audit_retention: float = 365 * 86400.0
+    #: How often each node publishes its audit chain head and the elected one anchors (≤ 150 s:
+    #: an event is anchored within two periods, the issue asks for 5 minutes).
+    anchor_interval: float = 60.0
 
     @property
     def shared(self) -> bool:
@@ -66,11 +69,19 @@ def _retention(r: Reader, spec: dict[str, Any], prefix: str) -> float:
     return value
 
 
+def _anchor_interval(r: Reader, spec: dict[str, Any], prefix: str) -> float:
+    value = r.positive_duration(spec, "anchor_interval", prefix, 60.0)
+    if value > 150.0:
+        r.problem(prefix + "anchor_interval", "at most 150s (every event anchored within 5 minutes)")
+        return 60.0
+    return value
+
+
 def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
     spec = r.table(data, "storage")
     prefix = "storage."
     r.unknown(spec, {"backend", "dsn", "password_file", "password_env", "lease", "connect_timeout", "pool_size",
-                     "node", "audit_retention"}, prefix)
+                     "node", "audit_retention", "anchor_interval"}, prefix)
     backend = r.choice(spec, "backend", prefix, BACKENDS, "sqlite")
     dsn = r.string(spec, "dsn", prefix, "") or ""
     password_file = r.path(spec, "password_file", prefix, must_exist=True, nonempty=True)
@@ -101,7 +112,8 @@ def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
         backend=backend, dsn=dsn, password=secret,
         lease=r.positive_duration(spec, "lease", prefix, 60.0),
         connect_timeout=r.positive_duration(spec, "connect_timeout", prefix, 5.0),
-        pool_size=pool_size, node=node, audit_retention=_retention(r, spec, prefix))
+        pool_size=pool_size, node=node, audit_retention=_retention(r, spec, prefix),
+        anchor_interval=_anchor_interval(r, spec, prefix))
 
 
 __all__ = ["BACKENDS", "StorageConfig", "dsn_problem", "read_storage"]

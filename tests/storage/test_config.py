@@ -69,8 +69,10 @@ def test_postgresql_needs_a_dsn_and_a_secret(tmp_path: Path) -> None:
     both = _problems('[storage]\nbackend = "postgresql"\ndsn = "postgresql://msgw@db/msgw"\n'
                      'password_file = "nope.pass"\npassword_env = "X"\n', tmp_path)
     assert {p[1] for p in both} == {"storage.password_file", "storage.password_env"}
-    bad = _problems('[storage]\npool_size = 0\nlease = "0s"\nconnect_timeout = "soon"\nnode = "a b"\n')
-    assert {p[1] for p in bad} == {"storage.pool_size", "storage.lease", "storage.connect_timeout", "storage.node"}
+    bad = _problems('[storage]\npool_size = 0\nlease = "0s"\nconnect_timeout = "soon"\nnode = "a b"\n'
+                    'audit_retention = "30d"\nanchor_interval = "10m"\n')
+    assert {p[1] for p in bad} == {"storage.pool_size", "storage.lease", "storage.connect_timeout", "storage.node",
+                                   "storage.audit_retention", "storage.anchor_interval"}
 
 
 def test_an_unset_password_variable_is_a_config_error_naming_the_key(monkeypatch: pytest.MonkeyPatch,

@@ -74,3 +74,44 @@ def test_migrate_copies_the_pending_queue_once(pg_dsn, tmp_path: Path) -> None:
         [msg] = shared.list()
         assert msg.id == pending and shared.message_bytes(msg.id) == MESSAGE
         assert sorted(r.address for r in msg.pending) == ["b@y.test", "c@y.test"]
+
+
+def test_two_gateway_processes_on_one_database_relay_what_either_accepted(pg_dsn, tmp_path: Path) -> None:
+    """`msgw serve` twice on one PostgreSQL (the factory's whole wiring: queue, directory, audit
+    anchoring): mail accepted by either node is delivered, and each node published its audit head."""
+    import smtplib
+    import time
+
+    from tests.e2e.harness import PASSWORD, USER, GatewayProcess, Sink, make_message, write_config
+    from tests.e2e.test_relay import _tls_client_context
+    from tests.storage.conftest import split_password
+
+    plain, password = split_password(pg_dsn)
+    (tmp_path / "pg.pass").write_text(password + "\n")
+    sink = Sink().start()
+    try:
+        setups = [write_config(tmp_path / name, sink_port=sink.port, extra=(
+            f'[storage]\nbackend = "postgresql"\ndsn = "{plain}"\npassword_file = "{tmp_path / "pg.pass"}"\n'
+            f'node = "{name}"\nconnect_timeout = "3s"\nanchor_interval = "1s"\n')) for name in ("gw-a", "gw-b")]
+        with GatewayProcess(setups[0]), GatewayProcess(setups[1]):
+            for i, setup in enumerate(setups):
+                with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=10) as client:
+                    client.ehlo("client.test")
+                    client.starttls(context=_tls_client_context())
+                    client.ehlo("client.test")
+                    client.login(USER, PASSWORD)
+                    client.sendmail(USER, [f"dr{i}@remote.test"],
+                                    make_message(USER, f"dr{i}@remote.test", "TEST", f"TEST body {i}"))
+            received = sink.wait_for(2)
+            assert sorted(r for m in received for r in m.recipients) == ["dr0@remote.test", "dr1@remote.test"]
+            import psycopg
+
+            with psycopg.connect(pg_dsn, autocommit=True) as conn:
+                while True:  # published within a second or two (anchor_interval = "1s"); the test's timeout bounds it
+                    nodes = {r[0] for r in conn.execute("SELECT node FROM audit_heads")}
+                    anchored = conn.execute("SELECT count(*) FROM audit_anchors").fetchone()
+                    if nodes == {"gw-a", "gw-b"} and anchored and anchored[0]:
+                        break
+                    time.sleep(0.5)
+    finally:
+        sink.stop()
