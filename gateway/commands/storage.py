@@ -71,7 +71,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     mp.add_argument("--dry-run", action="store_true", help="count what would be copied, change nothing")
     mp.add_argument("--only", action="append", choices=STORES, metavar="STORE",
                     help=f"copy only these stores ({', '.join(STORES)}; repeatable)")
-    mp.add_argument("--json", action="store_true")
+    mp.add_argument("--json", action="store_true", help="print the counts as JSON")
     mp.set_defaults(func=run_migrate)
 
 
