@@ -24,15 +24,16 @@ from typing import TYPE_CHECKING, Any
 from gateway import sdnotify
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
-from gateway.directory.directory import SqliteDirectory, directory_path
+from gateway.directory.directory import DirectoryStore, directory_path
 from gateway.logs import event
 from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
 from gateway.server.logins import NationalIdLookup
 from gateway.server.smtp import MailboxLookup, SmtpServer
-from gateway.spool import Spool
+from gateway.storage import open_directory, open_queue_store, open_zam_ledger, start_audit_anchoring
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
+    from gateway.audit_anchor import AnchorService
     from gateway.cisis.ledger import ZamLedger
     from gateway.cisis.zamsender import ZamSender
     from gateway.console.server import ConsoleServer
@@ -44,7 +45,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
 log = logging.getLogger("gateway")
 
 
-def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
+def local_mailbox_lookup(directory: DirectoryStore) -> MailboxLookup:
     """RCPT-time question to the directory, asked off the event loop: is this a local mailbox?"""
     async def lookup(address: str) -> bool:
         entry = await asyncio.to_thread(directory.address, address)
@@ -52,7 +53,7 @@ def local_mailbox_lookup(directory: SqliteDirectory) -> MailboxLookup:
     return lookup
 
 
-def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> NationalIdLookup:
+def national_id_lookup(directory: DirectoryStore, config: GatewayConfig) -> NationalIdLookup:
     """Card login (SASL EXTERNAL): the local mailboxes the directory lists for an identifiant
     national, asked off the event loop."""
     async def lookup(national_id: str) -> tuple[str, ...]:
@@ -64,7 +65,7 @@ def national_id_lookup(directory: SqliteDirectory, config: GatewayConfig) -> Nat
     return lookup
 
 
-def token_login(config: GatewayConfig, directory: SqliteDirectory) -> OAuthLogin | None:
+def token_login(config: GatewayConfig, directory: DirectoryStore) -> OAuthLogin | None:
     """OAUTHBEARER/XOAUTH2 (issue 17) when `[auth.oidc]` is set: the issuer's tokens, and the
     directory's local mailboxes of a professional no `[accounts]` entry names."""
     if config.auth.oidc is None:
@@ -84,7 +85,7 @@ class Gateway:
         #: Runs the singletons (intake doors, ZAM sender): the only process, or worker 0.
         self.primary = primary
         self.workers = workers
-        self.spool = Spool(config.spool.path, owner=owner)
+        self.spool = open_queue_store(config, owner=owner)
         self.pipeline = pipeline
         self.context: GatewayContext | None = None
         self.queue: QueueService | None = None
@@ -97,8 +98,9 @@ class Gateway:
         self.console: ConsoleServer | None = None
         #: `/metrics`, `/healthz`, `/readyz` (issue 16): served by the primary process only.
         self.metrics: MetricsServer | None = None
-        self._own_directory: SqliteDirectory | None = None
+        self._own_directory: DirectoryStore | None = None
         self._own_audit: AuditWriter | None = None
+        self._anchoring: AnchorService | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -133,6 +135,7 @@ class Gateway:
                                  reuse_port=self.workers > 1,
                                  national_lookup=national_id_lookup(directory, self.config),
                                  token_login=token_login(self.config, directory))
+        self._anchoring = start_audit_anchoring(self.config) if self.primary else None  # issue 18: shared only
         gestionnaire = await self._start_cisis(queue, audit)
         self._start_lps(queue)
         await self.server.start()
@@ -143,7 +146,7 @@ class Gateway:
             self.intake = IntakeService(self.config.intake, self.spool, directory_path(self.config),
                                         self.config.state_dir, queue.accepted,
                                         self.config.spool.max_queue_lifetime, gestionnaire=gestionnaire,
-                                        client_checks=self.server.client_checks)
+                                        client_checks=self.server.client_checks, storage=self.config.storage)
             await self.intake.start()
         await self._start_console(queue, audit)
         if self.primary and self.config.metrics.enabled:
@@ -188,14 +191,12 @@ class Gateway:
         if settings is None or not settings.enabled:
             return None
         from gateway.cisis.gestionnaire import Gestionnaire
-        from gateway.cisis.ledger import ZamLedger
         from gateway.cisis.zamsender import ZamSender
 
         loop = asyncio.get_running_loop()
         spool = self.config.spool
         ledger = self.zam_ledger = await loop.run_in_executor(
-            None, lambda: ZamLedger.beside(spool.path, retry_schedule=spool.retry_schedule,
-                                           lifetime=spool.max_queue_lifetime))
+            None, lambda: open_zam_ledger(self.config))
         # The sender is a singleton (worker 0): ZAMs another worker's outcomes owe wait in the
         # shared ledger for its next poll (`spool.poll_interval`).
         sender = self.zam_sender = ZamSender(settings, ledger, poll_interval=spool.poll_interval,
@@ -236,8 +237,8 @@ class Gateway:
 
         queue.add_outcome_listener(MdnReporter(self.config, self.spool, on_queued=queued))
 
-    def _open_directory(self) -> SqliteDirectory:
-        self._own_directory = SqliteDirectory(directory_path(self.config))
+    def _open_directory(self) -> DirectoryStore:
+        self._own_directory = open_directory(self.config)
         return self._own_directory
 
     async def stop(self) -> None:
@@ -262,6 +263,8 @@ class Gateway:
             self._own_directory.close()
         if self._own_audit is not None:
             self._own_audit.close()
+        if self._anchoring is not None:
+            await asyncio.get_running_loop().run_in_executor(None, self._anchoring.stop)
         self._stopped.set()
         event(log, "stopped")
 

@@ -15,7 +15,7 @@ import sys
 from gateway.errors import GatewayError
 
 COMMAND_MODULES = ("serve", "init", "check", "demo", "send", "queue", "passwd", "smime", "certs", "tokens",
-                   "directory", "audit", "payload", "legacy", "console", "zam")
+                   "directory", "audit", "payload", "legacy", "console", "zam", "storage")
 
 
 def _version() -> str:

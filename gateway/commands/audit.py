@@ -18,6 +18,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     asub = p.add_subparsers(dest="audit_command", required=True)
     vp = asub.add_parser("verify", help="check the hash chain (exit 1 if broken)")
     vp.add_argument("--json", action="store_true", help="print the result as JSON")
+    vp.add_argument("--trail", action="append", default=[], metavar="NODE=PATH",
+                    help="[storage] postgresql: another node's trail, checked with this one against the anchors")
+    vp.add_argument("--all-nodes", action="store_true", help="every anchored node's trail must be given")
     add_config_option(vp)
     vp.set_defaults(func=run_verify)
     sp = asub.add_parser("show", help="print records (optionally of one message)")
@@ -30,9 +33,19 @@ def register(sub: argparse._SubParsersAction) -> None:
 def run_verify(args: argparse.Namespace) -> int:
     from gateway.audit import AuditTrail, audit_path
 
-    trail = AuditTrail(audit_path(config_from(args)))
+    config = config_from(args)
+    trail = AuditTrail(audit_path(config))
     with progress("verifying the audit trail's hash chain"):  # a spinner: verify() has no row callback
         report = trail.verify()
+    if config.storage.shared:  # issue 18: the chains and the shared anchors together
+        from gateway.storage import verify_audit_anchors
+
+        anchored = verify_audit_anchors(config, args.trail, require_all=args.all_nodes)
+        if not anchored.ok:
+            print(f"msgw: {anchored}", file=sys.stderr)
+            return 1
+        if not args.json:
+            print(anchored)
     if args.json:
         json.dump({"ok": report.ok, "records": report.records, "first_bad_seq": report.first_bad_seq,
                    "reason": report.reason, "head_seq": report.head_seq}, sys.stdout)

@@ -71,9 +71,9 @@ def _fail(reason: str, code: int = 2) -> int:
 
 
 def _open(args: argparse.Namespace) -> Any:
-    from gateway.directory.directory import SqliteDirectory, directory_path
+    from gateway.storage import open_directory
 
-    return SqliteDirectory(directory_path(config_from(args)))
+    return open_directory(config_from(args))
 
 
 def run_import(args: argparse.Namespace) -> int:

@@ -16,6 +16,7 @@ import time
 
 from gateway.commands.common import add_config_option, config_from
 from gateway.spool import QueuedMessage, Spool
+from gateway.storage import open_queue_store
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -42,7 +43,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _spool(args: argparse.Namespace) -> Spool:
-    return Spool(config_from(args).spool.path).open(recover=False)
+    return open_queue_store(config_from(args)).open(recover=False)
 
 
 def _when(ts: float) -> str:
@@ -68,12 +69,19 @@ def _print_message(msg: QueuedMessage) -> None:
 def run_list(args: argparse.Namespace) -> int:
     with _spool(args) as spool:
         messages = spool.list()
+        # a shared queue (issue 18) says which node holds which lease; the SQLite spool has none to show
+        leases = {m: (owner, left) for m, owner, left in getattr(spool, "leases", list)()}
     if args.json:
-        json.dump([m.to_json() for m in messages], sys.stdout, indent=2)
+        json.dump([{**m.to_json(), **({"lease": {"owner": leases[m.id][0], "seconds_left": round(leases[m.id][1], 1)}}
+                                      if m.id in leases else {})} for m in messages], sys.stdout, indent=2)
         print()
         return 0
     for msg in messages:
         _print_message(msg)
+        if msg.id in leases:
+            owner, left = leases[msg.id]
+            print(f"    lease held by {owner} ({left:.0f} s left)" if left > 0 else
+                  f"    lease of {owner} expired {-left:.0f} s ago: any node may take it")
     print(f"{len(messages)} message(s) in the queue")
     return 0
 

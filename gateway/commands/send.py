@@ -27,6 +27,7 @@ from pathlib import Path
 from gateway.commands.common import add_config_option, config_from
 from gateway.intake.bundle import SubmittedFile
 from gateway.spool import Spool
+from gateway.storage import open_dedup, open_directory, open_queue_store, open_zam_ledger
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -67,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
         data = data.replace(b"\r\n", b"\n").replace(b"\n", b"\r\n")
         if not refusals_allow(config, args.recipients):
             return 1
-        with Spool(config.spool.path).open(recover=False) as spool:
+        with open_queue_store(config).open(recover=False) as spool:
             # The operator on this host speaks for --from (they can read the key files anyway).
             msg_id = spool.accept(args.sender, args.recipients, data, lifetime=config.spool.max_queue_lifetime,
                                   listener="cli", auth_user=args.sender)
@@ -126,10 +127,8 @@ def _gestionnaire(config, spool: Spool) -> Iterator[object]:
         return
     from gateway.audit import AuditTrail, AuditWriter, audit_path
     from gateway.cisis.gestionnaire import Gestionnaire
-    from gateway.cisis.ledger import ZamLedger
 
-    ledger = ZamLedger.beside(config.spool.path, retry_schedule=config.spool.retry_schedule,
-                              lifetime=config.spool.max_queue_lifetime)
+    ledger = open_zam_ledger(config)
     audit = AuditWriter(AuditTrail(audit_path(config)))
     try:
         yield Gestionnaire(settings, spool, ledger, lifetime=config.spool.max_queue_lifetime, audit=audit)
@@ -140,19 +139,16 @@ def _gestionnaire(config, spool: Spool) -> Iterator[object]:
 
 def _send_payload(config, args: argparse.Namespace, files: list[SubmittedFile], kind: str) -> int:
     from gateway.cisis.reader import is_transmission
-    from gateway.directory.directory import SqliteDirectory, directory_path
     from gateway.intake.bundle import bundle_files
-    from gateway.intake.dedup import DedupStore
     from gateway.intake.door import IntakeDoor
     from gateway.intake.process import accept_all, intake_bytes
-    from gateway.intake.service import DEDUP_FILE
 
     routing = config.intake.routing
     bundle = bundle_files(files)
-    dedup = DedupStore(config.state_dir / DEDUP_FILE, window=routing.dedup_window)
+    dedup = open_dedup(config)
     lifetime = config.spool.max_queue_lifetime
     now = dt.datetime.now(dt.UTC)
-    with SqliteDirectory(directory_path(config)) as directory, Spool(config.spool.path).open(recover=False) as spool:
+    with open_directory(config) as directory, open_queue_store(config).open(recover=False) as spool:
         # The operator on this host speaks for --from (they can read the key files anyway).
         door = IntakeDoor(spool, directory, dedup, None, lifetime, routing=routing,
                           sender=args.sender, auth_user=args.sender, listener="cli")

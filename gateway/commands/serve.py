@@ -25,8 +25,8 @@ from gateway.delivery.capture import capture_notice
 from gateway.delivery.transports import unknown_transports
 from gateway.logs import event, setup_logging
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL
-from gateway.spool import Spool
 from gateway.startup import check_keys
+from gateway.storage import open_queue_store
 from gateway.workers import Supervisor, loop_factory, name_log_lines, run_on_loop, worker_count
 
 log = logging.getLogger("gateway")
@@ -99,7 +99,7 @@ def recover_spool(config) -> bool:
     any worker opens it (workers open without recovering). False when another process has the
     spool open (recovery skipped): a second gateway on the same spool would share its workers'
     claim names, so the master refuses to start rather than deliver twice."""
-    spool = Spool(config.spool.path).open()
+    spool = open_queue_store(config).open()
     try:
         stats = spool.recover()
         if stats.get("skipped"):

@@ -2,7 +2,7 @@
 
 The only place that reads configuration: one module per section (`listeners`, `accounts`,
 `spool`, `delivery`, `local`, `log`, `keys`, `trust`, `policy`, `legacy`, `intake`, `audit`,
-`directory`, `routing`, `console`), the whole document in `gateway.config.gateway`, and one problem
+`directory`, `routing`, `console`, `storage`), the whole document in `gateway.config.gateway`, and one problem
 collector, `gateway.config.reader.Reader`. Validation collects *every* problem (file, key,
 message) before raising `ConfigError`, so `msgw check` can print them all at once.
 Secrets (passwords of outbound connections, PINs) are never written in the TOML: a key names a
@@ -38,6 +38,7 @@ from gateway.config.policy import _POLICIES, DestinationPolicy, DiscoveryConfig,
 from gateway.config.reader import Reader, Secret, is_address, is_domain, parse_duration, parse_size
 from gateway.config.routing import RoutingConfig
 from gateway.config.spool import SpoolConfig
+from gateway.config.storage import StorageConfig
 from gateway.config.trust import TrustConfig
 from gateway.errors import ConfigError
 
@@ -46,7 +47,8 @@ __all__ = [
     "DeliveryConfig", "DestinationPolicy", "DirectoryConfig", "DiscoveryConfig", "GatewayConfig", "IntakeConfig",
     "LegacyCodecConfig", "LegacyConfig", "ListenerConfig", "LocalConfig", "LocalMode", "LogConfig", "Operator",
     "PartnerConfig", "PolicyConfig",
-    "Reader", "RouteConfig", "RoutingConfig", "Secret", "SpoolConfig", "TlsPolicy", "TlsSettings", "TrustConfig",
+    "Reader", "RouteConfig", "RoutingConfig", "Secret", "SpoolConfig", "StorageConfig", "TlsPolicy", "TlsSettings",
+    "TrustConfig",
     "_POLICIES", "default_config_text", "is_address", "is_domain", "load_config",
     "load_default_config", "parse_config", "parse_duration", "parse_size",
     "MetricsConfig",

@@ -35,6 +35,7 @@ from gateway.config.ports import shift_ports
 from gateway.config.reader import Reader, is_domain
 from gateway.config.routing import RoutingConfig, read_routing
 from gateway.config.spool import SpoolConfig, read_spool
+from gateway.config.storage import StorageConfig, read_storage
 from gateway.config.trust import TrustConfig, read_trust
 from gateway.errors import ConfigError
 from gateway.smime.keystore import KeyRef
@@ -45,7 +46,7 @@ DEFAULT_FILES = Path("var") / "default"
 
 _TOP_KEYS = {"gateway", "listeners", "accounts", "spool", "delivery", "local", "log",
              "keys", "directory", "trust", "routing", "legacy", "policy", "audit", "intake", "partners", "auth",
-             "console", "operators", "metrics"}
+             "console", "operators", "metrics", "storage"}
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,8 @@ class GatewayConfig:
     auth: AuthConfig = field(default_factory=AuthConfig)
     intake: IntakeConfig = field(default_factory=IntakeConfig)
     routing: RoutingConfig = field(default_factory=RoutingConfig)
+    #: `[storage]`: SQLite beside the spool (default) or a shared PostgreSQL (issue 18).
+    storage: StorageConfig = field(default_factory=StorageConfig)
     #: `[console]` + `[operators]`: the supervision console in the browser (issue 16).
     console: ConsoleConfig = field(default_factory=ConsoleConfig)
     #: `[metrics]`: Prometheus endpoint and health checks (issue 16; off without the section).
@@ -159,6 +162,7 @@ def parse_config(data: dict[str, Any], *, source: str, base: Path) -> GatewayCon
         auth=read_auth(r, data),
         intake=intake,
         routing=read_routing(r, data),
+        storage=read_storage(r, data),
         console=read_console(r, data),
         metrics=read_metrics(r, data),
         keys=keys,

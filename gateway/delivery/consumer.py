@@ -38,6 +38,7 @@ from typing import Protocol
 from gateway import tlspolicy
 from gateway.config import GatewayConfig
 from gateway.config.consumers import ConsumerConfig
+from gateway.config.storage import StorageConfig
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.smtp_client import RecipientResult
 from gateway.errors import DeliveryError, GatewayError
@@ -45,10 +46,9 @@ from gateway.fsutil import write_atomic
 from gateway.logs import event
 from gateway.lps import checks, incoming, mdm
 from gateway.lps.model import LABELS, ConsumerSettings, Delivered, IntegrationError, Mdm
-from gateway.lps.store import FILE_NAME as STORE_FILE
-from gateway.lps.store import DeliveredStore
 from gateway.rawmime import header_fields
 from gateway.routing.hl7 import MLLPDecoder, mllp_frame, parse_message
+from gateway.storage import delivered_store
 
 log = logging.getLogger("gateway.delivery.consumer")
 
@@ -190,7 +190,7 @@ def verification_failed(data: bytes) -> bool:
     return any(v.strip().lower().startswith("fail") for n, v in fields if n == name)
 
 
-def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Path
+def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, storage: StorageConfig, store_path: Path
              ) -> tuple[list[Mdm], list[str]] | None:
     """Read, check and build (blocking, pure but for the store's lookups): the MDMs and their
     control ids, or None when the mail carries no archive. IntegrationError when refused."""
@@ -205,7 +205,7 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Pat
 
     settings = ConsumerSettings(address=consumer.address, application=consumer.application,
                                 facility=consumer.facility, organisation=consumer.organisation)
-    store = DeliveredStore(store_path)
+    store = delivered_store(storage, store_path)
     try:
         checks.check(mail, package, store.previous)
         # the delivered version tells a replacement's set id and whether its confidentiality changed
@@ -216,8 +216,8 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, store_path: Pat
     return mdms, control_ids
 
 
-def _record(store_path: Path, documents: list[Delivered]) -> None:
-    store = DeliveredStore(store_path)
+def _record(storage: StorageConfig, store_path: Path, documents: list[Delivered]) -> None:
+    store = delivered_store(storage, store_path)
     try:
         store.record_all(documents)
     finally:
@@ -247,9 +247,9 @@ class ConsumerTransport:
         if verification_failed(data):
             event(log, "lps-refused", dest=self.hop.destination.key, code="906", reason="verification failed")
             return _refused(recipients, "906", "Signature invalide"), remote
-        store_path = self.hop.config.spool.path / STORE_FILE
+        store_path = self.hop.config.spool.path  # the store is beside the spool (or shared)
         try:
-            prepared = await asyncio.to_thread(_prepare, consumer, sender, data, store_path)
+            prepared = await asyncio.to_thread(_prepare, consumer, sender, data, self.hop.config.storage, store_path)
         except IntegrationError as exc:
             event(log, "lps-refused", dest=self.hop.destination.key, code=exc.code_ans, reason=exc.what)
             return _refused(recipients, exc.code_ans, exc.label), remote
@@ -267,7 +267,7 @@ class ConsumerTransport:
             event(log, "lps-refused", dest=self.hop.destination.key, code=refusal.ans_code, reason="consumer ACK")
             return _refused(recipients, refusal.ans_code, refusal.label), remote
         try:
-            await asyncio.to_thread(_record, store_path, [m.delivered for m in mdms])
+            await asyncio.to_thread(_record, self.hop.config.storage, store_path, [m.delivered for m in mdms])
         except GatewayError as exc:  # delivered already: a store fault must not send them again
             event(log, "lps-store-failed", logging.ERROR, dest=self.hop.destination.key, reason=str(exc))
         event(log, "lps-integrated", dest=self.hop.destination.key, remote=remote, mdms=len(mdms))

@@ -37,7 +37,8 @@ from cryptography.hazmat.primitives.serialization import Encoding, pkcs7
 from gateway.errors import GatewayError
 
 __all__ = [
-    "CertificateSource", "SourceAnswer", "DirectorySource", "HarvestStore", "HarvestSource", "LdapSource",
+    "CertificateSource", "SourceAnswer", "DirectorySource", "CertificateHarvest", "HarvestStore", "HarvestSource",
+    "LdapSource",
     "DnsCertSource", "SmimeaSource", "parse_certificates", "fingerprint", "split_address",
 ]
 
@@ -167,6 +168,22 @@ CREATE INDEX IF NOT EXISTS harvested_seen ON harvested (seen_at);
 """
 
 
+class CertificateHarvest(Protocol):
+    """What the inbound pipeline and `HarvestSource` need: `HarvestStore` (SQLite, one node) or
+    `gateway.directory.harvest_pg.PgHarvestStore` (PostgreSQL, shared: a certificate learnt on
+    one node serves every node); `gateway.storage.harvest_store` chooses."""
+
+    def harvest(self, address: str, cert: x509.Certificate, seen_at: float | None = None) -> None: ...
+
+    def certificates(self, address: str) -> list[bytes]: ...
+
+    def expire(self) -> int: ...
+
+    def count(self) -> int: ...
+
+    def close(self) -> None: ...
+
+
 class HarvestStore:
     """SQLite (WAL) store of certificates seen in signed mail whose signature VERIFIED.
 
@@ -256,7 +273,7 @@ class HarvestStore:
 class HarvestSource:
     """The :class:`HarvestStore` as a certificate source (lookups run in a worker thread)."""
 
-    def __init__(self, store: HarvestStore, *, name: str = "harvested") -> None:
+    def __init__(self, store: CertificateHarvest, *, name: str = "harvested") -> None:
         self.store = store
         self.name = name
 

@@ -8,7 +8,8 @@ file said — updates, removals, counts — without touching what another source
 merge the rows of one entity by source priority (operator > csv > rpps > mssante).
 
 The store is behind the small `DirectoryStore` protocol; `SqliteDirectory` (WAL) is the
-embedded default, a PostgreSQL store can implement the same protocol later.
+embedded default, `gateway.directory.directory_pg.PgDirectory` the shared one (several nodes on
+one PostgreSQL); `gateway.storage.open_directory` chooses.
 """
 
 from __future__ import annotations
@@ -334,7 +335,11 @@ def fold(text: str | None) -> str | None:
 # -- the store interface ----------------------------------------------------------------------
 
 class DirectoryStore(Protocol):
-    """What the rest of the gateway needs from a directory (SQLite now, PostgreSQL later)."""
+    """What the rest of the gateway needs from a directory (`SqliteDirectory`, `PgDirectory`)."""
+
+    def __enter__(self) -> DirectoryStore: ...
+
+    def __exit__(self, *exc: object) -> None: ...
 
     def put(self, item: DirectoryItem, source: str = "operator") -> None: ...
 
@@ -356,6 +361,8 @@ class DirectoryStore(Protocol):
     def address(self, address: str) -> Address | None: ...
 
     def find_by_name(self, name: str, postcode: str | None = None, limit: int = 50) -> list[Correspondent]: ...
+
+    def counts(self) -> dict[str, int]: ...
 
     def close(self) -> None: ...
 

@@ -29,6 +29,7 @@ import hashlib
 import sqlite3
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from gateway.errors import TemporaryError
 from gateway.routing import formats
@@ -113,6 +114,20 @@ def dedup_key(info: PayloadInfo, payload: bytes, envelope_sender: str) -> Docume
     return base[0], f"{base[1]}#{digest.hexdigest()}"
 
 
+class DuplicateStore(Protocol):
+    """What the intake doors need from a duplicate store: `DedupStore` (SQLite, one node) or
+    `gateway.intake.dedup_pg.PgDedupStore` (PostgreSQL, shared by the nodes); chosen by
+    `gateway.storage.open_dedup`."""
+
+    window: float
+
+    def seen(self, document_key: DocumentKey, recipient: str, now: float, window: float | None = None) -> bool: ...
+
+    def record(self, document_key: DocumentKey, recipients: list[str] | tuple[str, ...] | str, now: float) -> None: ...
+
+    def close(self) -> None: ...
+
+
 class DedupStore:
     """``seen``/``record`` of (document key, recipient) with a time window in seconds."""
 
@@ -173,5 +188,5 @@ class DedupStore:
         self.close()
 
 
-__all__ = ["DedupError", "DedupStore", "DocumentKey", "content_digest", "dedup_key", "document_key",
+__all__ = ["DedupError", "DedupStore", "DocumentKey", "DuplicateStore", "content_digest", "dedup_key", "document_key",
            "sending_facility"]

@@ -30,7 +30,7 @@ from typing import Any, TypeVar
 from gateway.cisis.model import CisisError
 from gateway.cisis.reader import is_transmission
 from gateway.errors import is_temporary
-from gateway.intake.dedup import DedupStore
+from gateway.intake.dedup import DuplicateStore
 from gateway.intake.process import IntakeResult, Submission, accept_all, intake_bytes
 from gateway.intake.resolve import Directory, Resolution
 from gateway.intake.settings import RoutingSettings
@@ -47,7 +47,7 @@ class IntakeDoor:
     #: The spool's ``listener`` for what this door queues (shown by `msgw queue`, in the audit trail).
     listener: str = "intake"
 
-    def __init__(self, spool: Any, directory: Directory, dedup: DedupStore | None,
+    def __init__(self, spool: Any, directory: Directory, dedup: DuplicateStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *, routing: RoutingSettings | None = None,
                  sender: str = "", auth_user: str | None = None, listener: str | None = None) -> None:
         self.spool = spool

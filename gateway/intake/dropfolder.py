@@ -62,7 +62,7 @@ from typing import Any
 from gateway.errors import GatewayError
 from gateway.fsutil import fsync_dir, write_atomic
 from gateway.intake.bundle import SubmittedFile, bundle_files
-from gateway.intake.dedup import DedupStore
+from gateway.intake.dedup import DuplicateStore
 from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import DropSettings, RoutingSettings
@@ -154,7 +154,7 @@ def _place(src: Path, folder: Path, name: str) -> Path:
 class DropFolderWatcher(IntakeDoor):
     """Polls one drop folder; ``poll_sync()`` does one pass (blocking), ``start``/``stop`` run it as a task."""
 
-    def __init__(self, settings: DropSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
+    def __init__(self, settings: DropSettings, spool: Any, directory: Directory, dedup: DuplicateStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None) -> None:
         super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,

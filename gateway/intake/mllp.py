@@ -44,7 +44,7 @@ from gateway import tlspolicy
 from gateway.cisis.model import CisisError
 from gateway.cisis.reader import error_location, is_transmission
 from gateway.errors import GatewayError, is_temporary
-from gateway.intake.dedup import DedupStore
+from gateway.intake.dedup import DuplicateStore
 from gateway.intake.door import IntakeDoor
 from gateway.intake.resolve import Directory
 from gateway.intake.settings import MllpSettings, RoutingSettings
@@ -138,7 +138,7 @@ class MllpListener(IntakeDoor):
 
     listener = "mllp"
 
-    def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DedupStore | None,
+    def __init__(self, settings: MllpSettings, spool: Any, directory: Directory, dedup: DuplicateStore | None,
                  on_accept: Callable[[str], None] | None, lifetime: float, *,
                  routing: RoutingSettings | None = None, client_checks: ClientChecks | None = None) -> None:
         super().__init__(spool, directory, dedup, on_accept, lifetime, routing=routing, sender=settings.sender,

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from gateway.errors import PolicyError
-from gateway.intake.dedup import DedupStore, DocumentKey, dedup_key
+from gateway.intake.dedup import DocumentKey, DuplicateStore, dedup_key
 from gateway.intake.resolve import Directory, Resolution, resolve_recipients
 from gateway.intake.settings import RoutingSettings, valid_address
 from gateway.intake.wrap import notice_message, payload_message
@@ -66,7 +66,7 @@ class IntakeResult:
     def __len__(self) -> int:
         return len(self.outgoing)
 
-    def commit(self, dedup: DedupStore | None, now: dt.datetime) -> None:
+    def commit(self, dedup: DuplicateStore | None, now: dt.datetime) -> None:
         """Record the sent (document, recipient) pairs: call after every message was accepted."""
         if dedup is not None and self.dedup_key is not None and self.dedup_recipients:
             dedup.record(self.dedup_key, self.dedup_recipients, now.timestamp())
@@ -77,7 +77,7 @@ def _unique(addresses: Iterable[str]) -> tuple[str, ...]:
 
 
 def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_recipients: Sequence[str] = (),
-                 directory: Directory, dedup: DedupStore | None, settings: RoutingSettings,
+                 directory: Directory, dedup: DuplicateStore | None, settings: RoutingSettings,
                  now: dt.datetime, info: PayloadInfo | None = None, pdfs: Sequence[bytes] = ()) -> IntakeResult:
     """Read a payload and build the messages to queue.
 
@@ -134,7 +134,7 @@ def intake_bytes(data: bytes, filename: str | None, *, sender: str, envelope_rec
 
 
 def accept_all(result: IntakeResult, spool: Any, *, lifetime: float, listener: str, client: str,
-               dedup: DedupStore | None, now: dt.datetime, skip: Iterable[int] = (),
+               dedup: DuplicateStore | None, now: dt.datetime, skip: Iterable[int] = (),
                auth_user: str | None = None) -> list[str]:
     """Queue every outgoing message (blocking: run in an executor), then record them as sent.
 

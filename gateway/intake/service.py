@@ -13,24 +13,25 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from gateway.intake.dedup import DedupStore
+from gateway.config.storage import StorageConfig
+from gateway.intake.dedup import DuplicateStore
 from gateway.intake.door import IntakeDoor
 from gateway.intake.dropfolder import DropFolderWatcher
 from gateway.intake.mllp import MllpListener
 from gateway.intake.settings import IntakeConfig
 from gateway.logs import event
+from gateway.storage import DEDUP_FILE as DEDUP_FILE
+from gateway.storage import dedup_store, directory_store
 
 log = logging.getLogger(__name__)
-
-DEDUP_FILE = "intake-dedup.sqlite"
-
 
 class IntakeService:
     """``IntakeService(config.intake, spool, directory_path, state_dir, on_accept, lifetime)``."""
 
     def __init__(self, intake_config: IntakeConfig, spool: Any, directory_path: str | Path, state_dir: str | Path,
                  on_accept: Callable[[str], None] | None, lifetime: float, *, directory: Any = None,
-                 gestionnaire: Any = None, client_checks: Any = None) -> None:
+                 gestionnaire: Any = None, client_checks: Any = None,
+                 storage: StorageConfig | None = None) -> None:
         self.config = intake_config
         self.spool = spool
         self.directory_path = Path(directory_path)
@@ -43,7 +44,9 @@ class IntakeService:
         #: The gateway's client-certificate checks, shared with the SMTP listeners (issue 17).
         self.client_checks = client_checks
         self._own_directory = directory is None
-        self.dedup: DedupStore | None = None
+        #: `[storage]` (None: SQLite beside the spool): where the directory and the duplicate store live.
+        self.storage = storage or StorageConfig()
+        self.dedup: DuplicateStore | None = None
         self.mllp: MllpListener | None = None
         self.watchers: list[DropFolderWatcher] = []
         #: Every door started, in start order (stopped in the same order).
@@ -54,10 +57,9 @@ class IntakeService:
             return
         loop = asyncio.get_running_loop()
         if self.directory is None:
-            from gateway.directory.directory import SqliteDirectory
-            self.directory = await loop.run_in_executor(None, SqliteDirectory, self.directory_path)
-        self.dedup = await loop.run_in_executor(
-            None, lambda: DedupStore(self.state_dir / DEDUP_FILE, window=self.config.routing.dedup_window))
+            self.directory = await loop.run_in_executor(None, directory_store, self.storage, self.directory_path)
+        self.dedup = await loop.run_in_executor(None, lambda: dedup_store(
+            self.storage, self.state_dir, window=self.config.routing.dedup_window))
         try:
             for door in self._build_doors():
                 door.gestionnaire = self.gestionnaire

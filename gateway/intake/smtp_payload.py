@@ -17,15 +17,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from gateway.directory.directory import SqliteDirectory
+from gateway.config.storage import StorageConfig
 from gateway.errors import MalformedInput
 from gateway.intake.bundle import Bundle, SubmittedFile, bundle_files
-from gateway.intake.dedup import DedupStore
 from gateway.intake.door import IntakeDoor
-from gateway.intake.service import DEDUP_FILE
 from gateway.intake.settings import RoutingSettings
 from gateway.routing.payload import detect_payload
 from gateway.routing.sidecar import looks_like_sidecar
+from gateway.storage import dedup_store, directory_store
 
 
 def find_payload(message: bytes) -> Bundle:
@@ -63,14 +62,16 @@ class SmtpPayloadDoor(IntakeDoor):
 
 def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequence[str], spool: Any,
                        directory_path: Path, state_dir: Path, settings: RoutingSettings, lifetime: float,
-                       client: str, auth_user: str | None = None) -> list[str]:
+                       client: str, auth_user: str | None = None, storage: StorageConfig | None = None) -> list[str]:
     """Route a mailed payload; returns the queue ids of the copies (empty: already sent).
 
-    ``auth_user``: the authenticated identity that mailed it (it chooses the signing key)."""
+    ``auth_user``: the authenticated identity that mailed it (it chooses the signing key).
+    ``storage``: where the directory and the duplicate store are (None: SQLite beside the spool)."""
     bundle = find_payload(message)
-    dedup = DedupStore(state_dir / DEDUP_FILE, window=settings.dedup_window)
+    where = storage or StorageConfig()
+    dedup = dedup_store(where, state_dir, window=settings.dedup_window)
     try:
-        with SqliteDirectory(directory_path) as directory:
+        with directory_store(where, directory_path) as directory:
             door = SmtpPayloadDoor(spool, directory, dedup, None, lifetime, routing=settings, sender=sender,
                                    auth_user=auth_user)
             _, ids = door.submit(bundle.data, bundle.filename, client=client, info=bundle.info, pdfs=bundle.pdfs,

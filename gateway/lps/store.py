@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Protocol
 
 from gateway.errors import TemporaryError
 from gateway.lps.model import Delivered
@@ -50,6 +51,19 @@ class StoreError(TemporaryError):
 
     code = "lps-store"
     status = "4.3.0"
+
+
+class DeliveredDocuments(Protocol):
+    """What the consumer transport needs: `DeliveredStore` (SQLite) or
+    `gateway.lps.store_pg.PgDeliveredStore` (PostgreSQL, shared by the nodes)."""
+
+    def previous(self, document_id: str) -> Delivered | None: ...
+
+    def record(self, delivered: Delivered) -> None: ...
+
+    def record_all(self, documents: list[Delivered]) -> None: ...
+
+    def close(self) -> None: ...
 
 
 class DeliveredStore:
@@ -116,4 +130,4 @@ def _delivered(row: tuple) -> Delivered:
                      organisation=organisation, confidentiality=tuple(c for c in confidentiality.split("\x1f") if c))
 
 
-__all__ = ["FILE_NAME", "DeliveredStore", "StoreError"]
+__all__ = ["FILE_NAME", "DeliveredDocuments", "DeliveredStore", "StoreError"]

@@ -779,7 +779,7 @@ class GatewayHandler:
                 data, sender=sender, other_recipients=others, spool=self.spool,
                 directory_path=directory_path(self.config), state_dir=self.config.state_dir,
                 settings=self.config.intake.routing, lifetime=self.config.spool.max_queue_lifetime,
-                client=_peer_ip(session), auth_user=auth_user))
+                client=_peer_ip(session), auth_user=auth_user, storage=self.config.storage))
         except GatewayError as exc:
             event(log, "payload-refused", logging.WARNING, listener=self.listener.name, client=_peer_ip(session),
                   size=len(data), code=exc.code, temporary=exc.temporary)

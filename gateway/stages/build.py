@@ -25,10 +25,8 @@ from gateway.directory.certsources import (
     DirectorySource,
     DnsCertSource,
     HarvestSource,
-    HarvestStore,
     LdapSource,
 )
-from gateway.directory.directory import SqliteDirectory, directory_path
 from gateway.directory.trustspace import TrustSpace
 from gateway.errors import GatewayError, PermanentError
 from gateway.logs import event
@@ -46,6 +44,7 @@ from gateway.stages.context import ProtectionContext, RecipientView, capability_
 from gateway.stages.inbound import InboundStage
 from gateway.stages.outbound import OutboundStage
 from gateway.stages.route import RCPT_CHECK_TIMEOUT, RouteStage, rcpt_decision, rcpt_refusal_reason
+from gateway.storage import open_directory, open_harvest_store
 
 log = logging.getLogger("gateway.policy")
 
@@ -66,8 +65,8 @@ class GatewayContext:
         self.path_cache = PathCache()
         self.ocsp = OcspSource() if trust.ocsp else None
         self.verifier = Verifier(self.trust, self.crls, cache=self.path_cache, ocsp=self.ocsp)
-        self.directory = SqliteDirectory(directory_path(config))
-        self.harvest_store = HarvestStore(config.state_dir / "harvest.sqlite")
+        self.directory = open_directory(config)
+        self.harvest_store = open_harvest_store(config)
         self.trust_space = TrustSpace(trust.authorised_domains_file) if trust.authorised_domains_file else None
         self.audit_trail = AuditTrail(audit_path(config))
         self.discovery = CertificateDiscovery(self._sources(), self._usable,
