@@ -99,6 +99,8 @@ async def _demo(base: Path) -> int:
     for listener in data["listeners"].values():
         listener["port"] = 0
     data.pop("metrics", None)  # no metrics listener for the demo: 9587 may be a running gateway's
+    data.pop("console", None)  # nor console (8587); its [operators] stay, unused
+
     # The doctors' operators elsewhere (S/MIME and legacy) are one stand-in SMTP server here;
     # loopback counts as the partner network of the relay listener.
     data["delivery"]["routes"] = {domain: {"host": "127.0.0.1", "port": sink_port, "tls": "none"}

@@ -5,12 +5,14 @@ absent (0), and the answer never shows PIN attributes of the URI."""
 from __future__ import annotations
 
 from gateway.ops.status import _token
-from tests.pkcs11.conftest import CPS, MODULE, SoftHsm, softhsm  # noqa: F401 - the session fixture
+from tests.pkcs11.conftest import CPS, MODULE, SoftHsm
 
-__all__ = ["softhsm"]
+# Here, beside tests/pkcs11/conftest.py, it shares that session's one SoftHSM: a second copy of the
+# fixture imported elsewhere made a second token folder while the PKCS#11 module, loaded once per
+# process, kept reading the first — and the other token tests then found other keys.
 
 
-def test_token_present_and_absent_through_pkcs11(softhsm: SoftHsm) -> None:  # noqa: F811
+def test_token_present_and_absent_through_pkcs11(softhsm: SoftHsm) -> None:
     present = _token("cps-sign", softhsm.uri(CPS, key_id="01"), MODULE)
     assert present.present is True and present.problem == ""
     absent = _token("gone", "pkcs11:token=NO-SUCH-CARD;id=%01", MODULE)
