@@ -7,10 +7,16 @@ SIGTERM/SIGINT: stop accepting (listeners closed), let in-flight preparations an
 finish within `spool.shutdown_grace`, then cancel the rest (they stay pending in the spool),
 close the spool.
 
-One of several worker processes (`gateway.workers`, ``owner="w<i>"``): the master has recovered
-the spool, so a worker opens it without recovering; its listeners share their ports with the
-other workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake
-doors, the CI-SIS ZAM sender and the metrics listener (`/metrics`, `/healthz`, `/readyz`).
+One of several worker processes (`gateway.workers`, ``owner="w<i>"``; on a shared store the
+queue owner is ``<node>/w<i>``, `gateway.storage.queue_owner`): the master has recovered the
+spool, so a worker opens it without recovering; its listeners share their ports with the other
+workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake doors,
+the CI-SIS ZAM sender, the supervision console (`[console]`, its sessions live in memory), the
+metrics listener (`/metrics`, `/healthz`, `/readyz`) and, on PostgreSQL, the audit anchoring.
+
+Stores a caller needs per message (the payload address's directory and duplicate store, the LPS
+consumer's delivered documents) are kept one per process on a shared store
+(`gateway.storage.process_store`) and closed at `stop`.
 """
 
 from __future__ import annotations
@@ -30,7 +36,13 @@ from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
 from gateway.server.logins import NationalIdLookup
 from gateway.server.smtp import MailboxLookup, SmtpServer
-from gateway.storage import open_directory, open_queue_store, open_zam_ledger, start_audit_anchoring
+from gateway.storage import (
+    close_process_stores,
+    open_directory,
+    open_queue_store,
+    open_zam_ledger,
+    start_audit_anchoring,
+)
 
 if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.audit_anchor import AnchorService
@@ -76,6 +88,18 @@ def token_login(config: GatewayConfig, directory: DirectoryStore) -> OAuthLogin 
     return OAuthLogin(config, TokenVerifier(config.auth.oidc), national_id_lookup(directory, config))
 
 
+def keys_here(config: GatewayConfig) -> frozenset[str]:
+    """The configured keys this node can use now: every key but those on a PKCS#11 token that
+    is not in this machine (the inventory asks the token without the PIN). Published on a shared
+    queue so that a message needing a card is prepared by the node that has it."""
+    if not config.keys:
+        return frozenset()
+    from gateway.ops.status import inventory
+
+    absent = {t.key for t in inventory(config).tokens if t.present is False}
+    return frozenset(name for name in config.keys if name not in absent)
+
+
 class Gateway:
     def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None, *, owner: str = "",
                  primary: bool = True, workers: int = 1) -> None:
@@ -115,6 +139,10 @@ class Gateway:
             await loop.run_in_executor(None, self.spool.open)
             stats = self.spool.recover()
             event(log, "recovered", **stats)
+        if self.config.storage.shared:  # which keys (tokens) this node can sign with: issue 18, item 4
+            keys = await loop.run_in_executor(None, keys_here, self.config)
+            await loop.run_in_executor(None, self.spool.publish_keys, keys)
+            event(log, "keys-published", keys=sorted(keys))
         if self.pipeline is None:
             from gateway.stages.build import build_pipeline
 
@@ -257,6 +285,7 @@ class Gateway:
         if self.zam_ledger is not None:
             self.zam_ledger.close()
         self.spool.close()
+        await asyncio.get_running_loop().run_in_executor(None, close_process_stores)
         if self.context is not None:
             self.context.close()
         if self._own_directory is not None:

@@ -19,13 +19,16 @@ crash, and after `CRASH_LIMIT` of them the message is quarantined for an operato
 recipients stay received on disk.
 
 `QueueService` runs the runner and the delivery manager together (what `gateway.app` starts):
-the runner wakes delivery as soon as it prepared something.
+the runner wakes delivery as soon as it prepared something. On a shared store (PostgreSQL) a
+`WorkWaker` thread per process turns `LISTEN msgw_queue` notifications (another node's or
+worker's accept, preparation, retry) into wakes of both; the poll stays the safety net.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Awaitable, Callable, Coroutine, Iterable
@@ -43,7 +46,7 @@ from gateway.spool import NewCopy, Outcome, PreparedCopy, QueuedMessage, QueuedR
 
 log = logging.getLogger("gateway.runner")
 
-__all__ = ["CRASH_LIMIT", "PipelineRunner", "QueueService"]
+__all__ = ["CRASH_LIMIT", "PipelineRunner", "QueueService", "WorkWaker"]
 
 #: Sends a preparation the spool could not record: (message, copies, refusals' outcomes).
 Unrecorded = Callable[[QueuedMessage, list[Batch], list[Outcome]], Awaitable[None]]
@@ -148,6 +151,9 @@ class PipelineRunner(QueueWorker):
         except GatewayError as exc:
             if exc.temporary:
                 await self._defer(msg, todo, str(exc), exc.status)
+                key = getattr(exc, "needs_key", "")  # `stages.build.TokenNotHere`: the card is on another node
+                if key:
+                    await self._route_to_key(msg, key)
             else:
                 await self._write(msg, [_bounced(r, str(exc), exc.status) for r in todo])
             return
@@ -166,6 +172,16 @@ class PipelineRunner(QueueWorker):
             self.handoff(fresh, _in_memory(fresh, copies))
         else:
             self._prepared(msg.id)
+
+    async def _route_to_key(self, msg: QueuedMessage, key: str) -> None:
+        """The token of `key` is not in this machine: mark the message for a node holding it
+        (a shared queue; on SQLite a no-op: the deferral waits for the card)."""
+        try:
+            await asyncio.to_thread(self.spool.route_to_key, msg.id, key)
+        except SpoolError as exc:  # the deferral is written: the message still waits, here or anywhere
+            event(log, "route-to-key-failed", logging.WARNING, msg=msg.id, reason=str(exc))
+            return
+        event(log, "routed-to-key", msg=msg.id, key=key)
 
     def _record(self, msg_id: str, copies: list[NewCopy], outcomes: list[Outcome]) -> QueuedMessage | None:
         """`Spool.prepare`, then the message as it now is (for the hand-off to delivery), in one
@@ -293,6 +309,54 @@ def _bounced(rcpt: QueuedRecipient, error: str, status: str) -> Outcome:
     return Outcome(rcpt.id, RecipientState.BOUNCED, status, error[:500], address=rcpt.address)
 
 
+class WorkWaker:
+    """A thread that waits on the shared store's `LISTEN msgw_queue` (`PgSpool.wait_for_work`)
+    and wakes this process's runner and delivery on the event loop: a message accepted, prepared
+    or retried on another node (or another worker of this one) is taken up at once instead of at
+    the next poll. Only a wake: the poll (`spool.poll_interval`) stays the safety net, so a lost
+    notification (a dropped LISTEN connection, the server restarting) costs one poll interval,
+    never a message. A burst is one wake every `gap` seconds at most (the workers' loop claims
+    everything due in one query)."""
+
+    #: How long `wait_for_work` blocks at a time (the longest `stop` waits for the thread).
+    WAIT = 1.0
+
+    def __init__(self, spool: Any, loop: asyncio.AbstractEventLoop, wake: Callable[[], None],
+                 gap: float = 0.05) -> None:
+        self.spool = spool
+        self.loop = loop
+        self.wake = wake
+        self.gap = gap
+        self.wakes = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="msgw-queue-listen", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def join(self) -> None:
+        self._thread.join(timeout=self.WAIT + 5.0)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                woken = self.spool.wait_for_work(self.WAIT)
+            except Exception as exc:  # noqa: BLE001 - the poll is the safety net; never die
+                event(log, "queue-listen-failed", logging.WARNING, exc_type=type(exc).__name__)
+                self._stop.wait(self.WAIT)
+                continue
+            if woken and not self._stop.is_set():
+                self.wakes += 1
+                try:
+                    self.loop.call_soon_threadsafe(self.wake)
+                except RuntimeError:  # the loop is closed: the gateway is stopping
+                    return
+                self._stop.wait(self.gap)
+
+
 class QueueService:
     """The spool's two workers: the runner (received → prepared) and delivery (prepared →
     sent). The runner wakes delivery as soon as it prepared something."""
@@ -301,6 +365,9 @@ class QueueService:
                  resolver: NextHopResolver | None = None, clock: Callable[[], float] = time.time,
                  audit: Callable[..., None] | None = None) -> None:
         self._listeners: list[Callable[[str, str, str, str, str | None], None]] = []
+        self.spool = spool
+        #: The LISTEN/NOTIFY thread on a shared store (None on SQLite: one node, hand-offs suffice).
+        self._waker: WorkWaker | None = None
         self.delivery = DeliveryManager(config, spool, resolver, clock=clock, audit=audit,
                                         on_unprepared=lambda _id: self.runner.wake())
         self.runner = PipelineRunner(config, spool, pipeline, clock=clock, audit=audit,
@@ -328,6 +395,14 @@ class QueueService:
     def start(self) -> None:
         self.runner.start()
         self.delivery.start()
+        if callable(getattr(self.spool, "wait_for_work", None)):  # a shared store: LISTEN/NOTIFY
+            self._waker = WorkWaker(self.spool, asyncio.get_running_loop(), self._woken)
+            self._waker.start()
+
+    def _woken(self) -> None:
+        """Another process (this node's or another's) queued, prepared or retried something."""
+        self.runner.wake()
+        self.delivery.wake()
 
     def wake(self) -> None:
         """Look at the spool now (a retry, a recovery): what is due is prepared, then delivered."""
@@ -339,7 +414,12 @@ class QueueService:
 
     async def stop(self, grace: float | None = None) -> None:
         """Both stop taking work and share the one grace period (run side by side)."""
+        waker, self._waker = self._waker, None
+        if waker is not None:
+            waker.stop()
         await asyncio.gather(self.runner.stop(grace), self.delivery.stop(grace))
+        if waker is not None:
+            await asyncio.to_thread(waker.join)
 
     async def run_once(self) -> int:
         """Prepare, then deliver, everything due now (tests and one-shot commands)."""

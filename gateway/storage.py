@@ -18,11 +18,14 @@ discovery caches, TLS keys, the configuration and the audit chain file (anchored
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import importlib.util
 import socket
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 from urllib.parse import urlsplit
 
 from gateway.config.storage import StorageConfig
@@ -44,6 +47,35 @@ DEDUP_FILE = "intake-dedup.sqlite"
 HARVEST_FILE = "harvest.sqlite"
 #: The module and class of the shared queue store (branch pgqueue), imported by name when chosen.
 PG_QUEUE = ("gateway.spool.pg", "PgSpool")
+
+S = TypeVar("S")
+#: Stores this process keeps open for callers that need one per message (see `process_store`).
+_PROCESS_STORES: dict[tuple[str, ...], Any] = {}
+_PROCESS_LOCK = threading.Lock()
+
+
+def process_store(key: tuple[str, ...], opener: Callable[[], S]) -> S:
+    """The store `key` of this process, opened by `opener` at the first call and kept until
+    `close_process_stores` (the gateway's stop). For callers that work per message (the payload
+    address, the LPS consumer): on PostgreSQL every store is a connection pool, and a pool per
+    message would cost a connection set-up per message and exhaust the server's connections
+    under load. A failed open is not kept (the next message tries again)."""
+    with _PROCESS_LOCK:
+        found = _PROCESS_STORES.get(key)
+        if found is None:
+            found = _PROCESS_STORES[key] = opener()
+        return found  # type: ignore[no-any-return]
+
+
+def close_process_stores() -> int:
+    """Close the stores `process_store` opened (the gateway's stop); how many."""
+    with _PROCESS_LOCK:
+        stores = list(_PROCESS_STORES.values())
+        _PROCESS_STORES.clear()
+    for store in stores:
+        with contextlib.suppress(Exception):  # closing at stop: nothing left to do about a failure
+            store.close()
+    return len(stores)
 
 
 def node_name(storage: StorageConfig) -> str:
@@ -237,7 +269,7 @@ def verify_audit_anchors(config: GatewayConfig, others: list[str], *, require_al
     return verify_trails(trails, anchors, require_all=require_all)
 
 
-__all__ = ["DEDUP_FILE", "HARVEST_FILE", "PG_QUEUE", "anchor_store", "dedup_store", "delivered_store", "describe",
-           "directory_store", "harvest_store", "node_name", "open_dedup", "open_delivered_store", "open_directory",
-           "open_harvest_store", "open_queue_store", "open_zam_ledger", "password", "queue_owner",
-           "start_audit_anchoring", "verify_audit_anchors"]
+__all__ = ["DEDUP_FILE", "HARVEST_FILE", "PG_QUEUE", "anchor_store", "close_process_stores", "dedup_store",
+           "delivered_store", "describe", "directory_store", "harvest_store", "node_name", "open_dedup",
+           "open_delivered_store", "open_directory", "open_harvest_store", "open_queue_store", "open_zam_ledger",
+           "password", "process_store", "queue_owner", "start_audit_anchoring", "verify_audit_anchors"]

@@ -53,6 +53,8 @@ def _when(ts: float) -> str:
 def _print_message(msg: QueuedMessage) -> None:
     print(f"{msg.id}  {msg.size:>9} B  received {_when(msg.received)}  from <{msg.sender}>  {msg.stage}"
           f"{'  QUARANTINED' if msg.quarantined else ''}")
+    if msg.needs_key:  # a shared queue: only a node whose token holds this key prepares it
+        print(f"    needs key {msg.needs_key} (its token is on another node, or on none up now: waiting)")
     forms = {c.id: c.form for c in msg.copies}
     for c in msg.copies:
         print(f"    copy {c.id}: {c.form}, {c.size} B{', mutual TLS only' if c.require_tls else ''}")
@@ -70,7 +72,7 @@ def run_list(args: argparse.Namespace) -> int:
     with _spool(args) as spool:
         messages = spool.list()
         # a shared queue (issue 18) says which node holds which lease; the SQLite spool has none to show
-        leases = {m: (owner, left) for m, owner, left in getattr(spool, "leases", list)()}
+        leases = {m: (owner, left) for m, owner, left in spool.leases() if left != float("inf")}
     if args.json:
         json.dump([{**m.to_json(), **({"lease": {"owner": leases[m.id][0], "seconds_left": round(leases[m.id][1], 1)}}
                                       if m.id in leases else {})} for m in messages], sys.stdout, indent=2)

@@ -1,10 +1,10 @@
 """`msgw zam list`: what the CI-SIS ZAM ledger holds for an operator (issue 16, item 5).
 
 The GESTIONNAIRE owes business acknowledgments (ZAM^Z01|Z02|Z03) to each CRÉATEUR; the ledger
-(`gateway.cisis.ledger.ZamLedger`, ``<spool>/cisis.sqlite``) keeps the ones never acknowledged
-within the spool lifetime (``expired``) and counts the returns (DSNs, MDNs) it dropped, by reason
-(``ignored``: a report for no copy of ours, a reader not on the copy). Both are for a person to
-look at; the running gateway never acts on them again.
+(`gateway.storage.open_zam_ledger`: ``<spool>/cisis.sqlite``, or the shared PostgreSQL one)
+keeps the ones never acknowledged within the spool lifetime (``expired``) and counts the returns
+(DSNs, MDNs) it dropped, by reason (``ignored``: a report for no copy of ours, a reader not on
+the copy). Both are for a person to look at; the running gateway never acts on them again.
 
 Only identifiers are shown: the ZAM's type, control id, CRÉATEUR, attempts and age, never its
 HL7 content (it names the recipients, a patient's mailbox among them).
@@ -18,6 +18,7 @@ import json
 import sys
 
 from gateway.commands.common import add_config_option, config_from
+from gateway.storage import open_zam_ledger
 
 
 def register(sub: argparse._SubParsersAction) -> None:
@@ -47,16 +48,17 @@ def _utc(stamp: float) -> str:
 
 
 def run_list(args: argparse.Namespace) -> int:
-    from gateway.cisis.ledger import FILE_NAME, ZamLedger
+    from gateway.cisis.ledger import FILE_NAME
 
     config = config_from(args)
     path = config.spool.path / FILE_NAME
     both = not (args.expired or args.ignored)
-    if not path.exists():  # reading must not create the ledger of a gateway that never served the profile
+    if not config.storage.shared and not path.exists():
+        # reading must not create the ledger of a gateway that never served the profile
         print(f"msgw: no CI-SIS ledger at {path} (this gateway has not served the CI-SIS profile)", file=sys.stderr)
         expired, ignored, pending = [], {}, 0
-    else:
-        ledger = ZamLedger(path, retry_schedule=config.spool.retry_schedule, lifetime=config.spool.max_queue_lifetime)
+    else:  # the factory: the SQLite file beside the spool, or the shared ledger every node writes
+        ledger = open_zam_ledger(config)
         try:
             expired, ignored, pending = ledger.expired(), ledger.ignored(), ledger.pending_count()
         finally:

@@ -41,12 +41,18 @@ class ListenerConfig:
     password_auth: bool = True
 
 
+#: Names the gateway's own HTTP listeners go by in logs, the audit trail and the inventory.
+RESERVED_NAMES = ("console", "metrics")
+
+
 def read_listeners(r: Reader, data: dict[str, Any]) -> tuple[ListenerConfig, ...]:
     out = []
     for name, spec in r.table(data, "listeners").items():
         if not isinstance(spec, dict):
             r.problem(f"listeners.{name}", "expected a table")
             continue
+        if name in RESERVED_NAMES:  # the console's and the metrics listener's names (logs, audit, inventory)
+            r.problem(f"listeners.{name}", f"{name!r} is the name of the gateway's own {name} listener: choose another")
         out.append(_listener(r, name, spec))
     ports = [(lc.address, lc.port) for lc in out if lc.port]
     if len(ports) != len(set(ports)):

@@ -14,7 +14,7 @@ from gateway.config import GatewayConfig
 from gateway.config.console import ConsoleConfig
 from gateway.console.web import AuditSink, CertCheck, Console
 from gateway.logs import event
-from gateway.spool import Spool
+from gateway.spool import QueueStore
 
 log = logging.getLogger("gateway.console")
 
@@ -33,7 +33,7 @@ def console_tls_context(settings: ConsoleConfig) -> ssl.SSLContext:
 
 
 class ConsoleServer:
-    def __init__(self, config: GatewayConfig, spool: Spool, *, audit: AuditSink | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, *, audit: AuditSink | None = None,
                  wake: Callable[[], None] | None = None, cert_check: CertCheck | None = None) -> None:
         self.config = config
         self.console = Console(config, spool, audit=audit, wake=wake, cert_check=cert_check)

@@ -37,7 +37,8 @@ from gateway.console.sessions import COOKIE, LOGIN_COOKIE, Session, Sessions, sa
 from gateway.logs import event
 from gateway.server.passwords import hash_password, verify_password
 from gateway.server.throttle import AuthThrottle
-from gateway.spool import QueuedMessage, Spool
+from gateway.spool import QueuedMessage, QueueStore
+from gateway.storage import node_name
 
 log = logging.getLogger("gateway.console")
 
@@ -162,11 +163,14 @@ def _when(ts: float | None) -> str:
 class Console:
     """The console of one gateway process: its spool, its audit sink, its operators."""
 
-    def __init__(self, config: GatewayConfig, spool: Spool, *, audit: AuditSink | None = None,
+    def __init__(self, config: GatewayConfig, spool: QueueStore, *, audit: AuditSink | None = None,
                  wake: Callable[[], None] | None = None, cert_check: CertCheck | None = None) -> None:
         self.config = config
         self.settings = config.console
         self.spool = spool
+        #: The node this console runs on (issue 18: on a shared queue, every node has its console;
+        #: the queue pages show every node's messages and which node holds each lease).
+        self.node = node_name(config.storage)
         self.audit_sink = audit
         self.wake = wake
         self.cert_check = cert_check
@@ -178,6 +182,7 @@ class Console:
                                       autoescape=True, undefined=jinja2.StrictUndefined, enable_async=False)
         self._css = resources.files("gateway.console").joinpath("static/console.css").read_text(encoding="utf-8")
         self.env.filters["when"] = _when
+        self.env.filters["lease"] = _lease
         self.env.filters["stamp"] = lambda d: d.strftime("%Y-%m-%d %H:%M:%S") if d else ""
 
     # -- the application ---------------------------------------------------------------------
@@ -238,7 +243,7 @@ class Console:
     def render(self, request: web.Request, name: str, **values: Any) -> web.Response:
         session: Session | None = request.get(SESSION)
         html = self.env.get_template(name).render(session=session, page=name.removesuffix(".html"),
-                                                  hostname=self.config.hostname, **values)
+                                                  hostname=self.config.hostname, node=self.node, **values)
         return web.Response(text=html, content_type="text/html", charset="utf-8")
 
     async def stylesheet(self, request: web.Request) -> web.Response:
@@ -383,13 +388,21 @@ class Console:
         address = query.get("address", "").strip().lower()[:256]
         domain = query.get("domain", "").strip().lower().lstrip("@")[:256]
         messages: list[QueuedMessage] = await self._io(self.spool.list)
+        leases = await self._leases()
         shown = [m for m in messages if _matches(m, state, address, domain)]
         now = time.time()
         return self.render(request, "queue.html", messages=shown[:QUEUE_PAGE_LIMIT], total=len(messages),
+                           leases=leases,
                            matched=len(shown), state=state, address=address, domain=domain,
                            done=_DONE.get(query.get("done", ""), ""),
                            by_destination=flows.queued_by(messages, now=now, systems=self.systems),
                            states=("", "queued", "deferred", "quarantined"))
+
+    async def _leases(self) -> dict[str, tuple[str, float]]:
+        """Which owner (``node/worker`` on a shared queue) holds each claimed message, and the
+        seconds left on its lease (infinite on SQLite: a claim there lasts until released)."""
+        rows: list[tuple[str, str, float]] = await self._io(self.spool.leases)
+        return {msg_id: (owner, left) for msg_id, owner, left in rows}
 
     async def _message(self, request: web.Request) -> QueuedMessage:
         msg_id = request.match_info["id"]
@@ -403,7 +416,8 @@ class Console:
     async def message_page(self, request: web.Request) -> web.Response:
         msg = await self._message(request)
         forms = {c.id: c.form for c in msg.copies}
-        return self.render(request, "message.html", msg=msg, forms=forms,
+        lease = (await self._leases()).get(msg.id)
+        return self.render(request, "message.html", msg=msg, forms=forms, lease=lease,
                            done=_DONE.get(request.query.get("done", ""), ""))
 
     async def retry(self, request: web.Request) -> web.Response:
@@ -471,6 +485,18 @@ class Console:
         took = time.monotonic() - started
         self.record(request, "console-audit-verify", reason="intact" if report.ok else "broken")
         return self.render(request, "audit.html", report=report, took=took, path=str(self.config.audit.path))
+
+
+def _lease(held: tuple[str, float] | None) -> str:
+    """A lease for a person: its holder and the time left, or that it lapsed (any node may take it)."""
+    if held is None:
+        return "—"
+    owner, left = held
+    if left == float("inf"):
+        return f"{owner} (until released)"
+    if left > 0:
+        return f"{owner} ({left:.0f} s left)"
+    return f"{owner} (lapsed {-left:.0f} s ago: any node may take it)"
 
 
 def _text(value: Any) -> str:

@@ -31,7 +31,7 @@ import logging
 import re
 import ssl
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
 
@@ -46,9 +46,10 @@ from gateway.fsutil import write_atomic
 from gateway.logs import event
 from gateway.lps import checks, incoming, mdm
 from gateway.lps.model import LABELS, ConsumerSettings, Delivered, IntegrationError, Mdm
+from gateway.lps.store import DeliveredDocuments
 from gateway.rawmime import header_fields
 from gateway.routing.hl7 import MLLPDecoder, mllp_frame, parse_message
-from gateway.storage import delivered_store
+from gateway.storage import delivered_store, process_store
 
 log = logging.getLogger("gateway.delivery.consumer")
 
@@ -205,21 +206,30 @@ def _prepare(consumer: ConsumerConfig, sender: str, data: bytes, storage: Storag
 
     settings = ConsumerSettings(address=consumer.address, application=consumer.application,
                                 facility=consumer.facility, organisation=consumer.organisation)
-    store = delivered_store(storage, store_path)
-    try:
+    with _store(storage, store_path) as store:
         checks.check(mail, package, store.previous)
         # the delivered version tells a replacement's set id and whether its confidentiality changed
         mdms = mdm.build_mdms(mail, package, pdfs, settings, now=dt.datetime.now().astimezone(),
                               control_id=control_id, previous=store.previous)
-    finally:
-        store.close()
     return mdms, control_ids
 
 
 def _record(storage: StorageConfig, store_path: Path, documents: list[Delivered]) -> None:
+    with _store(storage, store_path) as store:
+        store.record_all(documents)
+
+
+@contextlib.contextmanager
+def _store(storage: StorageConfig, store_path: Path) -> Iterator[DeliveredDocuments]:
+    """The delivered-documents store for one message: on a shared store the process's own (one
+    connection pool, closed at the gateway's stop: `gateway.storage.process_store`), on SQLite
+    the file opened for this message and closed after it (as before)."""
+    if storage.shared:
+        yield process_store(("lps-delivered", storage.dsn), lambda: delivered_store(storage, store_path))
+        return
     store = delivered_store(storage, store_path)
     try:
-        store.record_all(documents)
+        yield store
     finally:
         store.close()
 

@@ -7,6 +7,8 @@ bundles them (:mod:`gateway.intake.bundle`: an HPRIM file with its PDF, a PDF wi
 or takes the text body when the body itself is the payload (labs often paste HPRIM in the body).
 `route_smtp_payload` (blocking: run in an executor) runs the shared intake through an
 `SmtpPayloadDoor` and queues the copies; the SMTP layer answers 250 only after it returned.
+On a shared store the directory and the duplicate store are the process's own
+(`gateway.storage.process_store`: one connection pool each, not one per message).
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ import email
 import email.policy
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gateway.config.storage import StorageConfig
 from gateway.errors import MalformedInput
@@ -24,7 +26,11 @@ from gateway.intake.door import IntakeDoor
 from gateway.intake.settings import RoutingSettings
 from gateway.routing.payload import detect_payload
 from gateway.routing.sidecar import looks_like_sidecar
-from gateway.storage import dedup_store, directory_store
+from gateway.storage import dedup_store, directory_store, process_store
+
+if TYPE_CHECKING:
+    from gateway.directory.directory import DirectoryStore
+    from gateway.intake.dedup import DuplicateStore
 
 
 def find_payload(message: bytes) -> Bundle:
@@ -69,13 +75,23 @@ def route_smtp_payload(message: bytes, *, sender: str, other_recipients: Sequenc
     ``storage``: where the directory and the duplicate store are (None: SQLite beside the spool)."""
     bundle = find_payload(message)
     where = storage or StorageConfig()
+
+    def submit(directory: DirectoryStore, dedup: DuplicateStore) -> list[str]:
+        door = SmtpPayloadDoor(spool, directory, dedup, None, lifetime, routing=settings, sender=sender,
+                               auth_user=auth_user)
+        _, ids = door.submit(bundle.data, bundle.filename, client=client, info=bundle.info, pdfs=bundle.pdfs,
+                             envelope_recipients=other_recipients)
+        return ids
+
+    if where.shared:
+        # one pool per process, not per message (`gateway.storage.process_store`; closed at stop)
+        window = str(settings.dedup_window)
+        return submit(process_store(("directory", where.dsn), lambda: directory_store(where, directory_path)),
+                      process_store(("dedup", where.dsn, window),
+                                    lambda: dedup_store(where, state_dir, window=settings.dedup_window)))
     dedup = dedup_store(where, state_dir, window=settings.dedup_window)
     try:
         with directory_store(where, directory_path) as directory:
-            door = SmtpPayloadDoor(spool, directory, dedup, None, lifetime, routing=settings, sender=sender,
-                                   auth_user=auth_user)
-            _, ids = door.submit(bundle.data, bundle.filename, client=client, info=bundle.info, pdfs=bundle.pdfs,
-                                 envelope_recipients=other_recipients)
-            return ids
+            return submit(directory, dedup)
     finally:
         dedup.close()

@@ -3,9 +3,14 @@ can take mail now), each check named in the answer so an operator sees which one
 
 `/readyz` checks, each cheap enough for a probe every few seconds:
 
-- ``spool``: free space on the spool's filesystem at least the spool's reserve (below it the
-  spool answers 452 to new mail: `gateway.spool.store`), and a probe file can be written;
-  computed at every request, so the answer turns ready again as soon as space is freed;
+- ``spool`` (the SQLite spool, one node): free space on the spool's filesystem at least the
+  spool's reserve (below it the spool answers 452 to new mail: `gateway.spool.store`), and a
+  probe file can be written; computed at every request, so the answer turns ready again as soon
+  as space is freed;
+- ``storage`` (instead, on a shared PostgreSQL, issue 18): the shared queue store answers a
+  trivial query within its bounds (`QueueStore.ping`: a connection within ``0.8 ×
+  connect_timeout``, the query within 5 s); while it does not, the node answers 451 to new mail,
+  so it is not ready, and it turns ready again by itself when the server is back;
 - ``keys``: `gateway.startup.check_keys` (files readable, keys matching their certificates,
   dates, usages, paths; token keys probed without the PIN), the result kept for the inventory
   interval: it loads keys and checks chains, too much for every probe;
@@ -99,7 +104,7 @@ class Health:
     async def ready(self) -> tuple[bool, list[Check]]:
         loop = asyncio.get_running_loop()
         checks = [
-            await loop.run_in_executor(self.executor, self._spool),
+            await loop.run_in_executor(self.executor, self._storage if self.config.storage.shared else self._spool),
             await self._keys_check(),
             await loop.run_in_executor(self.executor, self._tokens),
             self._listeners(),
@@ -111,6 +116,19 @@ class Health:
         if path is None:
             return Check("spool", True, "not a file spool")
         return spool_check(Path(path), int(getattr(self.spool, "reserve_size", DEFAULT_RESERVE)))
+
+    def _storage(self) -> Check:
+        """The shared store reachable now (a `StoreUnavailable`, or any spool error: not ready)."""
+        from gateway.errors import SpoolError
+        from gateway.storage import describe
+
+        started = time.monotonic()
+        try:
+            self.spool.ping()
+        except SpoolError as exc:
+            return Check("storage", False, str(exc)[:300])
+        return Check("storage", True, f"{describe(self.config.storage)} answered in "
+                                      f"{(time.monotonic() - started) * 1000:.0f} ms")
 
     async def _keys_check(self) -> Check:
         """The last `check_keys` result, refreshed after the inventory interval (one at a time)."""

@@ -28,6 +28,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from gateway.logs import event
 from gateway.ops.health import Health
 from gateway.ops.metrics import InventoryCache, StateCollector, exposition_registry, render
+from gateway.storage import node_name
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -46,7 +47,9 @@ class MetricsServer:
         self.owner = owner
         self.executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="metrics")
         self.inventory = InventoryCache(config, config.metrics.inventory_interval)
-        self.registry = exposition_registry(StateCollector(spool, self.inventory, listeners))
+        #: This node's name in every sample (`gateway.storage.node_name`; issue 18).
+        self.node = node_name(config.storage)
+        self.registry = exposition_registry(StateCollector(spool, self.inventory, listeners), node=self.node)
         self.health = Health(config, spool, self.inventory, self.executor, listeners=listeners)
         self.bound: tuple[str, int] | None = None
         self._runner: web.AppRunner | None = None
@@ -88,11 +91,12 @@ class MetricsServer:
         return web.Response(body=body, headers={**_HEADERS, "Content-Type": CONTENT_TYPE_LATEST})
 
     async def _healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"status": "alive", "pid": os.getpid(), "worker": self.owner or None},
+        return web.json_response({"status": "alive", "pid": os.getpid(), "worker": self.owner or None,
+                                  "node": self.node},
                                  headers=_HEADERS)
 
     async def _readyz(self, request: web.Request) -> web.Response:
         ok, checks = await self.health.ready()
-        body = {"status": "ready" if ok else "not ready", "checks": {c.name: c.to_json() for c in checks},
-                "failed": [c.name for c in checks if not c.ok]}
+        body = {"status": "ready" if ok else "not ready", "node": self.node,
+                "checks": {c.name: c.to_json() for c in checks}, "failed": [c.name for c in checks if not c.ok]}
         return web.json_response(body, status=200 if ok else 503, headers=_HEADERS)

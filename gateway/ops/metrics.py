@@ -18,7 +18,11 @@ prometheus_client's multiprocess mode writes each process's values to its own fi
 serves them all (`gateway.ops.httpd`) through `MultiProcessCollector`. A single process keeps its
 values in memory (`_OWN`). Gauges that describe the shared state (queue size, age of the oldest
 message, certificates, CRLs, tokens, listeners) are never per-process values: `StateCollector`
-computes them at scrape time, from the spool's database and the cached inventory.
+computes them at scrape time, from the queue store's `queue_stats()` (SQLite or the shared
+PostgreSQL) and the cached inventory.
+
+Several nodes (issue 18): every sample carries ``node`` (`gateway.storage.node_name`), added at
+exposition by `_Labelled`, so the nodes' series never merge in Prometheus.
 """
 
 from __future__ import annotations
@@ -27,11 +31,9 @@ import logging
 import os
 import re
 import shutil
-import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,7 +42,9 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, disable_cre
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from gateway.errors import SpoolError
 from gateway.logs import event
+from gateway.spool.store import QueueStats
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -212,47 +216,21 @@ def prepare_worker_metrics(config: GatewayConfig) -> Path:
 
 # -- what is computed at scrape time -------------------------------------------------------------------
 
-@dataclass(frozen=True)
-class QueueStats:
-    recipients: dict[tuple[str, str], int]  # (state, stage) -> count
-    messages: int
-    oldest: float | None  # when the oldest pending message was received
-    quarantined: int
-
-
-_QUEUE_SQL = (
-    "SELECT r.state, r.copy_id IS NOT NULL, COUNT(*) FROM recipients r JOIN messages m ON m.id = r.message_id"
-    " WHERE r.state IN ('queued', 'deferred') AND m.quarantined = 0 GROUP BY 1, 2",
-    "SELECT COUNT(*), MIN(m.received) FROM messages m WHERE m.quarantined = 0 AND EXISTS"
-    " (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ('queued', 'deferred'))",
-    "SELECT COUNT(*) FROM messages WHERE quarantined = 1",
-)
-
-
 def queue_stats(spool: Any) -> QueueStats | None:
-    """The queue as it is now, for every worker at once. A spool that offers `queue_stats()`
-    answers itself (another backend); the SQLite spool is read through a read-only connection of
-    our own: a scrape never takes the spool's lock, so it never delays a group commit."""
+    """The queue as it is now, for every worker (and, on a shared store, every node) at once:
+    the store's own `queue_stats()` (`QueueStore`): the SQLite spool reads through a read-only
+    connection of its own (a scrape never takes the spool's lock, never delays a group commit),
+    PostgreSQL answers for the whole shared queue. None (the gauges left out) when it cannot be
+    read now, or for an object that is no queue store."""
     own = getattr(spool, "queue_stats", None)
-    if callable(own):
-        result: QueueStats | None = own()
-        return result
-    path = Path(spool.path) / "queue.sqlite"
-    try:
-        db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
-    except sqlite3.Error:
+    if not callable(own):
         return None
     try:
-        rows = db.execute(_QUEUE_SQL[0]).fetchall()
-        messages, oldest = db.execute(_QUEUE_SQL[1]).fetchone()
-        quarantined = db.execute(_QUEUE_SQL[2]).fetchone()[0]
-    except sqlite3.Error as exc:
-        event(log, "metrics-queue-unreadable", logging.WARNING, reason=type(exc).__name__)
+        result: QueueStats = own()
+    except SpoolError as exc:
+        event(log, "metrics-queue-unreadable", logging.WARNING, reason=exc.code)
         return None
-    finally:
-        db.close()
-    counts = {(state, "prepared" if prepared else "received"): n for state, prepared, n in rows}
-    return QueueStats(counts, messages or 0, oldest, quarantined or 0)
+    return result
 
 
 class InventoryCache:
@@ -369,15 +347,39 @@ class _Counters:
         yield from _OWN.collect()
 
 
-def exposition_registry(state: StateCollector | None) -> CollectorRegistry:
-    """What `/metrics` shows: every process's counters and the scrape-time gauges."""
+class _Labelled:
+    """Every sample of the collectors given, with ``node=<name>`` added (issue 18: several nodes
+    scraped into one Prometheus must not add up into one series). Added at exposition, not on
+    each `Counter`: the call sites and the workers' multiprocess files stay as they are, and no
+    metric can be forgotten. The queue gauges on a shared store describe the whole shared queue
+    (every node reports the same figure under its own label: take ``max by`` it, not ``sum``)."""
+
+    def __init__(self, node: str, *collectors: Any) -> None:
+        self.node = node
+        self.collectors = collectors
+
+    def collect(self) -> Iterator[Metric]:
+        for collector in self.collectors:
+            for family in collector.collect():
+                out = Metric(family.name, family.documentation, family.type, family.unit)
+                for sample in family.samples:
+                    out.add_sample(sample.name, {**sample.labels, "node": self.node}, sample.value,
+                                   sample.timestamp, sample.exemplar)
+                yield out
+
+
+def exposition_registry(state: StateCollector | None, node: str | None = None) -> CollectorRegistry:
+    """What `/metrics` shows: every process's counters and the scrape-time gauges; with `node`,
+    every sample labelled with it (`gateway.storage.node_name`)."""
     registry = CollectorRegistry(auto_describe=False)
-    if multiprocess():
-        MultiProcessCollector(registry)
-    else:
-        registry.register(_Counters())  # type: ignore[arg-type]
+    collectors: list[Any] = [MultiProcessCollector(None) if multiprocess() else _Counters()]
     if state is not None:
-        registry.register(state)  # type: ignore[arg-type]
+        collectors.append(state)
+    if node is None:
+        for collector in collectors:
+            registry.register(collector)
+    else:
+        registry.register(_Labelled(name_label(node) if node else NONE, *collectors))  # type: ignore[arg-type]
     return registry
 
 

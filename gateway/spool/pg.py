@@ -86,6 +86,7 @@ from gateway.spool.store import (
     PreparedCopy,
     QueuedMessage,
     QueuedRecipient,
+    QueueStats,
     RecipientState,
     new_message_id,
 )
@@ -97,7 +98,7 @@ T = TypeVar("T")
 CHANNEL = "msgw_queue"
 #: Key of the advisory lock that serialises schema creation across nodes ("msgwQ").
 _SCHEMA_LOCK = 0x6D7367775100
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA_V1 = """
 CREATE TABLE IF NOT EXISTS queue_bodies (
@@ -157,11 +158,24 @@ CREATE TABLE IF NOT EXISTS queue_stats (
 );
 """
 
+#: Keys per node (issue 18, item 4): a message whose preparation needs a key (a PKCS#11 token)
+#: this process lacks is marked `needs_key`; each queue process publishes, with a heartbeat, the
+#: keys it can use (`queue_nodes`: one row per owner, so a worker that lost its card stops
+#: advertising it without waiting for its siblings).
+_SCHEMA_V2 = """
+ALTER TABLE queue_messages ADD COLUMN IF NOT EXISTS needs_key text;
+CREATE TABLE IF NOT EXISTS queue_nodes (
+    owner text PRIMARY KEY,
+    keys text[] NOT NULL DEFAULT '{}',
+    seen_at timestamptz NOT NULL DEFAULT now()
+);
+"""
+
 #: Schema migrations by version (index 0 brings an empty database to version 1).
-_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1,)
+_MIGRATIONS: tuple[str, ...] = (_SCHEMA_V1, _SCHEMA_V2)
 
 _MESSAGE_COLUMNS = ("SELECT id, sender, size, received, expires, listener, client, auth_user, delay_notified,"
-                    " crashes, quarantined FROM queue_messages")
+                    " crashes, quarantined, needs_key FROM queue_messages")
 _RCPT_COLUMNS = ("SELECT id, message_id, address, state, attempts, next_attempt, last_error, last_status, remote,"
                  " updated, dsn_sent, copy_id FROM queue_recipients")
 _COPY_COLUMNS = "SELECT id, message_id, form, require_tls, size, file, digest FROM queue_copies"
@@ -169,6 +183,12 @@ _COPY_COLUMNS = "SELECT id, message_id, form, require_tls, size, file, digest FR
 #: Recipients with work left (pending, or a bounce whose DSN is still owed): a message with none
 #: is finished.
 _LEFT = "(r.state IN ('queued', 'deferred') OR (r.state = 'bounced' AND NOT r.dsn_sent))"
+
+#: A message `due*()` may claim, as far as keys go: it needs none, or one this process holds, or one
+#: no live process holds (then any node takes it, fails again on the absent token and defers it
+#: with the backoff: it waits, and expires at the queue lifetime like any deferral, never sooner).
+_KEY_HERE = ("(m.needs_key IS NULL OR m.needs_key = ANY(%(keys)s) OR NOT EXISTS (SELECT 1 FROM queue_nodes n"
+             " WHERE m.needs_key = ANY(n.keys) AND n.seen_at > now() - make_interval(secs => %(lease)s)))")
 
 #: SQLSTATE classes that mean "the server is not there or not usable now": 08 connection
 #: exception, 57 operator intervention (shutdown, cancel), 53 insufficient resources, 58 system
@@ -213,6 +233,10 @@ class PgSpool:
         self._accepted_lock = threading.Lock()
         #: As `Spool.prepare_on_accept` (set by `gateway.app` for the plain relay).
         self.prepare_on_accept: str | None = None
+        #: The configured keys this process can use now (its tokens present): published in
+        #: `queue_nodes` by the heartbeat; `due*()` claim a message needing one of them.
+        self.keys: frozenset[str] = frozenset()
+        self._published = False
         #: Kept for callers written against `Spool` (PostgreSQL groups commits itself).
         self.batches = 0
         self.batched_works = 0
@@ -290,6 +314,9 @@ class PgSpool:
         if self._pool is not None:
             try:
                 self.release_claims(self.owner)
+                if self._published:  # a clean stop holds no key any more (a dead one lapses)
+                    self._tx("withdraw this node's keys", lambda conn: conn.execute(
+                        "DELETE FROM queue_nodes WHERE owner = %s", (self.owner,)), durable=False)
             except SpoolError as exc:
                 event(log, "claims-kept", logging.WARNING, owner=self.owner, reason=str(exc))
         with self._listen_lock:
@@ -431,8 +458,55 @@ class PgSpool:
         while not self._stop.wait(self.renew_every):
             try:
                 self.renew()
+                if self._published:
+                    self._publish()
             except SpoolError as exc:
                 event(log, "lease-renewal-failed", logging.WARNING, owner=self.owner, reason=str(exc))
+
+    # -- keys per node ------------------------------------------------------------------------
+    def publish_keys(self, keys: Iterable[str]) -> None:
+        """The keys this process can use now (files readable, tokens present): written at once
+        in `queue_nodes` and refreshed by the heartbeat (every `renew_every`); a row not seen
+        for a lease counts for nothing (a dead node holds no key). Messages waiting for one of
+        these keys are due here now: the other nodes are told (NOTIFY)."""
+        self.keys = frozenset(keys)
+        self._published = True
+        self._publish(notify=True)
+
+    def _publish(self, *, notify: bool = False) -> None:
+        def write(conn: psycopg.Connection) -> None:
+            conn.execute("INSERT INTO queue_nodes (owner, keys, seen_at) VALUES (%s, %s, now())"
+                         " ON CONFLICT (owner) DO UPDATE SET keys = EXCLUDED.keys, seen_at = EXCLUDED.seen_at",
+                         (self.owner, sorted(self.keys)))
+
+        self._tx("publish this node's keys", write, durable=False, notify="keys" if notify and self.keys else None)
+
+    def route_to_key(self, msg_id: str, key: str) -> None:
+        """This process lacks `key` (its token is not here: `TokenNotHere`): the message, just
+        deferred, is now for a process that holds it (`needs_key`; claimed there when due), and
+        this process stops advertising the key. With no live holder, any node may take it when
+        due and defer it again: it waits with the backoff, never bounced before its lifetime."""
+        if key in self.keys:
+            self.keys = self.keys - {key}
+            if self._published:
+                self._publish()
+
+        def mark(conn: psycopg.Connection) -> None:
+            # released too: it is for another process now (ours only if no holder is alive)
+            conn.execute("UPDATE queue_messages SET needs_key = %s, claimed_by = CASE WHEN claimed_by = %s THEN ''"
+                         " ELSE claimed_by END, lease_until = CASE WHEN claimed_by = %s THEN NULL ELSE lease_until"
+                         " END WHERE id = %s", (key, self.owner, self.owner, _safe_id(msg_id)))
+
+        self._tx("route a message to a node with its key", mark, durable=False, notify="needs-key")
+        self._settle([msg_id])
+
+    def nodes(self) -> builtins.list[tuple[str, builtins.list[str], float]]:
+        """(owner, keys, seconds since its last heartbeat) of every process that published keys."""
+        def read(conn: psycopg.Connection) -> builtins.list[tuple[str, builtins.list[str], float]]:
+            return [(r[0], list(r[1]), float(r[2])) for r in conn.execute(
+                "SELECT owner, keys, EXTRACT(EPOCH FROM now() - seen_at) FROM queue_nodes ORDER BY owner")]
+
+        return self._read("read the nodes' keys", read)
 
     def release_claims(self, owner: str | None = None) -> int:
         """Free the messages claimed by `owner`; how many were freed. None: by this node, i.e.
@@ -446,9 +520,12 @@ class PgSpool:
                 mine, args = "claimed_by = %s OR starts_with(claimed_by, %s)", (self.owner, self.owner + "/")
             else:
                 mine, args = "claimed_by = %s", (owner,)
-            return conn.execute(
+            freed = conn.execute(
                 "UPDATE queue_messages SET claimed_by = '', lease_until = NULL WHERE id IN"  # noqa: S608
                 f" (SELECT id FROM queue_messages WHERE {mine} ORDER BY id FOR UPDATE)", args).rowcount
+            if freed:  # free work now: wake the other nodes (a NOTIFY of the accept came while claimed)
+                conn.execute("SELECT pg_notify(%s, %s)", (CHANNEL, "released"))
+            return freed
 
         freed = self._tx("release claims", free, durable=False)
         if owner is None or owner == self.owner:
@@ -476,9 +553,13 @@ class PgSpool:
                 if self._listener is None or self._listener.closed:
                     self._listener = psycopg.Connection.connect(self.dsn, **self._connect_kwargs())
                     self._listener.execute(sql.SQL("LISTEN {}").format(sql.Identifier(CHANNEL)))
+                got = False
                 for _ in self._listener.notifies(timeout=max(0.0, timeout), stop_after=1):
-                    return True
-                return False
+                    got = True
+                if got:  # a burst (many accepts) is one wake: drain what else arrived meanwhile
+                    for _ in self._listener.notifies(timeout=0.0):
+                        pass
+                return got
             except psycopg.Error:
                 if self._listener is not None:
                     with contextlib.suppress(psycopg.Error):
@@ -651,7 +732,7 @@ class PgSpool:
                     " AND copy_id IS NULL AND state IN ('queued', 'deferred')",
                     (row[0], now, list(copy.rcpt_ids), msg_id))
             _apply_outcomes(conn, results, now)
-            conn.execute("UPDATE queue_messages SET prepared = true WHERE id = %s", (msg_id,))
+            conn.execute("UPDATE queue_messages SET prepared = true, needs_key = NULL WHERE id = %s", (msg_id,))
             return True
 
         return self._tx("record a prepared message", record, durable=False, notify="prepared")
@@ -756,6 +837,7 @@ class PgSpool:
             " cand AS (SELECT m.id, m.claimed_by, due.first FROM queue_messages m JOIN due ON due.message_id = m.id"
             " WHERE NOT m.quarantined AND NOT (m.id = ANY(%(exclude)s))"
             " AND (m.claimed_by IN ('', %(owner)s) OR m.lease_until IS NULL OR m.lease_until < now())"
+            f" AND {_KEY_HERE}"
             " ORDER BY due.first, m.id LIMIT %(limit)s FOR UPDATE OF m SKIP LOCKED)"
             " UPDATE queue_messages m SET claimed_by = %(owner)s,"
             " lease_until = now() + make_interval(secs => %(lease)s),"
@@ -763,7 +845,7 @@ class PgSpool:
             " FROM cand WHERE m.id = cand.id"
             " RETURNING m.id, cand.first, (cand.claimed_by NOT IN ('', %(owner)s))")
         args = {"now": now, "notice": delay_notice_before, "exclude": sorted(exclude), "owner": self.owner,
-                "limit": limit, "lease": self.lease}
+                "limit": limit, "lease": self.lease, "keys": sorted(self.keys)}
 
         def claim(conn: psycopg.Connection) -> builtins.list[tuple[str, float, bool]]:
             rows = conn.execute(query, args).fetchall()
@@ -809,6 +891,36 @@ class PgSpool:
             return out
 
         return self._read("count the queue", read)
+
+    def queue_stats(self) -> QueueStats:
+        """The figures of the metrics' queue gauges and the console, for the whole shared queue
+        (every node's work): a read, no lock taken, bounded like every call."""
+        def read(conn: psycopg.Connection) -> QueueStats:
+            rows = conn.execute(
+                "SELECT r.state, r.copy_id IS NOT NULL, count(*) FROM queue_recipients r"
+                " JOIN queue_messages m ON m.id = r.message_id"
+                " WHERE r.state IN ('queued', 'deferred') AND NOT m.quarantined GROUP BY 1, 2").fetchall()
+            head = conn.execute(
+                "SELECT count(*), min(m.received) FROM queue_messages m WHERE NOT m.quarantined AND EXISTS"
+                " (SELECT 1 FROM queue_recipients r WHERE r.message_id = m.id"
+                " AND r.state IN ('queued', 'deferred'))").fetchone()
+            quarantined = conn.execute("SELECT count(*) FROM queue_messages WHERE quarantined").fetchone()
+            counts = {(state, "prepared" if prepared else "received"): int(n) for state, prepared, n in rows}
+            return QueueStats(counts, int(head[0]) if head else 0,
+                              None if not head or head[1] is None else float(head[1]),
+                              int(quarantined[0]) if quarantined else 0)
+
+        return self._read("read the queue's figures", read)
+
+    def ping(self) -> None:
+        """One trivial query, bounded (`pool_wait` for a connection, at most 5 s for the query):
+        `StoreUnavailable` when the shared store cannot be reached now (`/readyz`)."""
+        def probe(conn: psycopg.Connection) -> None:
+            with conn.transaction():
+                conn.execute(f"SET LOCAL statement_timeout = {int(min(self.statement_timeout, 5.0) * 1000)}")
+                conn.execute("SELECT 1").fetchone()
+
+        self._read("reach the queue store", probe)
 
     # -- state changes ----------------------------------------------------------------------
     def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
@@ -1034,7 +1146,7 @@ def _messages(conn: psycopg.Connection, where: str, args: tuple) -> builtins.lis
                                          file=c[5], digest=None if c[6] is None else bytes(c[6]).hex()))
     return [QueuedMessage(
         id=row[0], sender=row[1], size=row[2], received=row[3], expires=row[4], listener=row[5], client=row[6],
-        auth_user=row[7], delay_notified=bool(row[8]), crashes=row[9], quarantined=bool(row[10]),
+        auth_user=row[7], delay_notified=bool(row[8]), crashes=row[9], quarantined=bool(row[10]), needs_key=row[11],
         recipients=tuple(rcpts[row[0]]), copies=tuple(copies[row[0]])) for row in rows]
 
 

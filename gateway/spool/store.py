@@ -235,6 +235,9 @@ class QueuedMessage:
     quarantined: bool
     recipients: tuple[QueuedRecipient, ...]
     copies: tuple[PreparedCopy, ...] = ()
+    #: On a shared queue: the configured key (its PKCS#11 token) the preparation needs and this
+    #: node lacked; only a node holding it claims the message (`PgSpool`, issue 18 item 4).
+    needs_key: str | None = None
 
     @property
     def pending(self) -> tuple[QueuedRecipient, ...]:
@@ -254,6 +257,7 @@ class QueuedMessage:
             "id": self.id, "sender": self.sender, "size": self.size, "received": self.received,
             "expires": self.expires, "listener": self.listener, "client": self.client,
             "auth_user": self.auth_user, "quarantined": self.quarantined, "stage": self.stage,
+            **({"needs_key": self.needs_key} if self.needs_key else {}),
             "copies": [{"id": c.id, "form": c.form, "require_tls": c.require_tls, "size": c.size}
                        for c in self.copies],
             "recipients": [{
@@ -279,6 +283,28 @@ class Outcome:
     count_attempt: bool = True
     #: For the caller's logs and audit trail only (the row is found by `rcpt_id`).
     address: str = ""
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """The queue as it is now, for the metrics and the console (`queue_stats()` of a backend):
+    pending recipients by (state, stage), messages with one pending, when the oldest of them was
+    received, and how many are quarantined."""
+
+    recipients: dict[tuple[str, str], int]  # (state, stage) -> count; stage: received | prepared
+    messages: int
+    oldest: float | None
+    quarantined: int
+
+
+#: `Spool.queue_stats`: pending recipients by state and stage, pending messages, quarantined.
+_STATS_SQL = (
+    "SELECT r.state, r.copy_id IS NOT NULL, COUNT(*) FROM recipients r JOIN messages m ON m.id = r.message_id"
+    " WHERE r.state IN ('queued', 'deferred') AND m.quarantined = 0 GROUP BY 1, 2",
+    "SELECT COUNT(*), MIN(m.received) FROM messages m WHERE m.quarantined = 0 AND EXISTS"
+    " (SELECT 1 FROM recipients r WHERE r.message_id = m.id AND r.state IN ('queued', 'deferred'))",
+    "SELECT COUNT(*) FROM messages WHERE quarantined = 1",
+)
 
 
 class DamagedCopy(SpoolError):
@@ -413,6 +439,23 @@ class Spool:
             return db.execute("UPDATE messages SET claim = '' WHERE claim = ?", (owner,)).rowcount
 
         return self._write_alone("release claims", free, reserve=False, durable=False)
+
+    def route_to_key(self, msg_id: str, key: str) -> None:
+        """One node: a token that is not here is nowhere; the deferral already written waits for
+        it (as `PgSpool.route_to_key` does for a node of a shared queue)."""
+
+    def publish_keys(self, keys: Iterable[str]) -> None:
+        """One node: no other node to tell which keys it can use (see `PgSpool.publish_keys`)."""
+
+    def ping(self) -> None:
+        """Nothing to reach (a local file; `/readyz` checks its disk): as `PgSpool.ping`."""
+
+    def leases(self) -> builtins.list[tuple[str, str, float]]:
+        """(message id, owner, seconds left) of every claimed message, as `PgSpool.leases`: here a
+        claim does not lapse (one node; freed at the next open), so the time left is infinite."""
+        with self._lock:
+            rows = self.db.execute("SELECT id, claim FROM messages WHERE claim != '' ORDER BY id").fetchall()
+        return [(r[0], r[1], float("inf")) for r in rows]
 
     def renew(self, ids: Iterable[str] | None = None) -> int:
         """Nothing to renew: a claim here lasts until the message is finished or released
@@ -1037,6 +1080,26 @@ class Spool:
     def counts(self) -> dict[str, int]:
         with self._lock:
             return dict(self.db.execute("SELECT state, COUNT(*) FROM recipients GROUP BY state").fetchall())
+
+    def queue_stats(self) -> QueueStats:
+        """The queue's figures for a scrape, through a read-only connection of its own: never
+        `self._lock`, so a scrape never delays a group commit (WAL readers do not block the
+        writer). Callable from any process sharing the spool folder. `SpoolError` if unreadable."""
+        path = self.path / "queue.sqlite"
+        try:
+            db = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=5)
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the queue: {type(exc).__name__}") from None
+        try:
+            rows = db.execute(_STATS_SQL[0]).fetchall()
+            messages, oldest = db.execute(_STATS_SQL[1]).fetchone()
+            quarantined = db.execute(_STATS_SQL[2]).fetchone()[0]
+        except sqlite3.Error as exc:
+            raise SpoolError(f"cannot read the queue: {type(exc).__name__}") from None
+        finally:
+            db.close()
+        counts = {(state, "prepared" if prepared else "received"): n for state, prepared, n in rows}
+        return QueueStats(counts, messages or 0, oldest, quarantined or 0)
 
     def _message(self, row: tuple) -> QueuedMessage:
         rcpts = self.db.execute(

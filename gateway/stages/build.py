@@ -143,10 +143,15 @@ class GatewayContext:
             return self._keys[name]
 
     def _unavailable(self, name: str, exc: GatewayError) -> KeyUnavailable:
-        """Alert (event `key-unavailable`, the key's name) and turn `exc` into a deferral."""
+        """Alert (event `key-unavailable`, the key's name) and turn `exc` into a deferral; an
+        absent token is `TokenNotHere` (on a shared queue, another node may hold it)."""
         event(log, "key-unavailable", logging.ERROR, key=name, code=exc.code, reason=str(exc)[:200])
-        return KeyUnavailable(f"key {name} unavailable: {exc}"[:400],
-                              status=exc.status if exc.temporary else KeyUnavailable.status)
+        kind = TokenNotHere if exc.code == CARD_ABSENT_CODE else KeyUnavailable
+        error = kind(f"key {name} unavailable: {exc}"[:400],
+                     status=exc.status if exc.temporary else KeyUnavailable.status)
+        if isinstance(error, TokenNotHere):
+            error.needs_key = name
+        return error
 
     async def signing_key(self, identity: str | None) -> SigningKey | None:
         """The key of the authenticated identity; an address the client typed never chooses it."""
@@ -239,6 +244,19 @@ class GatewayContext:
                 closer()
             except Exception as exc:  # noqa: BLE001 - closing must not hide the shutdown
                 event(log, "close-failed", logging.WARNING, exc_type=type(exc).__name__)
+
+
+#: `gateway.smime.pkcs11.TokenAbsent.code` (named here: the PKCS#11 package is loaded only with a token key).
+CARD_ABSENT_CODE = "pkcs11-token-absent"
+
+
+class TokenNotHere(KeyUnavailable):
+    """The key's PKCS#11 token is not in this machine (issue 18, item 4: a CPS card lives in one
+    node). Temporary as any `KeyUnavailable`; `needs_key` names the configured key, so the runner
+    routes the message (`QueueStore.route_to_key`) to a node of a shared queue that holds it."""
+
+    code = "key-token-absent"
+    needs_key: str = ""
 
 
 #: Token errors on a decryption that are the gateway's fault (PIN, card, configuration), not the

@@ -73,9 +73,14 @@ def scrape(port: int) -> tuple[str, Samples]:
     assert status == 200
     text = body.decode()
     samples: Samples = {}
+    nodes = set()
     for family in text_string_to_metric_families(text):
         for s in family.samples:
-            samples[(s.name, tuple(sorted(s.labels.items())))] = s.value
+            # issue 18: every sample carries this node's name; checked here, then left out of the key
+            labels = dict(s.labels)
+            nodes.add(labels.pop("node", None))
+            samples[(s.name, tuple(sorted(labels.items())))] = s.value
+    assert len(nodes) <= 1 and None not in nodes, nodes
     return text, samples
 
 
