@@ -97,3 +97,140 @@ def test_a_dead_holders_heartbeat_lapses_and_the_message_is_taken_again(pg_dsn) 
     finally:
         without.close()
         dead.close()
+
+
+# -- two real gateway processes, each with its own SoftHSM ----------------------------------------
+
+CARD = "LABO-CARD"
+
+
+def _hsm(root: Path, with_card: bool):
+    """A SoftHSM of one node (its own token folder: a module reads its config once per process)."""
+    from tests.pkcs11.conftest import MODULE, SoftHsm
+    from tests.pkcs11.test_signed_once import _TestPkiEntry
+    from tests.smime.support import shared_pki
+
+    tokendir = root / "tokens"
+    tokendir.mkdir(parents=True)
+    conf = root / "softhsm2.conf"
+    conf.write_text(f"directories.tokendir = {tokendir}\nobjectstore.backend = file\nlog.level = ERROR\n"
+                    "slots.removable = false\n")
+    import os
+
+    hsm = SoftHsm(root=root, conf=conf, tokendir=tokendir, module=MODULE, pki=None,  # type: ignore[arg-type]
+                  env={**os.environ, "SOFTHSM2_CONF": str(conf)})
+    if with_card:
+        hsm.init_token(CARD)
+        hsm.put_single_use(CARD, _TestPkiEntry(shared_pki().pki["org_sign"]), "01", "labo-signature", "sign")
+    return hsm
+
+
+def _node(folder: Path, dsn: str, node: str, sink_port: int, pin_file: Path):
+    from gateway.server.passwords import hash_password
+    from gateway.smime.testpki import ORG_EMAIL
+    from tests.e2e.harness import write_config
+    from tests.pkcs11.conftest import MODULE
+    from tests.pkcs11.test_signed_once import PASSWORD
+    from tests.smime.support import shared_pki, trust_toml
+
+    pki = shared_pki().pki
+    org = pki["org_sign"]
+    plain, password = split_password(dsn)
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "pg.pass").write_text(password + "\n")
+    extra = f"""
+[accounts."{ORG_EMAIL}"]
+password_hash = "{hash_password(PASSWORD)}"
+
+[keys.labo-sign]
+ref = "pkcs11:token={CARD};object=labo-signature"
+module = "{MODULE}"
+pin_file = "{pin_file}"
+usage = "sign"
+cert = "{org.cert_path}"
+chain = "{org.chain_path}"
+wait_for_token = true
+
+{trust_toml(pki)}
+[policy]
+default = "require-smime"
+neutral_subject = "Message sécurisé"
+
+[policy.sign_with]
+"{ORG_EMAIL}" = "labo-sign"
+
+[storage]
+backend = "postgresql"
+dsn = "{plain}"
+password_file = "{folder / "pg.pass"}"
+node = "{node}"
+connect_timeout = "2s"
+lease = "3s"
+"""
+    return write_config(folder, sink_port=sink_port, extra=extra, retry='["1s"]')
+
+
+def test_two_gateways_a_message_accepted_without_the_card_is_signed_by_the_node_with_it(
+        pg_dsn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    from gateway.smime.testpki import PERSON_EMAIL
+    from tests.conftest import require_tool
+    from tests.e2e.harness import GatewayProcess, Sink, log_events, msgw
+    from tests.pkcs11.conftest import USER_PIN
+    from tests.pkcs11.test_signed_once import _submit
+    from tests.smime.support import shared_pki
+
+    require_tool("softhsm2-util")
+    require_tool("pkcs11-tool")
+    pin_file = tmp_path / "user.pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+    hsm_a, hsm_b = _hsm(tmp_path / "hsm-a", with_card=False), _hsm(tmp_path / "hsm-b", with_card=True)
+    sink = Sink().start()
+    try:
+        node_a = _node(tmp_path / "a", pg_dsn, "node-a", sink.port, pin_file)
+        node_b = _node(tmp_path / "b", pg_dsn, "node-b", sink.port, pin_file)
+        person_pem = tmp_path / "person-encrypt.pem"
+        person_pem.write_bytes(shared_pki().pki["person_encrypt"].cert.public_bytes(serialization.Encoding.PEM))
+        added = msgw("directory", "add", PERSON_EMAIL, "--capability", "smime", "--cert", str(person_pem),
+                     "--config", str(node_a.config))  # the shared directory: both nodes see it
+        assert added.returncode == 0, added.stderr
+
+        def start(setup, hsm) -> GatewayProcess:
+            monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))  # the child's environment
+            return GatewayProcess(setup).start()
+
+        gw_a = start(node_a, hsm_a)
+        gw_b = start(node_b, hsm_b)
+        try:
+            _submit(node_a.submission_port)  # accepted by the node without the card
+            [got] = sink.wait_for(1, 60)
+            assert b"application/pkcs7-mime" in got.data
+            routed = [e for e in log_events(node_a) if e["event"] == "routed-to-key"]
+            assert routed and routed[0]["key"] == "labo-sign"
+            assert any(e["event"] == "prepared" for e in log_events(node_b))
+
+            # the card node down: the next message waits (deferred, needs_key shown), then goes
+            gw_b.terminate()
+            _submit(node_a.submission_port)
+            deadline = time.monotonic() + 60
+            while True:
+                shown = subprocess.run([MSGW, "queue", "list", "--config", str(node_a.config)],
+                                       capture_output=True, text=True, timeout=60)
+                if "needs key labo-sign" in shown.stdout:
+                    break
+                assert time.monotonic() < deadline, shown.stdout + shown.stderr
+                time.sleep(0.5)
+            assert "deferred" in shown.stdout
+            time.sleep(2)
+            assert len(sink.handler.snapshot()) == 1, "nothing goes while no node holds the card"
+            gw_b = start(node_b, hsm_b)
+            second = sink.wait_for(2, 60)[1]
+            assert b"application/pkcs7-mime" in second.data
+        finally:
+            for gw in (gw_a, gw_b):
+                if gw.proc is not None:
+                    gw.terminate()
+    finally:
+        sink.stop()
