@@ -36,7 +36,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics, generate_latest
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -44,7 +44,6 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from gateway.errors import SpoolError
 from gateway.logs import event
-from gateway.spool.store import QueueStats
 
 if TYPE_CHECKING:
     from gateway.config import GatewayConfig
@@ -215,6 +214,16 @@ def prepare_worker_metrics(config: GatewayConfig) -> Path:
 
 
 # -- what is computed at scrape time -------------------------------------------------------------------
+
+class QueueStats(Protocol):
+    """What `QueueStore.queue_stats()` answers (`gateway.spool.store.QueueStats`), as read here:
+    the metrics sit below the queue and never import it (tests/unit/test_architecture.py)."""
+
+    recipients: dict[tuple[str, str], int]
+    messages: int
+    oldest: float | None
+    quarantined: int
+
 
 def queue_stats(spool: Any) -> QueueStats | None:
     """The queue as it is now, for every worker (and, on a shared store, every node) at once:
