@@ -732,10 +732,20 @@ class PgSpool:
                     " AND copy_id IS NULL AND state IN ('queued', 'deferred')",
                     (row[0], now, list(copy.rcpt_ids), msg_id))
             _apply_outcomes(conn, results, now)
-            conn.execute("UPDATE queue_messages SET prepared = true, needs_key = NULL WHERE id = %s", (msg_id,))
+            row = conn.execute(
+                "UPDATE queue_messages m SET prepared = true, needs_key = NULL FROM (SELECT needs_key FROM"
+                " queue_messages WHERE id = %s) old WHERE m.id = %s RETURNING old.needs_key",
+                (msg_id, msg_id)).fetchone()
+            used[:] = [row[0]] if row and row[0] else []
             return True
 
-        return self._tx("record a prepared message", record, durable=False, notify="prepared")
+        used: builtins.list[str] = []
+        done = self._tx("record a prepared message", record, durable=False, notify="prepared")
+        if used and used[0] not in self.keys and self._published:
+            # prepared here although routed for lack of this key: its token is back in this node
+            self.keys = self.keys | {used[0]}
+            self._publish()
+        return done
 
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a damaged copy: its pending recipients are received again (prepared anew)."""

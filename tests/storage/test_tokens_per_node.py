@@ -234,3 +234,19 @@ def test_two_gateways_a_message_accepted_without_the_card_is_signed_by_the_node_
                     gw.terminate()
     finally:
         sink.stop()
+
+
+def test_a_process_that_prepared_a_routed_message_advertises_the_key_again(pg_dsn) -> None:
+    """A worker that met an absent token stopped advertising the key; when no holder was up it took
+    the message anyway and prepared it (the card is back): it advertises the key again."""
+    node = _store(pg_dsn, "node-b/w0", keys={"cps"})
+    try:
+        msg_id = node.accept("dr@msgw.test", ["ide@far.example"], BODY, lifetime=3600)
+        node.due_received()
+        _deferred_for_lack_of(node, msg_id, "cps")
+        assert node.keys == frozenset() and ("node-b/w0", [], ) == node.nodes()[0][:2]
+        [msg] = node.due_received()  # no live holder: taken here again
+        assert node.prepare(msg_id, [NewCopy("smime", False, b"signed", (msg.recipients[0].id,))])
+        assert node.keys == {"cps"} and node.nodes()[0][1] == ["cps"]
+    finally:
+        node.close()
