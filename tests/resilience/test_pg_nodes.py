@@ -124,7 +124,8 @@ def test_kill_a_node_mid_burst_loses_nothing_acknowledged(pg_cluster, pg_dsn, tm
             f"pg nodes: SIGKILL node A at 50 %, {COUNT} burst", sent=COUNT, acknowledged=len(acked),
             delivered=len(seen), lost=len(lost), duplicated=len(duplicated),
             note=f"A acked {acked_by_a}; A held {len(in_flight)} lease(s) at the kill (longest {longest_lease:.1f}s"
-                 f" left), all re-claimed after {reclaimed}s; B's longest gap between 250s {gap:.2f}s; {taken} takeover(s), {extra_copies} extra copies;"
+                 f" left), all re-claimed after {reclaimed}s; B's longest gap between 250s {gap:.2f}s;"
+                 f" {taken} takeover(s), {extra_copies} extra copies;"
                  f" {tries[0]} SMTP tries; {time.monotonic() - started:.0f}s")
         print(f"pg nodes kill: {resilience_report.rows[-1].note}")
         assert len(acked) == COUNT, f"{COUNT - len(acked)} message(s) never acknowledged"
