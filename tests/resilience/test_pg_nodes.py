@@ -4,7 +4,9 @@ stop PostgreSQL under load. Real `msgw serve` processes on real sockets, the rea
 ``X-Seq`` tag, so what got a 250 is compared with what the sink received.
 
 Sizes: ``MSGW_PG_NODES_COUNT`` (default 2,000 messages for the kill), ``MSGW_PG_OUTAGE_SECONDS``
-(default 30 s of PostgreSQL down). The figures are recorded in the resilience summary table."""
+(default 30 s of PostgreSQL down),
+``MSGW_PG_NODES_WORKERS`` (worker processes per node, default 1). The figures are recorded in
+the resilience summary table."""
 
 from __future__ import annotations
 
@@ -36,6 +38,8 @@ pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
 
 COUNT = int(os.environ.get("MSGW_PG_NODES_COUNT", "2000") or "2000")
 OUTAGE = float(os.environ.get("MSGW_PG_OUTAGE_SECONDS", "30") or "30")
+#: Worker processes per node (1: simpler to kill; the kill takes the node's whole process group).
+WORKERS = int(os.environ.get("MSGW_PG_NODES_WORKERS", "1") or "1")
 LEASE = 5.0
 CLIENTS_PER_NODE = 4
 
@@ -65,7 +69,8 @@ def test_kill_a_node_mid_burst_loses_nothing_acknowledged(pg_cluster, pg_dsn, tm
     killed = threading.Event()
     try:
         setups = {name: node_config(tmp_path / name, sink_port=sink.port, dsn=pg_dsn,
-                                    password_file=pg_cluster.password_file, node=name, lease=f"{LEASE:g}s")
+                                    password_file=pg_cluster.password_file, node=name, lease=f"{LEASE:g}s",
+                                    workers=WORKERS)
                   for name in ("gw-a", "gw-b")}
         node_a, node_b = Node(setups["gw-a"]).start(), Node(setups["gw-b"]).start()
         try:
@@ -159,7 +164,8 @@ def test_postgresql_stopped_under_load_gives_4xx_then_resumes_without_restart(
     seq = iter(range(1_000_000))
     try:
         setups = [node_config(tmp_path / name, sink_port=sink.port, dsn=pg_dsn, password_file=pg_cluster.password_file,
-                              node=name, connect_timeout="2s") for name in ("gw-a", "gw-b")]
+                              node=name, connect_timeout="2s", workers=WORKERS)
+                  for name in ("gw-a", "gw-b")]
         with Node(setups[0]), Node(setups[1]):
             def client(port: int) -> None:
                 timer = ReplyTimer(port)
