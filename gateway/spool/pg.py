@@ -455,11 +455,15 @@ class PgSpool:
         return renewed
 
     def _beat(self) -> None:
+        beats = 0
         while not self._stop.wait(self.renew_every):
+            beats += 1
             try:
                 self.renew()
                 if self._published:
                     self._publish()
+                if beats % 3 == 0:  # about once a lease: what a killed node delivered but never
+                    self.finish_done()  # removed (no restart of it may ever come to recover it)
             except SpoolError as exc:
                 event(log, "lease-renewal-failed", logging.WARNING, owner=self.owner, reason=str(exc))
 
