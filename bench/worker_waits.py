@@ -34,6 +34,7 @@ from bench._support import (  # noqa: E402
     loadavg,
     self_cpu_seconds,
     send_load,
+    sessions_by_pid,
     system_busy_seconds,
     write_gateway_config,
 )
@@ -57,18 +58,6 @@ def threads(pid: int) -> dict[str, tuple[float, float]]:
             cpu, queued = out.get(key, (0.0, 0.0))
             out[key] = (cpu + (int(fields[11]) + int(fields[12])) / CLK_TCK, queued + int(sched[1]) / 1e9)
     return out
-
-
-def established(port: int) -> dict[int, int]:
-    """Established server-side sessions on `port` per owning pid (ss -tnp)."""
-    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
-                         capture_output=True, text=True, check=False).stdout
-    counts: dict[int, int] = {}
-    for line in out.splitlines():
-        if "pid=" in line:
-            pid = int(line.split("pid=", 1)[1].split(",", 1)[0])
-            counts[pid] = counts.get(pid, 0) + 1
-    return counts
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -96,7 +85,7 @@ def main(argv: list[str] | None = None) -> int:
 
             def watch() -> None:
                 time.sleep(0.5)
-                spread.update(established(setup.relay_port))
+                spread.update(sessions_by_pid(setup.relay_port))
 
             spy = None
             if args.pyspy:
