@@ -99,6 +99,19 @@ def listening_sockets(port: int) -> int:
     return sum(1 for ln in lines if ln.split()[1] == want and ln.split()[3] == "0A")
 
 
+def sessions_by_pid(port: int) -> dict[int, int]:
+    """Established server-side TCP sessions on `port` per owning process (`ss -tnp`): how
+    SO_REUSEPORT spread a load's sessions over the gateway's worker processes."""
+    out = subprocess.run(["ss", "-Htnp", "state", "established", f"( sport = :{port} )"],
+                         capture_output=True, text=True, check=False).stdout
+    counts: dict[int, int] = {}
+    for line in out.splitlines():
+        if "pid=" in line:
+            pid = int(line.split("pid=", 1)[1].split(",", 1)[0])
+            counts[pid] = counts.get(pid, 0) + 1
+    return counts
+
+
 def system_busy_seconds() -> float:
     """Busy CPU seconds of the whole machine (all cores) from /proc/stat (everything but idle+iowait)."""
     parts = Path("/proc/stat").read_text().splitlines()[0].split()[1:]

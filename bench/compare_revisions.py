@@ -7,7 +7,7 @@ base revision in a throw-away git worktree with its own virtualenv, then runs
 base first), and prints msgs/s and the gateway's CPU per message side by side with the ratio.
 Nothing is asserted. The JSON (default `bench/results/compare_revisions.json`) keeps every run.
 
-    .venv/bin/python bench/compare_revisions.py --base f9d79fb [--rounds 2] [--sizes 1KB,20KB,1MB]
+    .venv/bin/python bench/compare_revisions.py --base f9d79fb [--rounds 2] [--sizes 1KB,20KB,1MB] [--count 1000]
 """
 
 from __future__ import annotations
@@ -41,9 +41,10 @@ def _checkout(rev: str, where: Path) -> Path:
     return where
 
 
-def _run(tree: Path, sizes: str, out: Path) -> dict:
+def _run(tree: Path, sizes: str, out: Path, count: int | None = None) -> dict:
     python = tree / ".venv" / "bin" / "python"
-    subprocess.run([str(python), "bench/relay_throughput.py", "--quick", "--no-postfix", "--sizes", sizes,
+    size = ["--count", str(count), "--paced", "0"] if count else ["--quick"]
+    subprocess.run([str(python), "bench/relay_throughput.py", *size, "--no-postfix", "--sizes", sizes,
                     "--json", str(out)], cwd=tree, check=True, capture_output=True, timeout=900)
     return json.loads(out.read_text())
 
@@ -62,6 +63,8 @@ def main() -> int:
     ap.add_argument("--base", required=True, help="the git revision to compare with (e.g. a commit before a change)")
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--sizes", default="1KB,20KB,1MB")
+    ap.add_argument("--count", type=int, help="messages per size and target (default: relay_throughput's "
+                    "--quick counts); with it the paced runs are skipped")
     ap.add_argument("--json", default=default_json("compare_revisions"))
     args = ap.parse_args()
     base_rev = _git("rev-parse", "--short", args.base)
@@ -73,7 +76,7 @@ def main() -> int:
         for n in range(args.rounds):
             for name, tree in (("base", base_tree), ("this", ROOT)):
                 print(f"round {n + 1}: {name}", file=sys.stderr)
-                runs[name].append(_run(tree, args.sizes, scratch / f"{name}-{n}.json"))
+                runs[name].append(_run(tree, args.sizes, scratch / f"{name}-{n}.json", args.count))
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(base_tree)], cwd=ROOT, capture_output=True)
         shutil.rmtree(scratch, ignore_errors=True)

@@ -75,6 +75,7 @@ from _support import (  # noqa: E402 - bench/ is not a package
     proc_tree_cpu_seconds,
     self_cpu_seconds,
     send_load,
+    sessions_by_pid,
     system_busy_seconds,
     tool,
     wait_port,
@@ -229,6 +230,10 @@ class Runner:
         t0 = time.monotonic()
         if watch is not None:
             watch.__enter__()
+        spread: dict[int, int] = {}
+        spy = threading.Timer(0.2, lambda: spread.update(sessions_by_pid(port))) if gateway_pid else None
+        if spy is not None:
+            spy.start()
         try:
             load = send_load(port, count, self.concurrency, body, first_seq=first, timeout=self.max_wait,
                              login=login, rate=rate)
@@ -237,6 +242,9 @@ class Runner:
         finally:
             if watch is not None:
                 watch.__exit__()
+            if spy is not None:
+                spy.cancel()
+                spy.join()
         busy = system_busy_seconds() - busy0
         harness = (self_cpu_seconds() - mine0) + (proc_cpu_seconds(self.sink.pid) - sink0)
         gw = proc_tree_cpu_seconds(gateway_pid) - gw0 if gateway_pid and gw0 is not None else None
@@ -245,7 +253,9 @@ class Runner:
                "errors": load.errors[:5], "complete": complete, "elapsed_s": elapsed,
                "first_seq": first, "last_seq": first + count - 1, "start_ns": load.start_ns,
                "accept_ns": load.accept_ns, "cpu_target_s": max(0.0, busy - harness), "cpu_harness_s": harness,
-               "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1, "offered_rate": rate}
+               "cpu_gateway_proc_s": gw, "loadavg_1min_before": load1, "offered_rate": rate,
+               # SO_REUSEPORT hashes the C sessions over the workers: 5/5 and 3/7 are different loads
+               "sessions_per_worker": sorted(spread.values(), reverse=True)}
         if url and watch is not None:
             after = settled(url, before)
             print(metrics_line(f"{target} {size_name} after", after, before), flush=True)
@@ -254,7 +264,9 @@ class Runner:
         rate = load.accepted / elapsed if elapsed else 0
         print(f"  {target:9} {size_name:5} {load.accepted}/{count} accepted, "
               f"{'all' if complete else 'NOT all'} delivered in {elapsed:.1f}s (~{rate:.0f} msg/s), "
-              f"load average before {load1:.2f}", flush=True)
+              f"load average before {load1:.2f}"
+              + (f", sessions per worker {'/'.join(map(str, run['sessions_per_worker']))}"
+                 if run["sessions_per_worker"] else ""), flush=True)
         return run
 
 

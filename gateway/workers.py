@@ -52,6 +52,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -67,6 +68,13 @@ READY_FD_ENV = "MSGW_READY_FD"
 RESTART_BACKOFF = (1.0, 30.0)
 #: A worker that ran this long resets the backoff (its death is not a crash loop).
 HEALTHY_AFTER = 60.0
+#: Threads of the loop's default executor (`asyncio.to_thread`, `run_in_executor(None, ...)`).
+#: Why more than asyncio's min(32, cores + 4): the spool's calls spend most of their time waiting
+#: for a group commit or an fsync (they hold no CPU, nor the GIL), and each holds a thread while it
+#: waits; with 6 threads on 2 cores every thread was taken under a closed loop of 10 sessions, so
+#: new accepts queued in the executor instead of joining the commit under way (issue 15, third
+#: round: `bench/worker_waits.py`).
+EXECUTOR_THREADS = 32
 
 
 def worker_count(setting: int | None, override: int | None = None) -> int:
@@ -97,6 +105,8 @@ def run_on_loop(main: Callable[[], Coroutine[Any, Any, object]], choice: str) ->
     """``asyncio.run(main())`` on the chosen loop (`asyncio.Runner` takes a loop factory)."""
     _, factory = loop_factory(choice)
     with asyncio.Runner(loop_factory=factory) as runner:
+        runner.get_loop().set_default_executor(
+            ThreadPoolExecutor(max_workers=EXECUTOR_THREADS, thread_name_prefix="msgw-io"))
         runner.run(main())
 
 

@@ -394,8 +394,11 @@ class DeliveryManager(QueueWorker):
         """Send the DSNs this message now owes, then drop it if it is finished."""
         if msg_id in self._unwritten:
             return  # the spool is behind this message's real state: decide once it is written
-        msg = await self._io(self.spool.get, msg_id)
-        if msg is None:
+        msg, finished = await self._io(self._finish_quietly, msg_id)
+        if msg is None or finished is not None:
+            if finished is not None and not finished[0]:
+                self._unfinished.add(msg_id)
+                event(log, "finish-postponed", logging.WARNING, msg=msg_id, reason=finished[1])
             return
         try:
             owed = [r for r in msg.recipients if r.state is RecipientState.BOUNCED and not r.dsn_sent]
@@ -421,6 +424,27 @@ class DeliveryManager(QueueWorker):
         except SpoolError as exc:
             self._unfinished.add(msg.id)
             event(log, "finish-postponed", logging.WARNING, msg=msg.id, reason=str(exc))
+
+    def _finish_quietly(self, msg_id: str) -> tuple[QueuedMessage | None, tuple[bool, str] | None]:
+        """The message as the spool has it and, when it owes no DSN nor delay notice (the common
+        case: everyone delivered), `finish_if_done` in the same trip to the executor: (message,
+        None) when `_after` has notices to send, (message, (True, "")) when that was all, (message,
+        (False, why)) when the removal could not be written. Why one trip: each executor hop wakes
+        a thread and the loop again (issue 15, third round)."""
+        msg = self.spool.get(msg_id)
+        if msg is None:
+            return None, None
+        if any(r.state is RecipientState.BOUNCED and not r.dsn_sent for r in msg.recipients):
+            return msg, None
+        delay = self.config.spool.delay_warning
+        if (delay > 0 and msg.sender and not msg.delay_notified and self.clock() - msg.received >= delay
+                and any(r.state is RecipientState.DEFERRED for r in msg.recipients)):
+            return msg, None
+        try:
+            self.spool.finish_if_done(msg_id)
+        except SpoolError as exc:
+            return msg, (False, str(exc))
+        return msg, (True, "")
 
     async def _finish_postponed(self) -> None:
         for msg_id in list(self._unfinished):
