@@ -165,6 +165,24 @@ def refused(listener: str, stage: str, reply: str, reason: str, domain: str | No
     return reply
 
 
+#: What a failed AUTH is answered (aiosmtpd's reply after a failed mechanism; RFC 4954 §6).
+AUTH_FAILED_REPLY = "535 5.7.8 Authentication credentials invalid"
+
+
+def auth_failed(listener: str, mechanism: str, *, locked: bool = False) -> None:
+    """A failed AUTH attempt (wrong password, refused card or token), by mechanism: counted as a
+    refusal at stage ``auth``; ``<mechanism>-lockout`` when this failure started a lockout.
+    Never the login name (a guessed name may be anything, even a patient's)."""
+    reason = mechanism.lower() + ("-lockout" if locked else "")
+    REFUSALS.labels(name_label(listener), "auth", status_label(AUTH_FAILED_REPLY), name_label(reason)).inc()
+
+
+def auth_refused(listener: str, reply: str, reason: str) -> str:
+    """An AUTH answered with a refusal of its own (locked out: 454); returns `reply`."""
+    REFUSALS.labels(name_label(listener), "auth", status_label(reply), name_label(reason)).inc()
+    return reply
+
+
 _STATES = {"delivered": "delivered", "deferred": "deferred", "bounced": "bounced"}
 
 

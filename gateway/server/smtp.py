@@ -259,6 +259,7 @@ class GatewaySMTP(SMTP):
         locked = throttle.failure(client, name)
         event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
               mechanism=mechanism, locked=locked)
+        metrics.auth_failed(handler.listener.name, mechanism, locked=locked)
         handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(name),
                               reason="lockout started" if locked else None)
         await asyncio.sleep(AUTH_FAILURE_DELAY)
@@ -271,7 +272,8 @@ class GatewaySMTP(SMTP):
             return False
         handler.audit_refusal("auth-locked", client=client, identity=handler.known_account(name or ""))
         await asyncio.sleep(AUTH_FAILURE_DELAY)
-        await self.push("454 4.7.0 Too many authentication failures; try again later")
+        await self.push(metrics.auth_refused(handler.listener.name,
+                                             "454 4.7.0 Too many authentication failures; try again later", "lockout"))
         return True
 
     async def _initial_response(self, arg: str) -> bytes | None:
@@ -353,6 +355,7 @@ class GatewaySMTP(SMTP):
         locked = handler.throttle.failure(client, authzid or None)
         event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
               mechanism="EXTERNAL", reason=reason, locked=locked)
+        metrics.auth_failed(handler.listener.name, "EXTERNAL", locked=locked)
         handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(authzid),
                               reason=f"EXTERNAL: {reason}" + ("; lockout started" if locked else ""))
         await asyncio.sleep(AUTH_FAILURE_DELAY)
@@ -398,6 +401,7 @@ class GatewaySMTP(SMTP):
             locked = handler.throttle.failure(client, name)
             event(log, "auth-failed", logging.WARNING, listener=handler.listener.name, client=client,
                   mechanism=mechanism, reason=reason, locked=locked)
+            metrics.auth_failed(handler.listener.name, mechanism, locked=locked)
             handler.audit_refusal("auth-failed", client=client, identity=handler.known_account(name or ""),
                                   reason=f"{mechanism}: {reason}" + ("; lockout started" if locked else ""))
             await asyncio.sleep(AUTH_FAILURE_DELAY)

@@ -136,6 +136,12 @@ def test_counters_move_by_what_was_sent_with_labels_and_no_content(tmp_path: Pat
         _wait_http(port)
         _, before = scrape(port)
 
+        with smtplib.SMTP("127.0.0.1", setup.submission_port, timeout=30) as client:  # one wrong password
+            client.ehlo("client.example")
+            client.starttls(context=_tls())
+            client.ehlo("client.example")
+            with pytest.raises(smtplib.SMTPAuthenticationError):
+                client.login(USER, PASSWORD + "-wrong")
         _submit(setup.submission_port, LOCAL_RCPT)  # delivered to the Maildir
         _submit(setup.submission_port, SLOW_RCPT)  # the sink answers 451 at RCPT: deferred
         with smtplib.SMTP("127.0.0.1", setup.relay_port, timeout=10) as client:  # unauthenticated relay
@@ -176,6 +182,10 @@ def test_counters_move_by_what_was_sent_with_labels_and_no_content(tmp_path: Pat
         assert moved("msgw_recipients_total", listener="relay", domain="msgw.test", form="-",
                      outcome="refused") == 1
         assert total(after, "msgw_recipients_total", outcome="bounced") == 0
+        # the failed AUTH: a refusal at stage auth, by mechanism, never the login name
+        assert moved("msgw_refusals_total", listener="submission", stage="auth", status="5.7.8",
+                     reason="plain") == 1
+        assert USER not in text
         # accept -> delivered latency: one observation, for the delivered copy's form
         assert moved("msgw_delivery_latency_seconds_count", form="as-is") == 1
         assert value(after, "msgw_delivery_latency_seconds_bucket", form="as-is", le="+Inf") == 1
