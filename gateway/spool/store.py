@@ -169,6 +169,8 @@ RESERVE_BYTES = 1 << 20
 #: how long to try before leaving the wait to SQLite's busy timeout (its `timeout`, 30 s).
 _WRITE_TURN_STEPS = (0.0001, 0.0002, 0.0003, 0.0005)
 _WRITE_TURN_WAIT = 30.0
+#: How many times `_due` asks again when another owner took every free candidate first.
+_CLAIM_RACES = 5
 
 
 class RecipientState(StrEnum):
@@ -1085,22 +1087,31 @@ class Spool:
                  f" WHERE ({pending}{owed}) AND m.quarantined = 0{mine} GROUP BY r.message_id"
                  f" ORDER BY MIN(r.next_attempt) LIMIT ?")
         with self._lock:
-            found = [(r[0], r[1]) for r in self.db.execute(query, (*args, limit + len(exclude)))
-                     if r[0] not in exclude]
-            ids = [i for i, _ in found]
-            if self.owner:  # a write only when something due is still free
-                won = self._claim([i for i, claim in found if not claim])
-                ids = [i for i, claim in found if claim == self.owner or i in won]
-            out = []
-            for msg_id in ids:
-                if msg_id in exclude:
-                    continue
-                msg = self.get(msg_id)
-                if msg is not None:
-                    out.append(msg)
-                if len(out) >= limit:
-                    break
-            return out
+            # Another owner may take every free candidate between the SELECT and our claim: that
+            # is a lost race, not "nothing due" (work of ours, e.g. what this process accepted,
+            # may sort after those candidates). Ask again, a few times, before answering empty.
+            for _ in range(_CLAIM_RACES):
+                found = [(r[0], r[1]) for r in self.db.execute(query, (*args, limit + len(exclude)))
+                         if r[0] not in exclude]
+                ids = [i for i, _ in found]
+                lost = False
+                if self.owner:  # a write only when something due is still free
+                    free = [i for i, claim in found if not claim]
+                    won = self._claim(free)
+                    lost = len(won) < len(free)
+                    ids = [i for i, claim in found if claim == self.owner or i in won]
+                out = []
+                for msg_id in ids:
+                    if msg_id in exclude:
+                        continue
+                    msg = self.get(msg_id)
+                    if msg is not None:
+                        out.append(msg)
+                    if len(out) >= limit:
+                        break
+                if out or not lost:
+                    return out
+            return []
 
     def _claim(self, ids: builtins.list[str]) -> set[str]:
         """Claim for this owner those of `ids` still free (one transaction: another process's

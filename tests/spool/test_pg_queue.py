@@ -360,6 +360,10 @@ def test_a_commit_the_synchronous_standby_never_confirms_is_a_4xx_not_a_250(pg_c
     store = _store(pg_dsn, "n", connect_timeout=1.0, commit_timeout=1.0)
     pg_cluster.psql("ALTER SYSTEM SET synchronous_standby_names = 'ghost_standby'")
     pg_cluster.psql("SELECT pg_reload_conf()")
+    # The reload reaches each backend by a signal, asynchronously: wait until a new session sees
+    # it, then a moment for the pool's idle sessions (else a COMMIT may still not wait).
+    _until(lambda: pg_cluster.psql("SHOW synchronous_standby_names") == "ghost_standby")
+    time.sleep(0.5)
     try:
         started = time.monotonic()
         with pytest.raises(StoreUnavailable) as err:

@@ -195,3 +195,35 @@ def test_a_write_waits_for_another_process_s_transaction_instead_of_failing(tmp_
     assert len(results) == 4 and all(isinstance(r, str) for r in results), results
     assert sorted(m.id for m in spool.due(limit=10)) == sorted(results)  # type: ignore[type-var]
     spool.close()
+
+
+class _Outrun(Spool):
+    """An owner whose rival claims every free candidate first, once — the race two workers run
+    for real between `_due`'s SELECT and its claim, made to happen on purpose."""
+
+    def __init__(self, root: Path, owner: str, rival: Spool) -> None:
+        super().__init__(root, owner=owner)
+        self.rival, self.races = rival, 1
+
+    def _claim(self, ids: list[str]) -> set[str]:
+        if self.races and ids:
+            self.races -= 1
+            self.rival._claim(ids)
+        return super()._claim(ids)
+
+
+def test_a_lost_race_for_free_messages_still_returns_this_owners_own_work(tmp_path: Path) -> None:
+    """Free messages due earlier than one this owner accepted itself are all taken by the other
+    owner between the SELECT and the claim: `due_received` must still return the owner's own
+    message, not an empty list (the drain loops of the runner and of the tests stop on empty)."""
+    _seed(tmp_path, 3)
+    w1 = Spool(tmp_path, owner="w1").open()
+    w0 = _Outrun(tmp_path, "w0", w1).open()
+    try:
+        mine = w0.accept("lab@lab.example", ["a@y.example"], BODY, lifetime=3600)
+        got = [m.id for m in w0.due_received(limit=3)]
+        assert got == [mine]
+        assert len(w1.due_received(limit=10)) == 3  # the rival has the three it took
+    finally:
+        w0.close()
+        w1.close()
