@@ -58,7 +58,6 @@ each other's work.
 from __future__ import annotations
 
 import builtins
-import collections
 import contextlib
 import hashlib
 import logging
@@ -228,9 +227,7 @@ class PgSpool:
         self._heartbeat: threading.Thread | None = None
         self._listener: psycopg.Connection | None = None
         self._listen_lock = threading.Lock()
-        self._accepted: collections.OrderedDict[str, tuple[QueuedMessage, bytes]] = collections.OrderedDict()
-        self._accepted_bytes = 0
-        self._accepted_lock = threading.Lock()
+        self._accepted = store.AcceptedMemory()
         #: As `Spool.prepare_on_accept` (set by `gateway.app` for the plain relay).
         self.prepare_on_accept: str | None = None
         #: The configured keys this process can use now (its tokens present): published in
@@ -628,15 +625,9 @@ class PgSpool:
         rows = self._tx("store message", record, notify="prepared" if prepared else "received")
         self._hold([msg_id])
         if keep:
-            copy_id = rows[0][2]
-            copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
-                if prepared is not None and copy_id is not None else ()
-            self._remember(QueuedMessage(
-                id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
-                client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
-                recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
-                                                 None, now, False, cid) for rid, address, cid in rows),
-                copies=copies), data)
+            self._accepted.remember(store.just_accepted(msg_id, sender, data, rows, now=now, lifetime=lifetime,
+                                                        listener=listener, client=client, auth_user=auth_user,
+                                                        prepared=prepared), data)
         return msg_id
 
     def import_message(self, msg: QueuedMessage, data: bytes, copies: dict[int, bytes]) -> bool:
@@ -689,22 +680,9 @@ class PgSpool:
         conn.execute("INSERT INTO queue_bodies (digest, data) VALUES (%s, %s) ON CONFLICT (digest) DO NOTHING",
                      (digest, data))
 
-    def _remember(self, msg: QueuedMessage, data: bytes) -> None:
-        with self._accepted_lock:
-            self._accepted[msg.id] = (msg, data)
-            self._accepted_bytes += len(data)
-            while self._accepted and (len(self._accepted) > store.ACCEPTED_KEPT
-                                      or self._accepted_bytes > store.ACCEPTED_KEPT_BYTES):
-                _, (_, dropped) = self._accepted.popitem(last=False)
-                self._accepted_bytes -= len(dropped)
-
     def take_accepted(self, msg_id: str) -> tuple[QueuedMessage, bytes] | None:
         """As `Spool.take_accepted`: the message as just accepted, and its bytes, once."""
-        with self._accepted_lock:
-            entry = self._accepted.pop(msg_id, None)
-            if entry is not None:
-                self._accepted_bytes -= len(entry[1])
-            return entry
+        return self._accepted.take(msg_id)
 
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:

@@ -357,6 +357,50 @@ class _Work:
         return self.result
 
 
+
+class AcceptedMemory:
+    """The last messages accepted, with their bytes, for the runner to take once
+    (`take_accepted`) instead of reading them back: bounded in count and bytes, oldest dropped
+    first (those are read from the store). Thread-safe; shared by both queue backends."""
+
+    def __init__(self) -> None:
+        self._kept: collections.OrderedDict[str, tuple[QueuedMessage, bytes]] = collections.OrderedDict()
+        self._bytes = 0
+        self._lock = threading.Lock()
+
+    def remember(self, msg: QueuedMessage, data: bytes) -> None:
+        with self._lock:
+            self._kept[msg.id] = (msg, data)
+            self._bytes += len(data)
+            while self._kept and (len(self._kept) > ACCEPTED_KEPT or self._bytes > ACCEPTED_KEPT_BYTES):
+                _, (_, dropped) = self._kept.popitem(last=False)
+                self._bytes -= len(dropped)
+
+    def take(self, msg_id: str) -> tuple[QueuedMessage, bytes] | None:
+        with self._lock:
+            entry = self._kept.pop(msg_id, None)
+            if entry is not None:
+                self._bytes -= len(entry[1])
+            return entry
+
+
+def just_accepted(msg_id: str, sender: str, data: bytes, rows: Iterable[tuple[int, str, int | None]], *,
+                  now: float, lifetime: float, listener: str, client: str, auth_user: str | None,
+                  prepared: tuple[str, bool] | None) -> QueuedMessage:
+    """The message as `accept()` just recorded it (`rows`: recipient id, address, copy id), without
+    reading it back: what the runner takes from `AcceptedMemory`."""
+    rows = list(rows)
+    copy_id = rows[0][2] if rows else None
+    copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
+        if prepared is not None and copy_id is not None else ()
+    return QueuedMessage(
+        id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
+        client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
+        recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
+                                         None, now, False, cid) for rid, address, cid in rows),
+        copies=copies)
+
+
 def new_message_id() -> str:
     """Time-ordered, unguessable queue id (hex milliseconds + 40 random bits)."""
     return f"{int(time.time() * 1000):011X}{secrets.token_hex(5).upper()}"
@@ -393,9 +437,7 @@ class Spool:
         self._db: sqlite3.Connection | None = None
         #: Messages just accepted, with their bytes, for the runner to take without reading them
         #: back (`take_accepted`); bounded, oldest dropped first: those are read from disk.
-        self._accepted: collections.OrderedDict[str, tuple[QueuedMessage, bytes]] = collections.OrderedDict()
-        self._accepted_bytes = 0
-        self._accepted_lock = threading.Lock()
+        self._accepted = AcceptedMemory()
         #: A gateway whose pipeline changes nothing (the plain relay, no `[policy]`) records each
         #: accepted message as the one prepared copy of itself, with this form: exactly what the
         #: runner would record, without the runner's transaction (set by `gateway.app`).
@@ -841,15 +883,9 @@ class Spool:
                                           listener=listener, client=client, auth_user=auth_user,
                                           prepared=prepared, keep=keep)
         if rows:
-            copy_id = rows[0][2]
-            copies = (PreparedCopy(copy_id, msg_id, prepared[0], prepared[1], len(data), f"msg/{msg_id}"),) \
-                if prepared is not None and copy_id is not None else ()
-            self._remember(QueuedMessage(
-                id=msg_id, sender=sender, size=len(data), received=now, expires=now + lifetime, listener=listener,
-                client=client, auth_user=auth_user, delay_notified=False, crashes=0, quarantined=False,
-                recipients=tuple(QueuedRecipient(rid, msg_id, address, RecipientState.QUEUED, 0, now, None, None,
-                                                 None, now, False, cid) for rid, address, cid in rows),
-                copies=copies), data)
+            self._accepted.remember(just_accepted(msg_id, sender, data, rows, now=now, lifetime=lifetime,
+                                                  listener=listener, client=client, auth_user=auth_user,
+                                                  prepared=prepared), data)
         return msg_id
 
     def _store_and_record(self, final: Path, msg_id: str, sender: str, rcpts: builtins.list[str], data: bytes, *,
@@ -888,24 +924,11 @@ class Spool:
             raise
         return rows
 
-    def _remember(self, msg: QueuedMessage, data: bytes) -> None:
-        with self._accepted_lock:
-            self._accepted[msg.id] = (msg, data)
-            self._accepted_bytes += len(data)
-            while self._accepted and (len(self._accepted) > ACCEPTED_KEPT
-                                      or self._accepted_bytes > ACCEPTED_KEPT_BYTES):
-                _, (_, dropped) = self._accepted.popitem(last=False)
-                self._accepted_bytes -= len(dropped)
-
     def take_accepted(self, msg_id: str) -> tuple[QueuedMessage, bytes] | None:
         """The message as `accept()` recorded it a moment ago, and its bytes, once; None when it
         is no longer kept (then read it with `get` and `message_bytes`). The state is the one
         committed at accept: fresh, received, nothing tried yet."""
-        with self._accepted_lock:
-            entry = self._accepted.pop(msg_id, None)
-            if entry is not None:
-                self._accepted_bytes -= len(entry[1])
-            return entry
+        return self._accepted.take(msg_id)
 
     def _store_file(self, final: Path, data: bytes, what: str, *, sync_dir: bool = True) -> None:
         """tmp → fsync → rename (→ directory fsync): the file is whole or absent after a crash."""
