@@ -142,7 +142,8 @@ def _reencode(entity: bytes) -> bytes:
             continue
         try:
             text = part.get_payload()
-        except (ValueError, LookupError):  # found by atheris: a NUL in the charset parameter
+        except (ValueError, LookupError, TypeError):  # found by atheris: a NUL in the charset parameter;
+            # an RFC 2231 charset*= value, which the stdlib hands to bytes.decode() as a tuple
             raise MalformedSmime(f"MIME part {n} has an unusable charset parameter") from None
         if not isinstance(text, str):
             continue
