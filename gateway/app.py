@@ -31,6 +31,7 @@ from gateway import sdnotify
 from gateway.audit import AuditTrail, AuditWriter, audit_path
 from gateway.config import GatewayConfig
 from gateway.directory.directory import DirectoryStore, directory_path
+from gateway.keyinventory import KeyInventory
 from gateway.logs import event
 from gateway.pipeline import RELAY_STAGES, Pipeline
 from gateway.runner import QueueService
@@ -88,18 +89,6 @@ def token_login(config: GatewayConfig, directory: DirectoryStore) -> OAuthLogin 
     return OAuthLogin(config, TokenVerifier(config.auth.oidc), national_id_lookup(directory, config))
 
 
-def keys_here(config: GatewayConfig) -> frozenset[str]:
-    """The configured keys this node can use now: every key but those on a PKCS#11 token that
-    is not in this machine (the inventory asks the token without the PIN). Published on a shared
-    queue so that a message needing a card is prepared by the node that has it."""
-    if not config.keys:
-        return frozenset()
-    from gateway.ops.status import inventory
-
-    absent = {t.key for t in inventory(config).tokens if t.present is False}
-    return frozenset(name for name in config.keys if name not in absent)
-
-
 class Gateway:
     def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None, *, owner: str = "",
                  primary: bool = True, workers: int = 1) -> None:
@@ -125,6 +114,7 @@ class Gateway:
         self._own_directory: DirectoryStore | None = None
         self._own_audit: AuditWriter | None = None
         self._anchoring: AnchorService | None = None
+        self._keys: KeyInventory | None = None
         self._stopped = asyncio.Event()
 
     async def start(self) -> None:
@@ -140,9 +130,9 @@ class Gateway:
             stats = self.spool.recover()
             event(log, "recovered", **stats)
         if self.config.storage.shared:  # which keys (tokens) this node can sign with: issue 18, item 4
-            keys = await loop.run_in_executor(None, keys_here, self.config)
-            await loop.run_in_executor(None, self.spool.publish_keys, keys)
-            event(log, "keys-published", keys=sorted(keys))
+            self._keys = KeyInventory(self.config, self.spool)
+            await self._keys.publish()
+            self._keys.start()  # and again when a card comes or goes
         if self.pipeline is None:
             from gateway.stages.build import build_pipeline
 
@@ -284,6 +274,8 @@ class Gateway:
             await self.zam_sender.stop()
         if self.zam_ledger is not None:
             self.zam_ledger.close()
+        if self._keys is not None:
+            await self._keys.stop()
         self.spool.close()
         await asyncio.get_running_loop().run_in_executor(None, close_process_stores)
         if self.context is not None:

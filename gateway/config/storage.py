@@ -40,6 +40,9 @@ class StorageConfig:
     #: How often each node publishes its audit chain head and the elected one anchors (≤ 150 s:
     #: an event is anchored within two periods, the issue asks for 5 minutes).
     anchor_interval: float = 60.0
+    #: How often a node asks its PKCS#11 tokens which keys it holds and publishes them again when
+    #: that changed (a card inserted or pulled out after the start).
+    token_check: float = 30.0
 
     @property
     def shared(self) -> bool:
@@ -81,7 +84,7 @@ def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
     spec = r.table(data, "storage")
     prefix = "storage."
     r.unknown(spec, {"backend", "dsn", "password_file", "password_env", "lease", "connect_timeout", "pool_size",
-                     "node", "audit_retention", "anchor_interval"}, prefix)
+                     "node", "audit_retention", "anchor_interval", "token_check"}, prefix)
     backend = r.choice(spec, "backend", prefix, BACKENDS, "sqlite")
     dsn = r.string(spec, "dsn", prefix, "") or ""
     password_file = r.path(spec, "password_file", prefix, must_exist=True, nonempty=True)
@@ -113,7 +116,8 @@ def read_storage(r: Reader, data: dict[str, Any]) -> StorageConfig:
         lease=r.positive_duration(spec, "lease", prefix, 60.0),
         connect_timeout=r.positive_duration(spec, "connect_timeout", prefix, 5.0),
         pool_size=pool_size, node=node, audit_retention=_retention(r, spec, prefix),
-        anchor_interval=_anchor_interval(r, spec, prefix))
+        anchor_interval=_anchor_interval(r, spec, prefix),
+        token_check=r.positive_duration(spec, "token_check", prefix, 30.0))
 
 
 __all__ = ["BACKENDS", "StorageConfig", "dsn_problem", "read_storage"]

@@ -170,15 +170,12 @@ def _token(name: str, uri: str, module: str | None) -> TokenStatus:
     re-initialisation would drop the sessions the signing path holds, and a card reader's slot
     list follows insertions by itself (the signing path rescans when it needs the token)."""
     from gateway.errors import GatewayError
-    from gateway.smime.pkcs11 import TokenAbsent, UriError, get_worker, parse_uri
-    from gateway.smime.pkcs11.keys import resolve_module
-    from gateway.smime.pkcs11.session import token_state
+    from gateway.smime.pkcs11 import TokenAbsent, UriError
+    from gateway.smime.pkcs11.presence import check_token
 
     public = _public_uri(uri)
     try:
-        parsed = parse_uri(uri)
-        worker = get_worker(resolve_module(parsed, module))
-        worker.run_sync(lambda: token_state(worker, parsed.token_selector).find_token(rescan=False))
+        check_token(uri, module, rescan=False)
     except TokenAbsent:
         return TokenStatus(key=name, uri=public, present=False, problem="token not present")
     except UriError:  # its message may quote the URI, PIN attributes included

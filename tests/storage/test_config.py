@@ -70,9 +70,9 @@ def test_postgresql_needs_a_dsn_and_a_secret(tmp_path: Path) -> None:
                      'password_file = "nope.pass"\npassword_env = "X"\n', tmp_path)
     assert {p[1] for p in both} == {"storage.password_file", "storage.password_env"}
     bad = _problems('[storage]\npool_size = 0\nlease = "0s"\nconnect_timeout = "soon"\nnode = "a b"\n'
-                    'audit_retention = "30d"\nanchor_interval = "10m"\n')
+                    'audit_retention = "30d"\nanchor_interval = "10m"\ntoken_check = "0s"\n')
     assert {p[1] for p in bad} == {"storage.pool_size", "storage.lease", "storage.connect_timeout", "storage.node",
-                                   "storage.audit_retention", "storage.anchor_interval"}
+                                   "storage.audit_retention", "storage.anchor_interval", "storage.token_check"}
 
 
 def test_an_unset_password_variable_is_a_config_error_naming_the_key(monkeypatch: pytest.MonkeyPatch,

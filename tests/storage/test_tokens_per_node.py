@@ -125,7 +125,7 @@ def _hsm(root: Path, with_card: bool):
     return hsm
 
 
-def _node(folder: Path, dsn: str, node: str, sink_port: int, pin_file: Path):
+def _node(folder: Path, dsn: str, node: str, sink_port: int, pin_file: Path, check_every: str = "30s"):
     from gateway.server.passwords import hash_password
     from gateway.smime.testpki import ORG_EMAIL
     from tests.e2e.harness import write_config
@@ -166,6 +166,7 @@ password_file = "{folder / "pg.pass"}"
 node = "{node}"
 connect_timeout = "2s"
 lease = "3s"
+token_check = "{check_every}"
 """
     return write_config(folder, sink_port=sink_port, extra=extra, retry='["1s"]')
 
@@ -250,3 +251,46 @@ def test_a_process_that_prepared_a_routed_message_advertises_the_key_again(pg_ds
         assert node.keys == {"cps"} and node.nodes()[0][1] == ["cps"]
     finally:
         node.close()
+
+
+def test_a_card_inserted_after_the_start_is_published_by_the_next_token_check(
+        pg_dsn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A node started before its card (`wait_for_token`) advertised no key; once the card is in,
+    the periodic token check (`[storage] token_check`, `gateway.keyinventory`) publishes the key,
+    so messages that need it are routed to this node without waiting for a lucky claim. Read once
+    at start (before), the key never appeared until the node prepared such a message itself."""
+    from tests.conftest import require_tool
+    from tests.e2e.harness import GatewayProcess, Sink, log_events
+    from tests.pkcs11.conftest import USER_PIN
+    from tests.pkcs11.test_signed_once import _TestPkiEntry
+    from tests.smime.support import shared_pki
+
+    require_tool("softhsm2-util")
+    pin_file = tmp_path / "user.pin"
+    pin_file.write_text(USER_PIN + "\n")
+    pin_file.chmod(0o600)
+    hsm = _hsm(tmp_path / "hsm", with_card=False)
+    observer = _store(pg_dsn, "observer/w0")
+    sink = Sink().start()
+    try:
+        setup = _node(tmp_path / "b", pg_dsn, "node-b", sink.port, pin_file, check_every="1s")
+        monkeypatch.setenv("SOFTHSM2_CONF", str(hsm.conf))
+        gw = GatewayProcess(setup).start()
+        try:
+            def published() -> list[str]:
+                return [k for owner, keys, _ in observer.nodes() if owner.startswith("node-b") for k in keys]
+
+            assert published() == [], "no card yet: no key advertised"
+            hsm.init_token(CARD)  # the card goes into the reader
+            hsm.put_single_use(CARD, _TestPkiEntry(shared_pki().pki["org_sign"]), "01", "labo-signature", "sign")
+            deadline = time.monotonic() + 45
+            while "labo-sign" not in published():
+                assert time.monotonic() < deadline, f"the key was never published: {observer.nodes()}"
+                time.sleep(0.5)
+            changed = [e for e in log_events(setup) if e["event"] == "keys-published" and e.get("reason")]
+            assert changed and changed[-1]["keys"] == ["labo-sign"]
+        finally:
+            gw.terminate()
+    finally:
+        sink.stop()
+        observer.close()
