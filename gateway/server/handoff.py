@@ -60,6 +60,12 @@ ACCEPT_BATCH = 64
 #: Sockets the master keeps for one worker whose channel is full; beyond, the master stops
 #: accepting until it drains (the kernel's backlog holds the rest).
 PENDING_LIMIT = 1024
+#: An accept that failed (out of file descriptors or memory...): stop accepting this long, as
+#: asyncio does, instead of spinning on a listening socket that stays readable.
+ACCEPT_PAUSE = 1.0
+#: Errors of one connection only (the client gave up, its network went away): the next accept.
+_ONE_CONNECTION = (errno.ECONNABORTED, errno.EPROTO, errno.ENETDOWN, errno.ENETUNREACH, errno.EHOSTDOWN,
+                   errno.EHOSTUNREACH, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 _INDEX = struct.Struct("!H")
 _ENDED = struct.Struct("!I")
 
@@ -141,6 +147,8 @@ class Dispatcher:
         self._gate_deadline = clock() + startup_wait
         self._gate_open = False
         self._accepting = False
+        self._paused_until = 0.0
+        self._closed = False
         self._turn = 0
 
     # worker life
@@ -176,14 +184,16 @@ class Dispatcher:
         self._update()
 
     def tick(self) -> None:
-        """Called about every 100 ms: opens the start-up gate when `startup_wait` passed."""
+        """Called about every 100 ms: opens the start-up gate when `startup_wait` passed, ends a
+        pause after an accept ran out of resources."""
         if not self._gate_open and self.clock() >= self._gate_deadline:
             self._gate_open = True
-            self._update()
+        self._update()
 
     def close(self) -> None:
         """Stop: the listening sockets first (the kernel refuses from now on), then the channels."""
         self._set_accepting(False)
+        self._closed = True
         for item in self.listening:
             item.sock.close()
         for index in list(self.channels):
@@ -195,9 +205,12 @@ class Dispatcher:
 
     # accepting
     def _update(self) -> None:
+        if self._closed:
+            return
         live = [c for c in self.channels.values() if c.ready]
         backlog = sum(len(c.pending) for c in live)
-        self._set_accepting(self._gate_open and bool(live) and backlog < PENDING_LIMIT)
+        self._set_accepting(self._gate_open and bool(live) and backlog < PENDING_LIMIT
+                            and self.clock() >= self._paused_until)
 
     def _set_accepting(self, on: bool) -> None:
         if on == self._accepting:
@@ -221,11 +234,16 @@ class Dispatcher:
                 conn, _ = item.sock.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # ECONNABORTED: the client gave up; EMFILE: the next tick retries
-                if exc.errno != errno.ECONNABORTED:
-                    log.warning("accept failed on %s: %s", item.name, exc.strerror)
-                    return
-                continue
+            except OSError as exc:
+                if exc.errno in _ONE_CONNECTION:
+                    continue
+                from gateway.logs import event
+
+                event(log, "accept-failed", logging.ERROR, listener=item.name, reason=exc.strerror,
+                      pause=ACCEPT_PAUSE)
+                self._paused_until = self.clock() + ACCEPT_PAUSE  # a tick resumes after the pause
+                self._set_accepting(False)
+                return
             self.hand(item.index, conn)
 
     def choose(self) -> _Channel | None:
