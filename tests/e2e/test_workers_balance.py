@@ -225,3 +225,34 @@ def test_a_worker_serves_the_clients_own_address_and_port(tmp_path: Path) -> Non
             assert [e.get("client") for e in accepted] == ["127.0.0.2"], accepted
     finally:
         sink.stop()
+
+
+def test_starttls_and_auth_on_the_submission_port_of_a_handed_over_session(tmp_path: Path) -> None:
+    """STARTTLS stays in the worker's SMTP protocol: a handed-over session upgrades, logs in (only
+    after TLS) and submits; its peer is still the client's own (certificate-checked TLS from the
+    gateway's self-signed pair)."""
+    import smtplib
+    import ssl
+
+    from tests.e2e.harness import PASSWORD, USER
+
+    sink = Sink().start()
+    try:
+        setup = _two_workers(tmp_path, sink)
+        with _TwoWorkers(setup):
+            ctx = ssl.create_default_context(cafile=str(setup.cert))
+            ctx.check_hostname = False  # the pair names "localhost"; the test connects to 127.0.0.1
+            for n in range(4):  # both workers serve some of them
+                with smtplib.SMTP("127.0.0.1", setup.submission_port, local_hostname="client.test",
+                                  timeout=15) as smtp:
+                    smtp.ehlo()
+                    assert "auth" not in smtp.esmtp_features  # AUTH only over TLS
+                    smtp.starttls(context=ctx)
+                    smtp.ehlo()
+                    smtp.login(USER, PASSWORD)
+                    smtp.sendmail(USER, [RCPT], make_message(USER, RCPT, f"tls {n}", "TEST"))
+            _wait(lambda: len(sink.handler.snapshot()) == 4, "not delivered", timeout=30)
+            by_worker = Counter(e.get("worker") for e in log_events(setup) if e["event"] == "accepted")
+            assert by_worker == {"w0": 2, "w1": 2}, by_worker
+    finally:
+        sink.stop()
