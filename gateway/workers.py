@@ -236,6 +236,11 @@ class Supervisor:
             self._stopping = True
             sdnotify.stopping()
             event_log("stopping", signal=signal.Signals(signum).name)
+            if self.dispatcher is not None:
+                return  # the loop closes the listening sockets first, then forwards (`_forward`)
+        self._forward()
+
+    def _forward(self) -> None:
         for worker in self._workers:
             if worker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -261,6 +266,7 @@ class Supervisor:
                     next_tick = time.monotonic() + 0.1
             if self.dispatcher is not None:  # stop accepting first, as one process closes its listeners
                 self.dispatcher.close()
+                self._forward()
             return self._stop_all()
         finally:
             if self.dispatcher is not None:

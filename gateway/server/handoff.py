@@ -87,21 +87,24 @@ class Listening:
 
 
 def bind_listeners(listeners: list[tuple[str, str, int]], backlog: int) -> list[Listening]:
-    """Bind and listen on each ``(name, address, port)`` as one process does (SO_REUSEADDR for
-    TIME_WAIT, never SO_REUSEPORT: a second gateway gets EADDRINUSE). Raises the bind's OSError
-    (nothing stays bound then)."""
+    """Bind and listen on each ``(name, address, port)`` as one process's ``loop.create_server``
+    does (every address the name resolves to, "" for all; SO_REUSEADDR for TIME_WAIT; IPV6_V6ONLY)
+    but never SO_REUSEPORT: a second gateway gets EADDRINUSE. Raises the bind's OSError (nothing
+    stays bound then)."""
     out: list[Listening] = []
     try:
         for index, (name, address, port) in enumerate(listeners):
-            family = socket.AF_INET6 if ":" in address else socket.AF_INET
-            sock = socket.socket(family, socket.SOCK_STREAM)
-            out.append(Listening(index, name, sock))
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # as asyncio's create_server
-            sock.bind((address, port))
-            sock.listen(backlog)
-            sock.setblocking(False)
+            infos = socket.getaddrinfo(address or None, port, socket.AF_UNSPEC, socket.SOCK_STREAM, 0,
+                                       socket.AI_PASSIVE)
+            for family, kind, proto, _, where in dict.fromkeys(infos):
+                sock = socket.socket(family, kind, proto)
+                out.append(Listening(index, name, sock))
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                sock.bind(where)
+                sock.listen(backlog)
+                sock.setblocking(False)
     except OSError:
         for item in out:
             item.sock.close()
@@ -110,7 +113,11 @@ def bind_listeners(listeners: list[tuple[str, str, int]], backlog: int) -> list[
 
 
 def listeners_env(listening: list[Listening]) -> str:
-    return " ".join(f"{item.name}={item.bound[0]}|{item.bound[1]}" for item in listening)
+    """Each listener's first bound address (as `SmtpServer.bound` has it), for the workers."""
+    first: dict[str, tuple[str, int]] = {}
+    for item in listening:
+        first.setdefault(item.name, item.bound)
+    return " ".join(f"{name}={host}|{port}" for name, (host, port) in first.items())
 
 
 def parse_listeners_env(text: str) -> dict[str, tuple[str, int]]:
@@ -291,6 +298,8 @@ class Dispatcher:
         self.selector.modify(channel.sock, events, lambda mask: self._channel_event(channel, mask))
 
     def _channel_event(self, channel: _Channel, mask: int) -> None:
+        if self.channels.get(channel.index) is not channel:
+            return  # dropped earlier in the same round of events
         if mask & selectors.EVENT_READ:
             self._reports(channel)
         if mask & selectors.EVENT_WRITE and self.channels.get(channel.index) is channel:

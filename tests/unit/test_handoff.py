@@ -254,3 +254,32 @@ async def test_a_worker_serves_an_implicit_tls_listener_and_reports_each_end(tmp
         assert not handed.is_serving()
         master_end.close()
         listening.sock.close()
+
+
+def test_a_full_channel_keeps_the_sockets_in_order_and_sends_them_when_writable() -> None:
+    """A worker that reads slowly: its channel fills (~280 records), the master keeps the rest in
+    order and sends them once the channel drains, without losing or duplicating one."""
+    selector = selectors.DefaultSelector()
+    listening = bind_listeners([("relay", "127.0.0.1", 0)], 1024)
+    dispatcher = Dispatcher(listening, selector)
+    clients = []
+    try:
+        worker = _FakeWorker(dispatcher.add_worker(0))
+        dispatcher.worker_ready(0)
+        for _ in range(400):
+            clients.append(socket.create_connection(listening[0].bound))
+        _pump(selector, rounds=20)
+        assert dispatcher.sessions() == {0: 400}
+        assert dispatcher.channels[0].pending, "the channel never filled: the test proves nothing"
+        for _ in range(20):
+            worker.take()
+            _pump(selector, rounds=2)
+        worker.take()
+        assert not dispatcher.channels[0].pending
+        peers = [s.getpeername() for _, s in worker.got]
+        assert peers == [c.getsockname() for c in clients]  # the accept order, none lost or twice
+    finally:
+        dispatcher.close()
+        selector.close()
+        for client in clients:
+            client.close()
