@@ -9,8 +9,10 @@ close the spool.
 
 One of several worker processes (`gateway.workers`, ``owner="w<i>"``; on a shared store the
 queue owner is ``<node>/w<i>``, `gateway.storage.queue_owner`): the master has recovered the
-spool, so a worker opens it without recovering; its listeners share their ports with the other
-workers (``SO_REUSEPORT``); only the primary worker (w0) runs the singletons: the intake doors,
+spool, so a worker opens it without recovering; the master listens on the SMTP ports and hands
+each connection to the least busy worker (``handoff``, `gateway.server.handoff`) — started
+without one and ``workers > 1`` (in-process tests), the listeners share their ports with
+``SO_REUSEPORT``; only the primary worker (w0) runs the singletons: the intake doors,
 the CI-SIS ZAM sender, the supervision console (`[console]`, its sessions live in memory), the
 metrics listener (`/metrics`, `/healthz`, `/readyz`) and, on PostgreSQL, the audit anchoring.
 
@@ -52,6 +54,7 @@ if TYPE_CHECKING:  # imported where used: the plain relay needs none of them
     from gateway.console.server import ConsoleServer
     from gateway.intake.service import IntakeService
     from gateway.ops.httpd import MetricsServer
+    from gateway.server.handoff import HandoffReceiver
     from gateway.server.oauth import OAuthLogin
     from gateway.stages.build import GatewayContext
 
@@ -91,8 +94,11 @@ def token_login(config: GatewayConfig, directory: DirectoryStore) -> OAuthLogin 
 
 class Gateway:
     def __init__(self, config: GatewayConfig, pipeline: Pipeline | None = None, *, owner: str = "",
-                 primary: bool = True, workers: int = 1) -> None:
+                 primary: bool = True, workers: int = 1, handoff: HandoffReceiver | None = None) -> None:
         self.config = config
+        #: A worker of a dispatching master: its SMTP connections come from the master
+        #: (`gateway.server.handoff`); None: the listeners bind here.
+        self.handoff = handoff
         #: This process's name among the workers ("w0", "w1", ...); "" when it is the only one.
         self.owner = owner
         #: Runs the singletons (intake doors, ZAM sender): the only process, or worker 0.
@@ -150,7 +156,8 @@ class Gateway:
         self.server = SmtpServer(self.config, self.spool, on_accept=queue.accepted,
                                  rcpt_check=self.context.rcpt_refusal if self.context is not None else None,
                                  audit=audit, mailbox_lookup=local_mailbox_lookup(directory),
-                                 reuse_port=self.workers > 1,
+                                 reuse_port=self.workers > 1 and self.handoff is None,
+                                 handoff=self.handoff,
                                  national_lookup=national_id_lookup(directory, self.config),
                                  token_login=token_login(self.config, directory))
         self._anchoring = start_audit_anchoring(self.config) if self.primary else None  # issue 18: shared only

@@ -3,9 +3,12 @@
 Why processes: the event-loop thread does two thirds of a message's CPU (CMS, parsing, SMTP) and
 the GIL keeps it on one core. With ``[gateway] workers = N`` (``"auto"``: one per core) `msgw
 serve` becomes a **master** that runs the start-up checks and the spool recovery once, then
-starts N workers; each runs the whole `Gateway` (listeners, runner, delivery) with its own claims
-on the shared spool (``Spool(owner="w<i>")``) and its SMTP listeners bound with ``SO_REUSEPORT``,
-so the kernel spreads connections. With N = 1 there is no master: one process, as before.
+starts N workers; each runs the whole `Gateway` (SMTP sessions, runner, delivery) with its own
+claims on the shared spool (``Spool(owner="w<i>")``). The master binds and listens on the SMTP
+ports itself (no ``SO_REUSEPORT``) and hands each accepted connection to the worker with the
+fewest open sessions (`gateway.server.handoff`: ``SCM_RIGHTS`` over a socketpair per worker); the
+kernel's hash of ``SO_REUSEPORT`` left 8/2 splits of long sessions. With N = 1 there is no master:
+one process binds, as before.
 
 How workers start: ``subprocess`` runs ``python -m gateway.workers`` (fork + exec, i.e. the
 ``spawn`` model) rather than ``os.fork()``: the master has already run an event loop for the key
@@ -27,11 +30,16 @@ from any worker. The AUTH failure throttle (`gateway.server.throttle`) is per wo
 spread over N workers gets at most N times ``auth.max_failures`` before each locks it out.
 
 Readiness (issue 16): each worker writes one byte on a pipe (``MSGW_READY_FD``) once its
-listeners accept connections; the master tells systemd ``READY=1`` when every worker has done so
-(`gateway.sdnotify`), and ``STOPPING=1`` on SIGTERM/SIGINT. Workers get no ``NOTIFY_SOCKET``.
+listeners accept connections (the master hands it connections from then on); the master tells
+systemd ``READY=1`` when every worker has done so (`gateway.sdnotify`), and ``STOPPING=1`` on
+SIGTERM/SIGINT. Workers get no ``NOTIFY_SOCKET``.
 
 Supervision: a worker that dies is started again after a backoff (1 s doubling to 30 s, back to
-1 s once a worker ran a minute); its claims are released by the new worker's ``Spool.open``.
+1 s once a worker ran a minute); its claims are released by the new worker's ``Spool.open``; the
+sockets queued to it are closed (their clients retry) and the listening sockets stay in the
+master, so the ports never close: with no worker ready the kernel queues the connections.
+The master's loop is one thread on ``selectors`` (accepts, channel reports, readiness pipes, a
+tick every 100 ms for supervision); it never reads a byte of SMTP.
 SIGTERM/SIGINT to the master are forwarded; workers stop gracefully within
 ``spool.shutdown_grace`` (the master waits that long plus a margin, then kills what is left).
 
@@ -47,6 +55,7 @@ import contextlib
 import ctypes
 import logging
 import os
+import selectors
 import signal
 import subprocess
 import sys
@@ -58,6 +67,14 @@ from pathlib import Path
 from typing import Any
 
 from gateway import sdnotify
+from gateway.server.handoff import (
+    HANDOFF_FD_ENV,
+    HANDOFF_LISTENERS_ENV,
+    Dispatcher,
+    HandoffReceiver,
+    Listening,
+    listeners_env,
+)
 
 log = logging.getLogger("gateway")
 
@@ -140,9 +157,14 @@ class Supervisor:
     #: `msgw serve --listen-base`: the embedded default's ports, moved (None: as written).
     listen_base: int | None = None
     cwd: Path = field(default_factory=Path.cwd)
+    #: The SMTP listening sockets the master bound (`handoff.bind_listeners`): the master accepts
+    #: and hands each connection to a worker. Empty: the workers bind their own ports.
+    listening: list[Listening] = field(default_factory=list)
     _workers: list[_Worker] = field(default_factory=list)
     _stopping: bool = False
     _announced: bool = False
+    _selector: selectors.BaseSelector | None = None
+    dispatcher: Dispatcher | None = None
 
     def command(self, index: int, fd: int) -> list[str]:
         cmd = [sys.executable, "-m", "gateway.workers", "--index", str(index), "--count", str(self.count),
@@ -161,32 +183,41 @@ class Supervisor:
         os.set_blocking(ready_r, False)
         env = {k: v for k, v in os.environ.items() if k != "NOTIFY_SOCKET"}  # only the master notifies
         env[READY_FD_ENV] = str(ready_w)
+        fds = [read, ready_w]
+        if self.dispatcher is not None:  # the worker's end of its hand-off channel
+            channel = self.dispatcher.add_worker(worker.index)
+            fds.append(channel)
+            env[HANDOFF_FD_ENV] = str(channel)
+            env[HANDOFF_LISTENERS_ENV] = listeners_env(self.listening)
         try:
-            worker.proc = subprocess.Popen(self.command(worker.index, read), cwd=self.cwd, pass_fds=(read, ready_w),
-                                           env=env)
+            worker.proc = subprocess.Popen(self.command(worker.index, read), cwd=self.cwd, pass_fds=fds, env=env)
         except OSError as exc:
             os.close(write)
             os.close(ready_r)
+            if self.dispatcher is not None:
+                self.dispatcher.worker_gone(worker.index)
             event_log("worker-start-failed", logging.ERROR, worker=f"w{worker.index}", reason=exc.strerror)
             worker.proc = None
             worker.next_start = time.monotonic() + worker.backoff
             worker.backoff = min(worker.backoff * 2, RESTART_BACKOFF[1])
             return
         finally:
-            os.close(read)
-            os.close(ready_w)
+            for fd in fds:
+                os.close(fd)
         worker.pipe_w = write
         worker.ready_r, worker.ready = ready_r, False
+        if self._selector is not None:
+            self._selector.register(ready_r, selectors.EVENT_READ, lambda _mask: self._read_ready(worker))
         worker.started = time.monotonic()
         event_log("worker-started", worker=f"w{worker.index}", pid=worker.proc.pid, restarts=worker.restarts)
 
     def _reap(self, worker: _Worker, code: int) -> None:
+        if self.dispatcher is not None:
+            self.dispatcher.worker_gone(worker.index)
         if worker.pipe_w is not None:
             os.close(worker.pipe_w)
             worker.pipe_w = None
-        if worker.ready_r is not None:
-            os.close(worker.ready_r)
-            worker.ready_r = None
+        self._close_ready(worker)
         worker.ready = False
         worker.proc = None
         if self._stopping:
@@ -205,6 +236,11 @@ class Supervisor:
             self._stopping = True
             sdnotify.stopping()
             event_log("stopping", signal=signal.Signals(signum).name)
+            if self.dispatcher is not None:
+                return  # the loop closes the listening sockets first, then forwards (`_forward`)
+        self._forward()
+
+    def _forward(self) -> None:
         for worker in self._workers:
             if worker.proc is not None:
                 with contextlib.suppress(ProcessLookupError):
@@ -214,13 +250,28 @@ class Supervisor:
         """Supervise until SIGTERM/SIGINT, then stop the workers; 0 once they are all gone."""
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._signal)
+        selector = self._selector = selectors.DefaultSelector()
+        if self.listening:
+            self.dispatcher = Dispatcher(self.listening, selector)
         self._workers = [_Worker(i) for i in range(self.count)]
-        for worker in self._workers:
-            self._start(worker)
-        while not self._stopping:
-            self._tick()
-            time.sleep(0.1)
-        return self._stop_all()
+        try:
+            for worker in self._workers:
+                self._start(worker)
+            next_tick = time.monotonic()
+            while not self._stopping:
+                for key, mask in selector.select(max(0.0, next_tick - time.monotonic())):
+                    key.data(mask)
+                if time.monotonic() >= next_tick:
+                    self._tick()
+                    next_tick = time.monotonic() + 0.1
+            if self.dispatcher is not None:  # stop accepting first, as one process closes its listeners
+                self.dispatcher.close()
+                self._forward()
+            return self._stop_all()
+        finally:
+            if self.dispatcher is not None:
+                self.dispatcher.close()
+            selector.close()
 
     def _tick(self) -> None:
         now = time.monotonic()
@@ -232,6 +283,17 @@ class Supervisor:
                     self._reap(worker, code)
             elif not self._stopping and now >= worker.next_start:
                 self._start(worker)
+        if self.dispatcher is not None:
+            self.dispatcher.tick()
+
+    def _close_ready(self, worker: _Worker) -> None:
+        if worker.ready_r is None:
+            return
+        if self._selector is not None:
+            with contextlib.suppress(KeyError, ValueError):
+                self._selector.unregister(worker.ready_r)
+        os.close(worker.ready_r)
+        worker.ready_r = None
 
     def _read_ready(self, worker: _Worker) -> None:
         """A byte from the worker: its listeners are up. Once all are, READY=1 (only the first time:
@@ -242,11 +304,12 @@ class Supervisor:
             data = os.read(worker.ready_r, 16)
         except BlockingIOError:
             return
-        os.close(worker.ready_r)  # one byte, or EOF (the worker died first): the pipe said all it will
-        worker.ready_r = None
+        self._close_ready(worker)  # one byte, or EOF (the worker died first): the pipe said all it will
         if not data:
             return
         worker.ready = True
+        if self.dispatcher is not None:
+            self.dispatcher.worker_ready(worker.index)
         event_log("worker-ready", worker=f"w{worker.index}")
         up = sum(w.ready for w in self._workers)
         if up == len(self._workers) and not self._announced:
@@ -345,7 +408,8 @@ def worker_main(argv: list[str] | None = None) -> int:
     setup_logging(args.log_format or config.log.format, config.log.level, config.log.file)
     name = f"w{args.index}"
     name_log_lines(name)
-    gateway = Gateway(config, owner=name, primary=args.index == 0, workers=args.count)
+    gateway = Gateway(config, owner=name, primary=args.index == 0, workers=args.count,
+                      handoff=HandoffReceiver.from_env())
 
     ready_fd = int(os.environ.pop(READY_FD_ENV, "-1"))
 

@@ -24,6 +24,8 @@ from gateway.default_setup import TEST_DOCTOR_CERT, TEST_DOCTOR_KEY, prepare_def
 from gateway.delivery.capture import capture_notice
 from gateway.delivery.transports import unknown_transports
 from gateway.logs import event, setup_logging
+from gateway.server.handoff import bind_listeners
+from gateway.server.smtp import LISTEN_BACKLOG
 from gateway.smime.testpki import ORG_EMAIL, PERSON_EMAIL
 from gateway.startup import check_keys
 from gateway.storage import open_queue_store
@@ -70,7 +72,8 @@ def run(args: argparse.Namespace) -> int:
         print(_default_banner(config), file=sys.stderr)
     count = worker_count(config.workers, args.workers)
     loop_name, _ = loop_factory(config.event_loop)
-    print(f"msgw: {count} worker process{'es' if count > 1 else ''}, event loop {loop_name}", file=sys.stderr)
+    handed = ", the master hands each connection to the least busy worker" if count > 1 else ""
+    print(f"msgw: {count} worker process{'es' if count > 1 else ''}, event loop {loop_name}{handed}", file=sys.stderr)
     if count > 1:
         name_log_lines("master")
     event(log, "serving", workers=count, event_loop=loop_name)
@@ -87,11 +90,20 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not recover_spool(config):
         return 2
+    try:  # the master listens; each connection goes to the least busy worker (gateway.server.handoff)
+        listening = bind_listeners([(lc.name, lc.address, lc.port) for lc in config.listeners], LISTEN_BACKLOG)
+    except OSError as exc:
+        if exc.errno != errno.EADDRINUSE:
+            raise
+        print(busy_ports_line(ports_in_use(config) or ["a listening port"], args.config, args.listen_base),
+              file=sys.stderr)
+        return 2
     if config.metrics.enabled:  # issue 16: every worker's counters in one folder, served by worker 0
         from gateway.ops.metrics import prepare_worker_metrics
         prepare_worker_metrics(config)
     return Supervisor(count, str(Path(args.config).resolve()) if args.config else None, args.log_format,
-                      shutdown_grace=config.spool.shutdown_grace, listen_base=args.listen_base).run()
+                      shutdown_grace=config.spool.shutdown_grace, listen_base=args.listen_base,
+                      listening=listening).run()
 
 
 def recover_spool(config) -> bool:
@@ -140,10 +152,10 @@ def _bindable(address: str, port: int) -> OSError | None:
 
 
 def ports_in_use(config) -> list[str]:
-    """The listeners' addresses another process listens on, as "address:port (name)". Workers bind
-    with SO_REUSEPORT, which would let a second gateway share the ports silently (the kernel would
-    split the clients between them); so every address is probed first *without* it, as a single
-    process binds, before any banner."""
+    """The listeners' addresses another process listens on, as "address:port (name)", probed
+    *without* SO_REUSEPORT (a process that binds with it would otherwise share the ports silently:
+    the kernel would split the clients between two gateways), before any banner. The master of
+    several workers then binds the SMTP ports itself, without SO_REUSEPORT (`bind_listeners`)."""
     taken = []
     for name, address, port in listening_ports(config):
         error = _bindable(address, port)

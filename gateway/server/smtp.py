@@ -51,6 +51,7 @@ from gateway.senders import SenderIdentity, account_identity, network_identity, 
 from gateway.server.clientcert import matching_subject
 from gateway.server.clientcheck import ClientCheck, ClientChecks
 from gateway.server.dataread import Outcome, has_bare_newline, read_data
+from gateway.server.handoff import HandoffReceiver
 from gateway.server.logins import AccountLogin, Mechanism, NationalIdLookup, account_for_national_id, may_act_as
 from gateway.server.oauth import (
     OAuthLogin,
@@ -841,11 +842,14 @@ class SmtpServer:
                  rcpt_check: RcptCheck | None = None, *, audit: Audit | None = None,
                  mailbox_lookup: MailboxLookup | None = None, reuse_port: bool = False,
                  client_checks: ClientChecks | None = None, national_lookup: NationalIdLookup | None = None,
-                 token_login: OAuthLogin | None = None) -> None:
+                 token_login: OAuthLogin | None = None, handoff: HandoffReceiver | None = None) -> None:
         self.config = config
         self.spool = spool
-        #: SO_REUSEPORT on every listener: worker processes each bind the same ports (issue 15).
+        #: SO_REUSEPORT on every listener: processes that each bind the same ports (issue 15).
         self.reuse_port = reuse_port
+        #: A worker of a dispatching master: the master listens and hands each connection over
+        #: (`gateway.server.handoff`); nothing is bound here.
+        self.handoff = handoff
         #: OAUTHBEARER/XOAUTH2 on submission listeners when `[auth.oidc]` is set (issue 17).
         self.token_login = token_login
         #: Set by the app before `start`: applies a DSN/MDN mailed to the CI-SIS application
@@ -860,7 +864,7 @@ class SmtpServer:
         #: Client-certificate checks (revocation), shared with the MLLP door by the app (issue 17).
         self.client_checks = client_checks or ClientChecks.from_config(config)
         self.national_lookup = national_lookup
-        self.servers: list[asyncio.base_events.Server] = []
+        self.servers: list[asyncio.AbstractServer] = []
         self.bound: dict[str, tuple[str, int]] = {}
 
     def _factory(self, listener: ListenerConfig) -> Callable[[], GatewaySMTP]:
@@ -893,20 +897,30 @@ class SmtpServer:
         if self.config.accounts:
             scheme = accounts_scheme(self.config)
             await loop.run_in_executor(None, dummy_hash, scheme)  # ready before the first unknown login
-        for listener in self.config.listeners:
-            # A deeper accept queue than asyncio's 100: in a burst of connections, the ones the
-            # kernel cannot queue are dropped after the handshake and hang until the client's
-            # own timeout (seen with 500 concurrent clients; the kernel caps it at somaxconn).
-            server = await loop.create_server(self._factory(listener), host=listener.address, port=listener.port,
-                                              backlog=LISTEN_BACKLOG, reuse_port=self.reuse_port)
+        for index, listener in enumerate(self.config.listeners):
+            server: asyncio.AbstractServer
+            if self.handoff is not None:
+                server = self.handoff.listener(index, listener.name, self._factory(listener))
+                address, port = self.handoff.bound[listener.name]
+            else:
+                # A deeper accept queue than asyncio's 100: in a burst of connections, the ones the
+                # kernel cannot queue are dropped after the handshake and hang until the client's
+                # own timeout (seen with 500 concurrent clients; the kernel caps it at somaxconn).
+                server = await loop.create_server(self._factory(listener), host=listener.address,
+                                                  port=listener.port, backlog=LISTEN_BACKLOG,
+                                                  reuse_port=self.reuse_port)
+                address, port = server.sockets[0].getsockname()[:2]
             self.servers.append(server)
-            sock = server.sockets[0].getsockname()
-            self.bound[listener.name] = (sock[0], sock[1])
-            event(log, "listening", listener=listener.name, kind=listener.kind, address=sock[0], port=sock[1])
+            self.bound[listener.name] = (address, port)
+            event(log, "listening", listener=listener.name, kind=listener.kind, address=address, port=port)
+        if self.handoff is not None:
+            self.handoff.start()
 
     async def stop(self) -> None:
         for server in self.servers:
             server.close()
+        if self.handoff is not None:
+            self.handoff.close()
         for server in self.servers:
             await server.wait_closed()
         self.servers.clear()
