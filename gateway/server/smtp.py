@@ -18,6 +18,8 @@ What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
   in MAIL FROM and in From:/Sender: (`gateway.senders`); the spool records that identity,
   which alone chooses the signing key;
 * the 250 is sent only after the spool has the message on disk (452 4.3.1 otherwise);
+* the replies to pipelined MAIL, RCPT and RSET go out together with the next reply while the
+  next command is already buffered (Postfix's flush rule, RFC 2920), not one write each;
 * SASL EXTERNAL (RFC 4422 appendix A) logs a professional in with the CPS card certificate of
   the TLS handshake, and a relay partner's certificate is checked for revocation at MAIL: OpenSSL
   checks chains, never revocation (`gateway.server.clientcheck`, `gateway.smime.clientauth`).
