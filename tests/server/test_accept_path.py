@@ -145,3 +145,14 @@ def test_the_trusted_network_answer_is_remembered_per_address_and_bounded(
     got = asyncio.run(answers())
     expected = [(h < 16, h < 16) for _ in range(3) for h in range(1, 40)] + [(False, False)] * 3
     assert got == expected
+
+
+def test_a_client_that_sends_its_message_without_waiting_for_the_354_gets_every_reply(tmp_path: Path) -> None:
+    """A client pipelining past DATA (RFC 2920 forbids it; some do it) is answered as before:
+    the 354 writes what was held, the message is read from the buffer, then its 250."""
+    with gateway(tmp_path) as gw, _client(gw.port) as c:
+        c.sock.settimeout(5)
+        c.send(f"MAIL FROM:<{SENDER}>\r\nRCPT TO:<{RCPT}>\r\nDATA\r\nSubject: t\r\n\r\nbody\r\n.\r\nNOOP\r\n".encode())
+        replies = [c.reply() for _ in range(5)]
+        assert [code for code, _ in replies] == [250, 250, 354, 250, 250]
+        assert gw.body(replies[3][1]) == b"Subject: t\r\n\r\nbody\r\n"
