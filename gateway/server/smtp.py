@@ -18,6 +18,8 @@ What aiosmtpd does not do and we add (see ../shared/specs/python-stack.md):
   in MAIL FROM and in From:/Sender: (`gateway.senders`); the spool records that identity,
   which alone chooses the signing key;
 * the 250 is sent only after the spool has the message on disk (452 4.3.1 otherwise);
+* the replies to pipelined MAIL, RCPT and RSET go out together with the next reply while the
+  next command is already buffered (Postfix's flush rule, RFC 2920), not one write each;
 * SASL EXTERNAL (RFC 4422 appendix A) logs a professional in with the CPS card certificate of
   the TLS handshake, and a relay partner's certificate is checked for revocation at MAIL: OpenSSL
   checks chains, never revocation (`gateway.server.clientcheck`, `gateway.smime.clientauth`).
@@ -35,7 +37,7 @@ import time
 from base64 import b64decode
 from collections.abc import Awaitable, Callable
 from email.utils import formatdate
-from typing import Any, Literal
+from typing import Any, AnyStr, Literal
 
 from aiosmtpd.smtp import MISSING, SMTP, AuthResult, Envelope, Session
 from cryptography import x509
@@ -69,6 +71,7 @@ from gateway.smime.clientauth import national_id
 from gateway.spool import QueueStore
 
 log = logging.getLogger("gateway.server")
+_aiosmtpd_log = logging.getLogger("mail.log")
 
 # No controls (NUL, VT, DEL...) in the local part: a NUL was accepted at MAIL and then crashed
 # every delivery attempt until the message was quarantined; \Z, not $ (which allows a final LF).
@@ -91,6 +94,27 @@ MailboxLookup = Callable[[str], Awaitable[bool]]
 Audit = Callable[..., None]
 BARE_LF_REPLY = "550 5.5.2 Message refused: bare LF or CR in message data (RFC 5321 2.3.8)"
 _dummy_hashes: dict[str, str] = {}
+#: How many client addresses a listener remembers the `allowed_networks` answer for.
+NETWORK_MEMO_SIZE = 4096
+
+
+class _SecondDate:
+    """`formatdate(localtime=False)` of the current second, formatted once per second: the
+    Received field of every message wants it and `formatdate` costs more than the rest of the
+    field (it builds a datetime and formats it in Python). Same string, same clock."""
+
+    def __init__(self) -> None:
+        self.cached = (-1, "")  # (second, its text): one attribute, so two threads never mix them
+
+    def __call__(self, now: float | None = None) -> str:
+        second = int(time.time() if now is None else now)
+        cached = self.cached
+        if cached[0] != second:
+            cached = self.cached = (second, formatdate(second, localtime=False))
+        return cached[1]
+
+
+received_date = _SecondDate()
 
 
 def dummy_hash(scheme: Literal["scrypt", "argon2"] = "scrypt") -> str:
@@ -150,6 +174,10 @@ class GatewaySMTP(SMTP):
 
     def __init__(self, handler: GatewayHandler, *, token_login: OAuthLogin | None = None, **kwargs: Any) -> None:
         self.gateway_handler = handler
+        #: Replies to pipelined commands not written yet (`push`): written with the next reply.
+        self._held = bytearray()
+        #: True while MAIL, RCPT or RSET runs: their replies may wait for the next command's.
+        self._grouped = False
         #: OAUTHBEARER/XOAUTH2 (`[auth.oidc]`); None: those mechanisms are excluded.
         self.token_login = token_login
         if token_login is None:
@@ -219,16 +247,53 @@ class GatewaySMTP(SMTP):
     # became `dr@x.exampleY`, `<a@x.example\r>` became `a@x.example`): refuse them in the raw
     # command instead, so every component sees the same address (no parser differential).
     async def smtp_MAIL(self, arg: str | None) -> None:
-        if arg and _COMMAND_CONTROL.search(arg):
-            await self.push("501 5.5.4 Control character in command")
-            return
-        await super().smtp_MAIL(arg)
+        self._grouped = True
+        try:
+            if arg and _COMMAND_CONTROL.search(arg):
+                await self.push("501 5.5.4 Control character in command")
+                return
+            await super().smtp_MAIL(arg)
+        finally:
+            self._grouped = False
 
     async def smtp_RCPT(self, arg: str | None) -> None:
-        if arg and _COMMAND_CONTROL.search(arg):
-            await self.push("501 5.5.4 Control character in command")
+        self._grouped = True
+        try:
+            if arg and _COMMAND_CONTROL.search(arg):
+                await self.push("501 5.5.4 Control character in command")
+                return
+            await super().smtp_RCPT(arg)
+        finally:
+            self._grouped = False
+
+    async def smtp_RSET(self, arg: str) -> None:
+        self._grouped = True
+        try:
+            await super().smtp_RSET(arg)
+        finally:
+            self._grouped = False
+
+    # aiosmtpd writes every reply at once: one socket write (a system call, and a wake-up of the
+    # client) per command. A client that pipelines (RFC 2920: MAIL, RCPTs and DATA in one write,
+    # as Postfix and our own delivery do) waits for all their replies anyway, so the replies of
+    # MAIL, RCPT and RSET wait while the next command is already in the input buffer and go out
+    # with the next reply that does not wait — Postfix's rule (flush when the input is empty).
+    # Every command pushes a reply, the next one is already here, and DATA's 354, AUTH's
+    # challenges and every refusal outside those three commands write at once: nothing is held
+    # while the server waits for the client.
+    async def push(self, status: AnyStr) -> None:
+        response = (status.encode("utf-8" if self.enable_SMTPUTF8 else "ascii") if isinstance(status, str)
+                    else status) + b"\r\n"
+        if self._grouped and b"\n" in self._reader._buffer:  # type: ignore[attr-defined]
+            self._held += response
             return
-        await super().smtp_RCPT(arg)
+        if self._held:
+            response = bytes(self._held) + response
+            self._held.clear()
+        self._writer.write(response)
+        if _aiosmtpd_log.isEnabledFor(logging.DEBUG):  # aiosmtpd's own trace of replies
+            _aiosmtpd_log.debug("%r << %r", self.session.peer if self.session else None, response)
+        await self._writer.drain()
 
     # aiosmtpd parses every MAIL FROM and RCPT TO address with `email._header_value_parser`
     # (~0.1 ms each, a third of a small message's protocol CPU). The common form, <dot-atom@domain>
@@ -415,7 +480,7 @@ class GatewaySMTP(SMTP):
         return AuthResult(success=True, auth_data=AccountLogin(account, mechanism))
 
 
-for _name in ("smtp_MAIL", "smtp_RCPT"):  # keep aiosmtpd's HELP texts for the overridden commands
+for _name in ("smtp_MAIL", "smtp_RCPT", "smtp_RSET"):  # keep aiosmtpd's HELP texts for the overridden commands
     for _attr in ("__smtp_syntax__", "__smtp_syntax_extended__", "__smtp_syntax_when__"):
         setattr(getattr(GatewaySMTP, _name), _attr, getattr(getattr(SMTP, _name), _attr))
 
@@ -494,6 +559,10 @@ class GatewayHandler:
         self.card_check = card_check if listener.kind == "submission" else None
         #: The directory's local mailboxes of an identifiant national (card holders with no account).
         self.national_lookup = national_lookup
+        #: This listener's trusted-network identity (it depends on the listener only).
+        self.network_identity = network_identity(listener)
+        #: client address -> in `allowed_networks` (asked at every MAIL, twice; bounded: cleared when full)
+        self._in_network: dict[str, bool] = {}
 
     # -- helpers ----------------------------------------------------------------------------
     async def check_password(self, login: bytes, password: bytes) -> Account | None:
@@ -584,15 +653,23 @@ class GatewayHandler:
             if subject is not None:
                 return partner_identity(self.config, subject, der)
         if self.listener.kind == "relay" and self.in_allowed_network(session):
-            return network_identity(self.listener)
+            return self.network_identity
         return None
 
     def in_allowed_network(self, session: Session) -> bool:
-        try:
-            addr = ipaddress.ip_address(_peer_ip(session))
-        except ValueError:
-            return False
-        return any(addr in net for net in self.listener.allowed_networks)
+        client = _peer_ip(session)
+        known = self._in_network.get(client)
+        if known is None:
+            try:
+                addr = ipaddress.ip_address(client)
+            except ValueError:
+                known = False
+            else:
+                known = any(addr in net for net in self.listener.allowed_networks)
+            if len(self._in_network) >= NETWORK_MEMO_SIZE:
+                self._in_network.clear()
+            self._in_network[client] = known
+        return known
 
     def relay_allowed(self, session: Session) -> bool:
         """May this client send to non-local domains?"""
@@ -747,9 +824,10 @@ class GatewayHandler:
             else:
                 event(log, "spool-crashed", logging.ERROR, listener=self.listener.name, exc_type=type(exc).__name__)
             return metrics.refused(self.listener.name, "data", smtp_reply(exc), "spool")
-        event(log, "accepted", msg=msg_id, listener=self.listener.name, client=_peer_ip(session),
-              size=len(data), rcpts=len(rcpts), tls=bool(session.ssl), auth=auth_user is not None,
-              ms=round((time.monotonic() - started) * 1000, 1))
+        if log.isEnabledFor(logging.INFO):  # the fields cost more than the call when nobody reads them
+            event(log, "accepted", msg=msg_id, listener=self.listener.name, client=_peer_ip(session),
+                  size=len(data), rcpts=len(rcpts), tls=bool(session.ssl), auth=auth_user is not None,
+                  ms=round((time.monotonic() - started) * 1000, 1))
         metrics.accepted(self.listener.name, rcpts)
         if self.on_accept is not None:
             self.on_accept(msg_id)
@@ -823,7 +901,7 @@ class GatewayHandler:
         rcpt = f"\r\n\tfor <{envelope.rcpt_tos[0]}>" if len(envelope.rcpt_tos) == 1 else ""
         helo = (session.host_name or "unknown")[:100]
         line = (f"Received: from {helo} ([{_peer_ip(session)}])\r\n\tby {self.config.hostname} (msgw) with {proto}"
-                f"{rcpt}; {formatdate(localtime=False)}\r\n")
+                f"{rcpt}; {received_date()}\r\n")
         return line.encode("ascii", "replace")
 
 

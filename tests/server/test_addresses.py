@@ -35,6 +35,10 @@ HAND_PICKED = [
     "<a@b.c.>", "<a@b>", "<a+b/c=d@x-y.z>", "<a@b.c> SIZE=1 (x)", '<"a b"@c.d>', "<a@b.c>>", "<a@b.c> <x>",
     '<a@b.c> "q"', "<a@[192.0.2.1]>", "<@route:a@b.c>", "<>", "<a@b.c", "a@b.c", "<a@b.c> \t X", "<é@b.c>",
     "<a@é.c>", "<a@b.c>\x0b", "<a@b.c> X\rY", "<A.B@Example.COM>", "<a@b.c>  ", "<x{y}|z~@q.r>",
+    # the parameters a client sends with the address (SIZE, BODY, SMTPUTF8), well and badly formed
+    "<a@b.c> SIZE=100 BODY=8BITMIME SMTPUTF8", "<a@b.c> size=100 body=7bit", "<a@b.c> SIZE=", "<a@b.c> =1",
+    "<a@b.c> SIZE=1=2", "<a@b.c> SMTPUTF8 SMTPUTF8", "<a@b.c> BODY=BINARYMIME SIZE=x", "<a@b.c> SIZE=1\t",
+    "<a@b.c> SIZE=1 ", "<a@b.c>  ", "<a@b.c> SIZE=1 BODY=8BITMIME (comment)", "<a@b.c> SİZE=1",
 ]
 
 
