@@ -89,8 +89,9 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
         outer = tuple(allowed_outer_fields(headers, neutral_subject=neutral_subject))
         return outer, _protected(headers, entity)
 
-    outer, entity = await _cpu(raw_data(message), prepare)
-    recipients = list(certs)
+    data = raw_data(message)
+    outer, entity = prepare() if _on_loop(data) else await asyncio.to_thread(prepare)  # (= `_cpu`, inlined)
+    recipients = certs
     if key is not None:
         der = await sign_content(entity, key, detached=True)
         if len(entity) <= INLINE_COPY:
