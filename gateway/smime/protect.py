@@ -109,13 +109,31 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
     return work() if inline else await asyncio.to_thread(work)
 
 
+#: Signing certificates that passed `check_signing_usage`, by object identity (see `_check_signer`).
+_USABLE_SIGNERS: dict[int, x509.Certificate] = {}
+_USABLE_SIGNERS_SIZE = 16
+
+
+def _check_signer(cert: x509.Certificate) -> None:
+    """`check_signing_usage(cert)`, once per certificate object: its key usages are part of the
+    certificate, so an object that passed passes again (the entry holds it: its id is not reused
+    while the entry lives). A refusal is never remembered: it is raised on every call. Bounded:
+    cleared when full (a gateway signs with a few keys)."""
+    if _USABLE_SIGNERS.get(id(cert)) is cert:
+        return
+    check_signing_usage(cert)
+    if len(_USABLE_SIGNERS) >= _USABLE_SIGNERS_SIZE:
+        _USABLE_SIGNERS.clear()
+    _USABLE_SIGNERS[id(cert)] = cert
+
+
 async def sign_protected(message: Raw, key: SigningKey) -> bytes:
     """The trust-space-TLS copy: signed, not encrypted, every original header copied inside the
     signed entity (protected headers, as `protect_smime` does) so that what the reader is shown —
     From, Subject, a bridge's provenance — is what the signature covers. Outside, the message's
     own fields as they are (the copy travels in clear over mutual TLS), except our `X-Msgw-*`
     statements (inside only: nobody signed the outer ones) and Bcc (never copied)."""
-    check_signing_usage(key.certificate)
+    _check_signer(key.certificate)
 
     def prepare() -> tuple[tuple[bytes, ...], Pieces]:
         outer, entity = content_entity(message, pieces=True)

@@ -294,17 +294,18 @@ class GuardedKey:
         #: (certificate, notBefore, notAfter as POSIX seconds): read once per certificate object.
         self._validity: tuple[x509.Certificate, float, float] | None = None
 
-    def current(self) -> bool:
-        """Is the certificate valid now? `keycheck.current(cert, now) is None`, with the dates read
-        from the certificate once (issue 15: reading them and the clock as datetimes cost a few
-        µs a message). Keyed on the certificate object: a key that shows another certificate is
-        read again. A False answer is explained by `_certificate_current`, which the caller runs."""
+    def current(self, now: float | None = None) -> bool:
+        """Is the certificate valid at `now` (POSIX seconds; None: the clock)? What
+        `keycheck.current(cert, now) is None` says, with the dates read from the certificate once
+        (issue 15: reading them and the clock as datetimes cost a few µs a message). Keyed on the
+        certificate object: a key that shows another certificate is read again. A False answer is
+        explained by `_certificate_current`, which the caller then runs."""
         cert = self.key.certificate
         validity = self._validity
         if validity is None or validity[0] is not cert:
             validity = (cert, cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
             self._validity = validity
-        return validity[1] <= time.time() < validity[2]
+        return validity[1] <= (time.time() if now is None else now) < validity[2]
 
     @property
     def certificate(self) -> x509.Certificate:
