@@ -47,6 +47,16 @@ def test_b64_block_is_encodebytes_with_crlf(n: int) -> None:
     assert engine._b64_block(memoryview(data)) == _encodebytes(data)
 
 
+def test_lines_cut_by_struct_are_the_slices() -> None:
+    """`_line_list` cuts 32 lines at a time, then slices the rest: the lines slicing gives, at
+    every length around a line and a 32-line group."""
+    group = engine._LINES.size
+    for n in sorted({0, 1, 4, 75, 76, 77, 152, group - 76, group - 4, group - 1, group, group + 1, group + 76,
+                     2 * group, 3 * group + 75, 1024 * 76, 1024 * 76 + 4}):
+        encoded = base64.b64encode(os.urandom(n))[:n]  # any text of length n
+        assert engine._line_list(encoded) == [encoded[i:i + 76] for i in range(0, n, 76)], n
+
+
 @pytest.mark.parametrize("n", EDGES)
 def test_b64_message_is_head_and_the_lines_on_both_sides_of_a_block(n: int) -> None:
     """Under one block the message is one join; above, the presized buffer: the same bytes, from
