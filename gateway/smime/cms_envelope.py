@@ -128,22 +128,22 @@ def _template(cert: x509.Certificate, key_transport: str, recipient_id: str) -> 
 
 
 def _windows(content: bytes | Pieces) -> Iterator[bytes | memoryview]:
-    """`content` PIECE bytes at a time (views where they can be: `Pieces.windows`)."""
-    if len(content) <= PIECE and isinstance(content, bytes):
-        return iter((content,) if content else ())  # (what `Pieces.windows` gives, without its set-up)
+    """`content` PIECE bytes at a time (views where they can be: `Pieces.windows`); a small
+    entity as its parts, unjoined (the cipher contexts buffer what does not fill a block, so the
+    ciphertext is the same whatever the cuts: issue 15, one copy of every message less)."""
+    if len(content) <= PIECE:
+        return iter(content.parts if isinstance(content, Pieces) else (content,))
     return (content if isinstance(content, Pieces) else Pieces((content,))).windows(PIECE)
 
 
 def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes | Pieces) -> Iterator[bytes]:
+    """The head, then the ciphertext as the windows are encrypted: CBC's context keeps an
+    incomplete last block until more comes, so the windows may be cut anywhere."""
     yield head
-    rest = b""
-    for window in _windows(content):  # PIECE is a multiple of 16: out == in, but for the last window
-        cut = len(window) - len(window) % 16
-        if cut < len(window):
-            rest = bytes(window[cut:])
-        yield enc.update(window[:cut])
+    for window in _windows(content):
+        yield enc.update(window)
     pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
-    yield enc.update(rest + bytes([pad]) * pad) + enc.finalize()
+    yield enc.update(bytes((pad,)) * pad) + enc.finalize()
 
 
 def _gcm_pieces(head: bytes, gcm: AEADEncryptionContext, content: bytes | Pieces) -> Iterator[bytes]:

@@ -101,7 +101,9 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
-    inline = _on_loop(entity)
+    # Encrypting and base64 cost the same for 8-bit bytes (only `prepare`'s re-encoding does not):
+    # the size alone decides, without joining a multipart/signed entity to ask `isascii`.
+    inline = len(entity) <= INLINE_LIMIT
     # Handed over, not kept: encrypt_entity drops it once encrypted, before it joins the result.
     taken = Taken(entity)
     del entity

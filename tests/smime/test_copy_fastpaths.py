@@ -199,3 +199,21 @@ async def test_signer_usage_is_remembered_only_when_it_passed(key) -> None:
         signed = await protect.sign_protected(message, signer)
         assert b"application/pkcs7-signature" in signed
     assert protect._USABLE_SIGNERS[id(signer.certificate)] is signer.certificate
+
+
+@pytest.mark.parametrize("sizes", [[0], [0, 0], [1, 15], [7, 0, 9, 16, 33], [1000, 1, 2, 3], [16, 16, 16],
+                                   [cms_envelope.PIECE - 5, 3, 11], [cms_envelope.PIECE + 1, 15]])
+@pytest.mark.parametrize("cipher", ["aes256-cbc", "aes256-gcm"])
+def test_pieces_cut_anywhere_encrypt_as_the_joined_bytes(pki, sizes: list[int], cipher: str) -> None:
+    """A small entity is encrypted part by part (no join), a large one by windows: the DER is the
+    oracle's for the joined bytes with the same CEK and IV."""
+    parts = [os.urandom(n) for n in sizes]
+    whole = b"".join(parts)
+    certs, keys = [pki["person_encrypt"].cert], [pki["person_encrypt"].key]
+    options = {"cipher": cipher, "key_transport": "pkcs1v15", "recipient_id": "issuer-serial"}
+    draws = Draws(b"cut")
+    size, pieces = encrypt_content_sized(Pieces([memoryview(p) for p in parts]), certs, random=draws,
+                                         **options)  # type: ignore[arg-type]
+    der = b"".join(pieces)
+    assert size == len(der)
+    assert der == _oracle_for(der, whole, certs, keys, draws, **options)
