@@ -25,10 +25,13 @@ from gateway.smime.cms_envelope import encrypt_content, encrypt_content_sized
 from gateway.smime.cms_reference import sign_content_reference
 from gateway.smime.cms_sign import INLINE_HASH, sign_content
 from gateway.smime.errors import WrongKeyUsage
+from gateway.smime.keystore import KeyUnavailable
 from gateway.smime.mime import pkcs7_mime
 from gateway.smime.softkeys import SoftKey
+from gateway.smime.testpki import ORG_EMAIL
 from gateway.stages.build import GuardedKey
 from tests.smime.test_cms_template import WHEN, Draws, SameSignature, _oracle_for
+from tests.unit.test_key_unavailable import context
 
 OUTER = (b"From: <labo@labo-tests.sante.test>\r\n", b"Subject: Message securise\r\n")
 BLOCK = engine._B64_BLOCK
@@ -217,3 +220,24 @@ def test_pieces_cut_anywhere_encrypt_as_the_joined_bytes(pki, sizes: list[int], 
     der = b"".join(pieces)
     assert size == len(der)
     assert der == _oracle_for(der, whole, certs, keys, draws, **options)
+
+
+async def test_a_loaded_key_whose_certificate_is_no_longer_current_is_not_answered(pki, key, tmp_path) -> None:
+    """The loaded-key shortcut of `GatewayContext._key` answers only a current certificate: a key
+    that now shows an expired one (what a certificate expiring while loaded looks like) takes the
+    full path: temporary KeyUnavailable with the reason, and the files are read again next time."""
+    entry, e = key("org_sign"), pki["org_sign"]
+    ctx = context(tmp_path, pki, str(e.key_path), str(e.cert_path), str(e.chain_path))
+    try:
+        first = await ctx.signing_key(ORG_EMAIL)
+        assert first is not None and first.certificate == entry.certificate
+        assert await ctx.signing_key(ORG_EMAIL) is first  # the shortcut
+        ctx._keys["labo-sign"].key = key("expired")
+        with pytest.raises(KeyUnavailable) as raised:
+            await ctx.signing_key(ORG_EMAIL)
+        assert raised.value.temporary and "expired on" in str(raised.value)
+        assert "labo-sign" not in ctx._keys
+        again = await ctx.signing_key(ORG_EMAIL)  # read from the files again: the valid certificate
+        assert again is not None and again is not first and again.certificate == entry.certificate
+    finally:
+        ctx.close()
