@@ -29,7 +29,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from cryptography import x509
 
@@ -150,9 +150,7 @@ class CertificateDiscovery:
         hit = self._positive.get(key)
         if hit is not None:
             if hit[0] > now:
-                result = hit[1]
-                return DiscoveryResult(result.address, result.source, result.certificates, result.trace,
-                                       result.rejected, result.found_at, from_cache=True)
+                return hit[1]  # the stored answer, already marked from_cache (frozen: shared safely)
             del self._positive[key]
         miss = self._negative.get(key)
         if miss is not None:
@@ -240,7 +238,8 @@ class CertificateDiscovery:
                 now = self.clock()
                 result = DiscoveryResult(address, source.name, tuple(chosen), tuple(trace), tuple(rejected), now)
                 expires = min([now + self.cache_ttl, *(c.not_valid_after_utc.timestamp() for c in chosen)])
-                self._store(self._positive, key, expires, result)
+                # Stored as the cache will answer it (from_cache), made once here rather than on every hit.
+                self._store(self._positive, key, expires, replace(result, from_cache=True))
                 event(log, "certificate-found", address=address, source=source.name,
                       serials=",".join(_serial(c) for c in chosen), rejected=len(rejected))
                 return result

@@ -30,6 +30,7 @@ from gateway.smime.cms_template import (
     CBC_IV_SIZE,
     GCM_NONCE_SIZE,
     GCMParameters,
+    RecipientTemplate,
     cbc_content_head,
     check_encryption_usage,
     envelope_head,
@@ -86,7 +87,7 @@ def encrypt_content_sized(content: bytes | Pieces, recipients: Sequence[x509.Cer
         raise UnsupportedAlgorithm("at least one recipient certificate is needed")
     if cipher not in ("aes256-cbc", "aes256-gcm"):
         raise UnsupportedAlgorithm(f"cipher {cipher!r} not supported")
-    templates = [recipient_template(c, key_transport, recipient_id) for c in recipients]
+    templates = [_template(c, key_transport, recipient_id) for c in recipients]
     cek = random(32)
     infos = [t.recipient_info(t.wrap(cek)) for t in templates]
     if cipher == "aes256-gcm":
@@ -104,21 +105,45 @@ def encrypt_content_sized(content: bytes | Pieces, recipients: Sequence[x509.Cer
             _cbc_pieces(head, Cipher(algorithms.AES(cek), modes.CBC(iv)).encryptor(), content))
 
 
+#: The templates last used, by the identity of the certificate object (see `_template`).
+_RECENT: dict[tuple[int, str, str], tuple[x509.Certificate, RecipientTemplate]] = {}
+_RECENT_SIZE = 256
+
+
+def _template(cert: x509.Certificate, key_transport: str, recipient_id: str) -> RecipientTemplate:
+    """`recipient_template(...)`, found by the identity of the certificate object first: the
+    stages encrypt to the certificate objects the discovery cache keeps, and the LRU's key hashes
+    and compares the certificate's DER on every call (issue 15: a few µs per recipient and
+    message). An entry serves only the very same object (`is`; the entry holds it, so its id
+    cannot be reused while it lives) with the same options: what decides the template. Bounded:
+    cleared when full; a miss falls back to the LRU, which still checks the key usage once."""
+    entry = _RECENT.get((id(cert), key_transport, recipient_id))
+    if entry is not None and entry[0] is cert:
+        return entry[1]
+    template = recipient_template(cert, key_transport, recipient_id)
+    if len(_RECENT) >= _RECENT_SIZE:
+        _RECENT.clear()
+    _RECENT[(id(cert), key_transport, recipient_id)] = (cert, template)
+    return template
+
+
 def _windows(content: bytes | Pieces) -> Iterator[bytes | memoryview]:
-    """`content` PIECE bytes at a time (views where they can be: `Pieces.windows`)."""
+    """`content` PIECE bytes at a time (views where they can be: `Pieces.windows`); a small
+    entity as its parts, unjoined (the cipher contexts buffer what does not fill a block, so the
+    ciphertext is the same whatever the cuts: issue 15, one copy of every message less)."""
+    if len(content) <= PIECE:
+        return iter(content.parts if isinstance(content, Pieces) else (content,))
     return (content if isinstance(content, Pieces) else Pieces((content,))).windows(PIECE)
 
 
 def _cbc_pieces(head: bytes, enc: CipherContext, content: bytes | Pieces) -> Iterator[bytes]:
+    """The head, then the ciphertext as the windows are encrypted: CBC's context keeps an
+    incomplete last block until more comes, so the windows may be cut anywhere."""
     yield head
-    rest = b""
-    for window in _windows(content):  # PIECE is a multiple of 16: out == in, but for the last window
-        cut = len(window) - len(window) % 16
-        if cut < len(window):
-            rest = bytes(window[cut:])
-        yield enc.update(window[:cut])
+    for window in _windows(content):
+        yield enc.update(window)
     pad = 16 - len(content) % 16  # PKCS#7: always 1 to 16 bytes
-    yield enc.update(rest + bytes([pad]) * pad) + enc.finalize()
+    yield enc.update(bytes((pad,)) * pad) + enc.finalize()
 
 
 def _gcm_pieces(head: bytes, gcm: AEADEncryptionContext, content: bytes | Pieces) -> Iterator[bytes]:

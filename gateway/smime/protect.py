@@ -89,8 +89,9 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
         outer = tuple(allowed_outer_fields(headers, neutral_subject=neutral_subject))
         return outer, _protected(headers, entity)
 
-    outer, entity = await _cpu(raw_data(message), prepare)
-    recipients = list(certs)
+    data = raw_data(message)
+    outer, entity = prepare() if _on_loop(data) else await asyncio.to_thread(prepare)  # (= `_cpu`, inlined)
+    recipients = certs
     if key is not None:
         der = await sign_content(entity, key, detached=True)
         if len(entity) <= INLINE_COPY:
@@ -100,12 +101,32 @@ async def protect_smime(message: Raw, key: SigningKey | None, certs: Sequence[x5
         # What encrypting the whole multipart/signed message refused (its size), refused the same.
         if sum(map(len, outer)) + len(b"MIME-Version: 1.0\r\n") + len(entity) > MAX_MESSAGE_SIZE:
             raise MalformedSmime("message too large")
-    inline = _on_loop(entity)
+    # Encrypting and base64 cost the same for 8-bit bytes (only `prepare`'s re-encoding does not):
+    # the size alone decides, without joining a multipart/signed entity to ask `isascii`.
+    inline = len(entity) <= INLINE_LIMIT
     # Handed over, not kept: encrypt_entity drops it once encrypted, before it joins the result.
     taken = Taken(entity)
     del entity
     work = functools.partial(encrypt_entity, outer, taken, recipients, sender_copy=sender_copy)
     return work() if inline else await asyncio.to_thread(work)
+
+
+#: Signing certificates that passed `check_signing_usage`, by object identity (see `_check_signer`).
+_USABLE_SIGNERS: dict[int, x509.Certificate] = {}
+_USABLE_SIGNERS_SIZE = 16
+
+
+def _check_signer(cert: x509.Certificate) -> None:
+    """`check_signing_usage(cert)`, once per certificate object: its key usages are part of the
+    certificate, so an object that passed passes again (the entry holds it: its id is not reused
+    while the entry lives). A refusal is never remembered: it is raised on every call. Bounded:
+    cleared when full (a gateway signs with a few keys)."""
+    if _USABLE_SIGNERS.get(id(cert)) is cert:
+        return
+    check_signing_usage(cert)
+    if len(_USABLE_SIGNERS) >= _USABLE_SIGNERS_SIZE:
+        _USABLE_SIGNERS.clear()
+    _USABLE_SIGNERS[id(cert)] = cert
 
 
 async def sign_protected(message: Raw, key: SigningKey) -> bytes:
@@ -114,7 +135,7 @@ async def sign_protected(message: Raw, key: SigningKey) -> bytes:
     From, Subject, a bridge's provenance — is what the signature covers. Outside, the message's
     own fields as they are (the copy travels in clear over mutual TLS), except our `X-Msgw-*`
     statements (inside only: nobody signed the outer ones) and Bcc (never copied)."""
-    check_signing_usage(key.certificate)
+    _check_signer(key.certificate)
 
     def prepare() -> tuple[tuple[bytes, ...], Pieces]:
         outer, entity = content_entity(message, pieces=True)

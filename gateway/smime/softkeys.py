@@ -36,6 +36,12 @@ def hash_for(name: str) -> hashes.HashAlgorithm:
         raise UnsupportedAlgorithm(f"hash {name!r} not supported") from None
 
 
+#: The hash and padding objects a soft key signs with, made once: they hold no state (the key
+#: hashes into its own context), and making them again cost a few µs a message (issue 15).
+_SIGN_HASHES: dict[str, hashes.HashAlgorithm] = {name: algorithm() for name, algorithm in _HASHES.items()}
+_PKCS1V15 = asym_padding.PKCS1v15()
+
+
 @dataclass(frozen=True)
 class SoftKey:
     """A private key with its certificate and chain; implements SigningKey and DecryptionKey."""
@@ -45,7 +51,7 @@ class SoftKey:
     chain: tuple[x509.Certificate, ...] = ()
 
     async def sign(self, data: bytes, hash_name: HashName, padding: SignaturePadding) -> bytes:
-        h = hash_for(hash_name)
+        h = _SIGN_HASHES.get(hash_name) or hash_for(hash_name)  # (an unknown name: hash_for's refusal)
         key = self.private_key
         if isinstance(key, ec.EllipticCurvePrivateKey):
             if padding != "ecdsa":
@@ -54,7 +60,7 @@ class SoftKey:
         if padding == "pss":
             return key.sign(data, asym_padding.PSS(mgf=asym_padding.MGF1(h), salt_length=h.digest_size), h)
         if padding == "pkcs1v15":
-            return key.sign(data, asym_padding.PKCS1v15(), h)
+            return key.sign(data, _PKCS1V15, h)
         raise UnsupportedAlgorithm("an RSA key signs with PKCS#1 v1.5 or PSS")
 
     async def decrypt_key(self, encrypted_key: bytes, padding: KeyTransportPadding) -> bytes:

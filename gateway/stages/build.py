@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
@@ -116,7 +117,14 @@ class GatewayContext:
     async def _key(self, name: str, *, signing: bool = False) -> Any:
         """The configured key `name`, loaded on first use. Any fault here is the gateway's own
         (file gone, token out, PIN refused, certificate expired, no such table): KeyUnavailable,
-        temporary, so the message waits for the operator instead of bouncing; alerted in the log."""
+        temporary, so the message waits for the operator instead of bouncing; alerted in the log.
+
+        A key already loaded whose certificate is current is answered at once (no lock: nothing
+        is loaded); anything else — not loaded, not current — takes the full path below, which
+        says why and reloads the files next time."""
+        loaded = self._keys.get(name)
+        if loaded is not None and (not signing or loaded.current()):
+            return loaded
         try:
             key = await self._load(name)
             if signing:
@@ -283,6 +291,21 @@ class GuardedKey:
         self.name = name
         self.key = key
         self._unavailable = unavailable
+        #: (certificate, notBefore, notAfter as POSIX seconds): read once per certificate object.
+        self._validity: tuple[x509.Certificate, float, float] | None = None
+
+    def current(self, now: float | None = None) -> bool:
+        """Is the certificate valid at `now` (POSIX seconds; None: the clock)? What
+        `keycheck.current(cert, now) is None` says, with the dates read from the certificate once
+        (issue 15: reading them and the clock as datetimes cost a few µs a message). Keyed on the
+        certificate object: a key that shows another certificate is read again. A False answer is
+        explained by `_certificate_current`, which the caller then runs."""
+        cert = self.key.certificate
+        validity = self._validity
+        if validity is None or validity[0] is not cert:
+            validity = (cert, cert.not_valid_before_utc.timestamp(), cert.not_valid_after_utc.timestamp())
+            self._validity = validity
+        return validity[1] <= (time.time() if now is None else now) < validity[2]
 
     @property
     def certificate(self) -> x509.Certificate:

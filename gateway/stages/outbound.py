@@ -72,11 +72,11 @@ def copy_for(form: Form, recipients: Sequence[str], data: bytes) -> Outgoing:
 def audit(ctx: ProtectionContext, item: WorkItem, rcpts: Sequence[str], decision: str, *,
           key: SigningKey | None = None, enc_serials: list[str] | None = None, reason: str | None = None) -> None:
     """One audit record per recipient: the decision and its identifiers (serials, codec), no content."""
+    signer = format(key.certificate.serial_number, "x") if key is not None else None  # (once, not per recipient)
+    codec = item.kind.split(":", 1)[1] if item.kind.startswith("bridged:") else None
     for rcpt in rcpts:
         ctx.audit(message_id=item.envelope.queue_id, sender=item.envelope.sender, recipient=rcpt, decision=decision,
-                  signer_serial=format(key.certificate.serial_number, "x") if key is not None else None,
-                  encryption_serials=enc_serials or [], reason=reason,
-                  codec=item.kind.split(":", 1)[1] if item.kind.startswith("bridged:") else None)
+                  signer_serial=signer, encryption_serials=enc_serials or [], reason=reason, codec=codec)
 
 
 class Signing:
@@ -201,6 +201,8 @@ EXECUTORS: tuple[tuple[type, ExecutorFactory], ...] = (
 #: The forms that sign: the key is resolved before any copy is made (a key that is unavailable
 #: defers the message before the bridge does any work).
 SIGNED: tuple[type, ...] = (Smime, TrustSpaceTls)
+#: The kinds of decision this stage acts on (an executor's form, or a refusal it records).
+_ACTED_ON: frozenset[type] = frozenset({*(form for form, _ in EXECUTORS), Refusal})
 
 
 class OutboundStage:
@@ -236,6 +238,6 @@ class OutboundStage:
         """The plan of the recipients still without a copy or a refusal, by kind of form."""
         groups: dict[type, list[tuple[str, Decision]]] = {}
         for rcpt, decision in item.plan:
-            if rcpt not in item.handled and type(decision) in (*(f for f, _ in EXECUTORS), Refusal):
+            if rcpt not in item.handled and type(decision) in _ACTED_ON:
                 groups.setdefault(type(decision), []).append((rcpt, decision))
         return groups
