@@ -1,5 +1,7 @@
 """Both cores (issue 15, item 6): a real `msgw serve` with `[gateway] workers = 2` is a master and
-two worker processes sharing the spool and the listeners' ports (SO_REUSEPORT).
+two worker processes sharing the spool; the master listens on the SMTP ports and hands each
+connection to the least busy worker (gateway/server/handoff.py; tests/e2e/test_workers_balance.py
+holds the spread).
 
 What the tests hold it to: every message answered 250 is delivered, once in a normal run; a
 worker killed by SIGKILL mid-load is started again and nothing it acknowledged is lost (at least

@@ -1,6 +1,8 @@
 """The singletons of a multi-process gateway (issue 15, item 6): the intake doors run in worker 0
 only (two drop-folder pollers or two MLLP listeners would take the same files and ports); every
-worker has the SMTP listeners, bound with SO_REUSEPORT on the same port."""
+worker serves SMTP. Under `msgw serve` the master binds the SMTP ports and hands each connection
+over (tests/e2e/test_workers_balance.py); these in-process workers have no master, so (as
+`Gateway(handoff=None, workers=2)` does) each binds the same ports with SO_REUSEPORT."""
 
 from __future__ import annotations
 
