@@ -63,6 +63,23 @@ def wait_port(port: int, timeout: float = 20.0) -> None:
     raise RuntimeError(f"nothing listening on 127.0.0.1:{port} after {timeout}s")
 
 
+def wait_greeting(port: int, timeout: float = 30.0) -> None:
+    """A 220 greeting read on `port` (then QUIT): someone *serves* the port, not only listens.
+    A dispatching master listens before its workers are up and accepts only once they are."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=max(0.5, deadline - time.monotonic())) as s:
+                line = s.makefile("rb").readline()
+                if line.startswith(b"220"):
+                    s.sendall(b"QUIT\r\n")
+                    return
+        except OSError:
+            pass
+        time.sleep(0.05)
+    raise RuntimeError(f"no SMTP greeting on 127.0.0.1:{port} after {timeout}s")
+
+
 def tool(name: str) -> str | None:
     found = shutil.which(name)
     if found:
@@ -639,7 +656,12 @@ class GatewayProcess:
         if "worker process" not in said:
             return  # a msgw from before issue 15 (bench/compare_revisions.py): one process
         if "hands each connection" in said:
-            return  # the master listens alone and accepts once every worker is ready (gateway.server.handoff)
+            # The master listens alone from the start and accepts once every worker is ready
+            # (gateway.server.handoff): a greeting means they are. Without this wait the first run
+            # counted the workers' start-up CPU (imports, keys) and time as its messages'.
+            wait_greeting(self.setup.relay_port, timeout)
+            wait_greeting(self.setup.submission_port, timeout)
+            return
         n = self.worker_count
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
