@@ -67,7 +67,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--plain", action="store_true", help="crypto off (no [policy])")
-    ap.add_argument("--pyspy", help="py-spy record --idle of worker 0 into this file (speedscope or svg by suffix)")
+    ap.add_argument("--pyspy", help="py-spy record --idle --nonblocking of worker 0 into this file "
+                    "(.json speedscope, .txt collapsed stacks, else svg)")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="msgw-waits-"))
@@ -89,9 +90,10 @@ def main(argv: list[str] | None = None) -> int:
 
             spy = None
             if args.pyspy:
-                fmt = "speedscope" if args.pyspy.endswith(".json") else "flamegraph"
+                fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(args.pyspy).suffix, "flamegraph")
                 spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--threads",
-                                        "-r", "200", "-f", fmt, "-o", args.pyspy, "-p", str(pids[0])],
+                                        "--nonblocking", "-r", "200", "-f", fmt, "-o", args.pyspy,
+                                        "-p", str(pids[0])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
             before = {p: threads(p) for p in pids}
