@@ -199,11 +199,30 @@ def outcomes(msg: Any, written: Iterable[Any], now: float | None = None) -> None
             continue
         copy_id = rcpts.get(o.rcpt_id)
         form = name_label(forms.get(copy_id)) if copy_id is not None else NONE
-        RECIPIENTS.labels(listener, domain_label(o.address), form, state).inc()
+        _child(RECIPIENTS, (listener, domain_label(o.address), form, state)).inc()
         if state == "delivered":
-            LATENCY.labels(form).observe(max(0.0, now - msg.received))
+            _child(LATENCY, (form,)).observe(max(0.0, now - msg.received))
         else:
-            QUEUE_STATUS.labels(state, status_label(o.status)).inc()
+            _child(QUEUE_STATUS, (state, status_label(o.status))).inc()
+
+
+#: The children of `outcomes`' metrics by label values, so that a delivery does not pay
+#: `.labels()` (validation, a lock, a tuple of str) per counter. Bounded as the label values
+#: are (`DOMAIN_LIMIT` domains, then ``other``), and emptied past `_CHILDREN_LIMIT` anyway.
+_children: dict[tuple[object, tuple[str, ...]], Any] = {}
+_CHILDREN_LIMIT = 10_000
+
+
+def _child(metric: Any, values: tuple[str, ...]) -> Any:
+    """`metric.labels(*values)`, remembered. A child that its metric no longer has (a
+    `remove` or `clear`) is asked for again, so the counts always land in the exposition."""
+    key = (metric, values)
+    child = _children.get(key)
+    if child is None or metric._metrics.get(values) is not child:
+        if len(_children) >= _CHILDREN_LIMIT:
+            _children.clear()
+        child = _children[key] = metric.labels(*values)
+    return child
 
 
 def intake_document(door: str, fmt: str | None, outcome: str) -> None:
