@@ -20,7 +20,11 @@ Rules that keep it invisible to everything but the connection count:
   deferral for our cache's sake).
 * **Bounded.** Idle at most `connection_cache_time` (default 2 s, Postfix's default), at most
   `connection_reuse_limit` messages (default 100) and `MAX_AGE` seconds per session, at most
-  the destination's concurrency idle sessions per key; QUIT on shutdown (`close`).
+  the destination's concurrency idle sessions per key; QUIT on shutdown (`close`). The idle
+  bound is kept by **one** timer for the whole cache, at the earliest idle deadline (a session
+  given back carries its deadline; the timer closes what is past it and sets itself for the
+  next one), not a timer armed and cancelled per message: a busy destination costs one timer
+  per `connection_cache_time` instead of two timer operations per delivery.
 
 Event-loop only (no locks): `take` and `give_back` never await, so no two deliveries can get
 the same session.
@@ -31,7 +35,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gateway.delivery.nexthop import Destination
 from gateway.delivery.smtp_client import SmtpSession
@@ -57,7 +61,8 @@ class SessionKey:
 @dataclass(eq=False)
 class _Idle:
     session: SmtpSession
-    timer: asyncio.TimerHandle | None = field(default=None)
+    #: The event loop's time after which it is closed (given back + `idle_time`).
+    deadline: float
 
 
 class SessionCache:
@@ -71,6 +76,10 @@ class SessionCache:
         self.clock = clock
         self._idle: dict[SessionKey, list[_Idle]] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        #: The one idle timer (see the module docstring) and the time it is set for.
+        self._sweeper: asyncio.TimerHandle | None = None
+        self._sweep_at = 0.0
+        self._sweep_loop: asyncio.AbstractEventLoop | None = None
         #: Counters for `msgw`'s logs and the tests: sessions reused, and cached sessions found closed.
         self.reused = 0
         self.stale = 0
@@ -80,8 +89,6 @@ class SessionCache:
         idle = self._idle.get(key)
         while idle:
             entry = idle.pop()
-            if entry.timer is not None:
-                entry.timer.cancel()
             if entry.session.alive:
                 if not idle:
                     del self._idle[key]
@@ -98,10 +105,12 @@ class SessionCache:
                 or self.clock() - session.opened >= self.max_age):
             self._retire(session)
             return
-        entry = _Idle(session)
-        entry.timer = asyncio.get_running_loop().call_later(self.idle_time, self._expire, key, entry)
+        loop = asyncio.get_running_loop()
+        entry = _Idle(session, loop.time() + self.idle_time)
         self._idle.setdefault(key, []).append(entry)
         self._trim(key)
+        if self._sweeper is None or entry.deadline < self._sweep_at or self._sweep_loop is not loop:
+            self._arm(loop, entry.deadline)
 
     def _trim(self, key: SessionKey) -> None:
         """At most the destination's concurrency idle sessions per key: the oldest released go.
@@ -111,9 +120,28 @@ class SessionCache:
         for entry in entries[:max(0, len(entries) - key.destination.concurrency)]:
             self._drop(key, entry)
 
-    def _expire(self, key: SessionKey, entry: _Idle) -> None:
-        entry.timer = None
-        self._drop(key, entry)
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        """Set the one timer for `when` (on `loop`: a cache that outlived its loop re-arms)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self._sweep_at, self._sweep_loop = when, loop
+        self._sweeper = loop.call_at(when, self._sweep)
+
+    def _sweep(self) -> None:
+        """The idle timer: close every session past its deadline, then set the timer for the
+        earliest remaining one (none left: no timer until the next `give_back`). Per key the
+        entries are in the order given back, so the expired ones are the first."""
+        self._sweeper = None
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        earliest: float | None = None
+        for key, entries in list(self._idle.items()):
+            while entries and entries[0].deadline <= now:
+                self._drop(key, entries[0])
+            if entries and (earliest is None or entries[0].deadline < earliest):
+                earliest = entries[0].deadline
+        if earliest is not None:
+            self._arm(loop, earliest)
 
     def _drop(self, key: SessionKey, entry: _Idle) -> None:
         entries = self._idle.get(key, [])
@@ -121,8 +149,6 @@ class SessionCache:
             entries.remove(entry)
             if not entries:
                 del self._idle[key]
-        if entry.timer is not None:
-            entry.timer.cancel()
         self._retire(entry.session)
 
     def _retire(self, session: SmtpSession) -> None:
@@ -142,5 +168,8 @@ class SessionCache:
         for key, entries in list(self._idle.items()):
             for entry in list(entries):
                 self._drop(key, entry)
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         if self._closing:
             await asyncio.gather(*list(self._closing), return_exceptions=True)
