@@ -38,6 +38,11 @@ class ReplyReader(asyncio.Protocol):
         self.replies: deque[aiosmtplib.SMTPResponse] = deque()
         self.error: BaseException | None = None
         self.waiter: asyncio.Future[None] | None = None
+        #: When the reply now awaited is late (the loop's time; None: no wait or no timeout), and
+        #: the one timer of this exchange, set for the first such deadline (see `next`).
+        self.deadline: float | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_at = 0.0
 
     async def __aenter__(self) -> ReplyReader:
         transport = self.inner.transport
@@ -48,25 +53,54 @@ class ReplyReader(asyncio.Protocol):
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
         transport, self.transport = self.transport, None
         if transport is not None and transport.get_protocol() is self:
             transport.set_protocol(self.inner)
 
     async def next(self, timeout: float | None) -> aiosmtplib.SMTPResponse:
         """The next reply in order; SMTPServerDisconnected when the connection ended first,
-        SMTPReadTimeoutError after `timeout` seconds without it (as aiosmtplib's own read)."""
+        SMTPReadTimeoutError after `timeout` seconds without it (as aiosmtplib's own read).
+
+        Each wait has its own deadline, `timeout` after it began, as with one `asyncio.timeout`
+        per reply; but they share one timer per exchange (`_late`): it is set for the first
+        deadline and, when the reply it was for has come, set again for the wait then under
+        way. A pipelined group's replies come within milliseconds, so an exchange costs one
+        timer instead of a timeout context (a timer, a cancel) per reply."""
         while not self.replies:
             if self.error is not None:
                 raise self.error
-            self.waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            self.waiter = loop.create_future()
+            if timeout is not None:
+                self.deadline = loop.time() + timeout
+                if self._timer is None or self.deadline < self._timer_at:
+                    self._arm(loop, self.deadline)
             try:
-                async with asyncio.timeout(timeout):
-                    await self.waiter
-            except TimeoutError as exc:
-                raise aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response") from exc
+                await self.waiter
             finally:
-                self.waiter = None
+                self.waiter = self.deadline = None
         return self.replies.popleft()
+
+    def _arm(self, loop: asyncio.AbstractEventLoop, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._timer_at = when
+        self._timer = loop.call_at(when, self._late, loop)
+
+    def _late(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The exchange's timer: the reply awaited now is late (a timeout), or it is not due
+        yet (the timer was set for an earlier wait): set again for its deadline."""
+        self._timer = None
+        waiter, deadline = self.waiter, self.deadline
+        if waiter is None or waiter.done() or deadline is None:
+            return  # nobody waits: the next wait sets the timer
+        if loop.time() >= deadline:
+            waiter.set_exception(aiosmtplib.SMTPReadTimeoutError("Timed out waiting for server response"))
+        else:
+            self._arm(loop, deadline)
 
     def _wake(self) -> None:
         if self.waiter is not None and not self.waiter.done():
