@@ -237,7 +237,10 @@ class DeliveryManager(QueueWorker):
                     await self._bounce(msg, group, problem, "5.7.10")
                     continue
                 jobs.append(self._deliver_group(msg, dest, group, data, mutual_tls=copy.require_tls))
-        await asyncio.gather(*jobs)
+        if len(jobs) == 1:
+            await jobs[0]  # the usual message: one copy, one destination (no task, no extra loop turn)
+        else:
+            await asyncio.gather(*jobs)
 
     @staticmethod
     def _tls_problem(copy: PreparedCopy, dest: Destination) -> str | None:
