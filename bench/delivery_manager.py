@@ -40,8 +40,9 @@ def _child(tree: str, port: int, sizes: list[str], count: int, warmup: int, work
     import logging
     import time
 
-    import gateway
     from _support import RECIPIENT, SENDER, bench_message, body_lines, write_gateway_config
+
+    import gateway
     from gateway.config import load_config
     from gateway.delivery.manager import DeliveryManager
     from gateway.logs import setup_logging
@@ -64,7 +65,8 @@ def _child(tree: str, port: int, sizes: list[str], count: int, warmup: int, work
 
     def message(i: int, size: int, data: bytes) -> tuple[QueuedMessage, list]:
         now = time.time()
-        rcpt = QueuedRecipient(1, f"m{i}", RECIPIENT, RecipientState.QUEUED, 0, 0.0, None, None, None, now, False, copy_id=1)
+        rcpt = QueuedRecipient(1, f"m{i}", RECIPIENT, RecipientState.QUEUED, 0, 0.0, None, None, None, now, False,
+                               copy_id=1)
         copy = PreparedCopy(1, f"m{i}", "smime", False, len(data), "copy")
         msg = QueuedMessage(f"m{i}", SENDER, len(data), now, now + 3600, "relay", "127.0.0.1", None, False, 0,
                             False, (rcpt,), (copy,))

@@ -216,9 +216,10 @@ def _samples(registries: list[Any]) -> dict[tuple[str, tuple[tuple[str, str], ..
 
 def _message(i: int, listener: str = "relay") -> tuple[QueuedMessage, list[Outcome]]:
     now = time.time()
-    copies = (PreparedCopy(1, f"m{i}", "smime", False, 10, "f"), PreparedCopy(2, f"m{i}", "Trust-Space TLS!", True, 10, "f"))
-    addresses = [f"a{i}@Cabinet.Example", f"b{i}@other.example", "c@[127.0.0.1]", "no-domain", f"d{i}@x{i % 7}.example",
-                 "e@UPPER.EXAMPLE.", '"x y"@bad domain']
+    copies = (PreparedCopy(1, f"m{i}", "smime", False, 10, "f"),
+              PreparedCopy(2, f"m{i}", "Trust-Space TLS!", True, 10, "f"))
+    addresses = [f"a{i}@Cabinet.Example", f"b{i}@other.example", "c@[127.0.0.1]", "no-domain",
+                 f"d{i}@x{i % 7}.example", "e@UPPER.EXAMPLE.", '"x y"@bad domain']
     rcpts = tuple(QueuedRecipient(n, f"m{i}", a, RecipientState.QUEUED, 0, 0.0, None, None, None, now, False,
                                   copy_id=(1, 2, None)[n % 3]) for n, a in enumerate(addresses))
     msg = QueuedMessage(f"m{i}", "s@lab.example", 10, now - 3.5 * i, now + 3600, listener, "127.0.0.1", None, False, 0,
