@@ -22,8 +22,27 @@ from gateway.delivery.smtp_client import RecipientResult
 from gateway.errors import DeliveryError
 
 
-@dataclass(frozen=True)
-class Destination:
+class HashOnce:
+    """A frozen dataclass's hash computed once per object (a dataclass computes it at every
+    `hash()`: the nested tuples of a `Destination` and its `TlsSettings`, ~1 us, several times a
+    delivery as a dict key). Consistent with the generated `__eq__` (the same field values);
+    never pickled with the object (string hashes differ between processes)."""
+
+    def __hash__(self) -> int:
+        cached: int | None = self.__dict__.get("_hash")
+        if cached is None:
+            cached = hash(tuple(getattr(self, f) for f in self.__dataclass_fields__))  # type: ignore[attr-defined]
+            object.__setattr__(self, "_hash", cached)
+        return cached
+
+    def __getstate__(self) -> dict[str, object]:
+        state = dict(self.__dict__)
+        state.pop("_hash", None)
+        return state
+
+
+@dataclass(frozen=True, eq=True)
+class Destination(HashOnce):
     key: str                  # the semaphore / log key: "local", "route:dom", "smarthost", "mx:dom", "consumer:addr"
     domain: str
     local: bool = False
@@ -33,6 +52,12 @@ class Destination:
     concurrency: int = 5
     #: The name of the transport that carries the bytes (a key of `transports.TRANSPORTS`).
     transport: str = "smtp"
+
+    __hash__ = HashOnce.__hash__
+
+
+#: Destinations remembered per domain by a resolver, at most (then forgotten at once).
+DESTINATIONS_KEPT = 4096
 
 
 class NextHopResolver:
@@ -44,6 +69,10 @@ class NextHopResolver:
             resolver.nameservers = list(d.dns_nameservers)
             resolver.port = d.dns_port
         self.resolver = resolver
+        #: `destination(domain)` per domain (pure given the config, which is frozen), and the
+        #: config it was computed for.
+        self._destinations: dict[str, Destination] = {}
+        self._destinations_for = config
 
     def destination_for(self, address: str) -> Destination:
         """Where one recipient's copy goes: an application mailbox's consumer (per address, the
@@ -56,6 +85,18 @@ class NextHopResolver:
         return self.destination(address.rpartition("@")[2].lower())
 
     def destination(self, domain: str) -> Destination:
+        """Where a domain's mail goes; remembered per domain (the same object each time, so its
+        hash is computed once: `HashOnce`), forgotten when `config` is another one."""
+        if self._destinations_for is not self.config:
+            self._destinations, self._destinations_for = {}, self.config
+        dest = self._destinations.get(domain)
+        if dest is None:
+            if len(self._destinations) >= DESTINATIONS_KEPT:
+                self._destinations.clear()
+            dest = self._destinations[domain] = self._destination(domain)
+        return dest
+
+    def _destination(self, domain: str) -> Destination:
         cfg, d = self.config, self.config.delivery
         if cfg.is_local(domain):
             return Destination(key="local", domain=domain, local=True, concurrency=d.per_destination,

@@ -37,7 +37,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from gateway.delivery.nexthop import Destination
+from gateway.delivery.nexthop import Destination, HashOnce
 from gateway.delivery.smtp_client import SmtpSession
 
 #: A session is not reused once this old (Postfix's `smtp_connection_reuse_time_limit`): a
@@ -50,12 +50,15 @@ QUIT_TIMEOUT = 5.0
 
 
 @dataclass(frozen=True)
-class SessionKey:
-    """Everything that decided how a session was opened and authenticated."""
+class SessionKey(HashOnce):
+    """Everything that decided how a session was opened and authenticated (its hash computed
+    once: it is a dict key several times a delivery)."""
 
     destination: Destination
     require_client_cert: bool
     helo_name: str
+
+    __hash__ = HashOnce.__hash__
 
 
 @dataclass(eq=False)

@@ -527,3 +527,67 @@ async def test_one_or_several_groups_deliver_and_log_alike(tmp_path: Path, domai
         assert list(fields) == ["msg", "dest", "remote", "size", "delivered", "deferred", "bounced", "ms"]
         assert (fields["msg"], fields["size"], fields["deferred"], fields["bounced"]) == ("M1", 20, 0, 0)
         assert fields["delivered"] == sum(1 for d in domains if (d == "dest.test") == (fields["dest"] == "smarthost"))
+
+
+# -- destinations remembered, hashes computed once --------------------------------------------------------
+
+ROUTES = """
+[delivery.routes."partner.test"]
+host = "127.0.0.1"
+port = 2626
+tls = "none"
+
+[delivery.routes.".sub.test"]
+host = "127.0.0.1"
+port = 2727
+tls = "none"
+transport = "lmtp"
+"""
+DOMAINS = ["partner.test", "PARTNER.test", "a.sub.test", "sub.test", "msgw.test", "MSGW.TEST", "elsewhere.test",
+           "x.partner.test", "", "[127.0.0.1]", "d\u00e9j\u00e0.test"]
+
+
+def test_remembered_destinations_are_the_computed_ones(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from gateway.delivery import nexthop
+
+    config = load_config(write_config(tmp_path, sink_port=2525, extra=ROUTES).config)
+    remembering = nexthop.NextHopResolver(config)
+    monkeypatch.setattr(nexthop, "DESTINATIONS_KEPT", 3)  # forgotten now and then
+    for _ in range(3):
+        for domain in DOMAINS:
+            fresh = nexthop.NextHopResolver(config)._destination(domain)
+            got = remembering.destination(domain)
+            assert got == fresh and hash(got) == hash(fresh) and repr(got) == repr(fresh)
+            address = f"someone@{domain}"
+            assert remembering.destination_for(address) == nexthop.NextHopResolver(config).destination_for(address)
+        assert len(remembering._destinations) <= 3
+    # another configuration (a resolver's config replaced): nothing remembered from the first
+    assert remembering.destination("partner.test").key == "route:partner.test"
+    other = replace(config, delivery=replace(config.delivery, routes=()))
+    remembering.config = other
+    assert remembering.destination("partner.test") == nexthop.NextHopResolver(other)._destination("partner.test")
+    assert remembering.destination("partner.test").key != "route:partner.test"
+
+
+def test_hash_once_keys_behave_as_dataclass_keys() -> None:
+    import pickle
+    from dataclasses import astuple, replace
+
+    from gateway.config import TlsSettings
+
+    made = [Destination(key="smarthost", domain="*", host="h", port=25),
+            Destination(key="smarthost", domain="*", host="h", port=25),
+            Destination(key="smarthost", domain="*", host="h", port=26),
+            Destination(key="mx:a", domain="a", tls=TlsSettings(policy="required", ca_file=Path("/ca.pem")))]
+    keys = [SessionKey(d, flag, "gw.test") for d in made for flag in (False, True)]
+    table: dict[object, int] = {}
+    for i, k in enumerate(made + keys):
+        table.setdefault(k, i)
+    assert len(table) == 3 + 6  # equal values share a slot, as with the generated hash
+    for k in made + keys:
+        again = pickle.loads(pickle.dumps(k))  # noqa: S301 - our own bytes
+        assert hash(k) == hash(k) and table[k] == table[again] and "_hash" not in again.__dict__
+        assert hash(replace(k)) == hash(k) and astuple(replace(k)) == astuple(k)
+    assert made[0] == made[1] and made[0] != made[2] and hash(made[0]) == hash(made[1])
