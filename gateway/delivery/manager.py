@@ -34,7 +34,7 @@ from gateway.config import GatewayConfig
 from gateway.delivery.dsn import RecipientReport, build_dsn, returned_headers
 from gateway.delivery.nexthop import Destination, NextHopResolver
 from gateway.delivery.sessions import SessionCache
-from gateway.delivery.transports import Hop, transport_for
+from gateway.delivery.transports import TRANSPORTS, Hop, Transport, transport_for
 from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
 from gateway.ops import metrics
@@ -42,6 +42,9 @@ from gateway.queueworker import QueueWorker
 from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
 
 log = logging.getLogger("gateway.delivery")
+
+#: Transports kept built, at most (then all forgotten at once; see `DeliveryManager._transport`).
+TRANSPORTS_KEPT = 1024
 
 #: One prepared copy, its bytes, and the recipients of this attempt that receive it.
 Batch = tuple[PreparedCopy, bytes, list[QueuedRecipient]]
@@ -75,6 +78,9 @@ class DeliveryManager(QueueWorker):
         self._unfinished: set[str] = set()
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
+        #: Transports built per (destination, mutual TLS, factory), with what they were built
+        #: from (`_transport`).
+        self._transports: dict[tuple[Destination, bool, object], tuple[Transport, Hop]] = {}
         d = config.delivery
         #: Idle SMTP sessions kept for the next message to the same destination (None: off).
         self.sessions = SessionCache(d.connection_cache_time, d.connection_reuse_limit) \
@@ -242,6 +248,24 @@ class DeliveryManager(QueueWorker):
         else:
             await asyncio.gather(*jobs)
 
+    def _transport(self, dest: Destination, mutual_tls: bool) -> Transport:
+        """The transport the next-hop table names for `dest`, built once per destination and TLS
+        demand (a `Hop` and a transport per message cost more than the rest of `_deliver_group`;
+        transports keep nothing between deliveries). Built again when the registry, the config,
+        the resolver or the connection cache is another object than the one it was built from."""
+        key = (dest, mutual_tls, TRANSPORTS.get(dest.transport))
+        kept = self._transports.get(key)
+        if kept is not None:
+            transport, hop = kept
+            if hop.config is self.config and hop.resolver is self.resolver and hop.sessions is self.sessions:
+                return transport
+        hop = Hop(self.config, dest, self.resolver, require_client_cert=mutual_tls, sessions=self.sessions)
+        transport = transport_for(hop)
+        if len(self._transports) >= TRANSPORTS_KEPT:
+            self._transports.clear()
+        self._transports[key] = (transport, hop)
+        return transport
+
     @staticmethod
     def _tls_problem(copy: PreparedCopy, dest: Destination) -> str | None:
         """Why this route cannot carry a copy that relies on mutual TLS (None when it can)."""
@@ -255,8 +279,7 @@ class DeliveryManager(QueueWorker):
         async with sem:
             started = time.monotonic()
             try:
-                transport = transport_for(Hop(self.config, dest, self.resolver, require_client_cert=mutual_tls,
-                                                 sessions=self.sessions))
+                transport = self._transport(dest, mutual_tls)
                 results, remote = await transport.deliver(msg.sender, [r.address for r in rcpts], data)
             except DeliveryError as exc:
                 event(log, "delivery-failed", logging.WARNING, msg=msg.id, dest=dest.key, rcpts=len(rcpts),

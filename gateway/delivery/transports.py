@@ -68,11 +68,12 @@ class SmtpTransport:
 
     def __init__(self, hop: Hop) -> None:
         self.hop = hop
+        #: The cache's key of this hop's sessions (the delivery manager keeps a transport per hop).
+        self.key = SessionKey(hop.destination, hop.require_client_cert, hop.config.hostname)
 
     async def deliver(self, sender: str, recipients: Sequence[str], data: bytes) -> Results:
-        hop, dest = self.hop, self.hop.destination
+        hop, dest, key = self.hop, self.hop.destination, self.key
         delivery = hop.config.delivery
-        key = SessionKey(dest, hop.require_client_cert, hop.config.hostname)
         last_error: DeliveryError | None = None
         if hop.sessions is not None:
             try:

@@ -592,3 +592,45 @@ def test_hash_once_keys_behave_as_dataclass_keys() -> None:
         assert hash(k) == hash(k) and table[k] == table[again]
         assert hash(replace(k)) == hash(k) and astuple(replace(k)) == astuple(k)
     assert made[0] == made[1] and made[0] != made[2] and hash(made[0]) == hash(made[1])
+
+
+# -- transports built once per hop -----------------------------------------------------------------------
+
+def test_a_transport_is_built_once_per_hop_and_again_when_what_it_was_built_from_changes(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from dataclasses import replace
+
+    from gateway.delivery import manager as manager_module
+    from gateway.delivery import transports
+    from gateway.delivery.nexthop import NextHopResolver
+
+    config = load_config(write_config(tmp_path, sink_port=2525, extra=ROUTES).config)
+    manager = DeliveryManager(config, spool=None)  # type: ignore[arg-type]
+    smart = manager.resolver.destination_for("a@dest.test")
+    route = manager.resolver.destination_for("a@partner.test")
+    first = manager._transport(smart, False)
+    assert isinstance(first, transports.SmtpTransport)
+    assert first.key == SessionKey(smart, False, config.hostname)
+    hop = first.hop
+    assert (hop.destination, hop.require_client_cert, hop.sessions, hop.config) == \
+        (smart, False, manager.sessions, config)
+    assert manager._transport(smart, False) is first
+    assert manager._transport(replace(smart), False) is first  # an equal destination
+    mutual = manager._transport(smart, True)
+    assert mutual is not first and mutual.hop.require_client_cert and mutual.key.require_client_cert  # type: ignore
+    assert manager._transport(route, False).hop.destination == route  # type: ignore[attr-defined]
+    manager.config = replace(config, hostname="other.test")
+    assert manager._transport(smart, False).key.helo_name == "other.test"  # type: ignore[attr-defined]
+    manager.resolver = NextHopResolver(config)
+    rebuilt = manager._transport(smart, False)
+    assert rebuilt is not first and rebuilt.hop.resolver is manager.resolver  # type: ignore[attr-defined]
+    manager.sessions = None
+    assert manager._transport(smart, False).hop.sessions is None  # type: ignore[attr-defined]
+    monkeypatch.setitem(transports.TRANSPORTS, "smtp", transports.LmtpTransport)  # the registry changed
+    assert isinstance(manager._transport(smart, False), transports.LmtpTransport)
+    monkeypatch.setattr(manager_module, "TRANSPORTS_KEPT", 2)
+    for port in range(5):
+        manager._transport(replace(smart, port=port), False)
+        assert len(manager._transports) <= 2
+    with pytest.raises(Exception, match="no transport named"):
+        manager._transport(replace(smart, transport="pigeon"), False)
