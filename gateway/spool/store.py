@@ -103,6 +103,7 @@ from typing import Any, TypeVar
 from gateway.errors import GatewayError, SpoolError
 from gateway.fsutil import fsync_dir, locked, write_atomic, write_synced
 from gateway.logs import event
+from gateway.spool.finished import FinishedMemo
 
 log = logging.getLogger("gateway.spool")
 T = TypeVar("T")
@@ -146,6 +147,9 @@ CREATE TABLE IF NOT EXISTS copies (
     digest TEXT
 );
 CREATE INDEX IF NOT EXISTS copies_msg ON copies(message_id);
+CREATE TABLE IF NOT EXISTS finished (
+    id TEXT PRIMARY KEY
+);
 """
 
 #: Columns added after the first schema (issue 12): added on open to an older spool, whose
@@ -442,6 +446,11 @@ class Spool:
         #: accepted message as the one prepared copy of itself, with this form: exactly what the
         #: runner would record, without the runner's transaction (set by `gateway.app`).
         self.prepare_on_accept: str | None = None
+        #: Messages `record_outcomes(finish=…)` removed, for `take_finished`; and those whose
+        #: files are gone since, whose tombstone rows the next finishing transaction deletes.
+        self._finished = FinishedMemo()
+        self._unlinked: builtins.list[str] = []
+        self._unlinked_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
     def open(self, *, recover: bool = True) -> Spool:
@@ -810,12 +819,28 @@ class Spool:
                 stats["tmp_removed"] += 1
         with self._lock:
             known = {row[0] for row in self.db.execute("SELECT id FROM messages")}
+            tombs = {row[0] for row in self.db.execute("SELECT id FROM finished")}
+        tombstoned = 0
         for f in self.msg_dir.iterdir():
+            if f.name in tombs and f.name not in known:  # finished; the crash came before its unlink
+                try:
+                    f.unlink()
+                    tombstoned += 1
+                except OSError:
+                    tombs.discard(f.name)  # its tombstone stays until the file can go
+                continue
             if f.name not in known:
                 with contextlib.suppress(OSError):
                     os.replace(f, self.orphan_dir / f.name)
                     stats["orphans"] += 1
         stats["copies_removed"] = self._remove_unrecorded_copies()
+        if tombs:
+            try:  # not waited for: a tombstone a power cut brings back is harmless
+                self._write_alone("clear finished messages",
+                                  lambda db: db.executemany("DELETE FROM finished WHERE id = ?",
+                                                            [(i,) for i in tombs]), reserve=False, durable=False)
+            except SpoolError as exc:
+                event(log, "spool-finish-postponed", logging.WARNING, reason=str(exc))
         with self._lock:
             stats["pending"] = self.db.execute(
                 "SELECT COUNT(*) FROM recipients WHERE state IN (?, ?)", PENDING).fetchone()[0]
@@ -823,7 +848,7 @@ class Spool:
                 "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
                 " AND (r.state IN (?, ?) OR (r.state = 'bounced' AND r.dsn_sent = 0)))", PENDING)]
         # Messages whose last outcome was recorded just before a crash: remove them now.
-        stats["finished"] = stats["finish_postponed"] = 0
+        stats["finished"], stats["finish_postponed"] = tombstoned, 0
         for msg_id in finished:
             try:
                 stats["finished"] += self.finish_if_done(msg_id)
@@ -1207,16 +1232,61 @@ class Spool:
                                       file=c[5], digest=c[6]) for c in copies))
 
     # -- state changes ----------------------------------------------------------------------
-    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+    def record_outcomes(self, outcomes: Iterable[Outcome], *, finish: str | None = None) -> None:
         """Write an attempt's outcomes in one transaction (one fsync for 10,000 recipients, not
         10,000). Only pending recipients change: an operator's delete is not undone by a late
-        result. Deferrals alone never use the reserve (see `mark_deferred`)."""
+        result. Deferrals alone never use the reserve (see `mark_deferred`).
+
+        `finish`: a message id; when these outcomes leave it finished (as `finish_if_done` means
+        it), its rows go in the same transaction and a tombstone row (`finished`) takes their
+        place; its files are unlinked after the commit, then `take_finished(finish)` is True.
+        Why: the delivery manager's read and removal were a second transaction and a second
+        executor trip per delivered message (issue 15). A crash between the commit and the
+        unlink leaves files that `recover()` removes by their tombstone (not orphans)."""
         now = time.time()
         items = list(outcomes)
         if not items:
             return
-        self._write("update queue state", lambda db: _apply_outcomes(db, items, now),
-                    reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+        if finish is not None:
+            _safe_id(finish)
+        with self._unlinked_lock:
+            cleared, self._unlinked = self._unlinked, []
+
+        def work(db: sqlite3.Connection) -> builtins.list[str] | None:
+            _apply_outcomes(db, items, now)
+            if cleared:
+                db.executemany("DELETE FROM finished WHERE id = ?", [(i,) for i in cleared])
+            return None if finish is None else _finish_rows(db, finish)
+
+        try:
+            files = self._write("update queue state", work,
+                                reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+        except BaseException:
+            with self._unlinked_lock:
+                self._unlinked[:0] = cleared
+            raise
+        if finish is not None and files is not None:
+            self._unlink_finished(finish, files)
+            self._finished.add(finish)
+
+    def _unlink_finished(self, msg_id: str, files: builtins.list[str]) -> None:
+        """The files of a message whose rows `record_outcomes` removed; the tombstone row goes with
+        the next finishing transaction once they are gone, else it stays for `recover()`."""
+        paths = [self.copy_dir / _safe_id(f[5:]) for f in files if f.startswith("copy/")]
+        for path in [*paths, self.msg_dir / msg_id]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                event(log, "spool-finish-postponed", logging.WARNING, msg=msg_id, reason=_describe(exc))
+                return
+        with self._unlinked_lock:
+            self._unlinked.append(msg_id)
+
+    def take_finished(self, msg_id: str) -> bool:
+        """True once when `record_outcomes(…, finish=msg_id)` removed the message (no I/O)."""
+        return self._finished.take(msg_id)
 
     def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
              remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
@@ -1380,6 +1450,23 @@ def _apply_outcomes(db: sqlite3.Connection, outcomes: builtins.list[Outcome], no
         " updated = ? WHERE id = ? AND state IN (?, ?)",
         [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
           o.rcpt_id, *PENDING) for o in outcomes])
+
+
+def _finish_rows(db: sqlite3.Connection, msg_id: str) -> builtins.list[str] | None:
+    """In a transaction: remove a finished message's rows (all recipients final, no DSN owed) and
+    leave its tombstone; the copy files to unlink after the commit, or None when not finished."""
+    if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
+        return None
+    left = db.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ? AND (state IN (?, ?)"
+                      " OR (state = 'bounced' AND dsn_sent = 0))", (msg_id, *PENDING)).fetchone()[0]
+    if left:
+        return None
+    files = [r[0] for r in db.execute("SELECT file FROM copies WHERE message_id = ?", (msg_id,))]
+    db.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
+    db.execute("DELETE FROM copies WHERE message_id = ?", (msg_id,))
+    db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+    db.execute("INSERT OR IGNORE INTO finished (id) VALUES (?)", (msg_id,))
+    return files
 
 
 def _safe_id(msg_id: str) -> str:
