@@ -118,13 +118,26 @@ class PipelineRunner(QueueWorker):
             await self._prepare_guarded(fresh, data)
             return
         try:
-            msg = await asyncio.to_thread(self.spool.get, msg_id)
+            msg, stored = await asyncio.to_thread(self._read, msg_id)
         except GatewayError as exc:
             event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
             self._wake.set()
             return
         if msg is not None and not msg.quarantined:
-            await self._prepare_guarded(msg)
+            await self._prepare_guarded(msg, stored)
+
+    def _read(self, msg_id: str) -> tuple[QueuedMessage | None, bytes | None]:
+        """The message and, when it has recipients to prepare now, its bytes: one trip to a
+        worker thread instead of two (issue 15). Bytes that cannot be read are None: `_prepare`
+        reads them again and meets the error where it always did (under `_guard`)."""
+        msg = self.spool.get(msg_id)
+        if msg is None or msg.quarantined or not any(
+                not r.prepared and r.next_attempt <= self.clock() for r in msg.pending):
+            return msg, None
+        try:
+            return msg, self.spool.message_bytes(msg_id)
+        except GatewayError:
+            return msg, None
 
     # -- one message ------------------------------------------------------------------------
     async def _prepare_guarded(self, msg: QueuedMessage, data: bytes | None = None) -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from gateway.config import load_config
 from gateway.runner import QueueService
-from gateway.spool import Spool
+from gateway.spool import RecipientState, Spool
 from tests.e2e.harness import Sink, SinkHandler, make_message, write_config
 
 
@@ -83,3 +83,60 @@ def test_an_outcome_listener_still_finds_the_message_then_it_is_removed(tmp_path
         spool.close()
     finally:
         sink.stop()
+
+
+def test_the_runner_reads_a_message_no_longer_in_memory_in_one_trip(tmp_path: Path) -> None:
+    """A message the spool no longer keeps in memory, handed to the runner (`prepare_now`'s
+    work): its row and its bytes in one trip, then the preparation's record: two trips (were
+    three); the same result as the poll's preparation of the same bytes."""
+    setup = write_config(tmp_path / "gw", sink_port=9)
+    config = load_config(setup.config)
+    spool = Spool(config.spool.path).open()
+    data = make_message("lab@lab.example", "dr@cabinet.example", "s", "body")
+    polled, handed = (spool.accept("lab@lab.example", ["dr@cabinet.example"], data, lifetime=3600) for _ in range(2))
+    for msg_id in (polled, handed):
+        assert spool.take_accepted(msg_id) is not None  # forgotten: read back from the store
+    service = QueueService(config, spool)
+    executor = _Counting()
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_default_executor(executor)
+        await service.runner._fetch_and_prepare(handed)
+        trips = executor.trips
+        assert await service.runner.run_once() == 1  # the other one, by the poll
+        return trips
+
+    assert asyncio.run(main()) == 2
+    views = []
+    for msg_id in (polled, handed):
+        msg = spool.get(msg_id)
+        assert msg is not None and msg.stage == "prepared"
+        views.append(([(c.form, c.size, c.digest) for c in msg.copies], [spool.copy_bytes(c) for c in msg.copies],
+                      [(r.state, r.attempts) for r in msg.recipients]))
+    assert views[0] == views[1] and views[1][1] == [data]
+    spool.close()
+
+
+def _unreadable(tmp_path: Path, read_apart: bool) -> list[tuple[object, ...]]:
+    setup = write_config(tmp_path / "gw", sink_port=9)
+    config = load_config(setup.config)
+    spool = Spool(config.spool.path).open()
+    msg_id = spool.accept("lab@lab.example", ["dr@cabinet.example"], b"x\r\n", lifetime=3600)
+    assert spool.take_accepted(msg_id) is not None
+    (spool.msg_dir / msg_id).unlink()
+    service = QueueService(config, spool)
+    if read_apart:  # the reference: the row alone, the bytes read later by `_prepare`
+        service.runner._read = lambda i: (spool.get(i), None)  # type: ignore[method-assign]
+    asyncio.run(service.runner._fetch_and_prepare(msg_id))
+    msg = spool.get(msg_id)
+    assert msg is not None
+    spool.close()
+    return [(r.state, r.attempts, r.last_status, r.copy_id, msg.crashes, msg.stage) for r in msg.recipients]
+
+
+def test_the_runner_meets_an_unreadable_message_where_it_did(tmp_path: Path) -> None:
+    """Bytes that cannot be read in the combined trip are read again under the guard: the same
+    outcome as reading them apart (a deferral, the recipients still received)."""
+    combined = _unreadable(tmp_path / "new", read_apart=False)
+    assert combined == _unreadable(tmp_path / "ref", read_apart=True)
+    assert combined[0][0] is RecipientState.DEFERRED and combined[0][2] == "4.3.1"
