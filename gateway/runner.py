@@ -118,7 +118,9 @@ class PipelineRunner(QueueWorker):
             await self._prepare_guarded(fresh, data)
             return
         try:
-            msg, stored = await asyncio.to_thread(self._read, msg_id)
+            # The bytes only while a preparation slot is free: a message waiting for one holds
+            # its row, never its bytes (what the accepted-memory bound is for).
+            msg, stored = await asyncio.to_thread(self._read, msg_id, not self._parallel.locked())
         except GatewayError as exc:
             event(log, "spool-unavailable", logging.ERROR, msg=msg_id, reason=str(exc))
             self._wake.set()
@@ -126,12 +128,12 @@ class PipelineRunner(QueueWorker):
         if msg is not None and not msg.quarantined:
             await self._prepare_guarded(msg, stored)
 
-    def _read(self, msg_id: str) -> tuple[QueuedMessage | None, bytes | None]:
+    def _read(self, msg_id: str, with_bytes: bool = True) -> tuple[QueuedMessage | None, bytes | None]:
         """The message and, when it has recipients to prepare now, its bytes: one trip to a
         worker thread instead of two (issue 15). Bytes that cannot be read are None: `_prepare`
         reads them again and meets the error where it always did (under `_guard`)."""
         msg = self.spool.get(msg_id)
-        if msg is None or msg.quarantined or not any(
+        if not with_bytes or msg is None or msg.quarantined or not any(
                 not r.prepared and r.next_attempt <= self.clock() for r in msg.pending):
             return msg, None
         try:

@@ -117,6 +117,48 @@ def test_the_runner_reads_a_message_no_longer_in_memory_in_one_trip(tmp_path: Pa
     spool.close()
 
 
+def test_the_runner_reads_no_bytes_for_a_message_that_waits_for_a_slot(tmp_path: Path) -> None:
+    """Every preparation slot taken: the row alone is read (a waiting message holds no bytes, as
+    before), the bytes once a slot is free; the same result."""
+    setup = write_config(tmp_path / "gw", sink_port=9)
+    config = load_config(setup.config)
+    spool = Spool(config.spool.path).open()
+    data = make_message("lab@lab.example", "dr@cabinet.example", "s", "body")
+    msg_id = spool.accept("lab@lab.example", ["dr@cabinet.example"], data, lifetime=3600)
+    assert spool.take_accepted(msg_id) is not None
+    service = QueueService(config, spool)
+    asked: list[bool] = []
+    real = service.runner._read
+
+    def read(i: str, with_bytes: bool = True) -> tuple[object, object]:
+        asked.append(with_bytes)
+        got = real(i, with_bytes)
+        assert (got[1] is not None) is with_bytes
+        return got
+
+    service.runner._read = read  # type: ignore[method-assign, assignment]
+
+    async def main() -> None:
+        slots = service.runner._parallel
+        taken = 0
+        while not slots.locked():
+            await slots.acquire()
+            taken += 1
+        task = asyncio.create_task(service.runner._fetch_and_prepare(msg_id))
+        await asyncio.sleep(0.2)
+        assert not task.done()
+        for _ in range(taken):
+            slots.release()
+        await asyncio.wait_for(task, 30)
+
+    asyncio.run(main())
+    assert asked == [False]
+    msg = spool.get(msg_id)
+    assert msg is not None and msg.stage == "prepared"
+    assert [spool.copy_bytes(c) for c in msg.copies] == [data]
+    spool.close()
+
+
 def _unreadable(tmp_path: Path, read_apart: bool) -> list[tuple[object, ...]]:
     setup = write_config(tmp_path / "gw", sink_port=9)
     config = load_config(setup.config)
@@ -126,7 +168,7 @@ def _unreadable(tmp_path: Path, read_apart: bool) -> list[tuple[object, ...]]:
     (spool.msg_dir / msg_id).unlink()
     service = QueueService(config, spool)
     if read_apart:  # the reference: the row alone, the bytes read later by `_prepare`
-        service.runner._read = lambda i: (spool.get(i), None)  # type: ignore[method-assign]
+        service.runner._read = lambda i, _with_bytes=True: (spool.get(i), None)  # type: ignore[method-assign]
     asyncio.run(service.runner._fetch_and_prepare(msg_id))
     msg = spool.get(msg_id)
     assert msg is not None
