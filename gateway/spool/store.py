@@ -542,7 +542,7 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool
+            db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool (once: `finished`)
             _migrate(db)
         except BaseException:
             db.close()
