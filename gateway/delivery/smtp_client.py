@@ -140,6 +140,11 @@ class SmtpSession:
         self.opened = opened
         #: Messages sent over it (MAIL transactions begun).
         self.uses = 0
+        #: When it was last given back to the cache clean (every recipient of its last
+        #: transaction accepted at DATA), by the cache's clock; None otherwise, and once taken
+        #: again (`transports.FRESH_TIME`). An attribute, not a weak dictionary beside the
+        #: session: a pop and a store per message there cost two weak references.
+        self.clean_since: float | None = None
 
     @property
     def alive(self) -> bool:
