@@ -47,8 +47,8 @@ class StubSession(SmtpSession):
 
 
 def _transport(cache: SessionCache) -> transports.SmtpTransport:
-    config: Any = SimpleNamespace(delivery=SimpleNamespace(command_timeout=30.0))
-    hop: Any = SimpleNamespace(config=config, sessions=cache)
+    config: Any = SimpleNamespace(delivery=SimpleNamespace(command_timeout=30.0), hostname="gw.test")
+    hop: Any = SimpleNamespace(config=config, sessions=cache, destination=KEY.destination, require_client_cert=False)
     return transports.SmtpTransport(hop)
 
 
