@@ -118,6 +118,7 @@ def main() -> None:
             print(f"load average {loadavg():.2f}; {args.event_loop}; median of {args.rounds} rounds of "
                   f"{args.count}, alternating; base = {trees['base']}", flush=True)
             rows: list[list[object]] = []
+            rounds: dict[str, dict[str, list[float]]] = {}
             for name in args.sizes.split(","):
                 per: dict[str, list[tuple[float, float]]] = {way: [] for way in procs}
                 for i in range(args.rounds):
@@ -129,9 +130,13 @@ def main() -> None:
                 rows.append([name, base_cpu, new_cpu, new_cpu / base_cpu,
                              statistics.median(w for _, w in per["base"]),
                              statistics.median(w for _, w in per["new"])])
+                rounds[name] = {way: [round(c, 4) for c, _ in figures] for way, figures in per.items()}
             print_table(["size", "base CPU ms/msg", "new CPU ms/msg", "new/base", "base wall ms/msg",
                          "new wall ms/msg"], rows, digits=3)
+            for name, ways in rounds.items():
+                print(f"{name} CPU ms/msg per round: " + "; ".join(f"{way} {ways[way]}" for way in ways), flush=True)
             document["rows"] = rows
+            document["rounds"] = rounds
         finally:
             for proc in procs.values():
                 if proc.stdin is not None:
