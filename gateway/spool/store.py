@@ -946,8 +946,8 @@ class Spool:
                              ) -> QueuedMessage | None:
         """`prepare`, and the message as it now is (what `get` then returns), read in the same
         transaction; None when the message is gone. Why: the runner hands the prepared message
-        to delivery, and a separate `get` was a second lock round and three queries outside the
-        batch (issue 15)."""
+        to delivery; the same call on both backends, where PostgreSQL saves a whole transaction
+        (here only a second round of the spool's lock: within noise, bench/prepare_read.py)."""
         done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
         return fresh if done else None
 
