@@ -692,7 +692,7 @@ class PgSpool:
     def prepare_for_delivery(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()
                              ) -> QueuedMessage | None:
         """As `Spool.prepare_for_delivery`: the message as it now is, read in the preparation's
-        own transaction (a separate `get` was a second connection checkout and transaction)."""
+        own transaction (a separate `get` was a second pool checkout, its three autocommit reads apart)."""
         done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
         return fresh if done else None
 
