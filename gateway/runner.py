@@ -199,11 +199,9 @@ class PipelineRunner(QueueWorker):
         event(log, "routed-to-key", msg=msg.id, key=key)
 
     def _record(self, msg_id: str, copies: list[NewCopy], outcomes: list[Outcome]) -> QueuedMessage | None:
-        """`Spool.prepare`, then the message as it now is (for the hand-off to delivery), in one
-        trip to a worker thread; None when it was deleted meanwhile."""
-        if not self.spool.prepare(msg_id, copies, outcomes):
-            return None
-        return self.spool.get(msg_id)
+        """The preparation recorded and the message as it now is (for the hand-off to delivery),
+        read in the same transaction (`prepare_for_delivery`); None when it was deleted meanwhile."""
+        return self.spool.prepare_for_delivery(msg_id, copies, outcomes)
 
     def _plan(self, msg: QueuedMessage, todo: list[QueuedRecipient], data: bytes, result: PipelineResult
               ) -> tuple[list[NewCopy], list[Outcome]]:

@@ -689,6 +689,18 @@ class PgSpool:
 
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
+        """`prepare_for_delivery` without reading the message back: False when it is gone."""
+        return self._prepare(msg_id, copies, outcomes, fetch=False)[0]
+
+    def prepare_for_delivery(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()
+                             ) -> QueuedMessage | None:
+        """As `Spool.prepare_for_delivery`: the message as it now is, read in the preparation's
+        own transaction (a separate `get` was a second pool checkout, its three autocommit reads apart)."""
+        done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
+        return fresh if done else None
+
+    def _prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome], *, fetch: bool
+                 ) -> tuple[bool, QueuedMessage | None]:
         """Record a preparation in one transaction: the copies' bodies, their rows, the links of
         still-received pending recipients, the refusals, the message marked prepared. False when
         the message is gone (deleted meanwhile): nothing is recorded."""
@@ -697,9 +709,9 @@ class PgSpool:
         _safe_id(msg_id)
         now = time.time()
 
-        def record(conn: psycopg.Connection) -> bool:
+        def record(conn: psycopg.Connection) -> tuple[bool, QueuedMessage | None]:
             if conn.execute("SELECT 1 FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,)).fetchone() is None:
-                return False
+                return False, None
             for n, copy in enumerate(items):
                 if copy.same_as_message:
                     file, digest = f"msg/{msg_id}", None
@@ -722,15 +734,18 @@ class PgSpool:
                 " queue_messages WHERE id = %s) old WHERE m.id = %s RETURNING old.needs_key",
                 (msg_id, msg_id)).fetchone()
             used[:] = [row[0]] if row and row[0] else []
-            return True
+            if not fetch:
+                return True, None
+            found = _messages(conn, " WHERE id = %s", (msg_id,))
+            return True, found[0] if found else None
 
         used: builtins.list[str] = []
-        done = self._tx("record a prepared message", record, durable=False, notify="prepared")
+        done, fresh = self._tx("record a prepared message", record, durable=False, notify="prepared")
         if used and used[0] not in self.keys and self._published:
             # prepared here although routed for lack of this key: its token is back in this node
             self.keys = self.keys | {used[0]}
             self._publish()
-        return done
+        return done, fresh
 
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a damaged copy: its pending recipients are received again (prepared anew)."""

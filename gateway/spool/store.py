@@ -972,6 +972,20 @@ class Spool:
 
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
+        """`prepare_for_delivery` without reading the message back: False when it is gone."""
+        return self._prepare(msg_id, copies, outcomes, fetch=False)[0]
+
+    def prepare_for_delivery(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()
+                             ) -> QueuedMessage | None:
+        """`prepare`, and the message as it now is (what `get` then returns), read in the same
+        transaction; None when the message is gone. Why: the runner hands the prepared message
+        to delivery; the same call on both backends, where PostgreSQL saves a whole transaction
+        (here only a second round of the spool's lock: within noise, bench/prepare_read.py)."""
+        done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
+        return fresh if done else None
+
+    def _prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome], *, fetch: bool
+                 ) -> tuple[bool, QueuedMessage | None]:
         """Record a preparation: copy files first, then one transaction that inserts the copy
         rows (with each copy's SHA-256), links their recipients, writes the refusals and marks
         the message prepared. False when the message is gone (deleted meanwhile): nothing is
@@ -1014,9 +1028,9 @@ class Spool:
                 f"cannot store a prepared copy: {_describe(exc)}") from None
         now = time.time()
 
-        def record(db: sqlite3.Connection) -> bool:
+        def record(db: sqlite3.Connection) -> tuple[bool, QueuedMessage | None]:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
-                return False
+                return False, None
             for copy, file, digest in files:
                 copy_id = db.execute(
                     "INSERT INTO copies (message_id, form, require_tls, size, file, digest) VALUES (?, ?, ?, ?, ?, ?)",
@@ -1027,18 +1041,20 @@ class Spool:
                     [(copy_id, now, rid, msg_id, *PENDING) for rid in copy.rcpt_ids])
             _apply_outcomes(db, results, now)
             db.execute("UPDATE messages SET prepared = 1 WHERE id = ?", (msg_id,))
-            return True
+            if not fetch:
+                return True, None
+            return True, self._message(db.execute(_MESSAGE_COLUMNS + " WHERE id = ?", (msg_id,)).fetchone(), db)
 
         try:
             # Never the reserve: it pays for outcomes, which free space. On a full disk the runner
             # sends an unrecorded preparation from memory instead (see gateway/runner.py).
-            done = self._write("record a prepared message", record, reserve=False, durable=False)
+            done, fresh = self._write("record a prepared message", record, reserve=False, durable=False)
         except SpoolError:
             self._unlink_copies(f for _, f, _ in files)
             raise
         if not done:
             self._unlink_copies(f for _, f, _ in files)
-        return done
+        return done, fresh
 
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a copy that is missing or damaged (see `prepare`): its pending recipients are
@@ -1221,11 +1237,13 @@ class Spool:
         counts = {(state, "prepared" if prepared else "received"): n for state, prepared, n in rows}
         return QueueStats(counts, messages or 0, oldest, quarantined or 0)
 
-    def _message(self, row: tuple) -> QueuedMessage:
-        rcpts = self.db.execute(
+    def _message(self, row: tuple, db: sqlite3.Connection | None = None) -> QueuedMessage:
+        """A message row with its recipients and copies, read on `db` (a transaction's) or ours."""
+        db = self.db if db is None else db
+        rcpts = db.execute(
             "SELECT id, message_id, address, state, attempts, next_attempt, last_error, last_status, remote,"
             " updated, dsn_sent, copy_id FROM recipients WHERE message_id = ? ORDER BY id", (row[0],)).fetchall()
-        copies = self.db.execute(
+        copies = db.execute(
             "SELECT id, message_id, form, require_tls, size, file, digest FROM copies WHERE message_id = ? ORDER BY id",
             (row[0],)).fetchall()
         return QueuedMessage(
