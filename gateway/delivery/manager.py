@@ -355,10 +355,15 @@ class DeliveryManager(QueueWorker):
 
     def _record_outcomes(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
         """Write outcomes, then tell `on_outcome` of the final ones: only what is on disk is
-        told (also when a full disk delayed the write); a listener fault never breaks delivery."""
-        self.spool.record_outcomes(outcomes)
+        told (also when a full disk delayed the write); a listener fault never breaks delivery.
+
+        Without a listener, the same transaction removes the message when these outcomes finish
+        it (`finish=`: `_after` then learns it from `take_finished`, without a second trip); with
+        one, the message stays until `_after`, so the listener still finds it in the spool."""
         if self.on_outcome is None:
+            self.spool.record_outcomes(outcomes, finish=msg.id)
             return
+        self.spool.record_outcomes(outcomes)
         for o in outcomes:
             if o.state in (RecipientState.DELIVERED, RecipientState.BOUNCED):
                 try:
@@ -420,6 +425,8 @@ class DeliveryManager(QueueWorker):
         """Send the DSNs this message now owes, then drop it if it is finished."""
         if msg_id in self._unwritten:
             return  # the spool is behind this message's real state: decide once it is written
+        if self.spool.take_finished(msg_id):
+            return  # removed with its last outcomes (`_record_outcomes`): nothing owed
         msg, finished = await self._io(self._finish_quietly, msg_id)
         if msg is None or finished is not None:
             if finished is not None and not finished[0]:

@@ -140,6 +140,11 @@ class SmtpSession:
         self.opened = opened
         #: Messages sent over it (MAIL transactions begun).
         self.uses = 0
+        #: When it was last given back to the cache clean (every recipient of its last
+        #: transaction accepted at DATA), by the cache's clock; None otherwise, and once taken
+        #: again (`transports.FRESH_TIME`). An attribute, not a weak dictionary beside the
+        #: session: a pop and a store per message there cost two weak references.
+        self.clean_since: float | None = None
 
     @property
     def alive(self) -> bool:
@@ -245,16 +250,16 @@ class SmtpSession:
                   ) -> tuple[bytes, list[tuple[str, bytes]], dict[str, RecipientResult]]:
         """MAIL's line, (recipient, RCPT line) for each address that can be sent, and the results
         with a place for each recipient in order (553 already for one that cannot be sent)."""
-        options = [f"SIZE={size}".encode("ascii")] if self.client.supports_extension("size") else []
         try:
-            mail = _command_line(b"MAIL", b"FROM:" + _quoted(sender), *options)
+            mail = _mail_head(sender)
         except ValueError as exc:  # a control character or non-ASCII: what aiosmtplib refuses to send
             raise self._sender_unsendable(exc) from None
+        mail = mail + b" SIZE=%d\r\n" % size if self.client.supports_extension("size") else mail + b"\r\n"
         results: dict[str, RecipientResult] = {}
         sendable: list[tuple[str, bytes]] = []
         for rcpt in recipients:
             try:
-                sendable.append((rcpt, _command_line(b"RCPT", b"TO:" + _quoted(rcpt))))
+                sendable.append((rcpt, _rcpt_line(rcpt)))
                 results[rcpt] = _UNANSWERED  # a place in the recipients' order; the reply replaces it
             except ValueError as exc:  # as above: refused here, never a crash of the whole message
                 results[rcpt] = RecipientResult(553, f"5.1.3 recipient address cannot be sent: {_short(exc)}")
@@ -378,6 +383,21 @@ def _quoted(address: str) -> bytes:
     under it costs ~18 us an address, a quarter of a pipelined transaction's CPU, and a gateway
     sends to the same few senders and recipients over and over."""
     return quote_address(address).encode("ascii")
+
+
+@functools.lru_cache(maxsize=4096)
+def _mail_head(sender: str) -> bytes:
+    """`MAIL FROM:<sender>` without its parameters and CRLF, as `_command_line` checks it (a
+    ValueError, not cached, for what aiosmtplib refuses). Cached with `_rcpt_line`: the same few
+    senders and recipients come back, and the quoting, the per-argument control-character
+    search and the join were rebuilt for every message (SIZE, an integer, never has one)."""
+    return _command_line(b"MAIL", b"FROM:" + _quoted(sender))[:-2]
+
+
+@functools.lru_cache(maxsize=4096)
+def _rcpt_line(rcpt: str) -> bytes:
+    """`RCPT TO:<rcpt>` and its CRLF, as `_command_line` builds it (see `_mail_head`)."""
+    return _command_line(b"RCPT", b"TO:" + _quoted(rcpt))
 
 
 def _command_line(*args: bytes) -> bytes:

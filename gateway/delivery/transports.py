@@ -12,7 +12,6 @@ Adding a transport (the MLLP client to a hospital DPI is the next one) is one cl
 
 from __future__ import annotations
 
-import weakref
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
@@ -36,10 +35,6 @@ Results = tuple[dict[str, RecipientResult], str]
 #: same attempt, never a deferral. Older or otherwise-ended sessions get the RSET as before.
 FRESH_TIME = 1.0
 
-#: When each cached session was given back clean (see FRESH_TIME), by the cache's clock. Kept
-#: here rather than on the session so the cache and the SMTP client stay as they are; weak so
-#: a retired session leaves nothing behind. Event-loop only, like the cache.
-_clean_since: weakref.WeakKeyDictionary[SmtpSession, float] = weakref.WeakKeyDictionary()
 
 
 @dataclass(frozen=True)
@@ -105,7 +100,7 @@ class SmtpTransport:
         None when there is none or the server had closed it (421, EOF): then a new session is
         opened, not deferred."""
         while (session := cache.take(key)) is not None:
-            since = _clean_since.pop(session, None)
+            since, session.clean_since = session.clean_since, None
             if since is not None and cache.clock() - since < FRESH_TIME:
                 try:
                     results = await self._send(session, key, sender, recipients, data)
@@ -136,7 +131,7 @@ class SmtpTransport:
         if self.hop.sessions is not None:
             if results and all(result.ok for result in results.values()):
                 # DATA's final reply accepted every recipient: the transaction ended, nothing open
-                _clean_since[session] = self.hop.sessions.clock()
+                session.clean_since = self.hop.sessions.clock()
             self.hop.sessions.give_back(key, session)
         else:
             await session.quit()

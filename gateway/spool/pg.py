@@ -77,6 +77,7 @@ from gateway.errors import GatewayError, SpoolError
 from gateway.logs import event
 from gateway.spool import store
 from gateway.spool.base import StoreUnavailable
+from gateway.spool.finished import FinishedMemo
 from gateway.spool.store import (
     PENDING,
     DamagedCopy,
@@ -223,6 +224,8 @@ class PgSpool:
         self._lock = threading.Lock()
         #: Messages this process has in hand (claimed and not settled): renewed by the heartbeat.
         self._in_hand: set[str] = set()
+        #: Messages `record_outcomes(finish=…)` removed, for `take_finished`.
+        self._finished = FinishedMemo()
         self._stop = threading.Event()
         self._heartbeat: threading.Thread | None = None
         self._listener: psycopg.Connection | None = None
@@ -686,6 +689,18 @@ class PgSpool:
 
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
+        """`prepare_for_delivery` without reading the message back: False when it is gone."""
+        return self._prepare(msg_id, copies, outcomes, fetch=False)[0]
+
+    def prepare_for_delivery(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()
+                             ) -> QueuedMessage | None:
+        """As `Spool.prepare_for_delivery`: the message as it now is, read in the preparation's
+        own transaction (a separate `get` was a second pool checkout, its three autocommit reads apart)."""
+        done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
+        return fresh if done else None
+
+    def _prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome], *, fetch: bool
+                 ) -> tuple[bool, QueuedMessage | None]:
         """Record a preparation in one transaction: the copies' bodies, their rows, the links of
         still-received pending recipients, the refusals, the message marked prepared. False when
         the message is gone (deleted meanwhile): nothing is recorded."""
@@ -694,9 +709,9 @@ class PgSpool:
         _safe_id(msg_id)
         now = time.time()
 
-        def record(conn: psycopg.Connection) -> bool:
+        def record(conn: psycopg.Connection) -> tuple[bool, QueuedMessage | None]:
             if conn.execute("SELECT 1 FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,)).fetchone() is None:
-                return False
+                return False, None
             for n, copy in enumerate(items):
                 if copy.same_as_message:
                     file, digest = f"msg/{msg_id}", None
@@ -719,15 +734,18 @@ class PgSpool:
                 " queue_messages WHERE id = %s) old WHERE m.id = %s RETURNING old.needs_key",
                 (msg_id, msg_id)).fetchone()
             used[:] = [row[0]] if row and row[0] else []
-            return True
+            if not fetch:
+                return True, None
+            found = _messages(conn, " WHERE id = %s", (msg_id,))
+            return True, found[0] if found else None
 
         used: builtins.list[str] = []
-        done = self._tx("record a prepared message", record, durable=False, notify="prepared")
+        done, fresh = self._tx("record a prepared message", record, durable=False, notify="prepared")
         if used and used[0] not in self.keys and self._published:
             # prepared here although routed for lack of this key: its token is back in this node
             self.keys = self.keys | {used[0]}
             self._publish()
-        return done
+        return done, fresh
 
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a damaged copy: its pending recipients are received again (prepared anew)."""
@@ -915,21 +933,37 @@ class PgSpool:
         self._read("reach the queue store", probe)
 
     # -- state changes ----------------------------------------------------------------------
-    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+    def record_outcomes(self, outcomes: Iterable[Outcome], *, finish: str | None = None) -> None:
         """An attempt's outcomes in one transaction (only pending recipients change). A message
         that has nothing due now any more is settled: its claim released, its lease no longer
-        renewed (any node takes it when it is due again)."""
+        renewed (any node takes it when it is due again).
+
+        `finish`: a message id removed in the same transaction when these outcomes leave it
+        finished (as `finish_if_done`); then `take_finished(finish)` is True. Why: one
+        transaction and one executor trip per delivered message instead of two (issue 15). No
+        tombstone row is needed here: no file outlives the commit."""
         now = time.time()
         items = list(outcomes)
         if not items:
             return
+        if finish is not None:
+            _safe_id(finish)
 
-        def write(conn: psycopg.Connection) -> builtins.list[str]:
+        def write(conn: psycopg.Connection) -> tuple[builtins.list[str], bool]:
             _lock_messages_of(conn, [o.rcpt_id for o in items])
             _apply_outcomes(conn, items, now)
-            return self._release_idle(conn, [o.rcpt_id for o in items], now)
+            idle = self._release_idle(conn, [o.rcpt_id for o in items], now)
+            return idle, finish is not None and _remove_finished(conn, finish)
 
-        self._settle(self._tx("update queue state", write))
+        idle, finished = self._tx("update queue state", write)
+        self._settle(idle)
+        if finished and finish is not None:
+            self._settle([finish])
+            self._finished.add(finish)
+
+    def take_finished(self, msg_id: str) -> bool:
+        """True once when `record_outcomes(…, finish=msg_id)` removed the message (no I/O)."""
+        return self._finished.take(msg_id)
 
     def _release_idle(self, conn: psycopg.Connection, rcpt_ids: builtins.list[int], now: float) -> builtins.list[str]:
         """Release our claims on the messages of `rcpt_ids` that have nothing due now (nothing
@@ -1049,21 +1083,7 @@ class PgSpool:
         is removed again by `finish_done`)."""
         _safe_id(msg_id)
 
-        def remove(conn: psycopg.Connection) -> bool:
-            row = conn.execute("SELECT body FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,)).fetchone()
-            if row is None:
-                return False
-            left = conn.execute(f"SELECT 1 FROM queue_recipients r WHERE r.message_id = %s AND {_LEFT} LIMIT 1",  # noqa: S608
-                                (msg_id,)).fetchone()
-            if left is not None:
-                return False
-            digests = [row[0], *(r[0] for r in conn.execute(
-                "SELECT digest FROM queue_copies WHERE message_id = %s AND digest IS NOT NULL", (msg_id,)))]
-            conn.execute("DELETE FROM queue_messages WHERE id = %s", (msg_id,))  # cascades
-            _collect(conn, digests)
-            return True
-
-        done = self._tx("remove a finished message", remove, durable=False)
+        done = self._tx("remove a finished message", lambda conn: _remove_finished(conn, msg_id), durable=False)
         self._settle([msg_id])
         return done
 
@@ -1140,6 +1160,23 @@ def _messages(conn: psycopg.Connection, where: str, args: tuple) -> builtins.lis
         id=row[0], sender=row[1], size=row[2], received=row[3], expires=row[4], listener=row[5], client=row[6],
         auth_user=row[7], delay_notified=bool(row[8]), crashes=row[9], quarantined=bool(row[10]), needs_key=row[11],
         recipients=tuple(rcpts[row[0]]), copies=tuple(copies[row[0]])) for row in rows]
+
+
+def _remove_finished(conn: psycopg.Connection, msg_id: str) -> bool:
+    """In a transaction: remove a message whose recipients are all final and whose DSNs are
+    queued, with its copies and the bodies nothing else references; False when it is not."""
+    row = conn.execute("SELECT body FROM queue_messages WHERE id = %s FOR UPDATE", (msg_id,)).fetchone()
+    if row is None:
+        return False
+    left = conn.execute(f"SELECT 1 FROM queue_recipients r WHERE r.message_id = %s AND {_LEFT} LIMIT 1",  # noqa: S608
+                        (msg_id,)).fetchone()
+    if left is not None:
+        return False
+    digests = [row[0], *(r[0] for r in conn.execute(
+        "SELECT digest FROM queue_copies WHERE message_id = %s AND digest IS NOT NULL", (msg_id,)))]
+    conn.execute("DELETE FROM queue_messages WHERE id = %s", (msg_id,))  # cascades
+    _collect(conn, digests)
+    return True
 
 
 def _lock_messages_of(conn: psycopg.Connection, rcpt_ids: builtins.list[int]) -> None:

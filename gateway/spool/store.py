@@ -1,15 +1,18 @@
 """The durable queue: message bytes in files, queue state in SQLite (WAL, synchronous=FULL).
 
-Why both: message bytes are large and written once, so they go to a file written to
-`tmp/`, fsynced, renamed into `msg/` and the directory fsynced (the Maildir / Postfix way);
+Why both: message bytes are large and written once, so they go to a file written in place in
+`msg/` under its new unique name, fsynced, and the directory fsynced (issue 15: no `tmp/` and
+rename, as Maildir and Postfix do, since no reader trusts a `msg/` file before its row commits);
 the per-recipient state changes often and must be queried ("what is due now?"), so it lives
 in SQLite whose commit is itself durable. `accept()` returns only after both are on disk, and
 the SMTP layer answers 250 only after `accept()` returned. Any OS or SQLite failure on the
 way (disk full, read-only, permissions) becomes `SpoolError` (452 4.3.1), never a 250.
 
 Crash recovery (`open()`): `tmp/` leftovers are removed (never acknowledged); a file in
-`msg/` with no queue row was never acknowledged either (the row commit is the last step) and
-is moved to `orphans/` for inspection; every recipient not in a final state is due again.
+`msg/` with no queue row was never acknowledged either (the row commit is the last step; it may
+be whole or cut short by the crash) and is moved to `orphans/` for inspection, unless a
+`finished` tombstone names it (removed with its last outcomes, the crash came before the unlink:
+it is deleted); every recipient not in a final state is due again.
 A message is deleted (file and rows) only once every recipient is final. Messages whose
 processing crashes repeatedly are moved to `quarantine/` rather than retried forever.
 
@@ -101,8 +104,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from gateway.errors import GatewayError, SpoolError
-from gateway.fsutil import fsync_dir, locked, write_atomic, write_synced
+from gateway.fsutil import fsync_dir, locked, write_synced
 from gateway.logs import event
+from gateway.spool.finished import FinishedMemo
 
 log = logging.getLogger("gateway.spool")
 T = TypeVar("T")
@@ -146,6 +150,9 @@ CREATE TABLE IF NOT EXISTS copies (
     digest TEXT
 );
 CREATE INDEX IF NOT EXISTS copies_msg ON copies(message_id);
+CREATE TABLE IF NOT EXISTS finished (
+    id TEXT PRIMARY KEY
+);
 """
 
 #: Columns added after the first schema (issue 12): added on open to an older spool, whose
@@ -442,6 +449,11 @@ class Spool:
         #: accepted message as the one prepared copy of itself, with this form: exactly what the
         #: runner would record, without the runner's transaction (set by `gateway.app`).
         self.prepare_on_accept: str | None = None
+        #: Messages `record_outcomes(finish=…)` removed, for `take_finished`; and those whose
+        #: files are gone since, whose tombstone rows the next finishing transaction deletes.
+        self._finished = FinishedMemo()
+        self._unlinked: builtins.list[str] = []
+        self._unlinked_lock = threading.Lock()
 
     # -- life cycle -------------------------------------------------------------------------
     def open(self, *, recover: bool = True) -> Spool:
@@ -530,7 +542,7 @@ class Spool:
             db.execute("PRAGMA journal_mode=WAL")
             db.execute("PRAGMA synchronous=FULL")
             db.execute("PRAGMA foreign_keys=ON")
-            db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool
+            db.executescript(_SCHEMA)  # IF NOT EXISTS: no write on an existing spool (once: `finished`)
             _migrate(db)
         except BaseException:
             db.close()
@@ -810,12 +822,28 @@ class Spool:
                 stats["tmp_removed"] += 1
         with self._lock:
             known = {row[0] for row in self.db.execute("SELECT id FROM messages")}
+            tombs = {row[0] for row in self.db.execute("SELECT id FROM finished")}
+        tombstoned = 0
         for f in self.msg_dir.iterdir():
+            if f.name in tombs and f.name not in known:  # finished; the crash came before its unlink
+                try:
+                    f.unlink()
+                    tombstoned += 1
+                except OSError:
+                    tombs.discard(f.name)  # its tombstone stays until the file can go
+                continue
             if f.name not in known:
                 with contextlib.suppress(OSError):
                     os.replace(f, self.orphan_dir / f.name)
                     stats["orphans"] += 1
         stats["copies_removed"] = self._remove_unrecorded_copies()
+        if tombs:
+            try:  # not waited for: a tombstone a power cut brings back is harmless
+                self._write_alone("clear finished messages",
+                                  lambda db: db.executemany("DELETE FROM finished WHERE id = ?",
+                                                            [(i,) for i in tombs]), reserve=False, durable=False)
+            except SpoolError as exc:
+                event(log, "spool-finish-postponed", logging.WARNING, reason=str(exc))
         with self._lock:
             stats["pending"] = self.db.execute(
                 "SELECT COUNT(*) FROM recipients WHERE state IN (?, ?)", PENDING).fetchone()[0]
@@ -823,7 +851,7 @@ class Spool:
                 "SELECT id FROM messages m WHERE NOT EXISTS (SELECT 1 FROM recipients r WHERE r.message_id = m.id"
                 " AND (r.state IN (?, ?) OR (r.state = 'bounced' AND r.dsn_sent = 0)))", PENDING)]
         # Messages whose last outcome was recorded just before a crash: remove them now.
-        stats["finished"] = stats["finish_postponed"] = 0
+        stats["finished"], stats["finish_postponed"] = tombstoned, 0
         for msg_id in finished:
             try:
                 stats["finished"] += self.finish_if_done(msg_id)
@@ -892,8 +920,20 @@ class Spool:
                           now: float, lifetime: float, listener: str, client: str, auth_user: str | None,
                           prepared: tuple[str, bool] | None, keep: bool) -> builtins.list[tuple[int, str, int | None]]:
         """The file (fsynced; its folder fsynced by the group commit, once for the batch), then
-        the rows, claimed by this process; the recipient rows when `keep`."""
-        self._store_file(final, data, "store message", sync_dir=False)
+        the rows, claimed by this process; the recipient rows when `keep`.
+
+        The file is written in place in `msg/` under its new, unique name (O_EXCL), not through
+        `tmp/` and a rename (issue 15: one rename and one directory entry less per message). Safe
+        because nothing trusts a `msg/` file before its row commits: a crash half-way leaves a
+        file no row names, which `recover()` moves to `orphans/` as it does a whole one whose
+        commit never came (neither was acknowledged); a failure here removes it at once."""
+        try:
+            write_synced(final, data)
+        except OSError as exc:
+            if not isinstance(exc, FileExistsError):  # not ours to remove
+                with contextlib.suppress(OSError):
+                    final.unlink()
+            raise SpoolError(f"cannot store message: {_describe(exc)}") from None
         claim = self.owner
 
         def record(db: sqlite3.Connection) -> None:
@@ -930,15 +970,22 @@ class Spool:
         committed at accept: fresh, received, nothing tried yet."""
         return self._accepted.take(msg_id)
 
-    def _store_file(self, final: Path, data: bytes, what: str, *, sync_dir: bool = True) -> None:
-        """tmp → fsync → rename (→ directory fsync): the file is whole or absent after a crash."""
-        try:
-            write_atomic(final, data, tmp_dir=self.tmp_dir, sync_dir=sync_dir)
-        except OSError as exc:
-            raise SpoolError(f"cannot {what}: {_describe(exc)}") from None
-
     # -- preparing --------------------------------------------------------------------------
     def prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()) -> bool:
+        """`prepare_for_delivery` without reading the message back: False when it is gone."""
+        return self._prepare(msg_id, copies, outcomes, fetch=False)[0]
+
+    def prepare_for_delivery(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome] = ()
+                             ) -> QueuedMessage | None:
+        """`prepare`, and the message as it now is (what `get` then returns), read in the same
+        transaction; None when the message is gone. Why: the runner hands the prepared message
+        to delivery; the same call on both backends, where PostgreSQL saves a whole transaction
+        (here only a second round of the spool's lock: within noise, bench/prepare_read.py)."""
+        done, fresh = self._prepare(msg_id, copies, outcomes, fetch=True)
+        return fresh if done else None
+
+    def _prepare(self, msg_id: str, copies: Iterable[NewCopy], outcomes: Iterable[Outcome], *, fetch: bool
+                 ) -> tuple[bool, QueuedMessage | None]:
         """Record a preparation: copy files first, then one transaction that inserts the copy
         rows (with each copy's SHA-256), links their recipients, writes the refusals and marks
         the message prepared. False when the message is gone (deleted meanwhile): nothing is
@@ -981,9 +1028,9 @@ class Spool:
                 f"cannot store a prepared copy: {_describe(exc)}") from None
         now = time.time()
 
-        def record(db: sqlite3.Connection) -> bool:
+        def record(db: sqlite3.Connection) -> tuple[bool, QueuedMessage | None]:
             if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
-                return False
+                return False, None
             for copy, file, digest in files:
                 copy_id = db.execute(
                     "INSERT INTO copies (message_id, form, require_tls, size, file, digest) VALUES (?, ?, ?, ?, ?, ?)",
@@ -994,18 +1041,20 @@ class Spool:
                     [(copy_id, now, rid, msg_id, *PENDING) for rid in copy.rcpt_ids])
             _apply_outcomes(db, results, now)
             db.execute("UPDATE messages SET prepared = 1 WHERE id = ?", (msg_id,))
-            return True
+            if not fetch:
+                return True, None
+            return True, self._message(db.execute(_MESSAGE_COLUMNS + " WHERE id = ?", (msg_id,)).fetchone(), db)
 
         try:
             # Never the reserve: it pays for outcomes, which free space. On a full disk the runner
             # sends an unrecorded preparation from memory instead (see gateway/runner.py).
-            done = self._write("record a prepared message", record, reserve=False, durable=False)
+            done, fresh = self._write("record a prepared message", record, reserve=False, durable=False)
         except SpoolError:
             self._unlink_copies(f for _, f, _ in files)
             raise
         if not done:
             self._unlink_copies(f for _, f, _ in files)
-        return done
+        return done, fresh
 
     def unprepare(self, msg_id: str, copy_id: int) -> None:
         """Forget a copy that is missing or damaged (see `prepare`): its pending recipients are
@@ -1188,11 +1237,13 @@ class Spool:
         counts = {(state, "prepared" if prepared else "received"): n for state, prepared, n in rows}
         return QueueStats(counts, messages or 0, oldest, quarantined or 0)
 
-    def _message(self, row: tuple) -> QueuedMessage:
-        rcpts = self.db.execute(
+    def _message(self, row: tuple, db: sqlite3.Connection | None = None) -> QueuedMessage:
+        """A message row with its recipients and copies, read on `db` (a transaction's) or ours."""
+        db = self.db if db is None else db
+        rcpts = db.execute(
             "SELECT id, message_id, address, state, attempts, next_attempt, last_error, last_status, remote,"
             " updated, dsn_sent, copy_id FROM recipients WHERE message_id = ? ORDER BY id", (row[0],)).fetchall()
-        copies = self.db.execute(
+        copies = db.execute(
             "SELECT id, message_id, form, require_tls, size, file, digest FROM copies WHERE message_id = ? ORDER BY id",
             (row[0],)).fetchall()
         return QueuedMessage(
@@ -1207,16 +1258,61 @@ class Spool:
                                       file=c[5], digest=c[6]) for c in copies))
 
     # -- state changes ----------------------------------------------------------------------
-    def record_outcomes(self, outcomes: Iterable[Outcome]) -> None:
+    def record_outcomes(self, outcomes: Iterable[Outcome], *, finish: str | None = None) -> None:
         """Write an attempt's outcomes in one transaction (one fsync for 10,000 recipients, not
         10,000). Only pending recipients change: an operator's delete is not undone by a late
-        result. Deferrals alone never use the reserve (see `mark_deferred`)."""
+        result. Deferrals alone never use the reserve (see `mark_deferred`).
+
+        `finish`: a message id; when these outcomes leave it finished (as `finish_if_done` means
+        it), its rows go in the same transaction and a tombstone row (`finished`) takes their
+        place; its files are unlinked after the commit, then `take_finished(finish)` is True.
+        Why: the delivery manager's read and removal were a second transaction and a second
+        executor trip per delivered message (issue 15). A crash between the commit and the
+        unlink leaves files that `recover()` removes by their tombstone (not orphans)."""
         now = time.time()
         items = list(outcomes)
         if not items:
             return
-        self._write("update queue state", lambda db: _apply_outcomes(db, items, now),
-                    reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+        if finish is not None:
+            _safe_id(finish)
+        with self._unlinked_lock:
+            cleared, self._unlinked = self._unlinked, []
+
+        def work(db: sqlite3.Connection) -> builtins.list[str] | None:
+            _apply_outcomes(db, items, now)
+            if cleared:
+                db.executemany("DELETE FROM finished WHERE id = ?", [(i,) for i in cleared])
+            return None if finish is None else _finish_rows(db, finish)
+
+        try:
+            files = self._write("update queue state", work,
+                                reserve=any(o.state is not RecipientState.DEFERRED for o in items))
+        except BaseException:
+            with self._unlinked_lock:
+                self._unlinked[:0] = cleared
+            raise
+        if finish is not None and files is not None:
+            self._unlink_finished(finish, files)
+            self._finished.add(finish)
+
+    def _unlink_finished(self, msg_id: str, files: builtins.list[str]) -> None:
+        """The files of a message whose rows `record_outcomes` removed; the tombstone row goes with
+        the next finishing transaction once they are gone, else it stays for `recover()`."""
+        paths = [self.copy_dir / _safe_id(f[5:]) for f in files if f.startswith("copy/")]
+        for path in [*paths, self.msg_dir / msg_id]:
+            try:
+                path.unlink()
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                event(log, "spool-finish-postponed", logging.WARNING, msg=msg_id, reason=_describe(exc))
+                return
+        with self._unlinked_lock:
+            self._unlinked.append(msg_id)
+
+    def take_finished(self, msg_id: str) -> bool:
+        """True once when `record_outcomes(…, finish=msg_id)` removed the message (no I/O)."""
+        return self._finished.take(msg_id)
 
     def _set(self, rcpt_ids: Iterable[int], state: RecipientState, *, error: str | None, status: str,
              remote: str | None, next_attempt: float | None = None, count_attempt: bool = True) -> None:
@@ -1380,6 +1476,23 @@ def _apply_outcomes(db: sqlite3.Connection, outcomes: builtins.list[Outcome], no
         " updated = ? WHERE id = ? AND state IN (?, ?)",
         [(o.state.value, 1 if o.count_attempt else 0, o.error, o.status, o.remote, o.next_attempt, now,
           o.rcpt_id, *PENDING) for o in outcomes])
+
+
+def _finish_rows(db: sqlite3.Connection, msg_id: str) -> builtins.list[str] | None:
+    """In a transaction: remove a finished message's rows (all recipients final, no DSN owed) and
+    leave its tombstone; the copy files to unlink after the commit, or None when not finished."""
+    if db.execute("SELECT 1 FROM messages WHERE id = ?", (msg_id,)).fetchone() is None:
+        return None
+    left = db.execute("SELECT COUNT(*) FROM recipients WHERE message_id = ? AND (state IN (?, ?)"
+                      " OR (state = 'bounced' AND dsn_sent = 0))", (msg_id, *PENDING)).fetchone()[0]
+    if left:
+        return None
+    files = [r[0] for r in db.execute("SELECT file FROM copies WHERE message_id = ?", (msg_id,))]
+    db.execute("DELETE FROM recipients WHERE message_id = ?", (msg_id,))
+    db.execute("DELETE FROM copies WHERE message_id = ?", (msg_id,))
+    db.execute("DELETE FROM messages WHERE id = ?", (msg_id,))
+    db.execute("INSERT OR IGNORE INTO finished (id) VALUES (?)", (msg_id,))
+    return files
 
 
 def _safe_id(msg_id: str) -> str:

@@ -160,8 +160,10 @@ def _accept_until_killed(root: Path, point: str) -> dict[str, int]:
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == -signal.SIGKILL, err.decode()[-800:]
     for line in out.decode().splitlines():
-        if line.count(" ") == 1:  # the kill may cut the last line
-            msg_id, i = line.split()
+        # The kill may cut the last line anywhere, also just after the space ("ID "): a line
+        # counts only whole (both fields).
+        if len(parts := line.split()) == 2:
+            msg_id, i = parts
             acked[msg_id] = int(i)
     return acked
 
