@@ -23,9 +23,11 @@ from email.header import Header
 from pathlib import Path
 from typing import Any
 
+from gateway.legacy import prescan
 from gateway.legacy.apicrypt1_format import (
     ATTACHMENT_LABEL,
     ATTACHMENT_SEPARATOR,
+    BEGIN_MARKER,
     DEFAULT_TEXT_CHARSET,
     DEST_BEGIN,
     DEST_END,
@@ -72,6 +74,8 @@ from gateway.legacy.mimeutil import (
 )
 
 NAME = "apicrypt1"
+#: What `starts_armor` compares a leaf's first bytes with (Latin-1: one byte a character).
+BEGIN_MARKER_BYTES = BEGIN_MARKER.encode("latin-1")
 NOTES = (
     "apicrypt1 authenticates nothing: the sender name is read from a key-file header that any holder of the "
     "master key and that user's key file can write",
@@ -302,6 +306,11 @@ class Apicrypt1Codec:
         result = encode(data, sender, recipients, keys, year=options.get("year"))
         return EncodedFile(result.message, tuple(f"the key stream of {name} wrapped (key material reused)"
                                                  for name in result.wrapped))
+
+    def rules_out(self, raw: bytes) -> bool:
+        """Cheap proof that `detect(raw)` is False (no begin marker where a leaf could hold it),
+        asked by `detect_codec` before the parse `detect` walks."""
+        return prescan.rules_out(raw, (BEGIN_MARKER_BYTES,))
 
     def detect(self, message: MessageInput) -> bool:
         """The spec's rule (a text/plain part starting with #BINASCII1# and ending with #ENDBINASCII1#),

@@ -267,15 +267,31 @@ def detect_codec(message: MessageInput | MessageView) -> LegacyCodec | None:
         view = message if isinstance(message, MessageView) else MessageView(message)
         token = _DETECTING.set(_Detecting(view))
         try:
-            return _first_detecting(view.data)
+            return _first_detecting(view.data, prescan=True)
         finally:
             _DETECTING.reset(token)
     return _first_detecting(message)
 
 
-def _first_detecting(message: MessageInput) -> LegacyCodec | None:
+def _ruled_out(codec: LegacyCodec, raw: bytes) -> bool:
+    """The codec's optional `rules_out(raw)`: a byte scan proving `detect(raw)` False without
+    the parse (issue 15: nearly every message is not armour). A codec without one, or whose
+    scan fails, is asked `detect`."""
+    rules_out = getattr(codec, "rules_out", None)
+    if rules_out is None:
+        return False
+    try:
+        return bool(rules_out(raw))
+    except Exception as exc:  # a scan must never hide armour
+        _log.debug("legacy codec %s rules_out failed: %s", codec.name, type(exc).__name__)
+        return False
+
+
+def _first_detecting(message: MessageInput, *, prescan: bool = False) -> LegacyCodec | None:
     for name in sorted(_REGISTRY):
         codec = _REGISTRY[name]
+        if prescan and isinstance(message, bytes) and _ruled_out(codec, message):
+            continue
         try:
             if codec.detect(message):
                 return codec

@@ -31,6 +31,7 @@ from typing import Any
 
 import gnupg
 
+from gateway.legacy import prescan
 from gateway.legacy.codec import CodecOption, DecodedMessage, EncodedFile, MessageInput, SignatureStatus, as_message
 from gateway.legacy.errors import DecryptionFailed, LegacyKeyError, MalformedPayload, NotForRecipient, ToolError
 from gateway.legacy.mimeutil import (
@@ -259,6 +260,18 @@ class OpenPgpCodec:
     def encode_file(self, data: bytes, sender: str, recipients: Sequence[str], keys: OpenPgpKeyring,
                     options: Mapping[str, Any]) -> EncodedFile:
         return EncodedFile(self.encode(data, sender, recipients, keys, sign_only=bool(options.get("sign_only"))))
+
+    def rules_out(self, raw: bytes) -> bool:
+        """Cheap proof that `detect(raw)` is False, asked by `detect_codec` before the parse
+        `detect` walks: no armour marker where a leaf could hold it, and a top-level
+        multipart/signed or multipart/encrypted (the only kinds whose protocol is read) with no
+        `pgp` in its header block, nor a `*` (RFC 2231 continuations and %-escapes need one)."""
+        if not prescan.rules_out(raw, (BEGIN_MESSAGE,)):
+            return False
+        head = prescan.top_header_block(raw).lower()
+        if b"multipart/signed" in head or b"multipart/encrypted" in head:
+            return b"pgp" not in head and b"*" not in head
+        return True
 
     def detect(self, message: MessageInput) -> bool:
         if isinstance(message, bytes) and message.startswith(BEGIN_MESSAGE, lstrip_start(message)):

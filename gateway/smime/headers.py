@@ -135,6 +135,8 @@ def _outer_field(field: bytes) -> bytes | None:
         return f"Date: {when or email.utils.formatdate(usegmt=True)}\r\n".encode("ascii")
     return address_field(label, addresses(field))
 
+
+
 def fresh_message_id(fields: list[bytes]) -> str:
     """A random Message-ID (nothing of the original one), in the From domain when it is ASCII."""
     domain = "msgw.invalid"

@@ -27,6 +27,7 @@ from gateway.rawmime import (
     MessageView,
     Pieces,
     Raw,
+    content_type_of,
     field_name,
     is_continuation,
     parse_message,
@@ -326,9 +327,17 @@ def _header_split(raw: Raw) -> Split:
     return split_message(canonical if end < 0 else canonical[:end + 4])
 
 
+#: The content types `classify` reads further (None: `content_type_of` could not tell, parse).
+_SMIME_CANDIDATES = frozenset({"multipart/signed", "application/pkcs7-mime", "application/x-pkcs7-mime",
+                               "application/octet-stream", "message/rfc822", None})
+
+
 def classify(raw: Raw) -> SmimePart:
     """Tell an S/MIME entity from plain content and extract its CMS bytes."""
     split = _header_split(raw)
+    if content_type_of(split.fields) not in _SMIME_CANDIDATES:
+        # read from the bytes, the type is none of those below: plain, without a header parse
+        return SmimePart("plain")
     msg = _headers(raw, split)
     ctype = msg.get_content_type()
     if ctype == "multipart/signed":

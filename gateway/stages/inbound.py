@@ -113,7 +113,7 @@ class InboundStage:
         handled = item.handled
         local = [r for r in env.recipients if r not in handled and self._local(item, r)]
         if not local:
-            return replace(item, data=data)
+            return item  # (a copy of it was made here: the same fields, its cached readings lost)
         encrypted = is_encrypted(view_of(item))
         groups: dict[bytes | None, tuple[DecryptionKey | None, list[str]]] = {}
         for rcpt in local:
