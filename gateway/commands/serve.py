@@ -18,7 +18,7 @@ from pathlib import Path
 
 from gateway.app import Gateway
 from gateway.commands.common import add_config_option, config_from
-from gateway.config import DEFAULT_FILES, load_default_config
+from gateway.config import DEFAULT_FILES, GatewayConfig, load_default_config
 from gateway.config.ports import PORT_SPAN, listen_base_problem
 from gateway.default_setup import TEST_DOCTOR_CERT, TEST_DOCTOR_KEY, prepare_default_files
 from gateway.delivery.capture import capture_notice
@@ -81,23 +81,14 @@ def run(args: argparse.Namespace) -> int:
         try:
             run_on_loop(Gateway(config).serve_forever, config.event_loop)
         except OSError as exc:
-            if exc.errno != errno.EADDRINUSE:
-                raise
-            # Taken between the probe and the bind: the same line, late.
-            print(busy_ports_line(ports_in_use(config) or ["a listening port"], args.config, args.listen_base),
-                  file=sys.stderr)
-            return 2
+            return _taken_since_the_probe(exc, config, args)
         return 0
     if not recover_spool(config):
         return 2
     try:  # the master listens; each connection goes to the least busy worker (gateway.server.handoff)
         listening = bind_listeners([(lc.name, lc.address, lc.port) for lc in config.listeners], LISTEN_BACKLOG)
     except OSError as exc:
-        if exc.errno != errno.EADDRINUSE:
-            raise
-        print(busy_ports_line(ports_in_use(config) or ["a listening port"], args.config, args.listen_base),
-              file=sys.stderr)
-        return 2
+        return _taken_since_the_probe(exc, config, args)
     if config.metrics.enabled:  # issue 16: every worker's counters in one folder, served by worker 0
         from gateway.ops.metrics import prepare_worker_metrics
         prepare_worker_metrics(config)
@@ -270,3 +261,13 @@ def _shown(path: Path) -> str:
         return str(path.relative_to(Path.cwd()))
     except ValueError:
         return str(path)
+
+
+def _taken_since_the_probe(exc: OSError, config: GatewayConfig, args: argparse.Namespace) -> int:
+    """A port taken between the probe and the bind: the busy-port line, late (exit 2); any other
+    bind error is raised."""
+    if exc.errno != errno.EADDRINUSE:
+        raise exc
+    print(busy_ports_line(ports_in_use(config) or ["a listening port"], args.config, args.listen_base),
+          file=sys.stderr)
+    return 2
