@@ -35,7 +35,7 @@ lint: venv
 	$(BIN)/mypy
 
 test: deps venv lint
-	$(BIN)/pytest -q -p no:cacheprovider $(PYTEST_ARGS)
+	$(BIN)/pytest -q -p no:cacheprovider --durations=30 $(PYTEST_ARGS)
 
 clean:
 	rm -rf $(VENV) var .pytest_cache
