@@ -4,7 +4,8 @@ stop PostgreSQL under load. Real `msgw serve` processes on real sockets, the rea
 ``X-Seq`` tag, so what got a 250 is compared with what the sink received.
 
 Sizes: ``MSGW_PG_NODES_COUNT`` (default 2,000 messages for the kill), ``MSGW_PG_OUTAGE_SECONDS``
-(default 30 s of PostgreSQL down),
+(default 10 s of PostgreSQL down, to keep `.ci/run` within its budget; issue 18 measured 30 s:
+``MSGW_PG_OUTAGE_SECONDS=30``),
 ``MSGW_PG_NODES_WORKERS`` (worker processes per node, default 1). The figures are recorded in
 the resilience summary table."""
 
@@ -37,7 +38,7 @@ from tests.resilience.support import counts
 pytestmark = [pytest.mark.postgresql, pytest.mark.slow]
 
 COUNT = int(os.environ.get("MSGW_PG_NODES_COUNT", "2000") or "2000")
-OUTAGE = float(os.environ.get("MSGW_PG_OUTAGE_SECONDS", "30") or "30")
+OUTAGE = float(os.environ.get("MSGW_PG_OUTAGE_SECONDS", "10") or "10")
 #: Worker processes per node (1: simpler to kill; the kill takes the node's whole process group).
 WORKERS = int(os.environ.get("MSGW_PG_NODES_WORKERS", "1") or "1")
 LEASE = 5.0
@@ -51,6 +52,13 @@ def _drain(sink: Sink, pg_dsn: str, acked: set[str], timeout: float) -> None:
         if acked <= set(counts(sink.handler.snapshot())) and queue_rows(pg_dsn) == 0:
             return
         time.sleep(0.25)
+
+
+def _accepting_since(attempts: list[Attempt], lock: threading.Lock, since: float, steady: float) -> bool:
+    """A 250 came `steady` seconds ago or more, after `since`: acceptance has resumed."""
+    with lock:
+        first = min((a.ended for a in attempts if a.code == 250 and a.ended >= since), default=None)
+    return first is not None and time.monotonic() - first >= steady
 
 
 def test_kill_a_node_mid_burst_loses_nothing_acknowledged(pg_cluster, pg_dsn, tmp_path: Path,
@@ -190,7 +198,8 @@ def test_postgresql_stopped_under_load_gives_4xx_then_resumes_without_restart(
                 up_begin = time.monotonic()
                 pg_cluster.start()
             up_at = time.monotonic()
-            while time.monotonic() - up_at < 15:  # long enough to see acceptance resume
+            # Long enough to see acceptance resume (the assertion below allows 10 s), then 2 s more.
+            while time.monotonic() - up_at < 15 and not _accepting_since(attempts, lock, up_at, 2.0):
                 time.sleep(0.5)
             stop.set()
             for t in threads:
