@@ -41,9 +41,22 @@ from bench._support import (  # noqa: E402
 
 
 def children(pid: int) -> list[int]:
+    """The worker processes: children of any of the master's threads (a worker restarted by the
+    supervisor thread is that thread's child, not the main thread's)."""
+    out: list[int] = []
     with contextlib.suppress(OSError):
-        return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
-    return []
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError):
+                out += [int(c) for c in Path(f"/proc/{pid}/task/{tid}/children").read_text().split()]
+    return sorted(out)
+
+
+def user_sys(pid: int) -> tuple[float, float]:
+    """The process's user and kernel CPU seconds (fsyncs, sockets and page cache are kernel time)."""
+    with contextlib.suppress(OSError):
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK
+    return 0.0, 0.0
 
 
 def threads(pid: int) -> dict[str, tuple[float, float]]:
@@ -67,8 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--concurrency", type=int, default=10)
     ap.add_argument("--workers", type=int, default=2)
     ap.add_argument("--plain", action="store_true", help="crypto off (no [policy])")
-    ap.add_argument("--pyspy", help="py-spy record --idle --nonblocking of worker 0 into this file "
+    ap.add_argument("--pyspy", help="py-spy record --nonblocking of worker 0 into this file "
                     "(.json speedscope, .txt collapsed stacks, else svg)")
+    ap.add_argument("--pyspy-mode", choices=("idle", "active", "gil"), default="idle",
+                    help="idle: every thread's samples, waiting included (where it waits); active: only "
+                    "threads on a core (where the CPU goes); gil: only the thread holding the GIL")
     args = ap.parse_args(argv)
 
     work = Path(tempfile.mkdtemp(prefix="msgw-waits-"))
@@ -91,12 +107,14 @@ def main(argv: list[str] | None = None) -> int:
             spy = None
             if args.pyspy:
                 fmt = {".json": "speedscope", ".txt": "raw"}.get(Path(args.pyspy).suffix, "flamegraph")
-                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", "--idle", "--threads",
+                mode = {"idle": ["--idle"], "active": [], "gil": ["--gil"]}[args.pyspy_mode]
+                spy = subprocess.Popen([str(Path(sys.executable).parent / "py-spy"), "record", *mode, "--threads",
                                         "--nonblocking", "-r", "200", "-f", fmt, "-o", args.pyspy,
                                         "-p", str(pids[0])],
                                        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                 time.sleep(1.0)
             before = {p: threads(p) for p in pids}
+            us0 = {p: user_sys(p) for p in pids}
             busy0, self0 = system_busy_seconds(), self_cpu_seconds()
             load = time.monotonic()
             watcher = threading.Thread(target=watch)
@@ -106,6 +124,7 @@ def main(argv: list[str] | None = None) -> int:
             wall = time.monotonic() - load
             machine, harness = system_busy_seconds() - busy0, self_cpu_seconds() - self0
             after = {p: threads(p) for p in pids}
+            us1 = {p: user_sys(p) for p in pids}
             watcher.join()
             if spy is not None:
                 spy.send_signal(2)
@@ -119,7 +138,9 @@ def main(argv: list[str] | None = None) -> int:
                     for k, v in after[p].items()}
             cpu = sum(v[0] for v in used.values())
             total += cpu
-            print(f"  worker pid {p}: sessions {spread.get(p, 0)}, CPU {cpu / wall:.2f} cores")
+            user, kernel = (us1[p][0] - us0[p][0]), (us1[p][1] - us0[p][1])
+            print(f"  worker pid {p}: sessions {spread.get(p, 0)}, CPU {cpu / wall:.2f} cores "
+                  f"(user {user * 1000 / max(n, 1):.2f}, kernel {kernel * 1000 / max(n, 1):.2f} ms/msg)")
             for name, (v, queued) in sorted(used.items()):
                 print(f"    {name:14} on a core {v / wall:5.1%} ({v * 1000 / max(n, 1):.2f} ms/msg), "
                       f"runnable waiting for a core {queued / wall:5.1%}")
