@@ -346,6 +346,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--count", type=int, default=None, help="messages per size and target (default per size)")
     ap.add_argument("--idle", type=int, default=None,
                     help="messages sent one at a time for the no-queue latency (default 10, quick 3)")
+    ap.add_argument("--warm-up", type=int, default=WARM_UP,
+                    help=f"unrecorded 1 KB messages through each freshly started target (default {WARM_UP})")
     ap.add_argument("--no-postfix", action="store_true")
     ap.add_argument("--max-wait", type=float, default=120.0, help="seconds a run may take before giving up")
     ap.add_argument("--event-loop", choices=("auto", "asyncio", "uvloop"), default=None,
@@ -378,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
         if not args.no_postfix:
             try:
                 postfix = PostfixInstance(sink.port).start()
-                runner.warm_up("postfix", postfix.port)
+                runner.warm_up("postfix", postfix.port, args.warm_up)
                 for s in sizes:
                     runner.run("postfix", s, postfix.port, counts[s])
                 for s in sizes:
@@ -399,7 +401,7 @@ def main(argv: list[str] | None = None) -> int:
             if plain_metrics:
                 wait_metrics(plain_metrics)
                 runner.metrics_url = plain_metrics
-            runner.warm_up("gw-plain", plain.relay_port)
+            runner.warm_up("gw-plain", plain.relay_port, args.warm_up)
             for s in sizes:
                 runner.run("gw-plain", s, plain.relay_port, counts[s], gw.pid)
             for s in sizes:
@@ -412,7 +414,7 @@ def main(argv: list[str] | None = None) -> int:
             if smime_metrics:
                 wait_metrics(smime_metrics)
                 runner.metrics_url = smime_metrics
-            runner.warm_up("gw-smime", smime.relay_port)
+            runner.warm_up("gw-smime", smime.relay_port, args.warm_up)
             for s in sizes:
                 runner.run("gw-smime", s, smime.relay_port, counts[s], gw.pid)
             for s in sizes:
