@@ -18,7 +18,6 @@ core). Each target first gets `--warm-up` unrecorded messages. No thresholds: a 
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from _support import (  # noqa: E402 - bench/ is not a package
     write_gateway_config,
     write_json,
 )
-from relay_throughput import SIZES, Runner, summarise  # noqa: E402
+from relay_throughput import SIZES, Runner, stop_all, summarise  # noqa: E402
 
 TARGETS = ("postfix", "gw-smime", "gw-plain")
 
@@ -80,10 +79,7 @@ def main(argv: list[str] | None = None) -> int:
                         runner.run(name, size, port, args.count, pid)
                         runner.runs[-1]["round"] = n
     finally:
-        records = sink.stop()
-        if postfix is not None:
-            postfix.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        records = stop_all(sink, postfix, work)
 
     results = summarise(runner.runs, records)
     by = {(r["target"], r["size"], r["round"]): r for r in results}

@@ -337,6 +337,15 @@ def summarise(runs: list[dict], records: list[tuple[int, int, int, int]]) -> lis
     return out
 
 
+def stop_all(sink: BenchSink, postfix: PostfixInstance | None, work: Path) -> list[tuple[int, int, int, int]]:
+    """The sink's records, once the sink and Postfix are stopped and the work folder removed."""
+    records = sink.stop()
+    if postfix is not None:
+        postfix.cleanup()
+    shutil.rmtree(work, ignore_errors=True)
+    return records
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="small counts, for a smoke run")
@@ -425,10 +434,7 @@ def main(argv: list[str] | None = None) -> int:
                 runner.run("gw-submit", s, smime.submission_port, counts[s], gw.pid, login=(SENDER, SENDER_PASSWORD))
             runner.metrics_url = None
     finally:
-        records = sink.stop()
-        if postfix is not None:
-            postfix.cleanup()
-        shutil.rmtree(work, ignore_errors=True)
+        records = stop_all(sink, postfix, work)
 
     results = summarise(runner.runs, records)
     by = {(r["target"], r["size"]): r for r in results}
