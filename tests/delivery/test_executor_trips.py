@@ -6,6 +6,8 @@ the outcomes. Real spool, real aiosmtpd next hop, a counting executor on a real 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -25,64 +27,61 @@ class _Counting(ThreadPoolExecutor):
         return super().submit(*args, **kwargs)
 
 
-def test_a_delivered_message_costs_two_trips_and_is_removed(tmp_path: Path) -> None:
-    """Copy bytes, then the outcomes and the removal together: two trips (was three, then four)."""
+@contextlib.contextmanager
+def _one_accepted(tmp_path: Path) -> Iterator[tuple[Spool, str, QueueService, Sink]]:
+    """A spool with one accepted message for dr@cabinet.example, its queue service and the sink."""
     sink = Sink(handler=SinkHandler()).start()
     try:
         setup = write_config(tmp_path / "gw", sink_port=sink.port)
         config = load_config(setup.config)
         spool = Spool(config.spool.path).open()
-        msg_id = spool.accept("lab@lab.example", ["dr@cabinet.example"],
-                              make_message("lab@lab.example", "dr@cabinet.example", "s", "body"), lifetime=3600)
-        service = QueueService(config, spool)
-        executor = _Counting()
+        try:
+            msg_id = spool.accept("lab@lab.example", ["dr@cabinet.example"],
+                                  make_message("lab@lab.example", "dr@cabinet.example", "s", "body"), lifetime=3600)
+            yield spool, msg_id, QueueService(config, spool), sink
+        finally:
+            spool.close()
+    finally:
+        sink.stop()
 
-        async def main() -> int:
-            asyncio.get_running_loop().set_default_executor(executor)
-            assert await service.runner.run_once() == 1
-            executor.trips = 0
-            return await service.delivery.run_once()
 
-        assert asyncio.run(main()) == 1
-        assert executor.trips == 2, executor.trips
+def _prepare_then_deliver(service: QueueService) -> tuple[int, int]:
+    """Prepare (not counted), then deliver: (messages delivered, executor trips of the delivery)."""
+    executor = _Counting()
+
+    async def main() -> int:
+        asyncio.get_running_loop().set_default_executor(executor)
+        assert await service.runner.run_once() == 1
+        executor.trips = 0
+        return await service.delivery.run_once()
+
+    return asyncio.run(main()), executor.trips
+
+
+def test_a_delivered_message_costs_two_trips_and_is_removed(tmp_path: Path) -> None:
+    """Copy bytes, then the outcomes and the removal together: two trips (was three, then four)."""
+    with _one_accepted(tmp_path) as (spool, msg_id, service, sink):
+        delivered, trips = _prepare_then_deliver(service)
+        assert delivered == 1
+        assert trips == 2, trips
         assert spool.get(msg_id) is None, "delivered and removed"
         assert not list(spool.msg_dir.iterdir()) and not spool.take_finished(msg_id), "files gone, news taken"
         assert [r.recipients for r in sink.handler.snapshot()] == [["dr@cabinet.example"]]
-        spool.close()
-    finally:
-        sink.stop()
 
 
 def test_an_outcome_listener_still_finds_the_message_then_it_is_removed(tmp_path: Path) -> None:
     """With a listener (the LPS reporter reads the message and its copy), the removal waits for
     `_after` as before: the listener sees the message; three trips."""
-    sink = Sink(handler=SinkHandler()).start()
-    try:
-        setup = write_config(tmp_path / "gw", sink_port=sink.port)
-        config = load_config(setup.config)
-        spool = Spool(config.spool.path).open()
-        msg_id = spool.accept("lab@lab.example", ["dr@cabinet.example"],
-                              make_message("lab@lab.example", "dr@cabinet.example", "s", "body"), lifetime=3600)
-        service = QueueService(config, spool)
+    with _one_accepted(tmp_path) as (spool, msg_id, service, _sink):
         heard: list[tuple[str, str, bool]] = []
         service.add_outcome_listener(lambda qid, rcpt, state, status, reply:
                                      heard.append((rcpt, state, spool.get(qid) is not None)))
-        executor = _Counting()
-
-        async def main() -> int:
-            asyncio.get_running_loop().set_default_executor(executor)
-            assert await service.runner.run_once() == 1
-            executor.trips = 0
-            return await service.delivery.run_once()
-
-        assert asyncio.run(main()) == 1
+        delivered, trips = _prepare_then_deliver(service)
+        assert delivered == 1
         assert heard == [("dr@cabinet.example", "delivered", True)], "the listener saw the message in the spool"
-        assert executor.trips == 3, executor.trips
+        assert trips == 3, trips
         assert spool.get(msg_id) is None and not spool.take_finished(msg_id)
         assert not list(spool.msg_dir.iterdir())
-        spool.close()
-    finally:
-        sink.stop()
 
 
 def test_the_runner_reads_a_message_no_longer_in_memory_in_one_trip(tmp_path: Path) -> None:
