@@ -2,7 +2,9 @@
 them to the transport the next-hop table names, and records per-recipient outcomes (delivered,
 deferred with backoff, bounced with a DSN). It moves bytes only: the content was processed
 once, before (gateway/runner.py), so a retry re-sends the same bytes (no new signature, no new
-decision); it never imports the pipeline. DSNs and delay notices enter the spool as prepared
+decision); it never imports the pipeline. A preparation the runner hands over before recording it
+(`send_first`) is sent from memory; a recipient that attempt defers gets its copy recorded with
+the deferral, so the retry re-sends those bytes too. DSNs and delay notices enter the spool as prepared
 copies of themselves (`Spool.accept_prepared`), so they never meet the pipeline either.
 
 Ordering rules that keep the "never lose, never leak" promise:
@@ -22,6 +24,7 @@ Ordering rules that keep the "never lose, never leak" promise:
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import functools
 import logging
@@ -39,7 +42,16 @@ from gateway.errors import DeliveryError, GatewayError, SpoolError
 from gateway.logs import event
 from gateway.ops import metrics
 from gateway.queueworker import QueueWorker
-from gateway.spool import DamagedCopy, Outcome, PreparedCopy, QueuedMessage, QueuedRecipient, QueueStore, RecipientState
+from gateway.spool import (
+    DamagedCopy,
+    NewCopy,
+    Outcome,
+    PreparedCopy,
+    QueuedMessage,
+    QueuedRecipient,
+    QueueStore,
+    RecipientState,
+)
 
 log = logging.getLogger("gateway.delivery")
 
@@ -76,6 +88,9 @@ class DeliveryManager(QueueWorker):
         self._unwritten: dict[str, list[Callable[[], None]]] = {}
         #: Finished messages whose removal could not be written yet.
         self._unfinished: set[str] = set()
+        #: Messages sent before their preparation was recorded (`send_first`), with the copies
+        #: to record for the recipients an attempt defers.
+        self._first: dict[str, list[NewCopy]] = {}
         self._global = asyncio.Semaphore(config.delivery.max_parallel)
         self._per_destination: dict[str, asyncio.Semaphore] = {}
         #: Transports built per (destination, mutual TLS, factory), with what they were built
@@ -220,6 +235,49 @@ class DeliveryManager(QueueWorker):
         """Messages whose outcomes wait in memory to be written."""
         return set(self._unwritten)
 
+    def busy(self) -> set[str]:
+        """Messages the runner must leave alone: outcomes waiting in memory, or an attempt under
+        way on a preparation not recorded (`send_first`: its recipients are received on disk)."""
+        return set(self._unwritten) | set(self._first)
+
+    def send_first(self, msg: QueuedMessage, batches: list[Batch], copies: list[NewCopy]) -> bool:
+        """The runner's hand-off of a preparation it has not recorded (see gateway/runner.py):
+        sent at once from memory; what the attempt delivers or bounces is written as any
+        outcome, and a deferral records the copy of its recipients with it (`_keep_for_retry`),
+        so a retry re-sends what was prepared. False, and nothing taken, when the message is
+        already in hand here, held, or we are stopping, or when an outcome listener may read
+        the delivered copy from the spool (`gateway.lps.reporter`): then the runner records it."""
+        if (self._stopping or self.on_outcome is not None or msg.id in self._inflight or msg.id in self._held
+                or msg.id in self._unwritten):
+            return False
+        self._first[msg.id] = copies
+        rcpts = [r for _, _, group in batches for r in group]
+        self._take(msg.id, self._send_first(msg, batches, rcpts))
+        return True
+
+    async def _send_first(self, msg: QueuedMessage, batches: list[Batch], rcpts: list[QueuedRecipient]) -> None:
+        try:
+            async with self._global:
+                await self._guard(msg, rcpts, self._send_then_after(msg, batches))
+        finally:
+            self._first.pop(msg.id, None)
+
+    async def _send_then_after(self, msg: QueuedMessage, batches: list[Batch]) -> None:
+        await self._send(msg, batches)
+        await self._after(msg.id)
+
+    def _keep_for_retry(self, msg_id: str, outcomes: list[Outcome]) -> list[NewCopy] | None:
+        """For a message sent before its preparation was recorded: the copies of the recipients
+        these outcomes defer (their preparation is recorded with the deferral); None otherwise."""
+        copies = self._first.get(msg_id)
+        if copies is None:
+            return None
+        deferred = {o.rcpt_id for o in outcomes if o.state is RecipientState.DEFERRED}
+        if not deferred:
+            return None
+        kept = [dataclasses.replace(c, rcpt_ids=tuple(i for i in c.rcpt_ids if i in deferred)) for c in copies]
+        return [c for c in kept if c.rcpt_ids] or None
+
     async def _send(self, msg: QueuedMessage, batches: list[Batch]) -> None:
         """Each copy to its recipients, grouped by destination, every group at once."""
         destinations: dict[str, Destination] = {}
@@ -340,7 +398,7 @@ class DeliveryManager(QueueWorker):
         kept in memory and written before the message is processed again."""
         if not outcomes:
             return
-        write = functools.partial(self._record_outcomes, msg, outcomes)
+        write = functools.partial(self._record_outcomes, msg, outcomes, self._keep_for_retry(msg.id, outcomes))
         if msg.id in self._unwritten:  # earlier outcomes wait: keep the order
             self._unwritten[msg.id].append(write)
         else:
@@ -353,17 +411,25 @@ class DeliveryManager(QueueWorker):
                 self._unwritten[msg.id] = [write]
         self._report(msg, outcomes)
 
-    def _record_outcomes(self, msg: QueuedMessage, outcomes: list[Outcome]) -> None:
+    def _record_outcomes(self, msg: QueuedMessage, outcomes: list[Outcome],
+                         keep: list[NewCopy] | None = None) -> None:
         """Write outcomes, then tell `on_outcome` of the final ones: only what is on disk is
         told (also when a full disk delayed the write); a listener fault never breaks delivery.
 
         Without a listener, the same transaction removes the message when these outcomes finish
         it (`finish=`: `_after` then learns it from `take_finished`, without a second trip); with
-        one, the message stays until `_after`, so the listener still finds it in the spool."""
-        if self.on_outcome is None:
+        one, the message stays until `_after`, so the listener still finds it in the spool.
+        `keep`: copies not recorded yet (`send_first`) of recipients these outcomes defer,
+        recorded in the same transaction (`Spool.prepare`) for the retry."""
+        if keep is not None:
+            self.spool.prepare(msg.id, keep, outcomes)
+        elif self.on_outcome is None:
             self.spool.record_outcomes(outcomes, finish=msg.id)
             return
-        self.spool.record_outcomes(outcomes)
+        else:
+            self.spool.record_outcomes(outcomes)
+        if self.on_outcome is None:
+            return
         for o in outcomes:
             if o.state in (RecipientState.DELIVERED, RecipientState.BOUNCED):
                 try:
