@@ -19,8 +19,10 @@ preparation recorded (their copy and the deferral, one transaction), for the ret
 Why: the preparation's own transaction, its copy file and its trip to a worker thread cost a
 sixth of a signed message's CPU, for a record the usual message (delivered at once) never
 reads. It is no weaker: the preparation was already a cache written without waiting for the
-disk; a crash before the outcome leaves the recipients received, prepared and sent again (at
-least once, as before), and a cancelled or crashed attempt defers them (prepared again).
+disk; a crash of the process before the outcome leaves the recipients received, prepared and
+sent again (at least once, as before); an attempt cancelled at stop leaves them received
+(prepared again at the next start); an exception in the attempt defers them with their copy
+recorded, as any deferral (the retry re-sends it).
 
 A temporary failure of the whole run (a key that is unavailable, a directory that does not
 answer) leaves every recipient received with a backoff; an unexpected exception counts as a

@@ -419,10 +419,20 @@ class DeliveryManager(QueueWorker):
         Without a listener, the same transaction removes the message when these outcomes finish
         it (`finish=`: `_after` then learns it from `take_finished`, without a second trip); with
         one, the message stays until `_after`, so the listener still finds it in the spool.
-        `keep`: copies not recorded yet (`send_first`) of recipients these outcomes defer,
-        recorded in the same transaction (`Spool.prepare`) for the retry."""
+        `keep`: copies not recorded yet (`send_first`) of recipients these outcomes defer: the
+        final outcomes are written first as any (durable, the reserve if need be), then the
+        deferrals with those copies (`Spool.prepare`), for the retry to re-send them; when the
+        copies cannot be written (a full disk), the deferrals alone (prepared again then)."""
         if keep is not None:
-            self.spool.prepare(msg.id, keep, outcomes)
+            deferrals = [o for o in outcomes if o.state is RecipientState.DEFERRED]
+            finals = [o for o in outcomes if o.state is not RecipientState.DEFERRED]
+            if finals:
+                self.spool.record_outcomes(finals)
+            try:
+                self.spool.prepare(msg.id, keep, deferrals)
+            except SpoolError as exc:
+                event(log, "copy-not-kept", logging.WARNING, msg=msg.id, rcpts=len(deferrals), reason=str(exc))
+                self.spool.record_outcomes(deferrals)
         elif self.on_outcome is None:
             self.spool.record_outcomes(outcomes, finish=msg.id)
             return

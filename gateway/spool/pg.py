@@ -729,6 +729,9 @@ class PgSpool:
                     " AND copy_id IS NULL AND state IN ('queued', 'deferred')",
                     (row[0], now, list(copy.rcpt_ids), msg_id))
             _apply_outcomes(conn, results, now)
+            # Outcomes that leave nothing due now release the claim, as `record_outcomes` does
+            # (a deferral recorded with its copy, delivery's `send_first`; the runner's refusals).
+            idle[:] = self._release_idle(conn, [o.rcpt_id for o in results], now) if results else []
             row = conn.execute(
                 "UPDATE queue_messages m SET prepared = true, needs_key = NULL FROM (SELECT needs_key FROM"
                 " queue_messages WHERE id = %s) old WHERE m.id = %s RETURNING old.needs_key",
@@ -740,7 +743,9 @@ class PgSpool:
             return True, found[0] if found else None
 
         used: builtins.list[str] = []
+        idle: builtins.list[str] = []
         done, fresh = self._tx("record a prepared message", record, durable=False, notify="prepared")
+        self._settle(idle)
         if used and used[0] not in self.keys and self._published:
             # prepared here although routed for lack of this key: its token is back in this node
             self.keys = self.keys | {used[0]}

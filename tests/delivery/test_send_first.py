@@ -17,6 +17,7 @@ from gateway.pipeline import Envelope, Pipeline, PipelineResult
 from gateway.runner import QueueService
 from gateway.spool import RecipientState, Spool
 from tests.delivery.test_executor_trips import _Counting
+from tests.diskfull import fill
 from tests.e2e.harness import Sink, SinkHandler, make_message, write_config
 
 LAB = "lab@lab.example"
@@ -219,3 +220,36 @@ def test_with_an_outcome_listener_the_copy_is_recorded_first(tmp_path: Path) -> 
 
         asyncio.run(main())
         assert heard == [("delivered", 1)]
+
+
+def test_on_a_full_disk_the_delivered_outcome_is_written_with_the_reserve(tmpfs_factory) -> None:
+    """A real full disk (tmpfs filled to the last byte) while one recipient of the group is
+    delivered and the other deferred: the delivered outcome is written as any outcome (the
+    reserve pays for it), so a restart never sends that copy again; the deferral follows."""
+    root = tmpfs_factory("4m")
+    handler = SinkHandler(rcpt_reply=lambda a: "451 4.3.0 try later" if a == SECOND else "250 2.1.5 OK")
+    sink = Sink(handler=handler).start()
+    try:
+        config = load_config(write_config(root / "gw", sink_port=sink.port, retry='["1h"]').config)
+        spool = Spool(config.spool.path).open()
+        try:
+            msg_id = spool.accept(LAB, [FIRST, SECOND], make_message(LAB, FIRST, "s", "body"), lifetime=86400)
+            fill(root / "filler")
+            service = QueueService(config, spool, pipeline=_CountingPipeline())
+
+            async def main() -> None:
+                service.start()
+                service.accepted(msg_id)
+                await _until(lambda: len(sink.handler.snapshot()) == 1 and msg_id not in service.delivery.busy())
+                await service.stop(5)
+
+            asyncio.run(main())
+            msg = spool.get(msg_id)
+            assert msg is not None
+            states = {r.address: r.state for r in msg.recipients}
+            assert states[FIRST] is RecipientState.DELIVERED, "the delivered outcome is on disk"
+            assert states[SECOND] in (RecipientState.DEFERRED, RecipientState.QUEUED)
+        finally:
+            spool.close()
+    finally:
+        sink.stop()

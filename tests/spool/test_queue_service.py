@@ -52,3 +52,38 @@ def test_a_deferral_releases_the_claim(queue_store, tmp_path: Path) -> None:
             assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
     finally:
         sink.stop()
+
+
+def test_a_deferral_of_an_attempt_sent_first_keeps_the_copy_and_releases_the_claim(queue_store,
+                                                                                    tmp_path: Path) -> None:
+    """The running service sends a fresh preparation before recording it (`send_first`): the
+    deferral records the copy with it and, on PostgreSQL, releases the claim as any deferral
+    does, so the retry on another node is no takeover."""
+    sink = Sink(handler=SinkHandler(data_reply="451 4.3.0 try later")).start()
+    try:
+        config = load_config(write_config(tmp_path / "gw", sink_port=sink.port, retry='["1h"]').config)
+        node1, node2 = queue_store("node-1"), queue_store("node-2", recover=False)
+        msg_id = node1.accept("lab@lab.example", ["dr@y.example"], BODY, lifetime=86400)
+        service = QueueService(config, node1)
+
+        async def attempt() -> None:
+            service.start()
+            service.accepted(msg_id)
+            deadline = time.monotonic() + 20
+            while (m := node1.get(msg_id)) is None or m.recipients[0].state is not RecipientState.DEFERRED \
+                    or msg_id in service.delivery.busy():
+                assert time.monotonic() < deadline, "no deferral"
+                await asyncio.sleep(0.02)
+            await service.stop(5)
+
+        asyncio.run(attempt())
+        msg = node1.get(msg_id)
+        assert msg is not None and msg.recipients[0].prepared, "the deferred recipient keeps its copy"
+        assert node1.copy_bytes(msg.copy(msg.recipients[0].copy_id)) == BODY
+        if queue_store.backend == "postgresql":
+            assert node1.leases() == [] and node1.in_hand() == frozenset()
+            node1.retry(msg_id)
+            assert [m.id for m in node2.due_prepared()] == [msg_id]
+            assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
+    finally:
+        sink.stop()
