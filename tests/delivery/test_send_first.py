@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -67,6 +68,18 @@ async def _until(done: Callable[[], bool], timeout: float = 20.0) -> None:
         await asyncio.sleep(0.02)
 
 
+def _attempt(service: QueueService, msg_id: str | None, done: Callable[[], bool], *, grace: float = 5.0) -> None:
+    """Start the service, hand it `msg_id` (as the SMTP server does), wait for `done`, stop."""
+    async def main() -> None:
+        service.start()
+        if msg_id is not None:
+            service.accepted(msg_id)
+        await _until(done)
+        await service.stop(grace)
+
+    asyncio.run(main())
+
+
 def _statements(spool: Spool) -> list[str]:
     """Every SQL statement the spool's connection runs from now on."""
     seen: list[str] = []
@@ -111,13 +124,7 @@ def test_a_deferred_recipient_gets_the_prepared_copy_recorded_and_the_retry_rese
         data = make_message(LAB, FIRST, "s", "body")
         msg_id = spool.accept(LAB, [FIRST, SECOND], data, lifetime=3600)
 
-        async def first_attempt() -> None:
-            service.start()
-            service.accepted(msg_id)
-            await _until(lambda: len(sink.handler.snapshot()) == 1 and msg_id not in service.delivery.busy())
-            await service.stop(5)
-
-        asyncio.run(first_attempt())
+        _attempt(service, msg_id, lambda: len(sink.handler.snapshot()) == 1 and msg_id not in service.delivery.busy())
         msg = spool.get(msg_id)
         assert msg is not None
         states = {r.address: r for r in msg.recipients}
@@ -131,13 +138,8 @@ def test_a_deferred_recipient_gets_the_prepared_copy_recorded_and_the_retry_rese
         later.clear()
         retry = make_service()
 
-        async def second_attempt() -> None:
-            await asyncio.sleep(1.1)  # the backoff
-            retry.start()
-            await _until(lambda: spool.get(msg_id) is None)
-            await retry.stop(5)
-
-        asyncio.run(second_attempt())
+        time.sleep(1.1)  # the backoff
+        _attempt(retry, None, lambda: spool.get(msg_id) is None)
         assert [r.recipients for r in sink.handler.snapshot()] == [[FIRST], [SECOND]]
         assert sink.handler.snapshot()[1].data == data, "the prepared copy, re-sent"
         assert retry.runner.pipeline.runs == 0, "the retry prepared nothing again"  # type: ignore[attr-defined]
@@ -176,24 +178,13 @@ def test_an_attempt_cut_short_at_stop_leaves_the_recipients_received(tmp_path: P
         service = make_service()
         msg_id = spool.accept(LAB, [FIRST], make_message(LAB, FIRST, "s", "body"), lifetime=3600)
 
-        async def cut_short() -> None:
-            service.start()
-            service.accepted(msg_id)
-            await _until(lambda: msg_id in service.delivery.busy())
-            await service.stop(0)
-
-        asyncio.run(cut_short())
+        _attempt(service, msg_id, lambda: msg_id in service.delivery.busy(), grace=0)
         msg = spool.get(msg_id)
         assert msg is not None and [(r.state, r.prepared) for r in msg.recipients] == [(RecipientState.QUEUED, False)]
         handler.delay = 0.0
         again = make_service()
 
-        async def restart() -> None:
-            again.start()
-            await _until(lambda: spool.get(msg_id) is None)
-            await again.stop(5)
-
-        asyncio.run(restart())
+        _attempt(again, None, lambda: spool.get(msg_id) is None)
         assert again.runner.pipeline.runs == 1  # type: ignore[attr-defined]
         assert [r.recipients for r in sink.handler.snapshot()][-1] == [FIRST]
 
@@ -211,14 +202,7 @@ def test_with_an_outcome_listener_the_copy_is_recorded_first(tmp_path: Path) -> 
 
         service.add_outcome_listener(listener)
         msg_id = spool.accept(LAB, [FIRST], make_message(LAB, FIRST, "s", "body"), lifetime=3600)
-
-        async def main() -> None:
-            service.start()
-            service.accepted(msg_id)
-            await _until(lambda: spool.get(msg_id) is None)
-            await service.stop(5)
-
-        asyncio.run(main())
+        _attempt(service, msg_id, lambda: spool.get(msg_id) is None)
         assert heard == [("delivered", 1)]
 
 
@@ -236,14 +220,8 @@ def test_on_a_full_disk_the_delivered_outcome_is_written_with_the_reserve(tmpfs_
             msg_id = spool.accept(LAB, [FIRST, SECOND], make_message(LAB, FIRST, "s", "body"), lifetime=86400)
             fill(root / "filler")
             service = QueueService(config, spool, pipeline=_CountingPipeline())
-
-            async def main() -> None:
-                service.start()
-                service.accepted(msg_id)
-                await _until(lambda: len(sink.handler.snapshot()) == 1 and msg_id not in service.delivery.busy())
-                await service.stop(5)
-
-            asyncio.run(main())
+            _attempt(service, msg_id,
+                     lambda: len(sink.handler.snapshot()) == 1 and msg_id not in service.delivery.busy())
             msg = spool.get(msg_id)
             assert msg is not None
             states = {r.address: r.state for r in msg.recipients}

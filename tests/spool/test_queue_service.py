@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from pathlib import Path
+from typing import Any
 
 from gateway.config import load_config
 from gateway.runner import QueueService
@@ -14,6 +15,15 @@ from gateway.spool import RecipientState
 from tests.e2e.harness import Sink, SinkHandler, write_config
 
 BODY = b"From: lab@lab.example\r\nSubject: s\r\n\r\nresult\r\n"
+
+
+def _released_for_any_node(node1: Any, node2: Any, msg_id: str) -> None:
+    """PostgreSQL: node 1 holds no claim on the deferred message; due again (an operator's
+    retry), node 2 takes it with no lease to wait for, and that is no takeover."""
+    assert node1.leases() == [] and node1.in_hand() == frozenset()
+    node1.retry(msg_id)
+    assert [m.id for m in node2.due_prepared()] == [msg_id]
+    assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
 
 
 def test_messages_are_prepared_delivered_and_removed(queue_store, tmp_path: Path) -> None:
@@ -45,11 +55,7 @@ def test_a_deferral_releases_the_claim(queue_store, tmp_path: Path) -> None:
         msg = node1.get(msg_id)
         assert msg.recipients[0].state is RecipientState.DEFERRED and msg.recipients[0].next_attempt > time.time()
         if queue_store.backend == "postgresql":
-            assert node1.leases() == [] and node1.in_hand() == frozenset()
-            # Due again (an operator's retry): the other node may take it, no lease to wait for.
-            node1.retry(msg_id)
-            assert [m.id for m in node2.due_prepared()] == [msg_id]
-            assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
+            _released_for_any_node(node1, node2, msg_id)
     finally:
         sink.stop()
 
@@ -81,9 +87,6 @@ def test_a_deferral_of_an_attempt_sent_first_keeps_the_copy_and_releases_the_cla
         assert msg is not None and msg.recipients[0].prepared, "the deferred recipient keeps its copy"
         assert node1.copy_bytes(msg.copy(msg.recipients[0].copy_id)) == BODY
         if queue_store.backend == "postgresql":
-            assert node1.leases() == [] and node1.in_hand() == frozenset()
-            node1.retry(msg_id)
-            assert [m.id for m in node2.due_prepared()] == [msg_id]
-            assert node2.counts()["takeovers"] == 0, "a released claim is not a takeover"
+            _released_for_any_node(node1, node2, msg_id)
     finally:
         sink.stop()
